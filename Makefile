@@ -1,0 +1,46 @@
+# RestoreFs — see README.md. `make run` and `make test` are the two set-up commands.
+SHELL := /bin/bash
+CONFIGURATION ?= Release
+PREFIX ?= /usr/local
+STORE ?=
+MOUNTPOINT ?= demo/mnt
+DOTNET ?= dotnet
+RID := linux-x64
+
+.PHONY: all deps build cli daemon restore-image test run demo install clean bench
+
+all: build
+
+deps:
+	@bash scripts/install-deps.sh
+
+build: cli
+
+cli:
+	$(DOTNET) publish src/RestoreFs.Cli -c $(CONFIGURATION) -r $(RID) --self-contained false \
+		-p:PublishSingleFile=true -p:IncludeNativeLibrariesForSelfExtract=true -o build/cli --nologo -v quiet
+	@ln -sfn cli/restorefs build/restorefs
+	@echo "built build/restorefs"
+
+test: deps build
+	$(DOTNET) build RestoreFs.sln -c $(CONFIGURATION) --nologo -v quiet
+	CONFIGURATION=$(CONFIGURATION) bash scripts/test-summary.sh
+
+demo: build
+	@bash scripts/make-demo.sh
+
+run: deps build
+	@bash scripts/run.sh "$(STORE)" "$(MOUNTPOINT)"
+
+install: build
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/restorefs $(DESTDIR)$(PREFIX)/share/man/man1
+	cp -a build/cli/. $(DESTDIR)$(PREFIX)/lib/restorefs/
+	ln -sfn ../lib/restorefs/restorefs $(DESTDIR)$(PREFIX)/bin/restorefs
+	install -m 0644 man/restorefs.1 $(DESTDIR)$(PREFIX)/share/man/man1/restorefs.1
+
+bench: build
+	@echo "see bench/README.md"
+
+clean:
+	rm -rf build
+	$(DOTNET) clean RestoreFs.sln -v quiet --nologo

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what RestoreFs needs to build, test and run on a Debian 12 machine, skipping what is present.
+set -euo pipefail
+
+packages=(
+  fuse3            # fusermount3 for unprivileged mounts
+  qemu-system-x86  # the restore VM
+  qemu-utils       # qemu-img / qemu-nbd: NBD interop tests and benchmarks
+  libnbd-bin       # nbdinfo, nbdcopy
+  xfsprogs btrfs-progs dosfstools gdisk lvm2 e2fsprogs  # test disk images
+  busybox-static cpio lz4 xz-utils kmod  # restore image build
+  rsync zstd file util-linux
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps: installing ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v dotnet >/dev/null 2>&1; then
+  echo "install-deps: the .NET 10 SDK is required (dotnet on PATH)" >&2
+  exit 1
+fi
