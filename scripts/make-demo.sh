@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Makes a demo datastore under demo/store from a generated disk image (GPT, ext4 partition with real files):
+# two snapshots of vm/100, the second after a change, so that dedup and several snapshots can be seen.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+store=${1:-demo/store}
+cli=build/restorefs
+[ -x "$cli" ] || { echo "make-demo: build/restorefs is missing; run make build" >&2; exit 1; }
+if [ -f "$store/.demo-complete" ]; then
+  echo "demo datastore exists: $store"
+  exit 0
+fi
+mkdir -p demo
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+echo "making a 256 MiB demo disk image (GPT + ext4)…"
+bash scripts/make-disk-image.sh "$work/disk.img" 256 >/dev/null
+cat > "$work/qemu-server.conf" <<'CONF'
+boot: order=scsi0
+cores: 2
+memory: 2048
+name: demo-vm
+scsi0: local-lvm:vm-100-disk-0,size=256M
+scsihw: virtio-scsi-pci
+CONF
+rm -rf "$store"
+"$cli" backup --store "$store" --group vm/100 --time 2026-11-01T10:00:00Z --config "$work/qemu-server.conf" drive-scsi0="$work/disk.img"
+printf 'second snapshot\n' | dd of="$work/disk.img" bs=1 seek=$((200 * 1024 * 1024)) conv=notrunc status=none
+"$cli" backup --store "$store" --group vm/100 --time 2026-11-02T10:00:00Z --config "$work/qemu-server.conf" drive-scsi0="$work/disk.img"
+touch "$store/.demo-complete"
+"$cli" snapshots "$store"
