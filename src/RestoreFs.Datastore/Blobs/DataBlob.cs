@@ -1,0 +1,294 @@
+using System.Buffers;
+using System.Buffers.Binary;
+using System.IO.Hashing;
+using System.Security.Cryptography;
+using ZstdSharp;
+
+namespace RestoreFs.Datastore;
+
+/// <summary>The four kinds of DataBlob (spec 2.1).</summary>
+public enum BlobKind
+{
+    Uncompressed,
+    Compressed,
+    Encrypted,
+    EncryptedCompressed,
+}
+
+/// <summary>
+/// DataBlob encoding and decoding (spec section 2): magic, CRC-32 of the payload, optional AES-256-GCM (16-byte IV),
+/// optional zstd. Used for every chunk and every *.blob file.
+/// </summary>
+public static class DataBlob
+{
+    public static readonly byte[] MagicUncompressed = Magic("Proxmox Backup uncompressed blob v1.0");
+    public static readonly byte[] MagicCompressed = Magic("Proxmox Backup zstd compressed blob v1.0");
+    public static readonly byte[] MagicEncrypted = Magic("Proxmox Backup encrypted blob v1.0");
+    public static readonly byte[] MagicEncryptedCompressed = Magic("Proxmox Backup zstd compressed encrypted blob v1.0");
+
+    public const int PlainHeaderSize = 12;
+    public const int EncryptedHeaderSize = 44;
+
+    /// <summary>The largest plaintext a blob may hold (PBS's limit).</summary>
+    public const int MaxBlobSize = 128 * 1024 * 1024;
+
+    public static byte[] Magic(string text) => SHA256.HashData(System.Text.Encoding.ASCII.GetBytes(text))[..8];
+
+    public static BlobKind? KindOf(ReadOnlySpan<byte> blob)
+    {
+        if (blob.Length < 8)
+        {
+            return null;
+        }
+
+        var magic = blob[..8];
+        if (magic.SequenceEqual(MagicUncompressed))
+        {
+            return BlobKind.Uncompressed;
+        }
+
+        if (magic.SequenceEqual(MagicCompressed))
+        {
+            return BlobKind.Compressed;
+        }
+
+        if (magic.SequenceEqual(MagicEncrypted))
+        {
+            return BlobKind.Encrypted;
+        }
+
+        return magic.SequenceEqual(MagicEncryptedCompressed) ? BlobKind.EncryptedCompressed : null;
+    }
+
+    public static bool IsEncrypted(BlobKind kind) => kind is BlobKind.Encrypted or BlobKind.EncryptedCompressed;
+
+    /// <summary>Checks magic, size and CRC; returns the kind.</summary>
+    public static BlobKind Verify(ReadOnlySpan<byte> blob, string path, string? digest = null, long? offset = null)
+    {
+        if (blob.Length < PlainHeaderSize)
+        {
+            throw new ChunkCorruptException($"blob is truncated ({blob.Length} bytes, a blob has at least {PlainHeaderSize})", path, offset, digest);
+        }
+
+        var kind = KindOf(blob) ?? throw new ChunkCorruptException($"unknown blob magic {Convert.ToHexStringLower(blob[..8])}", path, offset, digest);
+        var header = IsEncrypted(kind) ? EncryptedHeaderSize : PlainHeaderSize;
+        if (blob.Length < header)
+        {
+            throw new ChunkCorruptException($"encrypted blob is truncated ({blob.Length} bytes, at least {EncryptedHeaderSize})", path, offset, digest);
+        }
+
+        var stored = BinaryPrimitives.ReadUInt32LittleEndian(blob[8..12]);
+        var actual = Crc32.HashToUInt32(blob[header..]);
+        if (stored != actual)
+        {
+            throw new ChunkCorruptException($"CRC mismatch (stored {stored:x8}, computed {actual:x8})", path, offset, digest);
+        }
+
+        return kind;
+    }
+
+    /// <summary>Decodes a blob whose plaintext size is not known in advance (*.blob files).</summary>
+    public static byte[] Decode(ReadOnlySpan<byte> blob, CryptConfig? key, string path)
+    {
+        var kind = Verify(blob, path);
+        ReadOnlySpan<byte> payload;
+        byte[]? decrypted = null;
+        if (IsEncrypted(kind))
+        {
+            if (key is null)
+            {
+                throw new KeyRequiredException("the blob is encrypted and no key was given", path);
+            }
+
+            decrypted = new byte[blob.Length - EncryptedHeaderSize];
+            if (!key.TryDecrypt(blob[12..28], blob[28..44], blob[44..], decrypted))
+            {
+                throw new WrongKeyException("decryption failed: wrong key or damaged blob", path);
+            }
+
+            payload = decrypted;
+        }
+        else
+        {
+            payload = blob[PlainHeaderSize..];
+        }
+
+        if (kind is BlobKind.Uncompressed or BlobKind.Encrypted)
+        {
+            return decrypted ?? payload.ToArray();
+        }
+
+        try
+        {
+            using var input = new MemoryStream(payload.ToArray(), writable: false);
+            using var zstd = new DecompressionStream(input);
+            using var output = new MemoryStream();
+            var buffer = new byte[81920];
+            int n;
+            while ((n = zstd.Read(buffer)) > 0)
+            {
+                output.Write(buffer, 0, n);
+                if (output.Length > MaxBlobSize)
+                {
+                    throw new ChunkCorruptException($"blob decompresses to more than {MaxBlobSize} bytes", path);
+                }
+            }
+
+            return output.ToArray();
+        }
+        catch (ZstdException e)
+        {
+            throw new ChunkCorruptException($"zstd decompression failed: {e.Message}", path, inner: e);
+        }
+    }
+
+    /// <summary>
+    /// Decodes a chunk whose plaintext length is known (<paramref name="destination"/>.Length) and verifies its digest.
+    /// Throws on any mismatch, naming the chunk.
+    /// </summary>
+    public static void DecodeChunk(ReadOnlySpan<byte> blob, CryptConfig? key, bool expectEncrypted, Span<byte> destination,
+        ReadOnlySpan<byte> digest, string path, long offset, bool verifyDigest = true)
+    {
+        var digestHex = Convert.ToHexStringLower(digest);
+        var kind = Verify(blob, path, digestHex, offset);
+        if (IsEncrypted(kind) != expectEncrypted)
+        {
+            throw new ChunkCorruptException(expectEncrypted ? "chunk is not encrypted but the archive is" : "chunk is encrypted but the archive is not",
+                path, offset, digestHex);
+        }
+
+        byte[]? rented = null;
+        try
+        {
+            ReadOnlySpan<byte> payload;
+            if (IsEncrypted(kind))
+            {
+                if (key is null)
+                {
+                    throw new KeyRequiredException($"chunk {digestHex} is encrypted and no key was given", path);
+                }
+
+                var cipherLength = blob.Length - EncryptedHeaderSize;
+                rented = ArrayPool<byte>.Shared.Rent(Math.Max(1, cipherLength));
+                if (!key.TryDecrypt(blob[12..28], blob[28..44], blob[44..], rented.AsSpan(0, cipherLength)))
+                {
+                    throw new ChunkCorruptException("authentication failed: wrong key or damaged chunk", path, offset, digestHex);
+                }
+
+                payload = rented.AsSpan(0, cipherLength);
+            }
+            else
+            {
+                payload = blob[PlainHeaderSize..];
+            }
+
+            if (kind is BlobKind.Uncompressed or BlobKind.Encrypted)
+            {
+                if (payload.Length != destination.Length)
+                {
+                    throw new ChunkCorruptException($"chunk holds {payload.Length} bytes, the index expects {destination.Length}", path, offset, digestHex);
+                }
+
+                payload.CopyTo(destination);
+            }
+            else
+            {
+                Decompress(payload, destination, path, offset, digestHex);
+            }
+        }
+        finally
+        {
+            if (rented is not null)
+            {
+                ArrayPool<byte>.Shared.Return(rented);
+            }
+        }
+
+        if (verifyDigest)
+        {
+            Span<byte> actual = stackalloc byte[32];
+            if (expectEncrypted)
+            {
+                key!.KeyedDigest(destination).CopyTo(actual);
+            }
+            else
+            {
+                SHA256.HashData(destination, actual);
+            }
+
+            if (!actual.SequenceEqual(digest))
+            {
+                throw new ChunkCorruptException($"digest mismatch (content hashes to {Convert.ToHexStringLower(actual)})", path, offset, digestHex);
+            }
+        }
+    }
+
+    private static void Decompress(ReadOnlySpan<byte> frame, Span<byte> destination, string path, long offset, string digest)
+    {
+        using var decompressor = new Decompressor();
+        int written;
+        try
+        {
+            if (!decompressor.TryUnwrap(frame, destination, out written))
+            {
+                throw new ChunkCorruptException($"chunk decompresses to more than the {destination.Length} bytes the index expects", path, offset, digest);
+            }
+        }
+        catch (ZstdException e)
+        {
+            throw new ChunkCorruptException($"zstd decompression failed: {e.Message}", path, offset, digest, e);
+        }
+
+        if (written != destination.Length)
+        {
+            throw new ChunkCorruptException($"chunk decompresses to {written} bytes, the index expects {destination.Length}", path, offset, digest);
+        }
+    }
+
+    /// <summary>
+    /// Encodes data as a blob: zstd level 1 kept only when strictly smaller (as PBS does), AES-256-GCM with a random
+    /// 16-byte IV when keyed.
+    /// </summary>
+    public static byte[] Encode(ReadOnlySpan<byte> data, CryptConfig? key, bool compress)
+    {
+        byte[]? compressed = null;
+        if (compress && data.Length > 0)
+        {
+            using var compressor = new Compressor(1);
+            var frame = compressor.Wrap(data);
+            if (frame.Length < data.Length)
+            {
+                compressed = frame.ToArray();
+            }
+        }
+
+        ReadOnlySpan<byte> payload = compressed ?? data;
+        byte[] blob;
+        if (key is null)
+        {
+            blob = new byte[PlainHeaderSize + payload.Length];
+            (compressed is null ? MagicUncompressed : MagicCompressed).CopyTo(blob, 0);
+            payload.CopyTo(blob.AsSpan(PlainHeaderSize));
+            BinaryPrimitives.WriteUInt32LittleEndian(blob.AsSpan(8), Crc32.HashToUInt32(blob.AsSpan(PlainHeaderSize)));
+            return blob;
+        }
+
+        blob = new byte[EncryptedHeaderSize + payload.Length];
+        (compressed is null ? MagicEncrypted : MagicEncryptedCompressed).CopyTo(blob, 0);
+        RandomNumberGenerator.Fill(blob.AsSpan(12, 16));
+        key.Encrypt(blob.AsSpan(12, 16), payload, blob.AsSpan(EncryptedHeaderSize), blob.AsSpan(28, 16));
+        BinaryPrimitives.WriteUInt32LittleEndian(blob.AsSpan(8), Crc32.HashToUInt32(blob.AsSpan(EncryptedHeaderSize)));
+        return blob;
+    }
+
+    /// <summary>Encodes with a given IV (test vectors only).</summary>
+    public static byte[] EncodeEncryptedWithIv(ReadOnlySpan<byte> data, CryptConfig key, ReadOnlySpan<byte> iv)
+    {
+        var blob = new byte[EncryptedHeaderSize + data.Length];
+        MagicEncrypted.CopyTo(blob, 0);
+        iv.CopyTo(blob.AsSpan(12, 16));
+        key.Encrypt(iv, data, blob.AsSpan(EncryptedHeaderSize), blob.AsSpan(28, 16));
+        BinaryPrimitives.WriteUInt32LittleEndian(blob.AsSpan(8), Crc32.HashToUInt32(blob.AsSpan(EncryptedHeaderSize)));
+        return blob;
+    }
+}

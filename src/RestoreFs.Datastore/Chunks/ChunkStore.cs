@@ -1,0 +1,58 @@
+using Microsoft.Win32.SafeHandles;
+
+namespace RestoreFs.Datastore;
+
+/// <summary>The chunk store <c>.chunks/</c>: one DataBlob per chunk at <c>.chunks/&lt;4 hex&gt;/&lt;64 hex&gt;</c>.</summary>
+public sealed class ChunkStore(string basePath)
+{
+    public string Directory { get; } = Path.Combine(basePath, ".chunks");
+
+    public string PathOf(ReadOnlySpan<byte> digest)
+    {
+        var hex = Convert.ToHexStringLower(digest);
+        return Path.Combine(Directory, hex[..4], hex);
+    }
+
+    /// <summary>Reads a chunk file into a new array; read-only, never touches the store otherwise.</summary>
+    public byte[] Read(ReadOnlySpan<byte> digest, long imageOffset)
+    {
+        var path = PathOf(digest);
+        SafeFileHandle handle;
+        try
+        {
+            handle = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
+        }
+        catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException)
+        {
+            throw new ChunkMissingException("chunk is missing from the chunk store", path, imageOffset, Convert.ToHexStringLower(digest));
+        }
+        catch (IOException e)
+        {
+            throw new ChunkCorruptException($"cannot open chunk: {e.Message}", path, imageOffset, Convert.ToHexStringLower(digest));
+        }
+
+        using (handle)
+        {
+            var length = RandomAccess.GetLength(handle);
+            if (length > DataBlob.MaxBlobSize + DataBlob.EncryptedHeaderSize + 1024 * 1024)
+            {
+                throw new ChunkCorruptException($"chunk file has {length} bytes, more than a blob may", path, imageOffset, Convert.ToHexStringLower(digest));
+            }
+
+            var bytes = new byte[length];
+            var done = 0;
+            while (done < length)
+            {
+                var n = RandomAccess.Read(handle, bytes.AsSpan(done), done);
+                if (n == 0)
+                {
+                    break;
+                }
+
+                done += n;
+            }
+
+            return done == length ? bytes : bytes[..done];
+        }
+    }
+}

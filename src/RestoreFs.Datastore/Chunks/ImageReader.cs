@@ -1,0 +1,264 @@
+using System.Security.Cryptography;
+
+namespace RestoreFs.Datastore;
+
+/// <summary>Tuning of an <see cref="ImageReader"/>.</summary>
+public sealed record ImageReaderOptions(long CacheBytes = 256L * 1024 * 1024, int ReadAheadChunks = 4, bool VerifyDigests = true);
+
+/// <summary>Counters of an <see cref="ImageReader"/>.</summary>
+public sealed record ImageReaderStats(long Hits, long Misses, long DecodedBytes, long ZeroChunkReads, long ReadAheads);
+
+/// <summary>
+/// Random-access reads over a fixed index (spec section 7). Thread-safe. Decoded chunks live in a bounded LRU cache;
+/// two readers of the same uncached chunk decode it once; every chunk's digest is checked before its bytes are served;
+/// all-zero chunks are served without touching the store; sequential access starts read-ahead of the next chunks on
+/// the thread pool. A damaged or missing chunk fails only the reads that touch it (failures are not cached).
+/// </summary>
+public sealed class ImageReader : IDisposable
+{
+    private readonly FixedIndex index;
+    private readonly ChunkStore chunks;
+    private readonly CryptConfig? key;
+    private readonly bool encrypted;
+    private readonly ImageReaderOptions options;
+    private readonly byte[] zeroDigestFull;
+    private readonly byte[] zeroDigestLast;
+    private readonly object gate = new();
+    private readonly Dictionary<int, LinkedListNode<(int Chunk, byte[] Data)>> cache = new();
+    private readonly LinkedList<(int Chunk, byte[] Data)> lru = new();
+    private readonly Dictionary<int, Task<byte[]>> inflight = new();
+    private long cachedBytes;
+    private int lastChunk = -2;
+    private long hits;
+    private long misses;
+    private long decodedBytes;
+    private long zeroReads;
+    private long readAheads;
+    private volatile bool disposed;
+
+    internal ImageReader(FixedIndex index, ChunkStore chunks, CryptConfig? key, bool encrypted, ImageReaderOptions? options)
+    {
+        this.index = index;
+        this.chunks = chunks;
+        this.key = key;
+        this.encrypted = encrypted;
+        this.options = options ?? new ImageReaderOptions();
+        zeroDigestFull = ZeroDigest(index.ChunkSize);
+        zeroDigestLast = ZeroDigest(index.ChunkLength(index.ChunkCount - 1));
+    }
+
+    public long Size => index.Size;
+
+    public int ChunkSize => index.ChunkSize;
+
+    public int ChunkCount => index.ChunkCount;
+
+    public string IndexPath => index.Path;
+
+    public ImageReaderStats Stats => new(Interlocked.Read(ref hits), Interlocked.Read(ref misses), Interlocked.Read(ref decodedBytes),
+        Interlocked.Read(ref zeroReads), Interlocked.Read(ref readAheads));
+
+    public string ChunkDigestHex(int chunk) => index.DigestHex(chunk);
+
+    /// <summary>Whether the chunk's digest is the one of an all-zero chunk of its length.</summary>
+    public bool IsZeroChunk(int chunk) =>
+        index.Digest(chunk).SequenceEqual(chunk == index.ChunkCount - 1 ? zeroDigestLast : zeroDigestFull);
+
+    private byte[] ZeroDigest(int length)
+    {
+        var zeros = new byte[length];
+        return encrypted ? key!.KeyedDigest(zeros) : SHA256.HashData(zeros);
+    }
+
+    /// <summary>Reads min(destination.Length, Size − offset) bytes at <paramref name="offset"/>; 0 at or past the end.</summary>
+    public int Read(long offset, Span<byte> destination)
+    {
+        var length = Clamp(offset, destination.Length);
+        var done = 0;
+        while (done < length)
+        {
+            var position = offset + done;
+            var chunk = (int)(position / index.ChunkSize);
+            var inChunk = (int)(position - (long)chunk * index.ChunkSize);
+            var n = Math.Min(length - done, index.ChunkLength(chunk) - inChunk);
+            if (IsZeroChunk(chunk))
+            {
+                Interlocked.Increment(ref zeroReads);
+                destination.Slice(done, n).Clear();
+            }
+            else
+            {
+                var data = GetChunk(chunk).GetAwaiter().GetResult();
+                data.AsSpan(inChunk, n).CopyTo(destination[done..]);
+            }
+
+            done += n;
+        }
+
+        return length;
+    }
+
+    /// <summary>The asynchronous form of <see cref="Read"/>.</summary>
+    public async ValueTask<int> ReadAsync(long offset, Memory<byte> destination, CancellationToken ct = default)
+    {
+        var length = Clamp(offset, destination.Length);
+        var done = 0;
+        while (done < length)
+        {
+            ct.ThrowIfCancellationRequested();
+            var position = offset + done;
+            var chunk = (int)(position / index.ChunkSize);
+            var inChunk = (int)(position - (long)chunk * index.ChunkSize);
+            var n = Math.Min(length - done, index.ChunkLength(chunk) - inChunk);
+            if (IsZeroChunk(chunk))
+            {
+                Interlocked.Increment(ref zeroReads);
+                destination.Span.Slice(done, n).Clear();
+            }
+            else
+            {
+                var data = await GetChunk(chunk).ConfigureAwait(false);
+                data.AsSpan(inChunk, n).CopyTo(destination.Span[done..]);
+            }
+
+            done += n;
+        }
+
+        return length;
+    }
+
+    private int Clamp(long offset, int length)
+    {
+        ObjectDisposedException.ThrowIf(disposed, this);
+        if (offset < 0)
+        {
+            throw new ArgumentOutOfRangeException(nameof(offset), offset, "negative offset");
+        }
+
+        return offset >= index.Size ? 0 : (int)Math.Min(length, index.Size - offset);
+    }
+
+    /// <summary>The decoded chunk: from the cache, from a decode already under way, or decoded now on this thread.</summary>
+    private Task<byte[]> GetChunk(int chunk)
+    {
+        TaskCompletionSource<byte[]> mine;
+        lock (gate)
+        {
+            NoteAccess(chunk);
+            if (cache.TryGetValue(chunk, out var node))
+            {
+                lru.Remove(node);
+                lru.AddFirst(node);
+                hits++;
+                return Task.FromResult(node.Value.Data);
+            }
+
+            if (inflight.TryGetValue(chunk, out var running))
+            {
+                hits++;
+                return running;
+            }
+
+            misses++;
+            mine = new TaskCompletionSource<byte[]>(TaskCreationOptions.RunContinuationsAsynchronously);
+            inflight[chunk] = mine.Task;
+        }
+
+        Load(chunk, mine);
+        return mine.Task;
+    }
+
+    private void Load(int chunk, TaskCompletionSource<byte[]> completion)
+    {
+        try
+        {
+            var data = Decode(chunk);
+            lock (gate)
+            {
+                inflight.Remove(chunk);
+                Insert(chunk, data);
+            }
+
+            completion.SetResult(data);
+        }
+        catch (Exception e)
+        {
+            lock (gate)
+            {
+                inflight.Remove(chunk);
+            }
+
+            completion.SetException(e);
+        }
+    }
+
+    private byte[] Decode(int chunk)
+    {
+        var offset = (long)chunk * index.ChunkSize;
+        var digest = index.Digest(chunk);
+        var blob = chunks.Read(digest, offset);
+        var data = GC.AllocateUninitializedArray<byte>(index.ChunkLength(chunk));
+        DataBlob.DecodeChunk(blob, key, encrypted, data, digest, chunks.PathOf(digest), offset, options.VerifyDigests);
+        Interlocked.Add(ref decodedBytes, data.Length);
+        return data;
+    }
+
+    private void Insert(int chunk, byte[] data)
+    {
+        if (disposed || cache.ContainsKey(chunk))
+        {
+            return;
+        }
+
+        cache[chunk] = lru.AddFirst((chunk, data));
+        cachedBytes += data.Length;
+        while (cachedBytes > Math.Max(options.CacheBytes, index.ChunkSize) && lru.Last is { } last)
+        {
+            lru.RemoveLast();
+            cache.Remove(last.Value.Chunk);
+            cachedBytes -= last.Value.Data.Length;
+        }
+    }
+
+    /// <summary>Under the lock: on sequential access, decode the next chunks ahead of the reader on the thread pool.</summary>
+    private void NoteAccess(int chunk)
+    {
+        var sequential = chunk == lastChunk || chunk == lastChunk + 1;
+        var advanced = chunk != lastChunk;
+        lastChunk = chunk;
+        if (!sequential || !advanced || options.ReadAheadChunks <= 0)
+        {
+            return;
+        }
+
+        var budget = (int)Math.Min(options.ReadAheadChunks, Math.Max(1, options.CacheBytes / index.ChunkSize / 2));
+        for (var next = chunk + 1; next <= chunk + budget && next < index.ChunkCount; next++)
+        {
+            if (cache.ContainsKey(next) || inflight.ContainsKey(next) || IsZeroChunk(next))
+            {
+                continue;
+            }
+
+            var completion = new TaskCompletionSource<byte[]>(TaskCreationOptions.RunContinuationsAsynchronously);
+            inflight[next] = completion.Task;
+            readAheads++;
+            var target = next;
+            ThreadPool.UnsafeQueueUserWorkItem(_ =>
+            {
+                Load(target, completion);
+                _ = completion.Task.Exception; // a failed read-ahead is reported to the reader that asks for the chunk
+            }, null);
+        }
+    }
+
+    public void Dispose()
+    {
+        disposed = true;
+        lock (gate)
+        {
+            cache.Clear();
+            lru.Clear();
+            cachedBytes = 0;
+        }
+    }
+}
