@@ -7,6 +7,11 @@ public static class CommandTable
 {
     public static IEnumerable<Command> All()
     {
-        yield break;
+        yield return MountCommand.Create();
+        yield return UmountCommand.Create();
+        yield return SnapshotsCommand.Create();
+        yield return RestoreCommand.Create();
+        yield return BackupCommand.Create();
+        yield return KeyCommand.Create();
     }
 }

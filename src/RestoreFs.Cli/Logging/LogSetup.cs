@@ -21,6 +21,7 @@ public static class LogSetup
 
         Log.Logger = new LoggerConfiguration()
             .MinimumLevel.Is(level)
+            .MinimumLevel.Override("Microsoft", LogEventLevel.Warning)
             .Enrich.FromLogContext()
             .WriteTo.Console(
                 standardErrorFromLevel: LogEventLevel.Verbose,

@@ -1,0 +1,123 @@
+using System.CommandLine;
+using System.Diagnostics;
+using RestoreFs.Cli.Logging;
+using RestoreFs.Datastore;
+
+namespace RestoreFs.Cli.Commands;
+
+/// <summary><c>restorefs backup</c>: writes raw images (files or block devices) into a datastore as one snapshot.</summary>
+public static class BackupCommand
+{
+    public static Command Create()
+    {
+        var store = new Option<string>("--store") { Description = "Datastore directory (created if missing).", Required = true };
+        var group = new Option<string>("--group") { Description = "Backup group, e.g. vm/100.", Required = true };
+        var time = new Option<string?>("--time") { Description = "Backup time (RFC 3339); default now." };
+        var config = new Option<string?>("--config") { Description = "A VM config file stored as qemu-server.conf.blob." };
+        var images = new Argument<string[]>("NAME=PATH") { Description = "Images to back up, e.g. drive-scsi0=/dev/sdb.", Arity = ArgumentArity.OneOrMore };
+        var command = new Command("backup", "Back up raw disk images into a datastore (PBS format).") { store, group, time, config, images };
+        KeyOptions.AddTo(command);
+        KeyOptions.AddNamespace(command);
+        command.SetAction(parse => CliErrors.Run(() =>
+        {
+            var ns = KeyOptions.GetNamespace(parse);
+            var backupGroup = BackupGroup.Parse(ns, parse.GetValue(group)!);
+            var when = parse.GetValue(time) is { } t ? Names.ParseUserTime(t) : DateTimeOffset.UtcNow;
+            var key = LoadOrNull(parse);
+            var pairs = parse.GetValue(images)!.Select(ParsePair).ToList();
+            var stopwatch = Stopwatch.StartNew();
+            using var writer = BackupWriter.Create(parse.GetValue(store)!, backupGroup, when, key, LogSetup.Factory);
+            long total = 0;
+            foreach (var (name, path) in pairs)
+            {
+                using var source = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite, 1 << 20);
+                var size = source.CanSeek && source.Length > 0 ? source.Length : BlockDeviceSize(path);
+                using var bar = new ProgressBar(name, size);
+                writer.AddImage(name, source, size, bar);
+                total += size;
+            }
+
+            if (parse.GetValue(config) is { } conf)
+            {
+                writer.AddBlob("qemu-server.conf", File.ReadAllBytes(conf));
+            }
+
+            var snapshot = writer.Finish();
+            Console.Out.WriteLine($"{snapshot.Name}: {total} bytes in {stopwatch.Elapsed.TotalSeconds:0.0} s " +
+                                  $"({total / 1e6 / Math.Max(0.001, stopwatch.Elapsed.TotalSeconds):0} MB/s){(key is null ? string.Empty : ", encrypted with key " + key.ShortFingerprint)}");
+            return 0;
+        }));
+        return command;
+    }
+
+    private static CryptConfig? LoadOrNull(ParseResult parse) => KeyOptions.LoadKey(parse);
+
+    private static (string Name, string Path) ParsePair(string text)
+    {
+        var eq = text.IndexOf('=');
+        if (eq <= 0 || eq == text.Length - 1)
+        {
+            throw new ArgumentException($"'{text}' is not NAME=PATH");
+        }
+
+        var name = text[..eq];
+        if (!Names.SafeId.IsMatch(name))
+        {
+            throw new ArgumentException($"archive name '{name}' may only hold letters, digits, '.', '_' and '-'");
+        }
+
+        return (name, text[(eq + 1)..]);
+    }
+
+    private static long BlockDeviceSize(string path)
+    {
+        var name = Path.GetFileName(Path.GetFullPath(path));
+        var sys = $"/sys/class/block/{name}/size";
+        if (File.Exists(sys) && long.TryParse(File.ReadAllText(sys).Trim(), out var sectors))
+        {
+            return sectors * 512;
+        }
+
+        throw new ArgumentException($"cannot tell the size of {path}");
+    }
+
+    /// <summary>A progress bar on a terminal; a log line every 10% otherwise.</summary>
+    private sealed class ProgressBar(string name, long total) : IProgress<BackupProgress>, IDisposable
+    {
+        private readonly bool terminal = !Console.IsErrorRedirected;
+        private readonly Stopwatch clock = Stopwatch.StartNew();
+        private int lastShown = -1;
+
+        public void Report(BackupProgress value)
+        {
+            var percent = (int)(value.Done * 100 / Math.Max(1, total));
+            lock (this)
+            {
+                if (percent == lastShown || (!terminal && percent / 10 == lastShown / 10 && percent != 100))
+                {
+                    return;
+                }
+
+                lastShown = percent;
+                var rate = value.Done / 1e6 / Math.Max(0.001, clock.Elapsed.TotalSeconds);
+                if (terminal)
+                {
+                    var filled = percent / 4;
+                    Console.Error.Write($"\r{name} [{new string('#', filled)}{new string('.', 25 - filled)}] {percent,3}% {rate,6:0} MB/s  {value.NewChunks} new, {value.ReusedChunks} reused ");
+                }
+                else
+                {
+                    Console.Error.WriteLine($"{name}: {percent}% ({value.Done}/{total} bytes, {rate:0} MB/s, {value.NewChunks} new chunks, {value.ReusedChunks} reused)");
+                }
+            }
+        }
+
+        public void Dispose()
+        {
+            if (terminal)
+            {
+                Console.Error.WriteLine();
+            }
+        }
+    }
+}

@@ -1,0 +1,95 @@
+using System.CommandLine;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using RestoreFs.Cli.Hosting;
+using RestoreFs.Cli.Logging;
+using RestoreFs.Tree;
+using Serilog;
+
+namespace RestoreFs.Cli.Commands;
+
+/// <summary><c>restorefs mount STORE MOUNTPOINT</c>: the datastore as a read-only filesystem.</summary>
+public static class MountCommand
+{
+    public static Command Create()
+    {
+        var store = new Argument<string>("STORE") { Description = "The datastore directory (PBS layout)." };
+        var mountPoint = new Argument<string>("MOUNTPOINT") { Description = "An existing empty directory." };
+        var foreground = new Option<bool>("--foreground", "-f") { Description = "Stay in the foreground until interrupted." };
+        var noVm = new Option<bool>("--no-vm") { Description = "Do not offer files/ (no restore VM)." };
+        var cacheMb = new Option<int>("--cache-mb")
+        {
+            Description = "Decoded-chunk cache per open image, in MiB.",
+            DefaultValueFactory = _ => 64,
+        };
+        var command = new Command("mount", "Mount a datastore read-only: snapshots/<group>/<time>/<disk>.img, .img.dev, files/.")
+        {
+            store, mountPoint, foreground, noVm, cacheMb,
+        };
+        KeyOptions.AddTo(command);
+        command.SetAction(parse =>
+        {
+            var storePath = Path.GetFullPath(parse.GetValue(store)!);
+            var mountPath = Path.GetFullPath(parse.GetValue(mountPoint)!);
+            if (!Directory.Exists(storePath))
+            {
+                Console.Error.WriteLine($"restorefs: datastore {storePath} does not exist");
+                return 2;
+            }
+
+            if (!Directory.Exists(mountPath))
+            {
+                Console.Error.WriteLine($"restorefs: mount point {mountPath} does not exist");
+                return 2;
+            }
+
+            if (!parse.GetValue(foreground) && !Daemon.IsChild)
+            {
+                // Ask for the passphrase here, on the terminal, before going to the background.
+                var childArgs = new List<string> { "mount", storePath, mountPath, "--foreground", "--cache-mb", parse.GetValue(cacheMb).ToString() };
+                if (parse.GetValue(noVm))
+                {
+                    childArgs.Add("--no-vm");
+                }
+
+                if (parse.GetValue(GlobalOptions.Verbose))
+                {
+                    childArgs.Add("--verbose");
+                }
+
+                childArgs.AddRange(KeyOptions.ForwardArguments(parse));
+                return Daemon.RunParent(childArgs, TimeSpan.FromMinutes(2));
+            }
+
+            Daemon.DetachSession();
+            var key = KeyOptions.LoadKey(parse);
+            var tree = new TreeOptions
+            {
+                Key = key,
+                Uid = NativeMethods.GetEuid(),
+                Gid = NativeMethods.GetEgid(),
+                ImageCacheBytes = Math.Max(8, parse.GetValue(cacheMb)) * 1024L * 1024L,
+                RuntimeDirectory = RuntimePaths.Directory,
+                StorePath = storePath,
+                MountPoint = mountPath,
+            };
+            return Serve(new MountSettings(storePath, mountPath, tree, StartVms: !parse.GetValue(noVm)));
+        });
+        return command;
+    }
+
+    private static int Serve(MountSettings settings)
+    {
+        var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true });
+        builder.Services.AddSerilog(Log.Logger, dispose: false);
+        builder.Services.AddSingleton(settings);
+        builder.Services.AddSingleton<ILoggerFactory>(LogSetup.Factory);
+        builder.Services.AddSingleton<Func<TreeContext, IFilesBackend?>>(FilesBackendFactory.Create);
+        builder.Services.AddHostedService<MountService>();
+        builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(60));
+        using var host = builder.Build();
+        host.Run();
+        return Environment.ExitCode;
+    }
+}

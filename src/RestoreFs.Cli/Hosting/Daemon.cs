@@ -1,0 +1,112 @@
+using System.Diagnostics;
+
+namespace RestoreFs.Cli.Hosting;
+
+/// <summary>
+/// Background mode: the command re-runs itself with <c>--foreground</c> in a new session and returns once the child
+/// reports readiness on its stdout (exit 0), or with the child's exit status when it fails first (its error
+/// messages reach the terminal directly). After readiness the child sends its output to a log file.
+/// </summary>
+public static class Daemon
+{
+    private const string ChildVariable = "RESTOREFS_DAEMON_CHILD";
+    private const string ReadyLine = "RESTOREFS-READY";
+
+    public static bool IsChild => Environment.GetEnvironmentVariable(ChildVariable) == "1";
+
+    /// <summary>Starts the child and waits for it; returns the exit code for the parent.</summary>
+    public static int RunParent(IEnumerable<string> childArgs, TimeSpan timeout)
+    {
+        var psi = new ProcessStartInfo(Environment.ProcessPath ?? "restorefs")
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardInput = true,
+            UseShellExecute = false,
+        };
+        foreach (var a in childArgs)
+        {
+            psi.ArgumentList.Add(a);
+        }
+
+        psi.Environment[ChildVariable] = "1";
+        using var child = Process.Start(psi) ?? throw new InvalidOperationException("could not start the background process");
+        child.StandardInput.Close();
+        var readTask = Task.Run(() =>
+        {
+            string? line;
+            while ((line = child.StandardOutput.ReadLine()) is not null)
+            {
+                if (line == ReadyLine)
+                {
+                    return true;
+                }
+
+                Console.Out.WriteLine(line);
+            }
+
+            return false;
+        });
+        if (!readTask.Wait(timeout))
+        {
+            Console.Error.WriteLine($"restorefs: the background process (pid {child.Id}) did not become ready within {timeout.TotalSeconds:0} s");
+            return 1;
+        }
+
+        if (readTask.Result)
+        {
+            return 0;
+        }
+
+        child.WaitForExit();
+        return child.ExitCode == 0 ? 1 : child.ExitCode;
+    }
+
+    /// <summary>In the child: leave the terminal's session so that its hang-up does not end the mount.</summary>
+    public static void DetachSession()
+    {
+        if (IsChild)
+        {
+            NativeMethods.SetSid();
+        }
+    }
+
+    /// <summary>In the child: tell the parent we are ready, then send stdout/stderr to <paramref name="logFile"/>.</summary>
+    public static void SignalReady(string logFile)
+    {
+        if (!IsChild)
+        {
+            return;
+        }
+
+        Console.Out.WriteLine(ReadyLine);
+        Console.Out.Flush();
+        Directory.CreateDirectory(Path.GetDirectoryName(logFile)!);
+        var log = NativeMethods.Open(logFile, NativeMethods.OWrOnly | NativeMethods.OCreat | NativeMethods.OAppend | NativeMethods.OCloExec, 0x180);
+        var devNull = NativeMethods.Open("/dev/null", NativeMethods.ORdWr | NativeMethods.OCloExec, 0);
+        if (devNull >= 0)
+        {
+            NativeMethods.Dup2(devNull, 0);
+        }
+
+        if (log >= 0)
+        {
+            NativeMethods.Dup2(log, 1);
+            NativeMethods.Dup2(log, 2);
+            NativeMethods.Close(log);
+        }
+        else if (devNull >= 0)
+        {
+            NativeMethods.Dup2(devNull, 1);
+            NativeMethods.Dup2(devNull, 2);
+        }
+
+        if (devNull >= 0)
+        {
+            NativeMethods.Close(devNull);
+        }
+
+        // .NET writes through duplicates of fds 1 and 2 made at start-up: point Console at the new ones.
+        Console.SetOut(new StreamWriter(new FileStream(new Microsoft.Win32.SafeHandles.SafeFileHandle(1, ownsHandle: false), FileAccess.Write)) { AutoFlush = true });
+        Console.SetError(new StreamWriter(new FileStream(new Microsoft.Win32.SafeHandles.SafeFileHandle(2, ownsHandle: false), FileAccess.Write)) { AutoFlush = true });
+    }
+}

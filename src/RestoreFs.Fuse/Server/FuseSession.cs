@@ -1,0 +1,793 @@
+using System.Buffers;
+using System.Buffers.Binary;
+using System.Collections.Concurrent;
+using System.Runtime.InteropServices;
+using Microsoft.Extensions.Logging;
+using RestoreFs.Fuse.Kernel;
+using RestoreFs.Fuse.Nodes;
+using RestoreFs.Fuse.Protocol;
+
+namespace RestoreFs.Fuse.Server;
+
+/// <summary>
+/// One FUSE connection: answers INIT, then serves requests on several cloned descriptors, one dedicated thread each.
+/// Cheap requests are answered inline; a node call that does not complete synchronously continues as a task and
+/// replies on the descriptor its request came from. Every error is per request.
+/// </summary>
+internal sealed class FuseSession
+{
+    private readonly FuseNode root;
+    private readonly ILogger log;
+    private readonly NodeTable nodes;
+    private readonly HandleTable<IFuseFileHandle> files = new();
+    private readonly HandleTable<DirectoryHandle> directories = new();
+    private readonly ConcurrentDictionary<ulong, CancellationTokenSource> inflight = new();
+    private readonly TaskCompletionSource completion = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly List<int> descriptors = [];
+    private int readersLeft;
+
+    public FuseSession(FuseNode root, ILogger log)
+    {
+        this.root = root;
+        this.log = log;
+        nodes = new NodeTable(root);
+    }
+
+    public Task Completion => completion.Task;
+
+    public InitResult Init { get; private set; }
+
+    public int NodeCount => nodes.Count;
+
+    /// <summary>Reads and answers INIT on <paramref name="fd"/> (must happen before anything touches the mount).</summary>
+    public void HandleInit(int fd)
+    {
+        var buffer = GC.AllocateArray<byte>(FuseConstants.RequestBufferSize, pinned: true);
+        while (true)
+        {
+            var n = ReadRequest(fd, buffer);
+            if (n < 0)
+            {
+                throw new IOException($"the kernel closed the FUSE connection before INIT ({LibC.ErrorText(-n)})");
+            }
+
+            var header = InHeader.Parse(buffer);
+            if (header.Opcode != FuseOpcode.Init)
+            {
+                throw new IOException($"expected INIT from the kernel, got {header.Opcode}");
+            }
+
+            var major = BinaryPrimitives.ReadUInt32LittleEndian(buffer.AsSpan(FuseConstants.InHeaderSize));
+            var reply = new byte[FuseConstants.OutHeaderSize + FuseConstants.InitOutSize];
+            if (major > FuseConstants.KernelMajor)
+            {
+                // Newer major: answer with ours and wait for the kernel's second INIT.
+                BinaryPrimitives.WriteUInt32LittleEndian(reply.AsSpan(16), FuseConstants.KernelMajor);
+                Wire.WriteOutHeader(reply, reply.Length, 0, header.Unique);
+                WriteReply(fd, reply);
+                continue;
+            }
+
+            var result = Wire.Negotiate(buffer.AsSpan(FuseConstants.InHeaderSize));
+            if (major < FuseConstants.KernelMajor || result.KernelMinor < FuseConstants.MinimumMinor)
+            {
+                Wire.WriteOutHeader(reply, FuseConstants.OutHeaderSize, Errno.EPROTO, header.Unique);
+                WriteReply(fd, reply.AsSpan(0, FuseConstants.OutHeaderSize));
+                throw new IOException($"the kernel speaks FUSE {major}.{result.KernelMinor}; RestoreFs needs 7.{FuseConstants.MinimumMinor} or newer");
+            }
+
+            var length = Wire.WriteInitOut(reply.AsSpan(FuseConstants.OutHeaderSize), result, maxBackground: 64);
+            Wire.WriteOutHeader(reply, FuseConstants.OutHeaderSize + length, 0, header.Unique);
+            WriteReply(fd, reply.AsSpan(0, FuseConstants.OutHeaderSize + length));
+            Init = result;
+            log.LogDebug("FUSE INIT: kernel 7.{KernelMinor}, answered 7.{Minor}, flags {Flags:x8}", result.KernelMinor, result.Minor, result.Flags);
+            return;
+        }
+    }
+
+    /// <summary>Starts <paramref name="readers"/> threads: one on <paramref name="fd"/>, the others on clones of it.</summary>
+    public void Start(int fd, int readers)
+    {
+        descriptors.Add(fd);
+        for (var i = 1; i < readers; i++)
+        {
+            var clone = LibC.Open("/dev/fuse", LibC.ORdWr | LibC.OCloExec);
+            var original = (uint)fd;
+            if (clone < 0 || LibC.Ioctl(clone, LibC.FuseDevIocClone, ref original) != 0)
+            {
+                log.LogWarning("cloning the FUSE descriptor failed ({Error}); serving with {Readers} reader(s)",
+                    LibC.ErrorText(Marshal.GetLastPInvokeError()), descriptors.Count);
+                if (clone >= 0)
+                {
+                    LibC.Close(clone);
+                }
+
+                break;
+            }
+
+            descriptors.Add(clone);
+        }
+
+        readersLeft = descriptors.Count;
+        foreach (var d in descriptors)
+        {
+            var thread = new Thread(() => ReaderLoop(d)) { IsBackground = true, Name = $"fuse-reader-{d}" };
+            thread.Start();
+        }
+    }
+
+    private static unsafe int ReadRequest(int fd, byte[] buffer)
+    {
+        fixed (byte* p = buffer)
+        {
+            while (true)
+            {
+                var n = LibC.Read(fd, p, buffer.Length);
+                if (n >= 0)
+                {
+                    return (int)n;
+                }
+
+                var errno = Marshal.GetLastPInvokeError();
+                if (errno is Errno.EINTR or Errno.EAGAIN or Errno.ENOENT)
+                {
+                    continue;
+                }
+
+                return -errno;
+            }
+        }
+    }
+
+    private void ReaderLoop(int fd)
+    {
+        var buffer = GC.AllocateArray<byte>(FuseConstants.RequestBufferSize, pinned: true);
+        try
+        {
+            while (true)
+            {
+                var n = ReadRequest(fd, buffer);
+                if (n < 0)
+                {
+                    if (-n is not (Errno.ENODEV or Errno.ECONNABORTED))
+                    {
+                        log.LogWarning("reading /dev/fuse failed: {Error}", LibC.ErrorText(-n));
+                    }
+
+                    break;
+                }
+
+                if (n < FuseConstants.InHeaderSize)
+                {
+                    continue;
+                }
+
+                try
+                {
+                    Dispatch(fd, buffer.AsSpan(0, n));
+                }
+                catch (Exception e)
+                {
+                    log.LogError(e, "FUSE request handling failed");
+                }
+            }
+        }
+        finally
+        {
+            if (Interlocked.Decrement(ref readersLeft) == 0)
+            {
+                Shutdown();
+            }
+        }
+    }
+
+    private void Shutdown()
+    {
+        foreach (var fd in descriptors)
+        {
+            LibC.Close(fd);
+        }
+
+        foreach (var cts in inflight.Values)
+        {
+            cts.Cancel();
+        }
+
+        foreach (var handle in files.RemoveAll())
+        {
+            _ = handle.DisposeAsync().AsTask().ContinueWith(t => _ = t.Exception, TaskScheduler.Default);
+        }
+
+        directories.RemoveAll();
+        completion.TrySetResult();
+    }
+
+    private void Dispatch(int fd, ReadOnlySpan<byte> request)
+    {
+        var h = InHeader.Parse(request);
+        var arg = request[FuseConstants.InHeaderSize..];
+        var ctx = new FuseRequestContext { Uid = h.Uid, Gid = h.Gid, Pid = h.Pid, Unique = h.Unique };
+        switch (h.Opcode)
+        {
+            case FuseOpcode.Lookup:
+                _ = LookupAsync(fd, h, NameArg(arg), ctx);
+                break;
+            case FuseOpcode.Forget:
+                nodes.Forget(h.NodeId, BinaryPrimitives.ReadUInt64LittleEndian(arg));
+                break;
+            case FuseOpcode.BatchForget:
+                var count = BinaryPrimitives.ReadUInt32LittleEndian(arg);
+                for (var i = 0; i < count && 8 + (i + 1) * 16 <= arg.Length; i++)
+                {
+                    var item = arg[(8 + i * 16)..];
+                    nodes.Forget(BinaryPrimitives.ReadUInt64LittleEndian(item), BinaryPrimitives.ReadUInt64LittleEndian(item[8..]));
+                }
+
+                break;
+            case FuseOpcode.GetAttr:
+                GetAttr(fd, h);
+                break;
+            case FuseOpcode.ReadLink:
+                _ = ReadLinkAsync(fd, h, ctx);
+                break;
+            case FuseOpcode.Open:
+                _ = OpenAsync(fd, h, BinaryPrimitives.ReadUInt32LittleEndian(arg), ctx);
+                break;
+            case FuseOpcode.Read:
+                _ = ReadAsync(fd, h, BinaryPrimitives.ReadUInt64LittleEndian(arg), (long)BinaryPrimitives.ReadUInt64LittleEndian(arg[8..]),
+                    (int)Math.Min(BinaryPrimitives.ReadUInt32LittleEndian(arg[16..]), (uint)FuseConstants.MaxRead));
+                break;
+            case FuseOpcode.Release:
+                Release(fd, h, BinaryPrimitives.ReadUInt64LittleEndian(arg));
+                break;
+            case FuseOpcode.OpenDir:
+                _ = OpenDirAsync(fd, h, ctx);
+                break;
+            case FuseOpcode.ReadDir:
+            case FuseOpcode.ReadDirPlus:
+                ReadDir(fd, h, BinaryPrimitives.ReadUInt64LittleEndian(arg), BinaryPrimitives.ReadUInt64LittleEndian(arg[8..]),
+                    (int)Math.Min(BinaryPrimitives.ReadUInt32LittleEndian(arg[16..]), (uint)FuseConstants.MaxRead), h.Opcode == FuseOpcode.ReadDirPlus);
+                break;
+            case FuseOpcode.ReleaseDir:
+                directories.Remove(BinaryPrimitives.ReadUInt64LittleEndian(arg));
+                ReplyEmpty(fd, h.Unique);
+                break;
+            case FuseOpcode.StatFs:
+                Span<byte> statfs = stackalloc byte[FuseConstants.OutHeaderSize + FuseConstants.KstatfsSize];
+                Wire.WriteStatfs(statfs[FuseConstants.OutHeaderSize..]);
+                Finish(fd, h.Unique, statfs);
+                break;
+            case FuseOpcode.Access:
+            case FuseOpcode.Flush:
+            case FuseOpcode.Fsync:
+            case FuseOpcode.FsyncDir:
+            case FuseOpcode.Destroy:
+            case FuseOpcode.SyncFs:
+                ReplyEmpty(fd, h.Unique);
+                break;
+            case FuseOpcode.GetXattr:
+                GetXattr(fd, h, BinaryPrimitives.ReadUInt32LittleEndian(arg), NameArg(arg[8..]));
+                break;
+            case FuseOpcode.ListXattr:
+                ListXattr(fd, h, BinaryPrimitives.ReadUInt32LittleEndian(arg));
+                break;
+            case FuseOpcode.Interrupt:
+                if (inflight.TryGetValue(BinaryPrimitives.ReadUInt64LittleEndian(arg), out var victim))
+                {
+                    victim.Cancel();
+                }
+
+                break;
+            case FuseOpcode.Lseek:
+                _ = LseekAsync(fd, h, BinaryPrimitives.ReadUInt64LittleEndian(arg), (long)BinaryPrimitives.ReadUInt64LittleEndian(arg[8..]),
+                    BinaryPrimitives.ReadUInt32LittleEndian(arg[16..]));
+                break;
+            case FuseOpcode.NotifyReply:
+                break;
+            case FuseOpcode.SetAttr:
+            case FuseOpcode.Symlink:
+            case FuseOpcode.MkNod:
+            case FuseOpcode.MkDir:
+            case FuseOpcode.Unlink:
+            case FuseOpcode.RmDir:
+            case FuseOpcode.Rename:
+            case FuseOpcode.Link:
+            case FuseOpcode.Write:
+            case FuseOpcode.SetXattr:
+            case FuseOpcode.RemoveXattr:
+            case FuseOpcode.Create:
+            case FuseOpcode.Fallocate:
+            case FuseOpcode.Rename2:
+            case FuseOpcode.TmpFile:
+                ReplyError(fd, h.Unique, Errno.EROFS);
+                break;
+            default:
+                ReplyError(fd, h.Unique, Errno.ENOSYS);
+                break;
+        }
+    }
+
+    private static byte[] NameArg(ReadOnlySpan<byte> arg)
+    {
+        var end = arg.IndexOf((byte)0);
+        return (end < 0 ? arg : arg[..end]).ToArray();
+    }
+
+    private CancellationTokenSource Track(ulong unique)
+    {
+        var cts = new CancellationTokenSource(TimeSpan.FromMinutes(10));
+        inflight[unique] = cts;
+        return cts;
+    }
+
+    private void Untrack(ulong unique)
+    {
+        if (inflight.TryRemove(unique, out var cts))
+        {
+            cts.Dispose();
+        }
+    }
+
+    private ulong InoOf(ulong nodeId, FuseAttributes attr) => attr.Ino != 0 ? attr.Ino : nodeId;
+
+    private async Task LookupAsync(int fd, InHeader h, byte[] name, FuseRequestContext ctx)
+    {
+        var cts = Track(h.Unique);
+        try
+        {
+            if (nodes.Get(h.NodeId) is not IFuseDirectory dir)
+            {
+                ReplyError(fd, h.Unique, nodes.Get(h.NodeId) is null ? Errno.ENOENT : Errno.ENOTDIR);
+                return;
+            }
+
+            var child = await dir.LookupAsync(name, ctx, cts.Token).ConfigureAwait(false);
+            var reply = new byte[FuseConstants.OutHeaderSize + FuseConstants.EntryOutSize];
+            if (child is null)
+            {
+                if (dir.NegativeTimeout <= TimeSpan.Zero)
+                {
+                    ReplyError(fd, h.Unique, Errno.ENOENT);
+                    return;
+                }
+
+                Wire.WriteEntryOut(reply.AsSpan(FuseConstants.OutHeaderSize), 0, dir.NegativeTimeout, TimeSpan.Zero, null, 0);
+                Finish(fd, h.Unique, reply);
+                return;
+            }
+
+            var attr = child.GetAttributes();
+            var id = nodes.Lookup(child);
+            Wire.WriteEntryOut(reply.AsSpan(FuseConstants.OutHeaderSize), id, child.EntryTimeout, child.AttrTimeout, attr, InoOf(id, attr));
+            if (!Finish(fd, h.Unique, reply))
+            {
+                nodes.Forget(id, 1);
+            }
+        }
+        catch (Exception e)
+        {
+            Fail(fd, h.Unique, e, "lookup");
+        }
+        finally
+        {
+            Untrack(h.Unique);
+        }
+    }
+
+    private void GetAttr(int fd, InHeader h)
+    {
+        var node = nodes.Get(h.NodeId);
+        if (node is null)
+        {
+            ReplyError(fd, h.Unique, Errno.ENOENT);
+            return;
+        }
+
+        try
+        {
+            var attr = node.GetAttributes();
+            Span<byte> reply = stackalloc byte[FuseConstants.OutHeaderSize + FuseConstants.AttrOutSize];
+            Wire.WriteAttrOut(reply[FuseConstants.OutHeaderSize..], node.AttrTimeout, attr, InoOf(h.NodeId, attr));
+            Finish(fd, h.Unique, reply);
+        }
+        catch (Exception e)
+        {
+            Fail(fd, h.Unique, e, "getattr");
+        }
+    }
+
+    private async Task ReadLinkAsync(int fd, InHeader h, FuseRequestContext ctx)
+    {
+        var cts = Track(h.Unique);
+        try
+        {
+            if (nodes.Get(h.NodeId) is not IFuseSymlink link)
+            {
+                ReplyError(fd, h.Unique, Errno.EINVAL);
+                return;
+            }
+
+            var target = await link.ReadLinkAsync(ctx, cts.Token).ConfigureAwait(false);
+            var reply = new byte[FuseConstants.OutHeaderSize + target.Length];
+            target.CopyTo(reply, FuseConstants.OutHeaderSize);
+            Finish(fd, h.Unique, reply);
+        }
+        catch (Exception e)
+        {
+            Fail(fd, h.Unique, e, "readlink");
+        }
+        finally
+        {
+            Untrack(h.Unique);
+        }
+    }
+
+    private async Task OpenAsync(int fd, InHeader h, uint flags, FuseRequestContext ctx)
+    {
+        var cts = Track(h.Unique);
+        try
+        {
+            var node = nodes.Get(h.NodeId);
+            if (node is not IFuseFile file)
+            {
+                ReplyError(fd, h.Unique, node is null ? Errno.ENOENT : node is IFuseDirectory ? Errno.EISDIR : Errno.EACCES);
+                return;
+            }
+
+            if ((flags & 3) != 0)
+            {
+                ReplyError(fd, h.Unique, Errno.EROFS);
+                return;
+            }
+
+            var handle = await file.OpenAsync((FuseOpenFlags)flags, ctx, cts.Token).ConfigureAwait(false);
+            var fh = files.Add(handle);
+            var reply = new byte[FuseConstants.OutHeaderSize + FuseConstants.OpenOutSize];
+            var outFlags = (handle.KeepCache ? OpenOutFlags.KeepCache : 0) | (handle.DirectIo ? OpenOutFlags.DirectIo : 0);
+            Wire.WriteOpenOut(reply.AsSpan(FuseConstants.OutHeaderSize), fh, outFlags);
+            if (!Finish(fd, h.Unique, reply))
+            {
+                files.Remove(fh);
+                await handle.DisposeAsync().ConfigureAwait(false);
+            }
+        }
+        catch (Exception e)
+        {
+            Fail(fd, h.Unique, e, "open");
+        }
+        finally
+        {
+            Untrack(h.Unique);
+        }
+    }
+
+    private async Task ReadAsync(int fd, InHeader h, ulong fh, long offset, int size)
+    {
+        var handle = files.Get(fh);
+        if (handle is null)
+        {
+            ReplyError(fd, h.Unique, Errno.EBADF);
+            return;
+        }
+
+        var cts = Track(h.Unique);
+        var buffer = ArrayPool<byte>.Shared.Rent(FuseConstants.OutHeaderSize + size);
+        try
+        {
+            var n = await handle.ReadAsync(offset, buffer.AsMemory(FuseConstants.OutHeaderSize, size), cts.Token).ConfigureAwait(false);
+            Finish(fd, h.Unique, buffer.AsSpan(0, FuseConstants.OutHeaderSize + Math.Clamp(n, 0, size)));
+        }
+        catch (Exception e)
+        {
+            Fail(fd, h.Unique, e, "read");
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+            Untrack(h.Unique);
+        }
+    }
+
+    private void Release(int fd, InHeader h, ulong fh)
+    {
+        var handle = files.Remove(fh);
+        ReplyEmpty(fd, h.Unique);
+        if (handle is not null)
+        {
+            _ = handle.DisposeAsync().AsTask().ContinueWith(t => _ = t.Exception, TaskScheduler.Default);
+        }
+    }
+
+    private async Task OpenDirAsync(int fd, InHeader h, FuseRequestContext ctx)
+    {
+        var cts = Track(h.Unique);
+        try
+        {
+            var node = nodes.Get(h.NodeId);
+            if (node is not IFuseDirectory dir)
+            {
+                ReplyError(fd, h.Unique, node is null ? Errno.ENOENT : Errno.ENOTDIR);
+                return;
+            }
+
+            var entries = await dir.ListAsync(ctx, cts.Token).ConfigureAwait(false);
+            var fh = directories.Add(new DirectoryHandle(node, h.NodeId, entries));
+            var reply = new byte[FuseConstants.OutHeaderSize + FuseConstants.OpenOutSize];
+            Wire.WriteOpenOut(reply.AsSpan(FuseConstants.OutHeaderSize), fh,
+                dir.ListingIsImmutable ? OpenOutFlags.CacheDir | OpenOutFlags.KeepCache : OpenOutFlags.CacheDir);
+            if (!Finish(fd, h.Unique, reply))
+            {
+                directories.Remove(fh);
+            }
+        }
+        catch (Exception e)
+        {
+            Fail(fd, h.Unique, e, "opendir");
+        }
+        finally
+        {
+            Untrack(h.Unique);
+        }
+    }
+
+    private void ReadDir(int fd, InHeader h, ulong fh, ulong cookie, int size, bool plus)
+    {
+        var handle = directories.Get(fh);
+        if (handle is null)
+        {
+            ReplyError(fd, h.Unique, Errno.EBADF);
+            return;
+        }
+
+        var buffer = ArrayPool<byte>.Shared.Rent(FuseConstants.OutHeaderSize + size);
+        var counted = new List<ulong>();
+        try
+        {
+            var body = buffer.AsSpan(FuseConstants.OutHeaderSize, size);
+            var used = 0;
+            var dirAttr = handle.Directory.GetAttributes();
+            var dirIno = InoOf(handle.NodeId, dirAttr);
+            var total = handle.Entries.Count + 2;
+            for (var index = (int)Math.Min(cookie, (ulong)total); index < total; index++)
+            {
+                ReadOnlySpan<byte> name;
+                FuseNode? node = null;
+                ulong ino;
+                uint type;
+                if (index < 2)
+                {
+                    name = index == 0 ? "."u8 : ".."u8;
+                    ino = dirIno;
+                    type = 4;
+                }
+                else
+                {
+                    var entry = handle.Entries[index - 2];
+                    node = entry.Node;
+                    name = entry.Name.Span;
+                    var attr = node.GetAttributes();
+                    type = (attr.Mode >> 12) & 0xF;
+                    ino = attr.Ino;
+                }
+
+                if (!plus)
+                {
+                    var n = Wire.WriteDirent(body[used..], ino == 0 ? 0xFFFFFFFF : ino, (ulong)index + 1, type, name);
+                    if (n == 0)
+                    {
+                        break;
+                    }
+
+                    used += n;
+                    continue;
+                }
+
+                var length = Wire.DirentPlusLength(name.Length);
+                if (used + length > size)
+                {
+                    break;
+                }
+
+                var record = body.Slice(used, length);
+                if (node is null)
+                {
+                    Wire.WriteEntryOut(record, 0, TimeSpan.Zero, TimeSpan.Zero, null, 0);
+                }
+                else
+                {
+                    var attr = node.GetAttributes();
+                    var id = nodes.Lookup(node);
+                    counted.Add(id);
+                    ino = InoOf(id, attr);
+                    Wire.WriteEntryOut(record, id, node.EntryTimeout, node.AttrTimeout, attr, ino);
+                }
+
+                Wire.WriteDirent(record[FuseConstants.EntryOutSize..], ino == 0 ? 0xFFFFFFFF : ino, (ulong)index + 1, type, name);
+                used += length;
+            }
+
+            if (!Finish(fd, h.Unique, buffer.AsSpan(0, FuseConstants.OutHeaderSize + used)))
+            {
+                foreach (var id in counted)
+                {
+                    nodes.Forget(id, 1);
+                }
+            }
+        }
+        catch (Exception e)
+        {
+            foreach (var id in counted)
+            {
+                nodes.Forget(id, 1);
+            }
+
+            Fail(fd, h.Unique, e, "readdir");
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+        }
+    }
+
+    private void GetXattr(int fd, InHeader h, uint size, byte[] name)
+    {
+        var node = nodes.Get(h.NodeId);
+        if (node is not IFuseXattrs xattrs || !xattrs.GetXattrs().TryGetValue(System.Text.Encoding.UTF8.GetString(name), out var value))
+        {
+            ReplyError(fd, h.Unique, node is null ? Errno.ENOENT : Errno.ENODATA);
+            return;
+        }
+
+        ReplySized(fd, h.Unique, size, value);
+    }
+
+    private void ListXattr(int fd, InHeader h, uint size)
+    {
+        var node = nodes.Get(h.NodeId);
+        if (node is null)
+        {
+            ReplyError(fd, h.Unique, Errno.ENOENT);
+            return;
+        }
+
+        var names = new List<byte>();
+        if (node is IFuseXattrs xattrs)
+        {
+            foreach (var key in xattrs.GetXattrs().Keys)
+            {
+                names.AddRange(System.Text.Encoding.UTF8.GetBytes(key));
+                names.Add(0);
+            }
+        }
+
+        ReplySized(fd, h.Unique, size, names.ToArray());
+    }
+
+    /// <summary>The xattr convention: size 0 asks for the length; too small a buffer is ERANGE.</summary>
+    private void ReplySized(int fd, ulong unique, uint size, byte[] value)
+    {
+        if (size == 0)
+        {
+            Span<byte> reply = stackalloc byte[FuseConstants.OutHeaderSize + 8];
+            reply.Clear();
+            BinaryPrimitives.WriteUInt32LittleEndian(reply[FuseConstants.OutHeaderSize..], (uint)value.Length);
+            Finish(fd, unique, reply);
+            return;
+        }
+
+        if (size < value.Length)
+        {
+            ReplyError(fd, unique, Errno.ERANGE);
+            return;
+        }
+
+        var data = new byte[FuseConstants.OutHeaderSize + value.Length];
+        value.CopyTo(data, FuseConstants.OutHeaderSize);
+        Finish(fd, unique, data);
+    }
+
+    private async Task LseekAsync(int fd, InHeader h, ulong fh, long offset, uint whence)
+    {
+        var handle = files.Get(fh);
+        var node = nodes.Get(h.NodeId);
+        if (handle is null || node is null)
+        {
+            ReplyError(fd, h.Unique, Errno.EBADF);
+            return;
+        }
+
+        if (whence is not (3 or 4))
+        {
+            ReplyError(fd, h.Unique, Errno.EINVAL);
+            return;
+        }
+
+        try
+        {
+            long result;
+            try
+            {
+                result = await handle.SeekDataOrHoleAsync(offset, whence == 3, CancellationToken.None).ConfigureAwait(false);
+            }
+            catch (NotSupportedException)
+            {
+                // Everything is data: SEEK_DATA finds the offset itself, SEEK_HOLE the end of the file.
+                var size = (long)node.GetAttributes().Size;
+                if (offset >= size)
+                {
+                    throw new FuseException(Errno.ENXIO, "offset at or past the end");
+                }
+
+                result = whence == 3 ? offset : size;
+            }
+
+            var reply = new byte[FuseConstants.OutHeaderSize + 8];
+            BinaryPrimitives.WriteInt64LittleEndian(reply.AsSpan(FuseConstants.OutHeaderSize), result);
+            Finish(fd, h.Unique, reply);
+        }
+        catch (Exception e)
+        {
+            Fail(fd, h.Unique, e, "lseek");
+        }
+    }
+
+    private void Fail(int fd, ulong unique, Exception e, string what)
+    {
+        switch (e)
+        {
+            case FuseException f:
+                ReplyError(fd, unique, f.Errno is > 0 and < 512 ? f.Errno : Errno.EIO);
+                break;
+            case OperationCanceledException:
+                ReplyError(fd, unique, Errno.EINTR);
+                break;
+            case NotSupportedException:
+                ReplyError(fd, unique, Errno.ENOTSUP);
+                break;
+            default:
+                log.LogError(e, "FUSE {Operation} failed", what);
+                ReplyError(fd, unique, Errno.EIO);
+                break;
+        }
+    }
+
+    private void ReplyEmpty(int fd, ulong unique)
+    {
+        Span<byte> reply = stackalloc byte[FuseConstants.OutHeaderSize];
+        Finish(fd, unique, reply);
+    }
+
+    private void ReplyError(int fd, ulong unique, int errno)
+    {
+        Span<byte> reply = stackalloc byte[FuseConstants.OutHeaderSize];
+        Wire.WriteOutHeader(reply, FuseConstants.OutHeaderSize, errno, unique);
+        WriteReply(fd, reply);
+    }
+
+    /// <summary>Fills in the success header and writes the reply; false when the kernel no longer wants it.</summary>
+    private bool Finish(int fd, ulong unique, Span<byte> reply)
+    {
+        Wire.WriteOutHeader(reply, reply.Length, 0, unique);
+        return WriteReply(fd, reply);
+    }
+
+    private unsafe bool WriteReply(int fd, ReadOnlySpan<byte> reply)
+    {
+        fixed (byte* p = reply)
+        {
+            var n = LibC.Write(fd, p, reply.Length);
+            if (n == reply.Length)
+            {
+                return true;
+            }
+
+            var errno = Marshal.GetLastPInvokeError();
+            if (errno is not (Errno.ENOENT or Errno.ENODEV or Errno.ECONNABORTED or Errno.EBADF))
+            {
+                log.LogWarning("writing a FUSE reply failed: {Error}", LibC.ErrorText(errno));
+            }
+
+            return false;
+        }
+    }
+}

@@ -1,0 +1,317 @@
+using System.Text;
+using Microsoft.Extensions.Logging;
+using RestoreFs.Fuse;
+
+namespace RestoreFs.Tree;
+
+/// <summary>
+/// <c>files/</c> of a snapshot: one directory per disk image. Listing it costs nothing; entering a disk starts (or
+/// reuses) the snapshot's restore VM.
+/// </summary>
+public sealed class FilesRootDirectory : TreeDirectory
+{
+    private readonly SnapshotState state;
+
+    public FilesRootDirectory(TreeContext context, SnapshotState state)
+        : base(context, immutable: true)
+    {
+        this.state = state;
+    }
+
+    protected override DateTimeOffset MTime => state.Time;
+
+    protected override IReadOnlyList<string> ListNames() => state.ImageArchives.Select(SnapshotDirectory.ImageName).ToList();
+
+    protected override FuseNode? CreateChild(string name)
+    {
+        var archive = state.ImageArchives.FirstOrDefault(a => SnapshotDirectory.ImageName(a) == name);
+        if (archive is null)
+        {
+            return null;
+        }
+
+        var entry = new RemoteEntry(Encoding.UTF8.GetBytes(name), 'v', 0, state.Time.ToUnixTimeSeconds(), 0, 0, 0, null, null);
+        return new RemoteDirectory(Context, state, Encoding.UTF8.GetBytes(archive), entry);
+    }
+}
+
+/// <summary>Shared helpers of the nodes forwarded to the restore VM.</summary>
+internal static class Remote
+{
+    public static readonly TimeSpan Forever = TimeSpan.FromHours(24);
+
+    public static IFilesBackend Backend(TreeContext context) =>
+        context.Files ?? throw new FuseException(5, "the restore VM is not available on this mount");
+
+    public static byte[] Child(byte[] parent, byte[] name)
+    {
+        var path = new byte[parent.Length + 1 + name.Length];
+        parent.CopyTo(path, 0);
+        path[parent.Length] = (byte)'/';
+        name.CopyTo(path, parent.Length + 1);
+        return path;
+    }
+
+    public static uint ModeOf(RemoteEntry e)
+    {
+        uint type = e.Type switch
+        {
+            'd' or 'v' => 0x4000,
+            'l' => 0xA000,
+            'b' => 0x6000,
+            'c' => 0x2000,
+            'p' => 0x1000,
+            's' => 0xC000,
+            _ => 0x8000,
+        };
+        var perm = e.Mode & 0xFFF;
+        if (perm == 0)
+        {
+            perm = type == 0x4000 ? 0x16Du : type == 0xA000 ? 0x1FFu : 0x124u;
+        }
+
+        return type | perm;
+    }
+
+    public static FuseAttributes Attributes(TreeContext context, ulong ino, RemoteEntry e, ulong size)
+    {
+        var mode = ModeOf(e);
+        var isVirtual = e.Type == 'v' || (e.Mode & 0xFFF) == 0;
+        return new FuseAttributes(ino, size, mode,
+            isVirtual ? context.Options.Uid : e.Uid, isVirtual ? context.Options.Gid : e.Gid,
+            DateTimeOffset.FromUnixTimeSeconds(e.MTime), NLink: (mode & 0xF000) == 0x4000 ? 2u : 1u,
+            Blocks: (size + 511) / 512, BlockSize: 128 * 1024);
+    }
+
+    public static FuseException Fail(TreeContext context, SnapshotState state, byte[] path, Exception e)
+    {
+        if (e is FuseException fuse)
+        {
+            return fuse;
+        }
+
+        context.Log.LogWarning("Restore VM request for {Path} in {Snapshot} failed: {Reason}",
+            Encoding.UTF8.GetString(path), state.Snapshot.Name, e.Message);
+        return new FuseException(5, e.Message);
+    }
+}
+
+/// <summary>A directory inside a disk (or a bucket level: <c>part</c>, <c>lvm/&lt;vg&gt;</c>, …), listed once by the VM.</summary>
+public sealed class RemoteDirectory : FuseNode, IFuseDirectory
+{
+    private readonly TreeContext context;
+    private readonly SnapshotState state;
+    private readonly byte[] path;
+    private readonly RemoteEntry entry;
+    private readonly ulong ino;
+    private readonly SemaphoreSlim loading = new(1, 1);
+    private volatile IReadOnlyList<(byte[] Name, FuseNode Node)>? children;
+
+    public RemoteDirectory(TreeContext context, SnapshotState state, byte[] path, RemoteEntry entry)
+    {
+        this.context = context;
+        this.state = state;
+        this.path = path;
+        this.entry = entry;
+        ino = context.Inodes.Next();
+    }
+
+    public override TimeSpan EntryTimeout => Remote.Forever;
+
+    public override TimeSpan AttrTimeout => Remote.Forever;
+
+    public TimeSpan NegativeTimeout => Remote.Forever;
+
+    public bool ListingIsImmutable => true;
+
+    public override FuseAttributes GetAttributes() => Remote.Attributes(context, ino, entry, 0);
+
+    private async ValueTask<IReadOnlyList<(byte[] Name, FuseNode Node)>> LoadAsync(CancellationToken ct)
+    {
+        if (children is { } ready)
+        {
+            return ready;
+        }
+
+        await loading.WaitAsync(ct).ConfigureAwait(false);
+        try
+        {
+            if (children is { } again)
+            {
+                return again;
+            }
+
+            IReadOnlyList<RemoteEntry> entries;
+            try
+            {
+                entries = await Remote.Backend(context).ListAsync(state, path, ct).ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is not OperationCanceledException)
+            {
+                throw Remote.Fail(context, state, path, e);
+            }
+
+            var list = new List<(byte[], FuseNode)>(entries.Count);
+            foreach (var child in entries)
+            {
+                var childPath = Remote.Child(path, child.Name);
+                if (child.Error is { } error)
+                {
+                    context.WarnOnce($"bucket:{state.Snapshot.DirectoryPath}:{Encoding.UTF8.GetString(childPath)}", null,
+                        "{Path} in {Snapshot} cannot be mounted: {Error}", Encoding.UTF8.GetString(childPath), state.Snapshot.Name, error);
+                    list.Add((child.Name, new EmptyDirectory(context, ino: context.Inodes.Next(), child)));
+                    list.Add(([.. child.Name, .. ".error"u8], new ErrorFile(context, state.Time, error)));
+                    continue;
+                }
+
+                FuseNode node = child.Type switch
+                {
+                    'd' or 'v' => new RemoteDirectory(context, state, childPath, child),
+                    'l' => new RemoteSymlink(context, child),
+                    'f' or 'h' => new RemoteFile(context, state, childPath, child),
+                    _ => new RemoteSpecial(context, child),
+                };
+                list.Add((child.Name, node));
+            }
+
+            children = list;
+            return list;
+        }
+        finally
+        {
+            loading.Release();
+        }
+    }
+
+    public async ValueTask<FuseNode?> LookupAsync(ReadOnlyMemory<byte> name, FuseRequestContext ctx, CancellationToken ct)
+    {
+        var list = await LoadAsync(ct).ConfigureAwait(false);
+        foreach (var (childName, node) in list)
+        {
+            if (name.Span.SequenceEqual(childName))
+            {
+                return node;
+            }
+        }
+
+        return null;
+    }
+
+    public async ValueTask<IReadOnlyList<FuseDirectoryEntry>> ListAsync(FuseRequestContext ctx, CancellationToken ct)
+    {
+        var list = await LoadAsync(ct).ConfigureAwait(false);
+        return list.Select(c => new FuseDirectoryEntry(c.Name, c.Node)).ToList();
+    }
+}
+
+/// <summary>The directory of a filesystem that could not be mounted: empty; the reason is in the sibling <c>.error</c> file.</summary>
+public sealed class EmptyDirectory(TreeContext context, ulong ino, RemoteEntry entry) : FuseNode, IFuseDirectory
+{
+    public TimeSpan NegativeTimeout => Remote.Forever;
+
+    public bool ListingIsImmutable => true;
+
+    public override FuseAttributes GetAttributes() => Remote.Attributes(context, ino, entry with { Type = 'd' }, 0);
+
+    public ValueTask<FuseNode?> LookupAsync(ReadOnlyMemory<byte> name, FuseRequestContext ctx, CancellationToken ct) =>
+        ValueTask.FromResult<FuseNode?>(null);
+
+    public ValueTask<IReadOnlyList<FuseDirectoryEntry>> ListAsync(FuseRequestContext ctx, CancellationToken ct) =>
+        ValueTask.FromResult<IReadOnlyList<FuseDirectoryEntry>>([]);
+}
+
+/// <summary><c>&lt;name&gt;.error</c>: why a filesystem could not be mounted.</summary>
+public sealed class ErrorFile(TreeContext context, DateTimeOffset mtime, string error) : BytesFile(context, mtime)
+{
+    protected override byte[] Load() => Encoding.UTF8.GetBytes(error.TrimEnd() + "\n");
+}
+
+/// <summary>A regular file inside a disk; reads are range reads to the VM.</summary>
+public sealed class RemoteFile(TreeContext context, SnapshotState state, byte[] path, RemoteEntry entry) : FuseNode, IFuseFile
+{
+    private readonly ulong ino = context.Inodes.Next();
+
+    public override TimeSpan EntryTimeout => Remote.Forever;
+
+    public override TimeSpan AttrTimeout => Remote.Forever;
+
+    public override FuseAttributes GetAttributes() => Remote.Attributes(context, ino, entry, entry.Size);
+
+    public ValueTask<IFuseFileHandle> OpenAsync(FuseOpenFlags flags, FuseRequestContext ctx, CancellationToken ct) =>
+        ValueTask.FromResult<IFuseFileHandle>(new Handle(context, state, path, (long)entry.Size));
+
+    private sealed class Handle(TreeContext context, SnapshotState state, byte[] path, long size) : IFuseFileHandle
+    {
+        public bool KeepCache => true;
+
+        public bool DirectIo => false;
+
+        public async ValueTask<int> ReadAsync(long offset, Memory<byte> buffer, CancellationToken ct)
+        {
+            if (offset >= size)
+            {
+                return 0;
+            }
+
+            var want = (int)Math.Min(buffer.Length, size - offset);
+            var done = 0;
+            try
+            {
+                while (done < want)
+                {
+                    var n = await Remote.Backend(context).ReadAsync(state, path, offset + done, buffer[done..want], ct).ConfigureAwait(false);
+                    if (n <= 0)
+                    {
+                        break;
+                    }
+
+                    done += n;
+                }
+            }
+            catch (Exception e) when (e is not OperationCanceledException)
+            {
+                throw Remote.Fail(context, state, path, e);
+            }
+
+            if (done < want)
+            {
+                throw Remote.Fail(context, state, path, new IOException($"short read at offset {offset + done} of {size} bytes"));
+            }
+
+            return done;
+        }
+
+        public ValueTask<long> SeekDataOrHoleAsync(long offset, bool data, CancellationToken ct) =>
+            throw new FuseException(38, "lseek not supported");
+
+        public ValueTask DisposeAsync() => ValueTask.CompletedTask;
+    }
+}
+
+/// <summary>A symlink inside a disk: its target as stored, never followed on the host side.</summary>
+public sealed class RemoteSymlink(TreeContext context, RemoteEntry entry) : FuseNode, IFuseSymlink
+{
+    private readonly ulong ino = context.Inodes.Next();
+
+    public override TimeSpan EntryTimeout => Remote.Forever;
+
+    public override TimeSpan AttrTimeout => Remote.Forever;
+
+    public override FuseAttributes GetAttributes() =>
+        Remote.Attributes(context, ino, entry, (ulong)(entry.Target?.Length ?? 0));
+
+    public ValueTask<byte[]> ReadLinkAsync(FuseRequestContext ctx, CancellationToken ct) =>
+        ValueTask.FromResult(entry.Target ?? []);
+}
+
+/// <summary>A device node, fifo or socket inside a disk: shown with its type, never opened.</summary>
+public sealed class RemoteSpecial(TreeContext context, RemoteEntry entry) : FuseNode
+{
+    private readonly ulong ino = context.Inodes.Next();
+
+    public override TimeSpan EntryTimeout => Remote.Forever;
+
+    public override TimeSpan AttrTimeout => Remote.Forever;
+
+    public override FuseAttributes GetAttributes() => Remote.Attributes(context, ino, entry, 0);
+}

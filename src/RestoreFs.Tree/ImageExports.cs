@@ -1,0 +1,171 @@
+using System.Collections.Concurrent;
+using Microsoft.Extensions.Logging;
+using RestoreFs.Nbd;
+
+namespace RestoreFs.Tree;
+
+/// <summary>
+/// The mount's NBD server (one export per image, added on first use) and the block devices attached through the
+/// companion <c>.img.dev</c> paths. Disposing detaches every device and stops the server.
+/// </summary>
+public sealed class ImageExports : IAsyncDisposable
+{
+    private readonly TreeContext context;
+    private readonly object gate = new();
+    private readonly ConcurrentDictionary<string, string> exports = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<string, Lazy<Task<AttachedDevice>>> devices = new(StringComparer.Ordinal);
+    private NbdServer? server;
+    private string? socketPath;
+
+    public ImageExports(TreeContext context)
+    {
+        this.context = context;
+    }
+
+    /// <summary>Export name of an image: <c>[ns/a/b/]vm/100/2024-05-01T100000Z/drive-scsi0.img</c> (no colons).</summary>
+    public static string ExportName(SnapshotState state, string archive)
+    {
+        var s = state.Snapshot;
+        var prefix = s.Group.Namespace.Path.Length > 0 ? "ns/" + s.Group.Namespace.Path + "/" : string.Empty;
+        return $"{prefix}{s.Group.Type}/{s.Group.Id}/{s.TimeName.Replace(":", string.Empty, StringComparison.Ordinal)}/{SnapshotDirectory.ImageName(archive)}";
+    }
+
+    /// <summary>Makes sure the image is exported and returns the export's URI.</summary>
+    public string UriFor(SnapshotState state, string archive)
+    {
+        var nbd = EnsureServer();
+        var name = ExportName(state, archive);
+        exports.GetOrAdd(name, n =>
+        {
+            nbd.AddExport(n, new LazyImageSource(state, archive), $"{state.Snapshot.Name} {archive}");
+            return n;
+        });
+        return nbd.UriFor(name);
+    }
+
+    public string SocketPath
+    {
+        get
+        {
+            EnsureServer();
+            return socketPath!;
+        }
+    }
+
+    private NbdServer EnsureServer()
+    {
+        lock (gate)
+        {
+            if (server is not null)
+            {
+                return server;
+            }
+
+            Directory.CreateDirectory(context.Options.RuntimeDirectory);
+            socketPath = Path.Combine(context.Options.RuntimeDirectory, $"nbd-{Environment.ProcessId}.sock");
+            var created = new NbdServer(new NbdServerOptions { UnixSocketPath = socketPath }, context.Logs);
+            created.StartAsync(CancellationToken.None).GetAwaiter().GetResult();
+            context.Log.LogInformation("NBD server for the mount listens on {Socket}", socketPath);
+            server = created;
+            return created;
+        }
+    }
+
+    /// <summary>Attaches the image as a block device once; later calls return the same device.</summary>
+    public Task<AttachedDevice> AttachAsync(SnapshotState state, string archive, string imagePathInMount)
+    {
+        var key = ExportName(state, archive);
+        var lazy = devices.GetOrAdd(key, _ => new Lazy<Task<AttachedDevice>>(() => Task.Run(async () =>
+        {
+            var uri = UriFor(state, archive);
+            var size = state.OpenImage(archive).Size;
+            var attacher = BlockDeviceAttacher.CreateDefault(context.Logs);
+            var device = await attacher.AttachAsync(new AttachRequest(imagePathInMount, socketPath, key, size), CancellationToken.None)
+                .ConfigureAwait(false);
+            context.Log.LogInformation("Attached {Image} of {Snapshot} as {Device} ({Kind}; export {Uri})",
+                archive, state.Snapshot.Name, device.DevicePath, device.Kind, uri);
+            return device;
+        })));
+        var task = lazy.Value;
+        if (task.IsFaulted)
+        {
+            devices.TryRemove(new KeyValuePair<string, Lazy<Task<AttachedDevice>>>(key, lazy));
+        }
+
+        return task;
+    }
+
+    /// <summary>The device path of an attached image, or null when it has not been attached.</summary>
+    public string? AttachedPath(SnapshotState state, string archive) =>
+        devices.TryGetValue(ExportName(state, archive), out var lazy) && lazy.IsValueCreated && lazy.Value.IsCompletedSuccessfully
+            ? lazy.Value.Result.DevicePath
+            : null;
+
+    /// <summary>Devices attached so far (for status output and clean-up).</summary>
+    public IReadOnlyList<AttachedDevice> AttachedDevices =>
+        devices.Values.Where(l => l.IsValueCreated && l.Value.IsCompletedSuccessfully).Select(l => l.Value.Result).ToList();
+
+    public async ValueTask DetachAllAsync()
+    {
+        foreach (var (key, lazy) in devices.ToArray())
+        {
+            devices.TryRemove(key, out _);
+            if (!lazy.IsValueCreated)
+            {
+                continue;
+            }
+
+            try
+            {
+                var device = await lazy.Value.ConfigureAwait(false);
+                await device.DisposeAsync().ConfigureAwait(false);
+                context.Log.LogInformation("Detached {Device}", device.DevicePath);
+            }
+            catch (Exception e)
+            {
+                context.Log.LogWarning(e, "Detaching the device of {Export} failed", key);
+            }
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await DetachAllAsync().ConfigureAwait(false);
+        NbdServer? s;
+        lock (gate)
+        {
+            s = server;
+            server = null;
+        }
+
+        if (s is not null)
+        {
+            await s.DisposeAsync().ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Opens the image reader only when a client first reads, so listing exports costs nothing.</summary>
+    private sealed class LazyImageSource(SnapshotState state, string archive) : IBlockSource
+    {
+        private readonly Lazy<ImageBlockSource> inner = new(() => new ImageBlockSource(state.OpenImage(archive)));
+        private long size = -1;
+
+        public long Size
+        {
+            get
+            {
+                if (size < 0)
+                {
+                    size = (long)state.Manifest.Files.First(f => f.FileName == archive).Size;
+                }
+
+                return size;
+            }
+        }
+
+        public ValueTask ReadAsync(long offset, Memory<byte> destination, CancellationToken ct) =>
+            inner.Value.ReadAsync(offset, destination, ct);
+
+        public IEnumerable<BlockExtent> GetExtents(long offset, long length) => inner.Value.GetExtents(offset, length);
+    }
+}

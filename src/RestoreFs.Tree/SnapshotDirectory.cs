@@ -1,0 +1,120 @@
+using RestoreFs.Datastore;
+using RestoreFs.Fuse;
+
+namespace RestoreFs.Tree;
+
+/// <summary>
+/// One snapshot: per disk image <c>&lt;disk&gt;.img</c>, its companions <c>.img.dev</c> and <c>.img.nbd</c>, the small
+/// blobs decoded as plain files (<c>qemu-server.conf</c>, <c>client.log</c>, the manifest as <c>index.json</c>), and
+/// <c>files/</c> for the files inside the disks. A finished snapshot never changes: long timeouts.
+/// </summary>
+public sealed class SnapshotDirectory : TreeDirectory
+{
+    public const string FilesName = "files";
+    public const string DevSuffix = ".dev";
+    public const string NbdSuffix = ".nbd";
+
+    public SnapshotDirectory(TreeContext context, SnapshotState state)
+        : base(context, immutable: true)
+    {
+        State = state;
+    }
+
+    public SnapshotState State { get; }
+
+    protected override DateTimeOffset MTime => State.Time;
+
+    private Manifest? TryManifest()
+    {
+        try
+        {
+            return State.Manifest;
+        }
+        catch (DatastoreException e)
+        {
+            State.Translate(e, "index.json.blob");
+            return null;
+        }
+    }
+
+    private IEnumerable<string> BlobFiles() =>
+        Directory.EnumerateFiles(State.Snapshot.DirectoryPath, "*.blob").Select(Path.GetFileName).OfType<string>()
+            .Order(StringComparer.Ordinal);
+
+    protected override IReadOnlyList<string> ListNames()
+    {
+        var names = new List<string>();
+        var manifest = TryManifest();
+        var images = manifest?.Files.Where(f => f.FileName.EndsWith(".img.fidx", StringComparison.Ordinal)).ToList() ?? [];
+        foreach (var image in images)
+        {
+            var name = ImageName(image.FileName);
+            names.Add(name);
+            names.Add(name + DevSuffix);
+            names.Add(name + NbdSuffix);
+        }
+
+        names.AddRange(BlobFiles().Select(b => b[..^".blob".Length]));
+        if (images.Count > 0)
+        {
+            names.Add(FilesName);
+        }
+
+        return names;
+    }
+
+    protected override FuseNode? CreateChild(string name)
+    {
+        if (name == FilesName)
+        {
+            return new FilesRootDirectory(Context, State);
+        }
+
+        var manifest = TryManifest();
+        if (manifest is not null)
+        {
+            foreach (var file in manifest.Files.Where(f => f.FileName.EndsWith(".img.fidx", StringComparison.Ordinal)))
+            {
+                var image = ImageName(file.FileName);
+                if (name == image)
+                {
+                    return new ImageFile(Context, State, file.FileName, (long)file.Size);
+                }
+
+                if (name == image + DevSuffix)
+                {
+                    return new AttachNode(Context, State, file.FileName, this, image);
+                }
+
+                if (name == image + NbdSuffix)
+                {
+                    return new NbdUriFile(Context, State, file.FileName);
+                }
+            }
+        }
+
+        var blob = name + ".blob";
+        return File.Exists(Path.Combine(State.Snapshot.DirectoryPath, blob)) ? new BlobFile(Context, State, blob) : null;
+    }
+
+    /// <summary><c>drive-scsi0.img.fidx</c> → <c>drive-scsi0.img</c>.</summary>
+    public static string ImageName(string archive) => archive[..^".fidx".Length];
+
+    /// <summary>Path of the image file below the mount point, for attaching a loop device over it.</summary>
+    public string ImagePathInMount(string imageName)
+    {
+        var s = State.Snapshot;
+        var parts = new List<string> { Context.Options.MountPoint, RootDirectory.SnapshotsName };
+        if (s.Group.Namespace.Path.Length > 0)
+        {
+            foreach (var ns in s.Group.Namespace.Path.Split('/'))
+            {
+                parts.Add(NamespaceDirectory.ChildNamespacesName);
+                parts.Add(ns);
+            }
+        }
+
+        parts.AddRange([s.Group.Type, s.Group.Id, s.TimeName, imageName]);
+        return Path.Combine([.. parts]);
+    }
+}

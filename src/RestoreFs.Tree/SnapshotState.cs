@@ -1,0 +1,88 @@
+using System.Collections.Concurrent;
+using Microsoft.Extensions.Logging;
+using RestoreFs.Datastore;
+using RestoreFs.Fuse;
+
+namespace RestoreFs.Tree;
+
+/// <summary>
+/// One snapshot as the mount sees it: its manifest, and its image readers opened on first use and shared by every
+/// open file, NBD export and VM disk of that image.
+/// </summary>
+public sealed class SnapshotState : IDisposable
+{
+    private readonly Lazy<Manifest> manifest;
+    private readonly ConcurrentDictionary<string, Lazy<ImageReader>> readers = new(StringComparer.Ordinal);
+
+    public SnapshotState(TreeContext context, SnapshotInfo snapshot)
+    {
+        Context = context;
+        Snapshot = snapshot;
+        manifest = new Lazy<Manifest>(() => context.Store.ReadManifest(snapshot, context.Options.Key));
+    }
+
+    public TreeContext Context { get; }
+
+    public SnapshotInfo Snapshot { get; }
+
+    public Manifest Manifest => manifest.Value;
+
+    public DateTimeOffset Time => Snapshot.Time;
+
+    /// <summary>Archive names of the disk images (<c>drive-scsi0.img.fidx</c>), in manifest order.</summary>
+    public IReadOnlyList<string> ImageArchives =>
+        Manifest.Files.Where(f => f.FileName.EndsWith(".img.fidx", StringComparison.Ordinal)).Select(f => f.FileName).ToList();
+
+    /// <summary>The image reader of an archive; errors become the errno a reader of the file should see.</summary>
+    public ImageReader OpenImage(string archive)
+    {
+        var lazy = readers.GetOrAdd(archive, a => new Lazy<ImageReader>(() => Context.Store.OpenImage(Snapshot, a, Context.Options.Key,
+            new ImageReaderOptions(CacheBytes: Context.Options.ImageCacheBytes, ReadAheadChunks: Context.Options.ReadAheadChunks))));
+        try
+        {
+            return lazy.Value;
+        }
+        catch (Exception e)
+        {
+            readers.TryRemove(new KeyValuePair<string, Lazy<ImageReader>>(archive, lazy));
+            throw Translate(e, archive);
+        }
+    }
+
+    /// <summary>
+    /// Turns a datastore error into a FUSE errno: a missing key is EACCES, anything else EIO. Each distinct problem is
+    /// logged once (per snapshot for keys, per chunk for damage), not once per read.
+    /// </summary>
+    public FuseException Translate(Exception e, string archive)
+    {
+        switch (e)
+        {
+            case FuseException fuse:
+                return fuse;
+            case KeyRequiredException or WrongKeyException:
+                Context.WarnOnce($"key:{Snapshot.DirectoryPath}", null,
+                    "Snapshot {Snapshot} cannot be read: {Reason}", Snapshot.Name, e.Message);
+                return new FuseException(13, e.Message);
+            case DatastoreException d:
+                Context.WarnOnce($"damage:{d.ChunkDigest ?? d.FilePath}:{archive}", null,
+                    "Read of {Archive} in {Snapshot} failed: {Reason}", archive, Snapshot.Name, d.Message);
+                return new FuseException(5, d.Message);
+            default:
+                Context.Log.LogError(e, "Unexpected error reading {Archive} in {Snapshot}", archive, Snapshot.Name);
+                return new FuseException(5, e.Message);
+        }
+    }
+
+    public void Dispose()
+    {
+        foreach (var lazy in readers.Values)
+        {
+            if (lazy.IsValueCreated)
+            {
+                lazy.Value.Dispose();
+            }
+        }
+
+        readers.Clear();
+    }
+}

@@ -1,0 +1,52 @@
+using Microsoft.Extensions.Logging;
+using RestoreFs.Datastore;
+
+namespace RestoreFs.Tree;
+
+/// <summary>Everything the nodes of one mount share.</summary>
+public sealed class TreeContext
+{
+    public TreeContext(DatastoreReader store, TreeOptions options, ILoggerFactory logs)
+    {
+        Store = store;
+        Options = options;
+        Logs = logs;
+        Log = logs.CreateLogger("RestoreFs.Tree");
+        Exports = new ImageExports(this);
+    }
+
+    public DatastoreReader Store { get; }
+
+    public TreeOptions Options { get; }
+
+    public ILoggerFactory Logs { get; }
+
+    public ILogger Log { get; }
+
+    public Inodes Inodes { get; } = new();
+
+    public ImageExports Exports { get; }
+
+    /// <summary>Serves <c>files/</c>; null when the restore VM is not available.</summary>
+    public IFilesBackend? Files { get; set; }
+
+    public DateTimeOffset MountTime { get; } = DateTimeOffset.UtcNow;
+
+    private readonly HashSet<string> loggedOnce = new(StringComparer.Ordinal);
+
+    /// <summary>Logs a warning only the first time <paramref name="key"/> is seen (one line per damaged chunk, not per read).</summary>
+    public void WarnOnce(string key, Exception? error, string message, params object?[] args)
+    {
+        lock (loggedOnce)
+        {
+            if (!loggedOnce.Add(key))
+            {
+                return;
+            }
+        }
+
+#pragma warning disable CA2254 // the template is passed through from callers
+        Log.LogWarning(error, message, args);
+#pragma warning restore CA2254
+    }
+}

@@ -1,0 +1,144 @@
+using System.Collections.Concurrent;
+using System.Text;
+using RestoreFs.Fuse;
+
+namespace RestoreFs.Tree;
+
+/// <summary>
+/// A directory of the tree. Children are created on demand and kept, so a name keeps its inode for the life of
+/// the mount. Immutable directories (inside a snapshot) list once; changing ones (root, groups) re-list every
+/// time and forget children that disappeared.
+/// </summary>
+public abstract class TreeDirectory : FuseNode, IFuseDirectory
+{
+    private static readonly TimeSpan Long = TimeSpan.FromHours(1);
+    private static readonly TimeSpan Short = TimeSpan.FromSeconds(1);
+
+    private readonly ConcurrentDictionary<string, FuseNode> children = new(StringComparer.Ordinal);
+    private volatile IReadOnlyList<string>? immutableNames;
+
+    protected TreeDirectory(TreeContext context, bool immutable)
+    {
+        Context = context;
+        Immutable = immutable;
+        Ino = context.Inodes.Next();
+    }
+
+    /// <summary>The root directory uses inode 1.</summary>
+    protected TreeDirectory(TreeContext context, bool immutable, ulong ino)
+    {
+        Context = context;
+        Immutable = immutable;
+        Ino = ino;
+    }
+
+    public TreeContext Context { get; }
+
+    public ulong Ino { get; }
+
+    public bool Immutable { get; }
+
+    public override TimeSpan EntryTimeout => Immutable ? Long : Short;
+
+    public override TimeSpan AttrTimeout => Immutable ? Long : Short;
+
+    public TimeSpan NegativeTimeout => Immutable ? Long : Short;
+
+    public bool ListingIsImmutable => Immutable;
+
+    protected virtual DateTimeOffset MTime => Context.MountTime;
+
+    public override FuseAttributes GetAttributes() =>
+        new(Ino, 0, Modes.Directory, Context.Options.Uid, Context.Options.Gid, MTime, NLink: 2);
+
+    /// <summary>The names this directory has right now.</summary>
+    protected abstract IReadOnlyList<string> ListNames();
+
+    /// <summary>Makes the node for <paramref name="name"/>, or null when there is no such entry.</summary>
+    protected abstract FuseNode? CreateChild(string name);
+
+    /// <summary>For changing directories: whether a cached child still exists (default: re-list).</summary>
+    protected virtual bool StillExists(string name) => ListNames().Contains(name, StringComparer.Ordinal);
+
+    public ValueTask<FuseNode?> LookupAsync(ReadOnlyMemory<byte> name, FuseRequestContext ctx, CancellationToken ct)
+    {
+        if (!TryDecode(name.Span, out var text))
+        {
+            return ValueTask.FromResult<FuseNode?>(null);
+        }
+
+        return ValueTask.FromResult(Lookup(text));
+    }
+
+    public FuseNode? Lookup(string name)
+    {
+        if (children.TryGetValue(name, out var node))
+        {
+            if (Immutable || StillExists(name))
+            {
+                return node;
+            }
+
+            children.TryRemove(name, out _);
+            return null;
+        }
+
+        if (Immutable)
+        {
+            var names = immutableNames ??= ListNames();
+            if (!names.Contains(name, StringComparer.Ordinal))
+            {
+                return null;
+            }
+        }
+
+        var created = CreateChild(name);
+        return created is null ? null : children.GetOrAdd(name, created);
+    }
+
+    public ValueTask<IReadOnlyList<FuseDirectoryEntry>> ListAsync(FuseRequestContext ctx, CancellationToken ct)
+    {
+        IReadOnlyList<string> names;
+        if (Immutable)
+        {
+            names = immutableNames ??= ListNames();
+        }
+        else
+        {
+            names = ListNames();
+            foreach (var gone in children.Keys.Except(names, StringComparer.Ordinal).ToList())
+            {
+                children.TryRemove(gone, out _);
+            }
+        }
+
+        var entries = new List<FuseDirectoryEntry>(names.Count);
+        foreach (var name in names)
+        {
+            var node = children.TryGetValue(name, out var existing) ? existing : CreateChild(name);
+            if (node is null)
+            {
+                continue;
+            }
+
+            node = children.GetOrAdd(name, node);
+            entries.Add(new FuseDirectoryEntry(Encoding.UTF8.GetBytes(name), node));
+        }
+
+        return ValueTask.FromResult<IReadOnlyList<FuseDirectoryEntry>>(entries);
+    }
+
+    private static bool TryDecode(ReadOnlySpan<byte> bytes, out string text)
+    {
+        try
+        {
+            text = new UTF8Encoding(false, true).GetString(bytes);
+            return true;
+        }
+        catch (DecoderFallbackException)
+        {
+            text = string.Empty;
+            return false;
+        }
+    }
+}

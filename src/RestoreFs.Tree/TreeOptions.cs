@@ -1,0 +1,29 @@
+using RestoreFs.Datastore;
+
+namespace RestoreFs.Tree;
+
+/// <summary>What a mount of a datastore is configured with.</summary>
+public sealed record TreeOptions
+{
+    /// <summary>The key for encrypted snapshots; null lists them but refuses reads with EACCES.</summary>
+    public CryptConfig? Key { get; init; }
+
+    /// <summary>Owner shown on every node (the mounting user).</summary>
+    public uint Uid { get; init; }
+
+    public uint Gid { get; init; }
+
+    /// <summary>Decoded-chunk cache per open image.</summary>
+    public long ImageCacheBytes { get; init; } = 64L * 1024 * 1024;
+
+    public int ReadAheadChunks { get; init; } = 4;
+
+    /// <summary>The datastore's base directory.</summary>
+    public required string StorePath { get; init; }
+
+    /// <summary>Directory for sockets and state (NBD socket, VM map).</summary>
+    public required string RuntimeDirectory { get; init; }
+
+    /// <summary>Where the mount lives; companion <c>.img.dev</c> attaches loop devices over files below it.</summary>
+    public required string MountPoint { get; init; }
+}
