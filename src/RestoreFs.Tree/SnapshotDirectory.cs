@@ -55,7 +55,7 @@ public sealed class SnapshotDirectory : TreeDirectory
         }
 
         names.AddRange(BlobFiles().Select(b => b[..^".blob".Length]));
-        if (images.Count > 0)
+        if (images.Count > 0 && Context.Files is not null)
         {
             names.Add(FilesName);
         }
@@ -67,7 +67,7 @@ public sealed class SnapshotDirectory : TreeDirectory
     {
         if (name == FilesName)
         {
-            return new FilesRootDirectory(Context, State);
+            return Context.Files is null ? null : new FilesRootDirectory(Context, State);
         }
 
         var manifest = TryManifest();

@@ -20,6 +20,7 @@ public static class Daemon
         var psi = new ProcessStartInfo(Environment.ProcessPath ?? "restorefs")
         {
             RedirectStandardOutput = true,
+            RedirectStandardError = true,
             RedirectStandardInput = true,
             UseShellExecute = false,
         };
@@ -31,6 +32,17 @@ public static class Daemon
         psi.Environment[ChildVariable] = "1";
         using var child = Process.Start(psi) ?? throw new InvalidOperationException("could not start the background process");
         child.StandardInput.Close();
+
+        // The child's messages reach our stderr through a pipe of ours: the child never holds the caller's stderr,
+        // so whoever reads our output sees it end when we exit.
+        _ = Task.Run(() =>
+        {
+            string? line;
+            while ((line = child.StandardError.ReadLine()) is not null)
+            {
+                Console.Error.WriteLine(line);
+            }
+        });
         var readTask = Task.Run(() =>
         {
             string? line;
@@ -58,6 +70,7 @@ public static class Daemon
         }
 
         child.WaitForExit();
+        Thread.Sleep(100); // let the last error lines through
         return child.ExitCode == 0 ? 1 : child.ExitCode;
     }
 

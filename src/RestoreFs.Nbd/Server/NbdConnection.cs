@@ -93,12 +93,14 @@ internal sealed class NbdConnection(NbdServer server, Socket socket, int id, ILo
                         break;
                     }
 
-                    foreach (var (exportName, _) in server.ListExports())
+                    foreach (var (exportName, description) in server.ListExports())
                     {
                         var bytes = Encoding.UTF8.GetBytes(exportName);
-                        var entry = new byte[4 + bytes.Length];
+                        var text = Encoding.UTF8.GetBytes(description ?? string.Empty);
+                        var entry = new byte[4 + bytes.Length + text.Length];
                         BinaryPrimitives.WriteUInt32BigEndian(entry, (uint)bytes.Length);
                         bytes.CopyTo(entry, 4);
+                        text.CopyTo(entry, 4 + bytes.Length);
                         await OptionReplyAsync(option, RepServer, entry, ct).ConfigureAwait(false);
                     }
 

@@ -1,0 +1,72 @@
+using System.Text;
+using RestoreFs.Fuse;
+
+namespace RestoreFs.Fuse.Tests;
+
+/// <summary>A small in-memory filesystem for mount tests: directories, files from byte arrays, symlinks, a failing file.</summary>
+internal sealed class MemDir(ulong ino, bool immutable = true) : FuseNode, IFuseDirectory
+{
+    public readonly Dictionary<string, FuseNode> Children = new(StringComparer.Ordinal);
+    public int Lookups;
+
+    public TimeSpan NegativeTimeout => TimeSpan.FromSeconds(30);
+
+    public bool ListingIsImmutable => immutable;
+
+    public override FuseAttributes GetAttributes() => new(ino, 0, 0x416D, 0, 0, DateTimeOffset.FromUnixTimeSeconds(1700000000), 2);
+
+    public ValueTask<FuseNode?> LookupAsync(ReadOnlyMemory<byte> name, FuseRequestContext ctx, CancellationToken ct)
+    {
+        Interlocked.Increment(ref Lookups);
+        return ValueTask.FromResult(Children.GetValueOrDefault(Encoding.UTF8.GetString(name.Span)));
+    }
+
+    public ValueTask<IReadOnlyList<FuseDirectoryEntry>> ListAsync(FuseRequestContext ctx, CancellationToken ct) =>
+        ValueTask.FromResult<IReadOnlyList<FuseDirectoryEntry>>(Children.Select(c => new FuseDirectoryEntry(Encoding.UTF8.GetBytes(c.Key), c.Value)).ToList());
+}
+
+internal sealed class MemFile(ulong ino, byte[] data, bool fail = false) : FuseNode, IFuseFile
+{
+    public override FuseAttributes GetAttributes() => new(ino, (ulong)data.Length, 0x8124, 0, 0, DateTimeOffset.FromUnixTimeSeconds(1700000000));
+
+    public ValueTask<IFuseFileHandle> OpenAsync(FuseOpenFlags flags, FuseRequestContext ctx, CancellationToken ct) =>
+        ValueTask.FromResult<IFuseFileHandle>(new Handle(data, fail));
+
+    private sealed class Handle(byte[] data, bool fail) : IFuseFileHandle
+    {
+        public bool KeepCache => true;
+
+        public bool DirectIo => false;
+
+        public async ValueTask<int> ReadAsync(long offset, Memory<byte> buffer, CancellationToken ct)
+        {
+            if (fail)
+            {
+                throw new FuseException(5, "this file always fails");
+            }
+
+            if (offset % 3 == 0)
+            {
+                await Task.Yield(); // some replies come from another thread
+            }
+
+            if (offset >= data.Length)
+            {
+                return 0;
+            }
+
+            var n = (int)Math.Min(buffer.Length, data.Length - offset);
+            data.AsSpan((int)offset, n).CopyTo(buffer.Span);
+            return n;
+        }
+
+        public ValueTask DisposeAsync() => ValueTask.CompletedTask;
+    }
+}
+
+internal sealed class MemLink(ulong ino, string target) : FuseNode, IFuseSymlink
+{
+    public override FuseAttributes GetAttributes() => new(ino, (ulong)target.Length, 0xA1FF, 0, 0, DateTimeOffset.FromUnixTimeSeconds(1700000000));
+
+    public ValueTask<byte[]> ReadLinkAsync(FuseRequestContext ctx, CancellationToken ct) => ValueTask.FromResult(Encoding.UTF8.GetBytes(target));
+}

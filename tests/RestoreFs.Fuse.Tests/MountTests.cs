@@ -1,0 +1,135 @@
+using Microsoft.Extensions.Logging.Abstractions;
+using RestoreFs.Fuse;
+using RestoreFs.TestSupport;
+
+namespace RestoreFs.Fuse.Tests;
+
+/// <summary>Real kernel mounts of an in-memory filesystem through our protocol implementation.</summary>
+public sealed class MountTests : IAsyncLifetime
+{
+    private readonly TempDirectory dir = new("restorefs-fuse");
+    private readonly MemDir root = new(1);
+    private readonly MemDir big = new(3, immutable: false);
+    private readonly byte[] data = new byte[64 * 1024 * 1024 + 123];
+    private FuseMount? mount;
+
+    private string Mnt => dir.Combine("mnt");
+
+    public async Task InitializeAsync()
+    {
+        Requires.Root();
+        new Random(3).NextBytes(data);
+        root.Children["data.bin"] = new MemFile(2, data);
+        root.Children["big"] = big;
+        for (var i = 0; i < 2000; i++)
+        {
+            big.Children[$"entry-{i:D4}"] = new MemFile((ulong)(1000 + i), System.Text.Encoding.ASCII.GetBytes($"{i}\n"));
+        }
+
+        root.Children["link"] = new MemLink(4, "data.bin");
+        root.Children["broken.bin"] = new MemFile(5, new byte[10000], fail: true);
+        Directory.CreateDirectory(Mnt);
+        mount = await FuseMount.MountAsync(Mnt, root, new FuseMountOptions(FsName: "fuse-test"), NullLoggerFactory.Instance);
+    }
+
+    public async Task DisposeAsync()
+    {
+        if (mount is not null)
+        {
+            await mount.DisposeAsync();
+        }
+
+        MountTable.LazyUnmount(Mnt);
+        dir.Dispose();
+    }
+
+    private string P(params string[] parts) => Path.Combine([Mnt, .. parts]);
+
+    private static ProcessResult Sh(string command) => ProcessRunner.Run("bash", ["-c", command], TimeSpan.FromMinutes(2));
+
+    [Fact]
+    public void Ls_stat_find_and_cmp_work_on_the_mount()
+    {
+        var ls = Sh($"ls -la '{Mnt}'").EnsureSuccess("ls");
+        Assert.Contains("data.bin", ls.StdOut);
+        Assert.Contains("link -> data.bin", ls.StdOut);
+        Assert.Equal($"{data.Length} 8124", Sh($"stat -c '%s %f' '{P("data.bin")}'").EnsureSuccess("stat").StdOut.Trim());
+        Assert.Equal("2004", Sh($"find '{Mnt}' -mindepth 1 | wc -l").EnsureSuccess("find").StdOut.Trim());
+        var source = dir.Combine("source.bin");
+        File.WriteAllBytes(source, data);
+        Sh($"cmp '{source}' '{P("data.bin")}'").EnsureSuccess("cmp");
+        Sh($"cmp '{source}' '{P("link")}'").EnsureSuccess("cmp through the symlink");
+        Assert.Equal("data.bin", new FileInfo(P("link")).LinkTarget);
+    }
+
+    [Fact]
+    public void A_two_thousand_entry_directory_lists_fully_even_with_a_tiny_getdents_buffer()
+    {
+        Assert.Equal(2000, Directory.GetFiles(P("big")).Length);
+        // python's os.scandir reads with small buffers; ls -f with an unsorted listing exercises resumption too.
+        var names = Sh($"ls -f '{P("big")}'").EnsureSuccess("ls -f").StdOut.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Equal(2002, names.Length);
+        Assert.Equal(2002, names.Distinct().Count());
+    }
+
+    [Fact]
+    public void Missing_names_are_cached_negatively()
+    {
+        var before = root.Lookups;
+        for (var i = 0; i < 3; i++)
+        {
+            Assert.False(File.Exists(P("no-such-file")));
+        }
+
+        Assert.Equal(before + 1, root.Lookups);
+    }
+
+    [Fact]
+    public void Writes_are_refused_with_erofs_and_a_failing_file_fails_alone()
+    {
+        Assert.Contains("Read-only file system", Sh($"touch '{P("new")}'").StdErr);
+        Assert.Contains("Read-only file system", Sh($"mkdir '{P("d")}'").StdErr);
+        Assert.Contains("Input/output error", Sh($"cat '{P("broken.bin")}'").StdErr);
+        Assert.Equal("7\n", File.ReadAllText(P("big", "entry-0007")));
+    }
+
+    [Fact]
+    public void Eight_threads_of_random_reads_and_mmap_are_byte_exact()
+    {
+        var failures = 0;
+        Parallel.For(0, 8, t =>
+        {
+            var random = new Random(t);
+            using var handle = File.OpenHandle(P("data.bin"));
+            for (var i = 0; i < 100; i++)
+            {
+                var offset = random.NextInt64(data.Length);
+                var buffer = new byte[random.Next(1, 2_000_000)];
+                var n = RandomAccess.Read(handle, buffer, offset);
+                if (!buffer.AsSpan(0, n).SequenceEqual(data.AsSpan((int)offset, n)))
+                {
+                    Interlocked.Increment(ref failures);
+                }
+            }
+        });
+        Assert.Equal(0, failures);
+        using var map = System.IO.MemoryMappedFiles.MemoryMappedFile.CreateFromFile(P("data.bin"), FileMode.Open, null, 0,
+            System.IO.MemoryMappedFiles.MemoryMappedFileAccess.Read);
+        using var view = map.CreateViewAccessor(30_000_000, 4096, System.IO.MemoryMappedFiles.MemoryMappedFileAccess.Read);
+        var page = new byte[4096];
+        view.ReadArray(0, page, 0, 4096);
+        Assert.Equal(data.AsSpan(30_000_000, 4096).ToArray(), page);
+    }
+
+    [Fact]
+    public async Task Lookup_counts_return_to_the_root_after_drop_caches_and_unmount_ends_the_session()
+    {
+        Sh($"ls -lR '{Mnt}' > /dev/null").EnsureSuccess("ls -lR");
+        Assert.True(mount!.KnownNodes > 2000);
+        Sh("sync; echo 2 > /proc/sys/vm/drop_caches").EnsureSuccess("drop_caches");
+        Assert.True(MountTable.WaitUntil(() => mount.KnownNodes <= 2, TimeSpan.FromSeconds(10)), $"{mount.KnownNodes} nodes still known");
+        await mount.UnmountAsync();
+        Assert.True(mount.Completion.IsCompleted);
+        Assert.False(MountTable.IsMounted(Mnt));
+    }
+}

@@ -1,0 +1,39 @@
+using RestoreFs.Datastore;
+
+namespace RestoreFs.TestSupport;
+
+/// <summary>Makes test datastores with the real writer: images from byte arrays, optional key and blobs.</summary>
+public static class DatastoreBuilder
+{
+    public static SnapshotInfo Write(string store, string group, DateTimeOffset time, IReadOnlyDictionary<string, byte[]> images,
+        CryptConfig? key = null, string? ns = null, IReadOnlyDictionary<string, byte[]>? blobs = null)
+    {
+        using var writer = BackupWriter.Create(store, BackupGroup.Parse(BackupNamespace.Parse(ns), group), time, key);
+        foreach (var (name, data) in images)
+        {
+            using var stream = new MemoryStream(data, writable: false);
+            writer.AddImage(name, stream, data.Length);
+        }
+
+        foreach (var (name, data) in blobs ?? new Dictionary<string, byte[]>())
+        {
+            writer.AddBlob(name, data);
+        }
+
+        return writer.Finish();
+    }
+
+    /// <summary>Random bytes with a repeatable seed; <paramref name="zeroChunks"/> 4 MiB chunks cleared.</summary>
+    public static byte[] Data(int length, int seed, params int[] zeroChunks)
+    {
+        var data = new byte[length];
+        new Random(seed).NextBytes(data);
+        foreach (var chunk in zeroChunks)
+        {
+            var start = chunk * BackupWriter.DefaultChunkSize;
+            Array.Clear(data, start, Math.Min(BackupWriter.DefaultChunkSize, length - start));
+        }
+
+        return data;
+    }
+}
