@@ -20,7 +20,11 @@ public sealed class CliMount : IDisposable
 
     public static CliMount Start(string store, string mountPoint, params string[] extraArgs)
     {
-        Directory.CreateDirectory(mountPoint);
+        if (!MountTable.IsMounted(mountPoint))
+        {
+            Directory.CreateDirectory(mountPoint);
+        }
+
         var result = ProcessRunner.Run(RepoPaths.Cli, ["mount", store, mountPoint, .. extraArgs], TimeSpan.FromSeconds(60));
         result.EnsureSuccess($"restorefs mount {store} {mountPoint}");
         if (!MountTable.IsMounted(mountPoint))

@@ -13,5 +13,9 @@ public static class CommandTable
         yield return RestoreCommand.Create();
         yield return BackupCommand.Create();
         yield return KeyCommand.Create();
+        foreach (var command in MapCommand.Create())
+        {
+            yield return command;
+        }
     }
 }

@@ -38,7 +38,8 @@ public static class MountCommand
                 return 2;
             }
 
-            if (!Directory.Exists(mountPath))
+            // A stale mount of a dead server does not stat as a directory; the mount clears it.
+            if (!Directory.Exists(mountPath) && !MountService.IsMounted(mountPath))
             {
                 Console.Error.WriteLine($"restorefs: mount point {mountPath} does not exist");
                 return 2;

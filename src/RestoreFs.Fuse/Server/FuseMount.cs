@@ -38,14 +38,14 @@ public sealed class FuseMount : IAsyncDisposable
     {
         var log = logs.CreateLogger<FuseMount>();
         var full = Path.GetFullPath(mountPoint).TrimEnd('/');
-        if (!Directory.Exists(full))
-        {
-            throw new IOException($"mount point {full} does not exist");
-        }
-
         if (options.ClearStaleMount)
         {
             Mounter.ClearStaleMount(full, log);
+        }
+
+        if (!Directory.Exists(full))
+        {
+            throw new IOException($"mount point {full} does not exist");
         }
 
         var fd = Mounter.Mount(full, options, log, out var viaFusermount);

@@ -1,0 +1,117 @@
+using System.Text;
+using Microsoft.Extensions.Logging.Abstractions;
+using RestoreFs.Datastore;
+using RestoreFs.Fuse;
+using RestoreFs.TestSupport;
+using RestoreFs.Tree;
+
+namespace RestoreFs.Tree.Tests;
+
+/// <summary>The tree at node level, without a kernel: layout, attributes, reads, errors, new snapshots.</summary>
+public sealed class TreeNodeTests : IAsyncDisposable
+{
+    private static readonly DateTimeOffset T0 = DateTimeOffset.Parse("2026-03-04T05:06:07Z");
+    private readonly TempDirectory dir = new("restorefs-tree");
+    private readonly byte[] data = DatastoreBuilder.Data(2 * BackupWriter.DefaultChunkSize + 5, 21, 1);
+    private readonly TreeContext context;
+    private readonly RootDirectory root;
+    private readonly FuseRequestContext ctx = new();
+
+    public TreeNodeTests()
+    {
+        var store = dir.Combine("store");
+        DatastoreBuilder.Write(store, "vm/100", T0, new Dictionary<string, byte[]> { ["drive-scsi0"] = data },
+            blobs: new Dictionary<string, byte[]> { ["qemu-server.conf"] = "cores: 4\n"u8.ToArray() });
+        DatastoreBuilder.Write(store, "ct/5", T0, new Dictionary<string, byte[]> { ["disk"] = [1, 2] }, ns: "team");
+        context = new TreeContext(DatastoreReader.Open(store), new TreeOptions
+        {
+            Uid = 1234, Gid = 55, RuntimeDirectory = dir.Combine("run"), StorePath = store, MountPoint = dir.Combine("mnt"),
+        }, NullLoggerFactory.Instance);
+        root = new RootDirectory(context);
+    }
+
+    private async Task<FuseNode> Walk(params string[] path)
+    {
+        FuseNode node = root;
+        foreach (var part in path)
+        {
+            node = await ((IFuseDirectory)node).LookupAsync(Encoding.UTF8.GetBytes(part), ctx, default)
+                   ?? throw new FileNotFoundException(string.Join('/', path));
+        }
+
+        return node;
+    }
+
+    private async Task<string[]> Names(params string[] path) =>
+        (await ((IFuseDirectory)await Walk(path)).ListAsync(ctx, default)).Select(e => Encoding.UTF8.GetString(e.Name.Span)).ToArray();
+
+    [Fact]
+    public async Task Layout_follows_namespaces_types_groups_and_times()
+    {
+        Assert.Equal(["snapshots"], await Names());
+        Assert.Equal(["vm", "ns"], await Names("snapshots"));
+        Assert.Equal(["team"], await Names("snapshots", "ns"));
+        Assert.Equal(["ct"], await Names("snapshots", "ns", "team"));
+        Assert.Equal(["2026-03-04T05:06:07Z"], await Names("snapshots", "vm", "100"));
+        Assert.Equal(["drive-scsi0.img", "drive-scsi0.img.dev", "drive-scsi0.img.nbd", "index", "qemu-server.conf"],
+            (await Names("snapshots", "vm", "100", "2026-03-04T05:06:07Z")).Select(n => n == "index.json" ? "index" : n).Order(StringComparer.Ordinal).ToArray());
+    }
+
+    [Fact]
+    public async Task Image_attributes_and_reads()
+    {
+        var image = await Walk("snapshots", "vm", "100", "2026-03-04T05:06:07Z", "drive-scsi0.img");
+        var attr = image.GetAttributes();
+        Assert.Equal((ulong)data.Length, attr.Size);
+        Assert.Equal(0x8124u, attr.Mode);
+        Assert.Equal(1234u, attr.Uid);
+        Assert.Equal(T0, attr.MTime);
+        Assert.Same(image, await Walk("snapshots", "vm", "100", "2026-03-04T05:06:07Z", "drive-scsi0.img"));
+        await using var handle = await ((IFuseFile)image).OpenAsync(FuseOpenFlags.ReadOnly, ctx, default);
+        var buffer = new byte[1 << 20];
+        var n = await handle.ReadAsync(BackupWriter.DefaultChunkSize - 100, buffer, default);
+        Assert.Equal(buffer.Length, n);
+        Assert.Equal(data.AsSpan(BackupWriter.DefaultChunkSize - 100, n).ToArray(), buffer);
+        Assert.Equal(BackupWriter.DefaultChunkSize, await handle.SeekDataOrHoleAsync(0, data: false, default));
+        Assert.Equal(2L * BackupWriter.DefaultChunkSize, await handle.SeekDataOrHoleAsync(BackupWriter.DefaultChunkSize, data: true, default));
+    }
+
+    [Fact]
+    public async Task Config_blob_is_decoded_and_a_new_snapshot_appears_without_remounting()
+    {
+        var conf = (IFuseFile)await Walk("snapshots", "vm", "100", "2026-03-04T05:06:07Z", "qemu-server.conf");
+        await using var handle = await conf.OpenAsync(FuseOpenFlags.ReadOnly, ctx, default);
+        var buffer = new byte[100];
+        Assert.Equal("cores: 4\n", Encoding.UTF8.GetString(buffer, 0, await handle.ReadAsync(0, buffer, default)));
+
+        DatastoreBuilder.Write(context.Options.StorePath, "vm/100", T0.AddHours(1), new Dictionary<string, byte[]> { ["d"] = [9] });
+        Assert.Equal(2, (await Names("snapshots", "vm", "100")).Length);
+        Assert.NotNull(await Walk("snapshots", "vm", "100", "2026-03-04T06:06:07Z", "d.img"));
+    }
+
+    [Fact]
+    public async Task Inode_numbers_are_unique()
+    {
+        var seen = new HashSet<ulong>();
+        async Task Visit(FuseNode node)
+        {
+            Assert.True(seen.Add(node.GetAttributes().Ino), "duplicate inode");
+            if (node is IFuseDirectory d)
+            {
+                foreach (var e in await d.ListAsync(ctx, default))
+                {
+                    await Visit(e.Node);
+                }
+            }
+        }
+
+        await Visit(root);
+        Assert.True(seen.Count > 10);
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await context.Exports.DisposeAsync();
+        dir.Dispose();
+    }
+}
