@@ -1,0 +1,78 @@
+#!/bin/bash
+# Builds the restore VM image (kernel + initramfs) from Debian packages, without installing anything.
+# Usage: scripts/build-restore-image.sh OUTDIR [DAEMON_BINARY]
+set -euo pipefail
+out=${1:?usage: $0 OUTDIR [DAEMON_BINARY]}
+daemon=${2:-}
+here=$(cd "$(dirname "$0")" && pwd)
+mkdir -p "$out"; out=$(cd "$out" && pwd)
+cache=${RESTOREFS_IMAGE_CACHE:-$out/.cache}
+mkdir -p "$cache/debs"
+start=$(date +%s)
+log() { echo "[restore-image] $*" >&2; }
+
+kver_pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-6/ {print $2; exit}')
+[ -n "$kver_pkg" ] || { log "cannot resolve the bookworm kernel package"; exit 1; }
+pkgs=("$kver_pkg" busybox-static)
+log "packages: ${pkgs[*]}"
+( cd "$cache/debs"
+  for p in "${pkgs[@]}"; do
+      ls "${p}"_*.deb >/dev/null 2>&1 || { log "downloading $p"; apt-get download -q "$p" >&2; }
+  done )
+
+# Content hash of every input decides whether anything must be rebuilt.
+manifest=$( { for p in "${pkgs[@]}"; do sha256sum "$cache"/debs/"${p}"_*.deb | cut -d' ' -f1; done
+              cat "$here"/restore-image/init "$here"/restore-image/modules.* "$0"
+              if [ -n "$daemon" ]; then sha256sum < "$daemon"; fi; } | sha256sum | cut -d' ' -f1)
+if [ -f "$out/manifest" ] && [ "$(cat "$out/manifest")" = "$manifest" ] \
+   && [ -f "$out/vmlinux" ] && [ -f "$out/initramfs.img" ]; then
+    log "up to date ($manifest)"; exit 0
+fi
+
+work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
+for p in "${pkgs[@]}"; do log "unpacking $p"; dpkg-deb -x "$cache"/debs/"${p}"_*.deb "$work/pkg"; done
+kver=$(ls "$work/pkg/lib/modules")
+cp "$work/pkg/boot/vmlinuz-$kver" "$out/vmlinuz.new"
+
+log "extracting the uncompressed kernel ELF (PVH)"
+off=$(grep -abo $'\xfd7zXZ\x00' "$out/vmlinuz.new" | head -1 | cut -d: -f1)
+[ -n "$off" ] || { log "no xz stream in vmlinuz"; exit 1; }
+tail -c +$((off + 1)) "$out/vmlinuz.new" | xz -dc 2>/dev/null > "$out/vmlinux.new" || true
+[ "$(head -c 4 "$out/vmlinux.new" | od -An -tx1 | tr -d ' ')" = 7f454c46 ] || { log "extracted kernel is not ELF"; exit 1; }
+
+root=$work/root; mods=$work/pkg/lib/modules/$kver
+mkdir -p "$root"/{bin,sbin,etc,proc,sys,dev,run,tmp,mnt,lib/modules/$kver}
+cp "$work/pkg/bin/busybox" "$root/bin/busybox"
+for a in $("$root/bin/busybox" --list); do [ -e "$root/bin/$a" ] || ln -s busybox "$root/bin/$a"; done
+cp "$here/restore-image/init" "$root/init"; chmod 755 "$root/init"
+cp "$here"/restore-image/modules.early "$here"/restore-image/modules.late "$root/etc/"
+
+log "resolving module dependencies"
+depmod -b "$work/pkg" "$kver"
+declare -A want
+add() { # module name -> path plus its dependencies from modules.dep
+    local name=${1//-/_} line path
+    line=$(grep -E "/${name}\.ko(\.xz)?:|/${1}\.ko(\.xz)?:" "$mods/modules.dep" | head -1) || { log "module $1 missing"; return 0; }
+    path=${line%%:*}; [ -n "${want[$path]:-}" ] && return 0; want[$path]=1
+    for d in ${line#*:}; do add "$(basename "${d%.ko*}")"; done
+}
+while read -r m; do [ -n "$m" ] && add "$m"; done < <(cat "$here"/restore-image/modules.early "$here"/restore-image/modules.late)
+for path in "${!want[@]}"; do
+    mkdir -p "$root/lib/modules/$kver/$(dirname "$path")"
+    case $path in
+        *.xz) xz -dc "$mods/$path" > "$root/lib/modules/$kver/${path%.xz}" ;;
+        *) cp "$mods/$path" "$root/lib/modules/$kver/$path" ;;
+    esac
+done
+cp "$mods"/modules.{order,builtin,builtin.modinfo} "$root/lib/modules/$kver/" 2>/dev/null || true
+depmod -b "$root" "$kver"   # modules.dep of the chosen (uncompressed) set; busybox modprobe reads it
+log "${#want[@]} modules"
+if [ -n "$daemon" ]; then install -m 755 "$daemon" "$root/restorefs-daemon"
+    for lib in $(ldd "$daemon" 2>/dev/null | grep -o '/[^ ]*'); do mkdir -p "$root$(dirname "$lib")"; cp -L "$lib" "$root$lib"; done
+fi
+
+log "packing initramfs (cpio newc, lz4 legacy)"
+( cd "$root" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0 ) | lz4 -l -q -c > "$out/initramfs.img.new"
+mv "$out/vmlinuz.new" "$out/vmlinuz"; mv "$out/vmlinux.new" "$out/vmlinux"; mv "$out/initramfs.img.new" "$out/initramfs.img"
+echo "$manifest" > "$out/manifest"
+log "done in $(( $(date +%s) - start ))s: initramfs $(du -h "$out/initramfs.img" | cut -f1), vmlinux $(du -h "$out/vmlinux" | cut -f1)"
