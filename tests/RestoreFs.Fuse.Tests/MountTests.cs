@@ -132,4 +132,28 @@ public sealed class MountTests : IAsyncLifetime
         Assert.True(mount.Completion.IsCompleted);
         Assert.False(MountTable.IsMounted(Mnt));
     }
+
+    [Fact]
+    public async Task A_second_concurrent_mount_serves_its_own_tree()
+    {
+        var other = dir.Combine("mnt2");
+        Directory.CreateDirectory(other);
+        var root2 = new MemDir(1);
+        root2.Children["only-here.txt"] = new MemFile(2, System.Text.Encoding.ASCII.GetBytes("second\n"));
+        await using var second = await FuseMount.MountAsync(other, root2, new FuseMountOptions(FsName: "fuse-test-2"), NullLoggerFactory.Instance);
+        try
+        {
+            Assert.Equal("second\n", File.ReadAllText(Path.Combine(other, "only-here.txt")));
+            Assert.False(File.Exists(Path.Combine(other, "data.bin")));
+            Assert.True(File.Exists(P("data.bin")));
+        }
+        finally
+        {
+            await second.UnmountAsync();
+            MountTable.LazyUnmount(other);
+        }
+
+        Assert.False(MountTable.IsMounted(other));
+        Assert.True(MountTable.IsMounted(Mnt));
+    }
 }
