@@ -35,7 +35,8 @@ mkdir "$work/frames"
 n=0; for f in $(find "$work/store/.chunks" -type f); do if [ "$(head -c 8 "$f" | xxd -p)" = "31b958426fb6a37f" ]; then tail -c +13 "$f" > "$work/frames/$n.zst"; n=$((n+1)); fi; done
 cat "$work"/frames/*.zst > /dev/null
 zin=$(du -cb "$work"/frames/*.zst | tail -1 | cut -f1)
-t3=$(date +%s.%N); for f in "$work"/frames/*.zst; do zstd -q -d -c "$f" > /dev/null; done; t4=$(date +%s.%N)
+cat "$work"/frames/*.zst > "$work/all.zst"; cat "$work/all.zst" > /dev/null
+t3=$(date +%s.%N); zstd -q -d -c "$work/all.zst" > /dev/null; t4=$(date +%s.%N)
 zout=$((n * 4 * 1024 * 1024))
 cat "$work/disk.img" > /dev/null
 t5=$(date +%s.%N); cat "$work/disk.img" > /dev/null; t6=$(date +%s.%N)
@@ -44,5 +45,5 @@ echo "|---|---|"
 echo "| backup, first run (all chunks new) | $(mbps "$bytes" "$(secs "$t0" "$t1")") |"
 echo "| backup, second run (all chunks present) | $(mbps "$bytes" "$(secs "$t1" "$t2")") |"
 echo "| ImageReader sequential, cold chunk cache | $reader |"
-echo "| zstd -d of the same $n compressed chunks (one process per chunk) | $(mbps "$zout" "$(secs "$t3" "$t4")") of output |"
+echo "| zstd -d of the same $n compressed chunks (one zstd process, page cache) | $(mbps "$zout" "$(secs "$t3" "$t4")") of output |"
 echo "| raw image from the page cache (cat) | $(mbps "$bytes" "$(secs "$t5" "$t6")") |"

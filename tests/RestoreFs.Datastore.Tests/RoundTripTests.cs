@@ -98,6 +98,27 @@ public sealed class RoundTripTests : IDisposable
     }
 
     [Fact]
+    public void A_new_store_gets_all_65536_chunk_directories_as_PBS_makes_them()
+    {
+        using (var writer = BackupWriter.Create(Store, BackupGroup.Parse(BackupNamespace.Root, "vm/5"), T0, null))
+        {
+            var data = DatastoreBuilder.Data(1000, 5);
+            using var stream = new MemoryStream(data);
+            writer.AddImage("d", stream, data.Length);
+            writer.Finish();
+        }
+
+        var dirs = Directory.GetDirectories(Path.Combine(Store, ".chunks")).Select(Path.GetFileName).Order(StringComparer.Ordinal).ToList();
+        Assert.Equal(65536, dirs.Count);
+        Assert.Equal("0000", dirs[0]);
+        Assert.Equal("ffff", dirs[^1]);
+        Assert.True(File.Exists(Path.Combine(Store, ".lock")));
+        var chunkFiles = Directory.EnumerateFiles(Path.Combine(Store, ".chunks"), "*", SearchOption.AllDirectories).ToList();
+        var chunk = Assert.Single(chunkFiles);
+        Assert.Equal(Path.GetFileName(chunk)[..4], Path.GetFileName(Path.GetDirectoryName(chunk)));
+    }
+
+    [Fact]
     public void Listing_ten_thousand_snapshots_takes_well_under_a_second()
     {
         BackupWriter.EnsureStore(Store);

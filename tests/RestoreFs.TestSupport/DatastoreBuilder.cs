@@ -2,13 +2,18 @@ using RestoreFs.Datastore;
 
 namespace RestoreFs.TestSupport;
 
-/// <summary>Makes test datastores with the real writer: images from byte arrays, optional key and blobs.</summary>
+/// <summary>
+/// Makes test datastores with the real writer: images from byte arrays, optional key and blobs. Stores get only the
+/// chunk directories they use (the writer's on-demand mode): making all 65536, as a real store has, costs seconds per
+/// test; one round-trip test covers the full layout.
+/// </summary>
 public static class DatastoreBuilder
 {
     public static SnapshotInfo Write(string store, string group, DateTimeOffset time, IReadOnlyDictionary<string, byte[]> images,
         CryptConfig? key = null, string? ns = null, IReadOnlyDictionary<string, byte[]>? blobs = null)
     {
-        using var writer = BackupWriter.Create(store, BackupGroup.Parse(BackupNamespace.Parse(ns), group), time, key);
+        using var writer = BackupWriter.Create(store, BackupGroup.Parse(BackupNamespace.Parse(ns), group), time, key,
+            precreateChunkDirectories: false);
         foreach (var (name, data) in images)
         {
             using var stream = new MemoryStream(data, writable: false);

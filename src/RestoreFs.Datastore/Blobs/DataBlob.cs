@@ -225,8 +225,27 @@ public static class DataBlob
 
     private static void Decompress(ReadOnlySpan<byte> frame, Span<byte> destination, string path, long offset, string digest)
     {
-        using var decompressor = new Decompressor();
         int written;
+        if (NativeZstd.Available)
+        {
+            try
+            {
+                written = NativeZstd.Decompress(frame, destination);
+            }
+            catch (InvalidDataException e)
+            {
+                throw new ChunkCorruptException($"zstd decompression failed: {e.Message}", path, offset, digest, e);
+            }
+
+            if (written != destination.Length)
+            {
+                throw new ChunkCorruptException($"chunk decompresses to {written} bytes, the index expects {destination.Length}", path, offset, digest);
+            }
+
+            return;
+        }
+
+        using var decompressor = new Decompressor();
         try
         {
             if (!decompressor.TryUnwrap(frame, destination, out written))

@@ -16,6 +16,20 @@ public sealed class ChunkStore(string basePath)
     /// <summary>Reads a chunk file into a new array; read-only, never touches the store otherwise.</summary>
     public byte[] Read(ReadOnlySpan<byte> digest, long imageOffset)
     {
+        var rented = ReadRented(digest, imageOffset, out var length);
+        try
+        {
+            return rented.AsSpan(0, length).ToArray();
+        }
+        finally
+        {
+            System.Buffers.ArrayPool<byte>.Shared.Return(rented);
+        }
+    }
+
+    /// <summary>Reads a chunk file into an array rented from the shared pool (return it); <paramref name="length"/> bytes are valid.</summary>
+    public byte[] ReadRented(ReadOnlySpan<byte> digest, long imageOffset, out int length)
+    {
         var path = PathOf(digest);
         SafeFileHandle handle;
         try
@@ -33,17 +47,18 @@ public sealed class ChunkStore(string basePath)
 
         using (handle)
         {
-            var length = RandomAccess.GetLength(handle);
-            if (length > DataBlob.MaxBlobSize + DataBlob.EncryptedHeaderSize + 1024 * 1024)
+            var fileLength = RandomAccess.GetLength(handle);
+            if (fileLength > DataBlob.MaxBlobSize + DataBlob.EncryptedHeaderSize + 1024 * 1024)
             {
-                throw new ChunkCorruptException($"chunk file has {length} bytes, more than a blob may", path, imageOffset, Convert.ToHexStringLower(digest));
+                throw new ChunkCorruptException($"chunk file has {fileLength} bytes, more than a blob may", path, imageOffset, Convert.ToHexStringLower(digest));
             }
 
-            var bytes = new byte[length];
+            var size = (int)fileLength;
+            var bytes = System.Buffers.ArrayPool<byte>.Shared.Rent(Math.Max(1, size));
             var done = 0;
-            while (done < length)
+            while (done < size)
             {
-                var n = RandomAccess.Read(handle, bytes.AsSpan(done), done);
+                var n = RandomAccess.Read(handle, bytes.AsSpan(done, size - done), done);
                 if (n == 0)
                 {
                     break;
@@ -52,7 +67,8 @@ public sealed class ChunkStore(string basePath)
                 done += n;
             }
 
-            return done == length ? bytes : bytes[..done];
+            length = done;
+            return bytes;
         }
     }
 }

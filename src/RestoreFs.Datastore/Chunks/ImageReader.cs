@@ -24,9 +24,11 @@ public sealed class ImageReader : IDisposable
     private readonly byte[] zeroDigestFull;
     private readonly byte[] zeroDigestLast;
     private readonly object gate = new();
-    private readonly Dictionary<int, LinkedListNode<(int Chunk, byte[] Data)>> cache = new();
-    private readonly LinkedList<(int Chunk, byte[] Data)> lru = new();
-    private readonly Dictionary<int, Task<byte[]>> inflight = new();
+    private readonly Dictionary<int, LinkedListNode<ChunkBuffer>> cache = new();
+    private readonly LinkedList<ChunkBuffer> lru = new();
+    private readonly Dictionary<int, Task<ChunkBuffer>> inflight = new();
+    private readonly Stack<ChunkBuffer> pool = new();
+    private readonly int poolLimit;
     private long cachedBytes;
     private int lastChunk = -2;
     private long hits;
@@ -45,6 +47,7 @@ public sealed class ImageReader : IDisposable
         this.options = options ?? new ImageReaderOptions();
         zeroDigestFull = ZeroDigest(index.ChunkSize);
         zeroDigestLast = ZeroDigest(index.ChunkLength(index.ChunkCount - 1));
+        poolLimit = this.options.ReadAheadChunks + 8;
     }
 
     public long Size => index.Size;
@@ -88,8 +91,9 @@ public sealed class ImageReader : IDisposable
             }
             else
             {
-                var data = GetChunk(chunk).GetAwaiter().GetResult();
-                data.AsSpan(inChunk, n).CopyTo(destination[done..]);
+                var buffer = AcquireAsync(chunk).AsTask().GetAwaiter().GetResult();
+                buffer.Data.AsSpan(inChunk, n).CopyTo(destination[done..]);
+                Release(buffer);
             }
 
             done += n;
@@ -117,8 +121,9 @@ public sealed class ImageReader : IDisposable
             }
             else
             {
-                var data = await GetChunk(chunk).ConfigureAwait(false);
-                data.AsSpan(inChunk, n).CopyTo(destination.Span[done..]);
+                var buffer = await AcquireAsync(chunk).ConfigureAwait(false);
+                buffer.Data.AsSpan(inChunk, n).CopyTo(destination.Span[done..]);
+                Release(buffer);
             }
 
             done += n;
@@ -138,85 +143,166 @@ public sealed class ImageReader : IDisposable
         return offset >= index.Size ? 0 : (int)Math.Min(length, index.Size - offset);
     }
 
-    /// <summary>The decoded chunk: from the cache, from a decode already under way, or decoded now on this thread.</summary>
-    private Task<byte[]> GetChunk(int chunk)
+    /// <summary>
+    /// The decoded chunk with one reference held for the caller (give it back with <see cref="Release"/>): from the
+    /// cache, from a decode already under way, or decoded now on this thread.
+    /// </summary>
+    private async ValueTask<ChunkBuffer> AcquireAsync(int chunk)
     {
-        TaskCompletionSource<byte[]> mine;
-        lock (gate)
+        while (true)
         {
-            NoteAccess(chunk);
-            if (cache.TryGetValue(chunk, out var node))
-            {
-                lru.Remove(node);
-                lru.AddFirst(node);
-                hits++;
-                return Task.FromResult(node.Value.Data);
-            }
-
-            if (inflight.TryGetValue(chunk, out var running))
-            {
-                hits++;
-                return running;
-            }
-
-            misses++;
-            mine = new TaskCompletionSource<byte[]>(TaskCreationOptions.RunContinuationsAsynchronously);
-            inflight[chunk] = mine.Task;
-        }
-
-        Load(chunk, mine);
-        return mine.Task;
-    }
-
-    private void Load(int chunk, TaskCompletionSource<byte[]> completion)
-    {
-        try
-        {
-            var data = Decode(chunk);
+            Task<ChunkBuffer> running;
+            TaskCompletionSource<ChunkBuffer>? mine = null;
             lock (gate)
             {
-                inflight.Remove(chunk);
-                Insert(chunk, data);
+                NoteAccess(chunk);
+                if (cache.TryGetValue(chunk, out var node))
+                {
+                    lru.Remove(node);
+                    lru.AddFirst(node);
+                    hits++;
+                    node.Value.Refs++;
+                    return node.Value;
+                }
+
+                if (!inflight.TryGetValue(chunk, out running!))
+                {
+                    misses++;
+                    mine = new TaskCompletionSource<ChunkBuffer>(TaskCreationOptions.RunContinuationsAsynchronously);
+                    inflight[chunk] = mine.Task;
+                }
+                else
+                {
+                    hits++;
+                }
             }
 
-            completion.SetResult(data);
+            if (mine is not null)
+            {
+                return Load(chunk, mine, forCaller: true) ?? await mine.Task.ConfigureAwait(false);
+            }
+
+            var buffer = await running.ConfigureAwait(false);
+            lock (gate)
+            {
+                // Still alive (cached or held by someone): take a reference. Recycled meanwhile: look again.
+                if (buffer.Refs > 0 && buffer.Chunk == chunk)
+                {
+                    buffer.Refs++;
+                    return buffer;
+                }
+            }
+        }
+    }
+
+    /// <summary>Gives back a reference; the buffer returns to the pool when nobody holds it.</summary>
+    private void Release(ChunkBuffer buffer)
+    {
+        lock (gate)
+        {
+            if (--buffer.Refs == 0)
+            {
+                buffer.Chunk = -1;
+                if (pool.Count < poolLimit)
+                {
+                    pool.Push(buffer);
+                }
+            }
+        }
+    }
+
+    /// <summary>Decodes a chunk into a pooled buffer and caches it. Returns the buffer with a caller reference when asked.</summary>
+    private ChunkBuffer? Load(int chunk, TaskCompletionSource<ChunkBuffer> completion, bool forCaller)
+    {
+        ChunkBuffer? buffer = null;
+        lock (gate)
+        {
+            buffer = pool.Count > 0 ? pool.Pop() : null;
+        }
+
+        buffer ??= new ChunkBuffer(GC.AllocateUninitializedArray<byte>(index.ChunkSize));
+        try
+        {
+            Decode(chunk, buffer.Data.AsSpan(0, index.ChunkLength(chunk)));
         }
         catch (Exception e)
         {
             lock (gate)
             {
                 inflight.Remove(chunk);
+                if (pool.Count < poolLimit)
+                {
+                    pool.Push(buffer);
+                }
             }
 
             completion.SetException(e);
+            if (forCaller)
+            {
+                throw;
+            }
+
+            return null;
         }
+
+        lock (gate)
+        {
+            inflight.Remove(chunk);
+            buffer.Chunk = chunk;
+            buffer.Refs = forCaller ? 1 : 0;
+            Insert(chunk, buffer);
+            if (buffer.Refs == 0)
+            {
+                buffer.Chunk = -1;
+                pool.Push(buffer);
+            }
+        }
+
+        completion.SetResult(buffer);
+        return forCaller ? buffer : null;
     }
 
-    private byte[] Decode(int chunk)
+    private void Decode(int chunk, Span<byte> destination)
     {
         var offset = (long)chunk * index.ChunkSize;
         var digest = index.Digest(chunk);
-        var blob = chunks.Read(digest, offset);
-        var data = GC.AllocateUninitializedArray<byte>(index.ChunkLength(chunk));
-        DataBlob.DecodeChunk(blob, key, encrypted, data, digest, chunks.PathOf(digest), offset, options.VerifyDigests);
-        Interlocked.Add(ref decodedBytes, data.Length);
-        return data;
+        var blob = chunks.ReadRented(digest, offset, out var length);
+        try
+        {
+            DataBlob.DecodeChunk(blob.AsSpan(0, length), key, encrypted, destination, digest, chunks.PathOf(digest), offset, options.VerifyDigests);
+        }
+        finally
+        {
+            System.Buffers.ArrayPool<byte>.Shared.Return(blob);
+        }
+
+        Interlocked.Add(ref decodedBytes, destination.Length);
     }
 
-    private void Insert(int chunk, byte[] data)
+    /// <summary>Under the lock: caches a freshly decoded buffer (the cache holds one reference) and evicts the oldest.</summary>
+    private void Insert(int chunk, ChunkBuffer buffer)
     {
         if (disposed || cache.ContainsKey(chunk))
         {
             return;
         }
 
-        cache[chunk] = lru.AddFirst((chunk, data));
-        cachedBytes += data.Length;
+        buffer.Refs++;
+        cache[chunk] = lru.AddFirst(buffer);
+        cachedBytes += index.ChunkSize;
         while (cachedBytes > Math.Max(options.CacheBytes, index.ChunkSize) && lru.Last is { } last)
         {
             lru.RemoveLast();
             cache.Remove(last.Value.Chunk);
-            cachedBytes -= last.Value.Data.Length;
+            cachedBytes -= index.ChunkSize;
+            if (--last.Value.Refs == 0)
+            {
+                last.Value.Chunk = -1;
+                if (pool.Count < poolLimit)
+                {
+                    pool.Push(last.Value);
+                }
+            }
         }
     }
 
@@ -239,16 +325,26 @@ public sealed class ImageReader : IDisposable
                 continue;
             }
 
-            var completion = new TaskCompletionSource<byte[]>(TaskCreationOptions.RunContinuationsAsynchronously);
+            var completion = new TaskCompletionSource<ChunkBuffer>(TaskCreationOptions.RunContinuationsAsynchronously);
             inflight[next] = completion.Task;
             readAheads++;
             var target = next;
             ThreadPool.UnsafeQueueUserWorkItem(_ =>
             {
-                Load(target, completion);
+                Load(target, completion, forCaller: false);
                 _ = completion.Task.Exception; // a failed read-ahead is reported to the reader that asks for the chunk
             }, null);
         }
+    }
+
+    /// <summary>A decoded chunk in a reusable array; <see cref="Refs"/> counts the cache and the readers copying from it.</summary>
+    private sealed class ChunkBuffer(byte[] data)
+    {
+        public byte[] Data { get; } = data;
+
+        public int Chunk { get; set; } = -1;
+
+        public int Refs { get; set; }
     }
 
     public void Dispose()
@@ -258,6 +354,7 @@ public sealed class ImageReader : IDisposable
         {
             cache.Clear();
             lru.Clear();
+            pool.Clear();
             cachedBytes = 0;
         }
     }

@@ -53,24 +53,29 @@ public sealed class BackupWriter : IDisposable
         Directory.CreateDirectory(workDir);
     }
 
-    /// <summary>Starts a snapshot; creates the datastore (with all 65536 chunk directories, as PBS does) if needed.</summary>
-    public static BackupWriter Create(string storePath, BackupGroup group, DateTimeOffset time, CryptConfig? key, ILoggerFactory? logs = null)
+    /// <summary>
+    /// Starts a snapshot; creates the datastore (with all 65536 chunk directories, as PBS does) if needed. With
+    /// <paramref name="precreateChunkDirectories"/> false a new store gets only the chunk directories it uses (they are
+    /// made on demand): much faster for small throw-away stores, and still readable by PBS and by us.
+    /// </summary>
+    public static BackupWriter Create(string storePath, BackupGroup group, DateTimeOffset time, CryptConfig? key, ILoggerFactory? logs = null,
+        bool precreateChunkDirectories = true)
     {
-        EnsureStore(storePath);
+        EnsureStore(storePath, precreateChunkDirectories);
         return new BackupWriter(Path.GetFullPath(storePath), group, DateTimeOffset.FromUnixTimeSeconds(time.ToUnixTimeSeconds()), key,
             (ILogger?)logs?.CreateLogger<BackupWriter>() ?? NullLogger.Instance);
     }
 
-    public static void EnsureStore(string storePath)
+    public static void EnsureStore(string storePath, bool precreateChunkDirectories = true)
     {
         var chunkDir = Path.Combine(storePath, ".chunks");
-        if (Directory.Exists(Path.Combine(chunkDir, "ffff")))
+        if (Directory.Exists(Path.Combine(chunkDir, "ffff")) || (!precreateChunkDirectories && Directory.Exists(chunkDir)))
         {
             return;
         }
 
         Directory.CreateDirectory(chunkDir);
-        for (var i = 0; i < 65536; i++)
+        for (var i = 0; precreateChunkDirectories && i < 65536; i++)
         {
             Directory.CreateDirectory(Path.Combine(chunkDir, i.ToString("x4")));
         }
