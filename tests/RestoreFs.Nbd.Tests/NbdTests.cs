@@ -31,6 +31,38 @@ internal sealed class MemorySource(byte[] data) : IBlockSource
     }
 }
 
+/// <summary>A 3 GiB image: 1 MiB of data at the start, then one hole — for requests larger than the read limit.</summary>
+internal sealed class LargeSparseSource : IBlockSource
+{
+    public long Size => 3L << 30;
+
+    public ValueTask ReadAsync(long offset, Memory<byte> destination, CancellationToken ct)
+    {
+        var span = destination.Span;
+        for (var i = 0; i < span.Length; i++)
+        {
+            span[i] = offset + i < (1 << 20) ? (byte)((offset + i) % 251 + 1) : (byte)0;
+        }
+
+        return ValueTask.CompletedTask;
+    }
+
+    public IEnumerable<BlockExtent> GetExtents(long offset, long length)
+    {
+        var end = offset + length;
+        if (offset < 1 << 20)
+        {
+            yield return new BlockExtent(offset, Math.Min(end, 1 << 20) - offset, false);
+        }
+
+        if (end > 1 << 20)
+        {
+            var start = Math.Max(offset, 1 << 20);
+            yield return new BlockExtent(start, end - start, true);
+        }
+    }
+}
+
 /// <summary>Our NBD server against real clients (qemu-img, qemu-io, nbdinfo, nbdcopy) and against malformed input.</summary>
 public sealed class NbdTests : IAsyncLifetime
 {
@@ -48,6 +80,7 @@ public sealed class NbdTests : IAsyncLifetime
         File.WriteAllBytes(Raw, data);
         unix = new NbdServer(new NbdServerOptions { UnixSocketPath = dir.Combine("nbd.sock") }, NullLoggerFactory.Instance);
         unix.AddExport("disk", new MemorySource(data), "test disk");
+        unix.AddExport("large", new LargeSparseSource());
         await unix.StartAsync(CancellationToken.None);
         tcp = new NbdServer(new NbdServerOptions { TcpPort = 0 }, NullLoggerFactory.Instance);
         tcp.AddExport("disk", new MemorySource(data));
@@ -73,6 +106,15 @@ public sealed class NbdTests : IAsyncLifetime
             Run("qemu-img", "convert", "-f", "raw", "-O", "raw", uri, copy).EnsureSuccess("qemu-img convert");
             Assert.Equal(data, File.ReadAllBytes(copy));
         }
+    }
+
+    [Fact]
+    public void Block_status_over_more_than_the_read_limit_maps_a_large_export()
+    {
+        // nbdinfo asks for block status of up to 4 GiB at once: an effect length, not a payload.
+        var map = Run("nbdinfo", "--map", unix!.UriFor("large")).EnsureSuccess("nbdinfo --map of a 3 GiB export");
+        Assert.Matches(@"(?m)^\s*0\s+1048576\s+0\s", map.StdOut);
+        Assert.Matches(@"(?m)^\s*1048576\s+3220176896\s+3\s", map.StdOut);
     }
 
     [Fact]

@@ -307,7 +307,7 @@ internal sealed class NbdConnection(NbdServer server, Socket socket, int id, ILo
                     case CmdRead:
                     case CmdCache:
                     case CmdBlockStatus:
-                        if (!InRange(source, offset, length))
+                        if (!InRange(source, offset, length, payload: type == CmdRead))
                         {
                             await ErrorReplyAsync(cookie, EInval, $"range {offset}+{length} is outside the {source.Size}-byte export or too long", ct).ConfigureAwait(false);
                             break;
@@ -339,8 +339,11 @@ internal sealed class NbdConnection(NbdServer server, Socket socket, int id, ILo
         }
     }
 
-    private bool InRange(IBlockSource source, ulong offset, uint length) =>
-        length <= server.MaxRequestBytes && offset <= (ulong)source.Size && offset + length <= (ulong)source.Size;
+    // Only a read carries a payload bounded by the advertised maximum; for block status and cache the length is an
+    // effect length that may be larger (nbdinfo --map asks for up to 4 GiB at once).
+    private bool InRange(IBlockSource source, ulong offset, uint length, bool payload) =>
+        (!payload || length <= server.MaxRequestBytes) && (payload || length > 0)
+        && offset <= (ulong)source.Size && offset + length <= (ulong)source.Size;
 
     private async Task ReadAsync(IBlockSource source, ulong cookie, long offset, int length, bool noFragment, CancellationToken ct)
     {
