@@ -30,6 +30,9 @@ t0=$(date +%s.%N); "$cli" backup --store "$work/store" --group vm/1 --time 2026-
 "$cli" backup --store "$work/store" --group vm/1 --time 2026-01-02T00:00:00Z d="$work/disk.img" >/dev/null 2>&1; t2=$(date +%s.%N)
 sync; echo 3 > /proc/sys/vm/drop_caches
 reader=$(dotnet build/bench-datastore/ReaderBench.dll "$work/store" vm/1/2026-01-01T00:00:00Z d.img)
+sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
+random_cold=$(dotnet build/bench-datastore/ReaderBench.dll "$work/store" vm/1/2026-01-01T00:00:00Z d.img random)
+random_warm=$(dotnet build/bench-datastore/ReaderBench.dll "$work/store" vm/1/2026-01-01T00:00:00Z d.img random)
 # zstd -d of the same compressed chunks (payload after the 12-byte blob header), decompression only.
 mkdir "$work/frames"
 n=0; for f in $(find "$work/store/.chunks" -type f); do if [ "$(head -c 8 "$f" | xxd -p)" = "31b958426fb6a37f" ]; then tail -c +13 "$f" > "$work/frames/$n.zst"; n=$((n+1)); fi; done
@@ -45,5 +48,7 @@ echo "|---|---|"
 echo "| backup, first run (all chunks new) | $(mbps "$bytes" "$(secs "$t0" "$t1")") |"
 echo "| backup, second run (all chunks present) | $(mbps "$bytes" "$(secs "$t1" "$t2")") |"
 echo "| ImageReader sequential, cold chunk cache | $reader |"
+echo "| ImageReader 4 KiB read per chunk, shuffled, chunk files not in page cache | $random_cold |"
+echo "| ImageReader 4 KiB read per chunk, shuffled, chunk files in page cache | $random_warm |"
 echo "| zstd -d of the same $n compressed chunks (one zstd process, page cache) | $(mbps "$zout" "$(secs "$t3" "$t4")") of output |"
 echo "| raw image from the page cache (cat) | $(mbps "$bytes" "$(secs "$t5" "$t6")") |"

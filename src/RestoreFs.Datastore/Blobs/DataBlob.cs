@@ -191,6 +191,32 @@ public static class DataBlob
 
                 payload.CopyTo(destination);
             }
+            else if (verifyDigest && NativeZstd.Available && destination.Length >= HashPipeline.MinimumLength)
+            {
+                // Decompress and hash at once (the cold-read path: one chunk per random read).
+                Span<byte> pipelined = stackalloc byte[32];
+                int written;
+                try
+                {
+                    written = HashPipeline.DecompressAndHash(payload, destination, expectEncrypted ? key!.IdKey : [], pipelined);
+                }
+                catch (InvalidDataException e)
+                {
+                    throw new ChunkCorruptException($"zstd decompression failed: {e.Message}", path, offset, digestHex, e);
+                }
+
+                if (written != destination.Length)
+                {
+                    throw new ChunkCorruptException($"chunk decompresses to {written} bytes, the index expects {destination.Length}", path, offset, digestHex);
+                }
+
+                if (!pipelined.SequenceEqual(digest))
+                {
+                    throw new ChunkCorruptException($"digest mismatch (content hashes to {Convert.ToHexStringLower(pipelined)})", path, offset, digestHex);
+                }
+
+                return;
+            }
             else
             {
                 Decompress(payload, destination, path, offset, digestHex);
