@@ -1,0 +1,304 @@
+using System.Text;
+using System.Text.Json;
+
+namespace RestoreFs.RestoreApi;
+
+/// <summary>
+/// JSON of the API, written and read by hand with Utf8JsonWriter/Utf8JsonReader (no reflection: the daemon is
+/// NativeAOT). Byte strings travel as standard padded base64, as PBS does for <c>filepath</c>.
+/// </summary>
+public static class ApiJson
+{
+    public static void WriteEntry(Utf8JsonWriter w, ArchiveEntry e)
+    {
+        w.WriteStartObject();
+        w.WriteString("filepath", Convert.ToBase64String(e.FilePath));
+        w.WriteString("text", Encoding.UTF8.GetString(e.Name));
+        w.WriteString("type", e.Type.ToString());
+        w.WriteBoolean("leaf", e.Leaf);
+        if (e.Size is { } size)
+        {
+            w.WriteNumber("size", size);
+        }
+
+        if (e.MTime is { } mtime)
+        {
+            w.WriteNumber("mtime", mtime);
+        }
+
+        w.WriteString("name", Convert.ToBase64String(e.Name));
+        w.WriteNumber("mode", e.Mode);
+        w.WriteNumber("uid", e.Uid);
+        w.WriteNumber("gid", e.Gid);
+        if (e.Target is not null)
+        {
+            w.WriteString("target", Convert.ToBase64String(e.Target));
+        }
+
+        if (e.Error is not null)
+        {
+            w.WriteString("error", e.Error);
+        }
+
+        w.WriteEndObject();
+    }
+
+    public static ArchiveEntry ReadEntry(ReadOnlySpan<byte> json)
+    {
+        var r = new Utf8JsonReader(json);
+        Expect(ref r, JsonTokenType.StartObject);
+        byte[] filePath = [], name = [];
+        byte[]? target = null;
+        var type = '?';
+        var leaf = false;
+        ulong? size = null;
+        long? mtime = null;
+        uint mode = 0, uid = 0, gid = 0;
+        string? error = null;
+        while (r.Read() && r.TokenType == JsonTokenType.PropertyName)
+        {
+            var property = r.GetString();
+            r.Read();
+            switch (property)
+            {
+                case "filepath": filePath = Convert.FromBase64String(r.GetString()!); break;
+                case "name": name = Convert.FromBase64String(r.GetString()!); break;
+                case "target": target = r.TokenType == JsonTokenType.Null ? null : Convert.FromBase64String(r.GetString()!); break;
+                case "type": type = (r.GetString() ?? "?")[0]; break;
+                case "leaf": leaf = r.GetBoolean(); break;
+                case "size": size = r.TokenType == JsonTokenType.Null ? null : r.GetUInt64(); break;
+                case "mtime": mtime = r.TokenType == JsonTokenType.Null ? null : r.GetInt64(); break;
+                case "mode": mode = r.GetUInt32(); break;
+                case "uid": uid = r.GetUInt32(); break;
+                case "gid": gid = r.GetUInt32(); break;
+                case "error": error = r.TokenType == JsonTokenType.Null ? null : r.GetString(); break;
+                default: r.Skip(); break;
+            }
+        }
+
+        if (name.Length == 0 && filePath.Length > 0)
+        {
+            var slash = Array.LastIndexOf(filePath, (byte)'/');
+            name = filePath[(slash + 1)..];
+        }
+
+        return new ArchiveEntry(filePath, name, type, leaf, size, mtime, mode, uid, gid, target, error);
+    }
+
+    public static void WriteStatus(Utf8JsonWriter w, DaemonStatus s)
+    {
+        w.WriteStartObject();
+        w.WriteNumber("uptime", s.Uptime);
+        w.WriteNumber("timeout", s.Timeout);
+        w.WriteStartArray("disks");
+        foreach (var d in s.Disks)
+        {
+            w.WriteStartObject();
+            w.WriteString("name", d.Name);
+            w.WriteNumber("size", d.Size);
+            w.WriteStartArray("volumes");
+            foreach (var v in d.Volumes)
+            {
+                w.WriteStringValue(v);
+            }
+
+            w.WriteEndArray();
+            if (d.Error is not null)
+            {
+                w.WriteString("error", d.Error);
+            }
+
+            w.WriteEndObject();
+        }
+
+        w.WriteEndArray();
+        w.WriteStartArray("mounts");
+        foreach (var m in s.Mounts)
+        {
+            w.WriteStartObject();
+            w.WriteString("volume", m.Volume);
+            w.WriteString("fstype", m.FsType);
+            w.WriteString("mountpoint", m.MountPoint);
+            if (m.Error is not null)
+            {
+                w.WriteString("error", m.Error);
+            }
+
+            w.WriteEndObject();
+        }
+
+        w.WriteEndArray();
+        w.WriteEndObject();
+    }
+
+    public static DaemonStatus ReadStatus(ReadOnlySpan<byte> json)
+    {
+        using var doc = JsonDocument.Parse(json.ToArray());
+        var data = doc.RootElement.GetProperty("data");
+        var disks = data.TryGetProperty("disks", out var ds)
+            ? ds.EnumerateArray().Select(d => new DiskStatus(
+                d.GetProperty("name").GetString() ?? "",
+                d.GetProperty("size").GetUInt64(),
+                d.GetProperty("volumes").EnumerateArray().Select(v => v.GetString() ?? "").ToList(),
+                d.TryGetProperty("error", out var e) ? e.GetString() : null)).ToList()
+            : [];
+        var mounts = data.TryGetProperty("mounts", out var ms)
+            ? ms.EnumerateArray().Select(m => new MountStatus(
+                m.GetProperty("volume").GetString() ?? "",
+                m.GetProperty("fstype").GetString() ?? "",
+                m.GetProperty("mountpoint").GetString() ?? "",
+                m.TryGetProperty("error", out var e) ? e.GetString() : null)).ToList()
+            : [];
+        return new DaemonStatus(data.GetProperty("uptime").GetInt64(), data.GetProperty("timeout").GetInt64(), disks, mounts);
+    }
+
+    private static void Expect(ref Utf8JsonReader r, JsonTokenType type)
+    {
+        if (!r.Read() || r.TokenType != type)
+        {
+            throw new InvalidDataException($"expected {type} in the restore daemon's JSON");
+        }
+    }
+}
+
+/// <summary>
+/// Reads the entries of a streamed <c>{"data":[{…},{…}]}</c> answer one object at a time, so that a directory of
+/// 100,000 entries is never held whole.
+/// </summary>
+public sealed class EntryStreamReader(Stream body)
+{
+    private byte[] buffer = new byte[64 * 1024];
+    private int start;
+    private int end;
+    private bool eof;
+    private bool inArray;
+    private bool finished;
+
+    public async IAsyncEnumerable<ArchiveEntry> ReadAllAsync([System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken ct)
+    {
+        while (!finished)
+        {
+            var (entry, more) = TryNext();
+            if (entry is not null)
+            {
+                yield return entry;
+                continue;
+            }
+
+            if (!more)
+            {
+                yield break;
+            }
+
+            if (eof)
+            {
+                throw new IOException("the restore daemon's list answer is truncated");
+            }
+
+            await FillAsync(ct).ConfigureAwait(false);
+        }
+    }
+
+    private async Task FillAsync(CancellationToken ct)
+    {
+        if (start > 0)
+        {
+            Buffer.BlockCopy(buffer, start, buffer, 0, end - start);
+            end -= start;
+            start = 0;
+        }
+
+        if (end == buffer.Length)
+        {
+            Array.Resize(ref buffer, buffer.Length * 2);
+        }
+
+        var n = await body.ReadAsync(buffer.AsMemory(end), ct).ConfigureAwait(false);
+        if (n == 0)
+        {
+            eof = true;
+        }
+
+        end += n;
+    }
+
+    /// <summary>An entry when a whole object is buffered; (null, true) when more bytes are needed; (null, false) at the end.</summary>
+    private (ArchiveEntry? Entry, bool More) TryNext()
+    {
+        var span = buffer.AsSpan(start, end - start);
+        var i = 0;
+        if (!inArray)
+        {
+            // Skip to the '[' of "data" (the prefix is small and has no strings with brackets).
+            var open = span.IndexOf((byte)'[');
+            if (open < 0)
+            {
+                return (null, true);
+            }
+
+            start += open + 1;
+            inArray = true;
+            return TryNext();
+        }
+
+        while (i < span.Length && (span[i] is (byte)' ' or (byte)'\n' or (byte)'\r' or (byte)'\t' or (byte)','))
+        {
+            i++;
+        }
+
+        if (i == span.Length)
+        {
+            start += i;
+            return (null, true);
+        }
+
+        if (span[i] == ']')
+        {
+            finished = true;
+            return (null, false);
+        }
+
+        if (span[i] != '{')
+        {
+            throw new InvalidDataException("unexpected byte in the restore daemon's list answer");
+        }
+
+        var depth = 0;
+        var inString = false;
+        for (var j = i; j < span.Length; j++)
+        {
+            var b = span[j];
+            if (inString)
+            {
+                if (b == '\\')
+                {
+                    j++;
+                }
+                else if (b == '"')
+                {
+                    inString = false;
+                }
+
+                continue;
+            }
+
+            if (b == '"')
+            {
+                inString = true;
+            }
+            else if (b == '{')
+            {
+                depth++;
+            }
+            else if (b == '}' && --depth == 0)
+            {
+                var entry = ApiJson.ReadEntry(span[i..(j + 1)]);
+                start += j + 1;
+                return (entry, true);
+            }
+        }
+
+        start += i;
+        return (null, true);
+    }
+}

@@ -1,0 +1,159 @@
+using System.Globalization;
+using System.Runtime.CompilerServices;
+using System.Text;
+
+namespace RestoreFs.RestoreApi;
+
+/// <summary>
+/// The host's client of the restore daemon: one HTTP/1.1 request per stream of the transport, the ticket in the
+/// <c>Authorization</c> header. Daemon errors become <see cref="RestoreApiException"/>; a broken channel is an
+/// <see cref="IOException"/> (the caller may restart the VM and retry).
+/// </summary>
+public sealed class RestoreClient(IRestoreTransport transport, string ticket, bool ownsTransport = true) : IRestoreClient
+{
+    public const string Prefix = "/api2/json/";
+
+    public async Task<DaemonStatus> StatusAsync(bool keepTimeout, CancellationToken ct)
+    {
+        await using var exchange = await SendAsync("status", ct, ("keep-timeout", keepTimeout ? "true" : "false")).ConfigureAwait(false);
+        return ApiJson.ReadStatus(await exchange.ReadAllAsync(ct).ConfigureAwait(false));
+    }
+
+    public async IAsyncEnumerable<ArchiveEntry> ListAsync(byte[] path, [EnumeratorCancellation] CancellationToken ct)
+    {
+        await using var exchange = await SendAsync("list", ct, ("path", Convert.ToBase64String(path))).ConfigureAwait(false);
+        await foreach (var entry in new EntryStreamReader(exchange.Response.Body).ReadAllAsync(ct).ConfigureAwait(false))
+        {
+            yield return entry;
+        }
+    }
+
+    public async Task<int> ReadAsync(byte[] path, long offset, Memory<byte> buffer, CancellationToken ct)
+    {
+        await using var exchange = await SendAsync("read", ct,
+            ("path", Convert.ToBase64String(path)),
+            ("offset", offset.ToString(CultureInfo.InvariantCulture)),
+            ("length", buffer.Length.ToString(CultureInfo.InvariantCulture))).ConfigureAwait(false);
+        var done = 0;
+        while (done < buffer.Length)
+        {
+            var n = await exchange.Response.Body.ReadAsync(buffer[done..], ct).ConfigureAwait(false);
+            if (n == 0)
+            {
+                break;
+            }
+
+            done += n;
+        }
+
+        return done;
+    }
+
+    public async Task<Stream> ExtractAsync(byte[] path, ExtractFormat format, bool zstd, CancellationToken ct)
+    {
+        var exchange = await SendAsync("extract", ct,
+            ("path", Convert.ToBase64String(path)),
+            ("format", format == ExtractFormat.Tar ? "tar" : "plain"),
+            ("zstd", zstd ? "true" : "false")).ConfigureAwait(false);
+        return new ExchangeStream(exchange);
+    }
+
+    public async Task StopAsync(CancellationToken ct)
+    {
+        try
+        {
+            await using var exchange = await SendAsync("stop", ct).ConfigureAwait(false);
+        }
+        catch (IOException)
+        {
+            // The VM powers off while answering: the channel may drop first.
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        if (ownsTransport)
+        {
+            await transport.DisposeAsync().ConfigureAwait(false);
+        }
+    }
+
+    private async Task<Exchange> SendAsync(string endpoint, CancellationToken ct, params (string Key, string Value)[] query)
+    {
+        var stream = await transport.OpenStreamAsync(ct).ConfigureAwait(false);
+        try
+        {
+            var request = Http.FormatRequest(Prefix + endpoint, query.Select(q => KeyValuePair.Create(q.Key, q.Value)), ticket);
+            await stream.WriteAsync(request, ct).ConfigureAwait(false);
+            await stream.FlushAsync(ct).ConfigureAwait(false);
+            if (stream is MuxStream mux)
+            {
+                // The request is complete: the daemon's side ends its answer with CLOSE instead of a reset.
+                await mux.CloseWriteAsync(ct).ConfigureAwait(false);
+            }
+
+            var response = await Http.ReadResponseAsync(new BufferedReader(stream), ct).ConfigureAwait(false);
+            var exchange = new Exchange(stream, response);
+            if (response.Status != 200)
+            {
+                var text = Encoding.UTF8.GetString(await exchange.ReadAllAsync(ct, 64 * 1024).ConfigureAwait(false)).Trim();
+                await exchange.DisposeAsync().ConfigureAwait(false);
+                throw new RestoreApiException(response.Status, text.Length > 0 ? text : $"{endpoint}: HTTP {response.Status} {response.Reason}");
+            }
+
+            return exchange;
+        }
+        catch
+        {
+            await stream.DisposeAsync().ConfigureAwait(false);
+            throw;
+        }
+    }
+
+    private sealed class Exchange(Stream stream, Http.Response response) : IAsyncDisposable
+    {
+        public Http.Response Response => response;
+
+        public async Task<byte[]> ReadAllAsync(CancellationToken ct, int limit = 64 * 1024 * 1024)
+        {
+            using var memory = new MemoryStream();
+            var buffer = new byte[64 * 1024];
+            int n;
+            while ((n = await response.Body.ReadAsync(buffer, ct).ConfigureAwait(false)) > 0)
+            {
+                if (memory.Length + n > limit)
+                {
+                    throw new IOException($"the restore daemon's answer is larger than {limit} bytes");
+                }
+
+                memory.Write(buffer, 0, n);
+            }
+
+            return memory.ToArray();
+        }
+
+        public ValueTask DisposeAsync() => stream.DisposeAsync();
+    }
+
+    private sealed class ExchangeStream(Exchange exchange) : BodyStream
+    {
+        public override ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default) =>
+            exchange.Response.Body.ReadAsync(buffer, cancellationToken);
+
+        public override async ValueTask DisposeAsync()
+        {
+            await exchange.DisposeAsync().ConfigureAwait(false);
+            await base.DisposeAsync().ConfigureAwait(false);
+        }
+
+        protected override void Dispose(bool disposing)
+        {
+            if (disposing)
+            {
+                exchange.DisposeAsync().AsTask().GetAwaiter().GetResult();
+            }
+
+            base.Dispose(disposing);
+        }
+    }
+}

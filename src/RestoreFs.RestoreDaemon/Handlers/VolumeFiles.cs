@@ -1,0 +1,132 @@
+using System.Text;
+using RestoreFs.RestoreApi;
+using RestoreFs.RestoreDaemon.Native;
+
+namespace RestoreFs.RestoreDaemon.Handlers;
+
+/// <summary>
+/// Files below a mounted volume, reached component by component with <c>openat(O_NOFOLLOW)</c>: a symlink is never
+/// followed (the host shows it as a symlink), so no path can leave the volume, whatever its symlinks say.
+/// </summary>
+internal static class VolumeFiles
+{
+    /// <summary>The target's parent directory (open) and its last name; an empty name means the volume root.</summary>
+    public static (Fd Parent, byte[] Name) Resolve(string mountPoint, IReadOnlyList<byte[]> rest)
+    {
+        var root = LibC.OpenPath(mountPoint, LibC.O_RDONLY | LibC.O_DIRECTORY);
+        if (root < 0)
+        {
+            throw new IOException($"cannot open the volume at {mountPoint}: {LibC.StrError(-root)}");
+        }
+
+        var current = new Fd(root);
+        for (var i = 0; i < rest.Count - 1; i++)
+        {
+            var next = LibC.OpenAt(current.Value, rest[i], LibC.O_RDONLY | LibC.O_DIRECTORY | LibC.O_NOFOLLOW);
+            current.Dispose();
+            if (next < 0)
+            {
+                throw new BadRequestException($"{Show(rest.Take(i + 1))}: {Reason(-next)}");
+            }
+
+            current = new Fd(next);
+        }
+
+        return (current, rest.Count == 0 ? [] : rest[^1]);
+    }
+
+    public static string Show(IEnumerable<byte[]> parts) => string.Join('/', parts.Select(p => Encoding.UTF8.GetString(p)));
+
+    public static string Reason(int errno) => errno switch
+    {
+        LibC.ELOOP or LibC.ENOTDIR => "not a directory (symlinks are not followed)",
+        LibC.ENOENT => "no such file or directory",
+        _ => LibC.StrError(errno),
+    };
+
+    public static ArchiveEntry Entry(byte[] prefix, byte[] name, in StatInfo st, byte[]? target)
+    {
+        var path = new byte[prefix.Length + 1 + name.Length];
+        prefix.CopyTo(path, 0);
+        path[prefix.Length] = (byte)'/';
+        name.CopyTo(path, prefix.Length + 1);
+        var type = st.TypeChar;
+        return new ArchiveEntry(path, name, type, type != 'd', st.Kind is LibC.S_IFREG or LibC.S_IFLNK or LibC.S_IFDIR ? st.Size : 0UL, st.MTime,
+            st.Mode, st.Uid, st.Gid, target, null);
+    }
+
+    /// <summary>Opens the directory the path names (the caller disposes it), or returns the single entry of a non-directory.</summary>
+    public static (Fd? Directory, ArchiveEntry? Single) OpenForList(string mountPoint, IReadOnlyList<byte[]> rest, byte[] prefix)
+    {
+        var (parent, name) = Resolve(mountPoint, rest);
+        using (parent)
+        {
+            if (name.Length == 0)
+            {
+                return (new Fd(LibC.OpenAt(parent.Value, "."u8, LibC.O_RDONLY | LibC.O_DIRECTORY)), null);
+            }
+
+            var r = LibC.Stat(parent.Value, name, out var st);
+            if (r < 0)
+            {
+                throw new BadRequestException($"{Show(rest)}: {Reason(-r)}");
+            }
+
+            if (st.Kind != LibC.S_IFDIR)
+            {
+                var parentPrefix = prefix.AsSpan(0, Math.Max(0, prefix.Length - name.Length - 1)).ToArray();
+                return (null, Entry(parentPrefix, name, st, st.Kind == LibC.S_IFLNK ? LibC.ReadLink(parent.Value, name) : null));
+            }
+
+            var fd = LibC.OpenAt(parent.Value, name, LibC.O_RDONLY | LibC.O_DIRECTORY | LibC.O_NOFOLLOW);
+            if (fd < 0)
+            {
+                throw new BadRequestException($"{Show(rest)}: {Reason(-fd)}");
+            }
+
+            return (new Fd(fd), null);
+        }
+    }
+
+    public static IEnumerable<ArchiveEntry> ListDirectory(Fd directory, byte[] prefix)
+    {
+        foreach (var name in LibC.ReadDirectory(directory.Value))
+        {
+            if (LibC.Stat(directory.Value, name, out var st) < 0)
+            {
+                continue; // vanished or unreadable: a read-only mount should not change, but never fail the listing
+            }
+
+            yield return Entry(prefix, name, st, st.Kind == LibC.S_IFLNK ? LibC.ReadLink(directory.Value, name) : null);
+        }
+    }
+
+    /// <summary>Opens a regular file for reading.</summary>
+    public static Fd OpenFile(string mountPoint, IReadOnlyList<byte[]> rest, out StatInfo st)
+    {
+        var (parent, name) = Resolve(mountPoint, rest);
+        using (parent)
+        {
+            if (name.Length == 0)
+            {
+                throw new BadRequestException("the volume root is a directory, not a file");
+            }
+
+            var fd = LibC.OpenAt(parent.Value, name, LibC.O_RDONLY | LibC.O_NOFOLLOW | LibC.O_NONBLOCK);
+            if (fd < 0)
+            {
+                throw new BadRequestException($"{Show(rest)}: {Reason(-fd)}");
+            }
+
+            var file = new Fd(fd);
+            LibC.Stat(fd, [], out st);
+            if (st.Kind != LibC.S_IFREG)
+            {
+                file.Dispose();
+                throw new BadRequestException($"{Show(rest)} is not a regular file");
+            }
+
+            return file;
+        }
+    }
+}

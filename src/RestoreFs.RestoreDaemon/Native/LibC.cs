@@ -1,0 +1,243 @@
+using System.Buffers.Binary;
+using System.Runtime.InteropServices;
+using System.Text;
+
+namespace RestoreFs.RestoreDaemon.Native;
+
+/// <summary>What the daemon needs from libc, with file names as bytes (names in a backed-up disk need not be UTF-8).</summary>
+internal static unsafe partial class LibC
+{
+    public const int O_RDONLY = 0, O_NOFOLLOW = 0x20000, O_DIRECTORY = 0x10000, O_CLOEXEC = 0x80000, O_NONBLOCK = 0x800;
+    public const int AT_FDCWD = -100, AT_SYMLINK_NOFOLLOW = 0x100, AT_EMPTY_PATH = 0x1000;
+    public const uint STATX_BASIC = 0x7ff;
+    public const int EINTR = 4, ENOENT = 2, EACCES = 13, ELOOP = 40, ENOTDIR = 20, EINVAL = 22, EBUSY = 16;
+    public const uint S_IFMT = 0xF000, S_IFDIR = 0x4000, S_IFREG = 0x8000, S_IFLNK = 0xA000, S_IFBLK = 0x6000, S_IFCHR = 0x2000,
+        S_IFIFO = 0x1000, S_IFSOCK = 0xC000;
+    public const ulong MS_RDONLY = 1, MS_NOSUID = 2, MS_NODEV = 4, MS_NOEXEC = 8;
+
+    [LibraryImport("libc", EntryPoint = "openat", SetLastError = true)]
+    private static partial int OpenAtRaw(int dirfd, byte* path, int flags, int mode);
+
+    [LibraryImport("libc", EntryPoint = "close")]
+    public static partial int Close(int fd);
+
+    [LibraryImport("libc", EntryPoint = "statx", SetLastError = true)]
+    private static partial int StatxRaw(int dirfd, byte* path, int flags, uint mask, byte* buffer);
+
+    [LibraryImport("libc", EntryPoint = "readlinkat", SetLastError = true)]
+    private static partial nint ReadLinkAtRaw(int dirfd, byte* path, byte* buffer, nuint size);
+
+    [LibraryImport("libc", EntryPoint = "getdents64", SetLastError = true)]
+    private static partial nint GetDents64(int fd, byte* buffer, nuint size);
+
+    [LibraryImport("libc", EntryPoint = "pread64", SetLastError = true)]
+    private static partial nint PRead(int fd, byte* buffer, nuint count, long offset);
+
+    [LibraryImport("libc", EntryPoint = "mount", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int Mount(string source, string target, string type, ulong flags, string? data);
+
+    [LibraryImport("libc", EntryPoint = "umount2", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int Umount2(string target, int flags);
+
+    [LibraryImport("libc", EntryPoint = "mknod", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int MkNod(string path, uint mode, ulong dev);
+
+    [LibraryImport("libc", EntryPoint = "sync")]
+    public static partial void Sync();
+
+    [LibraryImport("libc", EntryPoint = "reboot", SetLastError = true)]
+    public static partial int Reboot(int command);
+
+    [LibraryImport("libc", EntryPoint = "strerror")]
+    private static partial nint StrErrorRaw(int errno);
+
+    public static string StrError(int errno) => Marshal.PtrToStringUTF8(StrErrorRaw(errno)) ?? $"errno {errno}";
+
+    public static int Errno => Marshal.GetLastPInvokeError();
+
+    public static ulong MakeDev(uint major, uint minor) =>
+        ((ulong)(major & 0xfffff000) << 32) | ((ulong)(major & 0xfff) << 8) | ((ulong)(minor & 0xffffff00) << 12) | (minor & 0xff);
+
+    /// <summary>openat with a byte name; returns the fd or -errno.</summary>
+    public static int OpenAt(int dirfd, ReadOnlySpan<byte> name, int flags)
+    {
+        Span<byte> z = stackalloc byte[name.Length + 1];
+        name.CopyTo(z);
+        z[^1] = 0;
+        fixed (byte* p = z)
+        {
+            while (true)
+            {
+                var fd = OpenAtRaw(dirfd, p, flags | O_CLOEXEC, 0);
+                if (fd >= 0)
+                {
+                    return fd;
+                }
+
+                var e = Errno;
+                if (e != EINTR)
+                {
+                    return -e;
+                }
+            }
+        }
+    }
+
+    public static int OpenPath(string path, int flags) => OpenAt(AT_FDCWD, Encoding.UTF8.GetBytes(path), flags);
+
+    /// <summary>statx without following a final symlink; an empty name stats <paramref name="dirfd"/> itself.</summary>
+    public static int Stat(int dirfd, ReadOnlySpan<byte> name, out StatInfo info)
+    {
+        Span<byte> z = stackalloc byte[name.Length + 1];
+        name.CopyTo(z);
+        z[^1] = 0;
+        var buffer = stackalloc byte[256];
+        fixed (byte* p = z)
+        {
+            var flags = AT_SYMLINK_NOFOLLOW | (name.IsEmpty ? AT_EMPTY_PATH : 0);
+            if (StatxRaw(dirfd, p, flags, STATX_BASIC, buffer) != 0)
+            {
+                info = default;
+                return -Errno;
+            }
+        }
+
+        var s = new ReadOnlySpan<byte>(buffer, 256);
+        info = new StatInfo(
+            Mode: BinaryPrimitives.ReadUInt16LittleEndian(s[28..]),
+            Uid: BinaryPrimitives.ReadUInt32LittleEndian(s[20..]),
+            Gid: BinaryPrimitives.ReadUInt32LittleEndian(s[24..]),
+            Size: BinaryPrimitives.ReadUInt64LittleEndian(s[40..]),
+            MTime: BinaryPrimitives.ReadInt64LittleEndian(s[112..]),
+            MTimeNsec: BinaryPrimitives.ReadUInt32LittleEndian(s[120..]),
+            Inode: BinaryPrimitives.ReadUInt64LittleEndian(s[32..]),
+            Links: BinaryPrimitives.ReadUInt32LittleEndian(s[16..]),
+            RdevMajor: BinaryPrimitives.ReadUInt32LittleEndian(s[128..]),
+            RdevMinor: BinaryPrimitives.ReadUInt32LittleEndian(s[132..]));
+        return 0;
+    }
+
+    public static byte[]? ReadLink(int dirfd, ReadOnlySpan<byte> name)
+    {
+        Span<byte> z = stackalloc byte[name.Length + 1];
+        name.CopyTo(z);
+        z[^1] = 0;
+        var buffer = new byte[4096];
+        fixed (byte* p = z)
+        fixed (byte* b = buffer)
+        {
+            var n = ReadLinkAtRaw(dirfd, p, b, (nuint)buffer.Length);
+            return n < 0 ? null : buffer[..(int)n];
+        }
+    }
+
+    /// <summary>Directory entries of an open directory as raw name bytes (without . and ..).</summary>
+    public static IEnumerable<byte[]> ReadDirectory(int fd)
+    {
+        var buffer = new byte[64 * 1024];
+        while (true)
+        {
+            var n = ReadDents(fd, buffer);
+            if (n < 0)
+            {
+                throw new IOException($"cannot read directory: {StrError(Errno)}");
+            }
+
+            if (n == 0)
+            {
+                yield break;
+            }
+
+            var names = new List<byte[]>();
+            for (var offset = 0; offset < n;)
+            {
+                var recordLength = BinaryPrimitives.ReadUInt16LittleEndian(buffer.AsSpan(offset + 16));
+                var nameSpan = buffer.AsSpan(offset + 19, recordLength - 19);
+                var end = nameSpan.IndexOf((byte)0);
+                var name = (end < 0 ? nameSpan : nameSpan[..end]).ToArray();
+                if (!(name is [(byte)'.'] or [(byte)'.', (byte)'.']))
+                {
+                    names.Add(name);
+                }
+
+                offset += recordLength;
+            }
+
+            foreach (var name in names)
+            {
+                yield return name;
+            }
+        }
+    }
+
+    private static nint ReadDents(int fd, byte[] buffer)
+    {
+        fixed (byte* b = buffer)
+        {
+            return GetDents64(fd, b, (nuint)buffer.Length);
+        }
+    }
+
+    public static int PReadAll(int fd, Span<byte> buffer, long offset)
+    {
+        var done = 0;
+        fixed (byte* b = buffer)
+        {
+            while (done < buffer.Length)
+            {
+                var n = PRead(fd, b + done, (nuint)(buffer.Length - done), offset + done);
+                if (n < 0)
+                {
+                    if (Errno == EINTR)
+                    {
+                        continue;
+                    }
+
+                    throw new IOException($"read failed at offset {offset + done}: {StrError(Errno)}");
+                }
+
+                if (n == 0)
+                {
+                    break;
+                }
+
+                done += (int)n;
+            }
+        }
+
+        return done;
+    }
+}
+
+internal readonly record struct StatInfo(uint Mode, uint Uid, uint Gid, ulong Size, long MTime, uint MTimeNsec, ulong Inode, uint Links,
+    uint RdevMajor, uint RdevMinor)
+{
+    public uint Kind => Mode & LibC.S_IFMT;
+
+    public char TypeChar => Kind switch
+    {
+        LibC.S_IFDIR => 'd',
+        LibC.S_IFREG => 'f',
+        LibC.S_IFLNK => 'l',
+        LibC.S_IFBLK => 'b',
+        LibC.S_IFCHR => 'c',
+        LibC.S_IFIFO => 'p',
+        LibC.S_IFSOCK => 's',
+        _ => '?',
+    };
+}
+
+/// <summary>An owned file descriptor.</summary>
+internal sealed class Fd(int value) : IDisposable
+{
+    public int Value { get; private set; } = value;
+
+    public void Dispose()
+    {
+        if (Value >= 0)
+        {
+            LibC.Close(Value);
+            Value = -1;
+        }
+    }
+}
