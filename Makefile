@@ -14,7 +14,16 @@ all: build
 deps:
 	@bash scripts/install-deps.sh
 
-build: cli
+build: cli restore-image
+
+# The restore daemon, NativeAOT (runs inside the restore VM).
+daemon:
+	$(DOTNET) publish src/RestoreFs.RestoreDaemon -c $(CONFIGURATION) -r $(RID) -p:PublishAot=true -o build/daemon --nologo -v quiet
+	@echo "built build/daemon/restorefs-daemon"
+
+# Kernel + initramfs of the restore VM from Debian packages (cached by content: quick when nothing changed).
+restore-image: daemon
+	@bash scripts/build-restore-image.sh build/restore-image build/daemon/restorefs-daemon
 
 cli:
 	$(DOTNET) publish src/RestoreFs.Cli -c $(CONFIGURATION) -r $(RID) --self-contained false \
@@ -33,8 +42,9 @@ run: deps build
 	@bash scripts/run.sh "$(STORE)" "$(MOUNTPOINT)"
 
 install: build
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/restorefs $(DESTDIR)$(PREFIX)/share/man/man1
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/restorefs/restore-image $(DESTDIR)$(PREFIX)/share/man/man1
 	cp -a build/cli/. $(DESTDIR)$(PREFIX)/lib/restorefs/
+	install -m 0644 build/restore-image/vmlinux build/restore-image/vmlinuz build/restore-image/initramfs.img $(DESTDIR)$(PREFIX)/lib/restorefs/restore-image/
 	ln -sfn ../lib/restorefs/restorefs $(DESTDIR)$(PREFIX)/bin/restorefs
 	install -m 0644 man/restorefs.1 $(DESTDIR)$(PREFIX)/share/man/man1/restorefs.1
 

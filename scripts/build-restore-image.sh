@@ -1,9 +1,11 @@
 #!/bin/bash
 # Builds the restore VM image (kernel + initramfs) from Debian packages, without installing anything.
-# Usage: scripts/build-restore-image.sh OUTDIR [DAEMON_BINARY]
+# Usage: scripts/build-restore-image.sh OUTDIR DAEMON_BINARY
+#   DAEMON_BINARY is the NativeAOT restore daemon (make daemon → build/daemon/restorefs-daemon).
 set -euo pipefail
-out=${1:?usage: $0 OUTDIR [DAEMON_BINARY]}
-daemon=${2:-}
+out=${1:?usage: $0 OUTDIR DAEMON_BINARY}
+daemon=${2:?usage: $0 OUTDIR DAEMON_BINARY (make daemon builds it)}
+[ -x "$daemon" ] || { echo "[restore-image] $daemon is not an executable" >&2; exit 1; }
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$out"; out=$(cd "$out" && pwd)
 cache=${RESTOREFS_IMAGE_CACHE:-$out/.cache}
@@ -13,7 +15,9 @@ log() { echo "[restore-image] $*" >&2; }
 
 kver_pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-6/ {print $2; exit}')
 [ -n "$kver_pkg" ] || { log "cannot resolve the bookworm kernel package"; exit 1; }
-pkgs=("$kver_pkg" busybox-static)
+# lvm2 and the libraries it needs beyond a base Debian system (libc, libudev, libselinux… come from the host's
+# loader resolution below)
+pkgs=("$kver_pkg" busybox-static lvm2 libdevmapper1.02.1 libdevmapper-event1.02.1 libaio1)
 log "packages: ${pkgs[*]}"
 ( cd "$cache/debs"
   for p in "${pkgs[@]}"; do
@@ -23,7 +27,7 @@ log "packages: ${pkgs[*]}"
 # Content hash of every input decides whether anything must be rebuilt.
 manifest=$( { for p in "${pkgs[@]}"; do sha256sum "$cache"/debs/"${p}"_*.deb | cut -d' ' -f1; done
               cat "$here"/restore-image/init "$here"/restore-image/modules.* "$0"
-              if [ -n "$daemon" ]; then sha256sum < "$daemon"; fi; } | sha256sum | cut -d' ' -f1)
+              sha256sum < "$daemon"; } | sha256sum | cut -d' ' -f1)
 if [ -f "$out/manifest" ] && [ "$(cat "$out/manifest")" = "$manifest" ] \
    && [ -f "$out/vmlinux" ] && [ -f "$out/initramfs.img" ]; then
     log "up to date ($manifest)"; exit 0
@@ -67,9 +71,24 @@ done
 cp "$mods"/modules.{order,builtin,builtin.modinfo} "$root/lib/modules/$kver/" 2>/dev/null || true
 depmod -b "$root" "$kver"   # modules.dep of the chosen (uncompressed) set; busybox modprobe reads it
 log "${#want[@]} modules"
-if [ -n "$daemon" ]; then install -m 755 "$daemon" "$root/restorefs-daemon"
-    for lib in $(ldd "$daemon" 2>/dev/null | grep -o '/[^ ]*'); do mkdir -p "$root$(dirname "$lib")"; cp -L "$lib" "$root$lib"; done
-fi
+copy_libs() { # binary: copies the shared libraries it needs (the unpacked packages' first, else the host's)
+    local lib
+    for lib in $(LD_LIBRARY_PATH="$work/pkg/lib/x86_64-linux-gnu:$work/pkg/usr/lib/x86_64-linux-gnu" ldd "$1" 2>/dev/null | grep -o '/[^ ]*'); do
+        local dest=${lib#"$work/pkg"}
+        dest=${dest/#\/usr\/lib\//\/lib\/}
+        mkdir -p "$root$(dirname "$dest")"; [ -e "$root$dest" ] || cp -L "$lib" "$root$dest"
+    done
+}
+install -m 755 "$daemon" "$root/restorefs-daemon"
+copy_libs "$daemon"
+lvm_bin=""
+for candidate in "$work"/pkg/sbin/lvm "$work"/pkg/usr/sbin/lvm; do [ -x "$candidate" ] && { lvm_bin=$candidate; break; }; done
+[ -n "$lvm_bin" ] || { log "lvm binary not found in lvm2"; exit 1; }
+install -m 755 "$lvm_bin" "$root/sbin/lvm"
+copy_libs "$lvm_bin"
+for t in pvs lvs vgs vgchange vgmknodes vgscan lvchange; do ln -sf lvm "$root/sbin/$t"; done
+mkdir -p "$root/etc/lvm" "$root/run/lvm"
+log "daemon $(du -h "$daemon" | cut -f1), lvm $(du -h "$lvm_bin" | cut -f1)"
 
 log "packing initramfs (cpio newc, lz4 legacy)"
 ( cd "$root" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0 ) | lz4 -l -q -c > "$out/initramfs.img.new"

@@ -273,8 +273,8 @@ public sealed class MuxConnection : IAsyncDisposable
         Fail(null);
         stop.Cancel();
         await inner.DisposeAsync().ConfigureAwait(false);
-        await reader.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
-        stop.Dispose();
+        // A read blocked in a character device (the guest's serial port) does not see cancellation: don't wait forever.
+        await reader.WaitAsync(TimeSpan.FromSeconds(1)).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
     }
 }
 

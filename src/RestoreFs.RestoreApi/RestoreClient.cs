@@ -91,6 +91,11 @@ public sealed class RestoreClient(IRestoreTransport transport, string ticket, bo
                 // The request is complete: the daemon's side ends its answer with CLOSE instead of a reset.
                 await mux.CloseWriteAsync(ct).ConfigureAwait(false);
             }
+            else if (stream is System.Net.Sockets.NetworkStream network && network.Socket.AddressFamily == System.Net.Sockets.AddressFamily.Unix)
+            {
+                // Same over a unix socket (a proxy to the channel forwards the end of the request).
+                network.Socket.Shutdown(System.Net.Sockets.SocketShutdown.Send);
+            }
 
             var response = await Http.ReadResponseAsync(new BufferedReader(stream), ct).ConfigureAwait(false);
             var exchange = new Exchange(stream, response);

@@ -91,7 +91,8 @@ public static class Program
         }
 
         Directory.CreateDirectory(mountRoot);
-        using var catalog = new DiskCatalog(new DiskCatalogOptions(disks.Count > 0 ? disks : guest ? null : [], mountRoot, Log, loops));
+        using var catalog = new DiskCatalog(new DiskCatalogOptions(disks.Count > 0 ? disks : guest ? null : [], mountRoot, Log, loops,
+            ReadyFile: guest ? "/run/late-modules.done" : null));
         using var done = new CancellationTokenSource();
         using var server = new DaemonServer(catalog, new DaemonServerOptions(ticket, TimeSpan.FromSeconds(idle), TimeSpan.FromSeconds(3)), Log,
             () => done.Cancel());
@@ -103,7 +104,12 @@ public static class Program
 
         try
         {
-            await ServeAsync(listen, server, done.Token).ConfigureAwait(false);
+            var serving = ServeAsync(listen, server, done.Token);
+            await Task.WhenAny(serving, Task.Delay(Timeout.Infinite, done.Token)).ConfigureAwait(false);
+            if (serving.IsFaulted)
+            {
+                await serving.ConfigureAwait(false);
+            }
         }
         catch (Exception e) when (e is SocketException or IOException or ArgumentException)
         {

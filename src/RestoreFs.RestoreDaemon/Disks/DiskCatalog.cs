@@ -9,8 +9,10 @@ namespace RestoreFs.RestoreDaemon.Disks;
 /// <param name="MountRoot">Where volumes are mounted.</param>
 /// <param name="LoopForPartitions">Make read-only loop devices for partitions when the kernel shows none (hosts
 /// without partition support); the VM's kernel shows them itself.</param>
+/// <param name="ReadyFile">In the VM: a file /init creates once the file system and device-mapper modules are
+/// loaded; the scan waits for it (up to 30 s) before LVM and mounts need them.</param>
 public sealed record DiskCatalogOptions(IReadOnlyList<(string Name, string Device)>? Disks, string MountRoot, Action<string> Log,
-    bool LoopForPartitions = false, TimeSpan? ScanLimit = null);
+    bool LoopForPartitions = false, TimeSpan? ScanLimit = null, string? ReadyFile = null);
 
 /// <summary>
 /// Finds the disks, their partitions, LVM logical volumes and file systems, and mounts a volume read-only the first
@@ -44,6 +46,16 @@ public sealed class DiskCatalog : IVolumeCatalog, IDisposable
     private IReadOnlyList<DiskInfo> Scan()
     {
         var watch = Stopwatch.StartNew();
+        if (options.ReadyFile is { } ready)
+        {
+            while (!File.Exists(ready) && watch.Elapsed < TimeSpan.FromSeconds(30))
+            {
+                Thread.Sleep(20);
+            }
+
+            options.Log($"modules ready after {watch.ElapsedMilliseconds} ms");
+        }
+
         var disks = (options.Disks ?? ScanSysBlock()).ToList();
         var result = new List<(string Name, string Device, ulong Size, List<VolumeInfo> Volumes, string? Error)>();
         var lvmDevices = new Dictionary<string, string>(); // PV device → disk name

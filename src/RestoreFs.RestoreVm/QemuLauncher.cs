@@ -1,0 +1,127 @@
+using System.Globalization;
+using System.Text;
+
+namespace RestoreFs.RestoreVm;
+
+/// <summary>A disk of the VM: its serial (the archive name without <c>.img.fidx</c>) and the NBD export serving it.</summary>
+public sealed record VmDisk(string Serial, string NbdSocket, string Export);
+
+public enum VmMachine
+{
+    /// <summary>The uncompressed kernel through its PVH entry on <c>-machine microvm</c>, virtio-mmio devices: fastest.</summary>
+    Microvm,
+
+    /// <summary>bzImage on the default pc machine with virtio-pci devices: slower, the fallback.</summary>
+    Pc,
+}
+
+/// <param name="Accelerator"><c>kvm</c> or <c>tcg</c>.</param>
+/// <param name="VsockCid">When set, the channel is vhost-vsock with this guest CID instead of virtio-serial.</param>
+public sealed record VmLaunch(
+    string Name,
+    string ImageDirectory,
+    string Initramfs,
+    string VmDirectory,
+    IReadOnlyList<VmDisk> Disks,
+    VmMachine Machine,
+    string Accelerator,
+    long TscKhz,
+    uint? VsockCid = null,
+    bool Debug = false,
+    int IdleTimeoutSeconds = 600);
+
+/// <summary>Builds QEMU's command line for a restore VM. The ticket is never on it: it is inside the initramfs copy.</summary>
+public static class QemuLauncher
+{
+    public const string Marker = "restorefs-vm";
+    public const string SerialPortName = "org.restorefs.0";
+
+    public static string ChannelSocket(string vmDirectory) => Path.Combine(vmDirectory, "channel.sock");
+
+    public static string ProxySocket(string vmDirectory) => Path.Combine(vmDirectory, "api.sock");
+
+    public static string PidFile(string vmDirectory) => Path.Combine(vmDirectory, "qemu.pid");
+
+    public static string ConsoleLog(string vmDirectory) => Path.Combine(vmDirectory, "console.log");
+
+    /// <summary>RAM as PBS sizes it: 192 MiB below 10 disks, 256 below 20, else 384 (our daemon needs a little more than theirs).</summary>
+    public static int MemoryMiB(int disks, bool debug) => debug ? 1024 : disks < 10 ? 256 : disks < 20 ? 320 : 448;
+
+    public static IReadOnlyList<string> Arguments(VmLaunch l)
+    {
+        var micro = l.Machine == VmMachine.Microvm;
+        var dev = micro ? "device" : "pci";
+        var args = new List<string>
+        {
+            "-name", $"{Marker},process={Marker}",
+            "-machine", micro ? "microvm,pit=off,pic=off,rtc=off" : "pc",
+            "-accel", l.Accelerator,
+            "-cpu", l.Accelerator == "kvm" ? "host" : "max",
+            "-smp", "1",
+            "-m", MemoryMiB(l.Disks.Count, l.Debug).ToString(CultureInfo.InvariantCulture),
+            "-nodefaults", "-no-user-config", "-no-reboot", "-display", "none", "-monitor", "none",
+            "-kernel", Path.Combine(l.ImageDirectory, micro ? "vmlinux" : "vmlinuz"),
+            "-initrd", l.Initramfs,
+            "-append", KernelCommandLine(l),
+            "-serial", "file:" + ConsoleLog(l.VmDirectory),
+            "-device", $"virtio-rng-{dev}",
+        };
+        for (var i = 0; i < l.Disks.Count; i++)
+        {
+            var d = l.Disks[i];
+            var uri = $"nbd+unix:///{Uri.EscapeDataString(d.Export).Replace("%2F", "/", StringComparison.Ordinal)}?socket={d.NbdSocket}";
+            args.Add("-drive");
+            args.Add($"file={Escape(uri)},format=raw,if=none,readonly=on,id=drive{i}");
+            args.Add("-device");
+            args.Add($"virtio-blk-{dev},drive=drive{i},serial={Escape(d.Serial)}");
+        }
+
+        if (l.VsockCid is { } cid)
+        {
+            args.Add("-device");
+            args.Add($"vhost-vsock-{dev},guest-cid={cid}");
+        }
+        else
+        {
+            args.AddRange([
+                "-chardev", $"socket,id=channel,path={Escape(ChannelSocket(l.VmDirectory))},server=on,wait=off",
+                "-device", $"virtio-serial-{dev}",
+                "-device", $"virtserialport,chardev=channel,name={SerialPortName}",
+            ]);
+        }
+
+        args.AddRange(["-daemonize", "-pidfile", PidFile(l.VmDirectory)]);
+        return args;
+    }
+
+    public static string KernelCommandLine(VmLaunch l)
+    {
+        var line = new StringBuilder("console=ttyS0 panic=-1 cryptomgr.notests=1 ");
+        line.Append(l.Debug ? "debug" : "quiet");
+        if (l.TscKhz > 0)
+        {
+            // microvm has no HPET or PM timer: without this, TSC calibration can fail under TCG on a busy host.
+            line.Append(CultureInfo.InvariantCulture, $" tsc_early_khz={l.TscKhz}");
+        }
+
+        line.Append(CultureInfo.InvariantCulture, $" restorefs.idle={l.IdleTimeoutSeconds}");
+        return line.ToString();
+    }
+
+    /// <summary>QEMU's option syntax: a comma inside a value is written twice.</summary>
+    public static string Escape(string value) => value.Replace(",", ",,", StringComparison.Ordinal);
+
+    /// <summary>The host TSC frequency from /proc/cpuinfo, for tsc_early_khz; 0 when unknown.</summary>
+    public static long HostTscKhz()
+    {
+        try
+        {
+            var line = File.ReadLines("/proc/cpuinfo").FirstOrDefault(l => l.StartsWith("cpu MHz", StringComparison.Ordinal));
+            return line is null ? 0 : (long)(double.Parse(line.Split(':')[1].Trim(), CultureInfo.InvariantCulture) * 1000);
+        }
+        catch (Exception e) when (e is IOException or FormatException)
+        {
+            return 0;
+        }
+    }
+}
