@@ -468,6 +468,13 @@ public sealed class RestoreVmManager : IAsyncDisposable
             {
                 await StopAsync(name, CancellationToken.None).ConfigureAwait(false);
             }
+            else if (IsOurVm(pid))
+            {
+                // Lost from the map (a corrupt map was set aside): still ours to stop.
+                log.LogWarning("Restore VM {Name} (pid {Pid}) is missing from the map; killing it", name, pid);
+                await KillAsync(new VmEntry { Name = name, Pid = pid, Channel = "", Ticket = "", Directory = "", Started = 0, Disks = [] })
+                    .ConfigureAwait(false);
+            }
         }
 
         foreach (var session in sessions.Values)

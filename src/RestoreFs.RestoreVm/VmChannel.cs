@@ -49,7 +49,13 @@ public sealed class VmChannel : IAsyncDisposable
             }
             catch (IOException)
             {
-                File.Delete(proxySocket); // its owner is gone
+                try
+                {
+                    File.Delete(proxySocket); // its owner is gone
+                }
+                catch (IOException)
+                {
+                }
             }
         }
 
@@ -139,7 +145,14 @@ public sealed class VmChannel : IAsyncDisposable
         proxy?.Dispose();
         if (proxyPath is not null)
         {
-            File.Delete(proxyPath);
+            try
+            {
+                File.Delete(proxyPath);
+            }
+            catch (IOException)
+            {
+                // The VM's directory went with the VM.
+            }
         }
 
         if (serving is not null)

@@ -13,6 +13,7 @@ public static class CommandTable
         yield return RestoreCommand.Create();
         yield return BackupCommand.Create();
         yield return KeyCommand.Create();
+        yield return VmCommand.Create();
         foreach (var command in MapCommand.Create())
         {
             yield return command;

@@ -1,9 +1,55 @@
+using Microsoft.Extensions.Logging;
+using RestoreFs.RestoreVm;
 using RestoreFs.Tree;
 
 namespace RestoreFs.Cli.Hosting;
 
-/// <summary>Connects <c>files/</c> to the restore VM.</summary>
+/// <summary>Connects <c>files/</c> to restore VMs when the restore image and QEMU are there; otherwise files/ stays hidden.</summary>
 public static class FilesBackendFactory
 {
-    public static IFilesBackend? Create(TreeContext context) => null;
+    public static IFilesBackend? Create(TreeContext context)
+    {
+        var image = ImageDirectory();
+        if (image is null)
+        {
+            context.Log.LogWarning("files/ is not offered: no restore image found (build it with make restore-image, or set RESTOREFS_IMAGE_DIR)");
+            return null;
+        }
+
+        var qemu = FindOnPath("qemu-system-x86_64");
+        if (qemu is null)
+        {
+            context.Log.LogWarning("files/ is not offered: qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)");
+            return null;
+        }
+
+        context.Log.LogInformation("files/ is served by restore VMs (image {Image})", image);
+        return new VmFilesBackend(context, new RestoreVmManager(Options(image, qemu), context.Logs));
+    }
+
+    public static RestoreVmOptions Options(string image, string qemu = "qemu-system-x86_64") => new()
+    {
+        RuntimeDirectory = RuntimePaths.Directory,
+        ImageDirectory = image,
+        Qemu = qemu,
+        IdleTimeoutSeconds = int.TryParse(Environment.GetEnvironmentVariable("RESTOREFS_VM_IDLE"), out var idle) && idle > 0 ? idle : 600,
+    };
+
+    /// <summary>RESTOREFS_IMAGE_DIR, else restore-image next to the executable or one level up (the build tree).</summary>
+    public static string? ImageDirectory()
+    {
+        var candidates = new List<string>();
+        if (Environment.GetEnvironmentVariable("RESTOREFS_IMAGE_DIR") is { Length: > 0 } env)
+        {
+            candidates.Add(env);
+        }
+
+        var exe = AppContext.BaseDirectory;
+        candidates.Add(Path.Combine(exe, "restore-image"));
+        candidates.Add(Path.Combine(exe, "..", "restore-image"));
+        return candidates.Select(Path.GetFullPath).FirstOrDefault(d => File.Exists(Path.Combine(d, "initramfs.img")) && File.Exists(Path.Combine(d, "vmlinux")));
+    }
+
+    private static string? FindOnPath(string name) =>
+        (Environment.GetEnvironmentVariable("PATH") ?? "/usr/bin:/bin").Split(':').Select(d => Path.Combine(d, name)).FirstOrDefault(File.Exists);
 }

@@ -1,0 +1,137 @@
+using System.Text.Json;
+using RestoreFs.TestSupport;
+
+namespace RestoreFs.Cli.Tests;
+
+/// <summary>
+/// The test disks (GPT: ext4, vfat, LVM/xfs; a bare ext4) backed up with restorefs backup, mounted with the CLI, and
+/// read through files/ — real FUSE mount, real restore VM (QEMU, TCG here), real NBD. The CLI runs with its own
+/// runtime directory so its VM state map is this fixture's alone.
+/// </summary>
+public sealed class FilesFixture : IDisposable
+{
+    public const string Time = "2026-01-01T00:00:00Z";
+
+    public FilesFixture()
+    {
+        Requires.Root();
+        Requires.Tool("qemu-system-x86_64");
+        Directory.CreateDirectory(Runtime);
+        ProcessRunner.Run("bash", [RepoPaths.Script("make-test-disks.sh"), Dir.Combine("disks")], TimeSpan.FromMinutes(3)).EnsureSuccess("make-test-disks.sh");
+        Cli(TimeSpan.FromMinutes(3), "backup", "--store", Store, "--group", "vm/100", "--time", Time,
+            $"drive-scsi0={Dir.Combine("disks", "multi.img")}", $"drive-scsi1={Dir.Combine("disks", "bare.img")}");
+        Cli(TimeSpan.FromMinutes(3), "backup", "--store", Store, "--group", "vm/101", "--time", Time, $"drive-scsi0={Dir.Combine("disks", "bare.img")}");
+        Directory.CreateDirectory(MountPoint);
+        Cli(TimeSpan.FromSeconds(60), "mount", Store, MountPoint);
+    }
+
+    public TempDirectory Dir { get; } = new("restorefs-files");
+
+    public string Store => Dir.Combine("store");
+
+    public string MountPoint => Dir.Combine("mnt");
+
+    public string Runtime => Dir.Combine("run");
+
+    public string Expected => Dir.Combine("disks", "expected");
+
+    public string Files(string group) => Path.Combine(MountPoint, "snapshots", group, Time, "files");
+
+    public Dictionary<string, string> Env => new() { ["XDG_RUNTIME_DIR"] = Runtime };
+
+    public ProcessResult Cli(TimeSpan timeout, params string[] args) =>
+        ProcessRunner.Run(RepoPaths.Cli, args, timeout, environment: Env).EnsureSuccess("restorefs " + string.Join(' ', args));
+
+    public List<(string Name, int Pid)> Vms()
+    {
+        using var doc = JsonDocument.Parse(Cli(TimeSpan.FromSeconds(60), "vm", "status", "--json").StdOut);
+        return doc.RootElement.EnumerateArray().Select(e => (e.GetProperty("snapshot").GetString()!, e.GetProperty("pid").GetInt32())).ToList();
+    }
+
+    public static bool Alive(int pid) => File.Exists($"/proc/{pid}/cmdline") && File.ReadAllText($"/proc/{pid}/cmdline").Contains("restorefs-vm");
+
+    public void Dispose()
+    {
+        var pids = File.Exists(Path.Combine(Runtime, "restorefs", "restore-vms.json")) ? Vms().Select(v => v.Pid).ToList() : [];
+        if (MountTable.IsMounted(MountPoint))
+        {
+            ProcessRunner.Run(RepoPaths.Cli, ["umount", MountPoint], TimeSpan.FromSeconds(60), environment: Env);
+            MountTable.LazyUnmount(MountPoint);
+        }
+
+        foreach (var pid in pids.Where(Alive))
+        {
+            System.Diagnostics.Process.GetProcessById(pid).Kill();
+        }
+
+        Dir.Dispose();
+    }
+}
+
+public sealed class FilesTests(FilesFixture f) : IClassFixture<FilesFixture>
+{
+    private static ProcessResult Run(string tool, params string[] args) =>
+        ProcessRunner.Run(Requires.Tool(tool), args, TimeSpan.FromMinutes(3)).EnsureSuccess(tool + " " + string.Join(' ', args));
+
+    private string Disk0 => Path.Combine(f.Files("vm/100"), "drive-scsi0.img");
+
+    [Fact]
+    public void Rsync_of_each_file_system_equals_the_source_and_find_counts_match()
+    {
+        var ext4 = f.Dir.Combine("out-ext4");
+        Run("rsync", "-a", "--exclude=lost+found", Path.Combine(Disk0, "part/1") + "/", ext4 + "/");
+        // rsync itself compares: nothing to change (contents, modes, mtimes, symlinks, owners) means equal.
+        // (The root's own mtime is the file system's, not the source directory's: not compared.)
+        var changes = string.Join('\n', Run("rsync", "-ai", "--dry-run", "--checksum", "--delete", ext4 + "/", Path.Combine(f.Expected, "ext4") + "/").StdOut
+            .Split('\n', StringSplitOptions.RemoveEmptyEntries).Where(l => !l.EndsWith(" ./", StringComparison.Ordinal)));
+        Assert.True(changes.Length == 0, "differences:\n" + changes);
+        var find = Run("find", Path.Combine(Disk0, "part/1"), "-not", "-path", "*lost+found*").StdOut.Split('\n', StringSplitOptions.RemoveEmptyEntries).Length;
+        var expected = Run("find", Path.Combine(f.Expected, "ext4")).StdOut.Split('\n', StringSplitOptions.RemoveEmptyEntries).Length;
+        Assert.Equal(expected, find);
+
+        var xfs = f.Dir.Combine("out-xfs");
+        Run("cp", "-a", Path.Combine(Disk0, "lvm/vgtest/data") + "/.", xfs);
+        Assert.Equal("", string.Join('\n', Run("rsync", "-ai", "--dry-run", "--checksum", "--delete", xfs + "/", Path.Combine(f.Expected, "xfs") + "/").StdOut
+            .Split('\n', StringSplitOptions.RemoveEmptyEntries).Where(l => !l.EndsWith(" ./", StringComparison.Ordinal))));
+
+        // vfat keeps no owners or modes: compare contents.
+        Run("diff", "-r", Path.Combine(Disk0, "part/2"), Path.Combine(f.Expected, "vfat"));
+        Assert.Equal("a bare file system\n", File.ReadAllText(Path.Combine(f.Files("vm/100"), "drive-scsi1.img/raw/root/note.txt")));
+        Assert.Equal("../../etc/hostname", new FileInfo(Path.Combine(Disk0, "part/1/home/admin/hostname-link")).LinkTarget);
+        Assert.Contains("grüße", File.ReadAllText(Path.Combine(Disk0, "part/1/home/admin/Grüße.txt")));
+        Run("grep", "-r", "-q", "small file 300", Path.Combine(Disk0, "part/1/srv"));
+    }
+
+    [Fact]
+    public void A_killed_vm_is_restarted_between_two_reads_and_vm_stop_all_restarts_on_access()
+    {
+        Assert.Equal("test-vm\n", File.ReadAllText(Path.Combine(Disk0, "part/1/etc/hostname")));
+        var vm = f.Vms().Single(v => v.Name.EndsWith("vm/100/" + FilesFixture.Time, StringComparison.Ordinal));
+        System.Diagnostics.Process.GetProcessById(vm.Pid).Kill(); // SIGKILL, like kill -9
+        // A file not read before: the VM must answer again.
+        var data = File.ReadAllBytes(Path.Combine(Disk0, "part/1/srv/random.bin"));
+        Assert.Equal(File.ReadAllBytes(Path.Combine(f.Expected, "ext4/srv/random.bin")), data);
+        var restarted = f.Vms().Single(v => v.Name == vm.Name);
+        Assert.NotEqual(vm.Pid, restarted.Pid);
+
+        f.Cli(TimeSpan.FromSeconds(60), "vm", "stop", "--all");
+        Assert.False(FilesFixture.Alive(restarted.Pid));
+        Assert.Equal("on lvm and xfs\n", File.ReadAllText(Path.Combine(Disk0, "lvm/vgtest/data/data/hello.txt")));
+        Assert.Contains(f.Vms(), v => v.Name == vm.Name);
+    }
+
+    [Fact]
+    public void Two_snapshots_browsed_at_once_run_two_vms_and_a_corrupt_map_is_recovered()
+    {
+        Assert.Contains("root", Directory.GetDirectories(Path.Combine(f.Files("vm/101"), "drive-scsi0.img/raw")).Select(Path.GetFileName));
+        Assert.Contains("part", Directory.GetDirectories(Disk0).Select(Path.GetFileName));
+        var vms = f.Vms();
+        Assert.Equal(2, vms.Count);
+
+        File.WriteAllText(Path.Combine(f.Runtime, "restorefs", "restore-vms.json"), "{{{ not json");
+        var status = ProcessRunner.Run(RepoPaths.Cli, ["vm", "status"], TimeSpan.FromSeconds(60), environment: f.Env).EnsureSuccess("vm status");
+        Assert.Contains("corrupt", status.StdOut + status.StdErr);
+        // files/ keeps working (sessions of the mount), and new VMs are recorded again.
+        Assert.Equal("a bare file system\n", File.ReadAllText(Path.Combine(f.Files("vm/101"), "drive-scsi0.img/raw/root/note.txt")));
+    }
+}
