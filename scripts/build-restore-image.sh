@@ -13,7 +13,13 @@ mkdir -p "$cache/debs"
 start=$(date +%s)
 log() { echo "[restore-image] $*" >&2; }
 
-kver_pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-6/ {print $2; exit}')
+kver_pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-6/ {print $2; exit}' || true)
+if [ -z "$kver_pkg" ]; then   # a fresh machine may have no package lists yet
+    log "updating the package lists"
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq >&2
+    kver_pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-6/ {print $2; exit}')
+fi
 [ -n "$kver_pkg" ] || { log "cannot resolve the bookworm kernel package"; exit 1; }
 # lvm2 and the libraries it needs beyond a base Debian system (libc, libudev, libselinux… come from the host's
 # loader resolution below)

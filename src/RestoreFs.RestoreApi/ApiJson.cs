@@ -40,6 +40,11 @@ public static class ApiJson
             w.WriteString("error", e.Error);
         }
 
+        if (e.Content is not null)
+        {
+            w.WriteBase64String("content", e.Content);
+        }
+
         w.WriteEndObject();
     }
 
@@ -55,6 +60,7 @@ public static class ApiJson
         long? mtime = null;
         uint mode = 0, uid = 0, gid = 0;
         string? error = null;
+        byte[]? content = null;
         while (r.Read() && r.TokenType == JsonTokenType.PropertyName)
         {
             var property = r.GetString();
@@ -72,6 +78,7 @@ public static class ApiJson
                 case "uid": uid = r.GetUInt32(); break;
                 case "gid": gid = r.GetUInt32(); break;
                 case "error": error = r.TokenType == JsonTokenType.Null ? null : r.GetString(); break;
+                case "content": content = r.TokenType == JsonTokenType.Null ? null : r.GetBytesFromBase64(); break;
                 default: r.Skip(); break;
             }
         }
@@ -82,7 +89,7 @@ public static class ApiJson
             name = filePath[(slash + 1)..];
         }
 
-        return new ArchiveEntry(filePath, name, type, leaf, size, mtime, mode, uid, gid, target, error);
+        return new ArchiveEntry(filePath, name, type, leaf, size, mtime, mode, uid, gid, target, error) { Content = content };
     }
 
     public static void WriteStatus(Utf8JsonWriter w, DaemonStatus s)

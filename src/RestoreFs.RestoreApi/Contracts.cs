@@ -31,7 +31,12 @@ public sealed record ArchiveEntry(
     uint Uid,
     uint Gid,
     byte[]? Target,
-    string? Error);
+    string? Error)
+{
+    /// <summary>The whole content of a small regular file, sent with the listing when the client asked for it
+    /// (<c>inline=N</c>): copying a tree of small files then costs one request per directory.</summary>
+    public byte[]? Content { get; init; }
+}
 
 public sealed record DiskStatus(string Name, ulong Size, IReadOnlyList<string> Volumes, string? Error);
 
@@ -68,6 +73,10 @@ public interface IRestoreClient : IAsyncDisposable
 
     /// <summary>Entries stream as the daemon sends them; a directory of 100,000 entries is never held whole.</summary>
     IAsyncEnumerable<ArchiveEntry> ListAsync(byte[] path, CancellationToken ct);
+
+    /// <summary>As <see cref="ListAsync(byte[], CancellationToken)"/>, with the content of regular files up to
+    /// <paramref name="inlineMax"/> bytes each inline (the daemon bounds the total per answer).</summary>
+    IAsyncEnumerable<ArchiveEntry> ListAsync(byte[] path, int inlineMax, CancellationToken ct);
 
     /// <summary>Reads up to <paramref name="buffer"/>.Length bytes at <paramref name="offset"/>; fewer only at end of file.</summary>
     Task<int> ReadAsync(byte[] path, long offset, Memory<byte> buffer, CancellationToken ct);

@@ -17,7 +17,7 @@ namespace RestoreFs.RestoreApi;
  *   CLOSE  (3)  the sender will write no more to the stream (end of request / end of answer).
  *   RESET  (4)  the stream is aborted; both sides forget it.
  *   WINDOW (5)  payload u32: more credit for the receiver's peer to send on the stream.
- * Each stream starts with 256 KiB of credit in each direction; a receiver grants more as its reader consumes bytes,
+ * Each stream starts with 4 MiB of credit in each direction; a receiver grants more as its reader consumes bytes,
  * so one slow stream never blocks the others nor grows memory without bound.
  */
 
@@ -26,7 +26,7 @@ public sealed class MuxConnection : IAsyncDisposable
 {
     public const int HeaderSize = 12;
     public const int MaxPayload = 64 * 1024;
-    public const int InitialWindow = 256 * 1024;
+    public const int InitialWindow = 4 * 1024 * 1024;
 
     internal const byte Hello = 0, Open = 1, Data = 2, Close = 3, Reset = 4, Window = 5;
 
@@ -375,7 +375,7 @@ public sealed class MuxStream : Stream
                     }
 
                     consumedSinceGrant += n;
-                    if (consumedSinceGrant >= MuxConnection.InitialWindow / 2)
+                    if (consumedSinceGrant >= MuxConnection.InitialWindow / 4)
                     {
                         var grant = consumedSinceGrant;
                         consumedSinceGrant = 0;

@@ -19,9 +19,12 @@ public sealed class RestoreClient(IRestoreTransport transport, string ticket, bo
         return ApiJson.ReadStatus(await exchange.ReadAllAsync(ct).ConfigureAwait(false));
     }
 
-    public async IAsyncEnumerable<ArchiveEntry> ListAsync(byte[] path, [EnumeratorCancellation] CancellationToken ct)
+    public IAsyncEnumerable<ArchiveEntry> ListAsync(byte[] path, CancellationToken ct) => ListAsync(path, 0, ct);
+
+    public async IAsyncEnumerable<ArchiveEntry> ListAsync(byte[] path, int inlineMax, [EnumeratorCancellation] CancellationToken ct)
     {
-        await using var exchange = await SendAsync("list", ct, ("path", Convert.ToBase64String(path))).ConfigureAwait(false);
+        await using var exchange = await SendAsync("list", ct, ("path", Convert.ToBase64String(path)),
+            ("inline", inlineMax.ToString(CultureInfo.InvariantCulture))).ConfigureAwait(false);
         await foreach (var entry in new EntryStreamReader(exchange.Response.Body).ReadAllAsync(ct).ConfigureAwait(false))
         {
             yield return entry;

@@ -25,6 +25,8 @@ public static class Program
 
     public static async Task<int> Main(string[] args)
     {
+        // Requests block in disk reads that wait for the host: let many run even on one vCPU.
+        ThreadPool.SetMinThreads(32, 32);
         string? ticketFile = null;
         var listen = "auto";
         var guest = false;

@@ -57,7 +57,8 @@ public static class QemuLauncher
             "-machine", micro ? "microvm,pit=off,pic=off,rtc=off" : "pc",
             "-accel", l.Accelerator,
             "-cpu", l.Accelerator == "kvm" ? "host" : "max",
-            "-smp", "1",
+            // Two vCPUs: under TCG QEMU runs them on two host threads (MTTCG), the guest's disk reads and our daemon overlap.
+            "-smp", l.Accelerator == "tcg" ? "2" : "1",
             "-m", MemoryMiB(l.Disks.Count, l.Debug).ToString(CultureInfo.InvariantCulture),
             "-nodefaults", "-no-user-config", "-no-reboot", "-display", "none", "-monitor", "none",
             "-kernel", Path.Combine(l.ImageDirectory, micro ? "vmlinux" : "vmlinuz"),

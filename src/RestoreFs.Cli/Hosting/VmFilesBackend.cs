@@ -12,7 +12,18 @@ namespace RestoreFs.Cli.Hosting;
 /// </summary>
 public sealed class VmFilesBackend(TreeContext context, RestoreVmManager manager) : IFilesBackend, IAsyncDisposable
 {
+    /// <summary>Files up to this size come with their directory's listing.</summary>
+    public const int InlineMax = 64 * 1024;
+
+    /// <summary>Large files are fetched in blocks of this size; a sequential reader gets the next block ahead.</summary>
+    public const int Block = 2 * 1024 * 1024;
+
+    public const int ReadAheadBlocks = 3;
+
     private readonly ILogger log = context.Logs.CreateLogger<VmFilesBackend>();
+    private readonly ContentCache cache = new(256L << 20);
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, Lazy<Task<byte[]>>> inflight = new(StringComparer.Ordinal);
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, long> lastBlock = new(StringComparer.Ordinal);
 
     public static string VmName(SnapshotState state)
     {
@@ -21,20 +32,90 @@ public sealed class VmFilesBackend(TreeContext context, RestoreVmManager manager
         return $"{state.Context.Options.StorePath}:{ns}{s.Name}";
     }
 
-    public async ValueTask<IReadOnlyList<RemoteEntry>> ListAsync(SnapshotState snapshot, byte[] path, CancellationToken ct) =>
-        await WithVmAsync(snapshot, async client =>
+    public async ValueTask<IReadOnlyList<RemoteEntry>> ListAsync(SnapshotState snapshot, byte[] path, CancellationToken ct)
+    {
+        var vm = VmName(snapshot);
+        return await WithVmAsync(snapshot, async client =>
         {
             var list = new List<RemoteEntry>();
-            await foreach (var e in client.ListAsync(path, ct).ConfigureAwait(false))
+            await foreach (var e in client.ListAsync(path, InlineMax, ct).ConfigureAwait(false))
             {
                 list.Add(new RemoteEntry(e.Name, e.Type, e.Size ?? 0, e.MTime ?? 0, e.Mode, e.Uid, e.Gid, e.Target, e.Error));
+                if (e.Content is { } content)
+                {
+                    cache.Put(ContentCache.KeyOf(vm, Child(path, e.Name), -1), 0, content);
+                }
             }
 
             return (IReadOnlyList<RemoteEntry>)list;
         }, ct).ConfigureAwait(false);
+    }
 
-    public async ValueTask<int> ReadAsync(SnapshotState snapshot, byte[] path, long offset, Memory<byte> buffer, CancellationToken ct) =>
-        await WithVmAsync(snapshot, client => client.ReadAsync(path, offset, buffer[..Math.Min(buffer.Length, 1 << 20)], ct), ct).ConfigureAwait(false);
+    public async ValueTask<int> ReadAsync(SnapshotState snapshot, byte[] path, long offset, Memory<byte> buffer, CancellationToken ct)
+    {
+        var vm = VmName(snapshot);
+        if (cache.Get(ContentCache.KeyOf(vm, path, -1)) is { } whole)
+        {
+            return CopyOut(whole, offset, buffer);
+        }
+
+        var index = offset / Block;
+        var block = await BlockAsync(snapshot, vm, path, index, ct).ConfigureAwait(false);
+        var pathKey = ContentCache.KeyOf(vm, path, -2);
+        var previous = lastBlock.GetValueOrDefault(pathKey, -1);
+        lastBlock[pathKey] = index;
+        if (block.Length == Block && (index == 0 || previous == index || previous == index - 1))
+        {
+            // Sequential: fetch the next blocks while this one is consumed (the VM serves requests concurrently).
+            for (var ahead = 1; ahead <= ReadAheadBlocks; ahead++)
+            {
+                _ = BlockAsync(snapshot, vm, path, index + ahead, CancellationToken.None).ContinueWith(t => _ = t.Exception, TaskScheduler.Default);
+            }
+        }
+
+        return CopyOut(block, offset - index * Block, buffer);
+    }
+
+    private static int CopyOut(byte[] data, long offset, Memory<byte> buffer)
+    {
+        if (offset >= data.Length)
+        {
+            return 0;
+        }
+
+        var n = (int)Math.Min(buffer.Length, data.Length - offset);
+        data.AsSpan((int)offset, n).CopyTo(buffer.Span);
+        return n;
+    }
+
+    private async Task<byte[]> BlockAsync(SnapshotState snapshot, string vm, byte[] path, long index, CancellationToken ct)
+    {
+        var key = ContentCache.KeyOf(vm, path, index * Block);
+        if (cache.Get(key) is { } cached)
+        {
+            return cached;
+        }
+
+        var fetch = inflight.GetOrAdd(key, k => new Lazy<Task<byte[]>>(() => Task.Run(async () =>
+        {
+            try
+            {
+                var buffer = new byte[Block];
+                var n = await WithVmAsync(snapshot, client => client.ReadAsync(path, index * Block, buffer, CancellationToken.None), CancellationToken.None)
+                    .ConfigureAwait(false);
+                var data = n == Block ? buffer : buffer[..n];
+                cache.Put(key, index * Block, data);
+                return data;
+            }
+            finally
+            {
+                inflight.TryRemove(key, out _);
+            }
+        })));
+        return await fetch.Value.WaitAsync(ct).ConfigureAwait(false);
+    }
+
+    private static byte[] Child(byte[] parent, byte[] name) => [.. parent, (byte)'/', .. name];
 
     private async Task<T> WithVmAsync<T>(SnapshotState snapshot, Func<IRestoreClient, Task<T>> request, CancellationToken ct)
     {

@@ -88,8 +88,12 @@ internal static class VolumeFiles
         }
     }
 
-    public static IEnumerable<ArchiveEntry> ListDirectory(Fd directory, byte[] prefix)
+    /// <param name="inlineMax">Regular files up to this size come with their content…</param>
+    /// <param name="inlineBudget">…until this many bytes were inlined in the listing. Contents are read several at a
+    /// time: on a virtual disk each small read waits for the host, and waits overlap.</param>
+    public static IEnumerable<ArchiveEntry> ListDirectory(Fd directory, byte[] prefix, int inlineMax = 0, long inlineBudget = 0)
     {
+        var batch = new List<(ArchiveEntry Entry, bool Inline)>(64);
         foreach (var name in LibC.ReadDirectory(directory.Value))
         {
             if (LibC.Stat(directory.Value, name, out var st) < 0)
@@ -97,7 +101,59 @@ internal static class VolumeFiles
                 continue; // vanished or unreadable: a read-only mount should not change, but never fail the listing
             }
 
-            yield return Entry(prefix, name, st, st.Kind == LibC.S_IFLNK ? LibC.ReadLink(directory.Value, name) : null);
+            var entry = Entry(prefix, name, st, st.Kind == LibC.S_IFLNK ? LibC.ReadLink(directory.Value, name) : null);
+            var inline = st.Kind == LibC.S_IFREG && (long)st.Size <= inlineMax && (long)st.Size <= inlineBudget;
+            if (inline)
+            {
+                inlineBudget -= (long)st.Size;
+            }
+
+            batch.Add((entry, inline));
+            if (batch.Count == 64)
+            {
+                foreach (var e in Complete(directory.Value, batch))
+                {
+                    yield return e;
+                }
+
+                batch.Clear();
+            }
+        }
+
+        foreach (var e in Complete(directory.Value, batch))
+        {
+            yield return e;
+        }
+    }
+
+    private static ArchiveEntry[] Complete(int dirfd, List<(ArchiveEntry Entry, bool Inline)> batch)
+    {
+        var result = new ArchiveEntry[batch.Count];
+        Parallel.For(0, batch.Count, new ParallelOptions { MaxDegreeOfParallelism = 8 }, i =>
+        {
+            var (entry, inline) = batch[i];
+            result[i] = inline && ReadSmall(dirfd, entry.Name, (int)(entry.Size ?? 0)) is { } content ? entry with { Content = content } : entry;
+        });
+        return result;
+    }
+
+    private static byte[]? ReadSmall(int dirfd, byte[] name, int size)
+    {
+        var fd = LibC.OpenAt(dirfd, name, LibC.O_RDONLY | LibC.O_NOFOLLOW | LibC.O_NONBLOCK);
+        if (fd < 0)
+        {
+            return null;
+        }
+
+        using var file = new Fd(fd);
+        var buffer = new byte[size];
+        try
+        {
+            return LibC.PReadAll(fd, buffer, 0) == size ? buffer : null;
+        }
+        catch (IOException)
+        {
+            return null; // the read request will report it
         }
     }
 

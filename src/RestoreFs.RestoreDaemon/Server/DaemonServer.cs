@@ -208,7 +208,8 @@ public sealed class DaemonServer : IDisposable
                 return 200;
             case "list":
                 Watchdog.Touch();
-                await ListAsync(stream, PathOf(request), ct).ConfigureAwait(false);
+                await ListAsync(stream, PathOf(request), request.Query.ContainsKey("inline") ? (int)Number(request, "inline", 0, 1 << 20) : 0, ct)
+                    .ConfigureAwait(false);
                 Watchdog.Touch();
                 return 200;
             case "read":
@@ -273,7 +274,10 @@ public sealed class DaemonServer : IDisposable
         return (path, await catalog.MountAsync(path.Volume, ct).ConfigureAwait(false));
     }
 
-    private async Task ListAsync(Stream stream, byte[] raw, CancellationToken ct)
+    /// <summary>At most this much file content is inlined in one listing.</summary>
+    public const long InlineBudget = 32L << 20;
+
+    private async Task ListAsync(Stream stream, byte[] raw, int inlineMax, CancellationToken ct)
     {
         var disks = await catalog.GetDisksAsync(ct).ConfigureAwait(false);
         var path = ApiPath.Parse(raw, disks);
@@ -317,10 +321,10 @@ public sealed class DaemonServer : IDisposable
                 w.WritePropertyName("data");
                 w.WriteStartArray();
                 var n = 0;
-                foreach (var entry in VolumeFiles.ListDirectory(directory!, path.Prefix))
+                foreach (var entry in VolumeFiles.ListDirectory(directory!, path.Prefix, inlineMax, InlineBudget))
                 {
                     ApiJson.WriteEntry(w, entry);
-                    if (++n % 256 == 0)
+                    if (++n % 256 == 0 || w.BytesPending > 1 << 20)
                     {
                         await w.FlushAsync(ct).ConfigureAwait(false);
                         await buffered.FlushAsync(ct).ConfigureAwait(false);
