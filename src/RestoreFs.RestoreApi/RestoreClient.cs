@@ -29,6 +29,9 @@ public sealed class RestoreClient(IRestoreTransport transport, string ticket, bo
         {
             yield return entry;
         }
+
+        // Read the rest (the closing bracket and the last chunk) so the answer ends cleanly instead of being reset.
+        await exchange.Response.Body.CopyToAsync(Stream.Null, ct).ConfigureAwait(false);
     }
 
     public async Task<int> ReadAsync(byte[] path, long offset, Memory<byte> buffer, CancellationToken ct)

@@ -55,7 +55,8 @@ public static class QemuLauncher
         {
             "-name", $"{Marker},process={Marker}",
             "-machine", micro ? "microvm,pit=off,pic=off,rtc=off" : "pc",
-            "-accel", l.Accelerator,
+            // TCG's translation cache defaults to 1 GiB of host memory; a small guest needs far less.
+            "-accel", l.Accelerator == "tcg" ? "tcg,tb-size=128" : l.Accelerator,
             "-cpu", l.Accelerator == "kvm" ? "host" : "max",
             // Two vCPUs: under TCG QEMU runs them on two host threads (MTTCG), the guest's disk reads and our daemon overlap.
             "-smp", l.Accelerator == "tcg" ? "2" : "1",

@@ -105,6 +105,20 @@ public sealed class DaemonTests(DaemonFixture f) : IClassFixture<DaemonFixture>
 
         var many = await List(client, $"{Multi}/part/1/srv/many");
         Assert.Equal(300, many.Count);
+        Assert.All(many, e => Assert.Null(e.Content));
+
+        // Asked for, small files come with their content; larger ones do not.
+        var inline = new List<ArchiveEntry>();
+        await foreach (var e in client.ListAsync(B($"{Multi}/part/1/srv"), 65536, CancellationToken.None))
+        {
+            inline.Add(e);
+        }
+
+        Assert.Null(inline.Single(e => e.Name.SequenceEqual(B("random.bin"))).Content);
+        await foreach (var e in client.ListAsync(B($"{Multi}/part/1/srv/many"), 65536, CancellationToken.None))
+        {
+            Assert.Equal(await File.ReadAllBytesAsync(Path.Combine(source, "srv/many", Encoding.UTF8.GetString(e.Name))), e.Content);
+        }
     }
 
     [Fact]

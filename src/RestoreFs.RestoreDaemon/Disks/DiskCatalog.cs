@@ -9,8 +9,9 @@ namespace RestoreFs.RestoreDaemon.Disks;
 /// <param name="MountRoot">Where volumes are mounted.</param>
 /// <param name="LoopForPartitions">Make read-only loop devices for partitions when the kernel shows none (hosts
 /// without partition support); the VM's kernel shows them itself.</param>
-/// <param name="ReadyFile">In the VM: a file /init creates once the file system and device-mapper modules are
-/// loaded; the scan waits for it (up to 30 s) before LVM and mounts need them.</param>
+/// <param name="ReadyFile">In the VM: a file /init creates once every file system module is loaded (device-mapper
+/// is loaded before the daemon starts). A mount whose type the kernel does not know yet waits for its module or
+/// for this file (up to 30 s); the disk scan does not wait.</param>
 public sealed record DiskCatalogOptions(IReadOnlyList<(string Name, string Device)>? Disks, string MountRoot, Action<string> Log,
     bool LoopForPartitions = false, TimeSpan? ScanLimit = null, string? ReadyFile = null);
 
@@ -46,16 +47,6 @@ public sealed class DiskCatalog : IVolumeCatalog, IDisposable
     private IReadOnlyList<DiskInfo> Scan()
     {
         var watch = Stopwatch.StartNew();
-        if (options.ReadyFile is { } ready)
-        {
-            while (!File.Exists(ready) && watch.Elapsed < TimeSpan.FromSeconds(30))
-            {
-                Thread.Sleep(20);
-            }
-
-            options.Log($"modules ready after {watch.ElapsedMilliseconds} ms");
-        }
-
         var disks = (options.Disks ?? ScanSysBlock()).ToList();
         var result = new List<(string Name, string Device, ulong Size, List<VolumeInfo> Volumes, string? Error)>();
         var lvmDevices = new Dictionary<string, string>(); // PV device → disk name
@@ -328,6 +319,7 @@ public sealed class DiskCatalog : IVolumeCatalog, IDisposable
             ? Path.Combine(options.MountRoot, "lvm", volume.Components[0], volume.Components[1])
             : Path.Combine(options.MountRoot, "dev", Path.GetFileName(volume.Device));
         Directory.CreateDirectory(target);
+        WaitForModules(volume.FsType);
         var candidates = volume.FsType is { } known ? [known] : KernelFileSystems();
         var errors = new List<string>();
         foreach (var type in candidates)
@@ -357,6 +349,28 @@ public sealed class DiskCatalog : IVolumeCatalog, IDisposable
         options.Log(message);
         Remember(volume, target, volume.FsType ?? "", message);
         throw new VolumeException(message);
+    }
+
+    /// <summary>In the VM, file system modules load while the daemon already answers: wait for this type's.</summary>
+    private void WaitForModules(string? type)
+    {
+        if (options.ReadyFile is not { } ready)
+        {
+            return;
+        }
+
+        var kernelType = type is "ext2" or "ext3" ? "ext4" : type;
+        var watch = Stopwatch.StartNew();
+        while (!File.Exists(ready) && watch.Elapsed < TimeSpan.FromSeconds(30)
+               && (kernelType is null || !KernelFileSystems().Contains(kernelType)))
+        {
+            Thread.Sleep(10);
+        }
+
+        if (watch.ElapsedMilliseconds > 50)
+        {
+            options.Log($"waited {watch.ElapsedMilliseconds} ms for the {kernelType ?? "file system"} module");
+        }
     }
 
     private void Remember(VolumeInfo volume, string target, string type, string? error) =>
