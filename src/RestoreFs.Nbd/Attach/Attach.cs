@@ -1,3 +1,4 @@
+using System.Net.Sockets;
 using System.Diagnostics;
 using Microsoft.Extensions.Logging;
 
@@ -46,6 +47,14 @@ public static class BlockDeviceAttacher
     public static IBlockDeviceAttacher CreateDefault(ILoggerFactory logs)
     {
         var log = logs.CreateLogger("RestoreFs.Nbd.Attach");
+        var loop = new LoopAttacher(logs.CreateLogger<LoopAttacher>());
+        if (NetlinkNbdAttacher.Available())
+        {
+            log.LogDebug("the kernel's nbd netlink family exists: attaching through netlink (ioctl, then loop as fallbacks)");
+            return new FallbackAttacher(new NetlinkNbdAttacher(logs.CreateLogger<NetlinkNbdAttacher>()),
+                new FallbackAttacher(new KernelNbdAttacher(logs.CreateLogger<KernelNbdAttacher>()), loop, log), log);
+        }
+
         if (File.Exists("/dev/nbd0") || Directory.Exists("/sys/block/nbd0"))
         {
             log.LogDebug("kernel NBD devices exist: attaching through NBD");
@@ -64,9 +73,9 @@ public static class BlockDeviceAttacher
             {
                 return await first.AttachAsync(request, ct).ConfigureAwait(false);
             }
-            catch (NbdException e)
+            catch (Exception e) when (e is NbdException or SocketException)
             {
-                log.LogWarning("kernel NBD attach failed ({Reason}); using a loop device", e.Message);
+                log.LogWarning("{First} failed ({Reason}); trying {Second}", first.GetType().Name, e.Message, second.GetType().Name);
                 return await second.AttachAsync(request, ct).ConfigureAwait(false);
             }
         }
