@@ -360,9 +360,11 @@ public sealed class DiskCatalog : IVolumeCatalog, IDisposable
         }
 
         var kernelType = type is "ext2" or "ext3" ? "ext4" : type;
+        // FAT, exFAT and ISO 9660 also need their character-set modules: wait for all modules for them.
+        var needsAll = kernelType is null or "vfat" or "exfat" or "iso9660" or "ntfs3";
         var watch = Stopwatch.StartNew();
         while (!File.Exists(ready) && watch.Elapsed < TimeSpan.FromSeconds(30)
-               && (kernelType is null || !KernelFileSystems().Contains(kernelType)))
+               && (needsAll || !KernelFileSystems().Contains(kernelType!)))
         {
             Thread.Sleep(10);
         }
