@@ -23,7 +23,7 @@ fi
 [ -n "$kver_pkg" ] || { log "cannot resolve the bookworm kernel package"; exit 1; }
 # lvm2 and the libraries it needs beyond a base Debian system (libc, libudev, libselinux… come from the host's
 # loader resolution below)
-pkgs=("$kver_pkg" busybox-static lvm2 libdevmapper1.02.1 libdevmapper-event1.02.1 libaio1)
+pkgs=("$kver_pkg" busybox-static lvm2 libdevmapper1.02.1 libdevmapper-event1.02.1 libaio1 ntfs-3g libntfs-3g89)
 log "packages: ${pkgs[*]}"
 ( cd "$cache/debs"
   for p in "${pkgs[@]}"; do
@@ -93,6 +93,12 @@ for candidate in "$work"/pkg/sbin/lvm "$work"/pkg/usr/sbin/lvm; do [ -x "$candid
 install -m 755 "$lvm_bin" "$root/sbin/lvm"
 copy_libs "$lvm_bin"
 for t in pvs lvs vgs vgchange vgmknodes vgscan lvchange; do ln -sf lvm "$root/sbin/$t"; done
+# NTFS: Debian 12's kernel has no ntfs3, so ntfs-3g over FUSE
+ntfs_bin=""
+for candidate in "$work"/pkg/bin/ntfs-3g "$work"/pkg/usr/bin/ntfs-3g; do [ -x "$candidate" ] && { ntfs_bin=$candidate; break; }; done
+[ -n "$ntfs_bin" ] || { log "ntfs-3g binary not found"; exit 1; }
+install -m 755 "$ntfs_bin" "$root/bin/ntfs-3g"
+copy_libs "$ntfs_bin"
 mkdir -p "$root/etc/lvm" "$root/run/lvm"
 log "daemon $(du -h "$daemon" | cut -f1), lvm $(du -h "$lvm_bin" | cut -f1)"
 

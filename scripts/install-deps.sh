@@ -7,7 +7,7 @@ packages=(
   qemu-system-x86  # the restore VM
   qemu-utils       # qemu-img / qemu-nbd: NBD interop tests and benchmarks
   libnbd-bin       # nbdinfo, nbdcopy
-  xfsprogs btrfs-progs dosfstools mtools gdisk lvm2 e2fsprogs  # test disk images
+  xfsprogs btrfs-progs dosfstools mtools gdisk lvm2 e2fsprogs ntfs-3g  # test disk images
   busybox-static cpio lz4 xz-utils kmod  # restore image build
   rsync zstd file util-linux
 )

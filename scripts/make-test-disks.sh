@@ -4,12 +4,13 @@
 #                LV data (xfs with files)
 #   bare.img     ext4 on the whole disk, no partition table
 #   garbage.img  pseudo-random bytes, no table, no file system
+#   ntfs.img     NTFS on the whole disk (mkntfs, filled through ntfs-3g)
 #   expected/{ext4,vfat,xfs,bare}/  the trees each file system holds, for comparisons
 # No device-mapper is needed: the LV is created without activation and the xfs is written at its physical extent.
 set -euo pipefail
 out=${1:?usage: make-test-disks.sh OUTDIR}
 export PATH="$PATH:/usr/sbin:/sbin"
-for tool in sgdisk mkfs.ext4 mkfs.vfat mcopy mkfs.xfs lvm losetup; do
+for tool in sgdisk mkfs.ext4 mkfs.vfat mcopy mkfs.xfs lvm losetup mkntfs ntfs-3g; do
   command -v "$tool" >/dev/null || { echo "make-test-disks: $tool is missing (run scripts/install-deps.sh)" >&2; exit 1; }
 done
 mkdir -p "$out"
@@ -25,7 +26,7 @@ trap cleanup EXIT
 export LVM_SUPPRESS_FD_WARNINGS=1
 
 exp=$out/expected
-rm -rf "$exp"; mkdir -p "$exp"/{ext4,vfat,xfs,bare}
+rm -rf "$exp"; mkdir -p "$exp"/{ext4,vfat,xfs,bare,ntfs}
 
 # ext4 tree: modes, symlinks, nested dirs, odd names
 t=$exp/ext4
@@ -55,6 +56,11 @@ head -c 1500000 /dev/urandom > "$t/data/deep/er/blob.bin"
 t=$exp/bare
 mkdir -p "$t/root"
 echo "a bare file system" > "$t/root/note.txt"
+
+t=$exp/ntfs
+mkdir -p "$t/Users/admin/Documents"
+echo "from windows" > "$t/Users/admin/Documents/note.txt"
+head -c 700000 /dev/urandom > "$t/Users/admin/data.bin"
 
 # partition images
 truncate -s 40M "$work/ext4.img"; mkfs.ext4 -q -F -d "$exp/ext4" "$work/ext4.img"
@@ -120,5 +126,9 @@ dd if="$work/xfs.img" of="$img" bs=512 seek=$(( start3 + (pe_start + first_pe * 
 
 truncate -s 32M "$work/bare-fs.img"; mkfs.ext4 -q -F -d "$exp/bare" "$work/bare-fs.img"
 mv "$work/bare-fs.img" "$out/bare.img"
+truncate -s 32M "$out/ntfs.img"
+mkntfs -q -F -Q -L TESTNTFS "$out/ntfs.img" >/dev/null
+mnt=$work/ntfs; mkdir -p "$mnt"
+ntfs-3g "$out/ntfs.img" "$mnt"; cp -r "$exp/ntfs/." "$mnt/"; umount "$mnt"; mnt=""
 python3 -c "import random,sys; r=random.Random(7); sys.stdout.buffer.write(bytes(r.getrandbits(8) for _ in range(4*1024*1024)))" > "$out/garbage.img"
-echo "test disks in $out: multi.img (ext4, vfat, LVM vgtest/data xfs), bare.img, garbage.img"
+echo "test disks in $out: multi.img (ext4, vfat, LVM vgtest/data xfs), bare.img, garbage.img, ntfs.img"

@@ -39,7 +39,7 @@ public sealed class DaemonFixture : IAsyncLifetime
         ProcessRunner.Run("bash", [RepoPaths.Script("make-test-disks.sh"), Dir.Combine("disks")], TimeSpan.FromMinutes(3))
             .EnsureSuccess("make-test-disks.sh");
         var disks = new List<(string, string)>();
-        foreach (var name in new[] { "multi", "bare", "garbage" })
+        foreach (var name in new[] { "multi", "bare", "garbage", "ntfs" })
         {
             var loop = ProcessRunner.Run(Requires.Tool("losetup"), ["-r", "-f", "--show", Dir.Combine("disks", name + ".img")])
                 .EnsureSuccess("losetup").StdOut.Trim();

@@ -41,7 +41,7 @@ public sealed class DaemonTests(DaemonFixture f) : IClassFixture<DaemonFixture>
     {
         await using var client = f.Client();
         var disks = await List(client, "");
-        Assert.Equal([$"{Multi}.img.fidx", "bare.img.fidx", "garbage.img.fidx"], disks.Select(e => Encoding.UTF8.GetString(e.Name)));
+        Assert.Equal([$"{Multi}.img.fidx", "bare.img.fidx", "garbage.img.fidx", "ntfs.img.fidx"], disks.Select(e => Encoding.UTF8.GetString(e.Name)));
         Assert.All(disks, e => Assert.Equal('v', e.Type));
 
         // The serial may be cut to 20 bytes by virtio: the full archive name still finds the disk.
@@ -205,6 +205,17 @@ public sealed class DaemonTests(DaemonFixture f) : IClassFixture<DaemonFixture>
         var buffer = new byte[100];
         var n = await client.ReadAsync(B("bare.img.fidx/raw/root/note.txt"), 0, buffer, CancellationToken.None);
         Assert.Equal("a bare file system\n", Encoding.UTF8.GetString(buffer, 0, n));
+    }
+
+    [Fact]
+    public async Task Ntfs_is_read_through_ntfs3g()
+    {
+        await using var client = f.Client();
+        var expected = await File.ReadAllBytesAsync(Path.Combine(f.Expected, "ntfs/Users/admin/data.bin"));
+        var buffer = new byte[expected.Length + 10];
+        var n = await client.ReadAsync(B("ntfs.img.fidx/raw/Users/admin/data.bin"), 0, buffer, CancellationToken.None);
+        Assert.Equal(expected, buffer[..n]);
+        Assert.Contains(f.Catalog.Mounts, m => m.Volume.Id == "ntfs/raw" && m.FsType == "ntfs-3g" && m.Error is null);
     }
 
     [Fact]

@@ -14,7 +14,7 @@ public class ImageBootTests
         Assert.Equal(64, File.ReadAllText(Path.Combine(dir, "manifest")).Trim().Length);
         var listing = ProcessRunner.Shell($"lz4 -dc '{Path.Combine(dir, "initramfs.img")}' | cpio -t --quiet").EnsureSuccess("list the initramfs").StdOut
             .Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).ToHashSet();
-        foreach (var file in new[] { "init", "restorefs-daemon", "sbin/lvm", "sbin/pvs", "bin/busybox", "lib64/ld-linux-x86-64.so.2", "etc/modules.early", "etc/modules.late" })
+        foreach (var file in new[] { "init", "restorefs-daemon", "sbin/lvm", "sbin/pvs", "bin/ntfs-3g", "bin/busybox", "lib64/ld-linux-x86-64.so.2", "etc/modules.early", "etc/modules.late" })
         {
             Assert.Contains(file, listing);
         }

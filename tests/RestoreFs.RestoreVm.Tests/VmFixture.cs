@@ -77,7 +77,7 @@ public sealed class VmFixture : IAsyncLifetime
         Requires.Tool("qemu-system-x86_64");
         ProcessRunner.Run("bash", [RepoPaths.Script("make-test-disks.sh"), Dir.Combine("disks")], TimeSpan.FromMinutes(3)).EnsureSuccess("make-test-disks.sh");
         Nbd = new NbdServer(new NbdServerOptions { UnixSocketPath = Dir.Combine("nbd.sock") }, Logs);
-        foreach (var name in new[] { "multi", "bare", "garbage" })
+        foreach (var name in new[] { "multi", "bare", "garbage", "ntfs" })
         {
             Nbd.AddExport("snap/" + name + ".img", new FileBlockSource(Dir.Combine("disks", name + ".img")));
         }
@@ -87,6 +87,7 @@ public sealed class VmFixture : IAsyncLifetime
             new VmDisk(LongSerial, Nbd.SocketPath!, "snap/multi.img"),
             new VmDisk("bare", Nbd.SocketPath!, "snap/bare.img"),
             new VmDisk("garbage", Nbd.SocketPath!, "snap/garbage.img"),
+            new VmDisk("ntfs", Nbd.SocketPath!, "snap/ntfs.img"),
         ];
         Manager = NewManager(Dir.Combine("run"));
         var watch = System.Diagnostics.Stopwatch.StartNew();

@@ -34,7 +34,7 @@ public sealed class VmTests(VmFixture f, ITestOutputHelper output) : IClassFixtu
         output.WriteLine($"boot to first answer: {f.BootTime.TotalSeconds:0.0} s");
         var status = await Client.StatusAsync(true, CancellationToken.None);
         // virtio cuts serials at 20 bytes.
-        Assert.Equal(["bare", "drive-scsi0-with-a-l", "garbage"], status.Disks.Select(d => d.Name).Order(StringComparer.Ordinal));
+        Assert.Equal(["bare", "drive-scsi0-with-a-l", "garbage", "ntfs"], status.Disks.Select(d => d.Name).Order(StringComparer.Ordinal));
         var multi = status.Disks.Single(d => d.Name.StartsWith("drive", StringComparison.Ordinal));
         Assert.Contains("drive-scsi0-with-a-l/lvm/vgtest/data", multi.Volumes);
         Assert.Equal(3, multi.Volumes.Count);
@@ -70,6 +70,7 @@ public sealed class VmTests(VmFixture f, ITestOutputHelper output) : IClassFixtu
             ($"{Multi}.img.fidx/part/1/srv/random.bin", "ext4/srv/random.bin"),
             ($"{Multi}.img.fidx/part/2/EFI/BOOT/bootx64.efi", "vfat/EFI/BOOT/bootx64.efi"),
             ($"{Multi}.img.fidx/lvm/vgtest/data/data/deep/er/blob.bin", "xfs/data/deep/er/blob.bin"),
+            ("ntfs.img.fidx/raw/Users/admin/data.bin", "ntfs/Users/admin/data.bin"),
         })
         {
             var expected = await File.ReadAllBytesAsync(Path.Combine(f.Expected, source));

@@ -322,9 +322,14 @@ public sealed class DiskCatalog : IVolumeCatalog, IDisposable
         WaitForModules(volume.FsType);
         var candidates = volume.FsType is { } known ? [known] : KernelFileSystems();
         var errors = new List<string>();
+        if (volume.FsType == "ntfs" && !KernelFileSystems().Contains("ntfs3"))
+        {
+            return MountNtfs3g(volume, target);
+        }
+
         foreach (var type in candidates)
         {
-            var kernelType = type is "ext2" or "ext3" ? "ext4" : type;
+            var kernelType = type is "ext2" or "ext3" ? "ext4" : type == "ntfs" ? "ntfs3" : type;
             var data = FsProbe.ReadOnlyOptions(type);
             if (LibC.Mount(volume.Device, target, kernelType, LibC.MS_RDONLY | LibC.MS_NOSUID | LibC.MS_NODEV | LibC.MS_NOEXEC, data) == 0)
             {
@@ -348,6 +353,24 @@ public sealed class DiskCatalog : IVolumeCatalog, IDisposable
                 : $"cannot mount {volume.Id} ({volume.Device}) as {errors[0]}";
         options.Log(message);
         Remember(volume, target, volume.FsType ?? "", message);
+        throw new VolumeException(message);
+    }
+
+    /// <summary>NTFS without the kernel's ntfs3: ntfs-3g over FUSE, read-only, without touching a dirty log.</summary>
+    private string MountNtfs3g(VolumeInfo volume, string target)
+    {
+        WaitForModules(null); // fuse
+        var result = Run("ntfs-3g", "-o", "ro,norecover,nosuid,nodev,noexec", volume.Device, target);
+        if (result.Code == 0)
+        {
+            options.Log($"mounted {volume.Id} ({volume.Device}, ntfs through ntfs-3g) read-only on {target}");
+            Remember(volume, target, "ntfs-3g", null);
+            return target;
+        }
+
+        var message = $"cannot mount {volume.Id} ({volume.Device}) as ntfs with ntfs-3g: {FirstLine(result.Err + result.Out)}";
+        options.Log(message);
+        Remember(volume, target, "ntfs", message);
         throw new VolumeException(message);
     }
 

@@ -82,7 +82,7 @@ public static class FsProbe
         "btrfs" => "rescue=nologreplay",
         "vfat" => "utf8",
         "exfat" => "iocharset=utf8",
-        "ntfs3" => "iocharset=utf8",
+        "ntfs3" or "ntfs" => "iocharset=utf8",
         _ => null,
     };
 }
