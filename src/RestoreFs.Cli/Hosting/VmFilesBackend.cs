@@ -20,10 +20,17 @@ public sealed class VmFilesBackend(TreeContext context, RestoreVmManager manager
 
     public const int ReadAheadBlocks = 3;
 
+    /// <summary>Subdirectories listed ahead of a tree walker, at most this many at once.</summary>
+    public const int PrefetchDirectories = 2;
+
     private readonly ILogger log = context.Logs.CreateLogger<VmFilesBackend>();
     private readonly ContentCache cache = new(256L << 20);
     private readonly System.Collections.Concurrent.ConcurrentDictionary<string, Lazy<Task<byte[]>>> inflight = new(StringComparer.Ordinal);
     private readonly System.Collections.Concurrent.ConcurrentDictionary<string, long> lastBlock = new(StringComparer.Ordinal);
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, Task<IReadOnlyList<RemoteEntry>>> prefetched = new(StringComparer.Ordinal);
+    private readonly SemaphoreSlim prefetchSlots = new(PrefetchDirectories, PrefetchDirectories);
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, List<byte[]>> subdirectories = new(StringComparer.Ordinal);
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, (string Key, int Index)> parents = new(StringComparer.Ordinal);
 
     public static string VmName(SnapshotState state)
     {
@@ -35,7 +42,41 @@ public sealed class VmFilesBackend(TreeContext context, RestoreVmManager manager
     public async ValueTask<IReadOnlyList<RemoteEntry>> ListAsync(SnapshotState snapshot, byte[] path, CancellationToken ct)
     {
         var vm = VmName(snapshot);
-        return await WithVmAsync(snapshot, async client =>
+        var key = ContentCache.KeyOf(vm, path, -3);
+        IReadOnlyList<RemoteEntry>? list = null;
+        if (prefetched.TryRemove(key, out var early))
+        {
+            try
+            {
+                list = await early.WaitAsync(ct).ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is IOException or RestoreApiException)
+            {
+                // ask again below, with the restart-and-retry of a normal request
+            }
+        }
+
+        list ??= await FetchListAsync(snapshot, vm, path, ct).ConfigureAwait(false);
+        var dirs = list.Where(e => e.Type == 'd' && e.Error is null).Select(e => Child(path, e.Name)).ToList();
+        subdirectories[key] = dirs;
+        for (var i = 0; i < dirs.Count; i++)
+        {
+            parents[ContentCache.KeyOf(vm, dirs[i], -3)] = (key, i);
+        }
+
+        // Ahead of a tree walker: this directory's first subdirectories, and the siblings that come after it.
+        var ahead = dirs.Take(PrefetchDirectories).ToList();
+        if (parents.TryGetValue(key, out var parent) && subdirectories.TryGetValue(parent.Key, out var siblings))
+        {
+            ahead.AddRange(siblings.Skip(parent.Index + 1).Take(PrefetchDirectories));
+        }
+
+        Prefetch(snapshot, vm, path, ahead);
+        return list;
+    }
+
+    private async Task<IReadOnlyList<RemoteEntry>> FetchListAsync(SnapshotState snapshot, string vm, byte[] path, CancellationToken ct) =>
+        await WithVmAsync(snapshot, async client =>
         {
             var list = new List<RemoteEntry>();
             await foreach (var e in client.ListAsync(path, InlineMax, ct).ConfigureAwait(false))
@@ -49,6 +90,47 @@ public sealed class VmFilesBackend(TreeContext context, RestoreVmManager manager
 
             return (IReadOnlyList<RemoteEntry>)list;
         }, ct).ConfigureAwait(false);
+
+    /// <summary>
+    /// A tree walker (cp -a, rsync, find) lists the subdirectories next: list a few of them ahead, so the VM works
+    /// while the host copies. Only inside file systems (not at the disk and volume levels), a bounded number at once.
+    /// </summary>
+    private void Prefetch(SnapshotState snapshot, string vm, byte[] path, List<byte[]> children)
+    {
+        if (path.Count(b => b == (byte)'/') < 2)
+        {
+            return;
+        }
+
+        foreach (var child in children)
+        {
+            var key = ContentCache.KeyOf(vm, child, -3);
+            if (prefetched.ContainsKey(key) || subdirectories.ContainsKey(key))
+            {
+                continue; // on its way, or listed already
+            }
+
+            if (prefetched.Count >= 64 || !prefetchSlots.Wait(0))
+            {
+                return;
+            }
+
+            var task = Task.Run(async () =>
+            {
+                try
+                {
+                    return await FetchListAsync(snapshot, vm, child, CancellationToken.None).ConfigureAwait(false);
+                }
+                finally
+                {
+                    prefetchSlots.Release();
+                }
+            });
+            if (!prefetched.TryAdd(key, task))
+            {
+                _ = task.ContinueWith(t => _ = t.Exception, TaskScheduler.Default);
+            }
+        }
     }
 
     public async ValueTask<int> ReadAsync(SnapshotState snapshot, byte[] path, long offset, Memory<byte> buffer, CancellationToken ct)
