@@ -7,13 +7,13 @@ namespace RestoreFs.Cli.Hosting;
 public sealed class ContentCache(long capacity)
 {
     private readonly object gate = new();
-    private readonly Dictionary<string, LinkedListNode<(string Key, long Offset, byte[] Data)>> map = new(StringComparer.Ordinal);
-    private readonly LinkedList<(string Key, long Offset, byte[] Data)> order = new();
+    private readonly Dictionary<string, LinkedListNode<(string Key, byte[] Data)>> map = new(StringComparer.Ordinal);
+    private readonly LinkedList<(string Key, byte[] Data)> order = new();
     private long bytes;
 
     public static string KeyOf(string vm, byte[] path, long offset) => $"{vm}\n{Convert.ToBase64String(path)}\n{offset}";
 
-    public void Put(string key, long offset, byte[] data)
+    public void Put(string key, byte[] data)
     {
         if (data.Length > capacity / 4)
         {
@@ -28,7 +28,7 @@ public sealed class ContentCache(long capacity)
                 bytes -= old.Value.Data.Length;
             }
 
-            map[key] = order.AddFirst((key, offset, data));
+            map[key] = order.AddFirst((key, data));
             bytes += data.Length;
             while (bytes > capacity && order.Last is { } last)
             {

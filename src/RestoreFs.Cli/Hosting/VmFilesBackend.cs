@@ -84,7 +84,7 @@ public sealed class VmFilesBackend(TreeContext context, RestoreVmManager manager
                 list.Add(new RemoteEntry(e.Name, e.Type, e.Size ?? 0, e.MTime ?? 0, e.Mode, e.Uid, e.Gid, e.Target, e.Error));
                 if (e.Content is { } content)
                 {
-                    cache.Put(ContentCache.KeyOf(vm, Child(path, e.Name), -1), 0, content);
+                    cache.Put(ContentCache.KeyOf(vm, Child(path, e.Name), -1), content);
                 }
             }
 
@@ -186,7 +186,7 @@ public sealed class VmFilesBackend(TreeContext context, RestoreVmManager manager
                 var n = await WithVmAsync(snapshot, client => client.ReadAsync(path, index * Block, buffer, CancellationToken.None), CancellationToken.None)
                     .ConfigureAwait(false);
                 var data = n == Block ? buffer : buffer[..n];
-                cache.Put(key, index * Block, data);
+                cache.Put(key, data);
                 return data;
             }
             finally
