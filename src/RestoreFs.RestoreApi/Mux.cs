@@ -8,7 +8,7 @@ namespace RestoreFs.RestoreApi;
  * Multiplexing over one byte stream (the virtio-serial port between host and restore VM).
  *
  * Frame: 12-byte header, then the payload.
- *   u32 stream id (big endian)   u8 kind   u8 flags (0)   u16 reserved (0)   u32 payload length (big endian, ≤ 64 KiB)
+ *   u32 stream id (big endian)   u8 kind   u8 flags (0)   u16 reserved (0)   u32 payload length (big endian, ≤ 256 KiB)
  * Kinds:
  *   HELLO  (0)  stream 0; payload u64 session id. The host sends it first on every (re)connection; the daemon drops
  *               every stream of an earlier session, so a host that went away leaves nothing behind.
@@ -25,7 +25,7 @@ namespace RestoreFs.RestoreApi;
 public sealed class MuxConnection : IAsyncDisposable
 {
     public const int HeaderSize = 12;
-    public const int MaxPayload = 64 * 1024;
+    public const int MaxPayload = 256 * 1024;
     public const int InitialWindow = 4 * 1024 * 1024;
 
     internal const byte Hello = 0, Open = 1, Data = 2, Close = 3, Reset = 4, Window = 5;
@@ -101,10 +101,13 @@ public sealed class MuxConnection : IAsyncDisposable
 
     internal async ValueTask SendAsync(uint id, byte kind, ReadOnlyMemory<byte> payload, CancellationToken ct)
     {
-        var header = new byte[HeaderSize];
-        BinaryPrimitives.WriteUInt32BigEndian(header, id);
-        header[4] = kind;
-        BinaryPrimitives.WriteUInt32BigEndian(header.AsSpan(8), (uint)payload.Length);
+        // Header and payload in one write: on the guest's serial port every write is a system call.
+        var frame = System.Buffers.ArrayPool<byte>.Shared.Rent(HeaderSize + payload.Length);
+        frame.AsSpan(0, HeaderSize).Clear();
+        BinaryPrimitives.WriteUInt32BigEndian(frame, id);
+        frame[4] = kind;
+        BinaryPrimitives.WriteUInt32BigEndian(frame.AsSpan(8), (uint)payload.Length);
+        payload.Span.CopyTo(frame.AsSpan(HeaderSize));
         await writeLock.WaitAsync(ct).ConfigureAwait(false);
         try
         {
@@ -113,12 +116,7 @@ public sealed class MuxConnection : IAsyncDisposable
                 throw new IOException("the multiplexed channel is closed", Error);
             }
 
-            await inner.WriteAsync(header, ct).ConfigureAwait(false);
-            if (payload.Length > 0)
-            {
-                await inner.WriteAsync(payload, ct).ConfigureAwait(false);
-            }
-
+            await inner.WriteAsync(frame.AsMemory(0, HeaderSize + payload.Length), ct).ConfigureAwait(false);
             await inner.FlushAsync(ct).ConfigureAwait(false);
         }
         catch (Exception e) when (e is IOException or ObjectDisposedException or NotSupportedException)
@@ -129,6 +127,7 @@ public sealed class MuxConnection : IAsyncDisposable
         finally
         {
             writeLock.Release();
+            System.Buffers.ArrayPool<byte>.Shared.Return(frame);
         }
     }
 
