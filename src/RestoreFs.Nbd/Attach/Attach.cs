@@ -41,23 +41,19 @@ public sealed class AttachedDevice : IAsyncDisposable
     public ValueTask DisposeAsync() => Interlocked.Exchange(ref disposed, 1) == 0 ? detach() : ValueTask.CompletedTask;
 }
 
-/// <summary>Chooses how to attach: kernel NBD where <c>/dev/nbd*</c> exists, else a read-only loop device.</summary>
+/// <summary>
+/// Chooses how to attach: kernel NBD (netlink, else the ioctls; see <see cref="KernelNbdAttacher"/>) where the kernel has
+/// the "nbd" netlink family or <c>/dev/nbd*</c>, with a read-only loop device as fallback; else a loop device.
+/// </summary>
 public static class BlockDeviceAttacher
 {
     public static IBlockDeviceAttacher CreateDefault(ILoggerFactory logs)
     {
         var log = logs.CreateLogger("RestoreFs.Nbd.Attach");
-        var loop = new LoopAttacher(logs.CreateLogger<LoopAttacher>());
-        if (NetlinkNbdAttacher.Available())
+        var (available, description) = KernelNbdAttacher.Probe();
+        if (available)
         {
-            log.LogDebug("the kernel's nbd netlink family exists: attaching through netlink (ioctl, then loop as fallbacks)");
-            return new FallbackAttacher(new NetlinkNbdAttacher(logs.CreateLogger<NetlinkNbdAttacher>()),
-                new FallbackAttacher(new KernelNbdAttacher(logs.CreateLogger<KernelNbdAttacher>()), loop, log), log);
-        }
-
-        if (File.Exists("/dev/nbd0") || Directory.Exists("/sys/block/nbd0"))
-        {
-            log.LogDebug("kernel NBD devices exist: attaching through NBD");
+            log.LogDebug("kernel NBD is available ({Found}): attaching through kernel NBD, a read-only loop device as fallback", description);
             return new FallbackAttacher(new KernelNbdAttacher(logs.CreateLogger<KernelNbdAttacher>()), new LoopAttacher(logs.CreateLogger<LoopAttacher>()), log);
         }
 

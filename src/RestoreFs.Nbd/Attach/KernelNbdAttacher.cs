@@ -1,18 +1,39 @@
-using System.Buffers.Binary;
 using System.Net.Sockets;
 using System.Runtime.InteropServices;
-using System.Text;
 using Microsoft.Extensions.Logging;
-using static RestoreFs.Nbd.Protocol.NbdWire;
 
 namespace RestoreFs.Nbd;
 
+/// <summary>How kernel NBD devices are set up.</summary>
+public sealed record KernelNbdOptions
+{
+    /// <summary>Connections per device over netlink (1 if the export does not advertise NBD_FLAG_CAN_MULTI_CONN; the ioctl path uses 1).</summary>
+    public int Connections { get; init; } = 4;
+
+    /// <summary>
+    /// NBD_ATTR_TIMEOUT. With several connections the kernel gives up on a connection whose request takes longer
+    /// (even when none is set, after the block layer's default of 30 s), so it is set explicitly and generously.
+    /// </summary>
+    public TimeSpan? RequestTimeout { get; init; } = TimeSpan.FromMinutes(5);
+
+    /// <summary>NBD_ATTR_DEAD_CONN_TIMEOUT: how long requests wait for a dead connection to be replaced; unset = not at all.</summary>
+    public TimeSpan? DeadConnectionTimeout { get; init; }
+
+    /// <summary>NBD_CFLAG_DESTROY_ON_DISCONNECT: the kernel removes the device on detach (it makes new ones on demand).</summary>
+    public bool DestroyOnDisconnect { get; init; } = true;
+
+    /// <summary>How long to wait for <c>/dev/nbdN</c> after the kernel connected it.</summary>
+    public TimeSpan DeviceTimeout { get; init; } = TimeSpan.FromSeconds(10);
+}
+
 /// <summary>
-/// Attaches an export of our NBD server to a free <c>/dev/nbdN</c> with the kernel's NBD ioctls: we do the
-/// handshake (NBD_OPT_GO) as the client, hand the socket to the kernel (NBD_SET_SOCK) and let a dedicated thread sit
-/// in NBD_DO_IT until detach (NBD_DISCONNECT). Needs the nbd module, which our own machines do not have.
+/// Attaches an export of our NBD server as a kernel <c>/dev/nbdN</c>. First through generic netlink (family "nbd":
+/// NBD_CMD_CONNECT with several negotiated sockets, the kernel picks the device; NBD_CMD_DISCONNECT detaches). When the
+/// kernel has no "nbd" family (ENOENT: module not loaded) or refuses the CONNECT with EINVAL/EOPNOTSUPP, with the old
+/// ioctls instead: we do the handshake (NBD_OPT_GO), hand the socket over (NBD_SET_SOCK) and let a dedicated thread sit
+/// in NBD_DO_IT until detach (NBD_DISCONNECT). The log says which path was taken and why.
 /// </summary>
-public sealed partial class KernelNbdAttacher(ILogger<KernelNbdAttacher> log) : IBlockDeviceAttacher
+public sealed partial class KernelNbdAttacher(ILogger<KernelNbdAttacher> log, KernelNbdOptions? options = null) : IBlockDeviceAttacher
 {
     private const nuint NbdSetSock = 0xab00;
     private const nuint NbdSetBlkSize = 0xab01;
@@ -21,6 +42,8 @@ public sealed partial class KernelNbdAttacher(ILogger<KernelNbdAttacher> log) : 
     private const nuint NbdClearSock = 0xab04;
     private const nuint NbdDisconnect = 0xab08;
     private const nuint NbdSetFlags = 0xab0a;
+
+    private readonly KernelNbdOptions options = options ?? new KernelNbdOptions();
 
     [LibraryImport("libc", EntryPoint = "open", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     private static partial int Open(string path, int flags);
@@ -31,6 +54,33 @@ public sealed partial class KernelNbdAttacher(ILogger<KernelNbdAttacher> log) : 
     [LibraryImport("libc", EntryPoint = "close")]
     private static partial int Close(int fd);
 
+    /// <summary>
+    /// Whether kernel NBD can be used at all: the "nbd" netlink family is registered, or <c>/dev/nbd0</c> exists.
+    /// Returns a description of what was found, for the log.
+    /// </summary>
+    public static (bool Available, string Description) Probe()
+    {
+        string netlink;
+        try
+        {
+            using var socket = new GenericNetlinkSocket();
+            if (socket.ResolveFamily(NbdNetlink.FamilyName) is { } id)
+            {
+                return (true, $"generic netlink family '{NbdNetlink.FamilyName}' has id 0x{id:x}");
+            }
+
+            netlink = $"no generic netlink family '{NbdNetlink.FamilyName}' (ENOENT)";
+        }
+        catch (NbdException e)
+        {
+            netlink = e.Message;
+        }
+
+        return File.Exists("/dev/nbd0") || Directory.Exists("/sys/block/nbd0")
+            ? (true, $"/dev/nbd0 exists; {netlink}: the NBD ioctls will be used")
+            : (false, $"no /dev/nbd0 and {netlink}");
+    }
+
     public async Task<AttachedDevice> AttachAsync(AttachRequest request, CancellationToken ct)
     {
         if (request.NbdSocketPath is null || request.ExportName is null)
@@ -38,15 +88,31 @@ public sealed partial class KernelNbdAttacher(ILogger<KernelNbdAttacher> log) : 
             throw new NbdException("kernel NBD attach needs the export's socket and name");
         }
 
+        string why;
+        try
+        {
+            return await new NetlinkNbdAttacher(log, options).AttachAsync(request.NbdSocketPath, request.ExportName, ct).ConfigureAwait(false);
+        }
+        catch (NetlinkNbdUnsupportedException e)
+        {
+            why = e.Message;
+            log.LogInformation("Kernel NBD over netlink is not usable for export {Export} ({Reason}); using the NBD ioctls", request.ExportName, why);
+        }
+
+        return await AttachWithIoctlsAsync(request.NbdSocketPath, request.ExportName, why, ct).ConfigureAwait(false);
+    }
+
+    private async Task<AttachedDevice> AttachWithIoctlsAsync(string socketPath, string export, string why, CancellationToken ct)
+    {
         var device = Enumerable.Range(0, 128).Select(i => $"nbd{i}")
             .FirstOrDefault(n => File.Exists($"/dev/{n}") && !File.Exists($"/sys/block/{n}/pid"))
-            ?? throw new NbdException("no free /dev/nbd* device");
+            ?? throw new NbdException($"no free /dev/nbd* device for the ioctl path (netlink was not usable: {why})");
         var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
         var fd = -1;
         try
         {
-            await socket.ConnectAsync(new UnixDomainSocketEndPoint(request.NbdSocketPath), ct).ConfigureAwait(false);
-            var (size, flags) = await NegotiateAsync(socket, request.ExportName, ct).ConfigureAwait(false);
+            await socket.ConnectAsync(new UnixDomainSocketEndPoint(socketPath), ct).ConfigureAwait(false);
+            var info = await NbdClientHandshake.NegotiateAsync(socket, export, ct).ConfigureAwait(false);
             fd = Open($"/dev/{device}", 2 | 0x80000);
             if (fd < 0)
             {
@@ -54,13 +120,14 @@ public sealed partial class KernelNbdAttacher(ILogger<KernelNbdAttacher> log) : 
             }
 
             Check(Ioctl(fd, NbdSetBlkSize, 4096), "NBD_SET_BLKSIZE");
-            Check(Ioctl(fd, NbdSetSize, (nuint)size), "NBD_SET_SIZE");
-            Check(Ioctl(fd, NbdSetFlags, flags), "NBD_SET_FLAGS");
+            Check(Ioctl(fd, NbdSetSize, (nuint)info.Size), "NBD_SET_SIZE");
+            Check(Ioctl(fd, NbdSetFlags, info.TransmissionFlags), "NBD_SET_FLAGS");
             Check(Ioctl(fd, NbdSetSock, (nuint)socket.Handle), "NBD_SET_SOCK");
             var nbdFd = fd;
             var serving = new Thread(() => Ioctl(nbdFd, NbdDoIt, 0)) { IsBackground = true, Name = $"nbd-{device}" };
             serving.Start();
-            log.LogInformation("Attached export {Export} as /dev/{Device} through kernel NBD", request.ExportName, device);
+            log.LogInformation("Attached export {Export} as /dev/{Device} through kernel NBD with ioctls (netlink was not usable: {Reason})",
+                export, device, why);
             var socketToClose = socket;
             return new AttachedDevice($"/dev/{device}", "nbd", [], () =>
             {
@@ -90,54 +157,6 @@ public sealed partial class KernelNbdAttacher(ILogger<KernelNbdAttacher> log) : 
         if (result != 0)
         {
             throw new NbdException($"{what} failed: errno {Marshal.GetLastPInvokeError()}");
-        }
-    }
-
-    /// <summary>The client side of the fixed newstyle handshake with NBD_OPT_GO; returns size and transmission flags.</summary>
-    internal static async Task<(long Size, ushort Flags)> NegotiateAsync(Socket socket, string export, CancellationToken ct)
-    {
-        await using var stream = new NetworkStream(socket, ownsSocket: false);
-        var hello = new byte[18];
-        await stream.ReadExactlyAsync(hello, ct).ConfigureAwait(false);
-        if (BinaryPrimitives.ReadUInt64BigEndian(hello) != NbdMagic || BinaryPrimitives.ReadUInt64BigEndian(hello.AsSpan(8)) != OptionMagic)
-        {
-            throw new NbdException("the server is not a newstyle NBD server");
-        }
-
-        var flags = new byte[4];
-        BinaryPrimitives.WriteUInt32BigEndian(flags, ClientFlagFixedNewstyle | ClientFlagNoZeroes);
-        await stream.WriteAsync(flags, ct).ConfigureAwait(false);
-        var name = Encoding.UTF8.GetBytes(export);
-        var option = new byte[16 + 4 + name.Length + 2];
-        BinaryPrimitives.WriteUInt64BigEndian(option, OptionMagic);
-        BinaryPrimitives.WriteUInt32BigEndian(option.AsSpan(8), OptGo);
-        BinaryPrimitives.WriteUInt32BigEndian(option.AsSpan(12), (uint)(4 + name.Length + 2));
-        BinaryPrimitives.WriteUInt32BigEndian(option.AsSpan(16), (uint)name.Length);
-        name.CopyTo(option, 20);
-        await stream.WriteAsync(option, ct).ConfigureAwait(false);
-        long size = -1;
-        ushort transmission = 0;
-        while (true)
-        {
-            var header = new byte[20];
-            await stream.ReadExactlyAsync(header, ct).ConfigureAwait(false);
-            var type = BinaryPrimitives.ReadUInt32BigEndian(header.AsSpan(12));
-            var data = new byte[BinaryPrimitives.ReadUInt32BigEndian(header.AsSpan(16))];
-            await stream.ReadExactlyAsync(data, ct).ConfigureAwait(false);
-            if ((type & 0x80000000) != 0)
-            {
-                throw new NbdException($"the server refused export '{export}': {Encoding.UTF8.GetString(data)}");
-            }
-
-            if (type == RepInfo && data.Length >= 12 && BinaryPrimitives.ReadUInt16BigEndian(data) == InfoExport)
-            {
-                size = (long)BinaryPrimitives.ReadUInt64BigEndian(data.AsSpan(2));
-                transmission = BinaryPrimitives.ReadUInt16BigEndian(data.AsSpan(10));
-            }
-            else if (type == RepAck)
-            {
-                return size < 0 ? throw new NbdException("the server sent no export size") : (size, transmission);
-            }
         }
     }
 }

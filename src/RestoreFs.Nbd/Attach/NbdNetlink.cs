@@ -1,283 +1,245 @@
-using System.Buffers.Binary;
 using System.Net.Sockets;
-using System.Runtime.InteropServices;
-using System.Text;
 using Microsoft.Extensions.Logging;
 
 namespace RestoreFs.Nbd;
 
 /// <summary>
-/// Generic netlink messages (nlmsghdr + genlmsghdr + attributes), as the kernel's NBD configuration interface
-/// (family "nbd", include/uapi/linux/nbd-netlink.h) wants them. Built and parsed by hand; golden-byte tested.
+/// The kernel's NBD configuration interface: generic netlink family "nbd" (uapi <c>linux/nbd-netlink.h</c>, client
+/// flags from <c>linux/nbd.h</c>). Attribute types follow the kernel's policy: index and socket fds u32, sizes,
+/// timeouts and flags u64; timeouts are in seconds.
 /// </summary>
-public static class GenericNetlink
+internal static class NbdNetlink
 {
-    public const ushort ControllerFamily = 0x10;
-    public const byte CtrlCmdGetFamily = 3;
-    public const ushort CtrlAttrFamilyId = 1;
-    public const ushort CtrlAttrFamilyName = 2;
-    public const ushort NlmsgError = 2;
-    public const ushort FlagRequest = 1;
-    public const ushort FlagAck = 4;
-    public const ushort AttrNested = 1 << 15;
+    public const string FamilyName = "nbd";
+    public const byte Version = 1;
 
-    /// <summary>A request: header, genl header (command, version 1), then the attributes.</summary>
-    public static byte[] Message(ushort family, byte command, uint sequence, byte[] attributes, byte version = 1)
+    public const byte CommandConnect = 1;
+    public const byte CommandDisconnect = 2;
+
+    public const ushort AttributeIndex = 1;
+    public const ushort AttributeSizeBytes = 2;
+    public const ushort AttributeBlockSizeBytes = 3;
+    public const ushort AttributeTimeout = 4;
+    public const ushort AttributeServerFlags = 5;
+    public const ushort AttributeClientFlags = 6;
+    public const ushort AttributeSockets = 7;
+    public const ushort AttributeDeadConnectionTimeout = 8;
+
+    public const ushort SocketItem = 1;   // inside NBD_ATTR_SOCKETS
+    public const ushort SocketFd = 1;     // inside NBD_SOCK_ITEM
+
+    public const ulong ClientFlagDestroyOnDisconnect = 1;
+    public const ulong ClientFlagDisconnectOnClose = 2;
+
+    /// <summary>
+    /// NBD_CMD_CONNECT: size, block size, timeouts, server (transmission) flags, client flags, then one
+    /// NBD_SOCK_ITEM { NBD_SOCK_FD } per connection inside NBD_ATTR_SOCKETS. Without an index the kernel takes a
+    /// free device (creating one if needed) and answers with NBD_ATTR_INDEX.
+    /// </summary>
+    public static GenericNetlinkRequest Connect(ushort family, NbdConnectParameters p)
     {
-        var message = new byte[16 + 4 + attributes.Length];
-        BinaryPrimitives.WriteUInt32LittleEndian(message, (uint)message.Length);
-        BinaryPrimitives.WriteUInt16LittleEndian(message.AsSpan(4), family);
-        BinaryPrimitives.WriteUInt16LittleEndian(message.AsSpan(6), FlagRequest | FlagAck);
-        BinaryPrimitives.WriteUInt32LittleEndian(message.AsSpan(8), sequence);
-        message[16] = command;
-        message[17] = version;
-        attributes.CopyTo(message, 20);
-        return message;
-    }
-
-    /// <summary>One attribute, padded to 4 bytes.</summary>
-    public static byte[] Attribute(ushort type, ReadOnlySpan<byte> value)
-    {
-        var length = 4 + value.Length;
-        var attribute = new byte[(length + 3) & ~3];
-        BinaryPrimitives.WriteUInt16LittleEndian(attribute, (ushort)length);
-        BinaryPrimitives.WriteUInt16LittleEndian(attribute.AsSpan(2), type);
-        value.CopyTo(attribute.AsSpan(4));
-        return attribute;
-    }
-
-    public static byte[] U32(ushort type, uint value)
-    {
-        Span<byte> v = stackalloc byte[4];
-        BinaryPrimitives.WriteUInt32LittleEndian(v, value);
-        return Attribute(type, v);
-    }
-
-    public static byte[] U64(ushort type, ulong value)
-    {
-        Span<byte> v = stackalloc byte[8];
-        BinaryPrimitives.WriteUInt64LittleEndian(v, value);
-        return Attribute(type, v);
-    }
-
-    public static byte[] String(ushort type, string value) => Attribute(type, [.. Encoding.ASCII.GetBytes(value), 0]);
-
-    public static byte[] Nested(ushort type, params byte[][] children) => Attribute((ushort)(type | AttrNested), children.SelectMany(c => c).ToArray());
-
-    /// <summary>The kernel's answer: an error code (0 = acknowledged, negative errno) or a message's attributes.</summary>
-    public static (int Error, Dictionary<ushort, byte[]> Attributes) Parse(ReadOnlySpan<byte> reply)
-    {
-        if (reply.Length < 16)
+        var request = new GenericNetlinkRequest(family, CommandConnect, Version);
+        if (p.Index is { } index)
         {
-            throw new NbdException("netlink: short reply");
+            request.U32(AttributeIndex, index);
         }
 
-        var type = BinaryPrimitives.ReadUInt16LittleEndian(reply[4..]);
-        if (type == NlmsgError)
+        request.U64(AttributeSizeBytes, (ulong)p.SizeBytes)
+            .U64(AttributeBlockSizeBytes, (ulong)p.BlockSizeBytes);
+        if (p.Timeout is { } timeout)
         {
-            return (BinaryPrimitives.ReadInt32LittleEndian(reply[16..]), []);
+            request.U64(AttributeTimeout, Seconds(timeout));
         }
 
-        var attributes = new Dictionary<ushort, byte[]>();
-        var length = (int)Math.Min(reply.Length, BinaryPrimitives.ReadUInt32LittleEndian(reply));
-        for (var offset = 20; offset + 4 <= length;)
+        if (p.DeadConnectionTimeout is { } dead)
         {
-            var attrLength = BinaryPrimitives.ReadUInt16LittleEndian(reply[offset..]);
-            var attrType = (ushort)(BinaryPrimitives.ReadUInt16LittleEndian(reply[(offset + 2)..]) & ~AttrNested);
-            if (attrLength < 4 || offset + attrLength > length)
+            request.U64(AttributeDeadConnectionTimeout, Seconds(dead));
+        }
+
+        request.U64(AttributeServerFlags, p.ServerFlags)
+            .U64(AttributeClientFlags, p.ClientFlags);
+        var sockets = request.BeginNested(AttributeSockets);
+        foreach (var fd in p.SocketFds)
+        {
+            var item = request.BeginNested(SocketItem);
+            request.U32(SocketFd, checked((uint)fd));
+            request.EndNested(item);
+        }
+
+        return request.EndNested(sockets);
+    }
+
+    /// <summary>NBD_CMD_DISCONNECT of <c>/dev/nbd{index}</c>.</summary>
+    public static GenericNetlinkRequest Disconnect(ushort family, uint index) =>
+        new GenericNetlinkRequest(family, CommandDisconnect, Version).U32(AttributeIndex, index);
+
+    /// <summary>The device index from the kernel's answer to NBD_CMD_CONNECT.</summary>
+    public static uint ConnectedIndex(IReadOnlyList<GenericNetlinkReply> replies)
+    {
+        foreach (var reply in replies)
+        {
+            if (reply.Command == CommandConnect && reply.Find(AttributeIndex) is { } index)
             {
-                break;
+                return index.U32();
             }
-
-            attributes[attrType] = reply.Slice(offset + 4, attrLength - 4).ToArray();
-            offset += (attrLength + 3) & ~3;
         }
 
-        return (0, attributes);
+        throw new NbdException($"NBD_CMD_CONNECT was acknowledged without a device index ({replies.Count} data messages)");
     }
+
+    /// <summary>The largest block size (4096 down to 512) that divides the export, so the device covers all of it.</summary>
+    public static long BlockSizeFor(long size)
+    {
+        for (var block = 4096L; block > 512; block /= 2)
+        {
+            if (size % block == 0)
+            {
+                return block;
+            }
+        }
+
+        return 512;
+    }
+
+    private static ulong Seconds(TimeSpan t) => (ulong)Math.Max(1, Math.Ceiling(t.TotalSeconds));
 }
 
-/// <summary>A NETLINK_GENERIC socket talking to the kernel (libc: .NET's Socket has no AF_NETLINK).</summary>
-public sealed partial class GenericNetlinkSocket : IDisposable
-{
-    private readonly int fd;
-    private uint sequence = (uint)Environment.TickCount;
-
-    public GenericNetlinkSocket()
-    {
-        fd = SocketRaw(16, 3 | 0x80000, 16); // AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_GENERIC
-        if (fd < 0)
-        {
-            throw new NbdException($"netlink socket: errno {Marshal.GetLastPInvokeError()}");
-        }
-    }
-
-    [LibraryImport("libc", EntryPoint = "socket", SetLastError = true)]
-    private static partial int SocketRaw(int domain, int type, int protocol);
-
-    [LibraryImport("libc", EntryPoint = "send", SetLastError = true)]
-    private static partial nint SendRaw(int fd, byte[] buffer, nuint length, int flags);
-
-    [LibraryImport("libc", EntryPoint = "recv", SetLastError = true)]
-    private static partial nint RecvRaw(int fd, byte[] buffer, nuint length, int flags);
-
-    [LibraryImport("libc", EntryPoint = "close")]
-    private static partial int CloseRaw(int fd);
-
-    /// <summary>Sends a request and returns the kernel's reply (the data reply if there is one, else the ack).</summary>
-    public (int Error, Dictionary<ushort, byte[]> Attributes) Request(ushort family, byte command, byte[] attributes, byte version = 1)
-    {
-        var seq = ++sequence;
-        var message = GenericNetlink.Message(family, command, seq, attributes, version);
-        if (SendRaw(fd, message, (nuint)message.Length, 0) != message.Length)
-        {
-            throw new NbdException($"netlink send: errno {Marshal.GetLastPInvokeError()}");
-        }
-
-        var buffer = new byte[16384];
-        (int, Dictionary<ushort, byte[]>)? data = null;
-        while (true)
-        {
-            var n = RecvRaw(fd, buffer, (nuint)buffer.Length, 0);
-            if (n < 16)
-            {
-                throw new NbdException($"netlink receive: errno {Marshal.GetLastPInvokeError()}");
-            }
-
-            var reply = GenericNetlink.Parse(buffer.AsSpan(0, (int)n));
-            if (BinaryPrimitives.ReadUInt16LittleEndian(buffer.AsSpan(4)) != GenericNetlink.NlmsgError)
-            {
-                data = reply; // the ack follows
-                continue;
-            }
-
-            return reply.Error != 0 ? reply : data ?? reply;
-        }
-    }
-
-    /// <summary>The id of a generic netlink family, or null when the kernel has none by that name (module not loaded).</summary>
-    public ushort? ResolveFamily(string name)
-    {
-        var (error, attributes) = Request(GenericNetlink.ControllerFamily, GenericNetlink.CtrlCmdGetFamily,
-            GenericNetlink.String(GenericNetlink.CtrlAttrFamilyName, name));
-        if (error == -2)
-        {
-            return null;
-        }
-
-        if (error != 0)
-        {
-            throw new NbdException($"netlink: resolving family {name} failed: errno {-error}");
-        }
-
-        return attributes.TryGetValue(GenericNetlink.CtrlAttrFamilyId, out var id) ? BinaryPrimitives.ReadUInt16LittleEndian(id) : null;
-    }
-
-    public void Dispose() => CloseRaw(fd);
-}
+/// <summary>The settings of one NBD_CMD_CONNECT.</summary>
+internal sealed record NbdConnectParameters(
+    long SizeBytes,
+    long BlockSizeBytes,
+    ushort ServerFlags,
+    IReadOnlyList<int> SocketFds,
+    ulong ClientFlags,
+    TimeSpan? Timeout,
+    TimeSpan? DeadConnectionTimeout = null,
+    uint? Index = null);
 
 /// <summary>
-/// Kernel NBD through netlink: NBD_CMD_CONNECT hands the kernel our already negotiated sockets (several connections
-/// to the same export) and it picks a free /dev/nbdN; no thread has to sit in an ioctl. NBD_CMD_DISCONNECT detaches.
+/// Netlink cannot be used here and the NBD ioctls may still work: the kernel has no "nbd" family (ENOENT, module not
+/// loaded), no generic netlink socket could be opened, or NBD_CMD_CONNECT was refused with EINVAL/EOPNOTSUPP.
 /// </summary>
-public sealed class NetlinkNbdAttacher(ILogger<NetlinkNbdAttacher> log, int connections = 2) : IBlockDeviceAttacher
-{
-    public const byte CmdConnect = 1;
-    public const byte CmdDisconnect = 2;
-    public const ushort AttrIndex = 1, AttrSizeBytes = 2, AttrBlockSizeBytes = 3, AttrTimeout = 4, AttrServerFlags = 5, AttrClientFlags = 6,
-        AttrSockets = 7, SockItem = 1, SockFd = 1;
-    public const ulong ClientFlagDestroyOnDisconnect = 1;
+internal sealed class NetlinkNbdUnsupportedException(string message, Exception? inner = null) : NbdException(message, inner);
 
-    /// <summary>True when the kernel knows the "nbd" family (the module is loaded).</summary>
-    public static bool Available()
+/// <summary>
+/// Kernel NBD through netlink: negotiate several connections to the export ourselves, hand all their sockets to the
+/// kernel in one NBD_CMD_CONNECT (the kernel picks a free <c>/dev/nbdN</c> and serves the device from its own
+/// workers; no thread of ours sits in an ioctl), NBD_CMD_DISCONNECT to detach.
+/// </summary>
+internal sealed class NetlinkNbdAttacher(ILogger log, KernelNbdOptions options)
+{
+    /// <summary>Throws <see cref="NetlinkNbdUnsupportedException"/> when the caller should use the ioctls instead.</summary>
+    public async Task<AttachedDevice> AttachAsync(string socketPath, string export, CancellationToken ct)
+    {
+        GenericNetlinkSocket netlink;
+        try
+        {
+            netlink = new GenericNetlinkSocket();
+        }
+        catch (NetlinkException e)
+        {
+            throw new NetlinkNbdUnsupportedException($"no generic netlink socket: {e.Status}", e);
+        }
+
+        using (netlink)
+        {
+            var family = netlink.ResolveFamily(NbdNetlink.FamilyName)
+                         ?? throw new NetlinkNbdUnsupportedException(
+                             $"the kernel has no generic netlink family '{NbdNetlink.FamilyName}' (ENOENT: the nbd module is not loaded)");
+            var (sockets, info) = await NbdClientHandshake.OpenAsync(socketPath, export, options.Connections, ct).ConfigureAwait(false);
+            try
+            {
+                if (sockets.Count < options.Connections)
+                {
+                    log.LogDebug("Export {Export} does not advertise NBD_FLAG_CAN_MULTI_CONN: one connection instead of {Connections}",
+                        export, options.Connections);
+                }
+
+                var parameters = new NbdConnectParameters(info.Size, NbdNetlink.BlockSizeFor(info.Size), info.TransmissionFlags,
+                    sockets.Select(s => (int)s.Handle).ToList(),
+                    options.DestroyOnDisconnect ? NbdNetlink.ClientFlagDestroyOnDisconnect : 0,
+                    options.RequestTimeout, options.DeadConnectionTimeout);
+                var (status, replies) = netlink.Request(NbdNetlink.Connect(family, parameters));
+                if (status.Errno is Netlink.Einval or Netlink.Eopnotsupp)
+                {
+                    throw new NetlinkNbdUnsupportedException($"NBD_CMD_CONNECT refused: {status}");
+                }
+
+                if (status.Errno != 0)
+                {
+                    throw new NetlinkException("NBD_CMD_CONNECT", status);
+                }
+
+                var index = NbdNetlink.ConnectedIndex(replies);
+                var device = $"/dev/nbd{index}";
+                try
+                {
+                    await WaitForDeviceAsync(device, ct).ConfigureAwait(false);
+                }
+                catch
+                {
+                    Disconnect(family, index, device);
+                    throw;
+                }
+
+                log.LogInformation(
+                    "Attached export {Export} as {Device} through kernel NBD over netlink ({Connections} connection(s), {Size} bytes, block size {BlockSize})",
+                    export, device, sockets.Count, info.Size, parameters.BlockSizeBytes);
+                var owned = sockets;
+                sockets = [];
+                return new AttachedDevice(device, "nbd", [], () =>
+                {
+                    Disconnect(family, index, device);
+                    foreach (var socket in owned)
+                    {
+                        socket.Dispose();
+                    }
+
+                    return ValueTask.CompletedTask;
+                });
+            }
+            finally
+            {
+                foreach (var socket in sockets)
+                {
+                    socket.Dispose();
+                }
+            }
+        }
+    }
+
+    /// <summary>The kernel adds the disk before it answers; the node under /dev comes from devtmpfs/udev just after.</summary>
+    private async Task WaitForDeviceAsync(string device, CancellationToken ct)
+    {
+        var deadline = Environment.TickCount64 + (long)options.DeviceTimeout.TotalMilliseconds;
+        while (!File.Exists(device))
+        {
+            if (Environment.TickCount64 > deadline)
+            {
+                throw new NbdException($"the kernel connected {device} but the device node did not appear within {options.DeviceTimeout.TotalSeconds:0.#} s");
+            }
+
+            await Task.Delay(20, ct).ConfigureAwait(false);
+        }
+    }
+
+    private void Disconnect(ushort family, uint index, string device)
     {
         try
         {
             using var netlink = new GenericNetlinkSocket();
-            return netlink.ResolveFamily("nbd") is not null;
+            var (status, _) = netlink.Request(NbdNetlink.Disconnect(family, index));
+            if (status.Errno != 0)
+            {
+                log.LogWarning("NBD_CMD_DISCONNECT of {Device} failed: {Reason}", device, status.ToString());
+                return;
+            }
+
+            log.LogInformation("Detached {Device} (netlink NBD_CMD_DISCONNECT)", device);
         }
-        catch (NbdException)
+        catch (Exception e) when (e is NbdException or SocketException)
         {
-            return false;
-        }
-    }
-
-    /// <summary>The CONNECT request's attributes (golden-byte tested).</summary>
-    public static byte[] ConnectAttributes(long size, ushort serverFlags, IReadOnlyList<int> fds) =>
-    [
-        .. GenericNetlink.U64(AttrSizeBytes, (ulong)size),
-        .. GenericNetlink.U64(AttrBlockSizeBytes, 4096),
-        .. GenericNetlink.U64(AttrServerFlags, serverFlags),
-        .. GenericNetlink.U64(AttrClientFlags, ClientFlagDestroyOnDisconnect),
-        .. GenericNetlink.U64(AttrTimeout, 30),
-        .. GenericNetlink.Nested(AttrSockets, fds.Select(fd => GenericNetlink.Nested(SockItem, GenericNetlink.U32(SockFd, (uint)fd))).ToArray()),
-    ];
-
-    public async Task<AttachedDevice> AttachAsync(AttachRequest request, CancellationToken ct)
-    {
-        if (request.NbdSocketPath is null || request.ExportName is null)
-        {
-            throw new NbdException("kernel NBD attach needs the export's socket and name");
-        }
-
-        using var netlink = new GenericNetlinkSocket();
-        var family = netlink.ResolveFamily("nbd") ?? throw new NbdException("the kernel has no nbd netlink family (nbd module not loaded)");
-        var sockets = new List<Socket>();
-        try
-        {
-            long size = 0;
-            ushort flags = 0;
-            for (var i = 0; i < connections; i++)
-            {
-                var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
-                sockets.Add(socket);
-                await socket.ConnectAsync(new UnixDomainSocketEndPoint(request.NbdSocketPath), ct).ConfigureAwait(false);
-                (size, flags) = await KernelNbdAttacher.NegotiateAsync(socket, request.ExportName, ct).ConfigureAwait(false);
-            }
-
-            var (error, attributes) = netlink.Request(family, CmdConnect, ConnectAttributes(size, flags, sockets.Select(s => (int)s.Handle).ToList()));
-            if (error != 0)
-            {
-                throw new NbdException($"NBD_CMD_CONNECT failed: errno {-error} ({Marshal.GetPInvokeErrorMessage(-error)})");
-            }
-
-            if (!attributes.TryGetValue(AttrIndex, out var indexBytes))
-            {
-                throw new NbdException("NBD_CMD_CONNECT answered without a device index");
-            }
-
-            var index = BinaryPrimitives.ReadUInt32LittleEndian(indexBytes);
-            var device = $"/dev/nbd{index}";
-            for (var i = 0; i < 100 && !File.Exists(device); i++)
-            {
-                await Task.Delay(20, ct).ConfigureAwait(false);
-            }
-
-            log.LogInformation("Attached export {Export} as {Device} through kernel NBD (netlink, {Connections} connections)",
-                request.ExportName, device, connections);
-            var owned = sockets.ToList();
-            sockets.Clear();
-            return new AttachedDevice(device, "nbd", [], () =>
-            {
-                using (var again = new GenericNetlinkSocket())
-                {
-                    again.Request(family, CmdDisconnect, GenericNetlink.U32(AttrIndex, index));
-                }
-
-                foreach (var s in owned)
-                {
-                    s.Dispose();
-                }
-
-                return ValueTask.CompletedTask;
-            });
-        }
-        finally
-        {
-            foreach (var s in sockets)
-            {
-                s.Dispose();
-            }
+            log.LogWarning("NBD_CMD_DISCONNECT of {Device} failed: {Reason}", device, e.Message);
         }
     }
 }
