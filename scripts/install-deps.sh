@@ -9,6 +9,7 @@ packages=(
   libnbd-bin       # nbdinfo, nbdcopy
   xfsprogs btrfs-progs dosfstools mtools gdisk lvm2 e2fsprogs ntfs-3g  # test disk images
   busybox-static cpio lz4 xz-utils kmod  # restore image build
+  fdisk cryptsetup-bin exfatprogs  # partition tables, LUKS and exFAT in the daemon's disk tests
   rsync zstd file util-linux
 )
 

@@ -1,173 +1,375 @@
-using System.Collections.Concurrent;
 using System.Diagnostics;
-using System.Text.Json;
+using System.Globalization;
 using RestoreFs.RestoreDaemon.Native;
 
 namespace RestoreFs.RestoreDaemon.Disks;
 
-/// <param name="Disks">Explicit disks (name = serial, device path); null scans <c>/sys/block/vd*</c> as in the VM.</param>
-/// <param name="MountRoot">Where volumes are mounted.</param>
-/// <param name="LoopForPartitions">Make read-only loop devices for partitions when the kernel shows none (hosts
-/// without partition support); the VM's kernel shows them itself.</param>
-/// <param name="ReadyFile">In the VM: a file /init creates once every file system module is loaded (device-mapper
-/// is loaded before the daemon starts). A mount whose type the kernel does not know yet waits for its module or
-/// for this file (up to 30 s); the disk scan does not wait.</param>
-public sealed record DiskCatalogOptions(IReadOnlyList<(string Name, string Device)>? Disks, string MountRoot, Action<string> Log,
-    bool LoopForPartitions = false, TimeSpan? ScanLimit = null, string? ReadyFile = null);
-
 /// <summary>
-/// Finds the disks, their partitions, LVM logical volumes and file systems, and mounts a volume read-only the first
-/// time it is used. Nothing here writes to a disk: devices are opened read-only, loop devices are read-only, LVM is
-/// activated read-only and file systems are mounted without journal replay.
+/// Finds the disks, their partitions, LVM logical volumes and file systems (once, in the background, from
+/// construction on), and mounts a volume read-only the first time it is used. Nothing here writes to a disk: devices
+/// are opened read-only, loop devices are read-only, LVM never writes metadata and activates read-only, and file
+/// systems are mounted read-only without journal replay. Dispose unmounts, deactivates and detaches what it made.
 /// </summary>
-public sealed class DiskCatalog : IVolumeCatalog, IDisposable
+public sealed partial class DiskCatalog : IVolumeCatalog, IDisposable, IAsyncDisposable
 {
     private readonly DiskCatalogOptions options;
+    private readonly Action<string> log;
+    private readonly TimeSpan scanLimit;
+    private readonly Stopwatch sinceStart = Stopwatch.StartNew();
     private readonly Task<IReadOnlyList<DiskInfo>> scan;
-    private readonly ConcurrentDictionary<string, Lazy<Task<string>>> mounts = new();
-    private readonly ConcurrentDictionary<string, MountedVolume> mounted = new();
-    private readonly List<string> loops = [];
-    private readonly List<string> activatedGroups = [];
     private readonly object gate = new();
+
+    // Progress of the scan, for an answer when it takes longer than its limit.
+    private readonly List<(string Name, string Device)> pending = [];
+    private readonly List<DiskInfo> scanned = [];
+
+    // What this catalog made, undone by Dispose.
+    private readonly List<string> loops = [];
+    private readonly List<string> activated = []; // vg/lv
+    private Lvm? lvm;
+    private volatile bool disposed;
 
     public DiskCatalog(DiskCatalogOptions options)
     {
         this.options = options;
-        scan = Task.Run(Scan);
+        log = options.Log ?? (_ => { });
+        scanLimit = options.ScanLimit ?? TimeSpan.FromSeconds(120);
+        List<(string, string)> disks;
+        try
+        {
+            disks = options.Disks?.ToList() ?? ScanSysBlock();
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            log($"cannot list the disks: {e.Message}");
+            disks = [];
+        }
+
+        pending.AddRange(disks);
+        scan = Task.Run(() => Scan(disks));
     }
 
-    public IReadOnlyList<MountedVolume> Mounts => mounted.Values.OrderBy(m => m.Volume.Id, StringComparer.Ordinal).ToList();
+    public async Task<IReadOnlyList<DiskInfo>> GetDisksAsync(CancellationToken ct)
+    {
+        var left = scanLimit - sinceStart.Elapsed;
+        if (!scan.IsCompleted && left > TimeSpan.Zero)
+        {
+            await Task.WhenAny(scan, Task.Delay(left, ct)).ConfigureAwait(false);
+            ct.ThrowIfCancellationRequested();
+        }
 
-    public async Task<IReadOnlyList<DiskInfo>> GetDisksAsync(CancellationToken ct) =>
-        await scan.WaitAsync(options.ScanLimit ?? TimeSpan.FromSeconds(120), ct).ConfigureAwait(false);
+        if (scan.IsCompleted)
+        {
+            return await scan.ConfigureAwait(false);
+        }
 
-    public Task<string> MountAsync(VolumeInfo volume, CancellationToken ct) =>
-        mounts.GetOrAdd(volume.Id, _ => new Lazy<Task<string>>(() => Task.Run(() => Mount(volume), CancellationToken.None))).Value.WaitAsync(ct);
+        lock (gate)
+        {
+            var unfinished = pending.Where(p => scanned.All(s => s.Name != p.Name))
+                .Select(p => new DiskInfo(p.Name, p.Device, SysfsSize(p.Device) ?? 0, [],
+                    $"the disk scan did not finish within {scanLimit.TotalSeconds:0} s (still reading this disk or its LVM volumes)"));
+            return scanned.Concat(unfinished).ToList();
+        }
+    }
 
-    private IReadOnlyList<DiskInfo> Scan()
+    private IReadOnlyList<DiskInfo> Scan(List<(string Name, string Device)> disks)
+    {
+        try
+        {
+            return ScanAll(disks);
+        }
+        catch (Exception e)
+        {
+            // The scan must always end with an answer: name what broke it.
+            log($"disk scan failed: {e}");
+            lock (gate)
+            {
+                return pending.Select(p => scanned.FirstOrDefault(s => s.Name == p.Name)
+                                           ?? new DiskInfo(p.Name, p.Device, 0, [], $"disk scan failed: {e.Message}")).ToList();
+            }
+        }
+    }
+
+    private sealed class DiskScan(string name, string device)
+    {
+        public string Name { get; } = name;
+        public string Device { get; } = device;
+        public ulong Size { get; set; }
+        public List<VolumeInfo> Volumes { get; } = [];
+        public string? Error { get; set; }
+        public DiskInfo ToInfo() => new(Name, Device, Size, Volumes.ToList(), Error);
+    }
+
+    /// <summary>A partition or disk that holds an LVM physical volume.</summary>
+    private sealed record PvCandidate(DiskScan Disk, string Device, VolumeInfo AsVolume);
+
+    private IReadOnlyList<DiskInfo> ScanAll(List<(string Name, string Device)> disks)
     {
         var watch = Stopwatch.StartNew();
-        var disks = (options.Disks ?? ScanSysBlock()).ToList();
-        var result = new List<(string Name, string Device, ulong Size, List<VolumeInfo> Volumes, string? Error)>();
-        var lvmDevices = new Dictionary<string, string>(); // PV device → disk name
+        var results = new List<DiskScan>();
+        var pvs = new List<PvCandidate>();
         foreach (var (name, device) in disks)
         {
+            var disk = new DiskScan(name, device);
+            results.Add(disk);
+            if (disposed)
+            {
+                disk.Error = "the catalog was closed before this disk was scanned";
+                continue;
+            }
+
             try
             {
-                using var stream = new FileStream(device, FileMode.Open, FileAccess.Read, FileShare.ReadWrite, 4096);
-                var size = (ulong)BlockDeviceSize(stream, device);
-                var volumes = new List<VolumeInfo>();
-                var whole = FsProbe.Detect(stream);
-                if (whole == FsProbe.LvmMember)
-                {
-                    lvmDevices[device] = name;
-                }
-                else if (whole is not null)
-                {
-                    volumes.Add(new VolumeInfo(name, "raw", [], device, size, whole));
-                }
-                else
-                {
-                    foreach (var part in PartitionTable.Read(stream, (long)size))
-                    {
-                        var partDevice = PartitionDevice(device, part);
-                        string? type = null;
-                        string? error = null;
-                        if (partDevice is null)
-                        {
-                            error = $"partition {part.Number} of {name} has no device (the kernel shows none and loop devices are off)";
-                        }
-                        else
-                        {
-                            using var ps = new FileStream(partDevice, FileMode.Open, FileAccess.Read, FileShare.ReadWrite, 4096);
-                            type = FsProbe.Detect(ps);
-                        }
-
-                        if (type == FsProbe.LvmMember)
-                        {
-                            lvmDevices[partDevice!] = name;
-                            continue;
-                        }
-
-                        volumes.Add(new VolumeInfo(name, "part", [part.Number.ToString(System.Globalization.CultureInfo.InvariantCulture)],
-                            partDevice ?? "", (ulong)part.Length, type) { Error = error });
-                    }
-                }
-
-                result.Add((name, device, size, volumes, null));
-                options.Log($"disk {name} ({device}, {size} bytes): {(volumes.Count == 0 ? "no volumes yet" : string.Join(", ", volumes.Select(v => $"{v.Id} {v.FsType ?? "?"}")))}");
+                ScanDisk(disk, pvs);
             }
-            catch (Exception e) when (e is IOException or UnauthorizedAccessException or InvalidDataException)
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException or InvalidDataException or NotSupportedException)
             {
-                options.Log($"disk {name} ({device}): {e.Message}");
-                result.Add((name, device, 0, [], e.Message));
+                disk.Error = $"cannot read disk {name} ({device}): {e.Message}";
+                log(disk.Error);
+            }
+
+            if (pvs.All(pv => pv.Disk != disk))
+            {
+                lock (gate)
+                {
+                    scanned.Add(disk.ToInfo());
+                }
             }
         }
 
-        if (lvmDevices.Count > 0)
+        if (pvs.Count > 0 && !disposed)
         {
-            foreach (var (diskNames, volume) in ScanLvm(lvmDevices))
-            {
-                foreach (var disk in result.Where(r => diskNames.Contains(r.Name)))
-                {
-                    disk.Volumes.Add(volume with { Disk = disk.Name });
-                }
-            }
+            ScanLvm(pvs);
         }
 
-        options.Log($"disk scan finished in {watch.ElapsedMilliseconds} ms: {result.Count} disk(s)");
-        return result.Select(r => new DiskInfo(r.Name, r.Device, r.Size, r.Volumes, r.Error)).ToList();
+        var infos = results.Select(r => r.ToInfo()).ToList();
+        foreach (var d in infos)
+        {
+            log($"disk {d.Name} ({d.Device}, {d.Size} bytes): "
+                + (d.Error ?? (d.Volumes.Count == 0 ? "no volumes" : string.Join(", ", d.Volumes.Select(Describe)))));
+        }
+
+        log($"disk scan finished in {watch.ElapsedMilliseconds} ms: {infos.Count} disk(s)");
+        return infos;
     }
 
-    private static IEnumerable<(string, string)> ScanSysBlock()
+    private static string Describe(VolumeInfo v) =>
+        $"{string.Join('/', new[] { v.Bucket }.Concat(v.Components))} {v.FsType ?? "?"}{(v.Device.Length > 0 ? " on " + v.Device : "")}"
+        + (v.Error is null ? "" : $" ({v.Error})");
+
+    private void ScanDisk(DiskScan disk, List<PvCandidate> pvs)
     {
+        disk.Size = SysfsSize(disk.Device) ?? 0; // known even when the device cannot be opened
+        using var stream = OpenRead(disk.Device);
+        var size = DeviceSize(stream, disk.Device);
+        disk.Size = (ulong)size;
+        var whole = FsProbe.Detect(stream, 0, size);
+        if (whole == FsProbe.LvmMember)
+        {
+            pvs.Add(new PvCandidate(disk, disk.Device, new VolumeInfo(disk.Name, "raw", [], disk.Device, disk.Size, whole)));
+            return;
+        }
+
+        if (whole is not null)
+        {
+            // A file system on the whole disk: PBS mounts the whole disk first and then looks no further.
+            disk.Volumes.Add(new VolumeInfo(disk.Name, "raw", [], disk.Device, disk.Size, whole)
+            {
+                Error = FsProbe.IsContainer(whole) ? $"the whole disk {FsProbe.ContainerReason(whole)}" : null,
+            });
+            return;
+        }
+
+        var table = PartitionTable.ReadTable(stream, size);
+        foreach (var note in table.Notes)
+        {
+            log($"disk {disk.Name}: {note}");
+        }
+
+        var kernelPartitions = KernelPartitions(disk.Device);
+        var parts = table.Partitions.ToList();
+        foreach (var (number, (start, length)) in kernelPartitions.Where(k => parts.All(p => p.Number != k.Key)).OrderBy(k => k.Key))
+        {
+            // The kernel knows a partition our parser does not (another table type): use the kernel's view.
+            if (length > 4096)
+            {
+                parts.Add(new Partition(number, start, length, "kernel"));
+            }
+        }
+
+        foreach (var part in parts.OrderBy(p => p.Number))
+        {
+            var number = part.Number.ToString(CultureInfo.InvariantCulture);
+            var type = FsProbe.Detect(stream, part.Offset, part.Length);
+            string? device = null;
+            string? error = null;
+            try
+            {
+                device = PartitionDevice(disk, part, kernelPartitions.ContainsKey(part.Number));
+                if (device is null)
+                {
+                    error = "the kernel shows no device for this partition (and loop devices for partitions are off)";
+                }
+            }
+            catch (IOException e)
+            {
+                error = e.Message;
+            }
+
+            var volume = new VolumeInfo(disk.Name, "part", [number], device ?? "", (ulong)part.Length, type)
+            {
+                Error = error ?? (FsProbe.IsContainer(type) && type != FsProbe.LvmMember ? $"partition {number} {FsProbe.ContainerReason(type!)}" : null),
+            };
+            if (type == FsProbe.LvmMember && device is not null)
+            {
+                pvs.Add(new PvCandidate(disk, device, volume));
+                continue;
+            }
+
+            disk.Volumes.Add(volume);
+        }
+    }
+
+    private static FileStream OpenRead(string device) =>
+        new(device, FileMode.Open, FileAccess.Read, FileShare.ReadWrite, bufferSize: 0); // O_RDONLY, never written
+
+    /// <summary>Size in bytes from sysfs (sectors × 512) for a block device; null for anything else.</summary>
+    private static ulong? SysfsSize(string device) =>
+        SysDir(device) is { } sys && ReadNumber(Path.Combine(sys, "size")) is { } sectors ? (ulong)sectors * 512 : null;
+
+    /// <summary>The sysfs directory of a block device (found by its device number, so symlinked paths work too).</summary>
+    private static string? SysDir(string device)
+    {
+        if (!IsBlockDevice(device, out var major, out var minor))
+        {
+            return null;
+        }
+
+        var dir = $"/sys/dev/block/{major}:{minor}";
+        try
+        {
+            return File.ResolveLinkTarget(dir, returnFinalTarget: true)?.FullName ?? (Directory.Exists(dir) ? dir : null);
+        }
+        catch (IOException)
+        {
+            return null;
+        }
+    }
+
+    private static long DeviceSize(FileStream stream, string device)
+    {
+        if (SysfsSize(device) is { } sys)
+        {
+            return (long)sys;
+        }
+
+        var size = DiskNative.BlockDeviceSize(stream.SafeFileHandle);
+        return size >= 0 ? size : stream.Length;
+    }
+
+    /// <summary>Whether the path (after symlinks) is a block device; its device number when it is.</summary>
+    internal static bool IsBlockDevice(string path, out uint major, out uint minor)
+    {
+        major = minor = 0;
+        try
+        {
+            var target = File.ResolveLinkTarget(path, returnFinalTarget: true)?.FullName ?? Path.GetFullPath(path);
+            if (LibC.Stat(LibC.AT_FDCWD, System.Text.Encoding.UTF8.GetBytes(target), out var st) != 0 || st.Kind != LibC.S_IFBLK)
+            {
+                return false;
+            }
+
+            (major, minor) = (st.RdevMajor, st.RdevMinor);
+            return true;
+        }
+        catch (IOException)
+        {
+            return false;
+        }
+    }
+
+    private static bool IsBlockDevice(string path) => IsBlockDevice(path, out _, out _);
+
+    /// <summary>The VM's virtio disks: name = serial, device node made if devtmpfs did not.</summary>
+    private List<(string, string)> ScanSysBlock()
+    {
+        var result = new List<(string, string)>();
         if (!Directory.Exists("/sys/block"))
         {
-            yield break;
+            log("no /sys/block: no disks");
+            return result;
         }
 
         foreach (var dir in Directory.GetDirectories("/sys/block", "vd*").Order(StringComparer.Ordinal))
         {
             var dev = Path.GetFileName(dir);
             var serialFile = Path.Combine(dir, "serial");
-            var serial = File.Exists(serialFile) ? File.ReadAllText(serialFile).Trim('\0', ' ', '\n') : "";
-            yield return (serial.Length > 0 ? serial : dev, EnsureNode(dir, "/dev/" + dev));
+            var serial = File.Exists(serialFile) ? File.ReadAllText(serialFile).Trim('\0', ' ', '\n', '\t') : "";
+            if (serial.Length == 0)
+            {
+                log($"{dev} has no serial: named {dev}");
+            }
+
+            result.Add((serial.Length > 0 ? serial : dev, EnsureNode(dir, "/dev/" + dev)));
         }
+
+        return result;
     }
 
     /// <summary>The device node for a sysfs block device, made with mknod when devtmpfs did not.</summary>
-    private static string EnsureNode(string sysDir, string node)
+    private string EnsureNode(string sysDir, string node)
     {
-        if (!File.Exists(node) && File.Exists(Path.Combine(sysDir, "dev")))
+        var devFile = Path.Combine(sysDir, "dev");
+        if (!File.Exists(node) && File.Exists(devFile))
         {
-            var parts = File.ReadAllText(Path.Combine(sysDir, "dev")).Trim().Split(':');
-            LibC.MkNod(node, LibC.S_IFBLK | 0x180, LibC.MakeDev(uint.Parse(parts[0]), uint.Parse(parts[1])));
+            var parts = File.ReadAllText(devFile).Trim().Split(':');
+            if (parts.Length == 2 && uint.TryParse(parts[0], NumberStyles.None, CultureInfo.InvariantCulture, out var major)
+                && uint.TryParse(parts[1], NumberStyles.None, CultureInfo.InvariantCulture, out var minor))
+            {
+                Directory.CreateDirectory(Path.GetDirectoryName(node)!);
+                if (LibC.MkNod(node, LibC.S_IFBLK | 0x180, LibC.MakeDev(major, minor)) != 0)
+                {
+                    log($"mknod {node} ({major}:{minor}): {LibC.StrError(LibC.Errno)}");
+                }
+            }
         }
 
         return node;
     }
 
-    private static long BlockDeviceSize(FileStream stream, string device)
+    /// <summary>The partitions the kernel shows for a disk: number → (byte offset, bytes).</summary>
+    private static Dictionary<int, (long Start, long Length)> KernelPartitions(string device)
     {
-        if (stream.Length > 0)
+        var result = new Dictionary<int, (long, long)>();
+        if (SysDir(device) is not { } sys)
         {
-            return stream.Length;
+            return result;
         }
 
-        var sysSize = $"/sys/class/block/{Path.GetFileName(device)}/size";
-        return File.Exists(sysSize) ? long.Parse(File.ReadAllText(sysSize).Trim()) * 512 : stream.Seek(0, SeekOrigin.End);
+        foreach (var child in Directory.GetDirectories(sys))
+        {
+            if (ReadNumber(Path.Combine(child, "partition")) is { } number && ReadNumber(Path.Combine(child, "start")) is { } start
+                && ReadNumber(Path.Combine(child, "size")) is { } sectors)
+            {
+                result[(int)number] = (start * 512, sectors * 512);
+            }
+        }
+
+        return result;
     }
 
-    private string? PartitionDevice(string device, Partition part)
+    private static long? ReadNumber(string file) =>
+        File.Exists(file) && long.TryParse(File.ReadAllText(file).Trim(), NumberStyles.None, CultureInfo.InvariantCulture, out var n) ? n : null;
+
+    /// <summary>The block device of a partition: the kernel's (node made if missing), else a read-only loop device over
+    /// its range when allowed, else null.</summary>
+    private string? PartitionDevice(DiskScan disk, Partition part, bool kernelShowsIt)
     {
-        var name = Path.GetFileName(device);
-        var sysDir = $"/sys/class/block/{name}";
-        if (Directory.Exists(sysDir))
+        if (kernelShowsIt && SysDir(disk.Device) is { } sys)
         {
-            foreach (var child in Directory.GetDirectories(sysDir, name + "*"))
+            foreach (var child in Directory.GetDirectories(sys))
             {
-                var number = Path.Combine(child, "partition");
-                if (File.Exists(number) && File.ReadAllText(number).Trim() == part.Number.ToString(System.Globalization.CultureInfo.InvariantCulture))
+                if (ReadNumber(Path.Combine(child, "partition")) == part.Number)
                 {
                     return EnsureNode(child, "/dev/" + Path.GetFileName(child));
                 }
@@ -179,294 +381,166 @@ public sealed class DiskCatalog : IVolumeCatalog, IDisposable
             return null;
         }
 
-        var loop = Run("losetup", "-r", "-f", "--show", "-o", part.Offset.ToString(System.Globalization.CultureInfo.InvariantCulture),
-            "--sizelimit", part.Length.ToString(System.Globalization.CultureInfo.InvariantCulture), device);
-        if (loop.Code != 0)
+        var r = Tool.Run("losetup", ["-r", "-f", "--show", "-o", part.Offset.ToString(CultureInfo.InvariantCulture),
+            "--sizelimit", part.Length.ToString(CultureInfo.InvariantCulture), disk.Device], TimeSpan.FromSeconds(30));
+        if (!r.Ok || !r.Out.Trim().StartsWith("/dev/", StringComparison.Ordinal))
         {
-            throw new IOException($"cannot make a loop device for partition {part.Number} of {device}: {loop.Err.Trim()}");
+            throw new IOException($"cannot make a loop device for partition {part.Number} of {disk.Device}: {r.FirstLine}");
         }
 
-        var path = loop.Out.Trim();
+        var loop = r.Out.Trim();
         lock (gate)
         {
-            loops.Add(path);
+            loops.Add(loop);
         }
 
-        return path;
+        return loop;
     }
 
-    private IEnumerable<(HashSet<string> Disks, VolumeInfo Volume)> ScanLvm(Dictionary<string, string> pvs)
+    private void ScanLvm(List<PvCandidate> pvs)
     {
-        var devices = pvs.Keys.ToList();
-        var filter = "devices { filter = [ " + string.Join(", ", devices.Select(d => $"\"a|^{d}$|\"")) + ", \"r|.*|\" ] "
-            + "scan = [ \"/dev\" ] obtain_device_list_from_udev = 0 use_devicesfile = 0 } "
-            + "activation { udev_sync = 0 udev_rules = 0 monitoring = 0 } global { use_lvmetad = 0 } log { level = 0 }";
-        var pvReport = Run("lvm", "pvs", "--config", filter, "--reportformat", "json", "-o", "pv_name,vg_name");
-        if (pvReport.Code != 0)
+        var byDevice = pvs.GroupBy(p => p.Device).ToDictionary(g => g.Key, g => g.First());
+        lvm = new Lvm(byDevice.Keys.ToList(), log);
+        IReadOnlyList<LvmPhysicalVolume> found;
+        IReadOnlyList<LvmLogicalVolume> lvs;
+        try
         {
-            options.Log($"lvm pvs failed: {pvReport.Err.Trim()}");
-            yield break;
+            found = lvm.PhysicalVolumes();
+            lvs = lvm.LogicalVolumes();
         }
-
-        var vgDisks = new Dictionary<string, HashSet<string>>(StringComparer.Ordinal);
-        foreach (var row in Rows(pvReport.Out, "pv"))
+        catch (IOException e)
         {
-            var vg = row.GetValueOrDefault("vg_name") ?? "";
-            var pv = row.GetValueOrDefault("pv_name") ?? "";
-            if (vg.Length > 0 && pvs.TryGetValue(pv, out var disk))
+            log(e.Message);
+            foreach (var pv in pvs)
             {
-                (vgDisks.TryGetValue(vg, out var set) ? set : vgDisks[vg] = []).Add(disk);
+                pv.Disk.Volumes.Add(pv.AsVolume with { Error = $"{pv.Device} is an LVM physical volume, but LVM cannot read it: {e.Message}" });
             }
+
+            return;
         }
 
-        var lvReport = Run("lvm", "lvs", "--config", filter, "--reportformat", "json", "--units", "b", "--nosuffix", "-o", "vg_name,lv_name,lv_size,lv_attr");
-        if (lvReport.Code != 0)
+        var groupDisks = new Dictionary<string, List<DiskScan>>(StringComparer.Ordinal);
+        foreach (var pv in found)
         {
-            options.Log($"lvm lvs failed: {lvReport.Err.Trim()}");
-            yield break;
-        }
-
-        var lvs = Rows(lvReport.Out, "lv").ToList();
-        foreach (var (vg, disks) in vgDisks)
-        {
-            string? error = null;
-            var activate = Run("lvm", "vgchange", "--config", filter + $" activation {{ read_only_volume_list = [ \"{vg}\" ] }}", "-ay", "-K", "--ignoremonitoring", vg);
-            if (activate.Code != 0)
+            if (pv.VolumeGroup.Length > 0 && byDevice.TryGetValue(pv.Device, out var candidate))
             {
-                error = $"cannot activate volume group {vg}: {FirstLine(activate.Err)}";
-                options.Log(error);
-            }
-            else
-            {
-                lock (gate)
+                var list = groupDisks.TryGetValue(pv.VolumeGroup, out var l) ? l : groupDisks[pv.VolumeGroup] = [];
+                if (!list.Contains(candidate.Disk))
                 {
-                    activatedGroups.Add(vg);
+                    list.Add(candidate.Disk);
                 }
+            }
+        }
 
-                Run("lvm", "vgmknodes", "--config", filter, vg);
+        foreach (var pv in pvs.Where(p => found.All(f => f.Device != p.Device)))
+        {
+            log($"{pv.Device} has an LVM label but lvm does not report it as a physical volume");
+        }
+
+        foreach (var (vg, disks) in groupDisks.OrderBy(g => g.Key, StringComparer.Ordinal))
+        {
+            var usable = lvs.Where(l => l.VolumeGroup == vg && l.HoldsFileSystem).ToList();
+            if (usable.Count == 0)
+            {
+                log($"volume group {vg} has no logical volumes");
+                continue;
             }
 
-            foreach (var lv in lvs.Where(r => r.GetValueOrDefault("vg_name") == vg))
+            var errors = ActivateGroup(vg, usable);
+            foreach (var lv in usable)
             {
-                var name = lv.GetValueOrDefault("lv_name") ?? "";
-                var attr = lv.GetValueOrDefault("lv_attr") ?? "";
-                if (name.Length == 0 || attr.StartsWith('t') || attr.StartsWith('e') || attr.StartsWith('i') || attr.StartsWith('l'))
-                {
-                    continue; // thin pools and internal volumes hold no file system of their own
-                }
-
-                _ = ulong.TryParse(lv.GetValueOrDefault("lv_size"), out var size);
-                var device = "/dev/mapper/" + vg.Replace("-", "--", StringComparison.Ordinal) + "-" + name.Replace("-", "--", StringComparison.Ordinal);
                 string? type = null;
-                var lvError = error;
+                var error = errors.GetValueOrDefault(lv.Name);
                 if (error is null)
                 {
                     try
                     {
-                        using var s = new FileStream(device, FileMode.Open, FileAccess.Read, FileShare.ReadWrite, 4096);
-                        type = FsProbe.Detect(s);
+                        using var s = OpenRead(lv.DmPath);
+                        type = FsProbe.Detect(s, 0, (long)lv.Size);
+                        if (FsProbe.IsContainer(type))
+                        {
+                            error = $"logical volume {lv.FullName} {FsProbe.ContainerReason(type!)}";
+                        }
                     }
-                    catch (IOException e)
+                    catch (Exception e) when (e is IOException or UnauthorizedAccessException)
                     {
-                        lvError = $"cannot open {device}: {e.Message}";
+                        error = $"cannot read {lv.FullName} ({lv.DmPath}): {e.Message}";
                     }
                 }
 
-                yield return (disks, new VolumeInfo("", "lvm", [vg, name], device, size, type) { Error = lvError });
+                foreach (var disk in disks)
+                {
+                    disk.Volumes.Add(new VolumeInfo(disk.Name, "lvm", [lv.VolumeGroup, lv.Name], lv.DmPath, lv.Size, type) { Error = error });
+                }
+            }
+        }
+
+        foreach (var disk in pvs.Select(p => p.Disk).Distinct())
+        {
+            lock (gate)
+            {
+                scanned.Add(disk.ToInfo());
             }
         }
     }
 
-    private static string FirstLine(string text) =>
-        text.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).FirstOrDefault() ?? "failed";
-
-    private static IEnumerable<Dictionary<string, string>> Rows(string json, string kind)
+    /// <summary>Activates a group read-only; the error per logical volume that did not come up.</summary>
+    private Dictionary<string, string> ActivateGroup(string vg, List<LvmLogicalVolume> lvs)
     {
-        using var doc = JsonDocument.Parse(json);
-        var list = new List<Dictionary<string, string>>();
-        foreach (var report in doc.RootElement.GetProperty("report").EnumerateArray())
+        var errors = new Dictionary<string, string>(StringComparer.Ordinal);
+        if (lvs.Any(l => l.NeedsExtraTargets))
         {
-            if (!report.TryGetProperty(kind, out var rows))
+            WaitForReadyFile($"the device-mapper targets of {vg} ({string.Join(", ", lvs.Select(l => l.SegmentTypes).Distinct())})");
+        }
+
+        var before = lvs.Where(l => File.Exists(l.DmPath)).Select(l => l.Name).ToHashSet(StringComparer.Ordinal);
+        var result = lvm!.Activate(vg);
+        foreach (var lv in lvs)
+        {
+            if (File.Exists(lv.DmPath))
             {
+                if (!before.Contains(lv.Name))
+                {
+                    lock (gate)
+                    {
+                        activated.Add(lv.FullName);
+                    }
+                }
+
                 continue;
             }
 
-            foreach (var row in rows.EnumerateArray())
-            {
-                list.Add(row.EnumerateObject().ToDictionary(p => p.Name, p => p.Value.GetString() ?? "", StringComparer.Ordinal));
-            }
+            var why = result.Ok ? $"{lv.DmPath} did not appear after activation" : result.FirstLine;
+            errors[lv.Name] = Lvm.DeviceMapperAvailable()
+                ? $"cannot activate {lv.FullName}: {why}"
+                : $"cannot activate {lv.FullName}: device-mapper not available in this kernel (lvm: {why})";
         }
 
-        return list;
+        if (errors.Count > 0)
+        {
+            log($"volume group {vg}: {string.Join("; ", errors.Values)}");
+        }
+        else
+        {
+            log($"volume group {vg}: {lvs.Count} logical volume(s) active read-only");
+        }
+
+        return errors;
     }
 
-    private string Mount(VolumeInfo volume)
+    private void WaitForReadyFile(string what)
     {
-        if (volume.Error is not null)
-        {
-            Remember(volume, "", "", volume.Error);
-            throw new VolumeException($"{volume.Id}: {volume.Error}");
-        }
-
-        if (volume.FsType is FsProbe.LvmMember or FsProbe.Swap)
-        {
-            var why = volume.FsType == FsProbe.Swap ? "is swap space" : "is an LVM physical volume";
-            Remember(volume, "", volume.FsType, why);
-            throw new VolumeException($"{volume.Id} {why}, not a file system");
-        }
-
-        var target = volume.Bucket == "lvm"
-            ? Path.Combine(options.MountRoot, "lvm", volume.Components[0], volume.Components[1])
-            : Path.Combine(options.MountRoot, "dev", Path.GetFileName(volume.Device));
-        Directory.CreateDirectory(target);
-        WaitForModules(volume.FsType);
-        var candidates = volume.FsType is { } known ? [known] : KernelFileSystems();
-        var errors = new List<string>();
-        if (volume.FsType == "ntfs" && !KernelFileSystems().Contains("ntfs3"))
-        {
-            return MountNtfs3g(volume, target);
-        }
-
-        foreach (var type in candidates)
-        {
-            var kernelType = type is "ext2" or "ext3" ? "ext4" : type == "ntfs" ? "ntfs3" : type;
-            var data = FsProbe.ReadOnlyOptions(type);
-            if (LibC.Mount(volume.Device, target, kernelType, LibC.MS_RDONLY | LibC.MS_NOSUID | LibC.MS_NODEV | LibC.MS_NOEXEC, data) == 0)
-            {
-                options.Log($"mounted {volume.Id} ({volume.Device}, {type}) read-only on {target}");
-                Remember(volume, target, type, null);
-                return target;
-            }
-
-            var errno = LibC.Errno;
-            errors.Add($"{type}: {LibC.StrError(errno)}{(errno == 19 ? " (the kernel has no " + type + " support)" : "")}");
-            if (volume.FsType is null && errno == LibC.EINVAL)
-            {
-                continue;
-            }
-        }
-
-        var message = candidates.Count == 0
-            ? $"{volume.Id} ({volume.Device}): no recognised file system"
-            : volume.FsType is null
-                ? $"{volume.Id} ({volume.Device}): no recognised file system; tried {string.Join(", ", errors)}"
-                : $"cannot mount {volume.Id} ({volume.Device}) as {errors[0]}";
-        options.Log(message);
-        Remember(volume, target, volume.FsType ?? "", message);
-        throw new VolumeException(message);
-    }
-
-    /// <summary>NTFS without the kernel's ntfs3: ntfs-3g over FUSE, read-only, without touching a dirty log.</summary>
-    private string MountNtfs3g(VolumeInfo volume, string target)
-    {
-        WaitForModules(null); // fuse
-        var result = Run("ntfs-3g", "-o", "ro,norecover,nosuid,nodev,noexec", volume.Device, target);
-        if (result.Code == 0)
-        {
-            options.Log($"mounted {volume.Id} ({volume.Device}, ntfs through ntfs-3g) read-only on {target}");
-            Remember(volume, target, "ntfs-3g", null);
-            return target;
-        }
-
-        var message = $"cannot mount {volume.Id} ({volume.Device}) as ntfs with ntfs-3g: {FirstLine(result.Err + result.Out)}";
-        options.Log(message);
-        Remember(volume, target, "ntfs", message);
-        throw new VolumeException(message);
-    }
-
-    /// <summary>In the VM, file system modules load while the daemon already answers: wait for this type's.</summary>
-    private void WaitForModules(string? type)
-    {
-        if (options.ReadyFile is not { } ready)
+        if (options.ReadyFile is not { } ready || File.Exists(ready))
         {
             return;
         }
 
-        var kernelType = type is "ext2" or "ext3" ? "ext4" : type;
-        // FAT, exFAT and ISO 9660 also need their character-set modules: wait for all modules for them.
-        var needsAll = kernelType is null or "vfat" or "exfat" or "iso9660" or "ntfs3";
         var watch = Stopwatch.StartNew();
-        while (!File.Exists(ready) && watch.Elapsed < TimeSpan.FromSeconds(30)
-               && (needsAll || !KernelFileSystems().Contains(kernelType!)))
+        while (!File.Exists(ready) && watch.Elapsed < TimeSpan.FromSeconds(30))
         {
             Thread.Sleep(10);
         }
 
-        if (watch.ElapsedMilliseconds > 50)
-        {
-            options.Log($"waited {watch.ElapsedMilliseconds} ms for the {kernelType ?? "file system"} module");
-        }
-    }
-
-    private void Remember(VolumeInfo volume, string target, string type, string? error) =>
-        mounted[volume.Id] = new MountedVolume(volume, target, type, error);
-
-    private static List<string> KernelFileSystems()
-    {
-        if (!File.Exists("/proc/filesystems"))
-        {
-            return [];
-        }
-
-        return File.ReadAllLines("/proc/filesystems")
-            .Where(l => !l.StartsWith("nodev", StringComparison.Ordinal))
-            .Select(l => l.Trim())
-            .Where(t => t.Length > 0 && t != "zfs" && t != "fuseblk")
-            .ToList();
-    }
-
-    private static (int Code, string Out, string Err) Run(string file, params string[] args)
-    {
-        var info = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var a in args)
-        {
-            info.ArgumentList.Add(a);
-        }
-
-        info.Environment["LVM_SUPPRESS_FD_WARNINGS"] = "1";
-        try
-        {
-            using var p = Process.Start(info)!;
-            var stdout = p.StandardOutput.ReadToEndAsync();
-            var stderr = p.StandardError.ReadToEndAsync();
-            if (!p.WaitForExit(60_000))
-            {
-                p.Kill(true);
-                return (-1, "", $"{file} timed out");
-            }
-
-            return (p.ExitCode, stdout.Result, stderr.Result);
-        }
-        catch (System.ComponentModel.Win32Exception e)
-        {
-            return (-1, "", $"{file}: {e.Message}");
-        }
-    }
-
-    public void Dispose()
-    {
-        foreach (var m in mounted.Values.Where(m => m.Error is null && m.MountPoint.Length > 0))
-        {
-            if (LibC.Umount2(m.MountPoint, 0) != 0)
-            {
-                LibC.Umount2(m.MountPoint, 2); // MNT_DETACH while something still uses it
-            }
-        }
-
-        lock (gate)
-        {
-            foreach (var vg in activatedGroups)
-            {
-                Run("lvm", "vgchange", "-an", vg);
-            }
-
-            foreach (var loop in loops)
-            {
-                Run("losetup", "-d", loop);
-            }
-
-            loops.Clear();
-            activatedGroups.Clear();
-        }
+        log($"waited {watch.ElapsedMilliseconds} ms for the kernel modules for {what}");
     }
 }

@@ -2,44 +2,76 @@ using System.Buffers.Binary;
 
 namespace RestoreFs.RestoreDaemon.Disks;
 
-/// <summary>Recognises file systems (and LVM physical volumes) from their superblock magic: busybox has no blkid.</summary>
+/// <summary>
+/// Recognises file systems and other volume contents from their superblock magic (busybox has no blkid). The names
+/// are blkid's: ext2, ext3, ext4, xfs, btrfs, vfat, exfat, ntfs, iso9660, swap, LVM2_member, crypto_LUKS,
+/// linux_raid_member.
+/// </summary>
 public static class FsProbe
 {
     public const string LvmMember = "LVM2_member";
     public const string Swap = "swap";
+    public const string Luks = "crypto_LUKS";
+    public const string RaidMember = "linux_raid_member";
 
-    public static string? Detect(Stream device)
+    public const string JournalDevice = "jbd";
+
+    private static ReadOnlySpan<byte> LuksMagic => [(byte)'L', (byte)'U', (byte)'K', (byte)'S', 0xBA, 0xBE];
+
+    private static ReadOnlySpan<byte> Luks2SecondaryMagic => [(byte)'S', (byte)'K', (byte)'U', (byte)'L', 0xBA, 0xBE];
+
+    /// <summary>How many bytes from the start of a volume the probes look at (btrfs' superblock ends at 64 KiB + 4 KiB).</summary>
+    public const int ProbeBytes = 72 * 1024;
+
+    /// <summary>Types that hold no mountable file system of their own.</summary>
+    public static bool IsContainer(string? type) => type is LvmMember or Swap or Luks or RaidMember or JournalDevice;
+
+    /// <summary>Why a volume of a container type cannot be mounted.</summary>
+    public static string ContainerReason(string type) => type switch
     {
-        var head = new byte[72 * 1024];
-        device.Position = 0;
-        var n = device.ReadAtLeast(head, head.Length, throwOnEndOfStream: false);
-        var b = head.AsSpan(0, n);
-        if (n < 4096)
+        LvmMember => "is an LVM physical volume (its logical volumes are under lvm/)",
+        Swap => "is swap space, not a file system",
+        Luks => "is encrypted (LUKS); it cannot be opened without its passphrase",
+        RaidMember => "is a member of a Linux software RAID (md), which is not assembled here",
+        JournalDevice => "is an external ext3/ext4 journal, not a file system",
+        _ => $"holds {type}, not a file system",
+    };
+
+    /// <summary>Detects the content of the volume starting at <paramref name="offset"/> of <paramref name="device"/>.</summary>
+    /// <param name="length">The volume's length (bounds the probe); -1 = to the end of the stream.</param>
+    public static string? Detect(Stream device, long offset = 0, long length = -1)
+    {
+        var want = length < 0 ? ProbeBytes : (int)Math.Min(ProbeBytes, length);
+        var head = new byte[want];
+        device.Position = offset;
+        var n = device.ReadAtLeast(head, want, throwOnEndOfStream: false);
+        return Detect(head.AsSpan(0, n));
+    }
+
+    /// <summary>Detects the content from the first bytes of a volume (up to <see cref="ProbeBytes"/>).</summary>
+    public static string? Detect(ReadOnlySpan<byte> b)
+    {
+        if (b.Length < 1024)
         {
             return null;
         }
 
-        if (b[..4].SequenceEqual("XFSB"u8))
+        // Signatures at offset 0 first: they are the most specific.
+        if (b[..4].SequenceEqual("XFSB"u8) && ValidXfs(b))
         {
             return "xfs";
         }
 
-        if (n >= 0x10000 + 0x48 && b.Slice(0x10000 + 0x40, 8).SequenceEqual("_BHRfS_M"u8))
+        if (b[..6].SequenceEqual(LuksMagic) || b[..6].SequenceEqual(Luks2SecondaryMagic))
         {
-            return "btrfs";
+            return Luks;
         }
 
-        if (BinaryPrimitives.ReadUInt16LittleEndian(b[(0x400 + 0x38)..]) == 0xEF53)
-        {
-            var compat = BinaryPrimitives.ReadUInt32LittleEndian(b[(0x400 + 0x5C)..]);
-            var incompat = BinaryPrimitives.ReadUInt32LittleEndian(b[(0x400 + 0x60)..]);
-            return (incompat & 0x2C0) != 0 ? "ext4" : (compat & 0x4) != 0 ? "ext3" : "ext2";
-        }
-
-        for (var sector = 0; sector < 4; sector++)
+        for (var sector = 0; sector < 4 && (sector + 1) * 512 <= b.Length; sector++)
         {
             var label = b.Slice(sector * 512, 32);
-            if (label[..8].SequenceEqual("LABELONE"u8) && label.Slice(24, 8).SequenceEqual("LVM2 001"u8))
+            if (label[..8].SequenceEqual("LABELONE"u8) && label.Slice(24, 8).SequenceEqual("LVM2 001"u8)
+                && BinaryPrimitives.ReadUInt64LittleEndian(label[8..]) == (ulong)sector)
             {
                 return LvmMember;
             }
@@ -55,18 +87,52 @@ public static class FsProbe
             return "exfat";
         }
 
-        if (n >= 0x8006 && b[0x8001..0x8006].SequenceEqual("CD001"u8))
+        if (b.Length >= 0x10000 + 0x48 && b.Slice(0x10000 + 0x40, 8).SequenceEqual("_BHRfS_M"u8))
+        {
+            return "btrfs";
+        }
+
+        if (b.Length >= 0x400 + 0x100 && BinaryPrimitives.ReadUInt16LittleEndian(b[(0x400 + 0x38)..]) == 0xEF53)
+        {
+            var compat = BinaryPrimitives.ReadUInt32LittleEndian(b[(0x400 + 0x5C)..]);
+            var incompat = BinaryPrimitives.ReadUInt32LittleEndian(b[(0x400 + 0x60)..]);
+            var roCompat = BinaryPrimitives.ReadUInt32LittleEndian(b[(0x400 + 0x64)..]);
+            const uint IncompatJournalDev = 0x8;
+            if ((incompat & IncompatJournalDev) != 0)
+            {
+                return JournalDevice;
+            }
+
+            // Features ext2/ext3 do not have: extents, 64bit, flex_bg, … or huge_file, gdt_csum, dir_nlink, extra_isize, metadata_csum.
+            var ext4 = (incompat & ~0x1Fu) != 0 || (roCompat & ~0x7u) != 0;
+            return ext4 ? "ext4" : (compat & 0x4) != 0 ? "ext3" : "ext2";
+        }
+
+        if (b.Length >= 0x8006 && b[0x8001..0x8006].SequenceEqual("CD001"u8))
         {
             return "iso9660";
         }
 
-        if (b.Slice(4096 - 10, 10).SequenceEqual("SWAPSPACE2"u8))
+        // md superblock 1.1 at 0, 1.2 at 4 KiB (0.90 and 1.0 sit at the end and are not looked for).
+        if (BinaryPrimitives.ReadUInt32LittleEndian(b) == 0xA92B4EFC
+            || (b.Length >= 4096 + 4 && BinaryPrimitives.ReadUInt32LittleEndian(b[4096..]) == 0xA92B4EFC))
         {
-            return Swap;
+            return RaidMember;
         }
 
-        if (b[510] == 0x55 && b[511] == 0xAA && (b[0] == 0xEB || b[0] == 0xE9)
-            && (b.Slice(0x36, 5).SequenceEqual("FAT12"u8) || b.Slice(0x36, 5).SequenceEqual("FAT16"u8) || b.Slice(0x52, 5).SequenceEqual("FAT32"u8)))
+        foreach (var page in new[] { 4096, 8192, 16384, 65536 })
+        {
+            if (b.Length >= page)
+            {
+                var magic = b.Slice(page - 10, 10);
+                if (magic.SequenceEqual("SWAPSPACE2"u8) || magic.SequenceEqual("SWAP-SPACE"u8) || magic.SequenceEqual("S1SUSPEND\0"u8))
+                {
+                    return Swap;
+                }
+            }
+        }
+
+        if (IsFat(b))
         {
             return "vfat";
         }
@@ -74,15 +140,56 @@ public static class FsProbe
         return null;
     }
 
-    /// <summary>Mount options that never write (no journal replay) for a type.</summary>
-    public static string? ReadOnlyOptions(string type) => type switch
+    private static bool ValidXfs(ReadOnlySpan<byte> b)
     {
-        "ext2" or "ext3" or "ext4" => "noload",
-        "xfs" => "norecovery",
-        "btrfs" => "rescue=nologreplay",
-        "vfat" => "utf8",
-        "exfat" => "iocharset=utf8",
-        "ntfs3" or "ntfs" => "iocharset=utf8",
-        _ => null,
+        var blockSize = BinaryPrimitives.ReadUInt32BigEndian(b[4..]);
+        return blockSize >= 512 && blockSize <= 65536 && (blockSize & (blockSize - 1)) == 0;
+    }
+
+    /// <summary>A FAT12/16/32 boot sector: a jump, a sane BIOS parameter block and the type string FAT formatters write.</summary>
+    private static bool IsFat(ReadOnlySpan<byte> b)
+    {
+        if (b[510] != 0x55 || b[511] != 0xAA || !(b[0] == 0xEB && b[2] == 0x90 || b[0] == 0xE9))
+        {
+            return false;
+        }
+
+        var bytesPerSector = BinaryPrimitives.ReadUInt16LittleEndian(b[0x0B..]);
+        var sectorsPerCluster = b[0x0D];
+        var reserved = BinaryPrimitives.ReadUInt16LittleEndian(b[0x0E..]);
+        var fats = b[0x10];
+        var media = b[0x15];
+        var saneBpb = bytesPerSector is 512 or 1024 or 2048 or 4096
+                      && sectorsPerCluster != 0 && (sectorsPerCluster & (sectorsPerCluster - 1)) == 0
+                      && reserved != 0 && fats is 1 or 2 && (media == 0xF0 || media >= 0xF8);
+        var typeString = b.Slice(0x36, 3).SequenceEqual("FAT"u8) || b.Slice(0x52, 5).SequenceEqual("FAT32"u8);
+        return saneBpb && typeString;
+    }
+
+    /// <summary>
+    /// Mount data for a type, most wanted first: every variant replays no journal; only the character-set options
+    /// differ (an older kernel or a missing nls module rejects them, and the next variant is tried).
+    /// </summary>
+    public static IReadOnlyList<string?> MountData(string type) => type switch
+    {
+        "ext2" or "ext3" or "ext4" => ["noload"],
+        "xfs" => ["norecovery"],
+        "btrfs" => ["rescue=nologreplay", "nologreplay"],
+        "vfat" => ["utf8", null],
+        "exfat" => ["iocharset=utf8", null],
+        "ntfs3" or "ntfs" => ["iocharset=utf8", null],
+        "iso9660" => [null],
+        _ => [null],
+    };
+
+    /// <summary>Mount options that never write (no journal replay) for a type: the first of <see cref="MountData"/>.</summary>
+    public static string? ReadOnlyOptions(string type) => MountData(type)[0];
+
+    /// <summary>The kernel's name of the driver for a detected type.</summary>
+    public static string KernelType(string type) => type switch
+    {
+        "ext2" or "ext3" => "ext4", // the ext4 driver mounts all three (Debian builds no separate ext2/ext3)
+        "ntfs" => "ntfs3",
+        _ => type,
     };
 }

@@ -1,0 +1,354 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using RestoreFs.RestoreDaemon.Native;
+
+namespace RestoreFs.RestoreDaemon.Disks;
+
+public sealed partial class DiskCatalog
+{
+    private const int ENODEV = 19, ENOTBLK = 15, MNT_DETACH = 2;
+    private const ulong ReadOnlyFlags = LibC.MS_RDONLY | LibC.MS_NOSUID | LibC.MS_NODEV | LibC.MS_NOEXEC;
+
+    private readonly ConcurrentDictionary<string, Lazy<Task<string>>> attempts = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<string, MountedVolume> mounted = new(StringComparer.Ordinal);
+    private readonly List<string> createdDirectories = [];
+
+    /// <summary>Every volume a mount was attempted for, with its error when it failed.</summary>
+    public IReadOnlyList<MountedVolume> Mounts => mounted.Values.OrderBy(m => m.Volume.Id, StringComparer.Ordinal).ToList();
+
+    /// <summary>Mounts once per volume; concurrent and later callers share the one attempt (and its failure).</summary>
+    public Task<string> MountAsync(VolumeInfo volume, CancellationToken ct)
+    {
+        if (disposed)
+        {
+            return Task.FromException<string>(new VolumeException($"{volume.Id}: the disk catalog is shutting down"));
+        }
+
+        var attempt = attempts.GetOrAdd(volume.Id,
+            _ => new Lazy<Task<string>>(() => Task.Factory.StartNew(() => Mount(volume), CancellationToken.None,
+                TaskCreationOptions.LongRunning, TaskScheduler.Default)));
+        return attempt.Value.WaitAsync(ct);
+    }
+
+    /// <summary>Where a volume is mounted: <c>root/dev/&lt;device&gt;</c> or <c>root/lvm/&lt;vg&gt;/&lt;lv&gt;</c>.</summary>
+    public string MountPointOf(VolumeInfo volume) => volume.Bucket == "lvm" && volume.Components.Count == 2
+        ? Path.Combine(options.MountRoot, "lvm", volume.Components[0], volume.Components[1])
+        : Path.Combine(options.MountRoot, "dev", Path.GetFileName(volume.Device));
+
+    private string Mount(VolumeInfo volume)
+    {
+        try
+        {
+            return MountCore(volume);
+        }
+        catch (Exception e) when (e is not VolumeException)
+        {
+            return Fail(volume, "", volume.FsType ?? "", $"cannot mount {volume.Id} ({volume.Device}): {e.Message}");
+        }
+    }
+
+    private string MountCore(VolumeInfo volume)
+    {
+        if (volume.Error is not null)
+        {
+            return Fail(volume, "", volume.FsType ?? "", $"{volume.Id}: {volume.Error}");
+        }
+
+        if (volume.Device.Length == 0)
+        {
+            return Fail(volume, "", volume.FsType ?? "", $"{volume.Id} has no block device");
+        }
+
+        if (FsProbe.IsContainer(volume.FsType))
+        {
+            return Fail(volume, "", volume.FsType!, $"{volume.Id} ({volume.Device}) {FsProbe.ContainerReason(volume.FsType!)}");
+        }
+
+        var target = MountPointOf(volume);
+        CreateMountPoint(target);
+        WaitForModules(volume.FsType);
+        using var kernelLog = DiskNative.KernelLog.OpenAtEnd();
+        var kernelName = KernelDeviceName(volume.Device);
+        if (volume.FsType is { } known)
+        {
+            var errors = new List<string>();
+            foreach (var kernelType in known is "ext2" or "ext3" ? new[] { "ext4", known } : [FsProbe.KernelType(known)])
+            {
+                var (ok, error, errno) = TryMount(volume, target, kernelType, kernelLog, kernelName);
+                if (ok)
+                {
+                    return target;
+                }
+
+                errors.Add(error);
+                if (errno != ENODEV)
+                {
+                    break; // the driver is there and refused the volume: its answer is the one that counts
+                }
+            }
+
+            if (known == "ntfs" && File.Exists(Tool.Resolve("ntfs-3g")))
+            {
+                return MountNtfs3g(volume, target, errors[0]);
+            }
+
+            return Fail(volume, target, known, $"cannot mount {volume.Id} ({volume.Device}) as {string.Join("; as ", errors)}");
+        }
+
+        // Type unknown: try every block file system the kernel has, as PBS does.
+        var candidates = KernelFileSystems();
+        var tried = new List<string>();
+        foreach (var type in candidates)
+        {
+            var (ok, error, _) = TryMount(volume, target, type, kernelLog, kernelName);
+            if (ok)
+            {
+                return target;
+            }
+
+            tried.Add(error);
+        }
+
+        return Fail(volume, target, "", candidates.Count == 0
+            ? $"{volume.Id} ({volume.Device}): no recognised file system, and the kernel lists no block file systems to try"
+            : $"{volume.Id} ({volume.Device}): no recognised file system; tried {string.Join("; ", tried)}");
+    }
+
+    /// <summary>One type with each of its option variants; never without the options that prevent journal replay.</summary>
+    private (bool Ok, string Error, int Errno) TryMount(VolumeInfo volume, string target, string type, DiskNative.KernelLog? kernelLog,
+        string kernelName)
+    {
+        var failures = new List<string>();
+        var errno = 0;
+        foreach (var data in FsProbe.MountData(type))
+        {
+            if (LibC.Mount(volume.Device, target, type, ReadOnlyFlags, data) == 0)
+            {
+                log($"mounted {volume.Id} ({volume.Device}, {type}{(data is null ? "" : "," + data)}) read-only on {target}");
+                mounted[volume.Id] = new MountedVolume(volume, target, type, null);
+                return (true, "", 0);
+            }
+
+            errno = LibC.Errno;
+            var text = $"{LibC.StrError(errno)}{(errno == ENODEV ? $" (the kernel has no {type} support)" : "")}"
+                       + $"{(errno == ENOTBLK ? " (not a block device)" : "")}";
+            var kernel = kernelLog?.ReadNew(kernelName) ?? [];
+            var options = data is null ? "" : $" -o {data}";
+            failures.Add(kernel.Count > 0 ? $"{text}{options}; kernel: {string.Join(" / ", kernel)}" : $"{text}{options}");
+            if (errno != LibC.EINVAL)
+            {
+                break; // only a rejected option (EINVAL) makes the next variant worth a try
+            }
+        }
+
+        return (false, $"{type}: {string.Join("; then ", failures)}", errno);
+    }
+
+    /// <summary>NTFS without the kernel's ntfs3: ntfs-3g over FUSE, read-only, without touching a dirty log.</summary>
+    private string MountNtfs3g(VolumeInfo volume, string target, string kernelError)
+    {
+        WaitForModules(null); // fuse
+        var result = Tool.Run("ntfs-3g", ["-o", "ro,norecover,nosuid,nodev,noexec", volume.Device, target]);
+        if (result.Ok)
+        {
+            log($"mounted {volume.Id} ({volume.Device}, ntfs through ntfs-3g) read-only on {target}");
+            mounted[volume.Id] = new MountedVolume(volume, target, "ntfs-3g", null);
+            return target;
+        }
+
+        return Fail(volume, target, "ntfs",
+            $"cannot mount {volume.Id} ({volume.Device}) as ntfs: {kernelError}; with ntfs-3g: {result.FirstLine}");
+    }
+
+    private string Fail(VolumeInfo volume, string target, string type, string message)
+    {
+        log(message);
+        mounted[volume.Id] = new MountedVolume(volume, target, type, message);
+        if (target.Length > 0)
+        {
+            RemoveMountPoint(target);
+        }
+
+        throw new VolumeException(message);
+    }
+
+    private void CreateMountPoint(string target)
+    {
+        var missing = new List<string>();
+        for (var dir = target; !Directory.Exists(dir) && dir != Path.GetDirectoryName(dir); dir = Path.GetDirectoryName(dir)!)
+        {
+            missing.Add(dir);
+        }
+
+        Directory.CreateDirectory(target);
+        lock (gate)
+        {
+            createdDirectories.AddRange(missing);
+        }
+    }
+
+    /// <summary>Removes the directories this catalog made for a mount point, as far as they are empty.</summary>
+    private void RemoveMountPoint(string target)
+    {
+        lock (gate)
+        {
+            foreach (var dir in createdDirectories.Where(d => target == d || target.StartsWith(d + "/", StringComparison.Ordinal))
+                         .OrderByDescending(d => d.Length).ToList())
+            {
+                try
+                {
+                    Directory.Delete(dir);
+                    createdDirectories.Remove(dir);
+                }
+                catch (IOException)
+                {
+                    // not empty (another volume's mount point below it) or still a mount point
+                }
+            }
+        }
+    }
+
+    /// <summary>The kernel's name of a block device (loop3, vda2, dm-0) — the name its log lines use.</summary>
+    private static string KernelDeviceName(string device)
+    {
+        if (IsBlockDevice(device, out var major, out var minor))
+        {
+            var sys = $"/sys/dev/block/{major}:{minor}";
+            try
+            {
+                if (File.ResolveLinkTarget(sys, returnFinalTarget: true) is { } target)
+                {
+                    return target.Name;
+                }
+            }
+            catch (IOException)
+            {
+            }
+        }
+
+        return Path.GetFileName(device);
+    }
+
+    /// <summary>In the VM, file system modules load while the daemon already answers: wait for this type's.</summary>
+    private void WaitForModules(string? type)
+    {
+        if (options.ReadyFile is not { } ready || File.Exists(ready))
+        {
+            return;
+        }
+
+        var kernelType = type is null ? null : FsProbe.KernelType(type);
+        // FAT, exFAT, ISO 9660 and NTFS also need their character-set modules: wait for all modules for them.
+        var needsAll = kernelType is null or "vfat" or "exfat" or "iso9660" or "ntfs3";
+        var watch = Stopwatch.StartNew();
+        while (!File.Exists(ready) && watch.Elapsed < TimeSpan.FromSeconds(30) && (needsAll || !KernelFileSystems().Contains(kernelType!)))
+        {
+            Thread.Sleep(10);
+        }
+
+        if (watch.ElapsedMilliseconds > 50)
+        {
+            log($"waited {watch.ElapsedMilliseconds} ms for the {kernelType ?? "file system"} module");
+        }
+    }
+
+    /// <summary>The block (non-nodev) file systems the kernel knows, without the ones that never fit (FUSE, ZFS).</summary>
+    private static List<string> KernelFileSystems()
+    {
+        if (!File.Exists("/proc/filesystems"))
+        {
+            return [];
+        }
+
+        return File.ReadAllLines("/proc/filesystems")
+            .Where(l => !l.StartsWith("nodev", StringComparison.Ordinal))
+            .Select(l => l.Trim())
+            .Where(t => t.Length > 0 && t is not ("zfs" or "fuseblk"))
+            .ToList();
+    }
+
+    public void Dispose()
+    {
+        if (disposed)
+        {
+            return;
+        }
+
+        disposed = true;
+        // Let the scan and running mounts finish, so that nothing they make is left behind.
+        var left = scanLimit - sinceStart.Elapsed;
+        if (!scan.Wait(left > TimeSpan.FromSeconds(5) ? left : TimeSpan.FromSeconds(5)))
+        {
+            log("disposing while the disk scan still runs: what it makes after this is not cleaned up");
+        }
+
+        var running = attempts.Values.Where(a => a.IsValueCreated).Select(a => (Task)a.Value).ToArray();
+        try
+        {
+            Task.WaitAll(running, TimeSpan.FromSeconds(30));
+        }
+        catch (AggregateException)
+        {
+            // failed mounts are remembered in `mounted`
+        }
+
+        foreach (var m in mounted.Values.Where(m => m.Error is null).OrderByDescending(m => m.MountPoint.Length))
+        {
+            if (LibC.Umount2(m.MountPoint, 0) == 0)
+            {
+                log($"unmounted {m.Volume.Id} from {m.MountPoint}");
+            }
+            else
+            {
+                var why = LibC.StrError(LibC.Errno);
+                var lazy = LibC.Umount2(m.MountPoint, MNT_DETACH) == 0;
+                log($"unmounting {m.Volume.Id} from {m.MountPoint}: {why}; {(lazy ? "detached lazily" : "lazy unmount failed too: " + LibC.StrError(LibC.Errno))}");
+            }
+
+            RemoveMountPoint(m.MountPoint);
+        }
+
+        List<string> lvs, loopDevices;
+        lock (gate)
+        {
+            lvs = activated.ToList();
+            loopDevices = loops.ToList();
+            activated.Clear();
+            loops.Clear();
+        }
+
+        foreach (var lv in lvs)
+        {
+            var r = lvm!.Deactivate(lv);
+            log(r.Ok ? $"deactivated {lv}" : $"cannot deactivate {lv}: {r.FirstLine}");
+        }
+
+        foreach (var loop in loopDevices)
+        {
+            // A loop device still held by a lazily unmounted file system is freed by the kernel when released.
+            var r = Tool.Run("losetup", ["-d", loop], TimeSpan.FromSeconds(30));
+            if (!r.Ok)
+            {
+                log($"cannot detach {loop}: {r.FirstLine}");
+            }
+        }
+
+        lock (gate)
+        {
+            foreach (var dir in createdDirectories.OrderByDescending(d => d.Length).ToList())
+            {
+                try
+                {
+                    Directory.Delete(dir);
+                }
+                catch (IOException)
+                {
+                }
+            }
+
+            createdDirectories.Clear();
+        }
+    }
+
+    public ValueTask DisposeAsync() => new(Task.Run(Dispose));
+}

@@ -1,0 +1,21 @@
+namespace RestoreFs.RestoreDaemon.Disks;
+
+/// <param name="Disks">Explicit disks (name = serial, device path), e.g. loop devices in tests; null scans
+/// <c>/sys/block/vd*</c> as in the VM (name from <c>/sys/block/vdX/serial</c>).</param>
+/// <param name="MountRoot">Where volumes are mounted: <c>MountRoot/dev/&lt;device&gt;</c> and <c>MountRoot/lvm/&lt;vg&gt;/&lt;lv&gt;</c>.</param>
+/// <param name="Log">One line per event (disks found, mounts, failures); null logs nothing.</param>
+/// <param name="LoopForPartitions">Make read-only loop devices for partitions when the kernel shows none (hosts
+/// without partition support); the VM's kernel shows them itself.</param>
+/// <param name="ScanLimit">How long callers wait for the disk scan (from construction); 120 s when null. Disks not
+/// scanned by then are reported with an error.</param>
+/// <param name="ReadyFile">In the VM: a file /init creates once every file system module is loaded (device-mapper
+/// is loaded before the daemon starts). A mount whose type the kernel does not know yet waits for its module or
+/// for this file (up to 30 s); the disk scan does not wait, except to activate LVM volumes that need device-mapper
+/// targets beyond linear/striped (thin, snapshot, …).</param>
+public sealed record DiskCatalogOptions(
+    IReadOnlyList<(string Name, string Device)>? Disks = null,
+    string MountRoot = "/mnt",
+    Action<string>? Log = null,
+    bool LoopForPartitions = false,
+    TimeSpan? ScanLimit = null,
+    string? ReadyFile = null);

@@ -1,0 +1,189 @@
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+
+namespace RestoreFs.RestoreDaemon.Disks;
+
+/// <param name="Device">The PV's block device (a partition, a loop device or a whole disk).</param>
+/// <param name="VolumeGroup">Empty for a PV in no volume group.</param>
+internal sealed record LvmPhysicalVolume(string Device, string VolumeGroup);
+
+/// <param name="Attributes">lvs' lv_attr, e.g. <c>-wi-a-----</c>.</param>
+/// <param name="DmPath">/dev/mapper/VG-LV.</param>
+/// <param name="SegmentTypes">linear, striped, thin, …</param>
+internal sealed record LvmLogicalVolume(string VolumeGroup, string Name, ulong Size, string Attributes, string DmPath, string SegmentTypes)
+{
+    public string FullName => VolumeGroup + "/" + Name;
+
+    /// <summary>Thin pools, VDO pools and the internal volumes of RAID, mirrors and caches hold no file system of their own.</summary>
+    public bool HoldsFileSystem => Attributes.Length == 0 || Attributes[0] is not ('t' or 'd' or 'e' or 'i' or 'I' or 'l' or 'L' or 'C');
+
+    /// <summary>Needs a device-mapper target beyond linear/striped (those modules may still be loading in the VM).</summary>
+    public bool NeedsExtraTargets => SegmentTypes.Split(',').Any(t => t is not ("linear" or "striped" or ""));
+}
+
+/// <summary>
+/// LVM through the <c>lvm</c> tool, restricted to the devices we name (a filter that rejects everything else) and
+/// never writing: reports run with <c>--readonly</c>, every command with <c>global/metadata_read_only</c> (repairs are
+/// only simulated), no backup/archive files, and logical volumes are activated read-only
+/// (<c>activation/read_only_volume_list</c>); no udev, nodes are made by lvm itself.
+/// </summary>
+internal sealed class Lvm(IReadOnlyCollection<string> devices, Action<string> log)
+{
+    private static readonly TimeSpan Limit = TimeSpan.FromSeconds(60);
+
+    public string Config(IEnumerable<string>? readOnlyGroups = null)
+    {
+        var filter = string.Join(", ", devices.Select(d => $"\"a|^{EscapeRegex(d)}$|\"").Append("\"r|.*|\""));
+        var config = new StringBuilder()
+            .Append("devices { filter = [ ").Append(filter).Append(" ] global_filter = [ ").Append(filter).Append(" ] ")
+            .Append("scan = [ \"/dev\" ] obtain_device_list_from_udev = 0 use_devicesfile = 0 } ")
+            .Append("global { metadata_read_only = 1 } ")
+            .Append("backup { backup = 0 archive = 0 } ")
+            .Append("activation { udev_sync = 0 udev_rules = 0 monitoring = 0 verify_udev_operations = 0");
+        // read_only_volume_list always has an entry, so nothing is ever activated writable by accident.
+        var groups = (readOnlyGroups ?? []).ToList();
+        config.Append(" read_only_volume_list = [ ")
+            .Append(string.Join(", ", (groups.Count == 0 ? ["@restorefs-none"] : groups).Select(g => $"\"{g}\"")))
+            .Append(" ] } log { level = 0 }");
+        return config.ToString();
+    }
+
+    private static string EscapeRegex(string s)
+    {
+        var b = new StringBuilder();
+        foreach (var c in s)
+        {
+            if ("\\^$.|?*+()[]{}".Contains(c, StringComparison.Ordinal))
+            {
+                b.Append('\\');
+            }
+
+            b.Append(c);
+        }
+
+        return b.ToString();
+    }
+
+    private ToolResult Run(params string[] args) => Tool.Run("lvm", args, Limit);
+
+    public IReadOnlyList<LvmPhysicalVolume> PhysicalVolumes()
+    {
+        var r = Run("pvs", "--readonly", "--config", Config(), "--reportformat", "json", "-o", "pv_name,vg_name");
+        if (!r.Ok)
+        {
+            throw new IOException($"lvm pvs failed: {r.FirstLine}");
+        }
+
+        return Rows(r.Out, "pv").Select(row => new LvmPhysicalVolume(row.GetValueOrDefault("pv_name") ?? "", row.GetValueOrDefault("vg_name") ?? ""))
+            .Where(pv => pv.Device.Length > 0).ToList();
+    }
+
+    public IReadOnlyList<LvmLogicalVolume> LogicalVolumes()
+    {
+        var r = Run("lvs", "--readonly", "--config", Config(), "--reportformat", "json", "--units", "b", "--nosuffix",
+            "-o", "vg_name,lv_name,lv_size,lv_attr,lv_dm_path,segtype");
+        if (!r.Ok)
+        {
+            throw new IOException($"lvm lvs failed: {r.FirstLine}");
+        }
+
+        // One row per segment: merge segment types per LV.
+        var result = new List<LvmLogicalVolume>();
+        foreach (var row in Rows(r.Out, "lv"))
+        {
+            var vg = row.GetValueOrDefault("vg_name") ?? "";
+            var name = row.GetValueOrDefault("lv_name") ?? "";
+            if (vg.Length == 0 || name.Length == 0)
+            {
+                continue;
+            }
+
+            _ = ulong.TryParse(row.GetValueOrDefault("lv_size"), NumberStyles.None, CultureInfo.InvariantCulture, out var size);
+            var dm = row.GetValueOrDefault("lv_dm_path") ?? "";
+            if (dm.Length == 0)
+            {
+                dm = "/dev/mapper/" + vg.Replace("-", "--", StringComparison.Ordinal) + "-" + name.Replace("-", "--", StringComparison.Ordinal);
+            }
+
+            var lv = new LvmLogicalVolume(vg, name, size, row.GetValueOrDefault("lv_attr") ?? "", dm, row.GetValueOrDefault("segtype") ?? "");
+            var existing = result.FindIndex(x => x.VolumeGroup == vg && x.Name == name);
+            if (existing >= 0)
+            {
+                result[existing] = result[existing] with { SegmentTypes = result[existing].SegmentTypes + "," + lv.SegmentTypes };
+            }
+            else
+            {
+                result.Add(lv);
+            }
+        }
+
+        return result;
+    }
+
+    /// <summary>Activates a volume group's logical volumes read-only and makes their nodes; the tool's complaint on failure.</summary>
+    public ToolResult Activate(string vg)
+    {
+        var config = Config([vg]);
+        var r = Run("vgchange", "--config", config, "-ay", "-K", "--ignoremonitoring", "--noudevsync", vg);
+        var nodes = Run("vgmknodes", "--config", config, vg);
+        if (!nodes.Ok)
+        {
+            log($"lvm vgmknodes {vg}: {nodes.FirstLine}");
+        }
+
+        return r;
+    }
+
+    public ToolResult Deactivate(string fullName) => Run("lvchange", "--config", Config(), "-an", "--noudevsync", fullName);
+
+    /// <summary>Whether the kernel has device-mapper (its misc device is registered once dm-mod is loaded).</summary>
+    public static bool DeviceMapperAvailable()
+    {
+        try
+        {
+            return File.Exists("/proc/misc") && File.ReadLines("/proc/misc").Any(l => l.TrimEnd().EndsWith(" device-mapper", StringComparison.Ordinal));
+        }
+        catch (IOException)
+        {
+            return false;
+        }
+    }
+
+    internal static List<Dictionary<string, string>> Rows(string json, string kind)
+    {
+        var list = new List<Dictionary<string, string>>();
+        var start = json.IndexOf('{', StringComparison.Ordinal);
+        if (start < 0)
+        {
+            return list;
+        }
+
+        using var doc = JsonDocument.Parse(json[start..]);
+        if (!doc.RootElement.TryGetProperty("report", out var reports))
+        {
+            return list;
+        }
+
+        foreach (var report in reports.EnumerateArray())
+        {
+            if (!report.TryGetProperty(kind, out var rows))
+            {
+                continue;
+            }
+
+            foreach (var row in rows.EnumerateArray())
+            {
+                var d = new Dictionary<string, string>(StringComparer.Ordinal);
+                foreach (var p in row.EnumerateObject())
+                {
+                    d[p.Name] = p.Value.ValueKind == JsonValueKind.String ? p.Value.GetString() ?? "" : p.Value.ToString();
+                }
+
+                list.Add(d);
+            }
+        }
+
+        return list;
+    }
+}

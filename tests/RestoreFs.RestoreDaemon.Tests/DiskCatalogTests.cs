@@ -1,0 +1,412 @@
+using RestoreFs.RestoreDaemon.Disks;
+using RestoreFs.TestSupport;
+
+namespace RestoreFs.RestoreDaemon.Tests;
+
+/// <summary>
+/// <see cref="DiskCatalog"/> over the disks of scripts/make-test-disks.sh on real loop devices, with real mounts.
+/// This host kernel shows no partitions on loop devices and has no device-mapper and no vfat: partitions come through
+/// the catalog's own loop devices, and the LVM volume and the vfat partition must fail with errors that say so.
+/// </summary>
+public sealed class DiskCatalogTests(DiskImagesFixture f) : IClassFixture<DiskImagesFixture>, IDisposable
+{
+    private readonly TempDirectory root = new("restorefs-catalog");
+    private readonly List<string> log = [];
+    private DiskCatalog? catalog;
+
+    private DiskCatalog Catalog(params string[] images)
+    {
+        catalog = new DiskCatalog(new DiskCatalogOptions(images.Select(i => (i, f.Loops[i])).ToList(), root.Combine("mnt"), Log,
+            LoopForPartitions: true));
+        return catalog;
+    }
+
+    private void Log(string line)
+    {
+        lock (log)
+        {
+            log.Add(line);
+        }
+    }
+
+    private string Logged()
+    {
+        lock (log)
+        {
+            return string.Join("\n", log);
+        }
+    }
+
+    public void Dispose()
+    {
+        catalog?.Dispose();
+        foreach (var m in DiskTools.MountsUnder(root.Path).OrderByDescending(m => m.Length))
+        {
+            MountTable.LazyUnmount(m);
+        }
+
+        root.Dispose();
+    }
+
+    private static VolumeInfo Volume(DiskInfo disk, string path) =>
+        disk.Volumes.SingleOrDefault(v => string.Join('/', new[] { v.Bucket }.Concat(v.Components)) == path)
+        ?? throw new Xunit.Sdk.XunitException($"{disk.Name} has no {path}: {string.Join(", ", disk.Volumes.Select(v => v.Id))}");
+
+    [Fact]
+    public async Task Multi_disk_lists_its_partitions_and_the_lvm_volume()
+    {
+        var c = Catalog("multi");
+        var disk = Assert.Single(await c.GetDisksAsync(CancellationToken.None));
+        Assert.Null(disk.Error);
+        Assert.Equal("multi", disk.Name);
+        Assert.Equal(f.Loops["multi"], disk.Device);
+        Assert.Equal((ulong)new FileInfo(f.Image("multi")).Length, disk.Size);
+        // The PV partition (3) is not a volume of its own: its logical volume is.
+        Assert.Equal(["multi/part/1", "multi/part/2", "multi/lvm/vgtest/data"], disk.Volumes.Select(v => v.Id));
+
+        var layout = File.ReadLines(Path.Combine(f.Expected, "LAYOUT")).Select(l => l.Split('\t')).Where(x => x[0] == "multi.img")
+            .ToDictionary(x => x[1], x => (Offset: long.Parse(x[2]), Bytes: ulong.Parse(x[3])));
+        var p1 = Volume(disk, "part/1");
+        Assert.Equal("ext4", p1.FsType);
+        Assert.Equal(layout["part/1"].Bytes, p1.Size);
+        Assert.StartsWith("/dev/loop", p1.Device);
+        Assert.Contains(p1.Device, DiskTools.LoopsOver(f.Loops["multi"]));
+        var p2 = Volume(disk, "part/2");
+        Assert.Equal("vfat", p2.FsType);
+        Assert.Equal(layout["part/2"].Bytes, p2.Size);
+
+        var lv = Volume(disk, "lvm/vgtest/data");
+        Assert.Equal(320UL << 20, lv.Size);
+        Assert.Equal("/dev/mapper/vgtest-data", lv.Device);
+        if (!DiskTools.DeviceMapperAvailable)
+        {
+            Assert.NotNull(lv.Error);
+            Assert.Contains("cannot activate vgtest/data", lv.Error);
+            Assert.Contains("device-mapper not available", lv.Error);
+            var e = await Assert.ThrowsAsync<VolumeException>(() => c.MountAsync(lv, CancellationToken.None));
+            Assert.Contains("multi/lvm/vgtest/data", e.Message);
+            Assert.Contains("device-mapper", e.Message);
+        }
+    }
+
+    [Fact]
+    public async Task Ext4_partition_mounts_read_only_with_every_file()
+    {
+        var c = Catalog("multi");
+        var disk = Assert.Single(await c.GetDisksAsync(CancellationToken.None));
+        var p1 = Volume(disk, "part/1");
+        var dir = await c.MountAsync(p1, CancellationToken.None);
+        Assert.Equal(Path.Combine(root.Combine("mnt"), "dev", Path.GetFileName(p1.Device)), dir);
+
+        // Byte-exact comparison of the whole tree (names that are not UTF-8 included), symlinks as symlinks.
+        var diff = ProcessRunner.Run(Requires.Tool("diff"), ["-r", "--no-dereference", "--exclude=lost+found", Path.Combine(f.Expected, "ext4"), dir]);
+        Assert.True(diff.ExitCode == 0, diff.StdOut + diff.StdErr);
+        Assert.Equal("test-vm\n", File.ReadAllText(Path.Combine(dir, "etc/hostname")));
+        Assert.Equal("grüße\n", File.ReadAllText(Path.Combine(dir, "home/admin/Grüße.txt")));
+        Assert.Equal("../../etc/hostname", new FileInfo(Path.Combine(dir, "home/admin/hostname-link")).LinkTarget);
+        Assert.Equal(300, Directory.GetFiles(Path.Combine(dir, "srv/many")).Length);
+        foreach (var (type, _, size, hash, path) in f.Manifest("multi/part/1").Where(m => m.Type == "f" && !m.Path.Contains('\uFFFD')))
+        {
+            Assert.Equal(size, new FileInfo(Path.Combine(dir, path)).Length);
+            Assert.Equal(hash, DiskTools.Sha256(Path.Combine(dir, path)), ignoreCase: true);
+        }
+
+        // Read-only, no set-uid, no devices, no exec, and the kernel refuses writes.
+        var flags = DiskTools.MountOptions(dir).Split(',');
+        Assert.Contains("ro", flags);
+        Assert.Contains("nosuid", flags);
+        Assert.Contains("nodev", flags);
+        Assert.Contains("noexec", flags);
+        Assert.Equal(DiskTools.EROFS, DiskTools.CreateFileErrno(Path.Combine(dir, "new-file")));
+
+        var m = Assert.Single(c.Mounts);
+        Assert.Equal(("multi/part/1", dir, "ext4", (string?)null), (m.Volume.Id, m.MountPoint, m.FsType, m.Error));
+    }
+
+    [Fact]
+    public async Task Concurrent_callers_share_one_mount()
+    {
+        var c = Catalog("bare");
+        var raw = Assert.Single(Assert.Single(await c.GetDisksAsync(CancellationToken.None)).Volumes);
+        var dirs = await Task.WhenAll(Enumerable.Range(0, 16).Select(_ => Task.Run(() => c.MountAsync(raw, CancellationToken.None))));
+        Assert.Single(dirs.Distinct());
+        Assert.Single(DiskTools.MountsUnder(root.Path));
+        Assert.Single(Logged().Split('\n'), l => l.StartsWith("mounted bare/raw", StringComparison.Ordinal));
+        Assert.Equal(dirs[0], await c.MountAsync(raw, CancellationToken.None));
+    }
+
+    [Fact]
+    public async Task Bare_disk_is_one_raw_ext4_volume()
+    {
+        var c = Catalog("bare");
+        var disk = Assert.Single(await c.GetDisksAsync(CancellationToken.None));
+        var raw = Assert.Single(disk.Volumes);
+        Assert.Equal(("bare/raw", "ext4", f.Loops["bare"], (string?)null), (raw.Id, raw.FsType, raw.Device, raw.Error));
+        var dir = await c.MountAsync(raw, CancellationToken.None);
+        Assert.Equal(Path.Combine(root.Combine("mnt"), "dev", Path.GetFileName(f.Loops["bare"])), dir);
+        Assert.Equal("a bare file system\n", File.ReadAllText(Path.Combine(dir, "root/note.txt")));
+        Assert.Empty(DiskTools.LoopsOver(f.Loops["bare"])); // a whole-disk volume needs no loop device of its own
+    }
+
+    [Fact]
+    public async Task Garbage_disk_has_no_volumes_and_no_error()
+    {
+        var c = Catalog("garbage", "bare");
+        var disks = await c.GetDisksAsync(CancellationToken.None);
+        var garbage = disks.Single(d => d.Name == "garbage");
+        Assert.Null(garbage.Error);
+        Assert.Empty(garbage.Volumes);
+        Assert.Single(disks.Single(d => d.Name == "bare").Volumes); // the scan went on after it
+    }
+
+    [Fact]
+    public async Task Vfat_partition_mounts_or_fails_naming_vfat_and_the_failure_is_remembered()
+    {
+        var c = Catalog("multi");
+        var p2 = Volume(Assert.Single(await c.GetDisksAsync(CancellationToken.None)), "part/2");
+        if (DiskTools.KernelHas("vfat"))
+        {
+            var dir = await c.MountAsync(p2, CancellationToken.None);
+            Assert.Equal("vfat file\n", File.ReadAllText(Path.Combine(dir, "readme.txt")));
+            return;
+        }
+
+        // This host's kernel has no vfat.
+        var e = await Assert.ThrowsAsync<VolumeException>(() => c.MountAsync(p2, CancellationToken.None));
+        Assert.Contains("multi/part/2", e.Message);
+        Assert.Contains(p2.Device, e.Message);
+        Assert.Contains("vfat", e.Message);
+        Assert.Contains("No such device", e.Message);
+        var again = await Assert.ThrowsAsync<VolumeException>(() => c.MountAsync(p2, CancellationToken.None));
+        Assert.Equal(e.Message, again.Message);
+        Assert.Single(Logged().Split('\n'), l => l.StartsWith("cannot mount multi/part/2", StringComparison.Ordinal));
+        var status = Assert.Single(c.Mounts);
+        Assert.Equal(("multi/part/2", "vfat", e.Message), (status.Volume.Id, status.FsType, status.Error));
+        Assert.Empty(DiskTools.MountsUnder(root.Path));
+    }
+
+    [Fact]
+    public async Task Dispose_unmounts_and_detaches_everything_it_made()
+    {
+        var c = Catalog("multi", "bare");
+        var disks = await c.GetDisksAsync(CancellationToken.None);
+        var partLoops = DiskTools.LoopsOver(f.Loops["multi"]);
+        Assert.Equal(3, partLoops.Count); // partitions 1, 2 and the PV partition 3
+        foreach (var v in disks.SelectMany(d => d.Volumes).Where(v => v.Error is null && v.FsType == "ext4"))
+        {
+            await c.MountAsync(v, CancellationToken.None);
+        }
+
+        Assert.Equal(2, DiskTools.MountsUnder(root.Path).Count);
+        // Something still uses one of them: the unmount becomes lazy.
+        var busyDir = c.Mounts.Single(m => m.Volume.Id == "bare/raw").MountPoint;
+        using (var busy = File.OpenRead(Path.Combine(busyDir, "root/note.txt")))
+        {
+            c.Dispose();
+            Assert.Empty(DiskTools.MountsUnder(root.Path));
+        }
+
+        Assert.True(MountTable.WaitUntil(() => DiskTools.LoopsOver(f.Loops["multi"]).Count == 0, TimeSpan.FromSeconds(10)),
+            "loop devices left: " + string.Join(", ", DiskTools.LoopsOver(f.Loops["multi"])));
+        foreach (var loop in partLoops)
+        {
+            Assert.DoesNotContain(loop, File.ReadAllText("/proc/mounts"));
+        }
+
+        Assert.False(Directory.Exists(Path.Combine(root.Combine("mnt"), "dev")), "mount points left behind");
+        await Assert.ThrowsAsync<VolumeException>(() => c.MountAsync(disks[1].Volumes[0], CancellationToken.None));
+    }
+
+    [Fact]
+    public async Task A_dirty_ext4_is_mounted_without_replaying_its_journal()
+    {
+        // A writable loop device over a copy whose journal is marked as needing recovery: a plain read-only mount would
+        // replay it (and change the image); the catalog must not.
+        var copy = root.Combine("dirty.img");
+        File.Copy(f.Image("bare"), copy);
+        DiskTools.Run("debugfs", "-w", "-R", "feature needs_recovery", copy);
+        var before = DiskTools.Sha256(copy);
+        var loop = DiskTools.AttachLoop(copy, readOnly: false);
+        try
+        {
+            catalog = new DiskCatalog(new DiskCatalogOptions([("dirty", loop)], root.Combine("mnt"), Log));
+            var raw = Assert.Single(Assert.Single(await catalog.GetDisksAsync(CancellationToken.None)).Volumes);
+            var dir = await catalog.MountAsync(raw, CancellationToken.None);
+            Assert.Equal("a bare file system\n", File.ReadAllText(Path.Combine(dir, "root/note.txt")));
+            Assert.Contains("noload", Logged());
+            catalog.Dispose();
+        }
+        finally
+        {
+            DiskTools.DetachLoop(loop);
+        }
+
+        Assert.Equal(before, DiskTools.Sha256(copy));
+    }
+
+    [Fact]
+    public async Task Nothing_is_written_to_the_disks()
+    {
+        var before = new[] { "multi", "bare", "garbage" }.ToDictionary(i => i, i => DiskTools.Sha256(f.Image(i)));
+        var c = Catalog("multi", "bare", "garbage");
+        foreach (var v in (await c.GetDisksAsync(CancellationToken.None)).SelectMany(d => d.Volumes))
+        {
+            try
+            {
+                await c.MountAsync(v, CancellationToken.None);
+            }
+            catch (VolumeException)
+            {
+                // vfat and the LV fail here; what matters is that nothing was written
+            }
+        }
+
+        c.Dispose();
+        foreach (var (image, hash) in before)
+        {
+            Assert.Equal(hash, DiskTools.Sha256(f.Image(image)));
+        }
+    }
+
+    [Fact]
+    public async Task A_scan_that_outlasts_its_limit_answers_with_what_it_has()
+    {
+        catalog = new DiskCatalog(new DiskCatalogOptions(
+            [("multi", f.Loops["multi"]), ("bare", f.Loops["bare"])], root.Combine("mnt"), Log, LoopForPartitions: true,
+            ScanLimit: TimeSpan.FromMilliseconds(1)));
+        var disks = await catalog.GetDisksAsync(CancellationToken.None);
+        Assert.Equal(2, disks.Count);
+        Assert.Contains(disks, d => d.Error?.Contains("did not finish within", StringComparison.Ordinal) == true);
+        catalog.Dispose(); // waits for the scan, then removes its loop devices
+        Assert.Empty(DiskTools.LoopsOver(f.Loops["multi"]));
+    }
+
+    [Fact]
+    public async Task A_missing_device_is_a_disk_error_not_a_crash()
+    {
+        catalog = new DiskCatalog(new DiskCatalogOptions([("gone", root.Combine("no-such-device")), ("bare", f.Loops["bare"])],
+            root.Combine("mnt"), Log));
+        var disks = await catalog.GetDisksAsync(CancellationToken.None);
+        Assert.Contains("no-such-device", disks.Single(d => d.Name == "gone").Error);
+        Assert.Single(disks.Single(d => d.Name == "bare").Volumes);
+    }
+
+    [Fact]
+    public async Task Mbr_disk_with_logical_partitions_btrfs_swap_and_an_unknown_partition()
+    {
+        var img = DiskTools.Sparse(root.Combine("mbr.img"), 300 << 20);
+        // 1 btrfs (128 MiB), 2 extended: 5 ext4 (32 MiB), 6 swap (8 MiB); 3 zeros (8 MiB).
+        ProcessRunner.Run(Requires.Tool("sfdisk"), ["-q", img], stdin: """
+            label: dos
+            start=2048, size=262144, type=83
+            start=264192, size=98304, type=5
+            start=364544, size=16384, type=83
+            start=266240, size=65536, type=83
+            start=333824, size=16384, type=82
+            """u8.ToArray()).EnsureSuccess("sfdisk");
+        var btrfs = DiskTools.Sparse(root.Combine("btrfs.img"), 128 << 20);
+        DiskTools.Run("mkfs.btrfs", "-q", "-f", btrfs);
+        var ext4Tree = root.Combine("tree");
+        Directory.CreateDirectory(Path.Combine(ext4Tree, "logical"));
+        File.WriteAllText(Path.Combine(ext4Tree, "logical", "five.txt"), "partition five\n");
+        var ext4 = DiskTools.Sparse(root.Combine("ext4.img"), 32 << 20);
+        DiskTools.Run("mkfs.ext4", "-q", "-F", "-d", ext4Tree, ext4);
+        var swap = DiskTools.Sparse(root.Combine("swap.img"), 8 << 20);
+        DiskTools.Run("mkswap", swap);
+        DiskTools.WriteAt(img, 2048L * 512, btrfs);
+        DiskTools.WriteAt(img, 266240L * 512, ext4);
+        DiskTools.WriteAt(img, 333824L * 512, swap);
+
+        var loop = DiskTools.AttachLoop(img);
+        try
+        {
+            catalog = new DiskCatalog(new DiskCatalogOptions([("mbr", loop)], root.Combine("mnt"), Log, LoopForPartitions: true));
+            var disk = Assert.Single(await catalog.GetDisksAsync(CancellationToken.None));
+            Assert.Equal(["mbr/part/1", "mbr/part/3", "mbr/part/5", "mbr/part/6"], disk.Volumes.Select(v => v.Id));
+            Assert.Equal(["btrfs", null, "ext4", "swap"], disk.Volumes.Select(v => v.FsType));
+            Assert.Equal([128UL << 20, 8UL << 20, 32UL << 20, 8UL << 20], disk.Volumes.Select(v => v.Size));
+
+            var five = await catalog.MountAsync(Volume(disk, "part/5"), CancellationToken.None);
+            Assert.Equal("partition five\n", File.ReadAllText(Path.Combine(five, "logical", "five.txt")));
+            if (DiskTools.KernelHas("btrfs"))
+            {
+                var one = await catalog.MountAsync(Volume(disk, "part/1"), CancellationToken.None);
+                Assert.Contains("ro", DiskTools.MountOptions(one).Split(','));
+                Assert.Contains("rescue=nologreplay", Logged());
+            }
+
+            var swapError = await Assert.ThrowsAsync<VolumeException>(() => catalog.MountAsync(Volume(disk, "part/6"), CancellationToken.None));
+            Assert.Contains("swap", swapError.Message);
+            // Nothing recognised: every block file system of the kernel is tried, and the error lists them.
+            var unknown = await Assert.ThrowsAsync<VolumeException>(() => catalog.MountAsync(Volume(disk, "part/3"), CancellationToken.None));
+            Assert.Contains("mbr/part/3", unknown.Message);
+            Assert.Contains("no recognised file system", unknown.Message);
+            Assert.Contains("ext4:", unknown.Message);
+            catalog.Dispose();
+            Assert.Empty(DiskTools.LoopsOver(loop));
+        }
+        finally
+        {
+            catalog?.Dispose();
+            DiskTools.DetachLoop(loop);
+        }
+    }
+
+    [Fact]
+    public async Task Damaged_primary_gpt_uses_the_backup_and_the_partitions_still_mount()
+    {
+        var copy = root.Combine("multi-damaged.img");
+        DiskTools.Run("cp", "--sparse=always", f.Image("multi"), copy);
+        using (var s = new FileStream(copy, FileMode.Open, FileAccess.Write))
+        {
+            s.Position = 512;
+            s.Write(new byte[512]); // the primary GPT header is gone
+        }
+
+        var loop = DiskTools.AttachLoop(copy);
+        try
+        {
+            catalog = new DiskCatalog(new DiskCatalogOptions([("damaged", loop)], root.Combine("mnt"), Log, LoopForPartitions: true));
+            var disk = Assert.Single(await catalog.GetDisksAsync(CancellationToken.None));
+            Assert.Equal(["damaged/part/1", "damaged/part/2", "damaged/lvm/vgtest/data"], disk.Volumes.Select(v => v.Id));
+            Assert.Contains("using the backup GPT", Logged());
+            var dir = await catalog.MountAsync(Volume(disk, "part/1"), CancellationToken.None);
+            Assert.Equal("test-vm\n", File.ReadAllText(Path.Combine(dir, "etc/hostname")));
+            catalog.Dispose();
+        }
+        finally
+        {
+            catalog?.Dispose();
+            DiskTools.DetachLoop(loop);
+        }
+    }
+
+    [DeviceMapperFact]
+    public async Task Lvm_volume_is_activated_read_only_and_mounts()
+    {
+        var c = Catalog("multi");
+        var lv = Volume(Assert.Single(await c.GetDisksAsync(CancellationToken.None)), "lvm/vgtest/data");
+        Assert.Null(lv.Error);
+        Assert.Equal("xfs", lv.FsType);
+        var dir = await c.MountAsync(lv, CancellationToken.None);
+        Assert.Equal(Path.Combine(root.Combine("mnt"), "lvm", "vgtest", "data"), dir);
+        Assert.Equal("on lvm and xfs\n", File.ReadAllText(Path.Combine(dir, "data/hello.txt")));
+        Assert.Equal(DiskTools.EROFS, DiskTools.CreateFileErrno(Path.Combine(dir, "new-file")));
+        c.Dispose();
+        Assert.False(File.Exists("/dev/mapper/vgtest-data"), "the LV is still active after Dispose");
+    }
+
+    [VirtioDisksFact]
+    public async Task Guest_mode_finds_the_virtio_disks_by_serial()
+    {
+        catalog = new DiskCatalog(new DiskCatalogOptions(null, root.Combine("mnt"), Log));
+        var disks = await catalog.GetDisksAsync(CancellationToken.None);
+        foreach (var sys in Directory.GetDirectories("/sys/block", "vd*"))
+        {
+            var serial = File.ReadAllText(Path.Combine(sys, "serial")).Trim('\0', ' ', '\n');
+            var disk = disks.Single(d => d.Device == "/dev/" + Path.GetFileName(sys));
+            Assert.Equal(serial.Length > 0 ? serial : Path.GetFileName(sys), disk.Name);
+            Assert.Equal(ulong.Parse(File.ReadAllText(Path.Combine(sys, "size")).Trim()) * 512, disk.Size);
+        }
+    }
+}
