@@ -174,6 +174,9 @@ public static class ApiJson
 /// </summary>
 public sealed class EntryStreamReader(Stream body)
 {
+    /// <summary>One entry (with inline content) may not need a larger buffer than this.</summary>
+    public const int MaxEntryBytes = 64 << 20;
+
     private byte[] buffer = new byte[64 * 1024];
     private int start;
     private int end;
@@ -217,6 +220,11 @@ public sealed class EntryStreamReader(Stream body)
 
         if (end == buffer.Length)
         {
+            if (buffer.Length >= MaxEntryBytes)
+            {
+                throw new InvalidDataException($"an entry of the restore daemon's list answer is larger than {MaxEntryBytes} bytes");
+            }
+
             Array.Resize(ref buffer, buffer.Length * 2);
         }
 

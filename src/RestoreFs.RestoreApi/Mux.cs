@@ -10,15 +10,21 @@ namespace RestoreFs.RestoreApi;
  * Frame: 12-byte header, then the payload.
  *   u32 stream id (big endian)   u8 kind   u8 flags (0)   u16 reserved (0)   u32 payload length (big endian, ≤ 256 KiB)
  * Kinds:
- *   HELLO  (0)  stream 0; payload u64 session id. The host sends it first on every (re)connection; the daemon drops
- *               every stream of an earlier session, so a host that went away leaves nothing behind.
+ *   HELLO  (0)  stream 0; payload u64 session id. The host sends it first on every (re)connection, with a fresh random
+ *               id; the daemon drops every stream of an earlier session and echoes the HELLO (same payload). The host
+ *               ignores every frame before that echo: bytes the daemon still wrote for the previous session's streams
+ *               (whose ids the new session reuses) can never be taken for answers to the new one. The daemon's own
+ *               streams are tagged with their session, and a frame of an earlier session's stream is never sent after
+ *               the echo.
  *   OPEN   (1)  the host opens a stream (ids are chosen by the host, odd, increasing).
  *   DATA   (2)  payload bytes for the stream; the sender may not exceed the credit the receiver granted.
  *   CLOSE  (3)  the sender will write no more to the stream (end of request / end of answer).
  *   RESET  (4)  the stream is aborted; both sides forget it.
  *   WINDOW (5)  payload u32: more credit for the receiver's peer to send on the stream.
- * Each stream starts with 4 MiB of credit in each direction; a receiver grants more as its reader consumes bytes,
- * so one slow stream never blocks the others nor grows memory without bound.
+ * Each stream starts with 4 MiB of credit in each direction; a receiver grants more as its reader consumes bytes
+ * (once a quarter of the window was read), so one slow stream never blocks the others nor grows memory without
+ * bound: a peer that sends beyond its credit gets the stream reset. Frames of unknown streams are dropped; an unknown
+ * kind or an oversized frame ends the connection (InvalidDataException in <see cref="MuxConnection.Error"/>).
  */
 
 /// <summary>One side of a multiplexed connection.</summary>
@@ -38,14 +44,21 @@ public sealed class MuxConnection : IAsyncDisposable
     private readonly CancellationTokenSource stop = new();
     private readonly Task reader;
     private readonly TaskCompletionSource closed = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly TaskCompletionSource<ulong> helloEchoed = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private uint nextId = 1;
     private ulong session;
+    private int generation;
+    private int resyncs;
     private int disposed;
+    private readonly byte[] readBuffer = new byte[64 * 1024];
+    private int readStart;
+    private int readEnd;
 
-    private MuxConnection(Stream inner, bool isHost)
+    private MuxConnection(Stream inner, bool isHost, ulong session)
     {
         this.inner = inner;
         this.isHost = isHost;
+        this.session = session;
         reader = Task.Run(ReadLoopAsync);
     }
 
@@ -54,18 +67,37 @@ public sealed class MuxConnection : IAsyncDisposable
 
     public Exception? Error { get; private set; }
 
+    /// <summary>The current session id (the host's own; on the daemon side the last HELLO's).</summary>
+    public ulong Session => Volatile.Read(ref session);
+
+    /// <summary>Host side: completes when the daemon echoed this connection's HELLO (its answers count from then on).</summary>
+    public Task SessionConfirmed => helloEchoed.Task;
+
+    /// <summary>Daemon side: how many HELLOs with a new session id came (each drops the streams of the one before).</summary>
+    public int Generation => Volatile.Read(ref generation);
+
+    /// <summary>Streams currently open on this side.</summary>
+    public int OpenStreams => streams.Count;
+
     /// <summary>The host side: sends HELLO with a fresh session id.</summary>
     public static async Task<MuxConnection> ConnectAsync(Stream inner, CancellationToken ct)
     {
-        var connection = new MuxConnection(inner, isHost: true);
+        ulong id;
+        do
+        {
+            id = BinaryPrimitives.ReadUInt64BigEndian(System.Security.Cryptography.RandomNumberGenerator.GetBytes(8));
+        }
+        while (id == 0);
+
+        var connection = new MuxConnection(inner, isHost: true, id);
         var payload = new byte[8];
-        BinaryPrimitives.WriteUInt64BigEndian(payload, (ulong)Random.Shared.NextInt64());
+        BinaryPrimitives.WriteUInt64BigEndian(payload, id);
         await connection.SendAsync(0, Hello, payload, ct).ConfigureAwait(false);
         return connection;
     }
 
     /// <summary>The daemon side: waits for streams the host opens.</summary>
-    public static MuxConnection Serve(Stream inner) => new(inner, isHost: false);
+    public static MuxConnection Serve(Stream inner) => new(inner, isHost: false, 0);
 
     public async ValueTask<Stream> OpenStreamAsync(CancellationToken ct)
     {
@@ -80,9 +112,18 @@ public sealed class MuxConnection : IAsyncDisposable
         }
 
         var id = Interlocked.Add(ref nextId, 2) - 2;
-        var stream = new MuxStream(this, id);
+        var stream = new MuxStream(this, id, 0);
         streams[id] = stream;
-        await SendAsync(id, Open, ReadOnlyMemory<byte>.Empty, ct).ConfigureAwait(false);
+        try
+        {
+            await SendAsync(id, Open, ReadOnlyMemory<byte>.Empty, ct).ConfigureAwait(false);
+        }
+        catch
+        {
+            streams.TryRemove(id, out _);
+            throw;
+        }
+
         return stream;
     }
 
@@ -99,45 +140,81 @@ public sealed class MuxConnection : IAsyncDisposable
         }
     }
 
-    internal async ValueTask SendAsync(uint id, byte kind, ReadOnlyMemory<byte> payload, CancellationToken ct)
+    /// <summary>Sends one frame. <paramref name="from"/>: the stream it belongs to; a frame of a stream of an earlier
+    /// session is refused (the host may already reuse its id).</summary>
+    internal async ValueTask SendAsync(uint id, byte kind, ReadOnlyMemory<byte> payload, CancellationToken ct, MuxStream? from = null)
     {
         // Header and payload in one write: on the guest's serial port every write is a system call.
         var frame = System.Buffers.ArrayPool<byte>.Shared.Rent(HeaderSize + payload.Length);
-        frame.AsSpan(0, HeaderSize).Clear();
-        BinaryPrimitives.WriteUInt32BigEndian(frame, id);
-        frame[4] = kind;
-        BinaryPrimitives.WriteUInt32BigEndian(frame.AsSpan(8), (uint)payload.Length);
+        WriteHeader(frame, id, kind, payload.Length);
         payload.Span.CopyTo(frame.AsSpan(HeaderSize));
-        await writeLock.WaitAsync(ct).ConfigureAwait(false);
         try
         {
-            if (closed.Task.IsCompleted)
+            await writeLock.WaitAsync(ct).ConfigureAwait(false);
+            try
             {
-                throw new IOException("the multiplexed channel is closed", Error);
-            }
+                if (closed.Task.IsCompleted)
+                {
+                    throw new IOException("the multiplexed channel is closed", Error);
+                }
 
-            await inner.WriteAsync(frame.AsMemory(0, HeaderSize + payload.Length), ct).ConfigureAwait(false);
-            await inner.FlushAsync(ct).ConfigureAwait(false);
-        }
-        catch (Exception e) when (e is IOException or ObjectDisposedException or NotSupportedException)
-        {
-            Fail(e);
-            throw new IOException("the multiplexed channel broke while sending", e);
+                if (from is not null && from.Generation != generation)
+                {
+                    throw new IOException("the stream belongs to an earlier host session");
+                }
+
+                try
+                {
+                    await inner.WriteAsync(frame.AsMemory(0, HeaderSize + payload.Length), ct).ConfigureAwait(false);
+                    await inner.FlushAsync(ct).ConfigureAwait(false);
+                }
+                catch (Exception e) when (e is IOException or ObjectDisposedException or NotSupportedException)
+                {
+                    Fail(e);
+                    throw new IOException("the multiplexed channel broke while sending", e);
+                }
+            }
+            finally
+            {
+                writeLock.Release();
+            }
         }
         finally
         {
-            writeLock.Release();
             System.Buffers.ArrayPool<byte>.Shared.Return(frame);
         }
     }
 
-    internal void Forget(uint id) => streams.TryRemove(id, out _);
+    /// <summary>The 12-byte frame header (see the format at the top of this file).</summary>
+    public static void WriteHeader(Span<byte> header, uint id, byte kind, int length)
+    {
+        header[..HeaderSize].Clear();
+        BinaryPrimitives.WriteUInt32BigEndian(header, id);
+        header[4] = kind;
+        BinaryPrimitives.WriteUInt32BigEndian(header[8..], (uint)length);
+    }
+
+    internal void Forget(uint id, MuxStream stream) => streams.TryRemove(new KeyValuePair<uint, MuxStream>(id, stream));
 
     private async Task ReadLoopAsync()
     {
         var header = new byte[HeaderSize];
         try
         {
+            if (isHost)
+            {
+                // Whatever comes before the echo of our HELLO belongs to an earlier session (maybe cut mid-frame).
+                var echo = new byte[HeaderSize + 8];
+                WriteHeader(echo, 0, Hello, 8);
+                BinaryPrimitives.WriteUInt64BigEndian(echo.AsSpan(HeaderSize), session);
+                if (!await SkipPastAsync(echo, MaxSkippedBeforeEcho).ConfigureAwait(false))
+                {
+                    throw new EndOfStreamException("the channel ended before the daemon answered HELLO");
+                }
+
+                helloEchoed.TrySetResult(session);
+            }
+
             while (!stop.IsCancellationRequested)
             {
                 if (!await ReadExactAsync(header).ConfigureAwait(false))
@@ -148,18 +225,33 @@ public sealed class MuxConnection : IAsyncDisposable
                 var id = BinaryPrimitives.ReadUInt32BigEndian(header);
                 var kind = header[4];
                 var length = BinaryPrimitives.ReadUInt32BigEndian(header.AsSpan(8));
-                if (length > MaxPayload || kind > Window)
+                if (length > MaxPayload || kind > Window || (kind == Hello && length != 8))
                 {
-                    throw new InvalidDataException($"malformed frame (kind {kind}, {length} bytes) on the multiplexed channel");
+                    var error = new InvalidDataException($"malformed frame (kind {kind}, {length} bytes) on the multiplexed channel");
+                    if (isHost)
+                    {
+                        throw error;
+                    }
+
+                    // The daemon lives longer than any host connection: drop everything and wait for the next HELLO.
+                    await ResyncAsync(error).ConfigureAwait(false);
+                    continue;
                 }
 
-                var payload = new byte[length];
+                var payload = length == 0 ? [] : new byte[length];
                 if (length > 0 && !await ReadExactAsync(payload).ConfigureAwait(false))
                 {
                     throw new EndOfStreamException("the channel ended inside a frame");
                 }
 
-                Dispatch(id, kind, payload);
+                if (kind == Hello)
+                {
+                    await HelloAsync(payload).ConfigureAwait(false);
+                }
+                else
+                {
+                    Dispatch(id, kind, payload);
+                }
             }
 
             Fail(null);
@@ -170,26 +262,106 @@ public sealed class MuxConnection : IAsyncDisposable
         }
     }
 
+    /// <summary>Host side: bytes skipped while looking for the echo of HELLO before giving up.</summary>
+    private const long MaxSkippedBeforeEcho = 256L << 20;
+
+    /// <summary>Daemon side, after a malformed frame: aborts every stream and skips to the next HELLO header.</summary>
+    private async Task ResyncAsync(Exception cause)
+    {
+        Interlocked.Increment(ref resyncs);
+        LastResyncCause = cause;
+        foreach (var s in streams.Values)
+        {
+            s.Abort(new IOException("the multiplexed channel lost frame sync", cause));
+        }
+
+        streams.Clear();
+        await writeLock.WaitAsync(stop.Token).ConfigureAwait(false);
+        try
+        {
+            // No frame of a stream from before the loss of sync goes out any more.
+            Interlocked.Increment(ref generation);
+        }
+        finally
+        {
+            writeLock.Release();
+        }
+
+        var helloHeader = new byte[HeaderSize];
+        WriteHeader(helloHeader, 0, Hello, 8);
+        if (!await SkipPastAsync(helloHeader, long.MaxValue).ConfigureAwait(false))
+        {
+            throw new EndOfStreamException("the channel ended while looking for a HELLO");
+        }
+
+        var payload = new byte[8];
+        if (!await ReadExactAsync(payload).ConfigureAwait(false))
+        {
+            throw new EndOfStreamException("the channel ended inside a frame");
+        }
+
+        await HelloAsync(payload).ConfigureAwait(false);
+    }
+
+    /// <summary>Daemon side: how often a malformed frame made it drop its streams and wait for a HELLO.</summary>
+    public int Resyncs => Volatile.Read(ref resyncs);
+
+    public Exception? LastResyncCause { get; private set; }
+
+    private async Task HelloAsync(byte[] payload)
+    {
+        if (payload.Length != 8)
+        {
+            throw new InvalidDataException($"HELLO with {payload.Length} bytes instead of 8");
+        }
+
+        var id = BinaryPrimitives.ReadUInt64BigEndian(payload);
+        if (isHost)
+        {
+            return; // a repeated echo: the session was confirmed before the first frame was dispatched
+        }
+
+        // Daemon side: under the write lock, so that no frame of an old stream follows the echo.
+        await writeLock.WaitAsync(stop.Token).ConfigureAwait(false);
+        try
+        {
+            if (id != session)
+            {
+                Volatile.Write(ref session, id);
+                Interlocked.Increment(ref generation);
+                foreach (var old in streams.Values)
+                {
+                    old.Abort(new IOException("the host started a new session"));
+                }
+
+                streams.Clear();
+            }
+
+            var frame = new byte[HeaderSize + 8];
+            WriteHeader(frame, 0, Hello, 8);
+            payload.CopyTo(frame, HeaderSize);
+            try
+            {
+                await inner.WriteAsync(frame, stop.Token).ConfigureAwait(false);
+                await inner.FlushAsync(stop.Token).ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is IOException or ObjectDisposedException or NotSupportedException)
+            {
+                throw new IOException("cannot answer the host's HELLO", e);
+            }
+        }
+        finally
+        {
+            writeLock.Release();
+        }
+    }
+
     private void Dispatch(uint id, byte kind, byte[] payload)
     {
         switch (kind)
         {
-            case Hello when !isHost && payload.Length == 8:
-                var newSession = BinaryPrimitives.ReadUInt64BigEndian(payload);
-                if (newSession != session)
-                {
-                    session = newSession;
-                    foreach (var old in streams.Values)
-                    {
-                        old.Abort(new IOException("the host started a new session"));
-                    }
-
-                    streams.Clear();
-                }
-
-                break;
             case Open when !isHost:
-                var stream = new MuxStream(this, id);
+                var stream = new MuxStream(this, id, Volatile.Read(ref generation));
                 if (streams.TryAdd(id, stream))
                 {
                     accepted.Writer.TryWrite(stream);
@@ -197,9 +369,13 @@ public sealed class MuxConnection : IAsyncDisposable
 
                 break;
             case Data:
-                if (streams.TryGetValue(id, out var s1))
+                if (streams.TryGetValue(id, out var s1) && !s1.Receive(payload))
                 {
-                    s1.Receive(payload);
+                    // More than the credit we granted: a broken peer. Reset the stream rather than buffer without bound.
+                    streams.TryRemove(id, out _);
+                    s1.Abort(new IOException($"the peer sent beyond the {InitialWindow}-byte window on stream {id}"));
+                    _ = SendAsync(id, Reset, ReadOnlyMemory<byte>.Empty, CancellationToken.None, s1).AsTask()
+                        .ContinueWith(t => _ = t.Exception, TaskScheduler.Default);
                 }
 
                 break;
@@ -220,7 +396,7 @@ public sealed class MuxConnection : IAsyncDisposable
             case Window when payload.Length == 4:
                 if (streams.TryGetValue(id, out var s4))
                 {
-                    s4.Grant((int)BinaryPrimitives.ReadUInt32BigEndian(payload));
+                    s4.Grant((int)Math.Min(BinaryPrimitives.ReadUInt32BigEndian(payload), int.MaxValue / 2));
                 }
 
                 break;
@@ -232,34 +408,101 @@ public sealed class MuxConnection : IAsyncDisposable
         var done = 0;
         while (done < buffer.Length)
         {
-            var n = await inner.ReadAsync(buffer.AsMemory(done), stop.Token).ConfigureAwait(false);
-            if (n == 0)
+            if (readStart == readEnd)
             {
-                return done == 0 ? false : throw new EndOfStreamException("the channel ended inside a frame");
+                if (buffer.Length - done >= readBuffer.Length)
+                {
+                    // A large payload: straight into its array.
+                    var direct = await inner.ReadAsync(buffer.AsMemory(done), stop.Token).ConfigureAwait(false);
+                    if (direct == 0)
+                    {
+                        return done == 0 ? false : throw new EndOfStreamException("the channel ended inside a frame");
+                    }
+
+                    done += direct;
+                    continue;
+                }
+
+                if (!await FillAsync().ConfigureAwait(false))
+                {
+                    return done == 0 ? false : throw new EndOfStreamException("the channel ended inside a frame");
+                }
             }
 
+            var n = Math.Min(readEnd - readStart, buffer.Length - done);
+            readBuffer.AsSpan(readStart, n).CopyTo(buffer.AsSpan(done));
+            readStart += n;
             done += n;
         }
 
         return true;
     }
 
-    private void Fail(Exception? e)
+    /// <summary>Reads more into the buffer (keeping what is unread); false at the end of the stream.</summary>
+    private async Task<bool> FillAsync()
     {
-        if (closed.Task.IsCompleted)
+        if (readStart > 0)
         {
-            return;
+            Buffer.BlockCopy(readBuffer, readStart, readBuffer, 0, readEnd - readStart);
+            readEnd -= readStart;
+            readStart = 0;
         }
 
-        Error = e;
+        var n = await inner.ReadAsync(readBuffer.AsMemory(readEnd), stop.Token).ConfigureAwait(false);
+        readEnd += n;
+        return n > 0;
+    }
+
+    /// <summary>Skips the stream up to and including <paramref name="pattern"/>; false when it ends first.</summary>
+    private async Task<bool> SkipPastAsync(byte[] pattern, long limit)
+    {
+        long skipped = 0;
+        while (true)
+        {
+            var at = readBuffer.AsSpan(readStart, readEnd - readStart).IndexOf(pattern);
+            if (at >= 0)
+            {
+                readStart += at + pattern.Length;
+                return true;
+            }
+
+            var keep = Math.Min(pattern.Length - 1, readEnd - readStart);
+            skipped += readEnd - readStart - keep;
+            readStart = readEnd - keep;
+            if (skipped > limit)
+            {
+                throw new InvalidDataException($"no HELLO answer within {limit} bytes on the multiplexed channel");
+            }
+
+            if (!await FillAsync().ConfigureAwait(false))
+            {
+                return false;
+            }
+        }
+    }
+
+    private void Fail(Exception? e)
+    {
+        lock (streams)
+        {
+            if (closed.Task.IsCompleted)
+            {
+                return;
+            }
+
+            Error = e;
+            closed.TrySetResult();
+        }
+
         accepted.Writer.TryComplete();
+        helloEchoed.TrySetException(new IOException("the multiplexed channel closed before the daemon answered HELLO", e));
+        _ = helloEchoed.Task.Exception;
         foreach (var s in streams.Values)
         {
             s.Abort(new IOException("the multiplexed channel closed", e));
         }
 
         streams.Clear();
-        closed.TrySetResult();
     }
 
     public async ValueTask DisposeAsync()
@@ -293,16 +536,33 @@ public sealed class MuxStream : Stream
     private Exception? error;
     private int sendCredit = MuxConnection.InitialWindow;
     private int consumedSinceGrant;
+    private int unread;
     private bool sentClose;
     private bool disposed;
 
-    internal MuxStream(MuxConnection connection, uint id)
+    internal MuxStream(MuxConnection connection, uint id, int generation)
     {
         this.connection = connection;
         this.id = id;
+        Generation = generation;
     }
 
     public uint Id => id;
+
+    /// <summary>The daemon-side session generation this stream belongs to.</summary>
+    internal int Generation { get; }
+
+    /// <summary>Bytes received and not read yet (at most the window: the peer may not send more).</summary>
+    public int Buffered
+    {
+        get
+        {
+            lock (gate)
+            {
+                return unread;
+            }
+        }
+    }
 
     public override bool CanRead => true;
 
@@ -314,14 +574,22 @@ public sealed class MuxStream : Stream
 
     public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
 
-    internal void Receive(byte[] payload)
+    /// <summary>Queues a DATA payload; false when it exceeds the credit granted to the peer.</summary>
+    internal bool Receive(byte[] payload)
     {
         lock (gate)
         {
+            if (unread + payload.Length > MuxConnection.InitialWindow)
+            {
+                return false;
+            }
+
+            unread += payload.Length;
             incoming.Enqueue(payload);
         }
 
         dataReady.Release();
+        return true;
     }
 
     internal void ReceiveEnd()
@@ -373,14 +641,15 @@ public sealed class MuxStream : Stream
                         current = null;
                     }
 
+                    unread -= n;
                     consumedSinceGrant += n;
-                    if (consumedSinceGrant >= MuxConnection.InitialWindow / 4)
+                    if (consumedSinceGrant >= MuxConnection.InitialWindow / 4 && !ended && error is null)
                     {
                         var grant = consumedSinceGrant;
                         consumedSinceGrant = 0;
                         var payload = new byte[4];
                         BinaryPrimitives.WriteUInt32BigEndian(payload, (uint)grant);
-                        _ = connection.SendAsync(id, MuxConnection.Window, payload, CancellationToken.None).AsTask()
+                        _ = connection.SendAsync(id, MuxConnection.Window, payload, CancellationToken.None, this).AsTask()
                             .ContinueWith(t => _ = t.Exception, TaskScheduler.Default);
                     }
 
@@ -423,7 +692,7 @@ public sealed class MuxStream : Stream
 
             var n = Math.Min(Math.Min(buffer.Length, MuxConnection.MaxPayload), credit);
             Interlocked.Add(ref sendCredit, -n);
-            await connection.SendAsync(id, MuxConnection.Data, buffer[..n], cancellationToken).ConfigureAwait(false);
+            await connection.SendAsync(id, MuxConnection.Data, buffer[..n], cancellationToken, this).ConfigureAwait(false);
             buffer = buffer[n..];
         }
     }
@@ -450,7 +719,7 @@ public sealed class MuxStream : Stream
         if (!sentClose)
         {
             sentClose = true;
-            await connection.SendAsync(id, MuxConnection.Close, ReadOnlyMemory<byte>.Empty, ct).ConfigureAwait(false);
+            await connection.SendAsync(id, MuxConnection.Close, ReadOnlyMemory<byte>.Empty, ct, this).ConfigureAwait(false);
         }
     }
 
@@ -476,7 +745,7 @@ public sealed class MuxStream : Stream
         {
             if (!peerDone)
             {
-                await connection.SendAsync(id, MuxConnection.Reset, ReadOnlyMemory<byte>.Empty, CancellationToken.None).ConfigureAwait(false);
+                await connection.SendAsync(id, MuxConnection.Reset, ReadOnlyMemory<byte>.Empty, CancellationToken.None, this).ConfigureAwait(false);
             }
             else if (!sentClose && error is null)
             {
@@ -488,7 +757,7 @@ public sealed class MuxStream : Stream
             // The channel is gone; nothing to tell the peer.
         }
 
-        connection.Forget(id);
+        connection.Forget(id, this);
         await base.DisposeAsync().ConfigureAwait(false);
     }
 

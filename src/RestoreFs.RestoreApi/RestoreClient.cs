@@ -16,7 +16,15 @@ public sealed class RestoreClient(IRestoreTransport transport, string ticket, bo
     public async Task<DaemonStatus> StatusAsync(bool keepTimeout, CancellationToken ct)
     {
         await using var exchange = await SendAsync("status", ct, ("keep-timeout", keepTimeout ? "true" : "false")).ConfigureAwait(false);
-        return ApiJson.ReadStatus(await exchange.ReadAllAsync(ct).ConfigureAwait(false));
+        var body = await exchange.ReadAllAsync(ct).ConfigureAwait(false);
+        try
+        {
+            return ApiJson.ReadStatus(body);
+        }
+        catch (Exception e) when (IsMalformed(e))
+        {
+            throw new IOException($"the restore daemon's status answer is malformed: {e.Message}", e);
+        }
     }
 
     public IAsyncEnumerable<ArchiveEntry> ListAsync(byte[] path, CancellationToken ct) => ListAsync(path, 0, ct);
@@ -25,14 +33,38 @@ public sealed class RestoreClient(IRestoreTransport transport, string ticket, bo
     {
         await using var exchange = await SendAsync("list", ct, ("path", Convert.ToBase64String(path)),
             ("inline", inlineMax.ToString(CultureInfo.InvariantCulture))).ConfigureAwait(false);
-        await foreach (var entry in new EntryStreamReader(exchange.Response.Body).ReadAllAsync(ct).ConfigureAwait(false))
+        var entries = new EntryStreamReader(exchange.Response.Body).ReadAllAsync(ct).GetAsyncEnumerator(ct);
+        await using (entries.ConfigureAwait(false))
         {
-            yield return entry;
+            while (true)
+            {
+                ArchiveEntry entry;
+                try
+                {
+                    if (!await entries.MoveNextAsync().ConfigureAwait(false))
+                    {
+                        break;
+                    }
+
+                    entry = entries.Current;
+                }
+                catch (Exception e) when (IsMalformed(e))
+                {
+                    throw new IOException($"the restore daemon's list answer is malformed: {e.Message}", e);
+                }
+
+                yield return entry;
+            }
         }
 
         // Read the rest (the closing bracket and the last chunk) so the answer ends cleanly instead of being reset.
         await exchange.Response.Body.CopyToAsync(Stream.Null, ct).ConfigureAwait(false);
     }
+
+    /// <summary>A garbled answer is a broken channel for the caller (IOException), not a daemon error.</summary>
+    private static bool IsMalformed(Exception e) =>
+        e is System.Text.Json.JsonException or InvalidDataException or FormatException or KeyNotFoundException or InvalidOperationException
+            or IndexOutOfRangeException;
 
     public async Task<int> ReadAsync(byte[] path, long offset, Memory<byte> buffer, CancellationToken ct)
     {

@@ -25,10 +25,15 @@ public sealed class SocketTransport(EndPoint endPoint) : IRestoreTransport
 
     public async ValueTask<Stream> OpenStreamAsync(CancellationToken ct)
     {
+        if (endPoint is VsockEndPoint vsock)
+        {
+            // .NET's Socket does not take AF_VSOCK: a libc socket as a stream.
+            return await VsockSocket.ConnectAsync(vsock.Cid, vsock.Port, ct).ConfigureAwait(false);
+        }
+
         var (family, protocol) = endPoint switch
         {
             UnixDomainSocketEndPoint => (AddressFamily.Unix, ProtocolType.Unspecified),
-            VsockEndPoint => (VsockEndPoint.Family, ProtocolType.Unspecified),
             _ => (endPoint.AddressFamily, ProtocolType.Tcp),
         };
         for (var attempt = 0; ; attempt++)
@@ -74,14 +79,15 @@ public sealed class VsockEndPoint(uint cid, uint port) : EndPoint
 
     public override AddressFamily AddressFamily => Family;
 
+    /// <summary>The sockaddr_vm bytes. .NET cannot make a SocketAddress of a family it does not know, so this one is
+    /// made as IPv4 and overwritten byte by byte (its <see cref="SocketAddress.Family"/> then reads Unknown).
+    /// <see cref="SocketTransport"/> does not go through it: .NET's Socket refuses AF_VSOCK (see <see cref="VsockSocket"/>).</summary>
     public override SocketAddress Serialize()
     {
-        var address = new SocketAddress(Family, 16);
+        var address = new SocketAddress(AddressFamily.InterNetwork, 16);
         Span<byte> bytes = stackalloc byte[16];
-        BinaryPrimitives.WriteUInt16LittleEndian(bytes, (ushort)Family);
-        BinaryPrimitives.WriteUInt32LittleEndian(bytes[4..], port);
-        BinaryPrimitives.WriteUInt32LittleEndian(bytes[8..], cid);
-        for (var i = 2; i < 16; i++)
+        VsockSocket.Encode(cid, port, bytes);
+        for (var i = 0; i < 16; i++)
         {
             address[i] = bytes[i];
         }

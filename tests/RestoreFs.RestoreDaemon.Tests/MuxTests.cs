@@ -2,25 +2,10 @@ using System.Buffers.Binary;
 using System.Net.Sockets;
 using System.Text;
 using RestoreFs.RestoreApi;
-using RestoreFs.RestoreDaemon.Disks;
 using RestoreFs.RestoreDaemon.Server;
 using RestoreFs.TestSupport;
 
 namespace RestoreFs.RestoreDaemon.Tests;
-
-/// <summary>A real directory served as the one raw volume of a disk named "dir": for protocol tests that need no
-/// disk images. Named so: it is a stand-in for <see cref="DiskCatalog"/>.</summary>
-internal sealed class DirectoryVolumeCatalogForTests(string directory) : IVolumeCatalog
-{
-    private readonly VolumeInfo volume = new("dir", "raw", [], directory, 0, "directory");
-
-    public IReadOnlyList<MountedVolume> Mounts => [new MountedVolume(volume, directory, "directory", null)];
-
-    public Task<IReadOnlyList<DiskInfo>> GetDisksAsync(CancellationToken ct) =>
-        Task.FromResult<IReadOnlyList<DiskInfo>>([new DiskInfo("dir", directory, 0, [volume], null)]);
-
-    public Task<string> MountAsync(VolumeInfo v, CancellationToken ct) => Task.FromResult(directory);
-}
 
 /// <summary>The multiplexed channel (as used over virtio-serial) with the real server, and its wire format.</summary>
 public sealed class MuxTests : IDisposable
@@ -54,13 +39,10 @@ public sealed class MuxTests : IDisposable
     {
         // DATA on stream 3 with 5 bytes: id, kind, flags, reserved, length — big endian.
         var header = new byte[MuxConnection.HeaderSize];
-        BinaryPrimitives.WriteUInt32BigEndian(header, 3);
-        header[4] = 2;
-        BinaryPrimitives.WriteUInt32BigEndian(header.AsSpan(8), 5);
+        MuxConnection.WriteHeader(header, 3, 2, 5);
         Assert.Equal("00000003" + "02" + "00" + "0000" + "00000005", Convert.ToHexStringLower(header));
-        var request = Http.FormatRequest("/api2/json/list", [KeyValuePair.Create("path", "ZGlzaw==")], "T");
-        Assert.Equal("GET /api2/json/list?path=ZGlzaw%3D%3D HTTP/1.1\r\nHost: restore-vm\r\nConnection: close\r\nAuthorization: T\r\n\r\n",
-            Encoding.ASCII.GetString(request));
+        MuxConnection.WriteHeader(header, 0x01020304, 5, 0x10000);
+        Assert.Equal("01020304" + "05" + "00" + "0000" + "00010000", Convert.ToHexStringLower(header));
     }
 
     [Fact]
@@ -106,99 +88,332 @@ public sealed class MuxTests : IDisposable
         await guestMux.DisposeAsync();
     }
 
+    /// <summary>One end of the channel driven frame by frame, as a peer (or a broken one) would.</summary>
+    private sealed class RawPeer(Stream stream)
+    {
+        public Stream Stream => stream;
+
+        public async Task SendAsync(uint id, byte kind, byte[] payload)
+        {
+            var frame = new byte[MuxConnection.HeaderSize + payload.Length];
+            MuxConnection.WriteHeader(frame, id, kind, payload.Length);
+            payload.CopyTo(frame, MuxConnection.HeaderSize);
+            await stream.WriteAsync(frame);
+        }
+
+        public Task HelloAsync(ulong session)
+        {
+            var payload = new byte[8];
+            BinaryPrimitives.WriteUInt64BigEndian(payload, session);
+            return SendAsync(0, 0, payload);
+        }
+
+        public async Task<(uint Id, byte Kind, byte[] Payload)> ReadFrameAsync()
+        {
+            using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(10));
+            var header = new byte[MuxConnection.HeaderSize];
+            await stream.ReadExactlyAsync(header, timeout.Token);
+            var payload = new byte[BinaryPrimitives.ReadUInt32BigEndian(header.AsSpan(8))];
+            await stream.ReadExactlyAsync(payload, timeout.Token);
+            return (BinaryPrimitives.ReadUInt32BigEndian(header), header[4], payload);
+        }
+
+        /// <summary>Reads frames until one of <paramref name="kind"/> on <paramref name="id"/>; returns it and the ones skipped.</summary>
+        public async Task<(byte[] Payload, List<(uint Id, byte Kind, byte[] Payload)> Before)> ReadUntilAsync(uint id, byte kind)
+        {
+            var before = new List<(uint, byte, byte[])>();
+            while (true)
+            {
+                var frame = await ReadFrameAsync();
+                if (frame.Id == id && frame.Kind == kind)
+                {
+                    return (frame.Payload, before);
+                }
+
+                before.Add(frame);
+            }
+        }
+    }
+
+    private static byte[] Session(ulong id)
+    {
+        var payload = new byte[8];
+        BinaryPrimitives.WriteUInt64BigEndian(payload, id);
+        return payload;
+    }
+
     [Fact]
-    public async Task A_new_hello_drops_the_streams_of_the_previous_session()
+    public async Task A_new_hello_drops_the_streams_of_the_previous_session_and_is_echoed()
     {
         var (hostSide, guestSide) = await PairAsync(dir.Combine("pair2.sock"));
         await using var guest = MuxConnection.Serve(guestSide);
-        async Task Send(uint id, byte kind, byte[] payload)
-        {
-            var header = new byte[12];
-            BinaryPrimitives.WriteUInt32BigEndian(header, id);
-            header[4] = kind;
-            BinaryPrimitives.WriteUInt32BigEndian(header.AsSpan(8), (uint)payload.Length);
-            await hostSide.WriteAsync(header.Concat(payload).ToArray());
-        }
+        var host = new RawPeer(hostSide);
 
-        await Send(0, 0, BitConverter.GetBytes(1UL));
-        await Send(1, 1, []);
-        var stream = await guest.AcceptAsync(CancellationToken.None).AsTask().WaitAsync(TimeSpan.FromSeconds(5));
-        Assert.NotNull(stream);
-        var reading = stream!.ReadAsync(new byte[10]).AsTask();
-        await Send(0, 0, BitConverter.GetBytes(2UL));
+        await host.HelloAsync(1);
+        Assert.Equal(Session(1), (await host.ReadUntilAsync(0, 0)).Payload);
+        await host.SendAsync(1, 1, []);
+        var old = await guest.AcceptAsync(CancellationToken.None).AsTask().WaitAsync(TimeSpan.FromSeconds(5));
+        Assert.NotNull(old);
+        var reading = old!.ReadAsync(new byte[10]).AsTask();
+
+        // The host reconnects (same channel from the guest's side): a new session.
+        await host.HelloAsync(2);
+        var (echo, _) = await host.ReadUntilAsync(0, 0);
+        Assert.Equal(Session(2), echo);
         await Assert.ThrowsAsync<IOException>(() => reading.WaitAsync(TimeSpan.FromSeconds(5)));
-        await Send(1, 1, []);
-        Assert.NotNull(await guest.AcceptAsync(CancellationToken.None).AsTask().WaitAsync(TimeSpan.FromSeconds(5)));
+        Assert.Equal(2, guest.Generation);
 
-        // A malformed frame ends the connection cleanly.
-        await Send(5, 9, []);
-        Assert.Null(await guest.AcceptAsync(CancellationToken.None).AsTask().WaitAsync(TimeSpan.FromSeconds(5)));
-        Assert.IsType<InvalidDataException>(guest.Error);
+        // The new session reuses id 1: the old stream's late answer must not reach it.
+        await host.SendAsync(1, 1, []);
+        var fresh = await guest.AcceptAsync(CancellationToken.None).AsTask().WaitAsync(TimeSpan.FromSeconds(5));
+        Assert.NotNull(fresh);
+        await Assert.ThrowsAsync<IOException>(() => old.WriteAsync("stale"u8.ToArray()).AsTask());
+        await old.DisposeAsync(); // no RESET for the new stream 1 either
+        await fresh!.WriteAsync("fresh"u8.ToArray());
+        await ((MuxStream)fresh).CloseWriteAsync(CancellationToken.None);
+        var (data, skipped) = await host.ReadUntilAsync(1, 2);
+        Assert.Equal("fresh", Encoding.ASCII.GetString(data));
+        Assert.Empty(skipped);
+        Assert.Equal(3, (await host.ReadFrameAsync()).Kind); // CLOSE
         await hostSide.DisposeAsync();
     }
 
     [Fact]
-    public async Task A_directory_of_100000_entries_streams()
+    public async Task A_malformed_frame_makes_the_daemon_drop_its_streams_and_wait_for_the_next_hello()
     {
-        var big = dir.Combine("many");
-        Directory.CreateDirectory(big);
-        for (var i = 0; i < 100_000; i++)
-        {
-            File.Create(Path.Combine(big, $"entry-{i:D6}-with-a-name-long-enough-to-matter")).Dispose();
-        }
+        var (hostSide, guestSide) = await PairAsync(dir.Combine("pair3.sock"));
+        await using var guest = MuxConnection.Serve(guestSide);
+        var host = new RawPeer(hostSide);
+        await host.HelloAsync(7);
+        await host.SendAsync(1, 1, []);
+        var stream = await guest.AcceptAsync(CancellationToken.None).AsTask().WaitAsync(TimeSpan.FromSeconds(5));
+        var reading = stream!.ReadAsync(new byte[10]).AsTask();
 
-        using var server = new DaemonServer(new DirectoryVolumeCatalogForTests(big), new DaemonServerOptions("T", TimeSpan.FromMinutes(5), TimeSpan.Zero), _ => { }, () => { });
-        var socket = dir.Combine("api.sock");
-        using var listener = Listeners.Bind(new UnixDomainSocketEndPoint(socket));
-        using var stop = new CancellationTokenSource();
-        var serving = Listeners.ServeSocketAsync(listener, server, _ => { }, stop.Token);
+        // Garbage, as when a host went away in the middle of a frame: a kind that does not exist.
+        await hostSide.WriteAsync("GET /api2/json/status HTTP/1.1\r\n\r\n"u8.ToArray());
+        await Assert.ThrowsAsync<IOException>(() => reading.WaitAsync(TimeSpan.FromSeconds(5)));
+        Assert.Equal(1, guest.Resyncs);
+        Assert.IsType<InvalidDataException>(guest.LastResyncCause);
 
-        // The answer is chunked (never one buffer), and the client holds one entry at a time.
-        await using (var raw = await SocketTransport.Unix(socket).OpenStreamAsync(CancellationToken.None))
-        {
-            await raw.WriteAsync(Http.FormatRequest("/api2/json/list", [KeyValuePair.Create("path", Convert.ToBase64String("dir/raw"u8))], "T"));
-            var response = await Http.ReadResponseAsync(new BufferedReader(raw), CancellationToken.None);
-            Assert.Equal("chunked", response.Header("transfer-encoding"));
-        }
-
-        await using var client = new RestoreClient(SocketTransport.Unix(socket), "T");
-        var count = 0;
-        var names = new HashSet<string>();
-        await foreach (var e in client.ListAsync("dir/raw"u8.ToArray(), CancellationToken.None))
-        {
-            count++;
-            names.Add(Encoding.UTF8.GetString(e.Name));
-        }
-
-        Assert.Equal(100_000, count);
-        Assert.Contains("entry-099999-with-a-name-long-enough-to-matter", names);
-        stop.Cancel();
-        await serving.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+        // Frames before the next HELLO are ignored; after it the channel works again.
+        await host.SendAsync(3, 1, []);
+        await host.HelloAsync(8);
+        await host.SendAsync(5, 1, []);
+        var next = await guest.AcceptAsync(CancellationToken.None).AsTask().WaitAsync(TimeSpan.FromSeconds(5));
+        Assert.Equal(5u, ((MuxStream)next!).Id);
+        Assert.False(guest.Closed.IsCompleted);
+        await hostSide.DisposeAsync();
+        Assert.Null(await guest.AcceptAsync(CancellationToken.None).AsTask().WaitAsync(TimeSpan.FromSeconds(5)));
     }
 
     [Fact]
-    public async Task Idle_timeout_shuts_down_and_keep_timeout_status_does_not_reset_it()
+    public async Task The_host_ignores_everything_the_daemon_sent_before_echoing_its_hello()
     {
-        Directory.CreateDirectory(dir.Combine("idle"));
-        var shutdown = new TaskCompletionSource();
-        using var server = new DaemonServer(new DirectoryVolumeCatalogForTests(dir.Combine("idle")),
-            new DaemonServerOptions("T", TimeSpan.FromSeconds(2), TimeSpan.Zero), _ => { }, () => shutdown.TrySetResult());
-        var socket = dir.Combine("idle.sock");
-        using var listener = Listeners.Bind(new UnixDomainSocketEndPoint(socket));
-        using var stop = new CancellationTokenSource();
-        var serving = Listeners.ServeSocketAsync(listener, server, _ => { }, stop.Token);
-        await using var client = new RestoreClient(SocketTransport.Unix(socket), "T");
-        var started = DateTime.UtcNow;
-        for (var i = 0; i < 5; i++)
+        var (hostSide, guestSide) = await PairAsync(dir.Combine("pair4.sock"));
+        var guest = new RawPeer(guestSide);
+        // The tail of a frame cut by the previous host's disconnection, then a whole stale answer on stream 1.
+        await guestSide.WriteAsync(new byte[] { 0, 0, 0, 9, 2, 0, 0 });
+        await guest.SendAsync(1, 2, "stale answer"u8.ToArray());
+        await guest.SendAsync(1, 3, []);
+
+        await using var host = await MuxConnection.ConnectAsync(hostSide, CancellationToken.None);
+        var hello = await guest.ReadFrameAsync();
+        Assert.Equal((0u, (byte)0), (hello.Id, hello.Kind));
+        Assert.Equal(host.Session, BinaryPrimitives.ReadUInt64BigEndian(hello.Payload));
+        var stream = await host.OpenStreamAsync(CancellationToken.None);
+        Assert.Equal(1u, ((MuxStream)stream).Id);
+        Assert.False(host.SessionConfirmed.IsCompleted);
+
+        await guest.SendAsync(0, 0, hello.Payload); // the echo
+        await host.SessionConfirmed.WaitAsync(TimeSpan.FromSeconds(5));
+        await guest.SendAsync(1, 2, "fresh"u8.ToArray());
+        await guest.SendAsync(1, 3, []);
+        using var reader = new StreamReader(stream);
+        Assert.Equal("fresh", await reader.ReadToEndAsync().WaitAsync(TimeSpan.FromSeconds(5)));
+        await guestSide.DisposeAsync();
+    }
+
+    [Fact]
+    public async Task A_slow_stream_holds_at_most_its_window_and_does_not_block_the_others()
+    {
+        var (hostSide, guestSide) = await PairAsync(dir.Combine("pair5.sock"));
+        await using var guest = MuxConnection.Serve(guestSide);
+        await using var host = await MuxConnection.ConnectAsync(hostSide, CancellationToken.None);
+
+        var slow = (MuxStream)await host.OpenStreamAsync(CancellationToken.None);
+        var slowGuest = (await guest.AcceptAsync(CancellationToken.None))!;
+        var data = new byte[3 * MuxConnection.InitialWindow + 12345];
+        new Random(9).NextBytes(data);
+        var writing = Task.Run(async () =>
         {
-            var status = await client.StatusAsync(keepTimeout: true, CancellationToken.None);
-            Assert.InRange(status.Timeout, 0, 2);
-            await Task.Delay(200);
+            await slowGuest.WriteAsync(data);
+            await ((MuxStream)slowGuest).CloseWriteAsync(CancellationToken.None);
+        });
+
+        // Nobody reads the slow stream: the writer stops at the window and the host buffers no more than that.
+        await Task.Delay(1000);
+        Assert.False(writing.IsCompleted, "the writer was not held back by the window");
+        Assert.InRange(slow.Buffered, MuxConnection.InitialWindow - MuxConnection.MaxPayload, MuxConnection.InitialWindow);
+
+        // Meanwhile other streams work, in both directions.
+        for (var i = 0; i < 20; i++)
+        {
+            var other = await host.OpenStreamAsync(CancellationToken.None);
+            var otherGuest = (await guest.AcceptAsync(CancellationToken.None).AsTask().WaitAsync(TimeSpan.FromSeconds(5)))!;
+            await other.WriteAsync(Encoding.ASCII.GetBytes($"ping {i}"));
+            await ((MuxStream)other).CloseWriteAsync(CancellationToken.None);
+            var request = await new StreamReader(otherGuest).ReadToEndAsync().WaitAsync(TimeSpan.FromSeconds(5));
+            await otherGuest.WriteAsync(Encoding.ASCII.GetBytes(request.Replace("ping", "pong")));
+            await ((MuxStream)otherGuest).CloseWriteAsync(CancellationToken.None);
+            Assert.Equal($"pong {i}", await new StreamReader(other).ReadToEndAsync().WaitAsync(TimeSpan.FromSeconds(5)));
+            await other.DisposeAsync();
+            await otherGuest.DisposeAsync();
         }
 
-        await shutdown.Task.WaitAsync(TimeSpan.FromSeconds(5));
-        Assert.InRange((DateTime.UtcNow - started).TotalSeconds, 1.5, 4);
-        stop.Cancel();
-        await serving.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+        Assert.False(writing.IsCompleted);
+
+        // Reading the slow stream lets the writer finish, byte-exact.
+        using var received = new MemoryStream();
+        await slow.CopyToAsync(received).WaitAsync(TimeSpan.FromSeconds(30));
+        await writing.WaitAsync(TimeSpan.FromSeconds(5));
+        Assert.True(received.ToArray().AsSpan().SequenceEqual(data));
+    }
+
+    [Fact]
+    public async Task A_peer_that_sends_beyond_its_credit_gets_the_stream_reset()
+    {
+        var (hostSide, guestSide) = await PairAsync(dir.Combine("pair6.sock"));
+        await using var guest = MuxConnection.Serve(guestSide);
+        var host = new RawPeer(hostSide);
+        await host.HelloAsync(3);
+        await host.SendAsync(1, 1, []);
+        await host.SendAsync(3, 1, []);
+        var flooded = (await guest.AcceptAsync(CancellationToken.None))!;
+        var calm = (await guest.AcceptAsync(CancellationToken.None))!;
+        var chunk = new byte[MuxConnection.MaxPayload];
+        for (var sent = 0; sent <= MuxConnection.InitialWindow; sent += chunk.Length)
+        {
+            await host.SendAsync(1, 2, chunk);
+        }
+
+        var (_, before) = await host.ReadUntilAsync(1, 4); // RESET of stream 1
+        Assert.DoesNotContain(before, f => f.Id == 1 && f.Kind == 2);
+        // What was within the window can be read; then the stream reports the reset.
+        await Assert.ThrowsAsync<IOException>(async () =>
+        {
+            var buffer = new byte[1 << 20];
+            while (await flooded.ReadAsync(buffer) > 0)
+            {
+            }
+        });
+
+        await host.SendAsync(3, 2, "still fine"u8.ToArray());
+        await host.SendAsync(3, 3, []);
+        Assert.Equal("still fine", await new StreamReader(calm).ReadToEndAsync().WaitAsync(TimeSpan.FromSeconds(5)));
+        await hostSide.DisposeAsync();
+    }
+
+    [Fact]
+    public async Task Several_host_connections_over_the_life_of_one_channel_each_work()
+    {
+        // The guest's port lives as long as the VM; hosts come and go through the chardev socket (a relay here, as
+        // QEMU does it: while no host is connected, what the guest writes is dropped).
+        var data = new byte[6 * 1024 * 1024];
+        new Random(4).NextBytes(data);
+        Directory.CreateDirectory(dir.Combine("vm"));
+        await File.WriteAllBytesAsync(dir.Combine("vm/big.bin"), data);
+        var (relayEnd, guestEnd) = await PairAsync(dir.Combine("port.sock"));
+        using var server = new DaemonServer(new DirectoryVolumeCatalogForTests(dir.Combine("vm")),
+            new DaemonServerOptions("T", TimeSpan.FromMinutes(5), TimeSpan.Zero), _ => { }, () => { });
+        await using var guestMux = MuxConnection.Serve(guestEnd);
+        var serving = ServeAsync(guestMux, server);
+
+        var chardev = dir.Combine("chardev.sock");
+        using var listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        listener.Bind(new UnixDomainSocketEndPoint(chardev));
+        listener.Listen(1);
+        NetworkStream? current = null;
+        var gate = new object();
+        var toHost = Task.Run(async () =>
+        {
+            var buffer = new byte[64 * 1024];
+            int n;
+            while ((n = await relayEnd.ReadAsync(buffer)) > 0)
+            {
+                NetworkStream? target;
+                lock (gate)
+                {
+                    target = current;
+                }
+
+                try
+                {
+                    if (target is not null)
+                    {
+                        await target.WriteAsync(buffer.AsMemory(0, n));
+                    }
+                }
+                catch (Exception e) when (e is IOException or ObjectDisposedException)
+                {
+                    // The host went away: the bytes are lost, as with QEMU.
+                }
+            }
+        });
+        var accepting = Task.Run(async () =>
+        {
+            while (true)
+            {
+                var client = new NetworkStream(await listener.AcceptAsync(), true);
+                lock (gate)
+                {
+                    current = client;
+                }
+
+                try
+                {
+                    await client.CopyToAsync(relayEnd);
+                }
+                catch (IOException)
+                {
+                }
+
+                lock (gate)
+                {
+                    current = null;
+                }
+            }
+        });
+
+        async Task<(RestoreClient Client, MuxConnection Mux)> ConnectAsync()
+        {
+            var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+            await socket.ConnectAsync(new UnixDomainSocketEndPoint(chardev));
+            var mux = await MuxConnection.ConnectAsync(new NetworkStream(socket, true), CancellationToken.None);
+            return (new RestoreClient(new MuxTransport(mux), "T"), mux);
+        }
+
+        for (var session = 0; session < 4; session++)
+        {
+            var (client, mux) = await ConnectAsync();
+            var offset = 1_000_003 * session + 7;
+            var buffer = new byte[200_000];
+            Assert.Equal(buffer.Length, await client.ReadAsync("dir/raw/big.bin"u8.ToArray(), offset, buffer, CancellationToken.None).WaitAsync(TimeSpan.FromSeconds(20)));
+            Assert.True(buffer.AsSpan().SequenceEqual(data.AsSpan(offset, buffer.Length)), $"session {session}: wrong bytes");
+            Assert.Equal("big.bin", Encoding.UTF8.GetString(Assert.Single(await client.ListAllAsync("dir/raw")).Name));
+            await mux.SessionConfirmed.WaitAsync(TimeSpan.FromSeconds(5));
+
+            // Leave in the middle of a large answer: the daemon is still writing for this session when the next comes.
+            var extract = await client.ExtractAsync("dir/raw/big.bin"u8.ToArray(), ExtractFormat.Plain, false, CancellationToken.None);
+            await extract.ReadExactlyAsync(new byte[1000]);
+            await client.DisposeAsync();
+        }
+
+        Assert.Equal(4, guestMux.Generation);
+        Assert.Equal(0, guestMux.Resyncs);
+        Assert.False(guestMux.Closed.IsCompleted);
+        await relayEnd.DisposeAsync();
+        await serving.WaitAsync(TimeSpan.FromSeconds(10));
+        await toHost.WaitAsync(TimeSpan.FromSeconds(10)).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+        _ = accepting;
     }
 }

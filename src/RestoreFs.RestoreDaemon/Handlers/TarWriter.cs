@@ -11,6 +11,9 @@ namespace RestoreFs.RestoreDaemon.Handlers;
 /// </summary>
 internal sealed class TarWriter(Stream output)
 {
+    private const uint MaxUstarId = 0x1FFFFF;
+    private const long MaxUstarTime = 0x1FFFFFFFF; // 11 octal digits
+
     private readonly byte[] block = new byte[512];
     private readonly byte[] copy = new byte[1024 * 1024];
 
@@ -112,7 +115,18 @@ internal sealed class TarWriter(Stream output)
             pax.Add(("size", Ascii(size.ToString(CultureInfo.InvariantCulture))));
         }
 
-        if (st.MTimeNsec != 0 || st.MTime < 0)
+        // ustar's 7 octal digits hold ids up to 2097151; larger ones (user namespaces, AD-mapped ids) go in pax.
+        if (st.Uid > MaxUstarId)
+        {
+            pax.Add(("uid", Ascii(st.Uid.ToString(CultureInfo.InvariantCulture))));
+        }
+
+        if (st.Gid > MaxUstarId)
+        {
+            pax.Add(("gid", Ascii(st.Gid.ToString(CultureInfo.InvariantCulture))));
+        }
+
+        if (st.MTimeNsec != 0 || st.MTime < 0 || st.MTime > MaxUstarTime)
         {
             pax.Add(("mtime", Ascii($"{st.MTime}.{st.MTimeNsec:D9}")));
         }
@@ -141,13 +155,14 @@ internal sealed class TarWriter(Stream output)
 
             var data = records.ToArray();
             var paxName = Ascii("PaxHeaders/" + Encoding.ASCII.GetString(Clip(name, 80)).Replace('\0', '_'));
-            FillHeader(paxName, 0x1A4, 0, 0, data.Length, Math.Max(0, st.MTime), 'x', null, 0, 0);
+            FillHeader(paxName, 0x1A4, 0, 0, data.Length, Math.Clamp(st.MTime, 0, MaxUstarTime), 'x', null, 0, 0);
             await output.WriteAsync(block, ct).ConfigureAwait(false);
             await output.WriteAsync(data, ct).ConfigureAwait(false);
             await PadAsync(data.Length, ct).ConfigureAwait(false);
         }
 
-        FillHeader(Clip(name, 99), st.Mode & 0xFFF, st.Uid, st.Gid, Math.Min(size, 0x1FFFFFFFF), Math.Max(0, st.MTime), type,
+        FillHeader(Clip(name, 99), st.Mode & 0xFFF, Math.Min(st.Uid, MaxUstarId), Math.Min(st.Gid, MaxUstarId), Math.Min(size, 0x1FFFFFFFF),
+            Math.Clamp(st.MTime, 0, MaxUstarTime), type,
             link is null ? null : Clip(link, 99), st.RdevMajor, st.RdevMinor);
         await output.WriteAsync(block, ct).ConfigureAwait(false);
     }
@@ -157,8 +172,8 @@ internal sealed class TarWriter(Stream output)
         Array.Clear(block);
         name.CopyTo(block, 0);
         Octal(100, 8, mode);
-        Octal(108, 8, uid & 0x1FFFFF);
-        Octal(116, 8, gid & 0x1FFFFF);
+        Octal(108, 8, uid);
+        Octal(116, 8, gid);
         Octal(124, 12, size);
         Octal(136, 12, mtime);
         block[156] = (byte)type;

@@ -26,6 +26,7 @@ public sealed class DaemonServer : IDisposable
     private readonly SemaphoreSlim extractions;
     private readonly byte[] ticket;
     private readonly CancellationTokenSource stopping = new();
+    private long entriesListed;
 
     public DaemonServer(IVolumeCatalog catalog, DaemonServerOptions options, Action<string> log, Action shutdown)
     {
@@ -53,6 +54,10 @@ public sealed class DaemonServer : IDisposable
     }
 
     public Watchdog Watchdog { get; }
+
+    /// <summary>Directory entries written into <c>list</c> answers so far (they stream: a reader that stops reading
+    /// stops the listing).</summary>
+    public long EntriesListed => Interlocked.Read(ref entriesListed);
 
     public Action Shutdown { get; }
 
@@ -166,10 +171,10 @@ public sealed class DaemonServer : IDisposable
         var authorised = Authorised(request.Header("authorization"));
         if (endpoint != "status" && !authorised)
         {
-            var wait = options.AuthFailureDelay - started.Elapsed;
-            if (wait > TimeSpan.Zero)
+            // Timers may fire a little early: wait until the delay has really passed.
+            for (var wait = options.AuthFailureDelay - started.Elapsed; wait > TimeSpan.Zero; wait = options.AuthFailureDelay - started.Elapsed)
             {
-                await Task.Delay(wait, ct).ConfigureAwait(false);
+                await Task.Delay(wait + TimeSpan.FromMilliseconds(1), ct).ConfigureAwait(false);
             }
 
             await TextAsync(stream, 401, "authentication failed", ct).ConfigureAwait(false);
@@ -271,7 +276,20 @@ public sealed class DaemonServer : IDisposable
             return (path, null);
         }
 
-        return (path, await catalog.MountAsync(path.Volume, ct).ConfigureAwait(false));
+        return (path, await MountAsync(path.Volume, ct).ConfigureAwait(false));
+    }
+
+    /// <summary>Mounts a volume for a request; failing, the 400 answer names the volume and the reason.</summary>
+    private async Task<string> MountAsync(VolumeInfo volume, CancellationToken ct)
+    {
+        try
+        {
+            return await catalog.MountAsync(volume, ct).ConfigureAwait(false);
+        }
+        catch (VolumeException e) when (!e.Message.Contains(volume.Id, StringComparison.Ordinal))
+        {
+            throw new BadRequestException($"{volume.Id}: {e.Message}");
+        }
     }
 
     /// <summary>At most this much file content is inlined in one listing.</summary>
@@ -297,7 +315,7 @@ public sealed class DaemonServer : IDisposable
             return;
         }
 
-        var mountPoint = await catalog.MountAsync(path.Volume, ct).ConfigureAwait(false);
+        var mountPoint = await MountAsync(path.Volume, ct).ConfigureAwait(false);
         var (directory, single) = VolumeFiles.OpenForList(mountPoint, path.Rest, path.Prefix);
         if (single is not null)
         {
@@ -324,6 +342,7 @@ public sealed class DaemonServer : IDisposable
                 foreach (var entry in VolumeFiles.ListDirectory(directory!, path.Prefix, inlineMax, InlineBudget))
                 {
                     ApiJson.WriteEntry(w, entry);
+                    Interlocked.Increment(ref entriesListed);
                     if (++n % 256 == 0 || w.BytesPending > 1 << 20)
                     {
                         await w.FlushAsync(ct).ConfigureAwait(false);

@@ -33,6 +33,33 @@ public static class Listeners
         }
     }
 
+    /// <summary>Accepts vsock connections (through libc: .NET's Socket does not take AF_VSOCK); one request each.</summary>
+    public static async Task ServeVsockAsync(VsockSocket.VsockListener listener, DaemonServer server, Action<string> log, CancellationToken ct)
+    {
+        using var wake = ct.Register(listener.Dispose);
+        while (!ct.IsCancellationRequested)
+        {
+            Stream? client;
+            try
+            {
+                client = await listener.AcceptAsync().ConfigureAwait(false);
+            }
+            catch (IOException e)
+            {
+                log(e.Message);
+                await Task.Delay(100, ct).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+                continue;
+            }
+
+            if (client is null)
+            {
+                break;
+            }
+
+            _ = Task.Run(() => server.HandleAsync(client, ct), CancellationToken.None);
+        }
+    }
+
     /// <summary>
     /// Serves the multiplexed protocol on a character device (the guest end of the virtio-serial port), reopening it
     /// whenever the host side goes away: while no host is connected, reads return end of file.
@@ -106,7 +133,7 @@ public static class Listeners
         var socket = endPoint switch
         {
             UnixDomainSocketEndPoint => new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified),
-            VsockEndPoint => new Socket(VsockEndPoint.Family, SocketType.Stream, ProtocolType.Unspecified),
+            VsockEndPoint => throw new ArgumentException("vsock listens through VsockSocket.Listen"),
             _ => new Socket(endPoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp),
         };
         if (endPoint is IPEndPoint)
