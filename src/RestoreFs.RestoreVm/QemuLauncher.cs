@@ -36,6 +36,9 @@ public static class QemuLauncher
     public const string Marker = "restorefs-vm";
     public const string SerialPortName = "org.restorefs.0";
 
+    /// <summary>The daemon's vsock port (PBS's).</summary>
+    public const uint VsockPort = 807;
+
     public static string ChannelSocket(string vmDirectory) => Path.Combine(vmDirectory, "channel.sock");
 
     public static string ProxySocket(string vmDirectory) => Path.Combine(vmDirectory, "api.sock");
@@ -81,7 +84,7 @@ public static class QemuLauncher
         if (l.VsockCid is { } cid)
         {
             args.Add("-device");
-            args.Add($"vhost-vsock-{dev},guest-cid={cid}");
+            args.Add(micro ? $"vhost-vsock-device,guest-cid={cid}" : $"vhost-vsock-pci,guest-cid={cid},disable-legacy=on");
         }
         else
         {
@@ -107,7 +110,46 @@ public static class QemuLauncher
         }
 
         line.Append(CultureInfo.InvariantCulture, $" restorefs.idle={l.IdleTimeoutSeconds}");
+
+        // The daemon listens on the channel QEMU was given (the guest kernel may load vsock without a device).
+        line.Append(l.VsockCid is null ? " restorefs.channel=serial" : " restorefs.channel=vsock");
         return line.ToString();
+    }
+
+    /// <summary>The lowest CID handed to a VM: 0–2 are reserved (2 is the host), low ones have other uses.</summary>
+    public const uint FirstCid = 10;
+
+    /// <summary>
+    /// The CID asked for a new VM, as PBS does it: one above the largest CID in use (0 when none), offset by the uid
+    /// so that users rarely collide, cut to 16 bits, never below <see cref="FirstCid"/>.
+    /// </summary>
+    public static uint RequestCid(IEnumerable<uint> cidsInUse, uint uid) => ClampCid(cidsInUse.DefaultIfEmpty(0u).Max() + 1L + uid);
+
+    /// <summary>The CID to try after <paramref name="cid"/> was taken.</summary>
+    public static uint NextCid(uint cid) => ClampCid(cid + 1L);
+
+    private static uint ClampCid(long cid) => Math.Max((uint)(cid & 0xFFFF), FirstCid);
+
+    /// <summary>True when QEMU failed because another VM (of any user) holds the CID.</summary>
+    public static bool CidTaken(string qemuError) =>
+        qemuError.Contains("guest cid", StringComparison.OrdinalIgnoreCase) && qemuError.Contains("in use", StringComparison.OrdinalIgnoreCase);
+
+    /// <summary>
+    /// True when <paramref name="argv"/> is the command line of one of our VMs: <c>-name restorefs-vm,…</c>, and when
+    /// <paramref name="vmDirectory"/> is given, the pid file in that directory (so a reused pid is not mistaken).
+    /// </summary>
+    public static bool IsVmCommandLine(IReadOnlyList<string> argv, string? vmDirectory)
+    {
+        var named = false;
+        var pidFile = vmDirectory is null ? null : PidFile(vmDirectory);
+        var ownPidFile = pidFile is null;
+        for (var i = 0; i + 1 < argv.Count; i++)
+        {
+            named |= argv[i] == "-name" && (argv[i + 1] == Marker || argv[i + 1].StartsWith(Marker + ",", StringComparison.Ordinal));
+            ownPidFile |= argv[i] == "-pidfile" && argv[i + 1] == pidFile;
+        }
+
+        return named && ownPidFile;
     }
 
     /// <summary>QEMU's option syntax: a comma inside a value is written twice.</summary>

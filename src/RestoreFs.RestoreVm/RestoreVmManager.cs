@@ -1,9 +1,24 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
+using System.Globalization;
+using System.Security.Cryptography;
 using Microsoft.Extensions.Logging;
 using RestoreFs.RestoreApi;
 
 namespace RestoreFs.RestoreVm;
+
+/// <summary>How the host talks to the daemon in the VM.</summary>
+public enum VmChannelKind
+{
+    /// <summary>vsock where <c>/dev/vhost-vsock</c> exists, else virtio-serial.</summary>
+    Auto,
+
+    /// <summary>A virtio-serial port on a unix socket (0700 directory), multiplexed: needs no host module.</summary>
+    Serial,
+
+    /// <summary><c>vhost-vsock</c>, a connection per request to the VM's CID, port 807 (PBS's way).</summary>
+    Vsock,
+}
 
 public sealed record RestoreVmOptions
 {
@@ -12,7 +27,16 @@ public sealed record RestoreVmOptions
     /// <summary>Holds vmlinux, vmlinuz and initramfs.img from scripts/build-restore-image.sh.</summary>
     public required string ImageDirectory { get; init; }
 
+    /// <summary>How long a boot may take before it is given up (and tried once more on the pc machine).</summary>
     public TimeSpan StartTimeout { get; init; } = TimeSpan.FromSeconds(60);
+
+    /// <summary>How long a boot under KVM may take: KVM that does not work here must fail fast.</summary>
+    public TimeSpan KvmStartTimeout { get; init; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>How long a health check (status) of a running VM may take before the VM counts as unreachable.</summary>
+    public TimeSpan ProbeTimeout { get; init; } = TimeSpan.FromSeconds(5);
+
+    public VmChannelKind Channel { get; init; } = VmChannelKind.Auto;
 
     public bool Debug { get; init; }
 
@@ -23,25 +47,40 @@ public sealed record RestoreVmOptions
 }
 
 /// <summary>A running VM this process talks to.</summary>
-public sealed class VmSession(VmEntry entry, VmChannel channel, RestoreClient client) : IAsyncDisposable
+public sealed class VmSession : IAsyncDisposable
 {
-    public VmEntry Entry => entry;
+    private readonly VmChannel? channel;
+    private readonly RestoreClient client;
+
+    internal VmSession(VmEntry entry, VmChannel? channel, RestoreClient client)
+    {
+        Entry = entry;
+        this.channel = channel;
+        this.client = client;
+    }
+
+    public VmEntry Entry { get; }
 
     public IRestoreClient Client => client;
 
-    public bool Broken => channel.Broken;
+    /// <summary>The VM is gone: its multiplexed channel closed (virtio-serial), or its QEMU exited (vsock).</summary>
+    public bool Broken => channel is not null ? channel.Broken : !RestoreVmManager.IsAlive(Entry);
 
     public async ValueTask DisposeAsync()
     {
         await client.DisposeAsync().ConfigureAwait(false);
-        await channel.DisposeAsync().ConfigureAwait(false);
+        if (channel is not null)
+        {
+            await channel.DisposeAsync().ConfigureAwait(false);
+        }
     }
 }
 
 /// <summary>
-/// Starts, reuses, probes and stops restore VMs, one per snapshot, recorded in the <see cref="VmStateMap"/>. The
-/// first VM decides KVM or TCG: KVM is tried when /dev/kvm opens, and a VM that dies or stays silent under it
-/// marks KVM unusable (in the runtime directory) and starts again under TCG.
+/// Starts, reuses, probes and stops restore VMs, one per snapshot, recorded in the <see cref="VmStateMap"/> (PBS's
+/// ensure_running / cleanup_map / status / stop). KVM is tried when /dev/kvm opens; a VM that dies or stays silent
+/// under it marks KVM unusable (in the runtime directory) and starts again under TCG. A microvm that does not answer
+/// in time is retried once on the pc machine.
 /// </summary>
 public sealed class RestoreVmManager : IAsyncDisposable
 {
@@ -49,16 +88,22 @@ public sealed class RestoreVmManager : IAsyncDisposable
     private readonly ILogger log;
     private readonly ConcurrentDictionary<string, SemaphoreSlim> locks = new();
     private readonly ConcurrentDictionary<string, VmSession> sessions = new();
-    private readonly ConcurrentDictionary<string, int> started = new();
+    private readonly ConcurrentDictionary<string, VmEntry> started = new();
+    private readonly Lazy<VmChannelKind> channelKind;
+    private int accelLogged;
 
     public RestoreVmManager(RestoreVmOptions options, ILoggerFactory logs)
     {
         this.options = options;
         log = logs.CreateLogger<RestoreVmManager>();
         Map = new VmStateMap(options.RuntimeDirectory, log);
+        channelKind = new Lazy<VmChannelKind>(ChooseChannel);
     }
 
     public VmStateMap Map { get; }
+
+    /// <summary>The channel new VMs get (decided once, logged).</summary>
+    public VmChannelKind Channel => channelKind.Value;
 
     private string KvmMarker => Path.Combine(options.RuntimeDirectory, "kvm-unusable");
 
@@ -85,25 +130,28 @@ public sealed class RestoreVmManager : IAsyncDisposable
                 await ready.DisposeAsync().ConfigureAwait(false);
             }
 
-            await CleanupAsync(ct).ConfigureAwait(false);
+            var live = await CleanupAsync(ct).ConfigureAwait(false);
             var existing = Map.Read().FirstOrDefault(e => e.Name == name);
+            uint? cid = null;
             if (existing is not null)
             {
-                var reused = await TryConnectAsync(existing, ct).ConfigureAwait(false);
-                if (reused is not null)
+                // keep-timeout=false: this status re-arms the VM's idle timer.
+                var connected = live.ContainsKey(name) ? await TryConnectAsync(existing, keepTimeout: false, ct).ConfigureAwait(false) : null;
+                if (connected?.Session is { } reused)
                 {
-                    log.LogInformation("Reusing restore VM {Name} (pid {Pid})", name, existing.Pid);
+                    log.LogInformation("Reusing restore VM {Name} (pid {Pid}, {Channel})", name, existing.Pid, existing.Channel);
                     sessions[name] = reused;
                     return reused;
                 }
 
                 log.LogWarning("Restore VM {Name} (pid {Pid}) does not answer: restarting it", name, existing.Pid);
+                cid = existing.VsockCid; // PBS restarts a stale VM with the same CID
                 await KillAsync(existing).ConfigureAwait(false);
             }
 
-            var session = await StartAsync(name, disks, ct).ConfigureAwait(false);
+            var session = await StartAsync(name, disks, cid, ct).ConfigureAwait(false);
             sessions[name] = session;
-            started[name] = session.Entry.Pid;
+            started[name] = session.Entry;
             return session;
         }
         finally
@@ -121,20 +169,84 @@ public sealed class RestoreVmManager : IAsyncDisposable
         }
     }
 
-    /// <summary>Removes map entries whose QEMU is gone.</summary>
-    public async Task CleanupAsync(CancellationToken ct)
+    /// <summary>
+    /// PBS's cleanup_map: probes every VM in the map (status with keep-timeout, so that the probe does not keep it
+    /// alive) and removes the unreachable ones with a log line each: QEMU gone; the mount that served its disks gone
+    /// (killed); no answer within the probe timeout (killed). Returns the status of every VM that answered.
+    /// </summary>
+    public async Task<IReadOnlyDictionary<string, DaemonStatus>> CleanupAsync(CancellationToken ct)
     {
-        var removed = await Map.UpdateAsync(entries =>
+        var entries = await Map.ReadLockedAsync(ct).ConfigureAwait(false);
+        var verdicts = await Task.WhenAll(entries.Select(async e => (Entry: e, Verdict: await JudgeAsync(e, ct).ConfigureAwait(false))))
+            .ConfigureAwait(false);
+        var answered = new Dictionary<string, DaemonStatus>(StringComparer.Ordinal);
+        var gone = new List<(VmEntry Entry, string Reason)>();
+        foreach (var (entry, (status, reason, kill)) in verdicts)
         {
-            var dead = entries.Where(e => !IsOurVm(e.Pid)).ToList();
-            entries.RemoveAll(dead.Contains);
-            return dead;
-        }, ct).ConfigureAwait(false);
-        foreach (var e in removed)
-        {
-            log.LogInformation("Restore VM {Name} (pid {Pid}) is gone: removed from the map", e.Name, e.Pid);
-            TryDeleteDirectory(e.Directory);
+            if (status is not null)
+            {
+                answered[entry.Name] = status;
+                continue;
+            }
+
+            if (kill)
+            {
+                KillProcess(entry);
+            }
+
+            gone.Add((entry, reason!));
         }
+
+        if (gone.Count > 0)
+        {
+            await Map.UpdateAsync(list => list.RemoveAll(x => gone.Any(g => g.Entry.Name == x.Name && g.Entry.Pid == x.Pid)), ct)
+                .ConfigureAwait(false);
+            foreach (var (entry, reason) in gone)
+            {
+                log.LogInformation("Restore VM {Name} (pid {Pid}, {Channel}) was not reachable, removed from the map: {Reason}",
+                    entry.Name, entry.Pid, entry.Channel, reason);
+                if (sessions.TryGetValue(entry.Name, out var session) && session.Entry.Pid == entry.Pid && sessions.TryRemove(entry.Name, out _))
+                {
+                    await session.DisposeAsync().ConfigureAwait(false);
+                }
+
+                await WaitForExitAsync(entry, TimeSpan.FromSeconds(5)).ConfigureAwait(false);
+                TryDeleteDirectory(entry.Directory);
+            }
+        }
+
+        return answered;
+    }
+
+    private async Task<(DaemonStatus? Status, string? Reason, bool Kill)> JudgeAsync(VmEntry entry, CancellationToken ct)
+    {
+        if (!IsAlive(entry))
+        {
+            return (null, "its QEMU is gone", false);
+        }
+
+        if (entry.Owner > 0 && entry.Owner != Environment.ProcessId && !Directory.Exists($"/proc/{entry.Owner}"))
+        {
+            return (null, $"the process that served its disks (pid {entry.Owner}) is gone; stopping it", true);
+        }
+
+        DaemonStatus? status;
+        if (sessions.TryGetValue(entry.Name, out var session) && session.Entry.Pid == entry.Pid && !session.Broken)
+        {
+            status = await ProbeAsync(session.Client, keepTimeout: true, ct).ConfigureAwait(false);
+        }
+        else
+        {
+            var probe = await TryConnectAsync(entry, keepTimeout: true, ct).ConfigureAwait(false);
+            status = probe?.Status;
+            if (probe is { } p)
+            {
+                await p.Session.DisposeAsync().ConfigureAwait(false);
+            }
+        }
+
+        ct.ThrowIfCancellationRequested();
+        return status is null ? (null, $"it does not answer status (probe timeout {options.ProbeTimeout.TotalSeconds:0.#} s); stopping it", true) : (status, null, false);
     }
 
     /// <summary>Stops one VM (asking its daemon first, then killing it) and removes it from the map.</summary>
@@ -151,87 +263,134 @@ public sealed class RestoreVmManager : IAsyncDisposable
             await TryStopAsync(session.Client, ct).ConfigureAwait(false);
             await session.DisposeAsync().ConfigureAwait(false);
         }
-        else if (IsOurVm(entry.Pid) && await TryConnectAsync(entry, ct).ConfigureAwait(false) is { } other)
+        else if (await TryConnectAsync(entry, keepTimeout: true, ct).ConfigureAwait(false) is { } other)
         {
-            await TryStopAsync(other.Client, ct).ConfigureAwait(false);
-            await other.DisposeAsync().ConfigureAwait(false);
+            await TryStopAsync(other.Session.Client, ct).ConfigureAwait(false);
+            await other.Session.DisposeAsync().ConfigureAwait(false);
         }
 
-        await WaitForExitAsync(entry.Pid, TimeSpan.FromSeconds(5)).ConfigureAwait(false);
+        await WaitForExitAsync(entry, TimeSpan.FromSeconds(5)).ConfigureAwait(false);
         await KillAsync(entry).ConfigureAwait(false);
         log.LogInformation("Stopped restore VM {Name} (pid {Pid})", name, entry.Pid);
         return true;
     }
 
-    /// <summary>Live status of every VM in the map (null status when the daemon does not answer).</summary>
-    public async Task<IReadOnlyList<(VmEntry Entry, DaemonStatus? Status)>> StatusAsync(CancellationToken ct)
+    /// <summary>Stops every VM of this user; returns their names.</summary>
+    public async Task<IReadOnlyList<string>> StopAllAsync(CancellationToken ct)
     {
         await CleanupAsync(ct).ConfigureAwait(false);
-        var result = new List<(VmEntry, DaemonStatus?)>();
+        var stopped = new List<string>();
         foreach (var entry in Map.Read())
         {
-            DaemonStatus? status = null;
-            if (sessions.TryGetValue(entry.Name, out var session))
+            if (await StopAsync(entry.Name, ct).ConfigureAwait(false))
             {
-                status = await ProbeAsync(session.Client, keepTimeout: true, ct).ConfigureAwait(false);
+                stopped.Add(entry.Name);
             }
-            else if (await TryConnectAsync(entry, ct, keepTimeout: true).ConfigureAwait(false) is { } probe)
-            {
-                await using (probe.ConfigureAwait(false))
-                {
-                    status = await ProbeAsync(probe.Client, keepTimeout: true, ct).ConfigureAwait(false);
-                }
-            }
-
-            result.Add((entry, status));
         }
 
-        return result;
+        return stopped;
     }
 
-    private async Task<VmSession?> TryConnectAsync(VmEntry entry, CancellationToken ct, bool keepTimeout = false)
+    /// <summary>Live status of every VM in the map (after removing the unreachable ones).</summary>
+    public async Task<IReadOnlyList<(VmEntry Entry, DaemonStatus? Status)>> StatusAsync(CancellationToken ct)
     {
-        if (!IsOurVm(entry.Pid) || !entry.Channel.StartsWith("serial:", StringComparison.Ordinal))
+        var live = await CleanupAsync(ct).ConfigureAwait(false);
+        return Map.Read().Select(e => (e, live.GetValueOrDefault(e.Name))).ToList();
+    }
+
+    private async Task<(VmSession Session, DaemonStatus Status)?> TryConnectAsync(VmEntry entry, bool keepTimeout, CancellationToken ct)
+    {
+        if (!IsAlive(entry))
         {
             return null;
         }
 
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        timeout.CancelAfter(options.ProbeTimeout);
+        VmChannel? channel = null;
+        RestoreClient? client = null;
         try
         {
-            var channel = await VmChannel.ConnectAsync(entry.Channel["serial:".Length..], QemuLauncher.ProxySocket(entry.Directory), log, ct)
-                .ConfigureAwait(false);
-            var client = new RestoreClient(channel.Transport, entry.Ticket, ownsTransport: false);
-            if (await ProbeAsync(client, keepTimeout, ct).ConfigureAwait(false) is null)
+            if (entry.SerialSocket is { } socket)
             {
-                await client.DisposeAsync().ConfigureAwait(false);
-                await channel.DisposeAsync().ConfigureAwait(false);
+                channel = await VmChannel.ConnectAsync(socket, QemuLauncher.ProxySocket(entry.Directory), log, timeout.Token).ConfigureAwait(false);
+                client = new RestoreClient(channel.Transport, entry.Ticket, ownsTransport: false);
+            }
+            else if (entry.VsockCid is { } cid)
+            {
+                client = new RestoreClient(SocketTransport.Vsock(cid, QemuLauncher.VsockPort), entry.Ticket);
+            }
+            else
+            {
+                log.LogWarning("Restore VM {Name} has an unknown channel {Channel}", entry.Name, entry.Channel);
                 return null;
             }
 
-            return new VmSession(entry, channel, client);
+            var status = await ProbeAsync(client, keepTimeout, timeout.Token).ConfigureAwait(false);
+            if (status is not null)
+            {
+                var session = new VmSession(entry, channel, client);
+                channel = null;
+                client = null;
+                return (session, status);
+            }
         }
-        catch (IOException e)
+        catch (Exception e) when (e is IOException or OperationCanceledException && !ct.IsCancellationRequested)
         {
             log.LogDebug("Cannot reach restore VM {Name}: {Reason}", entry.Name, e.Message);
-            return null;
         }
+        finally
+        {
+            if (client is not null)
+            {
+                await client.DisposeAsync().ConfigureAwait(false);
+            }
+
+            if (channel is not null)
+            {
+                await channel.DisposeAsync().ConfigureAwait(false);
+            }
+        }
+
+        return null;
     }
 
-    private static async Task<DaemonStatus?> ProbeAsync(IRestoreClient client, bool keepTimeout, CancellationToken ct)
+    private async Task<DaemonStatus?> ProbeAsync(IRestoreClient client, bool keepTimeout, CancellationToken ct)
     {
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ct);
-        timeout.CancelAfter(TimeSpan.FromSeconds(3));
+        timeout.CancelAfter(options.ProbeTimeout);
         try
         {
             return await client.StatusAsync(keepTimeout, timeout.Token).ConfigureAwait(false);
         }
-        catch (Exception e) when (e is IOException or OperationCanceledException or RestoreApiException or InvalidDataException)
+        catch (Exception e) when (e is IOException or OperationCanceledException or RestoreApiException or InvalidDataException && !ct.IsCancellationRequested)
         {
             return null;
         }
     }
 
-    private async Task<VmSession> StartAsync(string name, IReadOnlyList<VmDisk> disks, CancellationToken ct)
+    private VmChannelKind ChooseChannel()
+    {
+        var kind = options.Channel;
+        if (kind == VmChannelKind.Auto)
+        {
+            kind = File.Exists("/dev/vhost-vsock") ? VmChannelKind.Vsock : VmChannelKind.Serial;
+        }
+
+        if (kind == VmChannelKind.Vsock)
+        {
+            log.LogInformation("Restore VMs talk over vsock (vhost-vsock-pci, port {Port}, a CID per VM)", QemuLauncher.VsockPort);
+        }
+        else
+        {
+            log.LogInformation("Restore VMs talk over virtio-serial on a unix socket in their private directory, multiplexed{Why}",
+                options.Channel == VmChannelKind.Serial ? "" : " (no /dev/vhost-vsock here)");
+        }
+
+        return kind;
+    }
+
+    private async Task<VmSession> StartAsync(string name, IReadOnlyList<VmDisk> disks, uint? cid, CancellationToken ct)
     {
         foreach (var file in new[] { "vmlinux", "vmlinuz", "initramfs.img" })
         {
@@ -241,13 +400,22 @@ public sealed class RestoreVmManager : IAsyncDisposable
             }
         }
 
-        var kvm = !File.Exists(KvmMarker) && KvmOpens();
+        var kvm = KvmUsable();
         Exception? last = null;
+        string? kvmFailure = null;
         foreach (var (machine, accel) in Attempts(kvm))
         {
             try
             {
-                return await StartOnceAsync(name, disks, machine, accel, ct).ConfigureAwait(false);
+                var session = await StartOnceAsync(name, disks, machine, accel, cid, ct).ConfigureAwait(false);
+                if (kvmFailure is not null)
+                {
+                    // TCG started what KVM could not: KVM is what fails here (not the disks or the image).
+                    await File.WriteAllTextAsync(KvmMarker, kvmFailure + "\n", CancellationToken.None).ConfigureAwait(false);
+                    log.LogWarning("KVM is unusable here (noted in {Marker}); restore VMs run under TCG from now on", KvmMarker);
+                }
+
+                return session;
             }
             catch (VmStartException e)
             {
@@ -255,13 +423,31 @@ public sealed class RestoreVmManager : IAsyncDisposable
                 log.LogWarning("Restore VM {Name} failed to start ({Machine}, {Accel}): {Reason}", name, machine, accel, e.Message);
                 if (accel == "kvm")
                 {
-                    await File.WriteAllTextAsync(KvmMarker, e.Message + "\n", ct).ConfigureAwait(false);
-                    log.LogWarning("KVM is unusable here; restore VMs run under TCG from now on");
+                    kvmFailure = e.Message;
                 }
             }
         }
 
         throw new IOException($"the restore VM for {name} did not start: {last?.Message}", last);
+    }
+
+    private bool KvmUsable()
+    {
+        var marked = File.Exists(KvmMarker);
+        var usable = !marked && KvmOpens();
+        if (Interlocked.Exchange(ref accelLogged, 1) == 0)
+        {
+            if (usable)
+            {
+                log.LogInformation("/dev/kvm opens: the first restore VM tries KVM (TCG if it fails within {Seconds:0} s)", options.KvmStartTimeout.TotalSeconds);
+            }
+            else
+            {
+                log.LogInformation("Restore VMs run under TCG: {Why}", marked ? $"KVM failed here before ({KvmMarker})" : "/dev/kvm cannot be opened");
+            }
+        }
+
+        return usable;
     }
 
     private static IEnumerable<(VmMachine, string)> Attempts(bool kvm)
@@ -288,66 +474,98 @@ public sealed class RestoreVmManager : IAsyncDisposable
         }
     }
 
-    private async Task<VmSession> StartOnceAsync(string name, IReadOnlyList<VmDisk> disks, VmMachine machine, string accel, CancellationToken ct)
+    /// <summary>The ticket: 32 random bytes, hex. Only the map (0600) and the VM ever see it.</summary>
+    private static string NewTicket() => Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(32));
+
+    private async Task<VmSession> StartOnceAsync(string name, IReadOnlyList<VmDisk> disks, VmMachine machine, string accel, uint? cidRequest,
+        CancellationToken ct)
     {
         var watch = Stopwatch.StartNew();
         var vmDir = Path.Combine(options.RuntimeDirectory, "vm", $"{Environment.ProcessId}-{Guid.NewGuid():N}"[..24]);
-        Directory.CreateDirectory(vmDir);
-        File.SetUnixFileMode(vmDir, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
-        var ticket = Guid.NewGuid().ToString();
-        var initrd = Initramfs.AppendTicket(Path.Combine(options.ImageDirectory, "initramfs.img"), System.Text.Encoding.ASCII.GetBytes(ticket), vmDir);
-        var launch = new VmLaunch(name, options.ImageDirectory, initrd, vmDir, disks, machine, accel, QemuLauncher.HostTscKhz(), Debug: options.Debug,
-            IdleTimeoutSeconds: options.IdleTimeoutSeconds);
-        log.LogInformation("Starting restore VM {Name}: {Disks} disk(s), {Machine} under {Accel}", name, disks.Count, machine, accel);
-        var info = new ProcessStartInfo(options.Qemu) { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
-        foreach (var a in QemuLauncher.Arguments(launch))
-        {
-            info.ArgumentList.Add(a);
-        }
-
+        Directory.CreateDirectory(Path.GetDirectoryName(vmDir)!);
+        Directory.CreateDirectory(vmDir, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        var ticket = NewTicket();
+        var vsock = Channel == VmChannelKind.Vsock;
+        uint? cid = vsock ? cidRequest ?? QemuLauncher.RequestCid(Map.Read().Select(e => e.VsockCid).OfType<uint>(), CurrentUid()) : null;
         int pid;
         try
         {
-            using var qemu = Process.Start(info) ?? throw new VmStartException($"{options.Qemu} did not start");
-            var stderr = qemu.StandardError.ReadToEndAsync(ct);
-            await qemu.WaitForExitAsync(ct).ConfigureAwait(false);
-            if (qemu.ExitCode != 0)
+            var initrd = Initramfs.AppendTicket(Path.Combine(options.ImageDirectory, "initramfs.img"), System.Text.Encoding.ASCII.GetBytes(ticket), vmDir);
+            try
             {
-                throw new VmStartException($"{options.Qemu} exited with {qemu.ExitCode}: {(await stderr.ConfigureAwait(false)).Trim()}");
+                log.LogInformation("Starting restore VM {Name}: {Disks} disk(s), {Machine} under {Accel}, {Channel}", name, disks.Count, machine, accel,
+                    vsock ? $"vsock CID {cid}" : "virtio-serial");
+                for (var attempt = 1; ; attempt++)
+                {
+                    var launch = new VmLaunch(name, options.ImageDirectory, initrd, vmDir, disks, machine, accel, QemuLauncher.HostTscKhz(), cid,
+                        options.Debug, options.IdleTimeoutSeconds);
+                    var (code, error) = await RunQemuAsync(QemuLauncher.Arguments(launch), ct).ConfigureAwait(false);
+                    if (code == 0)
+                    {
+                        break;
+                    }
+
+                    if (cid is { } taken && QemuLauncher.CidTaken(error) && attempt < 32)
+                    {
+                        cid = QemuLauncher.NextCid(taken);
+                        log.LogInformation("vsock CID {Taken} is taken; trying {Cid}", taken, cid);
+                        continue;
+                    }
+
+                    throw new VmStartException($"{options.Qemu} exited with {code}: {error.Trim()}");
+                }
+            }
+            finally
+            {
+                // With -daemonize QEMU returns once the machine is set up: the initramfs (and the ticket in it) is in
+                // guest memory, so the copy leaves the disk now.
+                TryDelete(initrd);
             }
 
-            pid = int.Parse((await File.ReadAllTextAsync(QemuLauncher.PidFile(vmDir), ct).ConfigureAwait(false)).Trim(), System.Globalization.CultureInfo.InvariantCulture);
+            pid = int.Parse((await File.ReadAllTextAsync(QemuLauncher.PidFile(vmDir), ct).ConfigureAwait(false)).Trim(), CultureInfo.InvariantCulture);
         }
-        catch (System.ComponentModel.Win32Exception e)
+        catch
         {
-            throw new IOException($"cannot run {options.Qemu}: {e.Message} (install qemu-system-x86)", e);
+            TryDeleteDirectory(vmDir);
+            throw;
         }
 
         var entry = new VmEntry
         {
-            Name = name, Pid = pid, Channel = "serial:" + QemuLauncher.ChannelSocket(vmDir), Ticket = ticket, Directory = vmDir,
-            Started = DateTimeOffset.UtcNow.ToUnixTimeSeconds(), Disks = disks.Select(d => d.Serial).ToList(), Owner = Environment.ProcessId,
-            Accelerator = accel,
+            Name = name, Pid = pid, Channel = cid is { } c ? VmEntry.VsockPrefix + c : VmEntry.SerialPrefix + QemuLauncher.ChannelSocket(vmDir),
+            Ticket = ticket, Directory = vmDir, Started = DateTimeOffset.UtcNow.ToUnixTimeSeconds(), Disks = disks.Select(d => d.Serial).ToList(),
+            Owner = Environment.ProcessId, Accelerator = accel,
         };
-        var deadline = accel == "kvm" ? TimeSpan.FromSeconds(10) : options.StartTimeout;
-        var attempt = 0;
+        var deadline = accel == "kvm" ? options.KvmStartTimeout : options.StartTimeout;
+        var attempts = 0;
+        var nextProgress = TimeSpan.FromSeconds(5);
         while (true)
         {
-            if (!IsOurVm(pid))
+            if (!IsAlive(entry))
             {
-                TryDelete(initrd);
-                throw new VmStartException($"the VM exited before answering; console: {ConsoleTail(vmDir)}");
+                var console = ConsoleTail(vmDir);
+                TryDeleteDirectory(vmDir);
+                throw new VmStartException($"the VM exited before answering; console: {console}");
             }
 
             if (watch.Elapsed > deadline)
             {
-                await KillAsync(entry).ConfigureAwait(false);
-                throw new VmStartException($"no answer within {deadline.TotalSeconds:0} s; console: {ConsoleTail(vmDir)}");
+                var console = ConsoleTail(vmDir);
+                KillProcess(entry);
+                await WaitForExitAsync(entry, TimeSpan.FromSeconds(5)).ConfigureAwait(false);
+                TryDeleteDirectory(vmDir);
+                throw new VmStartException($"no answer within {deadline.TotalSeconds:0} s; console: {console}");
             }
 
-            if (File.Exists(QemuLauncher.ChannelSocket(vmDir)) && await TryConnectAsync(entry, ct).ConfigureAwait(false) is { } session)
+            if (watch.Elapsed > nextProgress)
             {
-                TryDelete(initrd); // the kernel has it in memory: the ticket leaves the disk
+                log.LogInformation("Restore VM {Name} (pid {Pid}) still booting after {Seconds:0} s; console: {Console}", name, pid,
+                    watch.Elapsed.TotalSeconds, ConsoleTail(vmDir, 1));
+                nextProgress += TimeSpan.FromSeconds(5);
+            }
+
+            if ((vsock || File.Exists(QemuLauncher.ChannelSocket(vmDir))) && await TryConnectAsync(entry, keepTimeout: false, ct).ConfigureAwait(false) is { } up)
+            {
                 await Map.UpdateAsync(entries =>
                 {
                     entries.RemoveAll(e => e.Name == name);
@@ -355,19 +573,55 @@ public sealed class RestoreVmManager : IAsyncDisposable
                     return 0;
                 }, ct).ConfigureAwait(false);
                 log.LogInformation("Restore VM {Name} (pid {Pid}) answered after {Seconds:0.0} s", name, pid, watch.Elapsed.TotalSeconds);
-                return session;
+                return up.Session;
             }
 
-            await Task.Delay(Math.Min(25 * ++attempt, 250), ct).ConfigureAwait(false);
+            await Task.Delay(Math.Min(25 * ++attempts, 250), ct).ConfigureAwait(false);
         }
     }
 
-    private static string ConsoleTail(string vmDir)
+    private async Task<(int Code, string Error)> RunQemuAsync(IReadOnlyList<string> arguments, CancellationToken ct)
+    {
+        var info = new ProcessStartInfo(options.Qemu)
+        {
+            RedirectStandardError = true, RedirectStandardOutput = true, RedirectStandardInput = true, UseShellExecute = false,
+        };
+        foreach (var a in arguments)
+        {
+            info.ArgumentList.Add(a);
+        }
+
+        try
+        {
+            using var qemu = Process.Start(info) ?? throw new VmStartException($"{options.Qemu} did not start");
+            qemu.StandardInput.Close();
+            var stdout = qemu.StandardOutput.ReadToEndAsync(ct);
+            var stderr = qemu.StandardError.ReadToEndAsync(ct);
+            await qemu.WaitForExitAsync(ct).ConfigureAwait(false);
+            var error = await stderr.ConfigureAwait(false);
+            await stdout.ConfigureAwait(false);
+            return (qemu.ExitCode, error);
+        }
+        catch (System.ComponentModel.Win32Exception e)
+        {
+            throw new IOException($"cannot run {options.Qemu}: {e.Message} (install qemu-system-x86)", e);
+        }
+    }
+
+    /// <summary>The effective uid, from /proc/self/status (offsets the CIDs of different users).</summary>
+    private static uint CurrentUid()
+    {
+        var line = File.ReadLines("/proc/self/status").FirstOrDefault(l => l.StartsWith("Uid:", StringComparison.Ordinal));
+        var fields = line?.Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries);
+        return fields is { Length: >= 3 } && uint.TryParse(fields[2], CultureInfo.InvariantCulture, out var uid) ? uid : 0;
+    }
+
+    private static string ConsoleTail(string vmDir, int lines = 5)
     {
         try
         {
-            var lines = File.ReadAllLines(QemuLauncher.ConsoleLog(vmDir));
-            return lines.Length == 0 ? "(empty)" : string.Join(" | ", lines.TakeLast(5));
+            var all = File.ReadAllLines(QemuLauncher.ConsoleLog(vmDir));
+            return all.Length == 0 ? "(empty)" : string.Join(" | ", all.TakeLast(lines));
         }
         catch (IOException)
         {
@@ -388,46 +642,67 @@ public sealed class RestoreVmManager : IAsyncDisposable
         }
     }
 
+    /// <summary>Kills the VM's QEMU (only if the pid is still that VM), then drops it from the map and its directory.</summary>
     private async Task KillAsync(VmEntry entry)
     {
-        if (IsOurVm(entry.Pid))
-        {
-            try
-            {
-                Process.GetProcessById(entry.Pid).Kill();
-            }
-            catch (Exception e) when (e is ArgumentException or InvalidOperationException or System.ComponentModel.Win32Exception)
-            {
-            }
-
-            await WaitForExitAsync(entry.Pid, TimeSpan.FromSeconds(5)).ConfigureAwait(false);
-        }
-
+        KillProcess(entry);
+        await WaitForExitAsync(entry, TimeSpan.FromSeconds(5)).ConfigureAwait(false);
         await Map.UpdateAsync(entries => entries.RemoveAll(e => e.Name == entry.Name && e.Pid == entry.Pid), CancellationToken.None).ConfigureAwait(false);
         TryDeleteDirectory(entry.Directory);
     }
 
-    private static async Task WaitForExitAsync(int pid, TimeSpan limit)
+    /// <summary>SIGKILL, only when /proc/PID/cmdline shows this very VM (<c>-name restorefs-vm,…</c> and its pid file).</summary>
+    private void KillProcess(VmEntry entry)
+    {
+        if (!IsAlive(entry))
+        {
+            return;
+        }
+
+        try
+        {
+            using var process = Process.GetProcessById(entry.Pid);
+            process.Kill();
+            log.LogDebug("Killed restore VM {Name} (pid {Pid})", entry.Name, entry.Pid);
+        }
+        catch (Exception e) when (e is ArgumentException or InvalidOperationException or System.ComponentModel.Win32Exception)
+        {
+            // gone meanwhile
+        }
+    }
+
+    private static async Task WaitForExitAsync(VmEntry entry, TimeSpan limit)
     {
         var watch = Stopwatch.StartNew();
-        while (IsOurVm(pid) && watch.Elapsed < limit)
+        while (IsAlive(entry) && watch.Elapsed < limit)
         {
             await Task.Delay(50).ConfigureAwait(false);
         }
     }
 
-    /// <summary>True when the pid is alive and is one of our QEMUs (its command line carries the marker).</summary>
-    public static bool IsOurVm(int pid)
+    /// <summary>True when the entry's pid is alive and is that VM's QEMU (our marker and its own pid file).</summary>
+    public static bool IsAlive(VmEntry entry) => IsOurVm(entry.Pid, entry.Directory.Length > 0 ? entry.Directory : null);
+
+    /// <summary>True when the pid is alive and is one of our QEMUs (its command line carries <c>-name restorefs-vm,…</c>).</summary>
+    public static bool IsOurVm(int pid) => IsOurVm(pid, null);
+
+    /// <summary>As <see cref="IsOurVm(int)"/>, and when <paramref name="vmDirectory"/> is given, started with the pid
+    /// file in that directory.</summary>
+    public static bool IsOurVm(int pid, string? vmDirectory)
     {
+        if (pid <= 0)
+        {
+            return false;
+        }
+
         try
         {
-            var cmdline = File.ReadAllBytes($"/proc/{pid}/cmdline");
-            var text = System.Text.Encoding.UTF8.GetString(cmdline);
+            var argv = System.Text.Encoding.UTF8.GetString(File.ReadAllBytes($"/proc/{pid}/cmdline")).Split('\0');
             var stat = File.ReadAllText($"/proc/{pid}/stat");
             var state = stat[(stat.LastIndexOf(')') + 2)..][0];
-            return state != 'Z' && text.Contains(QemuLauncher.Marker, StringComparison.Ordinal);
+            return state != 'Z' && QemuLauncher.IsVmCommandLine(argv, vmDirectory);
         }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException or IndexOutOfRangeException)
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or IndexOutOfRangeException or ArgumentOutOfRangeException)
         {
             return false;
         }
@@ -448,7 +723,7 @@ public sealed class RestoreVmManager : IAsyncDisposable
     {
         try
         {
-            if (Directory.Exists(path))
+            if (path.Length > 0 && Directory.Exists(path))
             {
                 Directory.Delete(path, true);
             }
@@ -458,25 +733,24 @@ public sealed class RestoreVmManager : IAsyncDisposable
         }
     }
 
-    /// <summary>Stops the VMs this process started (their disks die with it) and closes the others' channels.</summary>
+    /// <summary>Stops the VMs this process started (their disks die with it) and closes the others' sessions.</summary>
     public async ValueTask DisposeAsync()
     {
-        foreach (var (name, pid) in started)
+        foreach (var (name, entry) in started)
         {
-            var entry = Map.Read().FirstOrDefault(e => e.Name == name && e.Pid == pid);
-            if (entry is not null)
+            if (Map.Read().Any(e => e.Name == name && e.Pid == entry.Pid))
             {
                 await StopAsync(name, CancellationToken.None).ConfigureAwait(false);
             }
-            else if (IsOurVm(pid))
+            else if (IsAlive(entry))
             {
                 // Lost from the map (a corrupt map was set aside): still ours to stop.
-                log.LogWarning("Restore VM {Name} (pid {Pid}) is missing from the map; killing it", name, pid);
-                await KillAsync(new VmEntry { Name = name, Pid = pid, Channel = "", Ticket = "", Directory = "", Started = 0, Disks = [] })
-                    .ConfigureAwait(false);
+                log.LogWarning("Restore VM {Name} (pid {Pid}) is missing from the map; killing it", name, entry.Pid);
+                await KillAsync(entry).ConfigureAwait(false);
             }
         }
 
+        started.Clear();
         foreach (var session in sessions.Values)
         {
             await session.DisposeAsync().ConfigureAwait(false);

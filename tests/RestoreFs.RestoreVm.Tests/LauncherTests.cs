@@ -40,7 +40,9 @@ public sealed class LauncherTests
         using var dir = new TempDirectory("restorefs-map");
         var map = new VmStateMap(dir.Path, NullLogger.Instance);
         await File.WriteAllTextAsync(map.FilePath, "{ not json");
-        Assert.Empty(map.Read());
+        Assert.Empty(map.Read()); // an unlocked read leaves the file where it is: only a lock holder sets it aside
+        Assert.False(File.Exists(map.FilePath + ".corrupt"));
+        Assert.Empty(await map.ReadLockedAsync(CancellationToken.None));
         Assert.True(File.Exists(map.FilePath + ".corrupt"));
 
         // 20 concurrent writers, each adding one entry: none is lost.

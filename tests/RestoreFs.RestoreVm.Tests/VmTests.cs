@@ -122,6 +122,62 @@ public sealed class VmTests(VmFixture f, ITestOutputHelper output) : IClassFixtu
     }
 
     [Fact]
+    public void The_ticket_is_neither_on_the_command_line_nor_left_on_disk_and_the_vm_files_are_private()
+    {
+        var entry = f.Session.Entry;
+        var argv = File.ReadAllText($"/proc/{entry.Pid}/cmdline").Split('\0');
+        Assert.True(QemuLauncher.IsVmCommandLine(argv, entry.Directory));
+        Assert.DoesNotContain(argv, a => a.Contains(entry.Ticket, StringComparison.Ordinal));
+        Assert.Empty(Directory.GetFiles(entry.Directory, "initramfs-*")); // deleted once QEMU had it in memory
+        Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute, File.GetUnixFileMode(entry.Directory));
+        Assert.True(File.Exists(QemuLauncher.ConsoleLog(entry.Directory)));
+        Assert.Equal(entry.Pid, int.Parse(File.ReadAllText(QemuLauncher.PidFile(entry.Directory)).Trim(), System.Globalization.CultureInfo.InvariantCulture));
+
+        // Only the 0600 map holds the ticket.
+        var map = f.Manager.Map;
+        Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(map.FilePath));
+        var holders = Directory.EnumerateFiles(f.Dir.Combine("run"), "*", SearchOption.AllDirectories)
+            .Where(p => ReadRegular(p)?.Contains(entry.Ticket, StringComparison.Ordinal) == true)
+            .ToList();
+        Assert.Equal([map.FilePath], holders);
+    }
+
+    /// <summary>A regular file's text; null for sockets (the channel and proxy) and whatever cannot be read.</summary>
+    private static string? ReadRegular(string path)
+    {
+        try
+        {
+            using var file = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
+            using var reader = new StreamReader(file);
+            return reader.ReadToEnd();
+        }
+        catch (IOException)
+        {
+            return null;
+        }
+    }
+
+    [Fact]
+    public async Task A_second_manager_on_the_same_map_probes_and_reuses_the_vm_through_the_proxy_and_leaves_it_running()
+    {
+        var entry = f.Session.Entry;
+        await using (var other = f.NewManager(f.Dir.Combine("run")))
+        {
+            var live = await other.CleanupAsync(CancellationToken.None);
+            Assert.True(live.ContainsKey(entry.Name));
+            var session = await other.EnsureRunningAsync(entry.Name, f.Disks, CancellationToken.None);
+            Assert.Equal(entry.Pid, session.Entry.Pid);
+            Assert.Equal(["lvm", "part"], Names(await List($"{Multi}.img.fidx", session.Client)));
+            var status = Assert.Single(await other.StatusAsync(CancellationToken.None), s => s.Entry.Name == entry.Name);
+            Assert.NotNull(status.Status);
+        }
+
+        // It did not start the VM, so disposing it stopped nothing.
+        Assert.True(RestoreVmManager.IsAlive(entry));
+        Assert.NotEmpty((await Client.StatusAsync(true, CancellationToken.None)).Disks);
+    }
+
+    [Fact]
     public async Task An_idle_vm_powers_off_and_a_killed_one_is_restarted()
     {
         await using var manager = f.NewManager(f.Dir.Combine("run-idle"), idle: 3);
