@@ -121,6 +121,42 @@ public sealed class FilesTests(FilesFixture f) : IClassFixture<FilesFixture>
     }
 
     [Fact]
+    public void Unmounting_stops_the_vms_that_mount_started_and_only_those()
+    {
+        var mine = f.Vms(); // the fixture's mount and its VMs share another runtime directory: untouched below
+        using var run = new TempDirectory("restorefs-files-run");
+        var env = new Dictionary<string, string> { ["XDG_RUNTIME_DIR"] = run.Path };
+        var mnt = f.Dir.Combine("mnt-second");
+        Directory.CreateDirectory(mnt);
+        ProcessRunner.Run(RepoPaths.Cli, ["mount", f.Store, mnt], TimeSpan.FromSeconds(60), environment: env).EnsureSuccess("mount");
+        try
+        {
+            Assert.Equal("a bare file system\n",
+                File.ReadAllText(Path.Combine(mnt, "snapshots", "vm/101", FilesFixture.Time, "files", "drive-scsi0.img/raw/root/note.txt")));
+            using var doc = JsonDocument.Parse(ProcessRunner.Run(RepoPaths.Cli, ["vm", "status", "--json"], TimeSpan.FromSeconds(60), environment: env)
+                .EnsureSuccess("vm status").StdOut);
+            var vm = Assert.Single(doc.RootElement.EnumerateArray());
+            var pid = vm.GetProperty("pid").GetInt32();
+            Assert.True(vm.GetProperty("answering").GetBoolean());
+            Assert.True(FilesFixture.Alive(pid));
+
+            ProcessRunner.Run(RepoPaths.Cli, ["umount", mnt], TimeSpan.FromSeconds(60), environment: env).EnsureSuccess("umount");
+            Assert.False(FilesFixture.Alive(pid), "the VM outlived its mount");
+            Assert.Contains("no restore VMs running",
+                ProcessRunner.Run(RepoPaths.Cli, ["vm", "status"], TimeSpan.FromSeconds(60), environment: env).EnsureSuccess("vm status").StdOut);
+            Assert.All(mine, v => Assert.True(FilesFixture.Alive(v.Pid), $"{v.Name}: another mount's VM was stopped"));
+        }
+        finally
+        {
+            if (MountTable.IsMounted(mnt))
+            {
+                ProcessRunner.Run(RepoPaths.Cli, ["umount", mnt], TimeSpan.FromSeconds(60), environment: env);
+                MountTable.LazyUnmount(mnt);
+            }
+        }
+    }
+
+    [Fact]
     public void Two_snapshots_browsed_at_once_run_two_vms_and_a_corrupt_map_is_recovered()
     {
         Assert.Contains("root", Directory.GetDirectories(Path.Combine(f.Files("vm/101"), "drive-scsi0.img/raw")).Select(Path.GetFileName));

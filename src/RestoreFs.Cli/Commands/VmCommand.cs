@@ -16,6 +16,8 @@ public static class VmCommand
         status.SetAction(parse => Status(parse.GetValue(json)));
 
         var name = new Argument<string?>("NAME") { Description = "The VM's snapshot name as `vm status` shows it.", Arity = ArgumentArity.ZeroOrOne };
+        // Completion reads the map without locking or probing (PBS's read-only view).
+        name.CompletionSources.Add(_ => Manager().Map.Read().Select(e => e.Name));
         var all = new Option<bool>("--all") { Description = "Stop every restore VM of this user." };
         var stop = new Command("stop", "Stop a restore VM (or all of them); the next access to files/ starts it again.") { name, all };
         stop.SetAction(parse => Stop(parse.GetValue(name), parse.GetValue(all)));
@@ -77,22 +79,24 @@ public static class VmCommand
         }
 
         var manager = Manager();
-        manager.CleanupAsync(CancellationToken.None).GetAwaiter().GetResult();
-        var names = all ? manager.Map.Read().Select(e => e.Name).ToList() : [name!];
-        var failed = 0;
-        foreach (var n in names)
+        if (all)
         {
-            if (manager.StopAsync(n, CancellationToken.None).GetAwaiter().GetResult())
+            foreach (var n in manager.StopAllAsync(CancellationToken.None).GetAwaiter().GetResult())
             {
                 Console.WriteLine($"stopped {n}");
             }
-            else
-            {
-                Console.Error.WriteLine($"restorefs: no restore VM named {n} (see restorefs vm status)");
-                failed++;
-            }
+
+            return 0;
         }
 
-        return failed == 0 ? 0 : 1;
+        manager.CleanupAsync(CancellationToken.None).GetAwaiter().GetResult();
+        if (manager.StopAsync(name!, CancellationToken.None).GetAwaiter().GetResult())
+        {
+            Console.WriteLine($"stopped {name}");
+            return 0;
+        }
+
+        Console.Error.WriteLine($"restorefs: no restore VM named {name} (see restorefs vm status)");
+        return 1;
     }
 }
