@@ -45,6 +45,22 @@ public static class ApiJson
             w.WriteBase64String("content", e.Content);
         }
 
+        if (e.Extents is not null)
+        {
+            // [[logical, disk, length], ...]
+            w.WriteStartArray("extents");
+            foreach (var x in e.Extents)
+            {
+                w.WriteStartArray();
+                w.WriteNumberValue(x.Logical);
+                w.WriteNumberValue(x.Disk);
+                w.WriteNumberValue(x.Length);
+                w.WriteEndArray();
+            }
+
+            w.WriteEndArray();
+        }
+
         w.WriteEndObject();
     }
 
@@ -61,6 +77,7 @@ public static class ApiJson
         uint mode = 0, uid = 0, gid = 0;
         string? error = null;
         byte[]? content = null;
+        List<FileExtent>? extents = null;
         while (r.Read() && r.TokenType == JsonTokenType.PropertyName)
         {
             var property = r.GetString();
@@ -79,6 +96,7 @@ public static class ApiJson
                 case "gid": gid = r.GetUInt32(); break;
                 case "error": error = r.TokenType == JsonTokenType.Null ? null : r.GetString(); break;
                 case "content": content = r.TokenType == JsonTokenType.Null ? null : r.GetBytesFromBase64(); break;
+                case "extents": extents = r.TokenType == JsonTokenType.Null ? null : ReadExtents(ref r); break;
                 default: r.Skip(); break;
             }
         }
@@ -89,7 +107,44 @@ public static class ApiJson
             name = filePath[(slash + 1)..];
         }
 
-        return new ArchiveEntry(filePath, name, type, leaf, size, mtime, mode, uid, gid, target, error) { Content = content };
+        return new ArchiveEntry(filePath, name, type, leaf, size, mtime, mode, uid, gid, target, error) { Content = content, Extents = extents };
+    }
+
+    private static List<FileExtent> ReadExtents(ref Utf8JsonReader r)
+    {
+        if (r.TokenType != JsonTokenType.StartArray)
+        {
+            throw new JsonException("extents is not an array");
+        }
+
+        var list = new List<FileExtent>();
+        Span<long> v = stackalloc long[3];
+        while (r.Read() && r.TokenType == JsonTokenType.StartArray)
+        {
+            for (var i = 0; i < 3; i++)
+            {
+                r.Read();
+                v[i] = r.GetInt64();
+                if (v[i] < 0)
+                {
+                    throw new JsonException($"negative number {v[i]} in an extent");
+                }
+            }
+
+            if (!r.Read() || r.TokenType != JsonTokenType.EndArray)
+            {
+                throw new JsonException("an extent is not [logical, disk, length]");
+            }
+
+            list.Add(new FileExtent(v[0], v[1], v[2]));
+        }
+
+        if (r.TokenType != JsonTokenType.EndArray)
+        {
+            throw new JsonException("extents is not an array of [logical, disk, length]");
+        }
+
+        return list;
     }
 
     public static void WriteStatus(Utf8JsonWriter w, DaemonStatus s)

@@ -36,7 +36,15 @@ public sealed record ArchiveEntry(
     /// <summary>The whole content of a small regular file, sent with the listing when the client asked for it
     /// (<c>inline=N</c>): copying a tree of small files then costs one request per directory.</summary>
     public byte[]? Content { get; init; }
+
+    /// <summary>Where a regular file's bytes lie in its disk image, when the client asked (<c>extents=1</c>) and the
+    /// daemon's file system gives an exact map: the host then reads them from the image itself. Bytes of the file
+    /// that no extent covers are zeros (holes). Null when there is no map.</summary>
+    public IReadOnlyList<FileExtent>? Extents { get; init; }
 }
+
+/// <summary>Bytes [Logical, Logical+Length) of a file are bytes [Disk, Disk+Length) of its disk image.</summary>
+public readonly record struct FileExtent(long Logical, long Disk, long Length);
 
 public sealed record DiskStatus(string Name, ulong Size, IReadOnlyList<string> Volumes, string? Error);
 
@@ -77,6 +85,10 @@ public interface IRestoreClient : IAsyncDisposable
     /// <summary>As <see cref="ListAsync(byte[], CancellationToken)"/>, with the content of regular files up to
     /// <paramref name="inlineMax"/> bytes each inline (the daemon bounds the total per answer).</summary>
     IAsyncEnumerable<ArchiveEntry> ListAsync(byte[] path, int inlineMax, CancellationToken ct);
+
+    /// <summary>As above; with <paramref name="extents"/>, regular files the daemon can map come with their
+    /// <see cref="ArchiveEntry.Extents"/> (and then without inline content).</summary>
+    IAsyncEnumerable<ArchiveEntry> ListAsync(byte[] path, int inlineMax, bool extents, CancellationToken ct);
 
     /// <summary>Reads up to <paramref name="buffer"/>.Length bytes at <paramref name="offset"/>; fewer only at end of file.</summary>
     Task<int> ReadAsync(byte[] path, long offset, Memory<byte> buffer, CancellationToken ct);

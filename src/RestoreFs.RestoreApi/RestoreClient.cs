@@ -29,10 +29,14 @@ public sealed class RestoreClient(IRestoreTransport transport, string ticket, bo
 
     public IAsyncEnumerable<ArchiveEntry> ListAsync(byte[] path, CancellationToken ct) => ListAsync(path, 0, ct);
 
-    public async IAsyncEnumerable<ArchiveEntry> ListAsync(byte[] path, int inlineMax, [EnumeratorCancellation] CancellationToken ct)
+    public IAsyncEnumerable<ArchiveEntry> ListAsync(byte[] path, int inlineMax, CancellationToken ct) => ListAsync(path, inlineMax, false, ct);
+
+    public async IAsyncEnumerable<ArchiveEntry> ListAsync(byte[] path, int inlineMax, bool extents, [EnumeratorCancellation] CancellationToken ct)
     {
-        await using var exchange = await SendAsync("list", ct, ("path", Convert.ToBase64String(path)),
-            ("inline", inlineMax.ToString(CultureInfo.InvariantCulture))).ConfigureAwait(false);
+        (string, string)[] query = extents
+            ? [("path", Convert.ToBase64String(path)), ("inline", inlineMax.ToString(CultureInfo.InvariantCulture)), ("extents", "1")]
+            : [("path", Convert.ToBase64String(path)), ("inline", inlineMax.ToString(CultureInfo.InvariantCulture))];
+        await using var exchange = await SendAsync("list", ct, query).ConfigureAwait(false);
         var entries = new EntryStreamReader(exchange.Response.Body).ReadAllAsync(ct).GetAsyncEnumerator(ct);
         await using (entries.ConfigureAwait(false))
         {

@@ -286,4 +286,62 @@ public sealed class DaemonTests(DaemonFixture f) : IClassFixture<DaemonFixture>
         await using var ok = await again.ExtractAsync(B($"{Multi}/part/1/etc/passwd"), ExtractFormat.Plain, false, CancellationToken.None);
         Assert.True(ok.ReadByte() >= 0);
     }
+
+    [Fact]
+    public async Task Extents_map_every_ext4_file_onto_the_disk_image_byte_for_byte_and_ntfs_gets_none()
+    {
+        await using var client = f.Client();
+        foreach (var (disk, image, volume, source) in new[] { (Multi, "multi.img", "part/1", "ext4"), ("bare", "bare.img", "raw", "bare") })
+        {
+            using var img = File.OpenRead(f.Dir.Combine("disks", image));
+            var root = Path.Combine(f.Expected, source);
+            var files = Directory.GetFiles(root, "*", SearchOption.AllDirectories)
+                .Where(p => !new FileInfo(p).Attributes.HasFlag(FileAttributes.ReparsePoint)).ToList(); // for the directories
+            var mapped = 0;
+            foreach (var dir in files.Select(Path.GetDirectoryName).Distinct())
+            {
+                var rel = Path.GetRelativePath(root, dir!);
+                var listPath = $"{disk}/{volume}" + (rel == "." ? "" : "/" + rel);
+                await foreach (var e in client.ListAsync(B(listPath), 0, extents: true, CancellationToken.None))
+                {
+                    if (e.Type != 'f')
+                    {
+                        Assert.Null(e.Extents);
+                        continue;
+                    }
+
+                    var extents = Assert.IsAssignableFrom<IReadOnlyList<FileExtent>>(e.Extents);
+                    mapped++;
+                    string name;
+                    try
+                    {
+                        name = new UTF8Encoding(false, true).GetString(e.Name);
+                    }
+                    catch (DecoderFallbackException)
+                    {
+                        continue; // .NET cannot open a file whose name is not UTF-8 to compare
+                    }
+
+                    var expected = File.ReadAllBytes(Path.Combine(dir!, name));
+                    var actual = new byte[(long)e.Size!.Value];
+                    foreach (var x in extents)
+                    {
+                        img.Position = x.Disk;
+                        img.ReadExactly(actual.AsSpan((int)x.Logical, (int)x.Length));
+                    }
+
+                    Assert.True(expected.AsSpan().SequenceEqual(actual), $"{listPath}/{name} read through its extents differs ({string.Join(", ", extents)})");
+                }
+            }
+
+            // find counts files by their bytes (one has a name that is not UTF-8).
+            Assert.Equal(ProcessRunner.Run("find", [root, "-type", "f", "-printf", "x"]).StdOut.Length, mapped);
+        }
+
+        // ntfs-3g is a FUSE file system: no FIEMAP, so no map (the host reads such files through the VM).
+        await foreach (var e in client.ListAsync(B("ntfs/raw"), 0, extents: true, CancellationToken.None))
+        {
+            Assert.Null(e.Extents);
+        }
+    }
 }

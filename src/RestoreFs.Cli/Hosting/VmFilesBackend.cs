@@ -31,6 +31,10 @@ public sealed class VmFilesBackend(TreeContext context, RestoreVmManager manager
     private readonly SemaphoreSlim prefetchSlots = new(PrefetchDirectories, PrefetchDirectories);
     private readonly System.Collections.Concurrent.ConcurrentDictionary<string, List<byte[]>> subdirectories = new(StringComparer.Ordinal);
     private readonly System.Collections.Concurrent.ConcurrentDictionary<string, (string Key, int Index)> parents = new(StringComparer.Ordinal);
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, FileMap> maps = new(StringComparer.Ordinal);
+
+    /// <summary>A file whose bytes are read from the image itself: the daemon mapped it onto its disk.</summary>
+    private sealed record FileMap(string Archive, FileExtent[] Extents, long Size);
 
     public static string VmName(SnapshotState state)
     {
@@ -79,12 +83,17 @@ public sealed class VmFilesBackend(TreeContext context, RestoreVmManager manager
         await WithVmAsync(snapshot, async client =>
         {
             var list = new List<RemoteEntry>();
-            await foreach (var e in client.ListAsync(path, InlineMax, ct).ConfigureAwait(false))
+            var archive = ArchiveOf(snapshot, path);
+            await foreach (var e in client.ListAsync(path, InlineMax, extents: archive is not null, ct).ConfigureAwait(false))
             {
                 list.Add(new RemoteEntry(e.Name, e.Type, e.Size ?? 0, e.MTime ?? 0, e.Mode, e.Uid, e.Gid, e.Target, e.Error));
                 if (e.Content is { } content)
                 {
                     cache.Put(ContentCache.KeyOf(vm, Child(path, e.Name), -1), content);
+                }
+                else if (e.Extents is { } extents && e.Type == 'f' && archive is not null && Valid(snapshot, archive, extents, (long)(e.Size ?? 0)))
+                {
+                    maps[ContentCache.KeyOf(vm, Child(path, e.Name), -2)] = new FileMap(archive, [.. extents], (long)(e.Size ?? 0));
                 }
             }
 
@@ -133,9 +142,124 @@ public sealed class VmFilesBackend(TreeContext context, RestoreVmManager manager
         }
     }
 
+    /// <summary>The image archive a files/ path is on (its first component names the disk), when it can be told.</summary>
+    private static string? ArchiveOf(SnapshotState snapshot, byte[] path)
+    {
+        var slash = Array.IndexOf(path, (byte)'/');
+        var first = System.Text.Encoding.UTF8.GetString(slash < 0 ? path : path.AsSpan(0, slash));
+        var archives = snapshot.ImageArchives;
+        if (archives.Contains(first))
+        {
+            return first;
+        }
+
+        // The daemon names a disk by its virtio serial, which QEMU cuts to 20 bytes.
+        const string suffix = ".img.fidx";
+        if (!first.EndsWith(suffix, StringComparison.Ordinal))
+        {
+            return null;
+        }
+
+        var serial = first[..^suffix.Length];
+        var matches = archives.Where(a => a.StartsWith(serial, StringComparison.Ordinal)).ToList();
+        return matches.Count == 1 ? matches[0] : null;
+    }
+
+    /// <summary>A map is used only when it stays inside the file and the image (the guest is not trusted blindly).</summary>
+    private bool Valid(SnapshotState snapshot, string archive, IReadOnlyList<FileExtent> extents, long size)
+    {
+        long imageSize;
+        try
+        {
+            imageSize = snapshot.OpenImage(archive).Size;
+        }
+        catch (Exception e) when (e is IOException or Fuse.FuseException)
+        {
+            return false;
+        }
+
+        long end = 0;
+        foreach (var x in extents)
+        {
+            if (x.Logical < end || x.Length <= 0 || x.Logical + x.Length > size || x.Disk + x.Length > imageSize)
+            {
+                context.WarnOnce($"map:{archive}", null, "Ignoring a file map from the restore VM that leaves the file or {Archive}; reading through the VM", archive);
+                return false;
+            }
+
+            end = x.Logical + x.Length;
+        }
+
+        return true;
+    }
+
+    /// <summary>Reads a mapped file straight from the image: extents from the image reader, zeros between them.</summary>
+    private static async ValueTask<int> ReadMappedAsync(SnapshotState snapshot, FileMap map, long offset, Memory<byte> buffer, CancellationToken ct)
+    {
+        if (offset >= map.Size)
+        {
+            return 0;
+        }
+
+        var n = (int)Math.Min(buffer.Length, map.Size - offset);
+        var target = buffer[..n];
+        target.Span.Clear();
+        var reader = snapshot.OpenImage(map.Archive);
+        var extents = map.Extents;
+        var lo = 0;
+        var hi = extents.Length;
+        while (lo < hi)
+        {
+            // the first extent that ends after offset
+            var mid = (lo + hi) / 2;
+            if (extents[mid].Logical + extents[mid].Length <= offset)
+            {
+                lo = mid + 1;
+            }
+            else
+            {
+                hi = mid;
+            }
+        }
+
+        var end = offset + n;
+        for (var i = lo; i < extents.Length && extents[i].Logical < end; i++)
+        {
+            var x = extents[i];
+            var from = Math.Max(offset, x.Logical);
+            var to = Math.Min(end, x.Logical + x.Length);
+            var part = target.Slice((int)(from - offset), (int)(to - from));
+            try
+            {
+                while (part.Length > 0)
+                {
+                    var got = await reader.ReadAsync(x.Disk + (from - x.Logical), part, ct).ConfigureAwait(false);
+                    if (got <= 0)
+                    {
+                        throw new IOException($"{map.Archive} ended inside a mapped file extent at {x.Disk + (from - x.Logical)}");
+                    }
+
+                    part = part[got..];
+                    from += got;
+                }
+            }
+            catch (Exception e) when (e is not OperationCanceledException)
+            {
+                throw snapshot.Translate(e, map.Archive);
+            }
+        }
+
+        return n;
+    }
+
     public async ValueTask<int> ReadAsync(SnapshotState snapshot, byte[] path, long offset, Memory<byte> buffer, CancellationToken ct)
     {
         var vm = VmName(snapshot);
+        if (maps.TryGetValue(ContentCache.KeyOf(vm, path, -2), out var map))
+        {
+            return await ReadMappedAsync(snapshot, map, offset, buffer, ct).ConfigureAwait(false);
+        }
+
         if (cache.Get(ContentCache.KeyOf(vm, path, -1)) is { } whole)
         {
             return CopyOut(whole, offset, buffer);

@@ -166,7 +166,10 @@ public sealed partial class DiskCatalog : IVolumeCatalog, IDisposable, IAsyncDis
         var whole = FsProbe.Detect(stream, 0, size);
         if (whole == FsProbe.LvmMember)
         {
-            pvs.Add(new PvCandidate(disk, disk.Device, new VolumeInfo(disk.Name, "raw", [], disk.Device, disk.Size, whole)));
+            pvs.Add(new PvCandidate(disk, disk.Device, new VolumeInfo(disk.Name, "raw", [], disk.Device, disk.Size, whole)
+            {
+                Placement = [new DiskSpan(0, 0, (long)disk.Size)],
+            }));
             return;
         }
 
@@ -176,6 +179,7 @@ public sealed partial class DiskCatalog : IVolumeCatalog, IDisposable, IAsyncDis
             disk.Volumes.Add(new VolumeInfo(disk.Name, "raw", [], disk.Device, disk.Size, whole)
             {
                 Error = FsProbe.IsContainer(whole) ? $"the whole disk {FsProbe.ContainerReason(whole)}" : null,
+                Placement = [new DiskSpan(0, 0, (long)disk.Size)],
             });
             return;
         }
@@ -219,6 +223,7 @@ public sealed partial class DiskCatalog : IVolumeCatalog, IDisposable, IAsyncDis
             var volume = new VolumeInfo(disk.Name, "part", [number], device ?? "", (ulong)part.Length, type)
             {
                 Error = error ?? (FsProbe.IsContainer(type) && type != FsProbe.LvmMember ? $"partition {number} {FsProbe.ContainerReason(type!)}" : null),
+                Placement = [new DiskSpan(0, part.Offset, part.Length)],
             };
             if (type == FsProbe.LvmMember && device is not null)
             {
@@ -397,6 +402,30 @@ public sealed partial class DiskCatalog : IVolumeCatalog, IDisposable, IAsyncDis
         return loop;
     }
 
+    /// <summary>A linear LV's place on one disk: every segment on a PV of that disk whose own place is one run.</summary>
+    private static IReadOnlyList<DiskSpan>? LvPlacement(IReadOnlyList<(long Offset, string Device, long DeviceOffset, long Length)>? segments, DiskScan disk,
+        Dictionary<string, PvCandidate> byDevice)
+    {
+        if (segments is null)
+        {
+            return null;
+        }
+
+        var spans = new List<DiskSpan>();
+        foreach (var (offset, device, deviceOffset, length) in segments)
+        {
+            if (!byDevice.TryGetValue(device, out var pv) || pv.Disk != disk || pv.AsVolume.Placement is not [var run]
+                || deviceOffset + length > run.Length)
+            {
+                return null;
+            }
+
+            spans.Add(new DiskSpan(offset, run.DiskOffset + deviceOffset, length));
+        }
+
+        return spans;
+    }
+
     private void ScanLvm(List<PvCandidate> pvs)
     {
         var byDevice = pvs.GroupBy(p => p.Device).ToDictionary(g => g.Key, g => g.First());
@@ -417,6 +446,17 @@ public sealed partial class DiskCatalog : IVolumeCatalog, IDisposable, IAsyncDis
             }
 
             return;
+        }
+
+        IReadOnlyDictionary<string, IReadOnlyList<(long Offset, string Device, long DeviceOffset, long Length)>> segments;
+        try
+        {
+            segments = lvm.LinearSegments();
+        }
+        catch (IOException e)
+        {
+            log($"{e.Message}: files on LVM are read through the VM's disks only");
+            segments = new Dictionary<string, IReadOnlyList<(long, string, long, long)>>();
         }
 
         var groupDisks = new Dictionary<string, List<DiskScan>>(StringComparer.Ordinal);
@@ -470,7 +510,11 @@ public sealed partial class DiskCatalog : IVolumeCatalog, IDisposable, IAsyncDis
 
                 foreach (var disk in disks)
                 {
-                    disk.Volumes.Add(new VolumeInfo(disk.Name, "lvm", [lv.VolumeGroup, lv.Name], lv.DmPath, lv.Size, type) { Error = error });
+                    disk.Volumes.Add(new VolumeInfo(disk.Name, "lvm", [lv.VolumeGroup, lv.Name], lv.DmPath, lv.Size, type)
+                    {
+                        Error = error,
+                        Placement = LvPlacement(segments.GetValueOrDefault(lv.FullName), disk, byDevice),
+                    });
                 }
             }
         }

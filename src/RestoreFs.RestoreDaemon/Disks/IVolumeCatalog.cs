@@ -34,7 +34,14 @@ public sealed record VolumeInfo(string Disk, string Bucket, IReadOnlyList<string
 
     /// <summary>Why this volume cannot be used (e.g. its LVM volume group could not be activated); null when it can.</summary>
     public string? Error { get; init; }
+
+    /// <summary>Where the volume's bytes lie on its disk, in order (one span for a partition or the whole disk, one
+    /// per segment for a linear LV); null when not known (a volume spread over several disks, a non-linear LV).</summary>
+    public IReadOnlyList<DiskSpan>? Placement { get; init; }
 }
+
+/// <summary>Bytes [VolumeOffset, VolumeOffset+Length) of a volume are bytes [DiskOffset, DiskOffset+Length) of its disk.</summary>
+public readonly record struct DiskSpan(long VolumeOffset, long DiskOffset, long Length);
 
 public sealed record MountedVolume(VolumeInfo Volume, string MountPoint, string FsType, string? Error);
 

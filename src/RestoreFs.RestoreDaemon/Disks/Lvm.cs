@@ -121,6 +121,74 @@ internal sealed class Lvm(IReadOnlyCollection<string> devices, Action<string> lo
         return result;
     }
 
+    /// <summary>
+    /// Where each linear LV's bytes lie on its physical volumes: per LV, its segments in order as (LV byte offset, PV
+    /// device, byte offset on the PV device, length). An LV with a segment of another type (or striped over several
+    /// PVs) is left out: its bytes are not a plain run of PV bytes.
+    /// </summary>
+    public IReadOnlyDictionary<string, IReadOnlyList<(long Offset, string Device, long DeviceOffset, long Length)>> LinearSegments()
+    {
+        var pvs = Run("pvs", "--readonly", "--config", Config(), "--reportformat", "json", "--units", "b", "--nosuffix", "-o", "pv_name,pe_start");
+        var segs = Run("lvs", "--readonly", "--config", Config(), "--reportformat", "json", "--segments", "--units", "b", "--nosuffix",
+            "-o", "vg_name,lv_name,seg_start,seg_size,segtype,stripes,seg_pe_ranges,vg_extent_size");
+        if (!pvs.Ok || !segs.Ok)
+        {
+            throw new IOException($"lvm cannot report segments: {(pvs.Ok ? segs : pvs).FirstLine}");
+        }
+
+        var peStart = Rows(pvs.Out, "pv").Where(r => r.ContainsKey("pv_name"))
+            .ToDictionary(r => r["pv_name"], r => long.TryParse(r.GetValueOrDefault("pe_start"), NumberStyles.None, CultureInfo.InvariantCulture, out var v) ? v : -1);
+        var result = new Dictionary<string, List<(long, string, long, long)>?>(StringComparer.Ordinal);
+        foreach (var row in Rows(segs.Out, "seg"))
+        {
+            var key = (row.GetValueOrDefault("vg_name") ?? "") + "/" + (row.GetValueOrDefault("lv_name") ?? "");
+            if (result.TryGetValue(key, out var known) && known is null)
+            {
+                continue;
+            }
+
+            var list = known ?? [];
+            result[key] = Segment(row, peStart) is { } segment ? [.. list, segment] : null;
+        }
+
+        return result.Where(kv => kv.Value is { Count: > 0 })
+            .ToDictionary(kv => kv.Key, kv => (IReadOnlyList<(long, string, long, long)>)kv.Value!.OrderBy(x => x.Item1).ToList(), StringComparer.Ordinal);
+    }
+
+    private static (long, string, long, long)? Segment(Dictionary<string, string> row, Dictionary<string, long> peStart)
+    {
+        static long Number(Dictionary<string, string> row, string name) =>
+            long.TryParse(row.GetValueOrDefault(name), NumberStyles.None, CultureInfo.InvariantCulture, out var v) ? v : -1;
+
+        var type = row.GetValueOrDefault("segtype");
+        var ranges = row.GetValueOrDefault("seg_pe_ranges") ?? "";
+        if (!(type == "linear" || (type == "striped" && Number(row, "stripes") == 1)) || ranges.Contains(' ', StringComparison.Ordinal))
+        {
+            return null;
+        }
+
+        // "/dev/vda3:0-79": physical extents 0 to 79 (inclusive) of that PV.
+        var colon = ranges.LastIndexOf(':');
+        var dash = colon < 0 ? -1 : ranges.IndexOf('-', colon);
+        if (colon <= 0 || dash < 0
+            || !long.TryParse(ranges.AsSpan(colon + 1, dash - colon - 1), NumberStyles.None, CultureInfo.InvariantCulture, out var first)
+            || !long.TryParse(ranges.AsSpan(dash + 1), NumberStyles.None, CultureInfo.InvariantCulture, out var last))
+        {
+            return null;
+        }
+
+        var device = ranges[..colon];
+        var extent = Number(row, "vg_extent_size");
+        var start = Number(row, "seg_start");
+        var size = Number(row, "seg_size");
+        if (!peStart.TryGetValue(device, out var pe) || pe < 0 || extent <= 0 || start < 0 || size <= 0 || (last - first + 1) * extent != size)
+        {
+            return null;
+        }
+
+        return (start, device, pe + first * extent, size);
+    }
+
     /// <summary>Activates a volume group's logical volumes read-only and makes their nodes; the tool's complaint on failure.</summary>
     public ToolResult Activate(string vg)
     {

@@ -8,6 +8,9 @@ namespace RestoreFs.RestoreDaemon.Handlers;
 /// Files below a mounted volume, reached component by component with <c>openat(O_NOFOLLOW)</c>: a symlink is never
 /// followed (the host shows it as a symlink), so no path can leave the volume, whatever its symlinks say.
 /// </summary>
+/// <summary>How a mounted volume's files map onto its disk (see <see cref="FileExtents"/>).</summary>
+internal sealed record ExtentMapping(IReadOnlyList<RestoreFs.RestoreDaemon.Disks.DiskSpan> Placement, long VolumeSize);
+
 internal static class VolumeFiles
 {
     /// <summary>The target's parent directory (open) and its last name; an empty name means the volume root.</summary>
@@ -91,7 +94,9 @@ internal static class VolumeFiles
     /// <param name="inlineMax">Regular files up to this size come with their content…</param>
     /// <param name="inlineBudget">…until this many bytes were inlined in the listing. Contents are read several at a
     /// time: on a virtual disk each small read waits for the host, and waits overlap.</param>
-    public static IEnumerable<ArchiveEntry> ListDirectory(Fd directory, byte[] prefix, int inlineMax = 0, long inlineBudget = 0)
+    /// <param name="map">When set, regular files come with their extents on the disk where the file system gives an
+    /// exact map (and then without inline content).</param>
+    public static IEnumerable<ArchiveEntry> ListDirectory(Fd directory, byte[] prefix, int inlineMax = 0, long inlineBudget = 0, ExtentMapping? map = null)
     {
         var batch = new List<(ArchiveEntry Entry, bool Inline)>(64);
         foreach (var name in LibC.ReadDirectory(directory.Value))
@@ -111,7 +116,7 @@ internal static class VolumeFiles
             batch.Add((entry, inline));
             if (batch.Count == 64)
             {
-                foreach (var e in Complete(directory.Value, batch))
+                foreach (var e in Complete(directory.Value, batch, map))
                 {
                     yield return e;
                 }
@@ -120,21 +125,39 @@ internal static class VolumeFiles
             }
         }
 
-        foreach (var e in Complete(directory.Value, batch))
+        foreach (var e in Complete(directory.Value, batch, map))
         {
             yield return e;
         }
     }
 
-    private static ArchiveEntry[] Complete(int dirfd, List<(ArchiveEntry Entry, bool Inline)> batch)
+    private static ArchiveEntry[] Complete(int dirfd, List<(ArchiveEntry Entry, bool Inline)> batch, ExtentMapping? map)
     {
         var result = new ArchiveEntry[batch.Count];
         Parallel.For(0, batch.Count, new ParallelOptions { MaxDegreeOfParallelism = 8 }, i =>
         {
             var (entry, inline) = batch[i];
+            if (map is not null && entry.Type == 'f' && MapFile(dirfd, entry.Name, (long)(entry.Size ?? 0), map) is { } extents)
+            {
+                result[i] = entry with { Extents = extents };
+                return;
+            }
+
             result[i] = inline && ReadSmall(dirfd, entry.Name, (int)(entry.Size ?? 0)) is { } content ? entry with { Content = content } : entry;
         });
         return result;
+    }
+
+    private static IReadOnlyList<FileExtent>? MapFile(int dirfd, byte[] name, long size, ExtentMapping map)
+    {
+        var fd = LibC.OpenAt(dirfd, name, LibC.O_RDONLY | LibC.O_NOFOLLOW | LibC.O_NONBLOCK);
+        if (fd < 0)
+        {
+            return null;
+        }
+
+        using var file = new Fd(fd);
+        return FileExtents.Map(fd, size, map.Placement, map.VolumeSize);
     }
 
     private static byte[]? ReadSmall(int dirfd, byte[] name, int size)

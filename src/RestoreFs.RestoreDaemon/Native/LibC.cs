@@ -42,6 +42,9 @@ internal static unsafe partial class LibC
     [LibraryImport("libc", EntryPoint = "mknod", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     public static partial int MkNod(string path, uint mode, ulong dev);
 
+    [LibraryImport("libc", EntryPoint = "ioctl", SetLastError = true)]
+    public static partial int Ioctl(int fd, nuint request, byte* argument);
+
     [LibraryImport("libc", EntryPoint = "sync")]
     public static partial void Sync();
 

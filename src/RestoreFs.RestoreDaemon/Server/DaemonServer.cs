@@ -213,8 +213,8 @@ public sealed class DaemonServer : IDisposable
                 return 200;
             case "list":
                 Watchdog.Touch();
-                await ListAsync(stream, PathOf(request), request.Query.ContainsKey("inline") ? (int)Number(request, "inline", 0, 1 << 20) : 0, ct)
-                    .ConfigureAwait(false);
+                await ListAsync(stream, PathOf(request), request.Query.ContainsKey("inline") ? (int)Number(request, "inline", 0, 1 << 20) : 0,
+                    request.Query.ContainsKey("extents") && Number(request, "extents", 0, 1) == 1, ct).ConfigureAwait(false);
                 Watchdog.Touch();
                 return 200;
             case "read":
@@ -295,7 +295,7 @@ public sealed class DaemonServer : IDisposable
     /// <summary>At most this much file content is inlined in one listing.</summary>
     public const long InlineBudget = 32L << 20;
 
-    private async Task ListAsync(Stream stream, byte[] raw, int inlineMax, CancellationToken ct)
+    private async Task ListAsync(Stream stream, byte[] raw, int inlineMax, bool extents, CancellationToken ct)
     {
         var disks = await catalog.GetDisksAsync(ct).ConfigureAwait(false);
         var path = ApiPath.Parse(raw, disks);
@@ -316,6 +316,7 @@ public sealed class DaemonServer : IDisposable
         }
 
         var mountPoint = await MountAsync(path.Volume, ct).ConfigureAwait(false);
+        var map = extents ? Mapping(path.Volume) : null;
         var (directory, single) = VolumeFiles.OpenForList(mountPoint, path.Rest, path.Prefix);
         if (single is not null)
         {
@@ -339,7 +340,7 @@ public sealed class DaemonServer : IDisposable
                 w.WritePropertyName("data");
                 w.WriteStartArray();
                 var n = 0;
-                foreach (var entry in VolumeFiles.ListDirectory(directory!, path.Prefix, inlineMax, InlineBudget))
+                foreach (var entry in VolumeFiles.ListDirectory(directory!, path.Prefix, inlineMax, InlineBudget, map))
                 {
                     ApiJson.WriteEntry(w, entry);
                     Interlocked.Increment(ref entriesListed);
@@ -357,6 +358,16 @@ public sealed class DaemonServer : IDisposable
             await buffered.FlushAsync(ct).ConfigureAwait(false);
             await body.CompleteAsync(ct).ConfigureAwait(false);
         }
+    }
+
+    /// <summary>Files of this volume can be mapped onto its disk when its place on the disk is known and its file
+    /// system's FIEMAP gives device offsets.</summary>
+    private ExtentMapping? Mapping(VolumeInfo volume)
+    {
+        var mounted = catalog.Mounts.FirstOrDefault(m => m.Volume.Id == volume.Id);
+        return volume.Placement is { Count: > 0 } placement && FileExtents.Maps(mounted?.FsType)
+            ? new ExtentMapping(placement, (long)volume.Size)
+            : null;
     }
 
     /// <summary>Disks, bucket types, partitions, volume groups and logical volumes; volumes are mounted here so that
