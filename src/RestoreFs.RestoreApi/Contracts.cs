@@ -13,6 +13,8 @@ public static class EntryTypes
     public const char Socket = 's';
     /// <summary>A level made by the daemon (disk, bucket type, partition, VG), not a directory of a file system.</summary>
     public const char Virtual = 'v';
+    /// <summary>An entry whose inode could not be read (its <c>error</c> says why): listed, but every access fails.</summary>
+    public const char Unreadable = '?';
 }
 
 /// <summary>

@@ -155,6 +155,14 @@ public sealed class RemoteDirectory : FuseNode, IFuseDirectory
             foreach (var child in entries)
             {
                 var childPath = Remote.Child(path, child.Name);
+                if (child.Error is { } unreadable && child.Type == '?')
+                {
+                    context.WarnOnce($"entry:{state.Snapshot.DirectoryPath}:{Encoding.UTF8.GetString(childPath)}", null,
+                        "{Path} in {Snapshot} cannot be read: {Error}", Encoding.UTF8.GetString(childPath), state.Snapshot.Name, unreadable);
+                    list.Add((child.Name, new UnreadableEntry(context, child, unreadable)));
+                    continue;
+                }
+
                 if (child.Error is { } error)
                 {
                     context.WarnOnce($"bucket:{state.Snapshot.DirectoryPath}:{Encoding.UTF8.GetString(childPath)}", null,
@@ -190,7 +198,8 @@ public sealed class RemoteDirectory : FuseNode, IFuseDirectory
         {
             if (name.Span.SequenceEqual(childName))
             {
-                return node;
+                // As on a disk with a damaged inode: the name is listed, looking it up fails with EIO.
+                return node is UnreadableEntry broken ? throw new FuseException(5, broken.Error) : node;
             }
         }
 
@@ -218,6 +227,16 @@ public sealed class EmptyDirectory(TreeContext context, ulong ino, RemoteEntry e
 
     public ValueTask<IReadOnlyList<FuseDirectoryEntry>> ListAsync(FuseRequestContext ctx, CancellationToken ct) =>
         ValueTask.FromResult<IReadOnlyList<FuseDirectoryEntry>>([]);
+}
+
+/// <summary>An entry the VM could not read (a damaged inode): shown by readdir, EIO on lookup.</summary>
+public sealed class UnreadableEntry(TreeContext context, RemoteEntry entry, string error) : FuseNode
+{
+    private readonly ulong ino = context.Inodes.Next();
+
+    public string Error => error;
+
+    public override FuseAttributes GetAttributes() => Remote.Attributes(context, ino, entry with { Type = 'f' }, 0);
 }
 
 /// <summary><c>&lt;name&gt;.error</c>: why a filesystem could not be mounted.</summary>

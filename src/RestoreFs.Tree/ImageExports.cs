@@ -163,8 +163,18 @@ public sealed class ImageExports : IAsyncDisposable
             }
         }
 
-        public ValueTask ReadAsync(long offset, Memory<byte> destination, CancellationToken ct) =>
-            inner.Value.ReadAsync(offset, destination, ct);
+        public async ValueTask ReadAsync(long offset, Memory<byte> destination, CancellationToken ct)
+        {
+            try
+            {
+                await inner.Value.ReadAsync(offset, destination, ct).ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is not OperationCanceledException)
+            {
+                state.NoteExportReadFailure(archive, offset, e);
+                throw;
+            }
+        }
 
         public IEnumerable<BlockExtent> GetExtents(long offset, long length) => inner.Value.GetExtents(offset, length);
     }

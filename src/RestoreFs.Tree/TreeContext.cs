@@ -35,6 +35,9 @@ public sealed class TreeContext
     private readonly HashSet<string> loggedOnce = new(StringComparer.Ordinal);
 
     /// <summary>Logs a warning only the first time <paramref name="key"/> is seen (one line per damaged chunk, not per read).</summary>
+    /// <summary>Failed reads of NBD exports, per snapshot directory (see <see cref="SnapshotState.ExportReadFailures"/>).</summary>
+    public System.Collections.Concurrent.ConcurrentDictionary<string, ReadFailures> ExportFailures { get; } = new(StringComparer.Ordinal);
+
     public void WarnOnce(string key, Exception? error, string message, params object?[] args)
     {
         lock (loggedOnce)
@@ -49,4 +52,12 @@ public sealed class TreeContext
         Log.LogWarning(error, message, args);
 #pragma warning restore CA2254
     }
+}
+
+/// <summary>A count of failed reads and the last one's description.</summary>
+public sealed class ReadFailures
+{
+    public long Count;
+
+    public volatile string? Last;
 }

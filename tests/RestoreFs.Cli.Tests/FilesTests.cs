@@ -197,4 +197,71 @@ public sealed class FilesTests(FilesFixture f) : IClassFixture<FilesFixture>
         // files/ keeps working (sessions of the mount), and new VMs are recorded again.
         Assert.Equal("a bare file system\n", File.ReadAllText(Path.Combine(f.Files("vm/101"), "drive-scsi0.img/raw/root/note.txt")));
     }
+
+    [Fact]
+    public void A_damaged_chunk_under_a_file_fails_that_files_reads_only()
+    {
+        // Find random.bin (3 MB of seeded pseudo-random bytes) in the disk image, and damage the chunk holding its start.
+        var image = File.ReadAllBytes(f.Dir.Combine("disks", "multi.img"));
+        var source = File.ReadAllBytes(Path.Combine(f.Expected, "ext4/srv/random.bin"));
+        var at = image.AsSpan().IndexOf(source.AsSpan(0, 4096));
+        Assert.True(at > 0, "random.bin not found in multi.img");
+        using var copy = new TempDirectory("restorefs-files-damage");
+        var store = copy.Combine("store");
+        Run("cp", "-a", f.Store, store);
+        var fidx = Directory.EnumerateFiles(Path.Combine(store, "vm", "100"), "drive-scsi0.img.fidx", SearchOption.AllDirectories).Single();
+        var digest = DamageTests.ReadDigests(fidx)[at / (4 << 20)];
+        var chunk = DamageTests.ChunkPath(store, digest);
+        var bytes = File.ReadAllBytes(chunk);
+        bytes[bytes.Length / 2] ^= 0x5A;
+        File.WriteAllBytes(chunk, bytes);
+
+        var env = new Dictionary<string, string> { ["XDG_RUNTIME_DIR"] = copy.Combine("run") };
+        Directory.CreateDirectory(copy.Combine("run"));
+        var mnt = copy.Combine("mnt");
+        Directory.CreateDirectory(mnt);
+        ProcessRunner.Run(RepoPaths.Cli, ["mount", store, mnt], TimeSpan.FromSeconds(60), environment: env).EnsureSuccess("mount");
+        try
+        {
+            var disk = Path.Combine(mnt, "snapshots", "vm/100", FilesFixture.Time, "files", "drive-scsi0.img");
+            var error = Assert.ThrowsAny<IOException>(() => File.ReadAllBytes(Path.Combine(disk, "part/1/srv/random.bin")));
+            Assert.Contains("Input/output error", error.Message);
+            // Files elsewhere still read, and the listing of the damaged file's directory is whole.
+            Assert.Equal("on lvm and xfs\n", File.ReadAllText(Path.Combine(disk, "lvm/vgtest/data/data/hello.txt")));
+            Assert.Equal(["many", "random.bin"], Directory.GetFileSystemEntries(Path.Combine(disk, "part/1/srv")).Select(Path.GetFileName).Order());
+            // A directory whose blocks or inodes lie in the damaged chunk fails with EIO, or lists whole with the
+            // unreadable entries failing: never a silently short listing.
+            string[] many;
+            try
+            {
+                many = Directory.GetFiles(Path.Combine(disk, "part/1/srv/many"));
+            }
+            catch (IOException e)
+            {
+                Assert.Contains("Input/output error", e.Message);
+                return;
+            }
+
+            Assert.Equal(300, many.Length);
+            foreach (var file in many)
+            {
+                try
+                {
+                    Assert.Equal($"small file {Path.GetFileNameWithoutExtension(file)[1..]}\n", File.ReadAllText(file));
+                }
+                catch (IOException e)
+                {
+                    Assert.Contains("Input/output error", e.Message);
+                }
+            }
+        }
+        finally
+        {
+            ProcessRunner.Run(RepoPaths.Cli, ["umount", mnt], TimeSpan.FromSeconds(60), environment: env);
+            if (MountTable.IsMounted(mnt))
+            {
+                MountTable.LazyUnmount(mnt);
+            }
+        }
+    }
 }

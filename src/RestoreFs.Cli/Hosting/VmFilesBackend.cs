@@ -79,7 +79,31 @@ public sealed class VmFilesBackend(TreeContext context, RestoreVmManager manager
         return list;
     }
 
-    private async Task<IReadOnlyList<RemoteEntry>> FetchListAsync(SnapshotState snapshot, string vm, byte[] path, CancellationToken ct) =>
+    /// <summary>
+    /// Lists a directory in the VM. A file system there may answer a directory whose blocks could not be read (a
+    /// damaged chunk in the backup) with fewer entries, or none, instead of an error: a listing during which a read
+    /// of this snapshot's disks failed is asked again, and when that one sees a failure too, the directory fails with
+    /// EIO naming the damage instead of showing a short listing.
+    /// </summary>
+    private async Task<IReadOnlyList<RemoteEntry>> FetchListAsync(SnapshotState snapshot, string vm, byte[] path, CancellationToken ct)
+    {
+        for (var attempt = 0; ; attempt++)
+        {
+            var failures = snapshot.ExportReadFailures;
+            var list = await FetchListOnceAsync(snapshot, vm, path, ct).ConfigureAwait(false);
+            if (snapshot.ExportReadFailures == failures)
+            {
+                return list;
+            }
+
+            if (attempt == 1)
+            {
+                throw new IOException($"{System.Text.Encoding.UTF8.GetString(path)} cannot be listed completely: reading the disk failed ({snapshot.LastExportReadFailure})");
+            }
+        }
+    }
+
+    private async Task<IReadOnlyList<RemoteEntry>> FetchListOnceAsync(SnapshotState snapshot, string vm, byte[] path, CancellationToken ct) =>
         await WithVmAsync(snapshot, async client =>
         {
             var list = new List<RemoteEntry>();

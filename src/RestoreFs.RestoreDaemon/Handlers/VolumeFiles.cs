@@ -101,9 +101,23 @@ internal static class VolumeFiles
         var batch = new List<(ArchiveEntry Entry, bool Inline)>(64);
         foreach (var name in LibC.ReadDirectory(directory.Value))
         {
-            if (LibC.Stat(directory.Value, name, out var st) < 0)
+            var r = LibC.Stat(directory.Value, name, out var st);
+            if (r == -LibC.ENOENT)
             {
-                continue; // vanished or unreadable: a read-only mount should not change, but never fail the listing
+                continue; // vanished: a read-only mount should not change, but never fail the listing for it
+            }
+
+            if (r < 0)
+            {
+                // Unreadable (a damaged inode, an I/O error on the disk): listed with the reason, so that the host
+                // fails just this entry instead of showing a directory without it.
+                var path = new byte[prefix.Length + 1 + name.Length];
+                prefix.CopyTo(path, 0);
+                path[prefix.Length] = (byte)'/';
+                name.CopyTo(path, prefix.Length + 1);
+                batch.Add((new ArchiveEntry(path, name, EntryTypes.Unreadable, true, null, null, 0, 0, 0, null,
+                    $"cannot read its inode: {LibC.StrError(-r)}"), false));
+                continue;
             }
 
             var entry = Entry(prefix, name, st, st.Kind == LibC.S_IFLNK ? LibC.ReadLink(directory.Value, name) : null);
