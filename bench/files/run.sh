@@ -62,6 +62,20 @@ if command -v guestmount >/dev/null; then
   sync; echo 3 > /proc/sys/vm/drop_caches
   # Where our probe found KVM unusable, libguestfs must not try it either (QEMU aborts on this nested KVM).
   settings=""; [ -f "$XDG_RUNTIME_DIR/restorefs/kvm-unusable" ] && settings=force_tcg
+  # supermin builds libguestfs' appliance from the host's kernel; a machine without one in /boot (a container)
+  # gets the Debian kernel package the restore image was built from.
+  if ! ls /boot/vmlinuz-* >/dev/null 2>&1 && [ -z "${SUPERMIN_KERNEL:-}" ]; then
+    deb=$(ls build/restore-image/.cache/debs/linux-image-*.deb 2>/dev/null | head -1)
+    if [ -n "$deb" ]; then
+      dpkg-deb -x "$deb" "$work/kernel"
+      kver=$(basename "$(ls -d "$work"/kernel/lib/modules/* | head -1)")
+      depmod -b "$work/kernel" "$kver"
+      export SUPERMIN_KERNEL=$(ls "$work"/kernel/boot/vmlinuz-* | head -1)
+      export SUPERMIN_MODULES=$work/kernel/lib/modules/$kver
+      # supermin also lists the host's /lib/modules, which such a machine lacks: an empty one will do.
+      [ -d /lib/modules ] || { echo "bench: creating an empty /lib/modules for supermin" >&2; mkdir -p /lib/modules; }
+    fi
+  fi
   g0=$(now)
   if LIBGUESTFS_BACKEND=direct LIBGUESTFS_BACKEND_SETTINGS=$settings guestmount -a "$work/disk.img" -m /dev/sda1 --ro "$gmnt"; then
     ls "$gmnt" >/dev/null; g1=$(now)

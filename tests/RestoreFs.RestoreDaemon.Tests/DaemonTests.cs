@@ -344,4 +344,16 @@ public sealed class DaemonTests(DaemonFixture f) : IClassFixture<DaemonFixture>
             Assert.Null(e.Extents);
         }
     }
+
+    [Fact]
+    public async Task Volumes_know_their_place_on_the_disk_partitions_whole_disks_and_linear_lvs()
+    {
+        var disks = await f.Catalog.GetDisksAsync(CancellationToken.None);
+        var multi = disks.Single(d => d.Name == Multi).Volumes.ToDictionary(v => v.Id);
+        // GPT from make-test-disks.sh: part 1 at sector 2048 (40 MiB), part 3 (the PV) at sector 116736; LVM puts the
+        // first physical extent 1 MiB into the PV, and data is extents 0-79 (320 MiB).
+        Assert.Equal([new Disks.DiskSpan(0, 1 << 20, 40 << 20)], multi[$"{Multi}/part/1"].Placement);
+        Assert.Equal([new Disks.DiskSpan(0, 116736L * 512 + (1 << 20), 320L << 20)], multi[$"{Multi}/lvm/vgtest/data"].Placement);
+        Assert.Equal([new Disks.DiskSpan(0, 0, 32L << 20)], disks.Single(d => d.Name == "bare").Volumes.Single().Placement);
+    }
 }

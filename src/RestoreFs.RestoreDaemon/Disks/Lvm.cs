@@ -67,13 +67,19 @@ internal sealed class Lvm(IReadOnlyCollection<string> devices, Action<string> lo
 
     private ToolResult Run(params string[] args) => Tool.Run("lvm", args, Limit);
 
+    private string? pvReport;
+    private string? lvReport;
+
     public IReadOnlyList<LvmPhysicalVolume> PhysicalVolumes()
     {
-        var r = Run("pvs", "--readonly", "--config", Config(), "--reportformat", "json", "-o", "pv_name,vg_name");
+        // pe_start and the segment fields below serve LinearSegments: each lvm run costs a good second under TCG.
+        var r = Run("pvs", "--readonly", "--config", Config(), "--reportformat", "json", "--units", "b", "--nosuffix", "-o", "pv_name,vg_name,pe_start");
         if (!r.Ok)
         {
             throw new IOException($"lvm pvs failed: {r.FirstLine}");
         }
+
+        pvReport = r.Out;
 
         return Rows(r.Out, "pv").Select(row => new LvmPhysicalVolume(row.GetValueOrDefault("pv_name") ?? "", row.GetValueOrDefault("vg_name") ?? ""))
             .Where(pv => pv.Device.Length > 0).ToList();
@@ -82,11 +88,13 @@ internal sealed class Lvm(IReadOnlyCollection<string> devices, Action<string> lo
     public IReadOnlyList<LvmLogicalVolume> LogicalVolumes()
     {
         var r = Run("lvs", "--readonly", "--config", Config(), "--reportformat", "json", "--units", "b", "--nosuffix",
-            "-o", "vg_name,lv_name,lv_size,lv_attr,lv_dm_path,segtype");
+            "-o", "vg_name,lv_name,lv_size,lv_attr,lv_dm_path,segtype,seg_start,seg_size,stripes,seg_pe_ranges,vg_extent_size");
         if (!r.Ok)
         {
             throw new IOException($"lvm lvs failed: {r.FirstLine}");
         }
+
+        lvReport = r.Out;
 
         // One row per segment: merge segment types per LV.
         var result = new List<LvmLogicalVolume>();
@@ -122,24 +130,22 @@ internal sealed class Lvm(IReadOnlyCollection<string> devices, Action<string> lo
     }
 
     /// <summary>
-    /// Where each linear LV's bytes lie on its physical volumes: per LV, its segments in order as (LV byte offset, PV
+    /// From the reports of <see cref="PhysicalVolumes"/> and <see cref="LogicalVolumes"/> (one row per segment):
+    /// where each linear LV's bytes lie on its physical volumes: per LV, its segments in order as (LV byte offset, PV
     /// device, byte offset on the PV device, length). An LV with a segment of another type (or striped over several
     /// PVs) is left out: its bytes are not a plain run of PV bytes.
     /// </summary>
     public IReadOnlyDictionary<string, IReadOnlyList<(long Offset, string Device, long DeviceOffset, long Length)>> LinearSegments()
     {
-        var pvs = Run("pvs", "--readonly", "--config", Config(), "--reportformat", "json", "--units", "b", "--nosuffix", "-o", "pv_name,pe_start");
-        var segs = Run("lvs", "--readonly", "--config", Config(), "--reportformat", "json", "--segments", "--units", "b", "--nosuffix",
-            "-o", "vg_name,lv_name,seg_start,seg_size,segtype,stripes,seg_pe_ranges,vg_extent_size");
-        if (!pvs.Ok || !segs.Ok)
+        if (pvReport is null || lvReport is null)
         {
-            throw new IOException($"lvm cannot report segments: {(pvs.Ok ? segs : pvs).FirstLine}");
+            throw new IOException("lvm segments are known only after PhysicalVolumes and LogicalVolumes");
         }
 
-        var peStart = Rows(pvs.Out, "pv").Where(r => r.ContainsKey("pv_name"))
+        var peStart = Rows(pvReport, "pv").Where(r => r.ContainsKey("pv_name"))
             .ToDictionary(r => r["pv_name"], r => long.TryParse(r.GetValueOrDefault("pe_start"), NumberStyles.None, CultureInfo.InvariantCulture, out var v) ? v : -1);
         var result = new Dictionary<string, List<(long, string, long, long)>?>(StringComparer.Ordinal);
-        foreach (var row in Rows(segs.Out, "seg"))
+        foreach (var row in Rows(lvReport, "lv"))
         {
             var key = (row.GetValueOrDefault("vg_name") ?? "") + "/" + (row.GetValueOrDefault("lv_name") ?? "");
             if (result.TryGetValue(key, out var known) && known is null)
