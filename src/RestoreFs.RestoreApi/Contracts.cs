@@ -15,6 +15,9 @@ public static class EntryTypes
     public const char Virtual = 'v';
     /// <summary>An entry whose inode could not be read (its <c>error</c> says why): listed, but every access fails.</summary>
     public const char Unreadable = '?';
+    /// <summary>The last element of a listing that is not complete (the disk could not be read); not an entry: the
+    /// client fails the listing with its <c>error</c>.</summary>
+    public const char Failed = '!';
 }
 
 /// <summary>

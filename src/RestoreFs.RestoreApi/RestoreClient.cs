@@ -57,6 +57,11 @@ public sealed class RestoreClient(IRestoreTransport transport, string ticket, bo
                     throw new IOException($"the restore daemon's list answer is malformed: {e.Message}", e);
                 }
 
+                if (entry.Type == EntryTypes.Failed)
+                {
+                    throw new RestoreApiException(500, entry.Error ?? "the listing is not complete");
+                }
+
                 yield return entry;
             }
         }

@@ -170,7 +170,10 @@ public static class Program
             try
             {
                 using var server = new DaemonServer(catalog,
-                    new DaemonServerOptions(ticket, TimeSpan.FromSeconds(options.IdleTimeoutSeconds), TimeSpan.FromSeconds(3)), Log,
+                    new DaemonServerOptions(ticket, TimeSpan.FromSeconds(options.IdleTimeoutSeconds), TimeSpan.FromSeconds(3))
+                    {
+                        IoErrors = options.Guest ? KernelIoErrors.Open() : null,
+                    }, Log,
                     () => Stop("shutdown requested"));
                 using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c =>
                 {

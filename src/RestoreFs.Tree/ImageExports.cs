@@ -171,7 +171,7 @@ public sealed class ImageExports : IAsyncDisposable
             }
             catch (Exception e) when (e is not OperationCanceledException)
             {
-                state.NoteExportReadFailure(archive, offset, e);
+                state.ExportReadFailures.Add(archive, offset, destination.Length, e.Message);
                 throw;
             }
         }

@@ -33,21 +33,10 @@ public sealed class SnapshotState : IDisposable
     public IReadOnlyList<string> ImageArchives =>
         Manifest.Files.Where(f => f.FileName.EndsWith(".img.fidx", StringComparison.Ordinal)).Select(f => f.FileName).ToList();
 
-    /// <summary>Reads of this snapshot's NBD exports that failed (a damaged or missing chunk), e.g. under the restore
-    /// VM: a file system in the VM may turn such an error into a short directory listing, so a listing that saw
-    /// this number move must not be trusted. Kept in the context: the export may hold another state object of the
-    /// same snapshot.</summary>
-    public long ExportReadFailures => Context.ExportFailures.TryGetValue(Snapshot.DirectoryPath, out var f) ? Interlocked.Read(ref f.Count) : 0;
-
-    /// <summary>What the last failed export read was (archive, offset, reason).</summary>
-    public string? LastExportReadFailure => Context.ExportFailures.TryGetValue(Snapshot.DirectoryPath, out var f) ? f.Last : null;
-
-    public void NoteExportReadFailure(string archive, long offset, Exception e)
-    {
-        var f = Context.ExportFailures.GetOrAdd(Snapshot.DirectoryPath, _ => new ReadFailures());
-        f.Last = $"{archive} at offset {offset}: {e.Message}";
-        Interlocked.Increment(ref f.Count);
-    }
+    /// <summary>Reads of this snapshot's NBD exports that failed (damaged or missing chunks), e.g. under the restore
+    /// VM, whose file systems may turn them into short directory listings. Kept in the context: an export may hold
+    /// another state object of the same snapshot.</summary>
+    public ReadFailureLog ExportReadFailures => Context.ExportFailures.GetOrAdd(Snapshot.DirectoryPath, _ => new ReadFailureLog());
 
     /// <summary>The image reader of an archive; errors become the errno a reader of the file should see.</summary>
     public ImageReader OpenImage(string archive)

@@ -36,7 +36,7 @@ public sealed class TreeContext
 
     /// <summary>Logs a warning only the first time <paramref name="key"/> is seen (one line per damaged chunk, not per read).</summary>
     /// <summary>Failed reads of NBD exports, per snapshot directory (see <see cref="SnapshotState.ExportReadFailures"/>).</summary>
-    public System.Collections.Concurrent.ConcurrentDictionary<string, ReadFailures> ExportFailures { get; } = new(StringComparer.Ordinal);
+    public System.Collections.Concurrent.ConcurrentDictionary<string, ReadFailureLog> ExportFailures { get; } = new(StringComparer.Ordinal);
 
     public void WarnOnce(string key, Exception? error, string message, params object?[] args)
     {
@@ -54,10 +54,38 @@ public sealed class TreeContext
     }
 }
 
-/// <summary>A count of failed reads and the last one's description.</summary>
-public sealed class ReadFailures
+/// <summary>Failed reads, in order: archive, byte range, reason (the last 4096 are kept).</summary>
+public sealed class ReadFailureLog
 {
-    public long Count;
+    private readonly List<(long Seq, string Archive, long Offset, int Length, string Reason)> entries = [];
+    private long next;
 
-    public volatile string? Last;
+    /// <summary>A position for <see cref="Since"/>.</summary>
+    public long Mark()
+    {
+        lock (entries)
+        {
+            return next;
+        }
+    }
+
+    public void Add(string archive, long offset, int length, string reason)
+    {
+        lock (entries)
+        {
+            entries.Add((next++, archive, offset, length, reason));
+            if (entries.Count > 4096)
+            {
+                entries.RemoveRange(0, entries.Count - 4096);
+            }
+        }
+    }
+
+    public IReadOnlyList<(string Archive, long Offset, int Length, string Reason)> Since(long mark)
+    {
+        lock (entries)
+        {
+            return entries.Where(e => e.Seq >= mark).Select(e => (e.Archive, e.Offset, e.Length, e.Reason)).ToList();
+        }
+    }
 }

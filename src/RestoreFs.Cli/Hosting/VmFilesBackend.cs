@@ -32,6 +32,7 @@ public sealed class VmFilesBackend(TreeContext context, RestoreVmManager manager
     private readonly System.Collections.Concurrent.ConcurrentDictionary<string, List<byte[]>> subdirectories = new(StringComparer.Ordinal);
     private readonly System.Collections.Concurrent.ConcurrentDictionary<string, (string Key, int Index)> parents = new(StringComparer.Ordinal);
     private readonly System.Collections.Concurrent.ConcurrentDictionary<string, FileMap> maps = new(StringComparer.Ordinal);
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, FileExtent[]> placements = new(StringComparer.Ordinal);
 
     /// <summary>A file whose bytes are read from the image itself: the daemon mapped it onto its disk.</summary>
     private sealed record FileMap(string Archive, FileExtent[] Extents, long Size);
@@ -81,26 +82,55 @@ public sealed class VmFilesBackend(TreeContext context, RestoreVmManager manager
 
     /// <summary>
     /// Lists a directory in the VM. A file system there may answer a directory whose blocks could not be read (a
-    /// damaged chunk in the backup) with fewer entries, or none, instead of an error: a listing during which a read
-    /// of this snapshot's disks failed is asked again, and when that one sees a failure too, the directory fails with
-    /// EIO naming the damage instead of showing a short listing.
+    /// damaged chunk in the backup) with fewer entries or none instead of an error. So a listing during which a read
+    /// of its volume's part of the disk failed (seen by our NBD server; the daemon also reports what the VM's kernel
+    /// logged) is asked once more (the failure may have been another request's), and then fails with EIO naming the
+    /// damage instead of showing a short directory.
     /// </summary>
     private async Task<IReadOnlyList<RemoteEntry>> FetchListAsync(SnapshotState snapshot, string vm, byte[] path, CancellationToken ct)
     {
+        var volume = VolumeOf(path);
+        if (volume is null)
+        {
+            return await FetchListOnceAsync(snapshot, vm, path, ct).ConfigureAwait(false); // the levels above file systems
+        }
+
+        var archive = ArchiveOf(snapshot, path);
+        var placement = placements.GetValueOrDefault(ContentCache.KeyOf(vm, volume, -4));
         for (var attempt = 0; ; attempt++)
         {
-            var failures = snapshot.ExportReadFailures;
-            var list = await FetchListOnceAsync(snapshot, vm, path, ct).ConfigureAwait(false);
-            if (snapshot.ExportReadFailures == failures)
+            var mark = snapshot.ExportReadFailures.Mark();
+            IReadOnlyList<RemoteEntry> list;
+            try
+            {
+                list = await FetchListOnceAsync(snapshot, vm, path, ct).ConfigureAwait(false);
+            }
+            catch (IOException e) when (attempt == 0 && e.InnerException is RestoreApiException { StatusCode: 500 })
+            {
+                continue;
+            }
+
+            var damage = snapshot.ExportReadFailures.Since(mark).FirstOrDefault(f =>
+                (archive is null || f.Archive == archive)
+                && (placement is null || placement.Any(x => f.Offset < x.Disk + x.Length && f.Offset + f.Length > x.Disk)));
+            if (damage.Archive is null)
             {
                 return list;
             }
 
-            if (attempt == 1)
+            if (attempt > 0)
             {
-                throw new IOException($"{System.Text.Encoding.UTF8.GetString(path)} cannot be listed completely: reading the disk failed ({snapshot.LastExportReadFailure})");
+                throw new IOException($"{System.Text.Encoding.UTF8.GetString(path)} cannot be listed completely: reading {damage.Archive} at offset {damage.Offset} failed ({damage.Reason})");
             }
         }
+    }
+
+    /// <summary>The volume a files/ path lies in (<c>disk/part/N</c>, <c>disk/lvm/VG/LV</c>, <c>disk/raw</c>); null above.</summary>
+    private static byte[]? VolumeOf(byte[] path)
+    {
+        var parts = System.Text.Encoding.UTF8.GetString(path).Split('/');
+        var depth = parts.Length > 1 ? parts[1] switch { "part" => 3, "lvm" => 4, "raw" => 2, _ => int.MaxValue } : int.MaxValue;
+        return parts.Length >= depth ? System.Text.Encoding.UTF8.GetBytes(string.Join('/', parts.Take(depth))) : null;
     }
 
     private async Task<IReadOnlyList<RemoteEntry>> FetchListOnceAsync(SnapshotState snapshot, string vm, byte[] path, CancellationToken ct) =>
@@ -114,6 +144,10 @@ public sealed class VmFilesBackend(TreeContext context, RestoreVmManager manager
                 if (e.Content is { } content)
                 {
                     cache.Put(ContentCache.KeyOf(vm, Child(path, e.Name), -1), content);
+                }
+                else if (e.Extents is { } place && e.Type is 'd' or 'v')
+                {
+                    placements[ContentCache.KeyOf(vm, Child(path, e.Name), -4)] = [.. place]; // a volume's place on its disk
                 }
                 else if (e.Extents is { } extents && e.Type == 'f' && archive is not null && Valid(snapshot, archive, extents, (long)(e.Size ?? 0)))
                 {

@@ -42,6 +42,38 @@ internal static unsafe partial class LibC
     [LibraryImport("libc", EntryPoint = "mknod", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     public static partial int MkNod(string path, uint mode, ulong dev);
 
+    [LibraryImport("libc", EntryPoint = "read", SetLastError = true)]
+    private static partial nint ReadRaw(int fd, byte* buffer, nuint count);
+
+    [LibraryImport("libc", EntryPoint = "lseek64", SetLastError = true)]
+    public static partial long LSeek(int fd, long offset, int whence);
+
+    public const int SEEK_END = 2, EPIPE = 32, EAGAIN = 11;
+
+    /// <summary>One read(2); the count, or -errno.</summary>
+    public static int Read(int fd, Span<byte> buffer)
+    {
+        while (true)
+        {
+            nint n;
+            fixed (byte* b = buffer)
+            {
+                n = ReadRaw(fd, b, (nuint)buffer.Length);
+            }
+
+            if (n >= 0)
+            {
+                return (int)n;
+            }
+
+            var errno = Errno;
+            if (errno != EINTR)
+            {
+                return -errno;
+            }
+        }
+    }
+
     [LibraryImport("libc", EntryPoint = "ioctl", SetLastError = true)]
     public static partial int Ioctl(int fd, nuint request, byte* argument);
 

@@ -10,7 +10,12 @@ using ZstdSharp;
 
 namespace RestoreFs.RestoreDaemon.Server;
 
-public sealed record DaemonServerOptions(string Ticket, TimeSpan IdleTimeout, TimeSpan AuthFailureDelay, int MaxExtractions = 8, int MaxReadBytes = 16 << 20);
+public sealed record DaemonServerOptions(string Ticket, TimeSpan IdleTimeout, TimeSpan AuthFailureDelay, int MaxExtractions = 8, int MaxReadBytes = 16 << 20)
+{
+    /// <summary>The kernel's disk read errors (in the VM): a listing during which its volume could not be read ends
+    /// with an error entry instead of looking complete.</summary>
+    internal KernelIoErrors? IoErrors { get; init; }
+}
 
 /// <summary>
 /// The restore daemon's API: <c>/api2/json/{status,list,read,extract,stop}</c> over HTTP/1.1, one request per stream.
@@ -329,6 +334,7 @@ public sealed class DaemonServer : IDisposable
             return;
         }
 
+        var mark = options.IoErrors?.Mark() ?? 0;
         using (directory)
         {
             await stream.WriteAsync(Http.FormatResponseHead(200, "OK", "application/json;charset=UTF-8", null), ct).ConfigureAwait(false);
@@ -349,6 +355,14 @@ public sealed class DaemonServer : IDisposable
                         await w.FlushAsync(ct).ConfigureAwait(false);
                         await buffered.FlushAsync(ct).ConfigureAwait(false);
                     }
+                }
+
+                if (options.IoErrors?.OnVolume(mark, path.Volume, path.Disk!.Device) is { } damage)
+                {
+                    // The entries so far may be all the file system could read: say so (the host fails the listing).
+                    log($"list {path.Volume.Id}: {damage}");
+                    ApiJson.WriteEntry(w, new ArchiveEntry(path.Prefix, [], EntryTypes.Failed, true, null, null, 0, 0, 0, null,
+                        $"{Encoding.UTF8.GetString(path.Prefix)} cannot be listed completely: {damage}"));
                 }
 
                 w.WriteEndArray();
@@ -390,7 +404,9 @@ public sealed class DaemonServer : IDisposable
         var volumes = path.Disk.Volumes;
         if (path.Bucket is null)
         {
-            return volumes.Select(v => v.Bucket).Distinct().Order(StringComparer.Ordinal).Select(b => Virtual(b, 'v', null)).ToList();
+            // raw is itself the volume: it carries the volume's place on the disk, as volume entries below do.
+            return volumes.Select(v => v.Bucket).Distinct().Order(StringComparer.Ordinal)
+                .Select(b => Virtual(b, 'v', null) with { Extents = b == "raw" ? PlacementOf(volumes.First(v => v.Bucket == "raw")) : null }).ToList();
         }
 
         var inBucket = volumes.Where(v => v.Bucket == path.Bucket && v.Components.Take(path.Levels.Count).SequenceEqual(path.Levels)).ToList();
@@ -412,11 +428,16 @@ public sealed class DaemonServer : IDisposable
                 error = e.Message;
             }
 
-            result.Add(Virtual(volume.Components[^1], 'd', volume.Size, error));
+            result.Add(Virtual(volume.Components[^1], 'd', volume.Size, error) with { Extents = PlacementOf(volume) });
         }
 
         return result;
     }
+
+    /// <summary>A volume's place on its disk, as extents of the volume (logical = offset in the volume): the host
+    /// tells which failed disk reads concern a listing of that volume.</summary>
+    private static IReadOnlyList<FileExtent>? PlacementOf(VolumeInfo volume) =>
+        volume.Placement?.Select(p => new FileExtent(p.VolumeOffset, p.DiskOffset, p.Length)).ToList();
 
     private async Task ReadAsync(Stream stream, Http.Request request, CancellationToken ct)
     {
