@@ -52,7 +52,12 @@ public sealed class ProcessTests
             var n = await client.ReadAsync("disk0.img.fidx/raw/hello.txt"u8.ToArray(), 0, buffer, CancellationToken.None);
             Assert.Equal("hello from the disk\n", System.Text.Encoding.UTF8.GetString(buffer, 0, n));
             await client.StopAsync(CancellationToken.None);
-            Assert.True(process.WaitForExit(10_000), "the daemon did not stop");
+            if (!process.WaitForExit(10_000))
+            {
+                process.Kill();
+                Assert.Fail("the daemon did not stop; its log:\n" + await log);
+            }
+
             Assert.Equal(0, process.ExitCode);
             var text = await log;
             Assert.Contains("stop requested", text);

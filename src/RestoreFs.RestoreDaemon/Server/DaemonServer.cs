@@ -232,8 +232,9 @@ public sealed class DaemonServer : IDisposable
                 return 200;
             default: // stop
                 log("stop requested");
-                await TextAsync(stream, 200, "stopping", ct).ConfigureAwait(false);
+                // Scheduled before answering: a client that hangs up before the answer is written still stops us.
                 _ = Task.Delay(100, CancellationToken.None).ContinueWith(_ => Shutdown(), TaskScheduler.Default);
+                await TextAsync(stream, 200, "stopping", ct).ConfigureAwait(false);
                 return 200;
         }
     }
