@@ -47,12 +47,12 @@ internal static class VolumeFiles
         _ => LibC.StrError(errno),
     };
 
+    /// <summary><paramref name="prefix"/>/<paramref name="name"/>.</summary>
+    private static byte[] Join(byte[] prefix, byte[] name) => [.. prefix, (byte)'/', .. name];
+
     public static ArchiveEntry Entry(byte[] prefix, byte[] name, in StatInfo st, byte[]? target)
     {
-        var path = new byte[prefix.Length + 1 + name.Length];
-        prefix.CopyTo(path, 0);
-        path[prefix.Length] = (byte)'/';
-        name.CopyTo(path, prefix.Length + 1);
+        var path = Join(prefix, name);
         var type = st.TypeChar;
         return new ArchiveEntry(path, name, type, type != 'd', st.Kind is LibC.S_IFREG or LibC.S_IFLNK or LibC.S_IFDIR ? st.Size : 0UL, st.MTime,
             st.Mode, st.Uid, st.Gid, target, null);
@@ -111,11 +111,7 @@ internal static class VolumeFiles
             {
                 // Unreadable (a damaged inode, an I/O error on the disk): listed with the reason, so that the host
                 // fails just this entry instead of showing a directory without it.
-                var path = new byte[prefix.Length + 1 + name.Length];
-                prefix.CopyTo(path, 0);
-                path[prefix.Length] = (byte)'/';
-                name.CopyTo(path, prefix.Length + 1);
-                batch.Add((new ArchiveEntry(path, name, EntryTypes.Unreadable, true, null, null, 0, 0, 0, null,
+                batch.Add((new ArchiveEntry(Join(prefix, name), name, EntryTypes.Unreadable, true, null, null, 0, 0, 0, null,
                     $"cannot read its inode: {LibC.StrError(-r)}"), false));
                 continue;
             }
