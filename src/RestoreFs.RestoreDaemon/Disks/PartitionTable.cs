@@ -92,17 +92,9 @@ public static class PartitionTable
 
         var result = new List<Partition>();
         var nextLogical = 5;
-        for (var i = 0; i < 4; i++)
+        foreach (var (i, type, start, entryCount) in Slots(mbr))
         {
-            var e = mbr.AsSpan(446 + i * 16, 16);
-            var type = e[4];
-            long start = BinaryPrimitives.ReadUInt32LittleEndian(e[8..]);
-            long count = BinaryPrimitives.ReadUInt32LittleEndian(e[12..]);
-            if (type == 0 || count == 0)
-            {
-                continue;
-            }
-
+            var count = entryCount;
             if (start == 0 || start >= sectors)
             {
                 notes.Add($"MBR partition {i + 1} starts at sector {start}, outside the disk ({sectors} sectors): skipped");
@@ -129,6 +121,23 @@ public static class PartitionTable
     }
 
     private static bool IsExtended(byte type) => type is 0x05 or 0x0F or 0x85;
+
+    /// <summary>The used slots (type and sector count not 0) of an MBR or EBR: slot index 0–3, type, start sector
+    /// (as stored: absolute in an MBR, relative in an EBR), sector count.</summary>
+    private static IEnumerable<(int Slot, byte Type, long Start, long Count)> Slots(byte[] sector)
+    {
+        for (var i = 0; i < 4; i++)
+        {
+            var e = sector.AsSpan(446 + i * 16, 16);
+            var type = e[4];
+            long start = BinaryPrimitives.ReadUInt32LittleEndian(e[8..]);
+            long count = BinaryPrimitives.ReadUInt32LittleEndian(e[12..]);
+            if (type != 0 && count != 0)
+            {
+                yield return (i, type, start, count);
+            }
+        }
+    }
 
     /// <summary>The chain of extended boot records, as Linux's msdos.c walks it.</summary>
     private static void ReadLogical(Stream disk, long extendedStart, long extendedCount, long size, List<Partition> result,
@@ -157,17 +166,8 @@ public static class PartitionTable
             }
 
             long nextEbr = -1;
-            for (var i = 0; i < 4; i++)
+            foreach (var (i, type, relative, count) in Slots(sector))
             {
-                var e = sector.AsSpan(446 + i * 16, 16);
-                var type = e[4];
-                long relative = BinaryPrimitives.ReadUInt32LittleEndian(e[8..]);
-                long count = BinaryPrimitives.ReadUInt32LittleEndian(e[12..]);
-                if (count == 0 || type == 0)
-                {
-                    continue;
-                }
-
                 if (IsExtended(type))
                 {
                     // The link to the next EBR is relative to the start of the outermost extended partition.
