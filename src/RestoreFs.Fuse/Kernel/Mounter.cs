@@ -13,7 +13,40 @@ internal static unsafe class Mounter
 {
     public static bool IsRoot => LibC.GetEuid() == 0;
 
-    public static int Mount(string mountPoint, FuseMountOptions options, ILogger log, out bool viaFusermount)
+    /// <summary>
+    /// Whether the kernel should let every user through to us: when others are allowed, or when a non-root owner's mount
+    /// can let root in (libfuse's allow_root: the kernel passes everyone, <see cref="FuseAccessPolicy"/> refuses others).
+    /// </summary>
+    public static bool KernelAllowOther(FuseMountOptions options)
+    {
+        if (options.AllowOther)
+        {
+            if (!IsRoot && !UserAllowOtherConfigured())
+            {
+                throw new IOException("allowing other users needs 'user_allow_other' in /etc/fuse.conf (a line root adds); " +
+                                      "without it only the mounting user can enter the mount");
+            }
+
+            return true;
+        }
+
+        return !IsRoot && UserAllowOtherConfigured();
+    }
+
+    /// <summary>fusermount3 accepts allow_other from non-root users only with this line in /etc/fuse.conf.</summary>
+    public static bool UserAllowOtherConfigured()
+    {
+        try
+        {
+            return File.ReadLines("/etc/fuse.conf").Any(l => l.Trim() == "user_allow_other");
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return false;
+        }
+    }
+
+    public static int Mount(string mountPoint, FuseMountOptions options, bool allowOther, ILogger log, out bool viaFusermount)
     {
         viaFusermount = false;
         if (IsRoot)
@@ -24,8 +57,9 @@ internal static unsafe class Mounter
                 throw new IOException($"cannot open /dev/fuse: {LibC.ErrorText(Marshal.GetLastPInvokeError())}");
             }
 
-            var data = $"fd={fd},rootmode=40000,user_id={LibC.GetEuid()},group_id={LibC.GetEgid()},max_read={FuseConstants.MaxRead},default_permissions";
-            if (options.AllowOther)
+            // No default_permissions: modes shown are the backup's, never checked against host users (FuseAccessPolicy decides).
+            var data = $"fd={fd},rootmode=40000,user_id={LibC.GetEuid()},group_id={LibC.GetEgid()},max_read={FuseConstants.MaxRead}";
+            if (allowOther)
             {
                 data += ",allow_other";
             }
@@ -47,10 +81,10 @@ internal static unsafe class Mounter
         }
 
         viaFusermount = true;
-        return MountWithFusermount(mountPoint, options);
+        return MountWithFusermount(mountPoint, options, allowOther);
     }
 
-    private static int MountWithFusermount(string mountPoint, FuseMountOptions options)
+    private static int MountWithFusermount(string mountPoint, FuseMountOptions options, bool allowOther)
     {
         var fds = stackalloc int[2];
         if (LibC.SocketPair(LibC.AfUnix, LibC.SockStream | LibC.SockCloExec, 0, fds) != 0)
@@ -62,8 +96,8 @@ internal static unsafe class Mounter
         try
         {
             LibC.Fcntl(theirs, LibC.FSetFd, 0);
-            var opts = $"ro,nosuid,nodev,default_permissions,max_read={FuseConstants.MaxRead},fsname={Escape(options.FsName)},subtype={Escape(options.Subtype)}";
-            if (options.AllowOther && IsRoot)
+            var opts = $"ro,nosuid,nodev,max_read={FuseConstants.MaxRead},fsname={Escape(options.FsName)},subtype={Escape(options.Subtype)}";
+            if (allowOther)
             {
                 opts += ",allow_other";
             }
@@ -74,6 +108,11 @@ internal static unsafe class Mounter
                 RedirectStandardError = true,
                 RedirectStandardOutput = true,
             };
+            // Children get an explicit, minimal environment: nothing of ours (keys, passphrases) reaches them.
+            var path = Environment.GetEnvironmentVariable("PATH") ?? "/usr/sbin:/usr/bin:/sbin:/bin";
+            psi.Environment.Clear();
+            psi.Environment["PATH"] = path;
+            psi.Environment["LANG"] = "C.UTF-8";
             psi.Environment["_FUSE_COMMFD"] = theirs.ToString(System.Globalization.CultureInfo.InvariantCulture);
             using var process = Process.Start(psi) ?? throw new IOException("cannot start fusermount3");
             LibC.Close(theirs);

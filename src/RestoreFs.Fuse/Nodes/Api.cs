@@ -66,24 +66,50 @@ public interface IFuseSymlink
     ValueTask<byte[]> ReadLinkAsync(FuseRequestContext ctx, CancellationToken ct);
 }
 
-/// <summary>Extended attributes of a node (optional).</summary>
+/// <summary>Extended attributes of a node (optional). Names and values are bytes, as the kernel passes them.</summary>
 public interface IFuseXattrs
 {
-    IReadOnlyDictionary<string, byte[]> GetXattrs();
+    /// <summary>Every attribute of the node; empty when it has none.</summary>
+    ValueTask<IReadOnlyList<FuseXattr>> ListXattrsAsync(FuseRequestContext ctx, CancellationToken ct);
 }
 
-/// <summary>What <c>stat</c> shows for a node.</summary>
+/// <summary>One extended attribute.</summary>
+public readonly record struct FuseXattr(byte[] Name, byte[] Value);
+
+/// <summary>A timestamp with nanoseconds (seconds may be negative: before 1970).</summary>
+public readonly record struct FuseTime(long Seconds, uint Nanoseconds)
+{
+    public static implicit operator FuseTime(DateTimeOffset t)
+    {
+        var ticks = t.UtcTicks - DateTimeOffset.UnixEpoch.UtcTicks;
+        var seconds = Math.DivRem(ticks, TimeSpan.TicksPerSecond, out var rest);
+        if (rest < 0)
+        {
+            seconds--;
+            rest += TimeSpan.TicksPerSecond;
+        }
+
+        return new FuseTime(seconds, (uint)(rest * 100));
+    }
+
+    /// <summary>From seconds and nanoseconds as a file system reports them (nanoseconds are clamped to 0..999999999).</summary>
+    public static FuseTime From(long seconds, long nanoseconds) => new(seconds, (uint)Math.Clamp(nanoseconds, 0, 999_999_999));
+}
+
+/// <summary>What <c>stat</c> shows for a node. Access and change times default to the modification time.</summary>
 public sealed record FuseAttributes(
     ulong Ino,
     ulong Size,
     uint Mode,
     uint Uid,
     uint Gid,
-    DateTimeOffset MTime,
+    FuseTime MTime,
     uint NLink = 1,
     ulong Blocks = 0,
     uint BlockSize = 4096,
-    uint RDev = 0);
+    uint RDev = 0,
+    FuseTime? ATime = null,
+    FuseTime? CTime = null);
 
 /// <summary>Who asks: the caller's fsuid/fsgid/pid and the request id.</summary>
 public sealed class FuseRequestContext
@@ -107,7 +133,7 @@ public enum FuseOpenFlags : uint
     AccessModeMask = 3,
 }
 
-/// <summary>Answers the request with a positive errno (ENOENT = 2, EIO = 5, EACCES = 13 …).</summary>
+/// <summary>Answers the request with a positive errno (use the names in <see cref="Errors"/>).</summary>
 public class FuseException : Exception
 {
     public FuseException(int errno, string message)
@@ -119,11 +145,27 @@ public class FuseException : Exception
     public int Errno { get; }
 }
 
-/// <summary>Options of a mount.</summary>
+/// <summary>The errno values nodes answer with, by name.</summary>
+public static class Errors
+{
+    public const int EPERM = 1, ENOENT = 2, EINTR = 4, EIO = 5, ENXIO = 6, EBADF = 9, EAGAIN = 11, EACCES = 13,
+        EEXIST = 17, ENOTDIR = 20, EISDIR = 21, EINVAL = 22, EFBIG = 27, EROFS = 30, ERANGE = 34, ENOSYS = 38,
+        ENODATA = 61, ENOTSUP = 95;
+}
+
+/// <summary>
+/// Options of a mount. Access: without <see cref="AllowOther"/> only the mounting user (and root, where the kernel lets
+/// it in) gets an answer; with it every local user may read. Permission bits shown by nodes are never checked by the
+/// kernel (no <c>default_permissions</c>): nodes show the backup's metadata, this policy decides access.
+/// </summary>
 public sealed record FuseMountOptions(
     string FsName = "restorefs",
     string Subtype = "restorefs",
-    bool AllowOther = true,
+    bool AllowOther = false,
     int Readers = 4,
     int ReadAheadKb = 1024,
-    bool ClearStaleMount = true);
+    bool ClearStaleMount = true)
+{
+    /// <summary>Logs every request at trace level (<c>rx 12 LOOKUP n1 "etc"</c>).</summary>
+    public bool TraceRequests { get; init; }
+}

@@ -31,17 +31,17 @@ public static class Wire
     public static void WriteAttr(Span<byte> b, FuseAttributes a, ulong ino)
     {
         b[..FuseConstants.AttrSize].Clear();
-        var seconds = a.MTime.ToUnixTimeSeconds();
-        var nanos = (uint)((a.MTime.UtcTicks % TimeSpan.TicksPerSecond) * 100);
+        var atime = a.ATime ?? a.MTime;
+        var ctime = a.CTime ?? a.MTime;
         BinaryPrimitives.WriteUInt64LittleEndian(b, ino);
         BinaryPrimitives.WriteUInt64LittleEndian(b[8..], a.Size);
         BinaryPrimitives.WriteUInt64LittleEndian(b[16..], a.Blocks);
-        BinaryPrimitives.WriteInt64LittleEndian(b[24..], seconds);
-        BinaryPrimitives.WriteInt64LittleEndian(b[32..], seconds);
-        BinaryPrimitives.WriteInt64LittleEndian(b[40..], seconds);
-        BinaryPrimitives.WriteUInt32LittleEndian(b[48..], nanos);
-        BinaryPrimitives.WriteUInt32LittleEndian(b[52..], nanos);
-        BinaryPrimitives.WriteUInt32LittleEndian(b[56..], nanos);
+        BinaryPrimitives.WriteInt64LittleEndian(b[24..], atime.Seconds);
+        BinaryPrimitives.WriteInt64LittleEndian(b[32..], a.MTime.Seconds);
+        BinaryPrimitives.WriteInt64LittleEndian(b[40..], ctime.Seconds);
+        BinaryPrimitives.WriteUInt32LittleEndian(b[48..], atime.Nanoseconds);
+        BinaryPrimitives.WriteUInt32LittleEndian(b[52..], a.MTime.Nanoseconds);
+        BinaryPrimitives.WriteUInt32LittleEndian(b[56..], ctime.Nanoseconds);
         BinaryPrimitives.WriteUInt32LittleEndian(b[60..], a.Mode);
         BinaryPrimitives.WriteUInt32LittleEndian(b[64..], Math.Max(1u, a.NLink));
         BinaryPrimitives.WriteUInt32LittleEndian(b[68..], a.Uid);

@@ -30,6 +30,9 @@ public sealed class FuseMount : IAsyncDisposable
 
     public Task Completion => session.Completion;
 
+    /// <summary>Who this mount answers, and who may cause side effects.</summary>
+    public FuseAccessPolicy Access { get; private init; } = new(0, false);
+
     /// <summary>Nodes the kernel currently holds (root included): lookup accounting, for tests.</summary>
     public int KnownNodes => session.NodeCount;
 
@@ -48,8 +51,10 @@ public sealed class FuseMount : IAsyncDisposable
             throw new IOException($"mount point {full} does not exist");
         }
 
-        var fd = Mounter.Mount(full, options, log, out var viaFusermount);
-        var session = new FuseSession(root, log);
+        var policy = new FuseAccessPolicy(LibC.GetEuid(), options.AllowOther);
+        var kernelAllowOther = Mounter.KernelAllowOther(options);
+        var fd = Mounter.Mount(full, options, kernelAllowOther, log, out var viaFusermount);
+        var session = new FuseSession(root, log, policy, options.TraceRequests);
         try
         {
             var init = Task.Factory.StartNew(() => session.HandleInit(fd), ct, TaskCreationOptions.LongRunning, TaskScheduler.Default);
@@ -75,9 +80,10 @@ public sealed class FuseMount : IAsyncDisposable
             SetReadAhead(mount.Device, options.ReadAheadKb, log);
         }
 
-        log.LogInformation("Mounted {MountPoint} ({How}, FUSE 7.{Minor}, {Readers} readers)", full,
-            viaFusermount ? "fusermount3" : "mount(2)", session.Init.Minor, Math.Clamp(options.Readers, 1, 16));
-        return new FuseMount(full, session, device, log);
+        log.LogInformation("Mounted {MountPoint} ({How}, FUSE 7.{Minor}, {Readers} readers, {Access})", full,
+            viaFusermount ? "fusermount3" : "mount(2)", session.Init.Minor, Math.Clamp(options.Readers, 1, 16),
+            options.AllowOther ? "every local user may read" : kernelAllowOther ? "owner and root only" : "owner only");
+        return new FuseMount(full, session, device, log) { Access = policy };
     }
 
     /// <summary>Page-cache reads of 1 MiB need the mount's readahead raised (root only).</summary>

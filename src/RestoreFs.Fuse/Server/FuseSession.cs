@@ -24,12 +24,17 @@ internal sealed class FuseSession
     private readonly ConcurrentDictionary<ulong, CancellationTokenSource> inflight = new();
     private readonly TaskCompletionSource completion = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly List<int> descriptors = [];
+    private readonly FuseAccessPolicy access;
+    private readonly bool trace;
     private int readersLeft;
+    private int malformedLogged;
 
-    public FuseSession(FuseNode root, ILogger log)
+    public FuseSession(FuseNode root, ILogger log, FuseAccessPolicy access, bool trace = false)
     {
         this.root = root;
         this.log = log;
+        this.access = access;
+        this.trace = trace && log.IsEnabled(LogLevel.Trace);
         nodes = new NodeTable(root);
     }
 
@@ -202,88 +207,238 @@ internal sealed class FuseSession
         completion.TrySetResult();
     }
 
-    private void Dispatch(int fd, ReadOnlySpan<byte> request)
+    /// <summary>Decodes one request and answers it (now or from a task); every request that wants an answer gets exactly one.</summary>
+    internal void Dispatch(int fd, ReadOnlySpan<byte> request)
     {
+        if (request.Length < FuseConstants.InHeaderSize)
+        {
+            return; // not even a header: nothing names the request to answer
+        }
+
         var h = InHeader.Parse(request);
-        var arg = request[FuseConstants.InHeaderSize..];
+        var wantsReply = Requests.ExpectsReply(h.Opcode);
+        if (h.Length < FuseConstants.InHeaderSize || h.Length > request.Length)
+        {
+            Malformed(fd, h, wantsReply, $"length field {h.Length} but {request.Length} bytes arrived");
+            return;
+        }
+
+        var arg = request[FuseConstants.InHeaderSize..(int)h.Length];
+        if (trace)
+        {
+            TraceRequest(h, arg);
+        }
+
+        if (wantsReply && h.Opcode != FuseOpcode.Destroy && !access.Allows(h.Uid))
+        {
+            ReplyError(fd, h.Unique, Errno.EACCES);
+            return;
+        }
+
+        if (arg.Length < Requests.FixedLength(h.Opcode))
+        {
+            Malformed(fd, h, wantsReply, $"{arg.Length} argument bytes, {h.Opcode} needs {Requests.FixedLength(h.Opcode)}");
+            return;
+        }
+
+        try
+        {
+            if (!DispatchDecoded(fd, h, arg))
+            {
+                Malformed(fd, h, wantsReply, "argument does not decode");
+            }
+        }
+        catch (Exception e)
+        {
+            // A bug of ours, not of the request: still answer, so that the caller does not hang.
+            log.LogError(e, "FUSE {Opcode} request {Unique} failed before it was answered", h.Opcode, h.Unique);
+            if (wantsReply)
+            {
+                ReplyError(fd, h.Unique, Errno.EIO);
+            }
+        }
+    }
+
+    private void Malformed(int fd, InHeader h, bool wantsReply, string why)
+    {
+        if (Interlocked.Increment(ref malformedLogged) <= 16)
+        {
+            log.LogWarning("Malformed FUSE request {Unique} ({Opcode}): {Reason}", h.Unique, h.Opcode, why);
+        }
+
+        if (wantsReply)
+        {
+            ReplyError(fd, h.Unique, Errno.EIO);
+        }
+    }
+
+    private void TraceRequest(InHeader h, ReadOnlySpan<byte> arg)
+    {
+        var detail = h.Opcode is FuseOpcode.Lookup && Requests.TryName(arg, out var name)
+            ? "\"" + System.Text.Encoding.UTF8.GetString(name) + "\""
+            : string.Empty;
+        log.LogTrace("rx {Unique} {Opcode} n{Node} {Detail} uid {Uid} pid {Pid}", h.Unique, h.Opcode, h.NodeId, detail, h.Uid, h.Pid);
+    }
+
+    /// <summary>False when the argument does not decode (the caller answers EIO).</summary>
+    private bool DispatchDecoded(int fd, InHeader h, ReadOnlySpan<byte> arg)
+    {
         var ctx = new FuseRequestContext { Uid = h.Uid, Gid = h.Gid, Pid = h.Pid, Unique = h.Unique };
         switch (h.Opcode)
         {
             case FuseOpcode.Lookup:
-                _ = LookupAsync(fd, h, NameArg(arg), ctx);
-                break;
-            case FuseOpcode.Forget:
-                nodes.Forget(h.NodeId, BinaryPrimitives.ReadUInt64LittleEndian(arg));
-                break;
-            case FuseOpcode.BatchForget:
-                var count = BinaryPrimitives.ReadUInt32LittleEndian(arg);
-                for (var i = 0; i < count && 8 + (i + 1) * 16 <= arg.Length; i++)
+            {
+                if (!Requests.TryName(arg, out var name))
                 {
-                    var item = arg[(8 + i * 16)..];
-                    nodes.Forget(BinaryPrimitives.ReadUInt64LittleEndian(item), BinaryPrimitives.ReadUInt64LittleEndian(item[8..]));
+                    return false;
                 }
 
-                break;
+                // Node code may block on storage: never on a reader thread.
+                _ = Task.Run(() => LookupAsync(fd, h, name, ctx));
+                return true;
+            }
+
+            case FuseOpcode.Forget:
+                nodes.Forget(h.NodeId, Requests.TryU64(arg, out var n) ? n : 0);
+                return true;
+            case FuseOpcode.BatchForget:
+            {
+                if (!Requests.TryBatchForget(arg, out var items))
+                {
+                    return false;
+                }
+
+                foreach (var (node, count) in items)
+                {
+                    nodes.Forget(node, count);
+                }
+
+                return true;
+            }
+
             case FuseOpcode.GetAttr:
                 GetAttr(fd, h);
-                break;
+                return true;
             case FuseOpcode.ReadLink:
-                _ = ReadLinkAsync(fd, h, ctx);
-                break;
+                _ = Task.Run(() => ReadLinkAsync(fd, h, ctx));
+                return true;
             case FuseOpcode.Open:
-                _ = OpenAsync(fd, h, BinaryPrimitives.ReadUInt32LittleEndian(arg), ctx);
-                break;
+            {
+                _ = Requests.TryU32(arg, out var flags);
+                _ = Task.Run(() => OpenAsync(fd, h, flags, ctx));
+                return true;
+            }
+
             case FuseOpcode.Read:
-                _ = ReadAsync(fd, h, BinaryPrimitives.ReadUInt64LittleEndian(arg), (long)BinaryPrimitives.ReadUInt64LittleEndian(arg[8..]),
-                    (int)Math.Min(BinaryPrimitives.ReadUInt32LittleEndian(arg[16..]), (uint)FuseConstants.MaxRead));
-                break;
+            {
+                if (!Requests.TryRead(arg, out var read))
+                {
+                    return false;
+                }
+
+                _ = ReadAsync(fd, h, read.Fh, read.Offset, (int)Math.Min(read.Size, (uint)FuseConstants.MaxRead));
+                return true;
+            }
+
             case FuseOpcode.Release:
-                Release(fd, h, BinaryPrimitives.ReadUInt64LittleEndian(arg));
-                break;
+            {
+                if (!Requests.TryRelease(arg, out var release))
+                {
+                    return false;
+                }
+
+                Release(fd, h, release.Fh);
+                return true;
+            }
+
             case FuseOpcode.OpenDir:
-                _ = OpenDirAsync(fd, h, ctx);
-                break;
+                _ = Task.Run(() => OpenDirAsync(fd, h, ctx));
+                return true;
             case FuseOpcode.ReadDir:
             case FuseOpcode.ReadDirPlus:
-                ReadDir(fd, h, BinaryPrimitives.ReadUInt64LittleEndian(arg), BinaryPrimitives.ReadUInt64LittleEndian(arg[8..]),
-                    (int)Math.Min(BinaryPrimitives.ReadUInt32LittleEndian(arg[16..]), (uint)FuseConstants.MaxRead), h.Opcode == FuseOpcode.ReadDirPlus);
-                break;
+            {
+                if (!Requests.TryRead(arg, out var read))
+                {
+                    return false;
+                }
+
+                ReadDir(fd, h, read.Fh, (ulong)read.Offset, (int)Math.Min(read.Size, (uint)FuseConstants.MaxRead), h.Opcode == FuseOpcode.ReadDirPlus);
+                return true;
+            }
+
             case FuseOpcode.ReleaseDir:
-                directories.Remove(BinaryPrimitives.ReadUInt64LittleEndian(arg));
+            {
+                if (!Requests.TryRelease(arg, out var release))
+                {
+                    return false;
+                }
+
+                directories.Remove(release.Fh);
                 ReplyEmpty(fd, h.Unique);
-                break;
+                return true;
+            }
+
             case FuseOpcode.StatFs:
                 Span<byte> statfs = stackalloc byte[FuseConstants.OutHeaderSize + FuseConstants.KstatfsSize];
                 Wire.WriteStatfs(statfs[FuseConstants.OutHeaderSize..]);
                 Finish(fd, h.Unique, statfs);
-                break;
+                return true;
             case FuseOpcode.Access:
+            {
+                _ = Requests.TryU32(arg, out var mask);
+                Access(fd, h, mask);
+                return true;
+            }
+
             case FuseOpcode.Flush:
             case FuseOpcode.Fsync:
             case FuseOpcode.FsyncDir:
             case FuseOpcode.Destroy:
             case FuseOpcode.SyncFs:
                 ReplyEmpty(fd, h.Unique);
-                break;
+                return true;
             case FuseOpcode.GetXattr:
-                GetXattr(fd, h, BinaryPrimitives.ReadUInt32LittleEndian(arg), NameArg(arg[8..]));
-                break;
+            {
+                if (!Requests.TryGetXattr(arg, out var x))
+                {
+                    return false;
+                }
+
+                _ = Task.Run(() => XattrAsync(fd, h, x, ctx, list: false));
+                return true;
+            }
+
             case FuseOpcode.ListXattr:
-                ListXattr(fd, h, BinaryPrimitives.ReadUInt32LittleEndian(arg));
-                break;
+            {
+                if (!Requests.TryListXattr(arg, out var x))
+                {
+                    return false;
+                }
+
+                _ = Task.Run(() => XattrAsync(fd, h, x, ctx, list: true));
+                return true;
+            }
+
             case FuseOpcode.Interrupt:
-                if (inflight.TryGetValue(BinaryPrimitives.ReadUInt64LittleEndian(arg), out var victim))
+                if (Requests.TryU64(arg, out var target) && inflight.TryGetValue(target, out var victim))
                 {
                     victim.Cancel();
                 }
 
-                break;
+                return true;
             case FuseOpcode.Lseek:
-                _ = LseekAsync(fd, h, BinaryPrimitives.ReadUInt64LittleEndian(arg), (long)BinaryPrimitives.ReadUInt64LittleEndian(arg[8..]),
-                    BinaryPrimitives.ReadUInt32LittleEndian(arg[16..]));
-                break;
+            {
+                if (!Requests.TryLseek(arg, out var seek))
+                {
+                    return false;
+                }
+
+                _ = LseekAsync(fd, h, seek.Fh, seek.Offset, seek.Whence);
+                return true;
+            }
+
             case FuseOpcode.NotifyReply:
-                break;
+                return true;
             case FuseOpcode.SetAttr:
             case FuseOpcode.Symlink:
             case FuseOpcode.MkNod:
@@ -299,18 +454,46 @@ internal sealed class FuseSession
             case FuseOpcode.Fallocate:
             case FuseOpcode.Rename2:
             case FuseOpcode.TmpFile:
+            case FuseOpcode.CopyFileRange:
+            case FuseOpcode.CopyFileRange64:
                 ReplyError(fd, h.Unique, Errno.EROFS);
-                break;
+                return true;
             default:
                 ReplyError(fd, h.Unique, Errno.ENOSYS);
-                break;
+                return true;
         }
     }
 
-    private static byte[] NameArg(ReadOnlySpan<byte> arg)
+    /// <summary>access(2) and chdir: writing is never allowed, executing needs an x bit; reading is the mount's policy.</summary>
+    private void Access(int fd, InHeader h, uint mask)
     {
-        var end = arg.IndexOf((byte)0);
-        return (end < 0 ? arg : arg[..end]).ToArray();
+        var node = nodes.Get(h.NodeId);
+        if (node is null)
+        {
+            ReplyError(fd, h.Unique, Errno.ENOENT);
+            return;
+        }
+
+        try
+        {
+            var mode = node.GetAttributes().Mode;
+            if ((mask & 2) != 0)
+            {
+                ReplyError(fd, h.Unique, Errno.EROFS);
+            }
+            else if ((mask & 1) != 0 && (mode & 0xF000) != 0x4000 && (mode & 0x49) == 0)
+            {
+                ReplyError(fd, h.Unique, Errno.EACCES);
+            }
+            else
+            {
+                ReplyEmpty(fd, h.Unique);
+            }
+        }
+        catch (Exception e)
+        {
+            Fail(fd, h.Unique, e, "access");
+        }
     }
 
     private CancellationTokenSource Track(ulong unique)
@@ -464,9 +647,9 @@ internal sealed class FuseSession
     private async Task ReadAsync(int fd, InHeader h, ulong fh, long offset, int size)
     {
         var handle = files.Get(fh);
-        if (handle is null)
+        if (handle is null || offset < 0)
         {
-            ReplyError(fd, h.Unique, Errno.EBADF);
+            ReplyError(fd, h.Unique, handle is null ? Errno.EBADF : Errno.EINVAL);
             return;
         }
 
@@ -629,38 +812,53 @@ internal sealed class FuseSession
         }
     }
 
-    private void GetXattr(int fd, InHeader h, uint size, byte[] name)
+    private async Task XattrAsync(int fd, InHeader h, XattrIn request, FuseRequestContext ctx, bool list)
     {
-        var node = nodes.Get(h.NodeId);
-        if (node is not IFuseXattrs xattrs || !xattrs.GetXattrs().TryGetValue(System.Text.Encoding.UTF8.GetString(name), out var value))
+        var cts = Track(h.Unique);
+        try
         {
-            ReplyError(fd, h.Unique, node is null ? Errno.ENOENT : Errno.ENODATA);
-            return;
-        }
-
-        ReplySized(fd, h.Unique, size, value);
-    }
-
-    private void ListXattr(int fd, InHeader h, uint size)
-    {
-        var node = nodes.Get(h.NodeId);
-        if (node is null)
-        {
-            ReplyError(fd, h.Unique, Errno.ENOENT);
-            return;
-        }
-
-        var names = new List<byte>();
-        if (node is IFuseXattrs xattrs)
-        {
-            foreach (var key in xattrs.GetXattrs().Keys)
+            var node = nodes.Get(h.NodeId);
+            if (node is null)
             {
-                names.AddRange(System.Text.Encoding.UTF8.GetBytes(key));
-                names.Add(0);
+                ReplyError(fd, h.Unique, Errno.ENOENT);
+                return;
             }
-        }
 
-        ReplySized(fd, h.Unique, size, names.ToArray());
+            IReadOnlyList<FuseXattr> all = node is IFuseXattrs xattrs
+                ? await xattrs.ListXattrsAsync(ctx, cts.Token).ConfigureAwait(false)
+                : [];
+            if (list)
+            {
+                var names = new List<byte>();
+                foreach (var x in all)
+                {
+                    names.AddRange(x.Name);
+                    names.Add(0);
+                }
+
+                ReplySized(fd, h.Unique, request.Size, names.ToArray());
+                return;
+            }
+
+            foreach (var x in all)
+            {
+                if (x.Name.AsSpan().SequenceEqual(request.Name))
+                {
+                    ReplySized(fd, h.Unique, request.Size, x.Value);
+                    return;
+                }
+            }
+
+            ReplyError(fd, h.Unique, Errno.ENODATA);
+        }
+        catch (Exception e)
+        {
+            Fail(fd, h.Unique, e, list ? "listxattr" : "getxattr");
+        }
+        finally
+        {
+            Untrack(h.Unique);
+        }
     }
 
     /// <summary>The xattr convention: size 0 asks for the length; too small a buffer is ERANGE.</summary>
@@ -696,7 +894,7 @@ internal sealed class FuseSession
             return;
         }
 
-        if (whence is not (3 or 4))
+        if (whence is not (3 or 4) || offset < 0)
         {
             ReplyError(fd, h.Unique, Errno.EINVAL);
             return;
@@ -709,8 +907,9 @@ internal sealed class FuseSession
             {
                 result = await handle.SeekDataOrHoleAsync(offset, whence == 3, CancellationToken.None).ConfigureAwait(false);
             }
-            catch (NotSupportedException)
+            catch (Exception e) when (e is NotSupportedException || e is FuseException { Errno: Errno.ENOSYS })
             {
+                // Never ENOSYS: the kernel would stop asking for the whole connection, images included.
                 // Everything is data: SEEK_DATA finds the offset itself, SEEK_HOLE the end of the file.
                 var size = (long)node.GetAttributes().Size;
                 if (offset >= size)
