@@ -43,6 +43,9 @@ public sealed record RestoreVmOptions
     /// <summary>The daemon powers the VM off after this long without list/read/extract.</summary>
     public int IdleTimeoutSeconds { get; init; } = 600;
 
+    /// <summary>Restore VMs one manager runs at once; 0 sizes it to the host's memory (see <see cref="RestoreVmManager.DefaultMaxVms"/>).</summary>
+    public int MaxVms { get; init; }
+
     public string Qemu { get; init; } = "qemu-system-x86_64";
 }
 
@@ -90,6 +93,8 @@ public sealed class RestoreVmManager : IAsyncDisposable
     private readonly ConcurrentDictionary<string, VmSession> sessions = new();
     private readonly ConcurrentDictionary<string, VmEntry> started = new();
     private readonly Lazy<VmChannelKind> channelKind;
+    private readonly ConcurrentDictionary<string, long> lastUse = new();
+    private readonly Lazy<int> defaultLimit = new(DefaultMaxVms);
     private int accelLogged;
 
     public RestoreVmManager(RestoreVmOptions options, ILoggerFactory logs)
@@ -107,9 +112,13 @@ public sealed class RestoreVmManager : IAsyncDisposable
 
     private string KvmMarker => Path.Combine(options.RuntimeDirectory, "kvm-unusable");
 
+    /// <summary>Whether this process holds a working session with the named VM (using it starts nothing).</summary>
+    public bool HasLiveSession(string name) => sessions.TryGetValue(name, out var s) && !s.Broken;
+
     /// <summary>Returns a live session for the snapshot: reused from this process, from the map, or a new VM.</summary>
     public async Task<VmSession> EnsureRunningAsync(string name, IReadOnlyList<VmDisk> disks, CancellationToken ct)
     {
+        lastUse[name] = Environment.TickCount64;
         if (sessions.TryGetValue(name, out var ready) && !ready.Broken)
         {
             return ready;
@@ -149,6 +158,7 @@ public sealed class RestoreVmManager : IAsyncDisposable
                 await KillAsync(existing).ConfigureAwait(false);
             }
 
+            await MakeRoomAsync(name, ct).ConfigureAwait(false);
             var session = await StartAsync(name, disks, cid, ct).ConfigureAwait(false);
             sessions[name] = session;
             started[name] = session.Entry;
@@ -157,6 +167,60 @@ public sealed class RestoreVmManager : IAsyncDisposable
         finally
         {
             gate.Release();
+        }
+    }
+
+    /// <summary>
+    /// Restore VMs a mount may run at once by default: half the host's available memory in VMs of the usual size,
+    /// at least 1, at most 16.
+    /// </summary>
+    public static int DefaultMaxVms()
+    {
+        long availableKb = 0;
+        try
+        {
+            var line = File.ReadLines("/proc/meminfo").FirstOrDefault(l => l.StartsWith("MemAvailable:", StringComparison.Ordinal));
+            if (line is not null)
+            {
+                availableKb = long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture);
+            }
+        }
+        catch (Exception e) when (e is IOException or FormatException)
+        {
+        }
+
+        var perVm = (QemuLauncher.MemoryMiB(1, debug: false) + 64) * 1024L; // guest RAM + QEMU's own
+        return (int)Math.Clamp(availableKb / 2 / perVm, 1, 16);
+    }
+
+    private int Limit => options.MaxVms > 0 ? options.MaxVms : defaultLimit.Value;
+
+    /// <summary>
+    /// Before starting <paramref name="name"/>: at the limit, the least recently used VM of this manager is stopped, unless
+    /// it was used in the last few seconds (then every VM is busy and the caller gets EAGAIN-like
+    /// <see cref="VmLimitException"/>).
+    /// </summary>
+    private async Task MakeRoomAsync(string name, CancellationToken ct)
+    {
+        while (true)
+        {
+            var running = sessions.Where(kv => kv.Key != name && !kv.Value.Broken).Select(kv => kv.Key).ToList();
+            if (running.Count < Limit)
+            {
+                return;
+            }
+
+            var oldest = running.OrderBy(n => lastUse.GetValueOrDefault(n)).First();
+            var idleMs = Environment.TickCount64 - lastUse.GetValueOrDefault(oldest);
+            if (idleMs < 3000)
+            {
+                log.LogWarning("Not starting a restore VM for {Name}: {Count} VMs run (the limit) and all were used in the last seconds", name, running.Count);
+                throw new VmLimitException($"{running.Count} restore VMs are running (the limit, --max-vms) and all are in use; try again shortly");
+            }
+
+            log.LogInformation("Stopping restore VM {Oldest} (idle {Seconds:0} s) to make room for {Name} (limit {Limit})", oldest, idleMs / 1000.0, name, Limit);
+            await StopAsync(oldest, ct).ConfigureAwait(false);
+            sessions.TryRemove(oldest, out _);
         }
     }
 
@@ -586,6 +650,11 @@ public sealed class RestoreVmManager : IAsyncDisposable
         {
             RedirectStandardError = true, RedirectStandardOutput = true, RedirectStandardInput = true, UseShellExecute = false,
         };
+        // Children get an explicit, minimal environment: nothing of ours (keys, passphrases) reaches them.
+        var path = Environment.GetEnvironmentVariable("PATH") ?? "/usr/sbin:/usr/bin:/sbin:/bin";
+        info.Environment.Clear();
+        info.Environment["PATH"] = path;
+        info.Environment["LANG"] = "C.UTF-8";
         foreach (var a in arguments)
         {
             info.ArgumentList.Add(a);
@@ -761,3 +830,6 @@ public sealed class RestoreVmManager : IAsyncDisposable
 }
 
 public sealed class VmStartException(string message) : Exception(message);
+
+/// <summary>The mount runs as many restore VMs as it may, all in use.</summary>
+public sealed class VmLimitException(string message) : Exception(message);

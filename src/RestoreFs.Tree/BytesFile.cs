@@ -46,8 +46,16 @@ public abstract class BytesFile : FuseNode, IFuseFile
             Blocks: (length + 511) / 512);
     }
 
-    public ValueTask<IFuseFileHandle> OpenAsync(FuseOpenFlags flags, FuseRequestContext ctx, CancellationToken ct) =>
-        ValueTask.FromResult<IFuseFileHandle>(new Handle(content.Value));
+    public ValueTask<IFuseFileHandle> OpenAsync(FuseOpenFlags flags, FuseRequestContext ctx, CancellationToken ct)
+    {
+        OnOpen(ctx);
+        return ValueTask.FromResult<IFuseFileHandle>(new Handle(content.Value));
+    }
+
+    /// <summary>Called when someone opens the file (explicit use, unlike stat): the place for side effects.</summary>
+    protected virtual void OnOpen(FuseRequestContext ctx)
+    {
+    }
 
     private sealed class Handle(byte[] data) : IFuseFileHandle
     {
@@ -66,9 +74,6 @@ public abstract class BytesFile : FuseNode, IFuseFile
             data.AsSpan((int)offset, n).CopyTo(buffer.Span);
             return ValueTask.FromResult(n);
         }
-
-        public ValueTask<long> SeekDataOrHoleAsync(long offset, bool data, CancellationToken ct) =>
-            throw new FuseException(38, "lseek not supported");
 
         public ValueTask DisposeAsync() => ValueTask.CompletedTask;
     }
@@ -91,7 +96,19 @@ public sealed class BlobFile(TreeContext context, SnapshotState state, string bl
 }
 
 /// <summary><c>&lt;disk&gt;.img.nbd</c>: the NBD URI of the image's export, for qemu-img, nbdinfo, nbdfuse.</summary>
+/// <summary>
+/// <c>&lt;disk&gt;.img.nbd</c>: the URI the image is exported at. Its size and content cost nothing; opening it (as the mount
+/// owner or root) starts the mount's NBD server and the export, so the URI works once read.
+/// </summary>
 public sealed class NbdUriFile(TreeContext context, SnapshotState state, string archive) : BytesFile(context, state.Time)
 {
-    protected override byte[] Load() => System.Text.Encoding.UTF8.GetBytes(Context.Exports.UriFor(state, archive) + "\n");
+    protected override byte[] Load() => System.Text.Encoding.UTF8.GetBytes(Context.Exports.PlannedUri(state, archive) + "\n");
+
+    protected override void OnOpen(FuseRequestContext ctx)
+    {
+        if (Context.IsPrivileged(ctx))
+        {
+            _ = Context.Exports.UriFor(state, archive);
+        }
+    }
 }

@@ -21,4 +21,10 @@ public interface IFilesBackend
     ValueTask<IReadOnlyList<RemoteEntry>> ListAsync(SnapshotState snapshot, byte[] path, CancellationToken ct);
 
     ValueTask<int> ReadAsync(SnapshotState snapshot, byte[] path, long offset, Memory<byte> buffer, CancellationToken ct);
+
+    /// <summary>Whether the snapshot's restore VM runs now (asking it then starts nothing).</summary>
+    bool IsVmRunning(SnapshotState snapshot);
+
+    /// <summary>Whether reads of this file are served from the backup image without the VM.</summary>
+    bool IsMapped(SnapshotState snapshot, byte[] path);
 }

@@ -41,7 +41,7 @@ internal static class Remote
     public static readonly TimeSpan Forever = TimeSpan.FromHours(24);
 
     public static IFilesBackend Backend(TreeContext context) =>
-        context.Files ?? throw new FuseException(5, "the restore VM is not available on this mount");
+        context.Files ?? throw new FuseException(Errors.EIO, "the restore VM is not available on this mount");
 
     public static byte[] Child(byte[] parent, byte[] name)
     {
@@ -52,6 +52,19 @@ internal static class Remote
         return path;
     }
 
+    /// <summary>
+    /// Throws EACCES when serving the caller would start the snapshot's restore VM and the caller is not the mount
+    /// owner or root (others, on an --allow-other mount, use a VM the owner started).
+    /// </summary>
+    public static void RequireVmAccess(TreeContext context, SnapshotState state, FuseRequestContext ctx)
+    {
+        if (!context.IsPrivileged(ctx) && !Backend(context).IsVmRunning(state))
+        {
+            context.RequirePrivileged(ctx, $"starting the restore VM of {state.Snapshot.Name}");
+        }
+    }
+
+    /// <summary>The entry's type and its permission bits exactly as the backup has them (0000 stays 0000).</summary>
     public static uint ModeOf(RemoteEntry e)
     {
         uint type = e.Type switch
@@ -65,9 +78,9 @@ internal static class Remote
             _ => 0x8000,
         };
         var perm = e.Mode & 0xFFF;
-        if (perm == 0)
+        if (e.Type == 'v')
         {
-            perm = type == 0x4000 ? 0x16Du : type == 0xA000 ? 0x1FFu : 0x124u;
+            perm = 0x16D; // a level the restore API adds (disk, part, lvm): dr-xr-xr-x
         }
 
         return type | perm;
@@ -76,7 +89,7 @@ internal static class Remote
     public static FuseAttributes Attributes(TreeContext context, ulong ino, RemoteEntry e, ulong size)
     {
         var mode = ModeOf(e);
-        var isVirtual = e.Type == 'v' || (e.Mode & 0xFFF) == 0;
+        var isVirtual = e.Type == 'v';
         return new FuseAttributes(ino, size, mode,
             isVirtual ? context.Options.Uid : e.Uid, isVirtual ? context.Options.Gid : e.Gid,
             DateTimeOffset.FromUnixTimeSeconds(e.MTime), NLink: (mode & 0xF000) == 0x4000 ? 2u : 1u,
@@ -92,7 +105,7 @@ internal static class Remote
 
         context.Log.LogWarning("Restore VM request for {Path} in {Snapshot} failed: {Reason}",
             Encoding.UTF8.GetString(path), state.Snapshot.Name, e.Message);
-        return new FuseException(5, e.Message);
+        return new FuseException(Errors.EIO, e.Message);
     }
 }
 
@@ -126,12 +139,14 @@ public sealed class RemoteDirectory : FuseNode, IFuseDirectory
 
     public override FuseAttributes GetAttributes() => Remote.Attributes(context, ino, entry, 0);
 
-    private async ValueTask<IReadOnlyList<(byte[] Name, FuseNode Node)>> LoadAsync(CancellationToken ct)
+    private async ValueTask<IReadOnlyList<(byte[] Name, FuseNode Node)>> LoadAsync(FuseRequestContext ctx, CancellationToken ct)
     {
         if (children is { } ready)
         {
             return ready;
         }
+
+        Remote.RequireVmAccess(context, state, ctx);
 
         await loading.WaitAsync(ct).ConfigureAwait(false);
         try
@@ -193,13 +208,13 @@ public sealed class RemoteDirectory : FuseNode, IFuseDirectory
 
     public async ValueTask<FuseNode?> LookupAsync(ReadOnlyMemory<byte> name, FuseRequestContext ctx, CancellationToken ct)
     {
-        var list = await LoadAsync(ct).ConfigureAwait(false);
+        var list = await LoadAsync(ctx, ct).ConfigureAwait(false);
         foreach (var (childName, node) in list)
         {
             if (name.Span.SequenceEqual(childName))
             {
                 // As on a disk with a damaged inode: the name is listed, looking it up fails with EIO.
-                return node is UnreadableEntry broken ? throw new FuseException(5, broken.Error) : node;
+                return node is UnreadableEntry broken ? throw new FuseException(Errors.EIO, broken.Error) : node;
             }
         }
 
@@ -208,7 +223,7 @@ public sealed class RemoteDirectory : FuseNode, IFuseDirectory
 
     public async ValueTask<IReadOnlyList<FuseDirectoryEntry>> ListAsync(FuseRequestContext ctx, CancellationToken ct)
     {
-        var list = await LoadAsync(ct).ConfigureAwait(false);
+        var list = await LoadAsync(ctx, ct).ConfigureAwait(false);
         return list.Select(c => new FuseDirectoryEntry(c.Name, c.Node)).ToList();
     }
 }
@@ -256,10 +271,14 @@ public sealed class RemoteFile(TreeContext context, SnapshotState state, byte[] 
 
     public override FuseAttributes GetAttributes() => Remote.Attributes(context, ino, entry, entry.Size);
 
-    public ValueTask<IFuseFileHandle> OpenAsync(FuseOpenFlags flags, FuseRequestContext ctx, CancellationToken ct) =>
-        ValueTask.FromResult<IFuseFileHandle>(new Handle(context, state, path, (long)entry.Size));
+    public ValueTask<IFuseFileHandle> OpenAsync(FuseOpenFlags flags, FuseRequestContext ctx, CancellationToken ct)
+    {
+        // A handle remembers who opened it: its reads may start the VM only for the owner or root.
+        var privileged = context.IsPrivileged(ctx);
+        return ValueTask.FromResult<IFuseFileHandle>(new Handle(context, state, path, (long)entry.Size, privileged ? null : ctx));
+    }
 
-    private sealed class Handle(TreeContext context, SnapshotState state, byte[] path, long size) : IFuseFileHandle
+    private sealed class Handle(TreeContext context, SnapshotState state, byte[] path, long size, FuseRequestContext? unprivileged) : IFuseFileHandle
     {
         public bool KeepCache => true;
 
@@ -274,6 +293,11 @@ public sealed class RemoteFile(TreeContext context, SnapshotState state, byte[] 
 
             var want = (int)Math.Min(buffer.Length, size - offset);
             var done = 0;
+            if (unprivileged is not null && !Remote.Backend(context).IsMapped(state, path))
+            {
+                Remote.RequireVmAccess(context, state, unprivileged);
+            }
+
             try
             {
                 while (done < want)
@@ -300,8 +324,6 @@ public sealed class RemoteFile(TreeContext context, SnapshotState state, byte[] 
             return done;
         }
 
-        public ValueTask<long> SeekDataOrHoleAsync(long offset, bool data, CancellationToken ct) =>
-            throw new FuseException(38, "lseek not supported");
 
         public ValueTask DisposeAsync() => ValueTask.CompletedTask;
     }

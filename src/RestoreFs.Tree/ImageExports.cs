@@ -43,6 +43,16 @@ public sealed class ImageExports : IAsyncDisposable
         return nbd.UriFor(name);
     }
 
+    /// <summary>The URI <see cref="UriFor"/> will answer, computed without starting anything.</summary>
+    public string PlannedUri(SnapshotState state, string archive)
+    {
+        var export = ExportName(state, archive);
+        return $"nbd+unix:///{Uri.EscapeDataString(export).Replace("%2F", "/", StringComparison.Ordinal)}?socket={PlannedSocketPath}";
+    }
+
+    /// <summary>Where the mount's NBD server listens (once started).</summary>
+    public string PlannedSocketPath => Path.Combine(context.Options.RuntimeDirectory, $"nbd-{Environment.ProcessId}.sock");
+
     public string SocketPath
     {
         get
@@ -62,7 +72,7 @@ public sealed class ImageExports : IAsyncDisposable
             }
 
             Directory.CreateDirectory(context.Options.RuntimeDirectory);
-            socketPath = Path.Combine(context.Options.RuntimeDirectory, $"nbd-{Environment.ProcessId}.sock");
+            socketPath = PlannedSocketPath;
             var created = new NbdServer(new NbdServerOptions { UnixSocketPath = socketPath }, context.Logs);
             created.StartAsync(CancellationToken.None).GetAwaiter().GetResult();
             context.Log.LogInformation("NBD server for the mount listens on {Socket}", socketPath);

@@ -50,7 +50,7 @@ public sealed class ImageFile : FuseNode, IFuseFile
             }
             catch (OperationCanceledException) when (ct.IsCancellationRequested)
             {
-                throw new FuseException(4, "interrupted");
+                throw new FuseException(Errors.EINTR, "interrupted");
             }
             catch (Exception e)
             {
@@ -62,7 +62,7 @@ public sealed class ImageFile : FuseNode, IFuseFile
         {
             if (offset >= reader.Size)
             {
-                throw new FuseException(6, "offset at or past end of image"); // ENXIO
+                throw new FuseException(Errors.ENXIO, "offset at or past end of image"); // ENXIO
             }
 
             var chunk = (int)(offset / reader.ChunkSize);
@@ -76,7 +76,7 @@ public sealed class ImageFile : FuseNode, IFuseFile
 
             if (data)
             {
-                throw new FuseException(6, "no data after offset");
+                throw new FuseException(Errors.ENXIO, "no data after offset");
             }
 
             return ValueTask.FromResult(reader.Size);

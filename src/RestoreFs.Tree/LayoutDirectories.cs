@@ -3,20 +3,30 @@ using RestoreFs.Fuse;
 
 namespace RestoreFs.Tree;
 
-/// <summary>The mount root: <c>snapshots/</c>.</summary>
+/// <summary>The mount root: <c>snapshots/</c>, and the hidden, unlisted <c>.dev/</c> that <c>.img.dev</c> links lead into.</summary>
 public sealed class RootDirectory : TreeDirectory
 {
     public const string SnapshotsName = "snapshots";
+    public const string DevName = ".dev";
+
+    private readonly NamespaceDirectory snapshots;
+    private readonly DevDirectory dev;
 
     public RootDirectory(TreeContext context)
         : base(context, immutable: false, ino: 1)
     {
+        snapshots = new NamespaceDirectory(context, new BackupNamespace(string.Empty));
+        dev = new DevDirectory(context, snapshots);
     }
 
     protected override IReadOnlyList<string> ListNames() => [SnapshotsName];
 
-    protected override FuseNode? CreateChild(string name) =>
-        name == SnapshotsName ? new NamespaceDirectory(Context, new BackupNamespace(string.Empty)) : null;
+    protected override FuseNode? CreateChild(string name) => name switch
+    {
+        SnapshotsName => snapshots,
+        DevName => dev,
+        _ => null,
+    };
 
     protected override bool StillExists(string name) => true;
 }

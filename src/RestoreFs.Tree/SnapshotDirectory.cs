@@ -83,7 +83,7 @@ public sealed class SnapshotDirectory : TreeDirectory
 
                 if (name == image + DevSuffix)
                 {
-                    return new AttachNode(Context, State, file.FileName, this, image);
+                    return new AttachNode(Context, State, file.FileName, image);
                 }
 
                 if (name == image + NbdSuffix)

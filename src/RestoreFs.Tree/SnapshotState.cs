@@ -67,14 +67,14 @@ public sealed class SnapshotState : IDisposable
             case KeyRequiredException or WrongKeyException:
                 Context.WarnOnce($"key:{Snapshot.DirectoryPath}", null,
                     "Snapshot {Snapshot} cannot be read: {Reason}", Snapshot.Name, e.Message);
-                return new FuseException(13, e.Message);
+                return new FuseException(Errors.EACCES, e.Message);
             case DatastoreException d:
                 Context.WarnOnce($"damage:{d.ChunkDigest ?? d.FilePath}:{archive}", null,
                     "Read of {Archive} in {Snapshot} failed: {Reason}", archive, Snapshot.Name, d.Message);
-                return new FuseException(5, d.Message);
+                return new FuseException(Errors.EIO, d.Message);
             default:
                 Context.Log.LogError(e, "Unexpected error reading {Archive} in {Snapshot}", archive, Snapshot.Name);
-                return new FuseException(5, e.Message);
+                return new FuseException(Errors.EIO, e.Message);
         }
     }
 

@@ -1,5 +1,6 @@
 using Microsoft.Extensions.Logging;
 using RestoreFs.Datastore;
+using RestoreFs.Fuse;
 
 namespace RestoreFs.Tree;
 
@@ -37,6 +38,22 @@ public sealed class TreeContext
     /// <summary>Logs a warning only the first time <paramref name="key"/> is seen (one line per damaged chunk, not per read).</summary>
     /// <summary>Failed reads of NBD exports, per snapshot directory (see <see cref="SnapshotState.ExportReadFailures"/>).</summary>
     public System.Collections.Concurrent.ConcurrentDictionary<string, ReadFailureLog> ExportFailures { get; } = new(StringComparer.Ordinal);
+
+    /// <summary>Whether the caller may cause side effects (attach a device, start a restore VM): the mount owner and root.</summary>
+    public bool IsPrivileged(FuseRequestContext ctx) => ctx.Uid == Options.Uid || ctx.Uid == 0;
+
+    /// <summary>Throws EACCES (logged once per uid and action kind) when the caller may not cause side effects.</summary>
+    public void RequirePrivileged(FuseRequestContext ctx, string what)
+    {
+        if (IsPrivileged(ctx))
+        {
+            return;
+        }
+
+        WarnOnce($"denied:{ctx.Uid}:{what.Split(' ')[0]}", null,
+            "Refused {Action} for uid {Uid} (pid {Pid}): only the mount owner and root may", what, ctx.Uid, ctx.Pid);
+        throw new FuseException(Errors.EACCES, $"{what}: only the mount owner and root may");
+    }
 
     public void WarnOnce(string key, Exception? error, string message, params object?[] args)
     {

@@ -27,8 +27,12 @@ public static class FilesBackendFactory
         return new VmFilesBackend(context, new RestoreVmManager(Options(image, qemu), context.Logs));
     }
 
+    /// <summary>--max-vms of the mount (0: sized to memory).</summary>
+    public static int MaxVms { get; set; }
+
     public static RestoreVmOptions Options(string image, string qemu = "qemu-system-x86_64") => new()
     {
+        MaxVms = MaxVms,
         RuntimeDirectory = RuntimePaths.Directory,
         ImageDirectory = image,
         Qemu = qemu,

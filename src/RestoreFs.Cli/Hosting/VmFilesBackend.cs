@@ -1,4 +1,5 @@
 using Microsoft.Extensions.Logging;
+using RestoreFs.Fuse;
 using RestoreFs.RestoreApi;
 using RestoreFs.RestoreVm;
 using RestoreFs.Tree;
@@ -386,7 +387,16 @@ public sealed class VmFilesBackend(TreeContext context, RestoreVmManager manager
         var name = VmName(snapshot);
         for (var attempt = 0; ; attempt++)
         {
-            var session = await manager.EnsureRunningAsync(name, Disks(snapshot), ct).ConfigureAwait(false);
+            VmSession session;
+            try
+            {
+                session = await manager.EnsureRunningAsync(name, Disks(snapshot), ct).ConfigureAwait(false);
+            }
+            catch (VmLimitException e)
+            {
+                throw new FuseException(Errors.EAGAIN, e.Message);
+            }
+
             try
             {
                 return await request(session.Client).ConfigureAwait(false);
@@ -415,6 +425,10 @@ public sealed class VmFilesBackend(TreeContext context, RestoreVmManager manager
 
         return disks;
     }
+
+    public bool IsVmRunning(SnapshotState snapshot) => manager.HasLiveSession(VmName(snapshot));
+
+    public bool IsMapped(SnapshotState snapshot, byte[] path) => maps.ContainsKey(ContentCache.KeyOf(VmName(snapshot), path, -2));
 
     public ValueTask DisposeAsync() => manager.DisposeAsync();
 }

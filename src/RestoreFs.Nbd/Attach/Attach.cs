@@ -80,6 +80,11 @@ public static class BlockDeviceAttacher
     internal static async Task<string> RunAsync(string tool, IEnumerable<string> args, CancellationToken ct)
     {
         var psi = new ProcessStartInfo(tool, args) { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
+        // Children get an explicit, minimal environment: nothing of ours (keys, passphrases) reaches them.
+        var path = Environment.GetEnvironmentVariable("PATH") ?? "/usr/sbin:/usr/bin:/sbin:/bin";
+        psi.Environment.Clear();
+        psi.Environment["PATH"] = path;
+        psi.Environment["LANG"] = "C.UTF-8";
         using var process = Process.Start(psi) ?? throw new NbdException($"cannot start {tool}");
         var stdout = process.StandardOutput.ReadToEndAsync(ct);
         var stderr = process.StandardError.ReadToEndAsync(ct);
