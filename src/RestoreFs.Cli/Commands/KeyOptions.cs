@@ -36,17 +36,22 @@ public static class KeyOptions
         return path is null ? null : CryptConfig.FromKeyFile(path, () => Passphrase(parse, "Encryption key password: "));
     }
 
-    /// <summary>Arguments that carry the key to a child process (the passphrase goes by environment, never argv).</summary>
+    /// <summary>
+    /// The passphrase a background child needs (asked here, on the terminal), or null. The child gets it on its
+    /// standard input (<see cref="Hosting.Daemon"/>), never by environment or argument.
+    /// </summary>
+    public static string? PassphraseForChild(ParseResult parse) =>
+        parse.GetValue(KeyFile) is { } key && parse.GetValue(PassphraseFile) is null && KeyFileNeedsPassphrase(key)
+            ? Passphrase(parse, "Encryption key password: ")
+            : null;
+
+    /// <summary>Arguments that carry the key to a child process: paths only, never the passphrase.</summary>
     public static IEnumerable<string> ForwardArguments(ParseResult parse)
     {
         if (parse.GetValue(KeyFile) is { } key)
         {
             yield return "--keyfile";
             yield return Path.GetFullPath(key);
-            if (KeyFileNeedsPassphrase(key) && Environment.GetEnvironmentVariable("PBS_ENCRYPTION_PASSWORD") is null)
-            {
-                Environment.SetEnvironmentVariable("PBS_ENCRYPTION_PASSWORD", Passphrase(parse, "Encryption key password: "));
-            }
         }
 
         if (parse.GetValue(PassphraseFile) is { } pass)
@@ -73,6 +78,11 @@ public static class KeyOptions
         if (parse.GetValue(PassphraseFile) is { } file)
         {
             return File.ReadAllText(file).TrimEnd('\r', '\n');
+        }
+
+        if (Hosting.Daemon.PassphraseFromParent is { } piped)
+        {
+            return piped;
         }
 
         if (Environment.GetEnvironmentVariable("PBS_ENCRYPTION_PASSWORD") is { } env)

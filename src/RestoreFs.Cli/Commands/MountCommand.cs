@@ -23,9 +23,19 @@ public static class MountCommand
             Description = "Decoded-chunk cache per open image, in MiB.",
             DefaultValueFactory = _ => 64,
         };
+        var allowOther = new Option<bool>("--allow-other")
+        {
+            Description = "Let every local user read the mount (all backups, decrypted, and the files inside them). " +
+                          "Without it only you (and root) can enter it. Non-root users need user_allow_other in /etc/fuse.conf.",
+        };
+        var maxVms = new Option<int>("--max-vms")
+        {
+            Description = "Restore VMs this mount runs at once (0: sized to the host's memory); the least recently used one stops first.",
+            DefaultValueFactory = _ => 0,
+        };
         var command = new Command("mount", "Mount a datastore read-only: snapshots/<group>/<time>/<disk>.img, .img.dev, files/.")
         {
-            store, mountPoint, foreground, noVm, cacheMb,
+            store, mountPoint, foreground, noVm, cacheMb, allowOther, maxVms,
         };
         KeyOptions.AddTo(command);
         command.SetAction(parse =>
@@ -54,17 +64,27 @@ public static class MountCommand
                     childArgs.Add("--no-vm");
                 }
 
+                if (parse.GetValue(allowOther))
+                {
+                    childArgs.Add("--allow-other");
+                }
+
+                childArgs.AddRange(["--max-vms", parse.GetValue(maxVms).ToString(System.Globalization.CultureInfo.InvariantCulture)]);
+
                 if (parse.GetValue(GlobalOptions.Verbose))
                 {
                     childArgs.Add("--verbose");
                 }
 
+                // The passphrase goes to the child through a pipe, never through its environment or command line.
+                var passphrase = KeyOptions.PassphraseForChild(parse);
                 childArgs.AddRange(KeyOptions.ForwardArguments(parse));
-                return Daemon.RunParent(childArgs, TimeSpan.FromMinutes(2));
+                return Daemon.RunParent(childArgs, TimeSpan.FromMinutes(2), passphrase);
             }
 
             Daemon.DetachSession();
             var key = KeyOptions.LoadKey(parse);
+            Secrets.ScrubEnvironment(Secrets.PassphraseVariable);
             var tree = new TreeOptions
             {
                 Key = key,
@@ -75,7 +95,13 @@ public static class MountCommand
                 StorePath = storePath,
                 MountPoint = mountPath,
             };
-            return Serve(new MountSettings(storePath, mountPath, tree, StartVms: !parse.GetValue(noVm)));
+            var fuse = new RestoreFs.Fuse.FuseMountOptions(FsName: "restorefs:" + Path.GetFileName(Path.TrimEndingDirectorySeparator(storePath)),
+                AllowOther: parse.GetValue(allowOther))
+            {
+                TraceRequests = Environment.GetEnvironmentVariable("RESTOREFS_FUSE_TRACE") == "1",
+            };
+            FilesBackendFactory.MaxVms = parse.GetValue(maxVms);
+            return Serve(new MountSettings(storePath, mountPath, tree, StartVms: !parse.GetValue(noVm), fuse));
         });
         return command;
     }

@@ -1,4 +1,5 @@
 using System.CommandLine;
+using Microsoft.Extensions.Logging;
 using RestoreFs.Cli.Hosting;
 
 namespace RestoreFs.Cli.Commands;
@@ -19,22 +20,32 @@ public static class UmountCommand
     {
         var full = Path.GetFullPath(mountPoint);
         var pidFile = RuntimePaths.MountPidFile(full);
-        if (File.Exists(pidFile) && int.TryParse(File.ReadAllText(pidFile).Trim(), out var pid) && ProcessAlive(pid))
+        var content = PidFile.Inspect(pidFile, out var live);
+        if (content is not null && live)
         {
-            // The serving process detaches devices and stops VMs before it unmounts; let it do the work.
+            // The serving process (its lock held, its start time matching) detaches devices and stops VMs before it
+            // unmounts; let it do the work.
+            var pid = content.Pid;
             NativeMethods.Kill(pid, NativeMethods.SigTerm);
             var deadline = DateTime.UtcNow + timeout;
-            while (DateTime.UtcNow < deadline && (ProcessAlive(pid) || MountService.IsMounted(full)))
+            while (DateTime.UtcNow < deadline && (PidFile.StartTimeOf(pid) == content.StartTime || MountService.IsMounted(full)))
             {
                 Thread.Sleep(100);
             }
 
-            if (!ProcessAlive(pid) && !MountService.IsMounted(full))
+            if (PidFile.StartTimeOf(pid) != content.StartTime && !MountService.IsMounted(full))
             {
                 return 0;
             }
 
             Console.Error.WriteLine($"restorefs: the process serving {full} (pid {pid}) did not finish within {timeout.TotalSeconds:0} s; detaching the mount");
+        }
+        else if (content is not null)
+        {
+            // Its server is gone (killed): whatever now has that pid is not ours to signal. Clean up what it left.
+            Console.Error.WriteLine($"restorefs: the process that served {full} (pid {content.Pid}) is gone; cleaning up after it");
+            StaleMount.Cleanup(full, content, Logging.LogSetup.Factory.CreateLogger("restorefs"));
+            return 0;
         }
 
         if (!MountService.IsMounted(full))
@@ -67,6 +78,4 @@ public static class UmountCommand
         return false;
     }
 
-    private static bool ProcessAlive(int pid) => Directory.Exists($"/proc/{pid}") &&
-        !File.ReadAllText($"/proc/{pid}/stat").Split(' ').Skip(2).Take(1).Contains("Z");
 }

@@ -12,10 +12,27 @@ public static class Daemon
     private const string ChildVariable = "RESTOREFS_DAEMON_CHILD";
     private const string ReadyLine = "RESTOREFS-READY";
 
+    private const string PassphraseOnStdinVariable = "RESTOREFS_PASSPHRASE_ON_STDIN";
+    private static readonly Lazy<string?> Piped = new(ReadPipedPassphrase);
+
     public static bool IsChild => Environment.GetEnvironmentVariable(ChildVariable) == "1";
 
+    /// <summary>In the child: the passphrase the parent wrote to our standard input, or null.</summary>
+    public static string? PassphraseFromParent => IsChild ? Piped.Value : null;
+
+    private static string? ReadPipedPassphrase()
+    {
+        if (Environment.GetEnvironmentVariable(PassphraseOnStdinVariable) != "1")
+        {
+            return null;
+        }
+
+        Environment.SetEnvironmentVariable(PassphraseOnStdinVariable, null);
+        return Console.In.ReadLine();
+    }
+
     /// <summary>Starts the child and waits for it; returns the exit code for the parent.</summary>
-    public static int RunParent(IEnumerable<string> childArgs, TimeSpan timeout)
+    public static int RunParent(IEnumerable<string> childArgs, TimeSpan timeout, string? passphrase = null)
     {
         var psi = new ProcessStartInfo(Environment.ProcessPath ?? "restorefs")
         {
@@ -30,7 +47,18 @@ public static class Daemon
         }
 
         psi.Environment[ChildVariable] = "1";
+        psi.Environment.Remove(Secrets.PassphraseVariable);
+        if (passphrase is not null)
+        {
+            psi.Environment[PassphraseOnStdinVariable] = "1";
+        }
+
         using var child = Process.Start(psi) ?? throw new InvalidOperationException("could not start the background process");
+        if (passphrase is not null)
+        {
+            child.StandardInput.WriteLine(passphrase);
+        }
+
         child.StandardInput.Close();
 
         // The child's messages reach our stderr through a pipe of ours: the child never holds the caller's stderr,

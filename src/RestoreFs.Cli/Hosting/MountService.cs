@@ -1,11 +1,12 @@
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
+using RestoreFs.Fuse;
 using RestoreFs.Tree;
 
 namespace RestoreFs.Cli.Hosting;
 
 /// <summary>What <c>restorefs mount</c> was asked to do.</summary>
-public sealed record MountSettings(string StorePath, string MountPoint, TreeOptions Tree, bool StartVms);
+public sealed record MountSettings(string StorePath, string MountPoint, TreeOptions Tree, bool StartVms, FuseMountOptions? Fuse = null);
 
 /// <summary>
 /// Serves one mount for the life of the host: mounts, reports readiness, and unmounts on SIGINT/SIGTERM, on
@@ -22,13 +23,22 @@ public sealed class MountService(
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
         MountedTree? tree = null;
+        PidFile? pid = null;
         var pidFile = RuntimePaths.MountPidFile(settings.MountPoint);
         try
         {
+            // A server killed earlier may have left devices, a stale mount, a socket and VMs: clean up first.
+            if (PidFile.Inspect(pidFile, out var live) is { } previous && !live)
+            {
+                log.LogWarning("The previous server of {MountPoint} (pid {Pid}) died; cleaning up after it", settings.MountPoint, previous.Pid);
+                StaleMount.Cleanup(settings.MountPoint, previous, log);
+            }
+
+            pid = PidFile.Acquire(pidFile, null);
             tree = await MountedTree.MountAsync(settings.StorePath, settings.MountPoint, settings.Tree, logs,
-                settings.StartVms ? filesBackend : null, ct: stoppingToken).ConfigureAwait(false);
-            Directory.CreateDirectory(Path.GetDirectoryName(pidFile)!);
-            await File.WriteAllTextAsync(pidFile, $"{Environment.ProcessId}\n", CancellationToken.None).ConfigureAwait(false);
+                settings.StartVms ? filesBackend : null, settings.Fuse, stoppingToken).ConfigureAwait(false);
+            pid.Dispose();
+            pid = PidFile.Acquire(pidFile, tree.Context.Exports.PlannedSocketPath);
             Daemon.SignalReady(RuntimePaths.MountLogFile(settings.MountPoint));
 
             var mountPoint = Path.GetFullPath(settings.MountPoint);
@@ -61,6 +71,8 @@ public sealed class MountService(
                 await tree.DisposeAsync().ConfigureAwait(false);
                 TryDelete(pidFile);
             }
+
+            pid?.Dispose();
 
             lifetime.StopApplication();
         }
