@@ -264,6 +264,8 @@ public sealed class NbdHostileTests : IAsyncLifetime
             await Send(socket, option[..^3]);
         }
 
+        await WaitFor(() => logs.Has(LogLevel.Warning, "inside a request header (13 of 28 bytes)"));
+        await WaitFor(() => logs.Has(LogLevel.Warning, "inside an option header (12 of 16 bytes)"));
         RealClientsStillWork();
         Assert.DoesNotContain(logs.Lines, l => l.Level >= LogLevel.Error);
     }

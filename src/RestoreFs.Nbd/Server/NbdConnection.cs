@@ -81,7 +81,12 @@ internal sealed class NbdConnection(NbdServer server, Socket socket, int id, ILo
         var header = new byte[16];
         while (true)
         {
-            await stream.ReadExactlyAsync(header, ct).ConfigureAwait(false);
+            if (!await ReadHeaderAsync(header, "an option", ct).ConfigureAwait(false))
+            {
+                log.LogDebug("NBD client {Id} left during the handshake", id);
+                return false;
+            }
+
             var magic = BinaryPrimitives.ReadUInt64BigEndian(header);
             if (magic != OptionMagic)
             {
@@ -312,7 +317,12 @@ internal sealed class NbdConnection(NbdServer server, Socket socket, int id, ILo
         {
             while (true)
             {
-                await stream.ReadExactlyAsync(request, ct).ConfigureAwait(false);
+                if (!await ReadHeaderAsync(request, "a request", ct).ConfigureAwait(false))
+                {
+                    log.LogDebug("NBD client {Id} left without NBD_CMD_DISC", id);
+                    return;
+                }
+
                 var magic = BinaryPrimitives.ReadUInt32BigEndian(request);
                 if (magic != RequestMagic)
                 {
@@ -449,6 +459,15 @@ internal sealed class NbdConnection(NbdServer server, Socket socket, int id, ILo
             Interlocked.Add(ref inFlight, -length);
             replySent.Release();
         }
+    }
+
+    /// <summary>A whole header; false when the client left between two; a partial one is a lost framing.</summary>
+    private async Task<bool> ReadHeaderAsync(byte[] header, string what, CancellationToken ct)
+    {
+        var n = await stream.ReadAtLeastAsync(header, header.Length, throwOnEndOfStream: false, ct).ConfigureAwait(false);
+        return n == header.Length ? true
+            : n == 0 ? false
+            : throw new NbdException($"the client left inside {what} header ({n} of {header.Length} bytes)");
     }
 
     private async Task SkipAsync(long length, CancellationToken ct)
