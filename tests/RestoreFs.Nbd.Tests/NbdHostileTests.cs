@@ -5,6 +5,7 @@ using System.Runtime;
 using Microsoft.Extensions.Logging;
 using RestoreFs.Nbd;
 using RestoreFs.TestSupport;
+using Xunit.Abstractions;
 
 // The memory test measures this process: no other test of this assembly may run beside it.
 [assembly: CollectionBehavior(DisableTestParallelization = true)]
@@ -72,7 +73,7 @@ internal sealed class PatternSource : IBlockSource
 /// truncated and malformed requests, a client that pipelines reads and never reads the replies. Each gets the
 /// protocol's answer and a log line (or a logged disconnect), memory stays bounded, and real clients still work after.
 /// </summary>
-public sealed class NbdHostileTests : IAsyncLifetime
+public sealed class NbdHostileTests(ITestOutputHelper output) : IAsyncLifetime
 {
     private const uint RepAck = 1;
     private const uint RepInfo = 3;
@@ -325,6 +326,8 @@ public sealed class NbdHostileTests : IAsyncLifetime
             }
         }
 
+        output.WriteLine($"managed: start {managedBefore / MiB} MiB, peak +{(peakManaged - managedBefore) / MiB}, after +{(managedAfter - managedBefore) / MiB}; "
+            + $"RSS: start {rssBefore / MiB} MiB, peak +{(peakRss - rssBefore) / MiB}, after +{(rssAfter - rssBefore) / MiB}");
         Assert.True(managedAfter - managedBefore < 16L * MiB, $"managed heap still {(managedAfter - managedBefore) / MiB} MiB above the start");
         Assert.True(rssAfter - rssBefore < 192L * MiB, $"RSS still {(rssAfter - rssBefore) / MiB} MiB above the start (peak +{(peakRss - rssBefore) / MiB})");
         RealClientsStillWork();
