@@ -24,6 +24,9 @@ public sealed record NbdServerOptions
     public int? TcpPort { get; init; }
 
     public int MaxRequestBytes { get; init; } = 32 * 1024 * 1024;
+
+    /// <summary>Per connection: reply bytes read but not yet sent; over this the server reads no new requests.</summary>
+    public long MaxInFlightBytes { get; init; } = 64L * 1024 * 1024;
 }
 
 /// <summary>An NBD protocol or attach failure.</summary>

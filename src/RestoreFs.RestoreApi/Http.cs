@@ -14,6 +14,12 @@ public static class Http
 {
     public const int MaxHeadBytes = 64 * 1024;
 
+    /// <summary>Header lines in one head (and trailer lines after a chunked body).</summary>
+    public const int MaxHeaderLines = 128;
+
+    /// <summary>A chunk-size line (size and extensions).</summary>
+    public const int MaxChunkLine = 1024;
+
     public sealed record Request(string Method, string Path, IReadOnlyDictionary<string, string> Query, IReadOnlyDictionary<string, string> Headers)
     {
         public string? Header(string name) => Headers.TryGetValue(name.ToLowerInvariant(), out var v) ? v : null;
@@ -99,26 +105,50 @@ public static class Http
         return new Request(parts[0], Unescape(path), query, ParseHeaders(lines));
     }
 
-    /// <summary>Reads a response head and returns it with a body stream that ends where the body ends.</summary>
+    /// <summary>Reads a response head and returns it with a body stream that ends where the body ends. A malformed
+    /// head (too long, too many lines, a bad status line or Content-Length) is an <see cref="IOException"/>: for the
+    /// client a garbled answer is a broken channel.</summary>
     public static async Task<Response> ReadResponseAsync(BufferedReader reader, CancellationToken ct)
     {
-        var lines = await reader.ReadHeadAsync(ct).ConfigureAwait(false)
-            ?? throw new IOException("the restore daemon closed the connection without answering");
+        List<string> lines;
+        Dictionary<string, string> headers;
+        try
+        {
+            lines = await reader.ReadHeadAsync(ct).ConfigureAwait(false)
+                ?? throw new IOException("the restore daemon closed the connection without answering");
+            headers = ParseHeaders(lines);
+        }
+        catch (InvalidDataException e)
+        {
+            throw new IOException($"malformed answer from the restore daemon: {e.Message}", e);
+        }
+
         var parts = lines[0].Split(' ', 3);
-        if (parts.Length < 2 || !parts[0].StartsWith("HTTP/1.", StringComparison.Ordinal) || !int.TryParse(parts[1], out var status))
+        if (parts.Length < 2 || !parts[0].StartsWith("HTTP/1.", StringComparison.Ordinal) || parts[1].Length != 3
+            || !int.TryParse(parts[1], NumberStyles.None, CultureInfo.InvariantCulture, out var status))
         {
             throw new IOException($"malformed status line '{Printable(lines[0])}' from the restore daemon");
         }
 
-        var headers = ParseHeaders(lines);
         Stream body;
-        if (headers.TryGetValue("transfer-encoding", out var te) && te.Contains("chunked", StringComparison.OrdinalIgnoreCase))
+        if (headers.TryGetValue("transfer-encoding", out var te))
         {
+            if (!te.Equals("chunked", StringComparison.OrdinalIgnoreCase))
+            {
+                throw new IOException($"unsupported Transfer-Encoding '{Printable(te)}' from the restore daemon");
+            }
+
             body = new ChunkedReadStream(reader);
         }
-        else if (headers.TryGetValue("content-length", out var cl) && long.TryParse(cl, out var length) && length >= 0)
+        else if (headers.TryGetValue("content-length", out var cl))
         {
-            body = new LengthReadStream(reader, length);
+            // Digits only: no sign, no spaces, no overflow (long.Parse would take "-1" or " +5").
+            if (cl.Length is 0 or > 18 || !cl.All(char.IsAsciiDigit))
+            {
+                throw new IOException($"malformed Content-Length '{Printable(cl)}' from the restore daemon");
+            }
+
+            body = new LengthReadStream(reader, long.Parse(cl, NumberStyles.None, CultureInfo.InvariantCulture));
         }
         else
         {
@@ -139,7 +169,14 @@ public static class Http
                 throw new InvalidDataException($"malformed header line '{Printable(line)}'");
             }
 
-            headers[line[..colon].Trim().ToLowerInvariant()] = line[(colon + 1)..].Trim();
+            var name = line[..colon].Trim().ToLowerInvariant();
+            var value = line[(colon + 1)..].Trim();
+            if (headers.TryGetValue(name, out var earlier) && earlier != value && name is "content-length" or "transfer-encoding")
+            {
+                throw new InvalidDataException($"two different {name} headers");
+            }
+
+            headers[name] = value;
         }
 
         return headers;
@@ -147,7 +184,7 @@ public static class Http
 
     private static string Unescape(string s) => Uri.UnescapeDataString(s.Replace('+', ' '));
 
-    private static string Printable(string s) => s.Length > 80 ? s[..80] + "…" : s;
+    internal static string Printable(string s) => s.Length > 80 ? s[..80] + "…" : s;
 }
 
 /// <summary>Buffered reading of a stream: head lines, then raw bytes.</summary>
@@ -193,11 +230,20 @@ public sealed class BufferedReader(Stream stream)
                 return lines;
             }
 
+            if (lines.Count > Http.MaxHeaderLines)
+            {
+                throw new InvalidDataException($"more than {Http.MaxHeaderLines} HTTP header lines");
+            }
+
             lines.Add(line);
         }
     }
 
-    public async Task<string?> ReadLineAsync(CancellationToken ct)
+    public Task<string?> ReadLineAsync(CancellationToken ct) => ReadLineAsync(Http.MaxHeadBytes, ct);
+
+    /// <summary>One line without its CR LF; null at a clean end of stream; <see cref="InvalidDataException"/> when it is
+    /// longer than <paramref name="maxLength"/> (no more than that and one buffer is read).</summary>
+    public async Task<string?> ReadLineAsync(int maxLength, CancellationToken ct)
     {
         var collected = new List<byte>();
         while (true)
@@ -212,14 +258,19 @@ public sealed class BufferedReader(Stream stream)
                     collected.RemoveAt(collected.Count - 1);
                 }
 
+                if (collected.Count > maxLength)
+                {
+                    throw new InvalidDataException($"HTTP line longer than {maxLength} bytes");
+                }
+
                 return Encoding.Latin1.GetString(collected.ToArray());
             }
 
             collected.AddRange(buffer.AsSpan(start, end - start).ToArray());
             start = end = 0;
-            if (collected.Count > Http.MaxHeadBytes)
+            if (collected.Count > maxLength)
             {
-                throw new InvalidDataException("HTTP line too long");
+                throw new InvalidDataException($"HTTP line longer than {maxLength} bytes");
             }
 
             var n = await stream.ReadAsync(buffer, ct).ConfigureAwait(false);
@@ -333,19 +384,29 @@ internal sealed class ChunkedReadStream(BufferedReader reader) : BodyStream
 
         if (chunkLeft == 0)
         {
-            var line = await reader.ReadLineAsync(cancellationToken).ConfigureAwait(false)
+            var line = await ReadLineAsync(Http.MaxChunkLine, cancellationToken).ConfigureAwait(false)
                 ?? throw new IOException("the restore daemon's answer ended before its last chunk");
             var semi = line.IndexOf(';', StringComparison.Ordinal);
-            if (!long.TryParse(semi < 0 ? line : line[..semi], NumberStyles.HexNumber, CultureInfo.InvariantCulture, out chunkLeft) || chunkLeft < 0)
+            var size = (semi < 0 ? line : line[..semi]).Trim();
+
+            // At most 15 hex digits: the size stays a positive long (16 could wrap to a negative one).
+            if (size.Length is 0 or > 15 || !size.All(char.IsAsciiHexDigit))
             {
-                throw new IOException($"malformed chunk size '{line}'");
+                throw new IOException($"malformed chunk size '{Http.Printable(line)}' in the restore daemon's answer");
             }
 
+            chunkLeft = long.Parse(size, NumberStyles.AllowHexSpecifier, CultureInfo.InvariantCulture);
             if (chunkLeft == 0)
             {
-                // Trailer section: lines until an empty one.
-                while ((await reader.ReadLineAsync(cancellationToken).ConfigureAwait(false) ?? "") != "")
+                // Trailer section: lines until an empty one, as bounded as a head.
+                var trailers = 0;
+                while ((await ReadLineAsync(Http.MaxHeadBytes, cancellationToken).ConfigureAwait(false)
+                        ?? throw new IOException("the restore daemon's answer ended inside its trailer")) != "")
                 {
+                    if (++trailers > Http.MaxHeaderLines)
+                    {
+                        throw new IOException($"more than {Http.MaxHeaderLines} trailer lines in the restore daemon's answer");
+                    }
                 }
 
                 done = true;
@@ -360,12 +421,24 @@ internal sealed class ChunkedReadStream(BufferedReader reader) : BodyStream
         }
 
         chunkLeft -= n;
-        if (chunkLeft == 0 && await reader.ReadLineAsync(cancellationToken).ConfigureAwait(false) != "")
+        if (chunkLeft == 0 && await ReadLineAsync(2, cancellationToken).ConfigureAwait(false) != "")
         {
             throw new IOException("malformed chunk end");
         }
 
         return n;
+    }
+
+    private async Task<string?> ReadLineAsync(int maxLength, CancellationToken ct)
+    {
+        try
+        {
+            return await reader.ReadLineAsync(maxLength, ct).ConfigureAwait(false);
+        }
+        catch (InvalidDataException e)
+        {
+            throw new IOException($"malformed chunked answer from the restore daemon: {e.Message}", e);
+        }
     }
 }
 

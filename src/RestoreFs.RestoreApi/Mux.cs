@@ -25,6 +25,9 @@ namespace RestoreFs.RestoreApi;
  * (once a quarter of the window was read), so one slow stream never blocks the others nor grows memory without
  * bound: a peer that sends beyond its credit gets the stream reset. Frames of unknown streams are dropped; an unknown
  * kind or an oversized frame ends the connection (InvalidDataException in <see cref="MuxConnection.Error"/>).
+ * Against a broken or hostile peer: an empty DATA frame is ignored (it is not the end of the stream), credit granted
+ * by WINDOW frames adds up to at most 1 GiB (no overflow), and the daemon keeps at most 1024 streams open: an OPEN
+ * beyond that is answered RESET (while the peer reads its answers; otherwise it is dropped).
  */
 
 /// <summary>One side of a multiplexed connection.</summary>
@@ -33,6 +36,15 @@ public sealed class MuxConnection : IAsyncDisposable
     public const int HeaderSize = 12;
     public const int MaxPayload = 256 * 1024;
     public const int InitialWindow = 4 * 1024 * 1024;
+
+    /// <summary>Streams the daemon side keeps open (accepted or waiting to be); more OPENs are refused.</summary>
+    public const int MaxStreams = 1024;
+
+    /// <summary>The most credit a stream may hold, however many WINDOW frames come.</summary>
+    internal const int MaxCredit = 1 << 30;
+
+    /// <summary>RESET frames queued for a peer at once; beyond that (a peer that floods and does not read) none is sent.</summary>
+    private const int MaxQueuedResets = 64;
 
     internal const byte Hello = 0, Open = 1, Data = 2, Close = 3, Reset = 4, Window = 5;
 
@@ -50,6 +62,7 @@ public sealed class MuxConnection : IAsyncDisposable
     private int generation;
     private int resyncs;
     private int disposed;
+    private int queuedResets;
     private readonly byte[] readBuffer = new byte[64 * 1024];
     private int readStart;
     private int readEnd;
@@ -361,6 +374,12 @@ public sealed class MuxConnection : IAsyncDisposable
         switch (kind)
         {
             case Open when !isHost:
+                if (streams.Count >= MaxStreams)
+                {
+                    Refuse(id, null);
+                    break;
+                }
+
                 var stream = new MuxStream(this, id, Volatile.Read(ref generation));
                 if (streams.TryAdd(id, stream))
                 {
@@ -368,14 +387,13 @@ public sealed class MuxConnection : IAsyncDisposable
                 }
 
                 break;
-            case Data:
+            case Data when payload.Length > 0:
                 if (streams.TryGetValue(id, out var s1) && !s1.Receive(payload))
                 {
                     // More than the credit we granted: a broken peer. Reset the stream rather than buffer without bound.
                     streams.TryRemove(id, out _);
                     s1.Abort(new IOException($"the peer sent beyond the {InitialWindow}-byte window on stream {id}"));
-                    _ = SendAsync(id, Reset, ReadOnlyMemory<byte>.Empty, CancellationToken.None, s1).AsTask()
-                        .ContinueWith(t => _ = t.Exception, TaskScheduler.Default);
+                    Refuse(id, s1);
                 }
 
                 break;
@@ -396,11 +414,30 @@ public sealed class MuxConnection : IAsyncDisposable
             case Window when payload.Length == 4:
                 if (streams.TryGetValue(id, out var s4))
                 {
-                    s4.Grant((int)Math.Min(BinaryPrimitives.ReadUInt32BigEndian(payload), int.MaxValue / 2));
+                    s4.Grant((int)Math.Min(BinaryPrimitives.ReadUInt32BigEndian(payload), MuxConnection.MaxCredit));
                 }
 
                 break;
         }
+    }
+
+    /// <summary>Sends RESET for a stream in the background; not when the peer already has many unread ones queued.</summary>
+    private void Refuse(uint id, MuxStream? stream)
+    {
+        if (Interlocked.Increment(ref queuedResets) > MaxQueuedResets)
+        {
+            Interlocked.Decrement(ref queuedResets);
+            return;
+        }
+
+        // Tagged with the session it belongs to: a refusal still queued when a new session starts is not sent.
+        stream ??= new MuxStream(this, id, Volatile.Read(ref generation));
+        _ = SendAsync(id, Reset, ReadOnlyMemory<byte>.Empty, CancellationToken.None, stream).AsTask()
+            .ContinueWith(t =>
+            {
+                Interlocked.Decrement(ref queuedResets);
+                _ = t.Exception;
+            }, TaskScheduler.Default);
     }
 
     private async Task<bool> ReadExactAsync(byte[] buffer)
@@ -604,7 +641,13 @@ public sealed class MuxStream : Stream
 
     internal void Grant(int credit)
     {
-        Interlocked.Add(ref sendCredit, credit);
+        int old;
+        do
+        {
+            old = Volatile.Read(ref sendCredit);
+        }
+        while (Interlocked.CompareExchange(ref sendCredit, (int)Math.Min((long)old + credit, MuxConnection.MaxCredit), old) != old);
+
         creditReady.Release();
     }
 

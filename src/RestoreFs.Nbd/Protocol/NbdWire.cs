@@ -34,6 +34,7 @@ public static class NbdWire
     public const uint RepErrInvalid = 0x80000003;
     public const uint RepErrTlsReqd = 0x80000005;
     public const uint RepErrUnknown = 0x80000006;
+    public const uint RepErrTooBig = 0x80000009;
 
     public const ushort InfoExport = 0;
     public const ushort InfoName = 1;

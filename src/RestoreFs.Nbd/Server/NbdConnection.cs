@@ -3,15 +3,37 @@ using System.Buffers.Binary;
 using System.Net.Sockets;
 using System.Text;
 using Microsoft.Extensions.Logging;
+using RestoreFs.Nbd.Protocol;
 using static RestoreFs.Nbd.Protocol.NbdWire;
 
 namespace RestoreFs.Nbd;
 
-/// <summary>One client: option haggling, then transmission with out-of-order replies.</summary>
+/// <summary>
+/// One client: option haggling, then transmission with out-of-order replies. Every length a client sends is checked
+/// before it is used; a malformed option or request gets the protocol's error and a log line, and where the framing is
+/// lost (bad magic, an unskippable payload) the connection ends with a log line. Reply bytes in flight are bounded per
+/// connection (no new request is read while more are unsent) and their buffers come from a pool of this connection,
+/// dropped with it.
+/// </summary>
 internal sealed class NbdConnection(NbdServer server, Socket socket, int id, ILogger log)
 {
+    /// <summary>The largest option payload parsed (an export name is at most 4096 bytes; 64 KiB leaves room).</summary>
+    internal const int MaxOptionBytes = 64 * 1024;
+
+    /// <summary>An oversize option up to this is skipped and answered TOO_BIG; a larger one ends the connection.</summary>
+    internal const long MaxOptionSkip = 16 * 1024 * 1024;
+
+    /// <summary>Extents in one block status reply (the client asks again for the rest).</summary>
+    internal const int MaxExtents = 16384;
+
+    private const int MaxComplaints = 16;
+
     private readonly NetworkStream stream = new(socket, ownsSocket: false);
     private readonly SemaphoreSlim writeLock = new(1, 1);
+    private readonly SemaphoreSlim replySent = new(0);
+    private readonly ArrayPool<byte> buffers = ArrayPool<byte>.Create(Math.Max(64 * 1024, server.MaxRequestBytes), 4);
+    private long inFlight;
+    private int complaints;
     private bool structured;
     private bool noZeroes;
     private bool baseAllocation;
@@ -36,6 +58,10 @@ internal sealed class NbdConnection(NbdServer server, Socket socket, int id, ILo
         {
             log.LogWarning("NBD client {Id} disconnected: {Reason}", id, e.Message);
         }
+        catch (Exception e)
+        {
+            log.LogError(e, "NBD client {Id} disconnected after an unexpected failure: {Reason}", id, e.Message);
+        }
     }
 
     private async Task<bool> HandshakeAsync(CancellationToken ct)
@@ -52,124 +78,147 @@ internal sealed class NbdConnection(NbdServer server, Socket socket, int id, ILo
         }
 
         noZeroes = (clientFlags & ClientFlagNoZeroes) != 0;
+        var header = new byte[16];
         while (true)
         {
-            var header = await ReadExactAsync(16, ct).ConfigureAwait(false);
-            if (BinaryPrimitives.ReadUInt64BigEndian(header) != OptionMagic)
+            if (!await ReadHeaderAsync(header, "an option", ct).ConfigureAwait(false))
             {
-                throw new NbdException("bad option magic");
+                log.LogDebug("NBD client {Id} left during the handshake", id);
+                return false;
+            }
+
+            var magic = BinaryPrimitives.ReadUInt64BigEndian(header);
+            if (magic != OptionMagic)
+            {
+                throw new NbdException($"bad option magic 0x{magic:x16}: the option framing is lost");
             }
 
             var option = BinaryPrimitives.ReadUInt32BigEndian(header.AsSpan(8));
             var length = BinaryPrimitives.ReadUInt32BigEndian(header.AsSpan(12));
-            if (length > 65536)
+            if (length > MaxOptionBytes)
             {
-                throw new NbdException($"option {option} with {length} bytes of data");
+                var reason = $"option {option} with {length} bytes of data (limit {MaxOptionBytes})";
+                if (option == OptExportName)
+                {
+                    throw new NbdException(reason + "; EXPORT_NAME has no error reply");
+                }
+
+                if (length > MaxOptionSkip)
+                {
+                    await OptionReplyAsync(option, RepErrTooBig, Encoding.UTF8.GetBytes(reason), ct).ConfigureAwait(false);
+                    throw new NbdException(reason + ", too much to skip");
+                }
+
+                Complain("{Reason}: skipped, answered TOO_BIG", reason);
+                await SkipAsync(length, ct).ConfigureAwait(false);
+                await OptionReplyAsync(option, RepErrTooBig, Encoding.UTF8.GetBytes(reason), ct).ConfigureAwait(false);
+                continue;
             }
 
             var data = await ReadExactAsync((int)length, ct).ConfigureAwait(false);
-            switch (option)
+            try
             {
-                case OptExportName:
-                    var name = Encoding.UTF8.GetString(data);
-                    if (!server.TryGetExport(name, out var source, out _))
-                    {
-                        throw new NbdException($"unknown export '{name}' (EXPORT_NAME)");
-                    }
-
-                    (export, exportName) = (source, name);
-                    var reply = new byte[noZeroes ? 10 : 134];
-                    BinaryPrimitives.WriteUInt64BigEndian(reply, (ulong)source.Size);
-                    BinaryPrimitives.WriteUInt16BigEndian(reply.AsSpan(8), TransmissionFlags);
-                    await stream.WriteAsync(reply, ct).ConfigureAwait(false);
-                    return true;
-                case OptAbort:
-                    await OptionReplyAsync(option, RepAck, [], ct).ConfigureAwait(false);
-                    return false;
-                case OptList:
-                    if (length != 0)
-                    {
-                        await OptionReplyAsync(option, RepErrInvalid, [], ct).ConfigureAwait(false);
-                        break;
-                    }
-
-                    foreach (var (exportName, description) in server.ListExports())
-                    {
-                        var bytes = Encoding.UTF8.GetBytes(exportName);
-                        var text = Encoding.UTF8.GetBytes(description ?? string.Empty);
-                        var entry = new byte[4 + bytes.Length + text.Length];
-                        BinaryPrimitives.WriteUInt32BigEndian(entry, (uint)bytes.Length);
-                        bytes.CopyTo(entry, 4);
-                        text.CopyTo(entry, 4 + bytes.Length);
-                        await OptionReplyAsync(option, RepServer, entry, ct).ConfigureAwait(false);
-                    }
-
-                    await OptionReplyAsync(option, RepAck, [], ct).ConfigureAwait(false);
-                    break;
-                case OptStructuredReply:
-                    if (length != 0)
-                    {
-                        await OptionReplyAsync(option, RepErrInvalid, [], ct).ConfigureAwait(false);
-                        break;
-                    }
-
-                    structured = true;
-                    await OptionReplyAsync(option, RepAck, [], ct).ConfigureAwait(false);
-                    break;
-                case OptInfo:
-                case OptGo:
-                    if (await InfoOrGoAsync(option, data, ct).ConfigureAwait(false) && option == OptGo)
-                    {
-                        return true;
-                    }
-
-                    break;
-                case OptListMetaContext:
-                case OptSetMetaContext:
-                    await MetaContextAsync(option, data, ct).ConfigureAwait(false);
-                    break;
-                case OptStartTls:
-                    await OptionReplyAsync(option, RepErrPolicy, Encoding.UTF8.GetBytes("TLS is not offered on this local socket"), ct).ConfigureAwait(false);
-                    break;
-                default:
-                    await OptionReplyAsync(option, RepErrUnsup, Encoding.UTF8.GetBytes($"option {option} is not supported"), ct).ConfigureAwait(false);
-                    break;
+                if (await OptionAsync(option, data, ct).ConfigureAwait(false) is { } done)
+                {
+                    return done;
+                }
             }
+            catch (NbdOptionFormatException e) when (option != OptExportName)
+            {
+                Complain("malformed option {Option}: {Reason}", option, e.Message);
+                await OptionReplyAsync(option, RepErrInvalid, Encoding.UTF8.GetBytes(e.Message), ct).ConfigureAwait(false);
+            }
+        }
+    }
+
+    /// <summary>One option: null to go on haggling, true to start transmission, false to end.</summary>
+    private async Task<bool?> OptionAsync(uint option, byte[] data, CancellationToken ct)
+    {
+        switch (option)
+        {
+            case OptExportName:
+                var name = Encoding.UTF8.GetString(data);
+                if (!server.TryGetExport(name, out var source, out _))
+                {
+                    throw new NbdException($"unknown export '{Shorten(name)}' (EXPORT_NAME)");
+                }
+
+                (export, exportName) = (source, name);
+                var reply = new byte[noZeroes ? 10 : 134];
+                BinaryPrimitives.WriteUInt64BigEndian(reply, (ulong)source.Size);
+                BinaryPrimitives.WriteUInt16BigEndian(reply.AsSpan(8), TransmissionFlags);
+                await stream.WriteAsync(reply, ct).ConfigureAwait(false);
+                return true;
+            case OptAbort:
+                await OptionReplyAsync(option, RepAck, [], ct).ConfigureAwait(false);
+                return false;
+            case OptList:
+                new NbdOptionReader(data).End("LIST");
+                foreach (var (listed, description) in server.ListExports())
+                {
+                    var bytes = Encoding.UTF8.GetBytes(listed);
+                    var text = Encoding.UTF8.GetBytes(description ?? string.Empty);
+                    var entry = new byte[4 + bytes.Length + text.Length];
+                    BinaryPrimitives.WriteUInt32BigEndian(entry, (uint)bytes.Length);
+                    bytes.CopyTo(entry, 4);
+                    text.CopyTo(entry, 4 + bytes.Length);
+                    await OptionReplyAsync(option, RepServer, entry, ct).ConfigureAwait(false);
+                }
+
+                await OptionReplyAsync(option, RepAck, [], ct).ConfigureAwait(false);
+                return null;
+            case OptStructuredReply:
+                new NbdOptionReader(data).End("STRUCTURED_REPLY");
+                structured = true;
+                await OptionReplyAsync(option, RepAck, [], ct).ConfigureAwait(false);
+                return null;
+            case OptInfo:
+            case OptGo:
+                return await InfoOrGoAsync(option, data, ct).ConfigureAwait(false) && option == OptGo ? true : null;
+            case OptListMetaContext:
+            case OptSetMetaContext:
+                await MetaContextAsync(option, data, ct).ConfigureAwait(false);
+                return null;
+            case OptStartTls:
+                await OptionReplyAsync(option, RepErrPolicy, Encoding.UTF8.GetBytes("TLS is not offered on this local socket"), ct).ConfigureAwait(false);
+                return null;
+            default:
+                Complain("option {Option} is not supported: answered UNSUP", option);
+                await OptionReplyAsync(option, RepErrUnsup, Encoding.UTF8.GetBytes($"option {option} is not supported"), ct).ConfigureAwait(false);
+                return null;
         }
     }
 
     private static ushort TransmissionFlags => TxHasFlags | TxReadOnly | TxSendFlush | TxSendCache | TxCanMultiConn | TxSendDf;
 
+    private static (string Name, HashSet<ushort> Wanted) ParseInfoOrGo(byte[] data)
+    {
+        var reader = new NbdOptionReader(data);
+        var name = reader.ReadString("export name");
+        var count = reader.ReadUInt16("information request count");
+        if (count * 2 != reader.Remaining)
+        {
+            throw new NbdOptionFormatException($"{count} information requests in {reader.Remaining} bytes");
+        }
+
+        var wanted = new HashSet<ushort>();
+        for (var i = 0; i < count; i++)
+        {
+            wanted.Add(reader.ReadUInt16("information request"));
+        }
+
+        return (name, wanted);
+    }
+
     private async Task<bool> InfoOrGoAsync(uint option, byte[] data, CancellationToken ct)
     {
-        if (data.Length < 6)
-        {
-            await OptionReplyAsync(option, RepErrInvalid, Encoding.UTF8.GetBytes("short INFO/GO request"), ct).ConfigureAwait(false);
-            return false;
-        }
-
-        var nameLength = (int)BinaryPrimitives.ReadUInt32BigEndian(data);
-        if (nameLength > data.Length - 6)
-        {
-            await OptionReplyAsync(option, RepErrInvalid, Encoding.UTF8.GetBytes("export name longer than the request"), ct).ConfigureAwait(false);
-            return false;
-        }
-
-        var name = Encoding.UTF8.GetString(data, 4, nameLength);
-        var requests = BinaryPrimitives.ReadUInt16BigEndian(data.AsSpan(4 + nameLength));
-        if (data.Length != 6 + nameLength + 2 * requests)
-        {
-            await OptionReplyAsync(option, RepErrInvalid, Encoding.UTF8.GetBytes("malformed information requests"), ct).ConfigureAwait(false);
-            return false;
-        }
-
+        var (name, wanted) = ParseInfoOrGo(data);
         if (!server.TryGetExport(name, out var source, out var description))
         {
-            await OptionReplyAsync(option, RepErrUnknown, Encoding.UTF8.GetBytes($"no export named '{name}'"), ct).ConfigureAwait(false);
+            await OptionReplyAsync(option, RepErrUnknown, Encoding.UTF8.GetBytes($"no export named '{Shorten(name)}'"), ct).ConfigureAwait(false);
             return false;
         }
 
-        var wanted = Enumerable.Range(0, requests).Select(i => BinaryPrimitives.ReadUInt16BigEndian(data.AsSpan(6 + nameLength + 2 * i))).ToHashSet();
         var info = new byte[12];
         BinaryPrimitives.WriteUInt16BigEndian(info, InfoExport);
         BinaryPrimitives.WriteUInt64BigEndian(info.AsSpan(2), (ulong)source.Size);
@@ -200,56 +249,52 @@ internal sealed class NbdConnection(NbdServer server, Socket socket, int id, ILo
         return true;
     }
 
+    private static (string Name, List<string> Queries) ParseMetaContext(byte[] data)
+    {
+        var reader = new NbdOptionReader(data);
+        var name = reader.ReadString("export name");
+        var count = reader.ReadCount("query count", 4);
+        var queries = new List<string>();
+        for (var i = 0; i < count; i++)
+        {
+            queries.Add(reader.ReadString("query"));
+        }
+
+        reader.End("meta context");
+        return (name, queries);
+    }
+
     private async Task MetaContextAsync(uint option, byte[] data, CancellationToken ct)
     {
+        var (name, queries) = ParseMetaContext(data);
         if (option == OptSetMetaContext && !structured)
         {
             await OptionReplyAsync(option, RepErrInvalid, Encoding.UTF8.GetBytes("negotiate structured replies first"), ct).ConfigureAwait(false);
             return;
         }
 
-        try
+        if (!server.TryGetExport(name, out _, out _))
         {
-            var nameLength = (int)BinaryPrimitives.ReadUInt32BigEndian(data);
-            var name = Encoding.UTF8.GetString(data, 4, nameLength);
-            var position = 4 + nameLength;
-            var count = BinaryPrimitives.ReadUInt32BigEndian(data.AsSpan(position));
-            position += 4;
-            var queries = new List<string>();
-            for (var i = 0; i < count; i++)
-            {
-                var length = (int)BinaryPrimitives.ReadUInt32BigEndian(data.AsSpan(position));
-                queries.Add(Encoding.UTF8.GetString(data, position + 4, length));
-                position += 4 + length;
-            }
-
-            if (!server.TryGetExport(name, out _, out _))
-            {
-                await OptionReplyAsync(option, RepErrUnknown, Encoding.UTF8.GetBytes($"no export named '{name}'"), ct).ConfigureAwait(false);
-                return;
-            }
-
-            var match = (option == OptListMetaContext && queries.Count == 0) ||
-                        queries.Any(q => q == BaseAllocation || (option == OptListMetaContext && q == "base:"));
-            if (match)
-            {
-                var reply = new byte[4 + BaseAllocation.Length];
-                BinaryPrimitives.WriteUInt32BigEndian(reply, BaseAllocationId);
-                Encoding.ASCII.GetBytes(BaseAllocation).CopyTo(reply, 4);
-                await OptionReplyAsync(option, RepMetaContext, reply, ct).ConfigureAwait(false);
-            }
-
-            if (option == OptSetMetaContext)
-            {
-                baseAllocation = match;
-            }
-
-            await OptionReplyAsync(option, RepAck, [], ct).ConfigureAwait(false);
+            await OptionReplyAsync(option, RepErrUnknown, Encoding.UTF8.GetBytes($"no export named '{Shorten(name)}'"), ct).ConfigureAwait(false);
+            return;
         }
-        catch (ArgumentOutOfRangeException)
+
+        var match = (option == OptListMetaContext && queries.Count == 0) ||
+                    queries.Any(q => q == BaseAllocation || (option == OptListMetaContext && q == "base:"));
+        if (match)
         {
-            await OptionReplyAsync(option, RepErrInvalid, Encoding.UTF8.GetBytes("malformed meta context request"), ct).ConfigureAwait(false);
+            var reply = new byte[4 + BaseAllocation.Length];
+            BinaryPrimitives.WriteUInt32BigEndian(reply, BaseAllocationId);
+            Encoding.ASCII.GetBytes(BaseAllocation).CopyTo(reply, 4);
+            await OptionReplyAsync(option, RepMetaContext, reply, ct).ConfigureAwait(false);
         }
+
+        if (option == OptSetMetaContext)
+        {
+            baseAllocation = match;
+        }
+
+        await OptionReplyAsync(option, RepAck, [], ct).ConfigureAwait(false);
     }
 
     private async Task OptionReplyAsync(uint option, uint type, byte[] data, CancellationToken ct)
@@ -267,14 +312,21 @@ internal sealed class NbdConnection(NbdServer server, Socket socket, int id, ILo
     {
         var source = export!;
         var pending = new List<Task>();
+        var request = new byte[28];
         try
         {
             while (true)
             {
-                var request = await ReadExactAsync(28, ct).ConfigureAwait(false);
-                if (BinaryPrimitives.ReadUInt32BigEndian(request) != RequestMagic)
+                if (!await ReadHeaderAsync(request, "a request", ct).ConfigureAwait(false))
                 {
-                    throw new NbdException("bad request magic");
+                    log.LogDebug("NBD client {Id} left without NBD_CMD_DISC", id);
+                    return;
+                }
+
+                var magic = BinaryPrimitives.ReadUInt32BigEndian(request);
+                if (magic != RequestMagic)
+                {
+                    throw new NbdException($"bad request magic 0x{magic:x8}: the request framing is lost");
                 }
 
                 var flags = BinaryPrimitives.ReadUInt16BigEndian(request.AsSpan(4));
@@ -286,15 +338,16 @@ internal sealed class NbdConnection(NbdServer server, Socket socket, int id, ILo
                 switch (type)
                 {
                     case CmdDisc:
+                        log.LogDebug("NBD client {Id} disconnects", id);
                         await Task.WhenAll(pending).ConfigureAwait(false);
                         return;
                     case CmdWrite:
                         if (length > server.MaxRequestBytes)
                         {
-                            throw new NbdException($"write of {length} bytes (over the limit)");
+                            throw new NbdException($"write of {length} bytes (over the {server.MaxRequestBytes}-byte limit): its payload is not skipped");
                         }
 
-                        await ReadExactAsync((int)length, ct).ConfigureAwait(false);
+                        await SkipAsync(length, ct).ConfigureAwait(false);
                         await ErrorReplyAsync(cookie, EPerm, "the export is read-only", ct).ConfigureAwait(false);
                         break;
                     case CmdTrim:
@@ -307,9 +360,10 @@ internal sealed class NbdConnection(NbdServer server, Socket socket, int id, ILo
                     case CmdRead:
                     case CmdCache:
                     case CmdBlockStatus:
-                        if (!InRange(source, offset, length, payload: type == CmdRead))
+                        if (CheckRange(source, type, offset, length) is { } refusal)
                         {
-                            await ErrorReplyAsync(cookie, EInval, $"range {offset}+{length} is outside the {source.Size}-byte export or too long", ct).ConfigureAwait(false);
+                            Complain("{Command} of {Offset}+{Length}: {Reason}", CommandName(type), offset, length, refusal.Reason);
+                            await ErrorReplyAsync(cookie, refusal.Error, $"{CommandName(type)} of {offset}+{length}: {refusal.Reason}", ct).ConfigureAwait(false);
                             break;
                         }
 
@@ -323,11 +377,15 @@ internal sealed class NbdConnection(NbdServer server, Socket socket, int id, ILo
                         }
                         else
                         {
-                            pending.Add(Task.Run(() => ReadAsync(source, cookie, (long)offset, (int)length, (flags & CmdFlagDf) != 0, ct), ct));
+                            // Backpressure: the reply's bytes count until they are sent; while too many are unsent no
+                            // new request is read, so a client that never reads costs a bounded amount of memory.
+                            await AcquireAsync(length, ct).ConfigureAwait(false);
+                            pending.Add(Task.Run(() => ReadAndReleaseAsync(source, cookie, (long)offset, (int)length, (flags & CmdFlagDf) != 0, ct), CancellationToken.None));
                         }
 
                         break;
                     default:
+                        Complain("unknown command {Type}", type);
                         await ErrorReplyAsync(cookie, EInval, $"unknown command {type}", ct).ConfigureAwait(false);
                         break;
                 }
@@ -339,15 +397,117 @@ internal sealed class NbdConnection(NbdServer server, Socket socket, int id, ILo
         }
     }
 
-    // Only a read carries a payload bounded by the advertised maximum; for block status and cache the length is an
-    // effect length that may be larger (nbdinfo --map asks for up to 4 GiB at once).
-    private bool InRange(IBlockSource source, ulong offset, uint length, bool payload) =>
-        (!payload || length <= server.MaxRequestBytes) && (payload || length > 0)
-        && offset <= (ulong)source.Size && offset + length <= (ulong)source.Size;
+    private static string CommandName(ushort type) => type switch
+    {
+        CmdRead => "read",
+        CmdCache => "cache",
+        CmdBlockStatus => "block status",
+        _ => $"command {type}",
+    };
+
+    // Only a read carries a payload bounded by the advertised maximum (EOVERFLOW beyond it); for block status and
+    // cache the length is an effect length that may be larger (nbdinfo --map asks for up to 4 GiB at once).
+    private (uint Error, string Reason)? CheckRange(IBlockSource source, ushort type, ulong offset, uint length)
+    {
+        if (length == 0)
+        {
+            return (EInval, "zero length");
+        }
+
+        if (type == CmdRead && length > server.MaxRequestBytes)
+        {
+            return (EOverflow, $"over the {server.MaxRequestBytes}-byte maximum read");
+        }
+
+        var size = (ulong)source.Size;
+        return offset > size || length > size - offset ? (EInval, $"past the end of the {size}-byte export") : null;
+    }
+
+    private async Task AcquireAsync(long bytes, CancellationToken ct)
+    {
+        var waited = false;
+        while (Volatile.Read(ref inFlight) > 0 && Volatile.Read(ref inFlight) + bytes > server.MaxInFlightBytes)
+        {
+            if (!waited)
+            {
+                log.LogDebug("NBD client {Id}: {Bytes} reply bytes unsent, no new request read until the client reads", id, Volatile.Read(ref inFlight));
+                waited = true;
+            }
+
+            await replySent.WaitAsync(ct).ConfigureAwait(false);
+        }
+
+        Interlocked.Add(ref inFlight, bytes);
+    }
+
+    private async Task ReadAndReleaseAsync(IBlockSource source, ulong cookie, long offset, int length, bool noFragment, CancellationToken ct)
+    {
+        try
+        {
+            await ReadAsync(source, cookie, offset, length, noFragment, ct).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is IOException or SocketException or OperationCanceledException or ObjectDisposedException)
+        {
+            log.LogDebug("NBD client {Id}: reply to {Offset}+{Length} not sent: {Reason}", id, offset, length, e.Message);
+        }
+        catch (Exception e)
+        {
+            log.LogError(e, "NBD client {Id}: read of {Export} at {Offset}+{Length} failed unexpectedly", id, exportName, offset, length);
+        }
+        finally
+        {
+            Interlocked.Add(ref inFlight, -length);
+            replySent.Release();
+        }
+    }
+
+    /// <summary>A whole header; false when the client left between two; a partial one is a lost framing.</summary>
+    private async Task<bool> ReadHeaderAsync(byte[] header, string what, CancellationToken ct)
+    {
+        var n = await stream.ReadAtLeastAsync(header, header.Length, throwOnEndOfStream: false, ct).ConfigureAwait(false);
+        return n == header.Length ? true
+            : n == 0 ? false
+            : throw new NbdException($"the client left inside {what} header ({n} of {header.Length} bytes)");
+    }
+
+    private async Task SkipAsync(long length, CancellationToken ct)
+    {
+        var scratch = buffers.Rent((int)Math.Min(length, 64 * 1024));
+        try
+        {
+            for (var left = length; left > 0;)
+            {
+                var part = (int)Math.Min(left, scratch.Length);
+                await stream.ReadExactlyAsync(scratch.AsMemory(0, part), ct).ConfigureAwait(false);
+                left -= part;
+            }
+        }
+        finally
+        {
+            buffers.Return(scratch);
+        }
+    }
+
+    private void Complain(string message, params object?[] args)
+    {
+        var n = Interlocked.Increment(ref complaints);
+        if (n <= MaxComplaints)
+        {
+#pragma warning disable CA2254 // the template is one of this class's constants
+            log.LogWarning("NBD client {Id}: " + message, [id, .. args]);
+#pragma warning restore CA2254
+        }
+        else if (n == MaxComplaints + 1)
+        {
+            log.LogWarning("NBD client {Id}: more malformed requests, no longer logged", id);
+        }
+    }
+
+    private static string Shorten(string text) => text.Length > 200 ? text[..200] + "…" : text;
 
     private async Task ReadAsync(IBlockSource source, ulong cookie, long offset, int length, bool noFragment, CancellationToken ct)
     {
-        var buffer = ArrayPool<byte>.Shared.Rent(Math.Max(1, length));
+        var buffer = buffers.Rent(Math.Max(1, length));
         try
         {
             if (structured && !noFragment && length > 0 && source.GetExtents(offset, length).ToList() is { Count: > 1 } extents)
@@ -396,7 +556,7 @@ internal sealed class NbdConnection(NbdServer server, Socket socket, int id, ILo
         }
         finally
         {
-            ArrayPool<byte>.Shared.Return(buffer);
+            buffers.Return(buffer);
         }
     }
 
@@ -408,11 +568,7 @@ internal sealed class NbdConnection(NbdServer server, Socket socket, int id, ILo
             return;
         }
 
-        var extents = source.GetExtents(offset, length).ToList();
-        if (one && extents.Count > 1)
-        {
-            extents = [extents[0]];
-        }
+        var extents = source.GetExtents(offset, length).Take(one ? 1 : MaxExtents).ToList();
 
         var payload = new byte[4 + 8 * extents.Count];
         BinaryPrimitives.WriteUInt32BigEndian(payload, BaseAllocationId);

@@ -65,6 +65,8 @@ public sealed class NbdServer : IAsyncDisposable
 
     internal int MaxRequestBytes => options.MaxRequestBytes;
 
+    internal long MaxInFlightBytes => Math.Max(options.MaxInFlightBytes, options.MaxRequestBytes);
+
     public Task StartAsync(CancellationToken ct)
     {
         if (options.UnixSocketPath is { } path)

@@ -2,12 +2,11 @@ using System.Buffers.Binary;
 using System.Net.Sockets;
 using System.Text;
 using RestoreFs.RestoreApi;
-using RestoreFs.RestoreDaemon.Server;
 using RestoreFs.TestSupport;
 
-namespace RestoreFs.RestoreDaemon.Tests;
+namespace RestoreFs.RestoreApi.Tests;
 
-/// <summary>The multiplexed channel (as used over virtio-serial) with the real server, and its wire format.</summary>
+/// <summary>The multiplexed channel (as used over virtio-serial) with a fake daemon serving files, and its wire format.</summary>
 public sealed class MuxTests : IDisposable
 {
     private readonly TempDirectory dir = new("restorefs-mux");
@@ -26,14 +25,6 @@ public sealed class MuxTests : IDisposable
         return (new NetworkStream(host, true), new NetworkStream(guest, true));
     }
 
-    private static async Task ServeAsync(MuxConnection mux, DaemonServer server)
-    {
-        while (await mux.AcceptAsync(CancellationToken.None) is { } stream)
-        {
-            _ = Task.Run(() => server.HandleAsync(stream, CancellationToken.None));
-        }
-    }
-
     [Fact]
     public void Frame_header_golden_bytes()
     {
@@ -46,7 +37,7 @@ public sealed class MuxTests : IDisposable
     }
 
     [Fact]
-    public async Task Concurrent_requests_and_a_large_answer_share_one_channel()
+    public async Task Concurrent_requests_and_a_large_answer_share_one_channel_to_a_fake_daemon()
     {
         var data = new byte[5 * 1024 * 1024 + 17];
         new Random(3).NextBytes(data);
@@ -54,10 +45,9 @@ public sealed class MuxTests : IDisposable
         await File.WriteAllBytesAsync(dir.Combine("tree/big.bin"), data);
         await File.WriteAllTextAsync(dir.Combine("tree/sub/a.txt"), "a");
         var (hostSide, guestSide) = await PairAsync(dir.Combine("pair.sock"));
-        using var server = new DaemonServer(new DirectoryVolumeCatalogForTests(dir.Combine("tree")),
-            new DaemonServerOptions("T", TimeSpan.FromMinutes(5), TimeSpan.Zero), _ => { }, () => { });
+        var server = new FakeDaemon(dir.Combine("tree"), "T");
         var guestMux = MuxConnection.Serve(guestSide);
-        var serving = ServeAsync(guestMux, server);
+        var serving = server.ServeAsync(guestMux);
         await using var client = new RestoreClient(new MuxTransport(await MuxConnection.ConnectAsync(hostSide, CancellationToken.None)), "T");
 
         // A 5 MiB extract that is read slowly while 40 small reads and lists run on other streams.
@@ -314,7 +304,7 @@ public sealed class MuxTests : IDisposable
     }
 
     [Fact]
-    public async Task Several_host_connections_over_the_life_of_one_channel_each_work()
+    public async Task Several_host_connections_over_the_life_of_one_channel_each_work_with_a_fake_daemon()
     {
         // The guest's port lives as long as the VM; hosts come and go through the chardev socket (a relay here, as
         // QEMU does it: while no host is connected, what the guest writes is dropped).
@@ -323,10 +313,9 @@ public sealed class MuxTests : IDisposable
         Directory.CreateDirectory(dir.Combine("vm"));
         await File.WriteAllBytesAsync(dir.Combine("vm/big.bin"), data);
         var (relayEnd, guestEnd) = await PairAsync(dir.Combine("port.sock"));
-        using var server = new DaemonServer(new DirectoryVolumeCatalogForTests(dir.Combine("vm")),
-            new DaemonServerOptions("T", TimeSpan.FromMinutes(5), TimeSpan.Zero), _ => { }, () => { });
+        var server = new FakeDaemon(dir.Combine("vm"), "T");
         await using var guestMux = MuxConnection.Serve(guestEnd);
-        var serving = ServeAsync(guestMux, server);
+        var serving = server.ServeAsync(guestMux);
 
         var chardev = dir.Combine("chardev.sock");
         using var listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);

@@ -1,7 +1,7 @@
 using System.Text;
 using RestoreFs.RestoreApi;
 
-namespace RestoreFs.RestoreDaemon.Tests;
+namespace RestoreFs.RestoreApi.Tests;
 
 /// <summary>The HTTP/1.1 subset of the restore API, byte for byte.</summary>
 public sealed class ApiHttpTests

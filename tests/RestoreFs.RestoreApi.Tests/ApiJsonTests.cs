@@ -2,7 +2,7 @@ using System.Text;
 using System.Text.Json;
 using RestoreFs.RestoreApi;
 
-namespace RestoreFs.RestoreDaemon.Tests;
+namespace RestoreFs.RestoreApi.Tests;
 
 /// <summary>The JSON of <c>list</c> and <c>status</c>: PBS's field names, byte-exact names, incremental parsing.</summary>
 public sealed class ApiJsonTests
