@@ -21,6 +21,9 @@ public sealed class FidelityFixture : IAsyncLifetime
     /// <summary>A value larger than an inline listing carries (xfs holds up to 64 KiB).</summary>
     public const int BigValue = 60_000;
 
+    /// <summary>On xfs, "manyx" has this many values of <see cref="BigValue"/> bytes: more than 1 MiB in all.</summary>
+    public const int ManyValues = 18;
+
     private readonly List<string> loops = [];
 
     public TempDirectory Dir { get; } = new("restorefs-fidelity");
@@ -95,7 +98,8 @@ public sealed class FidelityFixture : IAsyncLifetime
                 ProcessRunner.Run("bash", [script, mnt], TimeSpan.FromMinutes(2)).EnsureSuccess($"populating {fs}");
                 if (fs == "xfs")
                 {
-                    ProcessRunner.Shell($"set -e; cd '{mnt}'; printf x > bigx; setfattr -n user.big -v \"$(head -c {BigValue} /dev/zero | tr '\\0' a)\" bigx")
+                    ProcessRunner.Shell($"set -e; cd '{mnt}'; printf x > bigx; setfattr -n user.big -v \"$(head -c {BigValue} /dev/zero | tr '\\0' a)\" bigx; "
+                                        + $"printf x > manyx; v=$(head -c {BigValue} /dev/zero | tr '\\0' b); for i in $(seq -w 1 {ManyValues}); do setfattr -n user.v$i -v \"$v\" manyx; done")
                         .EnsureSuccess("a large xattr on xfs");
                 }
 
