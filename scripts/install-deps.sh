@@ -11,6 +11,7 @@ packages=(
   busybox-static cpio lz4 xz-utils kmod  # restore image build
   fdisk cryptsetup-bin exfatprogs  # partition tables, LUKS and exFAT in the daemon's disk tests
   rsync zstd file util-linux
+  acl attr         # setfacl/getfattr: xattr and ACL fidelity tests of the daemon
 )
 
 missing=()

@@ -61,7 +61,197 @@ public static class ApiJson
             w.WriteEndArray();
         }
 
+        if (e.MTimeNs is { } mtimeNs)
+        {
+            w.WriteNumber("mtime_ns", mtimeNs);
+        }
+
+        WriteTime(w, "atime", e.ATime);
+        WriteTime(w, "ctime", e.CTime);
+        WriteTime(w, "btime", e.BTime);
+        WriteDevice(w, "dev", e.Dev);
+        if (e.Ino is { } ino)
+        {
+            w.WriteNumber("ino", ino);
+        }
+
+        if (e.NLink is { } nlink)
+        {
+            w.WriteNumber("nlink", nlink);
+        }
+
+        if (e.Blocks is { } blocks)
+        {
+            w.WriteNumber("blocks", blocks);
+        }
+
+        WriteDevice(w, "rdev", e.RDev);
+        if (e.Xattrs is not null)
+        {
+            w.WritePropertyName("xattrs");
+            WriteXattrs(w, e.Xattrs);
+        }
+
+        if (e.Next is { } next)
+        {
+            w.WriteNumber("next", next);
+        }
+
         w.WriteEndObject();
+    }
+
+    private static void WriteTime(Utf8JsonWriter w, string name, Timestamp? t)
+    {
+        if (t is { } v)
+        {
+            w.WriteNumber(name, v.Seconds);
+            w.WriteNumber(name + "_ns", v.Nanoseconds);
+        }
+    }
+
+    private static void WriteDevice(Utf8JsonWriter w, string name, DeviceNumber? d)
+    {
+        if (d is { } v)
+        {
+            w.WriteStartArray(name);
+            w.WriteNumberValue(v.Major);
+            w.WriteNumberValue(v.Minor);
+            w.WriteEndArray();
+        }
+    }
+
+    /// <summary><c>[{"name":B64,"value":B64} | {"name":B64,"error":text}, …]</c></summary>
+    public static void WriteXattrs(Utf8JsonWriter w, IReadOnlyList<Xattr> xattrs)
+    {
+        w.WriteStartArray();
+        foreach (var x in xattrs)
+        {
+            w.WriteStartObject();
+            w.WriteBase64String("name", x.Name);
+            if (x.Value is not null)
+            {
+                w.WriteBase64String("value", x.Value);
+            }
+
+            if (x.Error is not null)
+            {
+                w.WriteString("error", x.Error);
+            }
+
+            w.WriteEndObject();
+        }
+
+        w.WriteEndArray();
+    }
+
+    /// <summary>Reads an array written by <see cref="WriteXattrs"/>; the reader is on its StartArray.</summary>
+    public static List<Xattr> ReadXattrs(ref Utf8JsonReader r)
+    {
+        if (r.TokenType != JsonTokenType.StartArray)
+        {
+            throw new JsonException("xattrs is not an array");
+        }
+
+        var list = new List<Xattr>();
+        while (r.Read() && r.TokenType == JsonTokenType.StartObject)
+        {
+            byte[]? name = null, value = null;
+            string? error = null;
+            while (r.Read() && r.TokenType == JsonTokenType.PropertyName)
+            {
+                var property = r.GetString();
+                r.Read();
+                switch (property)
+                {
+                    case "name": name = r.GetBytesFromBase64(); break;
+                    case "value": value = r.TokenType == JsonTokenType.Null ? null : r.GetBytesFromBase64(); break;
+                    case "error": error = r.TokenType == JsonTokenType.Null ? null : r.GetString(); break;
+                    default: r.Skip(); break;
+                }
+            }
+
+            if (name is null || name.Length == 0)
+            {
+                throw new JsonException("an extended attribute without a name");
+            }
+
+            if (value is null && error is null)
+            {
+                throw new JsonException("an extended attribute with neither a value nor an error");
+            }
+
+            list.Add(new Xattr(name, value, error));
+        }
+
+        if (r.TokenType != JsonTokenType.EndArray)
+        {
+            throw new JsonException("xattrs is not an array of objects");
+        }
+
+        return list;
+    }
+
+    /// <summary>The answer of <c>xattrs</c>: <c>{"data":[…]}</c>.</summary>
+    public static List<Xattr> ReadXattrsAnswer(ReadOnlySpan<byte> json)
+    {
+        var r = new Utf8JsonReader(json);
+        Expect(ref r, JsonTokenType.StartObject);
+        while (r.Read() && r.TokenType == JsonTokenType.PropertyName)
+        {
+            var property = r.GetString();
+            r.Read();
+            if (property == "data")
+            {
+                return ReadXattrs(ref r);
+            }
+
+            r.Skip();
+        }
+
+        throw new JsonException("the xattrs answer has no data");
+    }
+
+    /// <summary>The answer of <c>seek</c>: <c>{"data":{"offset":N}}</c>, N = -1 for ENXIO.</summary>
+    public static long ReadSeekAnswer(ReadOnlySpan<byte> json)
+    {
+        using var doc = JsonDocument.Parse(json.ToArray());
+        var offset = doc.RootElement.GetProperty("data").GetProperty("offset").GetInt64();
+        if (offset < -1)
+        {
+            throw new JsonException($"seek answered a negative offset {offset}");
+        }
+
+        return offset;
+    }
+
+    private static DeviceNumber ReadDevice(ref Utf8JsonReader r)
+    {
+        if (r.TokenType != JsonTokenType.StartArray)
+        {
+            throw new JsonException("a device number is not [major, minor]");
+        }
+
+        r.Read();
+        var major = r.GetUInt32();
+        r.Read();
+        var minor = r.GetUInt32();
+        if (!r.Read() || r.TokenType != JsonTokenType.EndArray)
+        {
+            throw new JsonException("a device number is not [major, minor]");
+        }
+
+        return new DeviceNumber(major, minor);
+    }
+
+    private static uint ReadNanoseconds(ref Utf8JsonReader r)
+    {
+        var ns = r.GetUInt32();
+        if (ns > 999_999_999)
+        {
+            throw new JsonException($"{ns} nanoseconds is not within a second");
+        }
+
+        return ns;
     }
 
     public static ArchiveEntry ReadEntry(ReadOnlySpan<byte> json)
@@ -78,6 +268,12 @@ public static class ApiJson
         string? error = null;
         byte[]? content = null;
         List<FileExtent>? extents = null;
+        uint? mtimeNs = null, nlink = null;
+        long? atime = null, ctime = null, btime = null, next = null;
+        uint atimeNs = 0, ctimeNs = 0, btimeNs = 0;
+        DeviceNumber? dev = null, rdev = null;
+        ulong? ino = null, blocks = null;
+        List<Xattr>? xattrs = null;
         while (r.Read() && r.TokenType == JsonTokenType.PropertyName)
         {
             var property = r.GetString();
@@ -97,6 +293,20 @@ public static class ApiJson
                 case "error": error = r.TokenType == JsonTokenType.Null ? null : r.GetString(); break;
                 case "content": content = r.TokenType == JsonTokenType.Null ? null : r.GetBytesFromBase64(); break;
                 case "extents": extents = r.TokenType == JsonTokenType.Null ? null : ReadExtents(ref r); break;
+                case "mtime_ns": mtimeNs = ReadNanoseconds(ref r); break;
+                case "atime": atime = r.GetInt64(); break;
+                case "atime_ns": atimeNs = ReadNanoseconds(ref r); break;
+                case "ctime": ctime = r.GetInt64(); break;
+                case "ctime_ns": ctimeNs = ReadNanoseconds(ref r); break;
+                case "btime": btime = r.GetInt64(); break;
+                case "btime_ns": btimeNs = ReadNanoseconds(ref r); break;
+                case "dev": dev = ReadDevice(ref r); break;
+                case "rdev": rdev = ReadDevice(ref r); break;
+                case "ino": ino = r.GetUInt64(); break;
+                case "nlink": nlink = r.GetUInt32(); break;
+                case "blocks": blocks = r.GetUInt64(); break;
+                case "xattrs": xattrs = r.TokenType == JsonTokenType.Null ? null : ReadXattrs(ref r); break;
+                case "next": next = r.GetInt64(); break;
                 default: r.Skip(); break;
             }
         }
@@ -107,7 +317,22 @@ public static class ApiJson
             name = filePath[(slash + 1)..];
         }
 
-        return new ArchiveEntry(filePath, name, type, leaf, size, mtime, mode, uid, gid, target, error) { Content = content, Extents = extents };
+        return new ArchiveEntry(filePath, name, type, leaf, size, mtime, mode, uid, gid, target, error)
+        {
+            Content = content,
+            Extents = extents,
+            MTimeNs = mtimeNs,
+            ATime = atime is { } a ? new Timestamp(a, atimeNs) : null,
+            CTime = ctime is { } c ? new Timestamp(c, ctimeNs) : null,
+            BTime = btime is { } b ? new Timestamp(b, btimeNs) : null,
+            Dev = dev,
+            RDev = rdev,
+            Ino = ino,
+            NLink = nlink,
+            Blocks = blocks,
+            Xattrs = xattrs,
+            Next = next,
+        };
     }
 
     private static List<FileExtent> ReadExtents(ref Utf8JsonReader r)

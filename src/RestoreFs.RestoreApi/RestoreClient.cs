@@ -31,43 +31,126 @@ public sealed class RestoreClient(IRestoreTransport transport, string ticket, bo
 
     public IAsyncEnumerable<ArchiveEntry> ListAsync(byte[] path, int inlineMax, CancellationToken ct) => ListAsync(path, inlineMax, false, ct);
 
-    public async IAsyncEnumerable<ArchiveEntry> ListAsync(byte[] path, int inlineMax, bool extents, [EnumeratorCancellation] CancellationToken ct)
+    public IAsyncEnumerable<ArchiveEntry> ListAsync(byte[] path, int inlineMax, bool extents, CancellationToken ct) =>
+        ListAsync(path, new ListOptions(inlineMax, extents), ct);
+
+    public async IAsyncEnumerable<ArchiveEntry> ListAsync(byte[] path, ListOptions options, [EnumeratorCancellation] CancellationToken ct)
     {
-        (string, string)[] query = extents
-            ? [("path", Convert.ToBase64String(path)), ("inline", inlineMax.ToString(CultureInfo.InvariantCulture)), ("extents", "1")]
-            : [("path", Convert.ToBase64String(path)), ("inline", inlineMax.ToString(CultureInfo.InvariantCulture))];
-        await using var exchange = await SendAsync("list", ct, query).ConfigureAwait(false);
-        var entries = new EntryStreamReader(exchange.Response.Body).ReadAllAsync(ct).GetAsyncEnumerator(ct);
-        await using (entries.ConfigureAwait(false))
+        long? start = null;
+        var pages = 0;
+        do
         {
-            while (true)
+            var query = new List<(string, string)>
             {
-                ArchiveEntry entry;
-                try
+                ("path", Convert.ToBase64String(path)),
+                ("inline", options.InlineMax.ToString(CultureInfo.InvariantCulture)),
+            };
+            if (options.Extents)
+            {
+                query.Add(("extents", "1"));
+            }
+
+            if (options.Xattrs)
+            {
+                query.Add(("xattrs", "1"));
+            }
+
+            if (options.Limit > 0)
+            {
+                query.Add(("limit", options.Limit.ToString(CultureInfo.InvariantCulture)));
+            }
+
+            if (start is { } from)
+            {
+                query.Add(("start", from.ToString(CultureInfo.InvariantCulture)));
+            }
+
+            var next = (long?)null;
+            await using var exchange = await SendAsync("list", ct, [.. query]).ConfigureAwait(false);
+            var entries = new EntryStreamReader(exchange.Response.Body).ReadAllAsync(ct).GetAsyncEnumerator(ct);
+            await using (entries.ConfigureAwait(false))
+            {
+                while (true)
                 {
-                    if (!await entries.MoveNextAsync().ConfigureAwait(false))
+                    ArchiveEntry entry;
+                    try
                     {
-                        break;
+                        if (!await entries.MoveNextAsync().ConfigureAwait(false))
+                        {
+                            break;
+                        }
+
+                        entry = entries.Current;
+                    }
+                    catch (Exception e) when (IsMalformed(e))
+                    {
+                        throw new IOException($"the restore daemon's list answer is malformed: {e.Message}", e);
                     }
 
-                    entry = entries.Current;
-                }
-                catch (Exception e) when (IsMalformed(e))
-                {
-                    throw new IOException($"the restore daemon's list answer is malformed: {e.Message}", e);
-                }
+                    if (entry.Type == EntryTypes.Failed)
+                    {
+                        throw new RestoreApiException(500, entry.Error ?? "the listing is not complete");
+                    }
 
-                if (entry.Type == EntryTypes.Failed)
-                {
-                    throw new RestoreApiException(500, entry.Error ?? "the listing is not complete");
-                }
+                    if (next is not null)
+                    {
+                        throw new IOException("the restore daemon's list answer goes on after its continuation element");
+                    }
 
-                yield return entry;
+                    if (entry.Type == EntryTypes.More)
+                    {
+                        next = entry.Next ?? throw new IOException("the restore daemon's list answer has a continuation without 'next'");
+                        continue;
+                    }
+
+                    yield return entry;
+                }
             }
-        }
 
-        // Read the rest (the closing bracket and the last chunk) so the answer ends cleanly instead of being reset.
-        await exchange.Response.Body.CopyToAsync(Stream.Null, ct).ConfigureAwait(false);
+            // Read the rest (the closing bracket and the last chunk) so the answer ends cleanly instead of being reset.
+            await exchange.Response.Body.CopyToAsync(Stream.Null, ct).ConfigureAwait(false);
+            if (next is not null && ++pages > MaxPages)
+            {
+                throw new IOException($"the restore daemon's listing of {Encoding.UTF8.GetString(path)} goes on for more than {MaxPages} pages");
+            }
+
+            start = next;
+        }
+        while (start is not null);
+    }
+
+    /// <summary>A listing that needs more pages than this is a daemon going round in circles.</summary>
+    public const int MaxPages = 100_000;
+
+    public async Task<IReadOnlyList<Xattr>> XattrsAsync(byte[] path, CancellationToken ct)
+    {
+        await using var exchange = await SendAsync("xattrs", ct, ("path", Convert.ToBase64String(path))).ConfigureAwait(false);
+        var body = await exchange.ReadAllAsync(ct).ConfigureAwait(false);
+        try
+        {
+            return ApiJson.ReadXattrsAnswer(body);
+        }
+        catch (Exception e) when (IsMalformed(e))
+        {
+            throw new IOException($"the restore daemon's xattrs answer is malformed: {e.Message}", e);
+        }
+    }
+
+    public async Task<long> SeekAsync(byte[] path, long offset, bool data, CancellationToken ct)
+    {
+        await using var exchange = await SendAsync("seek", ct,
+            ("path", Convert.ToBase64String(path)),
+            ("offset", offset.ToString(CultureInfo.InvariantCulture)),
+            ("whence", data ? "data" : "hole")).ConfigureAwait(false);
+        var body = await exchange.ReadAllAsync(ct, 4096).ConfigureAwait(false);
+        try
+        {
+            return ApiJson.ReadSeekAnswer(body);
+        }
+        catch (Exception e) when (IsMalformed(e))
+        {
+            throw new IOException($"the restore daemon's seek answer is malformed: {e.Message}", e);
+        }
     }
 
     /// <summary>A garbled answer is a broken channel for the caller (IOException), not a daemon error.</summary>

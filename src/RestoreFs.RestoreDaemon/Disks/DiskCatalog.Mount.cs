@@ -144,11 +144,15 @@ public sealed partial class DiskCatalog
         return (false, $"{type}: {string.Join("; then ", failures)}", errno);
     }
 
-    /// <summary>NTFS without the kernel's ntfs3: ntfs-3g over FUSE, read-only, without touching a dirty log.</summary>
+    /// <summary>NTFS without the kernel's ntfs3: ntfs-3g over FUSE, read-only, without touching a dirty log. Named data
+    /// streams (alternate data streams) are extended attributes <c>user.&lt;stream&gt;</c> (<c>streams_interface=xattr</c>,
+    /// ntfs-3g's default, set explicitly), so the <c>xattrs</c> endpoint hands them out.</summary>
+    public const string Ntfs3gOptions = "ro,norecover,nosuid,nodev,noexec,streams_interface=xattr";
+
     private string MountNtfs3g(VolumeInfo volume, string target, string kernelError)
     {
         WaitForModules(null); // fuse
-        var result = Tool.Run("ntfs-3g", ["-o", "ro,norecover,nosuid,nodev,noexec", volume.Device, target]);
+        var result = Tool.Run("ntfs-3g", ["-o", Ntfs3gOptions, volume.Device, target]);
         if (result.Ok)
         {
             log($"mounted {volume.Id} ({volume.Device}, ntfs through ntfs-3g) read-only on {target}");

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Text;
 using RestoreFs.RestoreApi;
 using RestoreFs.RestoreDaemon.Native;
@@ -54,12 +55,31 @@ internal static class VolumeFiles
     {
         var path = Join(prefix, name);
         var type = st.TypeChar;
-        return new ArchiveEntry(path, name, type, type != 'd', st.Kind is LibC.S_IFREG or LibC.S_IFLNK or LibC.S_IFDIR ? st.Size : 0UL, st.MTime,
-            st.Mode, st.Uid, st.Gid, target, null);
+        return WithStat(new ArchiveEntry(path, name, type, type != 'd', st.Kind is LibC.S_IFREG or LibC.S_IFLNK or LibC.S_IFDIR ? st.Size : 0UL, st.MTime,
+            st.Mode, st.Uid, st.Gid, target, null), st);
     }
 
+    /// <summary>The entry with everything statx said: exact mode, owner, times with nanoseconds, inode identity, link
+    /// count, allocated blocks, device numbers.</summary>
+    public static ArchiveEntry WithStat(ArchiveEntry e, in StatInfo st) => e with
+    {
+        MTime = st.MTime,
+        MTimeNs = st.MTimeNsec,
+        Mode = st.Mode,
+        Uid = st.Uid,
+        Gid = st.Gid,
+        ATime = new Timestamp(st.ATime, st.ATimeNsec),
+        CTime = new Timestamp(st.CTime, st.CTimeNsec),
+        BTime = st.HasBTime ? new Timestamp(st.BTime, st.BTimeNsec) : null,
+        Dev = new DeviceNumber(st.DevMajor, st.DevMinor),
+        Ino = st.Inode,
+        NLink = st.Links,
+        Blocks = st.Blocks,
+        RDev = st.Kind is LibC.S_IFBLK or LibC.S_IFCHR ? new DeviceNumber(st.RdevMajor, st.RdevMinor) : null,
+    };
+
     /// <summary>Opens the directory the path names (the caller disposes it), or returns the single entry of a non-directory.</summary>
-    public static (Fd? Directory, ArchiveEntry? Single) OpenForList(string mountPoint, IReadOnlyList<byte[]> rest, byte[] prefix)
+    public static (Fd? Directory, ArchiveEntry? Single) OpenForList(string mountPoint, IReadOnlyList<byte[]> rest, byte[] prefix, bool xattrs = false)
     {
         var (parent, name) = Resolve(mountPoint, rest);
         using (parent)
@@ -78,7 +98,13 @@ internal static class VolumeFiles
             if (st.Kind != LibC.S_IFDIR)
             {
                 var parentPrefix = prefix.AsSpan(0, Math.Max(0, prefix.Length - name.Length - 1)).ToArray();
-                return (null, Entry(parentPrefix, name, st, st.Kind == LibC.S_IFLNK ? LibC.ReadLink(parent.Value, name) : null));
+                var single = Entry(parentPrefix, name, st, st.Kind == LibC.S_IFLNK ? LibC.ReadLink(parent.Value, name) : null);
+                if (xattrs)
+                {
+                    single = single with { Xattrs = InlineXattrs(parent.Value, name, new StrongBox<long>(InlineXattrBudget)) };
+                }
+
+                return (null, single);
             }
 
             var fd = LibC.OpenAt(parent.Value, name, LibC.O_RDONLY | LibC.O_DIRECTORY | LibC.O_NOFOLLOW);
@@ -91,16 +117,58 @@ internal static class VolumeFiles
         }
     }
 
+    /// <summary>At most this many attribute value bytes of one entry are sent inline in a listing (<c>xattrs=1</c>).</summary>
+    public const int InlineXattrMax = 16 * 1024;
+
+    /// <summary>At most this many attribute value bytes are inlined in one listing answer.</summary>
+    public const long InlineXattrBudget = 8L << 20;
+
     /// <param name="inlineMax">Regular files up to this size come with their content…</param>
     /// <param name="inlineBudget">…until this many bytes were inlined in the listing. Contents are read several at a
     /// time: on a virtual disk each small read waits for the host, and waits overlap.</param>
     /// <param name="map">When set, regular files come with their extents on the disk where the file system gives an
     /// exact map (and then without inline content).</param>
-    public static IEnumerable<ArchiveEntry> ListDirectory(Fd directory, byte[] prefix, int inlineMax = 0, long inlineBudget = 0, ExtentMapping? map = null)
+    /// <param name="xattrs">Entries come with their extended attributes when they are small (see <see cref="InlineXattrMax"/>).</param>
+    /// <param name="start">0, or the <c>next</c> of the previous page: where in the directory to begin.</param>
+    /// <param name="limit">After this many names, the listing ends with a <see cref="EntryTypes.More"/> element when the
+    /// directory goes on.</param>
+    public static IEnumerable<ArchiveEntry> ListDirectory(Fd directory, byte[] prefix, int inlineMax = 0, long inlineBudget = 0, ExtentMapping? map = null,
+        bool xattrs = false, long start = 0, int limit = int.MaxValue)
     {
-        var batch = new List<(ArchiveEntry Entry, bool Inline)>(64);
-        foreach (var name in LibC.ReadDirectory(directory.Value))
+        if (start != 0 && LibC.LSeek(directory.Value, start, LibC.SEEK_SET) < 0)
         {
+            throw new BadRequestException($"start={start} is not a position in this directory: {LibC.StrError(LibC.Errno)}");
+        }
+
+        var xattrBudget = new StrongBox<long>(xattrs ? InlineXattrBudget : 0);
+        var batch = new List<(ArchiveEntry Entry, bool Inline)>(64);
+        // Names are unique in an answer: a damaged directory may repeat one, which is then left out.
+        var seen = new HashSet<byte[]>(ByteNames.Comparer);
+        var consumed = 0;
+        long position = start;
+        using var names = LibC.ReadDirectoryEntries(directory.Value).GetEnumerator();
+        while (names.MoveNext())
+        {
+            if (consumed == limit)
+            {
+                foreach (var e in Complete(directory.Value, batch, map, xattrBudget))
+                {
+                    yield return e;
+                }
+
+                batch.Clear();
+                yield return new ArchiveEntry(prefix, [], EntryTypes.More, true, null, null, 0, 0, 0, null, null) { Next = position };
+                yield break;
+            }
+
+            var (name, next) = names.Current;
+            consumed++;
+            position = next;
+            if (!seen.Add(name))
+            {
+                continue;
+            }
+
             var r = LibC.Stat(directory.Value, name, out var st);
             if (r == -LibC.ENOENT)
             {
@@ -117,6 +185,11 @@ internal static class VolumeFiles
             }
 
             var entry = Entry(prefix, name, st, st.Kind == LibC.S_IFLNK ? LibC.ReadLink(directory.Value, name) : null);
+            if (xattrs)
+            {
+                entry = entry with { Xattrs = Pending };
+            }
+
             var inline = st.Kind == LibC.S_IFREG && (long)st.Size <= inlineMax && (long)st.Size <= inlineBudget;
             if (inline)
             {
@@ -126,7 +199,7 @@ internal static class VolumeFiles
             batch.Add((entry, inline));
             if (batch.Count == 64)
             {
-                foreach (var e in Complete(directory.Value, batch, map))
+                foreach (var e in Complete(directory.Value, batch, map, xattrBudget))
                 {
                     yield return e;
                 }
@@ -135,18 +208,26 @@ internal static class VolumeFiles
             }
         }
 
-        foreach (var e in Complete(directory.Value, batch, map))
+        foreach (var e in Complete(directory.Value, batch, map, xattrBudget))
         {
             yield return e;
         }
     }
 
-    private static ArchiveEntry[] Complete(int dirfd, List<(ArchiveEntry Entry, bool Inline)> batch, ExtentMapping? map)
+    /// <summary>Marks an entry whose attributes are still to be read in <see cref="Complete"/>.</summary>
+    private static readonly Xattr[] Pending = [];
+
+    private static ArchiveEntry[] Complete(int dirfd, List<(ArchiveEntry Entry, bool Inline)> batch, ExtentMapping? map, StrongBox<long> xattrBudget)
     {
         var result = new ArchiveEntry[batch.Count];
         Parallel.For(0, batch.Count, new ParallelOptions { MaxDegreeOfParallelism = 8 }, i =>
         {
             var (entry, inline) = batch[i];
+            if (ReferenceEquals(entry.Xattrs, Pending))
+            {
+                entry = entry with { Xattrs = InlineXattrs(dirfd, entry.Name, xattrBudget) };
+            }
+
             if (map is not null && entry.Type == 'f' && MapFile(dirfd, entry.Name, (long)(entry.Size ?? 0), map) is { } extents)
             {
                 result[i] = entry with { Extents = extents };
@@ -156,6 +237,34 @@ internal static class VolumeFiles
             result[i] = inline && ReadSmall(dirfd, entry.Name, (int)(entry.Size ?? 0)) is { } content ? entry with { Content = content } : entry;
         });
         return result;
+    }
+
+    /// <summary>The attributes when they are small and the answer's budget allows; otherwise null (the host asks
+    /// <c>xattrs</c>, which also reports errors).</summary>
+    private static IReadOnlyList<Xattr>? InlineXattrs(int dirfd, byte[] name, StrongBox<long> budget)
+    {
+        if (Interlocked.Read(ref budget.Value) <= 0)
+        {
+            return null;
+        }
+
+        List<Xattr>? list;
+        try
+        {
+            list = XattrReader.Read(dirfd, name, InlineXattrMax);
+        }
+        catch (IOException)
+        {
+            return null;
+        }
+
+        if (list is null)
+        {
+            return null;
+        }
+
+        var bytes = list.Sum(x => (long)x.Name.Length + (x.Value?.Length ?? 0));
+        return Interlocked.Add(ref budget.Value, -bytes) >= 0 ? list : null;
     }
 
     private static IReadOnlyList<FileExtent>? MapFile(int dirfd, byte[] name, long size, ExtentMapping map)
@@ -217,5 +326,20 @@ internal static class VolumeFiles
 
             return file;
         }
+    }
+}
+
+/// <summary>File names as bytes, compared by content.</summary>
+internal sealed class ByteNames : IEqualityComparer<byte[]>
+{
+    public static readonly ByteNames Comparer = new();
+
+    public bool Equals(byte[]? x, byte[]? y) => x.AsSpan().SequenceEqual(y);
+
+    public int GetHashCode(byte[] obj)
+    {
+        var h = new HashCode();
+        h.AddBytes(obj);
+        return h.ToHashCode();
     }
 }

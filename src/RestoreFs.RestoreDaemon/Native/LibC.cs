@@ -9,7 +9,9 @@ internal static unsafe partial class LibC
 {
     public const int O_RDONLY = 0, O_NOFOLLOW = 0x20000, O_DIRECTORY = 0x10000, O_CLOEXEC = 0x80000, O_NONBLOCK = 0x800;
     public const int AT_FDCWD = -100, AT_SYMLINK_NOFOLLOW = 0x100, AT_EMPTY_PATH = 0x1000;
-    public const uint STATX_BASIC = 0x7ff;
+    public const uint STATX_BASIC = 0x7ff, STATX_BTIME = 0x800;
+    public const int ENXIO = 6, E2BIG = 7, ERANGE = 34, ENODATA = 61, EOPNOTSUPP = 95;
+    public const int SEEK_SET = 0, SEEK_DATA = 3, SEEK_HOLE = 4;
     public const int EINTR = 4, ENOENT = 2, EACCES = 13, ELOOP = 40, ENOTDIR = 20, EINVAL = 22, EBUSY = 16;
     public const uint S_IFMT = 0xF000, S_IFDIR = 0x4000, S_IFREG = 0x8000, S_IFLNK = 0xA000, S_IFBLK = 0x6000, S_IFCHR = 0x2000,
         S_IFIFO = 0x1000, S_IFSOCK = 0xC000;
@@ -74,6 +76,68 @@ internal static unsafe partial class LibC
         }
     }
 
+    [LibraryImport("libc", EntryPoint = "llistxattr", SetLastError = true)]
+    private static partial nint LListXattrRaw(byte* path, byte* list, nuint size);
+
+    [LibraryImport("libc", EntryPoint = "lgetxattr", SetLastError = true)]
+    private static partial nint LGetXattrRaw(byte* path, byte* name, byte* value, nuint size);
+
+    /// <summary>llistxattr(2) into <paramref name="buffer"/> (empty: size probe); the byte count, or -errno.</summary>
+    public static int LListXattr(ReadOnlySpan<byte> path, Span<byte> buffer)
+    {
+        Span<byte> z = stackalloc byte[path.Length + 1];
+        path.CopyTo(z);
+        z[^1] = 0;
+        fixed (byte* p = z)
+        fixed (byte* b = buffer)
+        {
+            while (true)
+            {
+                var n = LListXattrRaw(p, buffer.IsEmpty ? null : b, (nuint)buffer.Length);
+                if (n >= 0)
+                {
+                    return (int)n;
+                }
+
+                var e = Errno;
+                if (e != EINTR)
+                {
+                    return -e;
+                }
+            }
+        }
+    }
+
+    /// <summary>lgetxattr(2) into <paramref name="buffer"/> (empty: size probe); the byte count, or -errno.</summary>
+    public static int LGetXattr(ReadOnlySpan<byte> path, ReadOnlySpan<byte> name, Span<byte> buffer)
+    {
+        Span<byte> z = stackalloc byte[path.Length + 1];
+        path.CopyTo(z);
+        z[^1] = 0;
+        Span<byte> zn = stackalloc byte[name.Length + 1];
+        name.CopyTo(zn);
+        zn[^1] = 0;
+        fixed (byte* p = z)
+        fixed (byte* np = zn)
+        fixed (byte* b = buffer)
+        {
+            while (true)
+            {
+                var n = LGetXattrRaw(p, np, buffer.IsEmpty ? null : b, (nuint)buffer.Length);
+                if (n >= 0)
+                {
+                    return (int)n;
+                }
+
+                var e = Errno;
+                if (e != EINTR)
+                {
+                    return -e;
+                }
+            }
+        }
+    }
+
     [LibraryImport("libc", EntryPoint = "ioctl", SetLastError = true)]
     public static partial int Ioctl(int fd, nuint request, byte* argument);
 
@@ -130,7 +194,7 @@ internal static unsafe partial class LibC
         fixed (byte* p = z)
         {
             var flags = AT_SYMLINK_NOFOLLOW | (name.IsEmpty ? AT_EMPTY_PATH : 0);
-            if (StatxRaw(dirfd, p, flags, STATX_BASIC, buffer) != 0)
+            if (StatxRaw(dirfd, p, flags, STATX_BASIC | STATX_BTIME, buffer) != 0)
             {
                 info = default;
                 return -Errno;
@@ -138,6 +202,7 @@ internal static unsafe partial class LibC
         }
 
         var s = new ReadOnlySpan<byte>(buffer, 256);
+        var mask = BinaryPrimitives.ReadUInt32LittleEndian(s);
         info = new StatInfo(
             Mode: BinaryPrimitives.ReadUInt16LittleEndian(s[28..]),
             Uid: BinaryPrimitives.ReadUInt32LittleEndian(s[20..]),
@@ -148,7 +213,19 @@ internal static unsafe partial class LibC
             Inode: BinaryPrimitives.ReadUInt64LittleEndian(s[32..]),
             Links: BinaryPrimitives.ReadUInt32LittleEndian(s[16..]),
             RdevMajor: BinaryPrimitives.ReadUInt32LittleEndian(s[128..]),
-            RdevMinor: BinaryPrimitives.ReadUInt32LittleEndian(s[132..]));
+            RdevMinor: BinaryPrimitives.ReadUInt32LittleEndian(s[132..]))
+        {
+            Blocks = BinaryPrimitives.ReadUInt64LittleEndian(s[48..]),
+            ATime = BinaryPrimitives.ReadInt64LittleEndian(s[64..]),
+            ATimeNsec = BinaryPrimitives.ReadUInt32LittleEndian(s[72..]),
+            HasBTime = (mask & STATX_BTIME) != 0,
+            BTime = BinaryPrimitives.ReadInt64LittleEndian(s[80..]),
+            BTimeNsec = BinaryPrimitives.ReadUInt32LittleEndian(s[88..]),
+            CTime = BinaryPrimitives.ReadInt64LittleEndian(s[96..]),
+            CTimeNsec = BinaryPrimitives.ReadUInt32LittleEndian(s[104..]),
+            DevMajor = BinaryPrimitives.ReadUInt32LittleEndian(s[136..]),
+            DevMinor = BinaryPrimitives.ReadUInt32LittleEndian(s[140..]),
+        };
         return 0;
     }
 
@@ -167,7 +244,10 @@ internal static unsafe partial class LibC
     }
 
     /// <summary>Directory entries of an open directory as raw name bytes (without . and ..).</summary>
-    public static IEnumerable<byte[]> ReadDirectory(int fd)
+    public static IEnumerable<byte[]> ReadDirectory(int fd) => ReadDirectoryEntries(fd).Select(e => e.Name);
+
+    /// <summary>Names with the directory position after each (d_off: lseek(SEEK_SET) to it continues after that name).</summary>
+    public static IEnumerable<(byte[] Name, long Next)> ReadDirectoryEntries(int fd)
     {
         var buffer = new byte[64 * 1024];
         while (true)
@@ -183,24 +263,25 @@ internal static unsafe partial class LibC
                 yield break;
             }
 
-            var names = new List<byte[]>();
+            var names = new List<(byte[], long)>();
             for (var offset = 0; offset < n;)
             {
+                var next = BinaryPrimitives.ReadInt64LittleEndian(buffer.AsSpan(offset + 8));
                 var recordLength = BinaryPrimitives.ReadUInt16LittleEndian(buffer.AsSpan(offset + 16));
                 var nameSpan = buffer.AsSpan(offset + 19, recordLength - 19);
                 var end = nameSpan.IndexOf((byte)0);
                 var name = (end < 0 ? nameSpan : nameSpan[..end]).ToArray();
                 if (!(name is [(byte)'.'] or [(byte)'.', (byte)'.']))
                 {
-                    names.Add(name);
+                    names.Add((name, next));
                 }
 
                 offset += recordLength;
             }
 
-            foreach (var name in names)
+            foreach (var entry in names)
             {
-                yield return name;
+                yield return entry;
             }
         }
     }
@@ -247,6 +328,29 @@ internal static unsafe partial class LibC
 internal readonly record struct StatInfo(uint Mode, uint Uid, uint Gid, ulong Size, long MTime, uint MTimeNsec, ulong Inode, uint Links,
     uint RdevMajor, uint RdevMinor)
 {
+    /// <summary>Allocated 512-byte units (stx_blocks).</summary>
+    public ulong Blocks { get; init; }
+
+    public long ATime { get; init; }
+
+    public uint ATimeNsec { get; init; }
+
+    public long CTime { get; init; }
+
+    public uint CTimeNsec { get; init; }
+
+    /// <summary>Whether the file system reported a birth time (statx STATX_BTIME).</summary>
+    public bool HasBTime { get; init; }
+
+    public long BTime { get; init; }
+
+    public uint BTimeNsec { get; init; }
+
+    /// <summary>The device holding the file (stx_dev_major/minor): a btrfs subvolume has its own.</summary>
+    public uint DevMajor { get; init; }
+
+    public uint DevMinor { get; init; }
+
     public uint Kind => Mode & LibC.S_IFMT;
 
     public char TypeChar => Kind switch

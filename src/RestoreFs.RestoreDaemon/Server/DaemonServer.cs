@@ -166,7 +166,7 @@ public sealed class DaemonServer : IDisposable
         }
 
         var endpoint = path.Length > "/api2/json".Length ? path["/api2/json/".Length..] : "";
-        var known = endpoint is "" or "status" or "list" or "read" or "extract" or "stop";
+        var known = endpoint is "" or "status" or "list" or "read" or "extract" or "stop" or "xattrs" or "seek";
         if (!known)
         {
             await TextAsync(stream, 404, $"no such endpoint '{endpoint}'", ct).ConfigureAwait(false);
@@ -192,7 +192,7 @@ public sealed class DaemonServer : IDisposable
                 await JsonAsync(stream, w =>
                 {
                     w.WriteStartArray();
-                    foreach (var e in new[] { "extract", "list", "read", "status", "stop" })
+                    foreach (var e in new[] { "extract", "list", "read", "seek", "status", "stop", "xattrs" })
                     {
                         w.WriteStartObject();
                         w.WriteString("subdir", e);
@@ -218,8 +218,12 @@ public sealed class DaemonServer : IDisposable
                 return 200;
             case "list":
                 Watchdog.Touch();
-                await ListAsync(stream, PathOf(request), request.Query.ContainsKey("inline") ? (int)Number(request, "inline", 0, 1 << 20) : 0,
-                    request.Query.ContainsKey("extents") && Number(request, "extents", 0, 1) == 1, ct).ConfigureAwait(false);
+                await ListAsync(stream, PathOf(request), new ListParameters(
+                    request.Query.ContainsKey("inline") ? (int)Number(request, "inline", 0, 1 << 20) : 0,
+                    request.Query.ContainsKey("extents") && Number(request, "extents", 0, 1) == 1,
+                    request.Query.ContainsKey("xattrs") && Number(request, "xattrs", 0, 1) == 1,
+                    request.Query.ContainsKey("start") ? Number(request, "start", long.MinValue, long.MaxValue) : 0,
+                    request.Query.ContainsKey("limit") ? (int)Number(request, "limit", 1, MaxListLimit) : DefaultListLimit), ct).ConfigureAwait(false);
                 Watchdog.Touch();
                 return 200;
             case "read":
@@ -229,6 +233,14 @@ public sealed class DaemonServer : IDisposable
                 return 200;
             case "extract":
                 await ExtractAsync(stream, request, ct).ConfigureAwait(false);
+                return 200;
+            case "xattrs":
+                Watchdog.Touch();
+                await XattrsAsync(stream, request, ct).ConfigureAwait(false);
+                return 200;
+            case "seek":
+                Watchdog.Touch();
+                await SeekAsync(stream, request, ct).ConfigureAwait(false);
                 return 200;
             default: // stop
                 log("stop requested");
@@ -264,7 +276,8 @@ public sealed class DaemonServer : IDisposable
 
     private static long Number(Http.Request r, string name, long min, long max)
     {
-        if (!r.Query.TryGetValue(name, out var text) || !long.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out var value)
+        if (!r.Query.TryGetValue(name, out var text)
+            || !long.TryParse(text, min < 0 ? NumberStyles.AllowLeadingSign : NumberStyles.None, CultureInfo.InvariantCulture, out var value)
             || value < min || value > max)
         {
             throw new BadRequestException($"parameter '{name}' must be a number from {min} to {max}");
@@ -301,7 +314,16 @@ public sealed class DaemonServer : IDisposable
     /// <summary>At most this much file content is inlined in one listing.</summary>
     public const long InlineBudget = 32L << 20;
 
-    private async Task ListAsync(Stream stream, byte[] raw, int inlineMax, bool extents, CancellationToken ct)
+    /// <summary>Entries per <c>list</c> answer when the client sets no <c>limit</c>; a longer directory ends the answer with
+    /// a <see cref="EntryTypes.More"/> element.</summary>
+    public const int DefaultListLimit = 100_000;
+
+    /// <summary>The largest <c>limit</c> a client may ask for.</summary>
+    public const int MaxListLimit = 1 << 20;
+
+    private sealed record ListParameters(int InlineMax, bool Extents, bool Xattrs, long Start, int Limit);
+
+    private async Task ListAsync(Stream stream, byte[] raw, ListParameters p, CancellationToken ct)
     {
         var disks = await catalog.GetDisksAsync(ct).ConfigureAwait(false);
         var path = ApiPath.Parse(raw, disks);
@@ -322,8 +344,8 @@ public sealed class DaemonServer : IDisposable
         }
 
         var mountPoint = await MountAsync(path.Volume, ct).ConfigureAwait(false);
-        var map = extents ? Mapping(path.Volume) : null;
-        var (directory, single) = VolumeFiles.OpenForList(mountPoint, path.Rest, path.Prefix);
+        var map = p.Extents ? Mapping(path.Volume) : null;
+        var (directory, single) = VolumeFiles.OpenForList(mountPoint, path.Rest, path.Prefix, p.Xattrs);
         if (single is not null)
         {
             await JsonAsync(stream, w =>
@@ -347,8 +369,15 @@ public sealed class DaemonServer : IDisposable
                 w.WritePropertyName("data");
                 w.WriteStartArray();
                 var n = 0;
-                foreach (var entry in VolumeFiles.ListDirectory(directory!, path.Prefix, inlineMax, InlineBudget, map))
+                ArchiveEntry? more = null;
+                foreach (var entry in VolumeFiles.ListDirectory(directory!, path.Prefix, p.InlineMax, InlineBudget, map, p.Xattrs, p.Start, p.Limit))
                 {
+                    if (entry.Type == EntryTypes.More)
+                    {
+                        more = entry;
+                        break;
+                    }
+
                     ApiJson.WriteEntry(w, entry);
                     Interlocked.Increment(ref entriesListed);
                     if (++n % 256 == 0 || w.BytesPending > 1 << 20)
@@ -364,6 +393,11 @@ public sealed class DaemonServer : IDisposable
                     log($"list {path.Volume.Id}: {damage}");
                     ApiJson.WriteEntry(w, new ArchiveEntry(path.Prefix, [], EntryTypes.Failed, true, null, null, 0, 0, 0, null,
                         $"{Encoding.UTF8.GetString(path.Prefix)} cannot be listed completely: {damage}"));
+                }
+
+                if (more is not null)
+                {
+                    ApiJson.WriteEntry(w, more);
                 }
 
                 w.WriteEndArray();
@@ -405,9 +439,30 @@ public sealed class DaemonServer : IDisposable
         var volumes = path.Disk.Volumes;
         if (path.Bucket is null)
         {
-            // raw is itself the volume: it carries the volume's place on the disk, as volume entries below do.
-            return volumes.Select(v => v.Bucket).Distinct().Order(StringComparer.Ordinal)
-                .Select(b => Virtual(b, 'v', null) with { Extents = b == "raw" ? PlacementOf(volumes.First(v => v.Bucket == "raw")) : null }).ToList();
+            // raw is itself the volume: it carries the volume's place on the disk, as volume entries below do, and the
+            // attributes of its file system's root when it mounts.
+            var buckets = new List<ArchiveEntry>();
+            foreach (var b in volumes.Select(v => v.Bucket).Distinct().Order(StringComparer.Ordinal))
+            {
+                var entry = Virtual(b, 'v', null);
+                if (b == "raw")
+                {
+                    var raw = volumes.First(v => v.Bucket == "raw");
+                    entry = entry with { Extents = PlacementOf(raw) };
+                    try
+                    {
+                        entry = RootStat(entry, await catalog.MountAsync(raw, ct).ConfigureAwait(false));
+                    }
+                    catch (VolumeException)
+                    {
+                        // listed as before; asking inside it names the reason
+                    }
+                }
+
+                buckets.Add(entry);
+            }
+
+            return buckets;
         }
 
         var inBucket = volumes.Where(v => v.Bucket == path.Bucket && v.Components.Take(path.Levels.Count).SequenceEqual(path.Levels)).ToList();
@@ -420,19 +475,108 @@ public sealed class DaemonServer : IDisposable
         foreach (var volume in inBucket)
         {
             string? error = null;
+            string? mountPoint = null;
             try
             {
-                await catalog.MountAsync(volume, ct).ConfigureAwait(false);
+                mountPoint = await catalog.MountAsync(volume, ct).ConfigureAwait(false);
             }
             catch (VolumeException e)
             {
                 error = e.Message;
             }
 
-            result.Add(Virtual(volume.Components[^1], 'd', volume.Size, error) with { Extents = PlacementOf(volume) });
+            var entry = Virtual(volume.Components[^1], 'd', volume.Size, error) with { Extents = PlacementOf(volume) };
+            result.Add(mountPoint is null ? entry : RootStat(entry, mountPoint));
         }
 
         return result;
+    }
+
+    /// <summary>A volume entry with the attributes of its file system's root (statx of the mounted root): mode, owner,
+    /// times, inode, device. Its <c>size</c> stays the volume's size.</summary>
+    private static ArchiveEntry RootStat(ArchiveEntry entry, string mountPoint)
+    {
+        var fd = Native.LibC.OpenPath(mountPoint, Native.LibC.O_RDONLY | Native.LibC.O_DIRECTORY);
+        if (fd < 0)
+        {
+            return entry;
+        }
+
+        using var root = new Native.Fd(fd);
+        return Native.LibC.Stat(fd, [], out var st) == 0 ? VolumeFiles.WithStat(entry, st) with { Size = entry.Size } : entry;
+    }
+
+    /// <summary><c>xattrs?path=B64</c>: every extended attribute of one entry (a symlink's own; the volume root for a
+    /// volume path), values exact or error entries (see <see cref="XattrReader"/>).</summary>
+    private async Task XattrsAsync(Stream stream, Http.Request request, CancellationToken ct)
+    {
+        var (path, mountPoint) = await ResolveAsync(PathOf(request), ct).ConfigureAwait(false);
+        if (mountPoint is null)
+        {
+            throw new BadRequestException("xattrs needs a path inside a volume (or a volume itself)");
+        }
+
+        var (parent, name) = VolumeFiles.Resolve(mountPoint, path.Rest);
+        List<Xattr> xattrs;
+        using (parent)
+        {
+            if (name.Length > 0 && Native.LibC.Stat(parent.Value, name, out _) is var r and < 0)
+            {
+                throw new BadRequestException($"{VolumeFiles.Show(path.Rest)}: {VolumeFiles.Reason(-r)}");
+            }
+
+            try
+            {
+                xattrs = XattrReader.Read(parent.Value, name)!;
+            }
+            catch (IOException e)
+            {
+                throw new BadRequestException($"{VolumeFiles.Show(path.Rest)}: {e.Message}");
+            }
+        }
+
+        await JsonAsync(stream, w => ApiJson.WriteXattrs(w, xattrs), ct).ConfigureAwait(false);
+    }
+
+    /// <summary><c>seek?path=B64&amp;offset=N&amp;whence=data|hole</c>: lseek(SEEK_DATA/SEEK_HOLE) on a regular file;
+    /// <c>{"data":{"offset":N}}</c>, -1 when the kernel answers ENXIO (no data/hole at or after the offset).</summary>
+    private async Task SeekAsync(Stream stream, Http.Request request, CancellationToken ct)
+    {
+        var (path, mountPoint) = await ResolveAsync(PathOf(request), ct).ConfigureAwait(false);
+        if (mountPoint is null)
+        {
+            throw new BadRequestException("seek needs a file inside a volume");
+        }
+
+        var offset = Number(request, "offset", 0, long.MaxValue);
+        var whence = request.Query.GetValueOrDefault("whence") switch
+        {
+            "data" => Native.LibC.SEEK_DATA,
+            "hole" => Native.LibC.SEEK_HOLE,
+            var other => throw new BadRequestException($"whence '{other}' is not data or hole"),
+        };
+        long found;
+        using (var file = VolumeFiles.OpenFile(mountPoint, path.Rest, out _))
+        {
+            found = Native.LibC.LSeek(file.Value, offset, whence);
+            if (found < 0)
+            {
+                var errno = Native.LibC.Errno;
+                if (errno != Native.LibC.ENXIO)
+                {
+                    throw new BadRequestException($"{VolumeFiles.Show(path.Rest)}: lseek: {Native.LibC.StrError(errno)}");
+                }
+
+                found = -1;
+            }
+        }
+
+        await JsonAsync(stream, w =>
+        {
+            w.WriteStartObject();
+            w.WriteNumber("offset", found);
+            w.WriteEndObject();
+        }, ct).ConfigureAwait(false);
     }
 
     /// <summary>A volume's place on its disk, as extents of the volume (logical = offset in the volume): the host
