@@ -8,7 +8,9 @@
 #   ceph-rgw.sh stop-rgw DIR   stop only radosgw (the data stays; `start` brings it back on the same port)
 #   ceph-rgw.sh env DIR [admin|readonly]
 #                              AWS_ENDPOINT_URL / AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_REGION lines;
-#                              without a user: the admin's as AWS_*, then the read-only user's as READONLY_AWS_*
+#                              without a user: the admin's as AWS_*, then RGW_HTTPS_ENDPOINT (https with a
+#                              self-signed certificate) and RGW_CERT_SHA256 (its fingerprint), then the read-only
+#                              user's as READONLY_AWS_*
 #   ceph-rgw.sh bucket DIR NAME...
 #                              create buckets (owned by the admin) whose policy lets the read-only user
 #                              GetObject and ListBucket; idempotent
@@ -25,7 +27,7 @@ REGION=${CEPH_RGW_REGION:-us-east-1}
 
 die() { echo "ceph-rgw: $*" >&2; exit 1; }
 
-usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 [ $# -ge 2 ] || usage
 cmd=$1
@@ -83,8 +85,12 @@ pick_port() { # RECORDED
   die "no free port found"
 }
 
+write_ports() {
+  printf 'MON_V2=%s\nMON_V1=%s\nRGW_PORT=%s\nTLS_PORT=%s\n' "$MON_V2" "$MON_V1" "$RGW_PORT" "$TLS_PORT" >"$DIR/ports"
+}
+
 read_ports() {
-  MON_V2=; MON_V1=; RGW_PORT=
+  MON_V2=; MON_V1=; RGW_PORT=; TLS_PORT=
   # shellcheck disable=SC1091
   [ -f "$DIR/ports" ] && . "$DIR/ports"
   return 0
@@ -120,6 +126,10 @@ print_env() { # admin|readonly|both
       echo "AWS_REGION=$REGION"
       ;;
   esac
+  if [ "$1" = both ] && [ -n "$TLS_PORT" ] && [ -s "$DIR/tls/cert.pem" ]; then
+    echo "RGW_HTTPS_ENDPOINT=https://127.0.0.1:$TLS_PORT"
+    echo "RGW_CERT_SHA256=$(openssl x509 -in "$DIR/tls/cert.pem" -noout -fingerprint -sha256 | cut -d= -f2)"
+  fi
   case $1 in
     readonly) local p= ;;
     both) local p=READONLY_ ;;
@@ -129,6 +139,16 @@ print_env() { # admin|readonly|both
   echo "${p}AWS_ACCESS_KEY_ID=$RO_ACCESS"
   echo "${p}AWS_SECRET_ACCESS_KEY=$RO_SECRET"
   echo "${p}AWS_REGION=$REGION"
+}
+
+# A self-signed certificate for the https listener (kept across rebuilds, like the keys).
+ensure_cert() {
+  [ -s "$DIR/tls/cert.pem" ] && [ -s "$DIR/tls/key.pem" ] && return 0
+  mkdir -p "$DIR/tls"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 -subj /CN=localhost \
+    -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" -keyout "$DIR/tls/key.pem" -out "$DIR/tls/cert.pem" >/dev/null 2>&1 ||
+    die "openssl could not make a certificate"
+  chmod 600 "$DIR/tls/key.pem"
 }
 
 gen_cephx_key() {
@@ -195,7 +215,7 @@ osd_memory_target = 1073741824
 [client.rgw.a]
 keyring = $DIR/rgw.keyring
 rgw_data = $DIR/rgw
-rgw_frontends = beast endpoint=127.0.0.1:$RGW_PORT tcp_nodelay=1
+rgw_frontends = beast endpoint=127.0.0.1:$RGW_PORT ssl_endpoint=127.0.0.1:$TLS_PORT ssl_certificate=$DIR/tls/cert.pem ssl_private_key=$DIR/tls/key.pem tcp_nodelay=1
 rgw_dns_name = localhost
 rgw_enable_lc_threads = false
 EOF
@@ -215,9 +235,10 @@ wait_rgw() { # SECONDS
 start_rgw() {
   read_ports
   RGW_PORT=$(pick_port "$RGW_PORT")
-  echo "MON_V2=$MON_V2 MON_V1=$MON_V1 RGW_PORT=$RGW_PORT" | tr ' ' '\n' >"$DIR/ports"
+  TLS_PORT=$(pick_port "$TLS_PORT")
+  write_ports
   # The port sits in the config; rewrite only its line when it moved.
-  sed -i "s|^rgw_frontends = .*|rgw_frontends = beast endpoint=127.0.0.1:$RGW_PORT tcp_nodelay=1|" "$CONF"
+  sed -i "s|^rgw_frontends = .*|rgw_frontends = beast endpoint=127.0.0.1:$RGW_PORT ssl_endpoint=127.0.0.1:$TLS_PORT ssl_certificate=$DIR/tls/cert.pem ssl_private_key=$DIR/tls/key.pem tcp_nodelay=1|" "$CONF"
   spawn rgw "$DIR/log/rgw.out" radosgw -c "$CONF" -n client.rgw.a -f
   wait_rgw 60
 }
@@ -234,7 +255,10 @@ fresh_cluster() {
   [ "$MON_V1" != "$MON_V2" ] || MON_V1=$(pick_port "")
   RGW_PORT=$(pick_port "$RGW_PORT")
   while [ "$RGW_PORT" = "$MON_V1" ] || [ "$RGW_PORT" = "$MON_V2" ]; do RGW_PORT=$(pick_port ""); done
-  printf 'MON_V2=%s\nMON_V1=%s\nRGW_PORT=%s\n' "$MON_V2" "$MON_V1" "$RGW_PORT" >"$DIR/ports"
+  TLS_PORT=$(pick_port "$TLS_PORT")
+  while [ "$TLS_PORT" = "$MON_V1" ] || [ "$TLS_PORT" = "$MON_V2" ] || [ "$TLS_PORT" = "$RGW_PORT" ]; do TLS_PORT=$(pick_port ""); done
+  write_ports
+  ensure_cert
   FSID=$(cat /proc/sys/kernel/random/uuid)
   local osd_uuid
   osd_uuid=$(cat /proc/sys/kernel/random/uuid)
@@ -313,7 +337,7 @@ do_start() {
     date -u +%FT%TZ >"$DIR/ready"
   fi
   read_ports
-  echo "ceph-rgw: S3 on http://127.0.0.1:$RGW_PORT (mon $MON_V2/$MON_V1, data in $DIR, $((SECONDS - t0)) s)" >&2
+  echo "ceph-rgw: S3 on http://127.0.0.1:$RGW_PORT and https://127.0.0.1:$TLS_PORT (mon $MON_V2/$MON_V1, data in $DIR, $((SECONDS - t0)) s)" >&2
   print_env both
 }
 

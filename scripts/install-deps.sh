@@ -34,7 +34,7 @@ fi
 # S3 datastores: a single-node Ceph + radosgw for the tests (scripts/ceph-rgw.sh). Installing the four packages
 # without Recommends took 53 s here (about 75 MB download); nothing is started by the packages.
 ceph_missing=()
-for p in ceph-mon ceph-osd radosgw ceph-common curl; do
+for p in ceph-mon ceph-osd radosgw ceph-common curl openssl; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || ceph_missing+=("$p")
 done
 if [ ${#ceph_missing[@]} -gt 0 ]; then

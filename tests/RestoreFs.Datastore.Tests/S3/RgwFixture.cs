@@ -16,7 +16,7 @@ public sealed class RgwFixture : IDisposable
 
     public RgwFixture()
     {
-        foreach (var tool in new[] { "ceph-mon", "ceph-osd", "radosgw", "ceph", "curl" })
+        foreach (var tool in new[] { "ceph-mon", "ceph-osd", "radosgw", "ceph", "curl", "openssl" })
         {
             try
             {
@@ -25,13 +25,15 @@ public sealed class RgwFixture : IDisposable
             catch (InvalidOperationException)
             {
                 throw new InvalidOperationException(
-                    $"the S3 tests need a local Ceph RGW, but '{tool}' is not installed: run scripts/install-deps.sh (ceph-mon ceph-osd radosgw ceph-common curl)");
+                    $"the S3 tests need a local Ceph RGW, but '{tool}' is not installed: run scripts/install-deps.sh (ceph-mon ceph-osd radosgw ceph-common curl openssl)");
             }
         }
 
         Run("start", TimeSpan.FromMinutes(2));
         var env = ParseEnv(Run("env", TimeSpan.FromSeconds(10)));
         Endpoint = env["AWS_ENDPOINT_URL"];
+        HttpsEndpoint = env["RGW_HTTPS_ENDPOINT"];
+        CertificateSha256 = env["RGW_CERT_SHA256"];
         Admin = new S3Options { Endpoint = Endpoint, Region = env["AWS_REGION"], AccessKeyId = env["AWS_ACCESS_KEY_ID"], SecretAccessKey = env["AWS_SECRET_ACCESS_KEY"], Addressing = S3Addressing.Path };
         ReadOnly = Admin with { AccessKeyId = env["READONLY_AWS_ACCESS_KEY_ID"], SecretAccessKey = env["READONLY_AWS_SECRET_ACCESS_KEY"] };
         CreateBucket(Bucket);
@@ -40,6 +42,12 @@ public sealed class RgwFixture : IDisposable
     public string DataDir => dir.Path;
 
     public string Endpoint { get; }
+
+    /// <summary>The same gateway over https with a self-signed certificate.</summary>
+    public string HttpsEndpoint { get; }
+
+    /// <summary>SHA-256 of that certificate, "AB:CD:…".</summary>
+    public string CertificateSha256 { get; }
 
     /// <summary>Full access (path-style addressing).</summary>
     public S3Options Admin { get; }

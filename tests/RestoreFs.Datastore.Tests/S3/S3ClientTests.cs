@@ -205,6 +205,25 @@ public sealed class S3ClientTests(RgwFixture rgw)
     }
 
     [Fact]
+    public async Task HttpsWithAPinnedSelfSignedCertificate()
+    {
+        using var pinned = new S3Client(rgw.Admin with { Endpoint = rgw.HttpsEndpoint, CertificateFingerprint = rgw.CertificateSha256 });
+        var key = $"tls-{Guid.NewGuid():N}/obj";
+        await pinned.PutObjectAsync(Bucket, key, "over tls"u8.ToArray());
+        Assert.Equal("over tls"u8.ToArray(), await pinned.GetObjectAsync(Bucket, key));
+
+        using var unpinned = new S3Client(rgw.Admin with { Endpoint = rgw.HttpsEndpoint });
+        var e = await Assert.ThrowsAsync<S3EndpointException>(() => unpinned.GetObjectAsync(Bucket, key));
+        Assert.Contains("fingerprint", e.Message);
+
+        var wrongPin = string.Concat(Enumerable.Repeat("ab", 32));
+        using var wrong = new S3Client(rgw.Admin with { Endpoint = rgw.HttpsEndpoint, CertificateFingerprint = wrongPin });
+        var w = await Assert.ThrowsAsync<S3EndpointException>(() => wrong.GetObjectAsync(Bucket, key));
+        Assert.Contains("does not match the pinned fingerprint", w.Message);
+        Assert.Contains(rgw.CertificateSha256.ToLowerInvariant(), w.Message);
+    }
+
+    [Fact]
     public void PlainHttpToARemoteHostNeedsInsecure()
     {
         var e = Assert.Throws<S3ConfigurationException>(() => new S3Client(rgw.Admin with { Endpoint = "http://s3.example.net" }));
