@@ -333,7 +333,10 @@ do_start() {
   else
     stop_one rgw; stop_one osd; stop_one mon
     rm -f "$DIR/ready"
+    # A start that fails half-way leaves nothing running.
+    trap 'stop_one rgw; stop_one osd; stop_one mon' EXIT
     fresh_cluster
+    trap - EXIT
     date -u +%FT%TZ >"$DIR/ready"
   fi
   read_ports

@@ -324,6 +324,13 @@ public sealed class S3Client : IDisposable
                     return await handle(response, timeout.Token).ConfigureAwait(false);
                 }
             }
+            catch (OperationCanceledException e) when (!ct.IsCancellationRequested && e.InnerException is TimeoutException)
+            {
+                // SocketsHttpHandler's ConnectTimeout: nothing answers at that address; retrying would only wait longer.
+                throw new S3EndpointException(
+                    $"cannot reach the S3 endpoint {endpoint.Authority}: no connection within {Options.ConnectTimeout.TotalSeconds:0.#} s (wrong endpoint or port, or a firewall)",
+                    location, e);
+            }
             catch (OperationCanceledException e) when (!ct.IsCancellationRequested)
             {
                 retryReason = $"no answer within {Options.RequestTimeout.TotalSeconds:0.#} s";

@@ -72,7 +72,7 @@ public sealed class ChunkDiskCacheTests
         {
             var cache = w % 2 == 0 ? a : b;
             var random = new Random(w);
-            for (var n = 0; n < 400; n++)
+            for (var n = 0; n < 250; n++)
             {
                 var e = entries[random.Next(entries.Count)];
                 var got = cache.TryGet(e.Digest, Verify(e.Digest));

@@ -29,14 +29,26 @@ public sealed class RgwFixture : IDisposable
             }
         }
 
-        Run("start", TimeSpan.FromMinutes(2));
-        var env = ParseEnv(Run("env", TimeSpan.FromSeconds(10)));
-        Endpoint = env["AWS_ENDPOINT_URL"];
-        HttpsEndpoint = env["RGW_HTTPS_ENDPOINT"];
-        CertificateSha256 = env["RGW_CERT_SHA256"];
-        Admin = new S3Options { Endpoint = Endpoint, Region = env["AWS_REGION"], AccessKeyId = env["AWS_ACCESS_KEY_ID"], SecretAccessKey = env["AWS_SECRET_ACCESS_KEY"], Addressing = S3Addressing.Path };
-        ReadOnly = Admin with { AccessKeyId = env["READONLY_AWS_ACCESS_KEY_ID"], SecretAccessKey = env["READONLY_AWS_SECRET_ACCESS_KEY"] };
-        CreateBucket(Bucket);
+        try
+        {
+            Run("start", TimeSpan.FromMinutes(2));
+            var env = ParseEnv(Run("env", TimeSpan.FromSeconds(10)));
+            Endpoint = env["AWS_ENDPOINT_URL"];
+            HttpsEndpoint = env["RGW_HTTPS_ENDPOINT"];
+            CertificateSha256 = env["RGW_CERT_SHA256"];
+            Admin = new S3Options
+            {
+                Endpoint = Endpoint, Region = env["AWS_REGION"], AccessKeyId = env["AWS_ACCESS_KEY_ID"],
+                SecretAccessKey = env["AWS_SECRET_ACCESS_KEY"], Addressing = S3Addressing.Path,
+            };
+            ReadOnly = Admin with { AccessKeyId = env["READONLY_AWS_ACCESS_KEY_ID"], SecretAccessKey = env["READONLY_AWS_SECRET_ACCESS_KEY"] };
+            CreateBucket(Bucket);
+        }
+        catch
+        {
+            Dispose();
+            throw;
+        }
     }
 
     public string DataDir => dir.Path;

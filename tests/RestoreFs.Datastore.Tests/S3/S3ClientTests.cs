@@ -183,6 +183,40 @@ public sealed class S3ClientTests(RgwFixture rgw)
     }
 
     [Fact]
+    public async Task AnEndpointThatNeverAcceptsFailsAfterTheConnectTimeout()
+    {
+        // A listener whose accept queue is full: the kernel drops further SYNs, as a firewall that drops packets does.
+        using var listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        listener.Listen(0);
+        var port = ((IPEndPoint)listener.LocalEndPoint!).Port;
+        using var filler = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        await filler.ConnectAsync(IPAddress.Loopback, port);
+
+        using var client = new S3Client(rgw.Admin with { Endpoint = $"http://127.0.0.1:{port}", ConnectTimeout = TimeSpan.FromSeconds(1) });
+        var watch = Stopwatch.StartNew();
+        var e = await Assert.ThrowsAsync<S3EndpointException>(() => client.ListObjectsPageAsync(Bucket, null, null, null));
+        Assert.True(watch.Elapsed < TimeSpan.FromSeconds(4), $"took {watch.Elapsed}");
+        Assert.Contains("no connection within 1 s", e.Message);
+    }
+
+    [Fact]
+    public async Task AServerThatNeverAnswersFailsAfterTheRequestTimeouts()
+    {
+        // Connections are taken (by the kernel's queue) but nothing is ever answered.
+        using var listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        listener.Listen(16);
+        var port = ((IPEndPoint)listener.LocalEndPoint!).Port;
+
+        using var client = new S3Client(rgw.Admin with { Endpoint = $"http://127.0.0.1:{port}", RequestTimeout = TimeSpan.FromSeconds(1), MaxAttempts = 2 });
+        var watch = Stopwatch.StartNew();
+        var e = await Assert.ThrowsAsync<S3Exception>(() => client.GetObjectAsync(Bucket, "x"));
+        Assert.True(watch.Elapsed < TimeSpan.FromSeconds(5), $"took {watch.Elapsed}");
+        Assert.Contains("did not answer within 1 s (2 attempts", e.Message);
+    }
+
+    [Fact]
     public async Task StoppedGatewayFailsWithinSecondsAndWorksAgainAfterRestart()
     {
         using var client = new S3Client(rgw.Admin);
