@@ -16,18 +16,20 @@
 #                              GetObject and ListBucket; idempotent
 #   ceph-rgw.sh status DIR     exit 0 when all three daemons run
 #
+# In a shell: eval "$(scripts/ceph-rgw.sh env DIR admin | sed 's/^/export /')"
+#
 # Users: `restorefs-admin` (full access) and `restorefs-readonly` (op mask "read": every write answers 403; no
 # bucket of its own; reads what a bucket policy grants it). Keys are made at the first start and kept in
 # DIR/keys, so a rebuilt cluster has the same keys. Memstore keeps objects in the OSD's memory: stopping the
 # OSD loses them and the next `start` builds a fresh cluster; stopping only rgw keeps them.
-# Packages: ceph-mon ceph-osd radosgw ceph-common (scripts/install-deps.sh).
+# Packages: ceph-mon ceph-osd radosgw ceph-common curl openssl (scripts/install-deps.sh).
 set -euo pipefail
 
 REGION=${CEPH_RGW_REGION:-us-east-1}
 
 die() { echo "ceph-rgw: $*" >&2; exit 1; }
 
-usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 [ $# -ge 2 ] || usage
 cmd=$1

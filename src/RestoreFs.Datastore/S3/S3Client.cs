@@ -78,6 +78,11 @@ public sealed class S3Client : IDisposable
             ? new Uri(template.Replace("{{bucket}}.", string.Empty, StringComparison.Ordinal).Replace("{{bucket}}", string.Empty, StringComparison.Ordinal))
             : parsed;
         endpoint = new UriBuilder(host.Scheme, host.Host, host.Port).Uri;
+        if (virtualHost && endpoint.HostNameType is UriHostNameType.IPv4 or UriHostNameType.IPv6)
+        {
+            throw new S3ConfigurationException($"virtual-host addressing needs a host name, not the address {endpoint.Host}: use path-style addressing");
+        }
+
         if (endpoint.Scheme == Uri.UriSchemeHttp && !options.Insecure && !S3Options.IsLoopbackHost(endpoint.Host))
         {
             throw new S3ConfigurationException(

@@ -266,6 +266,7 @@ public sealed class S3ClientTests(RgwFixture rgw)
         Assert.Equal("s3.example.net", allowed.Endpoint.Host);
         Assert.Throws<S3ConfigurationException>(() => new S3Client(rgw.Admin with { Endpoint = "https://s3.example.net", CertificateFingerprint = "12:34" }));
         Assert.Throws<S3ConfigurationException>(() => new S3Client(rgw.Admin with { AccessKeyId = null }));
+        Assert.Throws<S3ConfigurationException>(() => new S3Client(rgw.Admin with { Addressing = S3Addressing.VirtualHost }));
     }
 
     [Fact]
