@@ -75,6 +75,12 @@ public sealed class RgwFixture : IDisposable
     /// <summary>Starts radosgw again on the same port (or the whole cluster if it is gone).</summary>
     public void StartGateway() => Run("start", TimeSpan.FromMinutes(2));
 
+    /// <summary>The script's <c>env DIR USER</c> lines as a dictionary.</summary>
+    public Dictionary<string, string> Env(string user) => ParseEnv(Run($"env {user}", TimeSpan.FromSeconds(10)));
+
+    /// <summary>Runs <c>start</c> again (nothing to do when all runs) and returns its output.</summary>
+    public string StartAgain() => Run("start", TimeSpan.FromMinutes(2));
+
     public void Dispose()
     {
         try
