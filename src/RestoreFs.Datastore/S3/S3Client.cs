@@ -504,6 +504,7 @@ public sealed class S3Client : IDisposable
                 {
                     "InvalidAccessKeyId" => $"the access key {Options.AccessKeyId} is unknown to the server (from {Options.Source})",
                     "SignatureDoesNotMatch" => $"the secret key does not fit the access key {Options.AccessKeyId} (from {Options.Source})",
+                    null => $"the key {Options.AccessKeyId} (from {Options.Source}) is unknown, its secret wrong, or it may not {Verb(response.RequestMessage?.Method)} here (the answer gave no reason)",
                     _ => $"the key {Options.AccessKeyId} (from {Options.Source}) may not {Verb(response.RequestMessage?.Method)} here (a bucket policy or the user's permissions forbid it)",
                 };
                 return new S3AccessDeniedException($"access denied: {why} ({detail})", location, status, code);

@@ -126,7 +126,8 @@ public sealed class S3ClientTests(RgwFixture rgw)
         Assert.Contains("unknown", u.Message);
 
         // HEAD answers carry no error body: still an access error, not "missing".
-        await Assert.ThrowsAsync<S3AccessDeniedException>(() => wrongSecret.HeadObjectAsync(Bucket, "any"));
+        var h = await Assert.ThrowsAsync<S3AccessDeniedException>(() => wrongSecret.HeadObjectAsync(Bucket, "any"));
+        Assert.Contains("its secret wrong", h.Message);
     }
 
     [Fact]
