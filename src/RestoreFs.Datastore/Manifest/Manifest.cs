@@ -101,8 +101,8 @@ public sealed class Manifest
             }
 
             var fingerprint = (string?)root["unprotected"]?["key-fingerprint"];
-            var type = (string)root["backup-type"]!;
-            var id = (string)root["backup-id"]!;
+            var type = (string?)root["backup-type"] ?? throw new ManifestMismatchException("manifest has no backup-type", path);
+            var id = (string?)root["backup-id"] ?? throw new ManifestMismatchException("manifest has no backup-id", path);
             if (!Names.IsBackupType(type) || !Names.IsBackupId(id))
             {
                 throw new ManifestMismatchException($"manifest names group '{Names.Printable(type)}/{Names.Printable(id)}', not a valid backup group", path);
