@@ -15,7 +15,7 @@ public sealed class DatastoreReader
     private static readonly string[] Types = ["vm", "ct", "host"];
     private readonly ILogger log;
     private readonly IStoreFiles files;
-    private readonly ConcurrentDictionary<string, byte> warned = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<string, string> warned = new(StringComparer.Ordinal);
 
     private DatastoreReader(string basePath, IStoreFiles files, ILogger log)
     {
@@ -58,14 +58,15 @@ public sealed class DatastoreReader
     /// <summary>Logs a problem of the store once per reader (a listing repeated by a mount does not repeat it).</summary>
     private void WarnOnce(string key, string message, Exception? e = null)
     {
-        if (warned.TryAdd(key, 0))
+        var text = e is null ? message : $"{message}: {e.Message}";
+        if (warned.TryAdd(key, text))
         {
-            log.LogWarning("Skipped in the datastore: {Message}", e is null ? message : $"{message}: {e.Message}");
+            log.LogWarning("Skipped in the datastore: {Message}", text);
         }
     }
 
-    /// <summary>Problems found so far (each once): what listings skipped.</summary>
-    public IReadOnlyCollection<string> Skipped => warned.Keys.ToList();
+    /// <summary>Problems found so far (each once, oldest first is not kept): what listings skipped and why.</summary>
+    public IReadOnlyCollection<string> Skipped => warned.Values.Order(StringComparer.Ordinal).ToList();
 
     internal static string NamespaceRelative(BackupNamespace ns) =>
         ns.Path.Length == 0 ? string.Empty : string.Join('/', ns.Path.Split('/').Select(p => "ns/" + p));
