@@ -64,3 +64,19 @@ public sealed class SnapshotNotFoundException(string message, string? filePath =
 
 /// <summary>No such archive in a snapshot.</summary>
 public sealed class ArchiveNotFoundException(string message, string? filePath = null) : DatastoreException(message, filePath);
+
+/// <summary>
+/// Something in the datastore is not what the layout allows there: a symlink, FIFO, device or socket, a directory
+/// where a file belongs, or a path that would leave the store. Never followed, never opened for reading.
+/// </summary>
+public sealed class StoreEntryRefusedException(string message, string? filePath) : DatastoreException(message, filePath);
+
+/// <summary>A file is larger than the format allows (the message names the limit); refused before it is read.</summary>
+public sealed class StoreLimitException(string message, string? filePath) : DatastoreException(message, filePath);
+
+/// <summary>A name in the datastore (namespace, group, snapshot time, archive) breaks the naming rules.</summary>
+public sealed class InvalidNameException(string message, string? filePath = null) : DatastoreException(message, filePath);
+
+/// <summary>A key file is malformed or asks for unreasonable key-derivation parameters.</summary>
+public sealed class KeyFileException(string message, string? filePath = null, Exception? inner = null)
+    : DatastoreException(message, filePath, inner: inner);

@@ -37,9 +37,7 @@ public sealed class SnapshotDirectory : TreeDirectory
         }
     }
 
-    private IEnumerable<string> BlobFiles() =>
-        Directory.EnumerateFiles(State.Snapshot.DirectoryPath, "*.blob").Select(Path.GetFileName).OfType<string>()
-            .Order(StringComparer.Ordinal);
+    private IEnumerable<string> BlobFiles() => Context.Store.ListBlobFiles(State.Snapshot);
 
     protected override IReadOnlyList<string> ListNames()
     {
@@ -94,7 +92,7 @@ public sealed class SnapshotDirectory : TreeDirectory
         }
 
         var blob = name + ".blob";
-        return File.Exists(Path.Combine(State.Snapshot.DirectoryPath, blob)) ? new BlobFile(Context, State, blob) : null;
+        return Context.Store.HasBlob(State.Snapshot, blob) ? new BlobFile(Context, State, blob) : null;
     }
 
     /// <summary><c>drive-scsi0.img.fidx</c> → <c>drive-scsi0.img</c>.</summary>

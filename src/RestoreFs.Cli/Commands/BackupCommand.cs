@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Diagnostics;
+using System.Runtime.InteropServices;
 using RestoreFs.Cli.Logging;
 using RestoreFs.Datastore;
 
@@ -26,15 +27,42 @@ public static class BackupCommand
             var key = LoadOrNull(parse);
             var pairs = parse.GetValue(images)!.Select(ParsePair).ToList();
             var stopwatch = Stopwatch.StartNew();
+
+            // SIGINT/SIGTERM stop the backup between chunks: the writer then removes its temporary files and the
+            // unfinished snapshot. A second signal ends the process at once (the next backup sweeps what it left).
+            using var stop = new CancellationTokenSource();
+            PosixSignalContext? caught = null;
+            void OnSignal(PosixSignalContext context)
+            {
+                if (!stop.IsCancellationRequested)
+                {
+                    caught = context;
+                    context.Cancel = true;
+                    stop.Cancel();
+                }
+            }
+
+            using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
+            using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
             using var writer = BackupWriter.Create(parse.GetValue(store)!, backupGroup, when, key, LogSetup.Factory);
             long total = 0;
-            foreach (var (name, path) in pairs)
+            try
             {
-                using var source = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite, 1 << 20);
-                var size = source.CanSeek && source.Length > 0 ? source.Length : BlockDeviceSize(path);
-                using var bar = new ProgressBar(name, size);
-                writer.AddImage(name, source, size, bar);
-                total += size;
+                foreach (var (name, path) in pairs)
+                {
+                    stop.Token.ThrowIfCancellationRequested();
+                    using var source = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite, 1 << 20);
+                    var size = source.CanSeek && source.Length > 0 ? source.Length : BlockDeviceSize(path);
+                    using var bar = new ProgressBar(name, size);
+                    writer.AddImage(name, source, size, bar, stop.Token);
+                    total += size;
+                }
+            }
+            catch (OperationCanceledException) when (stop.IsCancellationRequested)
+            {
+                writer.Dispose();
+                Console.Error.WriteLine($"restorefs: backup stopped by {caught?.Signal.ToString() ?? "a signal"}; the unfinished snapshot was removed");
+                return caught?.Signal == PosixSignal.SIGTERM ? 143 : 130;
             }
 
             if (parse.GetValue(config) is { } conf)

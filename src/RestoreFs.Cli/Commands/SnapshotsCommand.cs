@@ -33,6 +33,7 @@ public static class SnapshotsCommand
                         }
                         catch (DatastoreException e)
                         {
+                            // A bad snapshot is shown with its error; it never hides the others.
                             list.Add(new JsonObject { ["ns"] = ns.Path, ["snapshot"] = snap.Name, ["error"] = e.Message });
                             continue;
                         }
@@ -53,6 +54,12 @@ public static class SnapshotsCommand
                         });
                     }
                 }
+            }
+
+            // What the listing skipped (symlinks, FIFOs, names PBS would not write): one warning line each.
+            foreach (var skipped in reader.Skipped)
+            {
+                Console.Error.WriteLine($"restorefs: warning: skipped {skipped}");
             }
 
             if (parse.GetValue(json))

@@ -88,7 +88,7 @@ public static class DataBlob
     }
 
     /// <summary>Decodes a blob whose plaintext size is not known in advance (*.blob files).</summary>
-    public static byte[] Decode(ReadOnlySpan<byte> blob, CryptConfig? key, string path)
+    public static byte[] Decode(ReadOnlySpan<byte> blob, CryptConfig? key, string path, int maxPlaintext = MaxBlobSize)
     {
         var kind = Verify(blob, path);
         ReadOnlySpan<byte> payload;
@@ -128,9 +128,9 @@ public static class DataBlob
             while ((n = zstd.Read(buffer)) > 0)
             {
                 output.Write(buffer, 0, n);
-                if (output.Length > MaxBlobSize)
+                if (output.Length > maxPlaintext)
                 {
-                    throw new ChunkCorruptException($"blob decompresses to more than {MaxBlobSize} bytes", path);
+                    throw new ChunkCorruptException($"blob decompresses to more than the limit of {maxPlaintext} bytes", path);
                 }
             }
 

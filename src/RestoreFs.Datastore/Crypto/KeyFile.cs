@@ -56,16 +56,48 @@ public sealed class KeyFile
 
     public string? Hint { get; }
 
+    /// <summary>Reads a key file: a regular file (never a FIFO or device) of at most <see cref="StoreLimits.MaxKeyFile"/> bytes.</summary>
     public static KeyFile Load(string path)
     {
+        var full = Path.GetFullPath(path);
+        var fd = StoreLibC.Open(full, StoreLibC.O_RDONLY | StoreLibC.O_NONBLOCK);
+        if (fd < 0)
+        {
+            throw new KeyFileException($"cannot open key file: {StoreLibC.StrError(-fd)}", path);
+        }
+
+        using var handle = new Microsoft.Win32.SafeHandles.SafeFileHandle(fd, ownsHandle: true);
+        if (StoreLibC.Stat(fd, string.Empty, out var info) != 0 || info.Type != StoreLibC.S_IFREG)
+        {
+            throw new KeyFileException("key file is not a regular file", path);
+        }
+
+        if (info.Size > StoreLimits.MaxKeyFile)
+        {
+            throw new KeyFileException($"key file has {info.Size} bytes, more than the limit of {StoreLimits.MaxKeyFile}", path);
+        }
+
+        var bytes = new byte[info.Size];
+        var done = 0;
+        while (done < bytes.Length)
+        {
+            var n = RandomAccess.Read(handle, bytes.AsSpan(done), done);
+            if (n == 0)
+            {
+                break;
+            }
+
+            done += n;
+        }
+
         string text;
         try
         {
-            text = File.ReadAllText(path);
+            text = new UTF8Encoding(false, throwOnInvalidBytes: true).GetString(bytes, 0, done);
         }
-        catch (IOException e)
+        catch (DecoderFallbackException)
         {
-            throw new DatastoreException($"cannot read key file: {e.Message}", path);
+            throw new KeyFileException("key file is not UTF-8 text", path);
         }
 
         return Parse(text, path);
@@ -75,8 +107,8 @@ public sealed class KeyFile
     {
         try
         {
-            var root = JsonNode.Parse(json)?.AsObject() ?? throw new DatastoreException("key file is not a JSON object", path);
-            var data = Convert.FromBase64String((string?)root["data"] ?? throw new DatastoreException("key file has no 'data'", path));
+            var root = JsonNode.Parse(json, null, Manifest.StrictJson) as JsonObject ?? throw new KeyFileException("key file is not a JSON object", path);
+            var data = Convert.FromBase64String((string?)root["data"] ?? throw new KeyFileException("key file has no 'data'", path));
             var created = (string?)root["created"] ?? string.Empty;
             var modified = (string?)root["modified"] ?? created;
             var fingerprint = (string?)root["fingerprint"];
@@ -87,25 +119,57 @@ public sealed class KeyFile
                 return new KeyFile(KeyDerivation.None, data, null, 0, 0, 0, 0, fingerprint, created, modified, hint);
             }
 
-            var obj = kdf.AsObject();
+            var obj = kdf as JsonObject ?? throw new KeyFileException("key file 'kdf' is not an object", path);
             if (obj["Scrypt"] is JsonObject s)
             {
-                return new KeyFile(KeyDerivation.Scrypt, data, Convert.FromBase64String((string)s["salt"]!),
-                    (long)s["n"]!, (int)s["r"]!, (int)s["p"]!, 0, fingerprint, created, modified, hint);
+                var salt = ReadSalt(s, path);
+                var n = (long?)s["n"] ?? throw new KeyFileException("scrypt parameters lack 'n'", path);
+                var r = (long?)s["r"] ?? throw new KeyFileException("scrypt parameters lack 'r'", path);
+                var p = (long?)s["p"] ?? throw new KeyFileException("scrypt parameters lack 'p'", path);
+                if (n < 2 || (n & (n - 1)) != 0 || n > int.MaxValue)
+                {
+                    throw new KeyFileException($"scrypt N = {n} is not a power of two of at least 2", path);
+                }
+
+                if (r < 1 || p < 1 || r > 1024 || p > 1024 || 128 * n * r * p > StoreLimits.MaxScryptMemory)
+                {
+                    throw new KeyFileException(
+                        $"scrypt parameters N = {n}, r = {r}, p = {p} are out of range (at most {StoreLimits.MaxScryptMemory} bytes of work memory)", path);
+                }
+
+                return new KeyFile(KeyDerivation.Scrypt, data, salt, n, (int)r, (int)p, 0, fingerprint, created, modified, hint);
             }
 
             if (obj["PBKDF2"] is JsonObject k)
             {
-                return new KeyFile(KeyDerivation.Pbkdf2, data, Convert.FromBase64String((string)k["salt"]!),
-                    0, 0, 0, (int)k["iter"]!, fingerprint, created, modified, hint);
+                var salt = ReadSalt(k, path);
+                var iter = (long?)k["iter"] ?? throw new KeyFileException("PBKDF2 parameters lack 'iter'", path);
+                if (iter < 1 || iter > StoreLimits.MaxPbkdf2Iterations)
+                {
+                    throw new KeyFileException($"PBKDF2 iter = {iter} is out of range (1 to {StoreLimits.MaxPbkdf2Iterations})", path);
+                }
+
+                return new KeyFile(KeyDerivation.Pbkdf2, data, salt, 0, 0, 0, (int)iter, fingerprint, created, modified, hint);
             }
 
-            throw new DatastoreException("key file names an unknown kdf", path);
+            throw new KeyFileException("key file names an unknown kdf", path);
         }
-        catch (Exception e) when (e is JsonException or FormatException or InvalidOperationException or NullReferenceException)
+        catch (Exception e) when (e is JsonException or FormatException or InvalidOperationException or NullReferenceException or ArgumentException
+                                      or OverflowException or InvalidCastException)
         {
-            throw new DatastoreException($"malformed key file: {e.Message}", path);
+            throw new KeyFileException($"malformed key file: {e.Message}", path, e);
         }
+    }
+
+    private static byte[] ReadSalt(JsonObject parameters, string path)
+    {
+        var salt = Convert.FromBase64String((string?)parameters["salt"] ?? throw new KeyFileException("key file's kdf has no salt", path));
+        if (salt.Length is < 8 or > 1024)
+        {
+            throw new KeyFileException($"key file's salt has {salt.Length} bytes (8 to 1024 expected)", path);
+        }
+
+        return salt;
     }
 
     /// <summary>The raw 32-byte key; asks for the passphrase only when the file is wrapped.</summary>

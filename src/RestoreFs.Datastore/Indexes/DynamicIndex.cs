@@ -41,16 +41,32 @@ public sealed class DynamicIndex
         return i >= 0 ? i + 1 : ~i;
     }
 
+    /// <summary>Opens an index file by path (its directory is the root it may not leave).</summary>
     public static DynamicIndex Open(string path)
     {
+        var full = System.IO.Path.GetFullPath(path);
+        return Open(new LocalStoreFiles(System.IO.Path.GetDirectoryName(full)!), System.IO.Path.GetFileName(full));
+    }
+
+    /// <summary>Opens an index of the store; its size (header + 40 × count) is checked before it is read.</summary>
+    internal static DynamicIndex Open(IStoreFiles files, string relativePath)
+    {
+        var path = files.Describe(relativePath);
         byte[] bytes;
-        try
+        using (var file = files.TryOpen(relativePath) ?? throw new ArchiveNotFoundException("index file is missing", path))
         {
-            bytes = File.ReadAllBytes(path);
-        }
-        catch (FileNotFoundException)
-        {
-            throw new ArchiveNotFoundException("index file is missing", path);
+            if (file.Length > StoreLimits.MaxIndexFile)
+            {
+                throw new StoreLimitException($"dynamic index has {file.Length} bytes, more than the limit of {StoreLimits.MaxIndexFile}", path);
+            }
+
+            if (file.Length >= HeaderSize && (file.Length - HeaderSize) % 40 != 0)
+            {
+                throw new IndexCorruptException($"dynamic index body of {file.Length - HeaderSize} bytes is not a multiple of 40", path);
+            }
+
+            bytes = new byte[file.Length];
+            file.ReadExactlyAt(bytes, 0, path);
         }
 
         if (bytes.Length < HeaderSize)
@@ -84,6 +100,11 @@ public sealed class DynamicIndex
             if (ends[i] <= (i == 0 ? 0 : ends[i - 1]))
             {
                 throw new IndexCorruptException($"chunk end offsets are not increasing at entry {i}", path);
+            }
+
+            if (ends[i] - (i == 0 ? 0 : ends[i - 1]) > StoreLimits.MaxChunkPlaintext)
+            {
+                throw new IndexCorruptException($"chunk {i} is {ends[i] - (i == 0 ? 0 : ends[i - 1])} bytes long, more than the limit of {StoreLimits.MaxChunkPlaintext}", path);
             }
 
             body.Slice(i * 40 + 8, 32).CopyTo(digests.AsSpan(i * 32));

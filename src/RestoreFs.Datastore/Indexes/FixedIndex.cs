@@ -47,32 +47,48 @@ public sealed class FixedIndex
     public int ChunkLength(int index) =>
         (int)Math.Min(ChunkSize, Size - (long)index * ChunkSize);
 
+    /// <summary>Opens an index file by path (its directory is the root it may not leave).</summary>
     public static FixedIndex Open(string path)
     {
-        byte[] bytes;
-        try
+        var full = System.IO.Path.GetFullPath(path);
+        return Open(new LocalStoreFiles(System.IO.Path.GetDirectoryName(full)!), System.IO.Path.GetFileName(full));
+    }
+
+    /// <summary>
+    /// Opens an index of the store: the header first, then its size checked against header + 32 × count before the
+    /// digest table is read.
+    /// </summary>
+    internal static FixedIndex Open(IStoreFiles files, string relativePath)
+    {
+        var path = files.Describe(relativePath);
+        using var file = files.TryOpen(relativePath) ?? throw new ArchiveNotFoundException("index file is missing", path);
+        if (file.Length < HeaderSize)
         {
-            bytes = File.ReadAllBytes(path);
-        }
-        catch (FileNotFoundException)
-        {
-            throw new ArchiveNotFoundException("index file is missing", path);
-        }
-        catch (IOException e)
-        {
-            throw new IndexCorruptException($"cannot read index: {e.Message}", path);
+            throw new IndexCorruptException($"fixed index is truncated ({file.Length} bytes, the header alone has {HeaderSize})", path);
         }
 
+        if (file.Length > StoreLimits.MaxIndexFile)
+        {
+            throw new StoreLimitException($"fixed index has {file.Length} bytes, more than the limit of {StoreLimits.MaxIndexFile}", path);
+        }
+
+        var header = new byte[HeaderSize];
+        file.ReadExactlyAt(header, 0, path);
+        var (_, _, expected) = CheckHeader(header, path);
+        if (file.Length != expected)
+        {
+            throw new IndexCorruptException($"fixed index has {file.Length} bytes, {expected} expected from its header", path);
+        }
+
+        var bytes = new byte[file.Length];
+        header.CopyTo(bytes, 0);
+        file.ReadExactlyAt(bytes.AsSpan(HeaderSize), HeaderSize, path);
         return Parse(bytes, path);
     }
 
-    public static FixedIndex Parse(ReadOnlySpan<byte> bytes, string path)
+    /// <summary>Image size, chunk size and the file size they imply (overflow-safe: a hostile size cannot wrap).</summary>
+    private static (long Size, long ChunkSize, long Expected) CheckHeader(ReadOnlySpan<byte> bytes, string path)
     {
-        if (bytes.Length < HeaderSize)
-        {
-            throw new IndexCorruptException($"fixed index is truncated ({bytes.Length} bytes, the header alone has {HeaderSize})", path);
-        }
-
         if (!bytes[..8].SequenceEqual(Magic))
         {
             throw new IndexCorruptException($"not a fixed index (magic {Convert.ToHexStringLower(bytes[..8])})", path);
@@ -85,16 +101,42 @@ public sealed class FixedIndex
             throw new IndexCorruptException($"fixed index has image size {size}", path);
         }
 
-        if (chunkSize <= 0 || chunkSize > 64 * 1024 * 1024 || (chunkSize & (chunkSize - 1)) != 0)
+        if (chunkSize <= 0 || chunkSize > StoreLimits.MaxChunkPlaintext || (chunkSize & (chunkSize - 1)) != 0)
         {
-            throw new IndexCorruptException($"fixed index has chunk size {chunkSize} (must be a power of two up to 64 MiB)", path);
+            throw new IndexCorruptException($"fixed index has chunk size {chunkSize} (must be a power of two up to {StoreLimits.MaxChunkPlaintext})", path);
         }
 
-        var count = (size + chunkSize - 1) / chunkSize;
-        var expected = HeaderSize + 32 * count;
+        var count = size / chunkSize + (size % chunkSize != 0 ? 1 : 0);
+        long expected;
+        try
+        {
+            expected = checked(HeaderSize + 32 * count);
+        }
+        catch (OverflowException)
+        {
+            throw new IndexCorruptException($"fixed index claims {count} chunks of a {size}-byte image, more than any file can hold", path);
+        }
+
+        if (expected > StoreLimits.MaxIndexFile)
+        {
+            throw new StoreLimitException(
+                $"fixed index claims {count} chunks of a {size}-byte image ({expected} bytes), more than the limit of {StoreLimits.MaxIndexFile}", path);
+        }
+
+        return (size, chunkSize, expected);
+    }
+
+    public static FixedIndex Parse(ReadOnlySpan<byte> bytes, string path)
+    {
+        if (bytes.Length < HeaderSize)
+        {
+            throw new IndexCorruptException($"fixed index is truncated ({bytes.Length} bytes, the header alone has {HeaderSize})", path);
+        }
+
+        var (size, chunkSize, expected) = CheckHeader(bytes, path);
         if (bytes.Length != expected)
         {
-            throw new IndexCorruptException($"fixed index has {bytes.Length} bytes, {expected} expected for {count} chunks of a {size}-byte image", path);
+            throw new IndexCorruptException($"fixed index has {bytes.Length} bytes, {expected} expected for a {size}-byte image in {chunkSize}-byte chunks", path);
         }
 
         var table = bytes[HeaderSize..].ToArray();

@@ -1,20 +1,27 @@
+using System.Collections.Concurrent;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 
 namespace RestoreFs.Datastore;
 
 /// <summary>
-/// Reads a PBS datastore directory (spec sections 1, 5, 7). Opens everything read-only and never writes.
+/// Reads a PBS datastore (spec sections 1, 5, 7). Opens everything read-only and never writes. Every file is reached
+/// through one seam (<see cref="IStoreFiles"/>) by a path relative to the store root: no symlink is followed, nothing
+/// but a regular file is read, and every file's size is checked against its limit (<see cref="StoreLimits"/>) first.
+/// A malformed entry (bad name, symlink, FIFO) is logged once and skipped; it never hides the good ones.
 /// </summary>
 public sealed class DatastoreReader
 {
     private static readonly string[] Types = ["vm", "ct", "host"];
     private readonly ILogger log;
+    private readonly IStoreFiles files;
+    private readonly ConcurrentDictionary<string, string> warned = new(StringComparer.Ordinal);
 
-    private DatastoreReader(string basePath, ILogger log)
+    private DatastoreReader(string basePath, IStoreFiles files, ILogger log)
     {
         BasePath = basePath;
-        Chunks = new ChunkStore(basePath);
+        this.files = files;
+        Chunks = new ChunkStore(basePath, files);
         this.log = log;
     }
 
@@ -30,45 +37,131 @@ public sealed class DatastoreReader
             throw new DatastoreException("datastore directory does not exist", full);
         }
 
-        if (!Directory.Exists(Path.Combine(full, ".chunks")))
-        {
-            throw new DatastoreException("not a datastore: it has no .chunks directory", full);
-        }
-
-        return new DatastoreReader(full, (ILogger?)logs?.CreateLogger<DatastoreReader>() ?? NullLogger.Instance);
+        return Open(new LocalStoreFiles(full), full, logs);
     }
 
-    public string NamespacePath(BackupNamespace ns)
+    internal static DatastoreReader Open(IStoreFiles files, string basePath, ILoggerFactory? logs = null)
     {
-        var path = BasePath;
-        if (ns.Path.Length > 0)
+        switch (files.Kind(".chunks"))
         {
-            foreach (var part in ns.Path.Split('/'))
+            case StoreEntryKind.Directory:
+                break;
+            case null:
+                throw new DatastoreException("not a datastore: it has no .chunks directory", basePath);
+            default:
+                throw new StoreEntryRefusedException(".chunks is not a directory (a symlink or special file is refused)", files.Describe(".chunks"));
+        }
+
+        return new DatastoreReader(basePath, files, (ILogger?)logs?.CreateLogger<DatastoreReader>() ?? NullLogger.Instance);
+    }
+
+    /// <summary>Logs a problem of the store once per reader (a listing repeated by a mount does not repeat it).</summary>
+    private void WarnOnce(string key, string message, Exception? e = null)
+    {
+        var text = e is null ? message : $"{message}: {e.Message}";
+        if (warned.TryAdd(key, text))
+        {
+            log.LogWarning("Skipped in the datastore: {Message}", text);
+        }
+    }
+
+    /// <summary>Problems found so far (each once, oldest first is not kept): what listings skipped and why.</summary>
+    public IReadOnlyCollection<string> Skipped => warned.Values.Order(StringComparer.Ordinal).ToList();
+
+    internal static string NamespaceRelative(BackupNamespace ns) =>
+        ns.Path.Length == 0 ? string.Empty : string.Join('/', ns.Path.Split('/').Select(p => "ns/" + p));
+
+    internal static string GroupRelative(BackupGroup group) => StorePath.Join(NamespaceRelative(group.Namespace), group.Type, group.Id);
+
+    internal static string SnapshotRelative(SnapshotInfo snapshot) => StorePath.Join(GroupRelative(snapshot.Group), snapshot.TimeName);
+
+    private static string InSnapshot(SnapshotInfo snapshot, string fileName) => SnapshotRelative(snapshot) + "/" + fileName;
+
+    public string NamespacePath(BackupNamespace ns) => files.Describe(NamespaceRelative(ns));
+
+    public string GroupPath(BackupGroup group) => files.Describe(GroupRelative(group));
+
+    /// <summary>A directory's entries; a refused or unreadable directory is logged once and lists as empty.</summary>
+    private IReadOnlyList<StoreEntry> List(string relativePath)
+    {
+        try
+        {
+            return files.ListDirectory(relativePath) ?? [];
+        }
+        catch (DatastoreException e)
+        {
+            WarnOnce(relativePath, $"{files.Describe(relativePath)} cannot be listed", e);
+            return [];
+        }
+    }
+
+    /// <summary>The valid subdirectories of a directory, sorted; anything else is logged once.</summary>
+    private List<string> Subdirectories(string relativePath, Func<string, bool> valid, string what, bool ignoreFiles = false)
+    {
+        var result = new List<string>();
+        foreach (var entry in List(relativePath))
+        {
+            var child = StorePath.Join(relativePath, Names.Printable(entry.Name));
+            if (entry.Kind == StoreEntryKind.Directory && valid(entry.Name))
             {
-                path = Path.Combine(path, "ns", part);
+                result.Add(entry.Name);
+            }
+            else if (entry.Kind == StoreEntryKind.Directory && entry.Name.StartsWith('.'))
+            {
+                // Hidden work directories of unfinished backups: not ours to report.
+            }
+            else if (entry.Kind == StoreEntryKind.Directory)
+            {
+                WarnOnce(child, $"{child}: '{Names.Printable(entry.Name)}' is no valid {what}");
+            }
+            else if (entry.Kind == StoreEntryKind.Symlink)
+            {
+                WarnOnce(child, $"{child}: a symbolic link where a {what} directory belongs (symlinks in a datastore are not followed)");
+            }
+            else if (entry.Kind == StoreEntryKind.Other || !ignoreFiles)
+            {
+                WarnOnce(child, $"{child}: a special file or file where a {what} directory belongs");
             }
         }
 
-        return path;
+        result.Sort(StringComparer.Ordinal);
+        return result;
     }
 
-    public string GroupPath(BackupGroup group) => Path.Combine(NamespacePath(group.Namespace), group.Type, group.Id);
-
-    /// <summary>The root namespace first, then every child namespace depth-first, children sorted by name.</summary>
+    /// <summary>
+    /// The root namespace first, then every child namespace depth-first, children sorted by name. At most 7 levels
+    /// (as PBS); symlinks are never followed, so each directory is visited once and the cost is linear in the store.
+    /// </summary>
     public IReadOnlyList<BackupNamespace> ListNamespaces()
     {
         var result = new List<BackupNamespace>();
         void Walk(BackupNamespace ns, int depth)
         {
             result.Add(ns);
-            var nsDir = Path.Combine(NamespacePath(ns), "ns");
-            if (depth >= 7 || !Directory.Exists(nsDir))
+            var nsDir = StorePath.Join(NamespaceRelative(ns), "ns");
+            if (files.Kind(nsDir) is not { } kind)
             {
                 return;
             }
 
-            foreach (var child in Directory.EnumerateDirectories(nsDir).Select(Path.GetFileName).OfType<string>()
-                         .Where(n => Names.SafeId.IsMatch(n)).Order(StringComparer.Ordinal))
+            if (kind != StoreEntryKind.Directory)
+            {
+                WarnOnce(nsDir, $"{nsDir}: not a directory (a symlink or special file is not followed)");
+                return;
+            }
+
+            var children = Subdirectories(nsDir, Names.IsNamespaceComponent, "namespace");
+            if (depth >= StoreLimits.MaxNamespaceDepth)
+            {
+                if (children.Count > 0)
+                {
+                    WarnOnce(nsDir, $"{nsDir}: namespaces deeper than {StoreLimits.MaxNamespaceDepth} levels are ignored (PBS allows no more)");
+                }
+
+                return;
+            }
+
+            foreach (var child in children)
             {
                 Walk(new BackupNamespace(ns.Path.Length == 0 ? child : ns.Path + "/" + child), depth + 1);
             }
@@ -81,38 +174,50 @@ public sealed class DatastoreReader
     public IReadOnlyList<BackupGroup> ListGroups(BackupNamespace ns)
     {
         var result = new List<BackupGroup>();
-        var nsPath = NamespacePath(ns);
+        var nsPath = NamespaceRelative(ns);
         foreach (var type in Types)
         {
-            var typeDir = Path.Combine(nsPath, type);
-            if (!Directory.Exists(typeDir))
+            var typeDir = StorePath.Join(nsPath, type);
+            var kind = files.Kind(typeDir);
+            if (kind is null)
             {
                 continue;
             }
 
-            result.AddRange(Directory.EnumerateDirectories(typeDir).Select(Path.GetFileName).OfType<string>()
-                .Where(n => Names.SafeId.IsMatch(n)).Order(StringComparer.Ordinal).Select(id => new BackupGroup(ns, type, id)));
+            if (kind != StoreEntryKind.Directory)
+            {
+                WarnOnce(typeDir, $"{typeDir}: not a directory (a symlink or special file is not followed)");
+                continue;
+            }
+
+            result.AddRange(Subdirectories(typeDir, Names.IsBackupId, "backup group").Select(id => new BackupGroup(ns, type, id)));
         }
 
         return result;
     }
 
-    /// <summary>Finished snapshots of a group (those with index.json.blob), oldest first.</summary>
+    /// <summary>
+    /// Snapshots of a group that look finished (an index.json.blob entry exists), oldest first. A manifest that then
+    /// cannot be read (a FIFO, too large, malformed) fails <see cref="ReadManifest"/> with an error naming it.
+    /// </summary>
     public IReadOnlyList<SnapshotInfo> ListSnapshots(BackupGroup group)
     {
-        var dir = GroupPath(group);
-        if (!Directory.Exists(dir))
-        {
-            return [];
-        }
-
+        var dir = GroupRelative(group);
         var result = new List<SnapshotInfo>();
-        foreach (var path in Directory.EnumerateDirectories(dir))
+        foreach (var name in Subdirectories(dir, Names.IsSnapshotTime, "snapshot", ignoreFiles: true))
         {
-            var name = Path.GetFileName(path);
-            if (Names.TryParseTime(name, out var time) && File.Exists(Path.Combine(path, "index.json.blob")))
+            Names.TryParseTime(name, out var time);
+            var snapshot = new SnapshotInfo(group, time, files.Describe(StorePath.Join(dir, name)));
+            try
             {
-                result.Add(new SnapshotInfo(group, time, path));
+                if (files.Kind(InSnapshot(snapshot, "index.json.blob")) is not null)
+                {
+                    result.Add(snapshot);
+                }
+            }
+            catch (DatastoreException e)
+            {
+                WarnOnce(SnapshotRelative(snapshot), $"snapshot {snapshot.Name} cannot be read", e);
             }
         }
 
@@ -124,9 +229,9 @@ public sealed class DatastoreReader
     public SnapshotInfo GetSnapshot(BackupNamespace ns, string name)
     {
         var parts = name.Trim('/').Split('/');
-        if (parts.Length != 3 || !Names.IsType(parts[0]) || !Names.SafeId.IsMatch(parts[1]))
+        if (parts.Length != 3 || !Names.IsBackupType(parts[0]) || !Names.IsBackupId(parts[1]))
         {
-            throw new SnapshotNotFoundException($"invalid snapshot name '{name}' (expected e.g. vm/100/2024-05-01T10:00:00Z)");
+            throw new SnapshotNotFoundException($"invalid snapshot name '{Names.Printable(name)}' (expected e.g. vm/100/2024-05-01T10:00:00Z)");
         }
 
         var group = new BackupGroup(ns, parts[0], parts[1]);
@@ -139,53 +244,86 @@ public sealed class DatastoreReader
             }
             catch (DatastoreException)
             {
-                throw new SnapshotNotFoundException($"invalid snapshot time '{parts[2]}'");
+                throw new SnapshotNotFoundException($"invalid snapshot time '{Names.Printable(parts[2])}'");
             }
         }
 
-        var dir = Path.Combine(GroupPath(group), Names.FormatTime(time));
-        if (!File.Exists(Path.Combine(dir, "index.json.blob")))
+        var snapshot = new SnapshotInfo(group, time, files.Describe(StorePath.Join(GroupRelative(group), Names.FormatTime(time))));
+        var rel = SnapshotRelative(snapshot);
+        var kind = files.Kind(rel);
+        if (kind is not null and not StoreEntryKind.Directory)
         {
-            throw new SnapshotNotFoundException($"snapshot {group.Type}/{group.Id}/{Names.FormatTime(time)} not found in namespace {ns}", dir);
+            throw new StoreEntryRefusedException($"snapshot {snapshot.Name} is not a directory (a symlink or special file is not followed)", snapshot.DirectoryPath);
         }
 
-        return new SnapshotInfo(group, time, dir);
+        if (kind is null || files.Kind(InSnapshot(snapshot, "index.json.blob")) is null)
+        {
+            throw new SnapshotNotFoundException($"snapshot {snapshot.Name} not found in namespace {ns}", snapshot.DirectoryPath);
+        }
+
+        return snapshot;
     }
 
     /// <summary>Reads the manifest; with a key, checks its fingerprint and signature.</summary>
     public Manifest ReadManifest(SnapshotInfo snapshot, CryptConfig? key)
     {
-        var path = Path.Combine(snapshot.DirectoryPath, "index.json.blob");
-        byte[] blob;
-        try
-        {
-            blob = File.ReadAllBytes(path);
-        }
-        catch (FileNotFoundException)
-        {
-            throw new SnapshotNotFoundException("snapshot has no manifest (unfinished backup)", path);
-        }
-
-        var manifest = Manifest.Parse(DataBlob.Decode(blob, null, path), path);
+        var rel = InSnapshot(snapshot, "index.json.blob");
+        var path = files.Describe(rel);
+        var blob = files.ReadFile(rel, StoreLimits.MaxManifestFile, "manifest")
+                   ?? throw new SnapshotNotFoundException("snapshot has no manifest (unfinished backup)", path);
+        var manifest = Manifest.Parse(DataBlob.Decode(blob, null, path, StoreLimits.MaxManifestJson), path);
         manifest.Verify(key, path);
         return manifest;
     }
 
+    /// <summary>The *.blob files of a snapshot (regular files with valid names), sorted; anything else logged once.</summary>
+    public IReadOnlyList<string> ListBlobFiles(SnapshotInfo snapshot)
+    {
+        var dir = SnapshotRelative(snapshot);
+        var result = new List<string>();
+        foreach (var entry in List(dir))
+        {
+            if (!entry.Name.EndsWith(".blob", StringComparison.Ordinal))
+            {
+                continue;
+            }
+
+            if (entry.Kind == StoreEntryKind.File && Names.IsArchiveName(entry.Name))
+            {
+                result.Add(entry.Name);
+            }
+            else
+            {
+                WarnOnce(dir + "/" + Names.Printable(entry.Name), $"{dir}/{Names.Printable(entry.Name)}: not a regular file with a valid name");
+            }
+        }
+
+        result.Sort(StringComparer.Ordinal);
+        return result;
+    }
+
+    /// <summary>Whether the snapshot has this blob file (any kind of entry: reading it then names what is wrong).</summary>
+    public bool HasBlob(SnapshotInfo snapshot, string fileName) =>
+        Names.IsArchiveName(fileName) && fileName.EndsWith(".blob", StringComparison.Ordinal) && files.Kind(InSnapshot(snapshot, fileName)) is not null;
+
     /// <summary>A decoded *.blob of the snapshot; checked against the manifest when listed there.</summary>
     public byte[] ReadBlob(SnapshotInfo snapshot, string fileName, CryptConfig? key)
     {
-        if (fileName.Contains('/') || !fileName.EndsWith(".blob", StringComparison.Ordinal))
+        if (!Names.IsArchiveName(fileName) || !fileName.EndsWith(".blob", StringComparison.Ordinal))
         {
-            throw new ArchiveNotFoundException($"'{fileName}' is not a blob of the snapshot");
+            throw new ArchiveNotFoundException($"'{Names.Printable(fileName)}' is not a blob of the snapshot");
         }
 
-        var path = Path.Combine(snapshot.DirectoryPath, fileName);
-        if (!File.Exists(path))
+        var rel = InSnapshot(snapshot, fileName);
+        var path = files.Describe(rel);
+        var bytes = fileName == "index.json.blob"
+            ? files.ReadFile(rel, StoreLimits.MaxManifestFile, "manifest")
+            : files.ReadFile(rel, StoreLimits.MaxBlobFile, "blob");
+        if (bytes is null)
         {
             throw new ArchiveNotFoundException($"snapshot {snapshot.Name} has no {fileName}", path);
         }
 
-        var bytes = File.ReadAllBytes(path);
         if (fileName != "index.json.blob")
         {
             var manifest = ReadManifest(snapshot, key);
@@ -200,7 +338,7 @@ public sealed class DatastoreReader
             }
         }
 
-        return DataBlob.Decode(bytes, key, path);
+        return DataBlob.Decode(bytes, key, path, fileName == "index.json.blob" ? StoreLimits.MaxManifestJson : StoreLimits.MaxBlobPlaintext);
     }
 
     /// <summary>Normalises an archive name: <c>drive-scsi0.img</c> → <c>drive-scsi0.img.fidx</c>, <c>root.pxar</c> → <c>root.pxar.didx</c>.</summary>
@@ -236,23 +374,23 @@ public sealed class DatastoreReader
     public (FixedIndex Index, ManifestFile File) OpenFixedIndex(SnapshotInfo snapshot, string archive, CryptConfig? key)
     {
         var name = ArchiveFileName(archive);
-        if (!name.EndsWith(".fidx", StringComparison.Ordinal))
+        if (!name.EndsWith(".fidx", StringComparison.Ordinal) || !Names.IsArchiveName(name))
         {
-            throw new ArchiveNotFoundException($"'{archive}' is not a disk image archive (.img.fidx)");
+            throw new ArchiveNotFoundException($"'{Names.Printable(archive)}' is not a disk image archive (.img.fidx)");
         }
 
         var manifest = ReadManifest(snapshot, key);
         var file = manifest.Find(name) ?? throw new ArchiveNotFoundException(
             $"snapshot {snapshot.Name} has no archive {name} (it has: {string.Join(", ", manifest.Files.Select(f => f.FileName))})",
-            Path.Combine(snapshot.DirectoryPath, name));
+            files.Describe(InSnapshot(snapshot, name)));
         if (file.CryptMode == CryptMode.Encrypt && key is null)
         {
             throw new KeyRequiredException($"{name} of {snapshot.Name} is encrypted (key {manifest.KeyFingerprint ?? "unknown"}); give its key file",
-                Path.Combine(snapshot.DirectoryPath, name));
+                files.Describe(InSnapshot(snapshot, name)));
         }
 
-        var path = Path.Combine(snapshot.DirectoryPath, name);
-        var index = FixedIndex.Open(path);
+        var path = files.Describe(InSnapshot(snapshot, name));
+        var index = FixedIndex.Open(files, InSnapshot(snapshot, name));
         var csum = Convert.ToHexStringLower(index.Checksum);
         if ((ulong)index.Size != file.Size || csum != file.Csum)
         {
@@ -267,6 +405,11 @@ public sealed class DatastoreReader
     public (DynamicIndex Index, ManifestFile File) OpenDynamicIndex(SnapshotInfo snapshot, string archive, CryptConfig? key)
     {
         var name = ArchiveFileName(archive);
+        if (!name.EndsWith(".didx", StringComparison.Ordinal) || !Names.IsArchiveName(name))
+        {
+            throw new ArchiveNotFoundException($"'{Names.Printable(archive)}' is not a stream archive (.didx)");
+        }
+
         var manifest = ReadManifest(snapshot, key);
         var file = manifest.Find(name) ?? throw new ArchiveNotFoundException($"snapshot {snapshot.Name} has no archive {name}");
         if (file.CryptMode == CryptMode.Encrypt && key is null)
@@ -274,8 +417,8 @@ public sealed class DatastoreReader
             throw new KeyRequiredException($"{name} of {snapshot.Name} is encrypted; give its key file");
         }
 
-        var path = Path.Combine(snapshot.DirectoryPath, name);
-        var index = DynamicIndex.Open(path);
+        var path = files.Describe(InSnapshot(snapshot, name));
+        var index = DynamicIndex.Open(files, InSnapshot(snapshot, name));
         var csum = Convert.ToHexStringLower(index.Checksum);
         if ((ulong)index.Size != file.Size || csum != file.Csum)
         {

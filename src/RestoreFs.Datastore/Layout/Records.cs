@@ -19,9 +19,9 @@ public sealed record BackupNamespace(string Path)
         }
 
         var parts = trimmed.Split('/');
-        if (parts.Length > 7 || trimmed.Length > 256 || parts.Any(p => !Names.SafeId.IsMatch(p)))
+        if (parts.Length > 7 || trimmed.Length > 256 || parts.Any(p => !Names.IsNamespaceComponent(p)))
         {
-            throw new DatastoreException($"invalid namespace '{text}' (components [A-Za-z0-9_][A-Za-z0-9._-]*, at most 7 levels)");
+            throw new InvalidNameException($"invalid namespace '{Names.Printable(text ?? string.Empty)}' (components [A-Za-z0-9_][A-Za-z0-9._-]*, at most 7 levels)");
         }
 
         return new BackupNamespace(trimmed);
@@ -38,9 +38,9 @@ public sealed record BackupGroup(BackupNamespace Namespace, string Type, string 
     public static BackupGroup Parse(BackupNamespace ns, string text)
     {
         var parts = text.Trim('/').Split('/');
-        if (parts.Length != 2 || !Names.IsType(parts[0]) || !Names.SafeId.IsMatch(parts[1]))
+        if (parts.Length != 2 || !Names.IsType(parts[0]) || !Names.IsBackupId(parts[1]))
         {
-            throw new DatastoreException($"invalid backup group '{text}' (expected vm|ct|host/<id>)");
+            throw new InvalidNameException($"invalid backup group '{Names.Printable(text)}' (expected vm|ct|host/<id>)");
         }
 
         return new BackupGroup(ns, parts[0], parts[1]);
@@ -57,13 +57,57 @@ public sealed record SnapshotInfo(BackupGroup Group, DateTimeOffset Time, string
     public string Name => $"{Group.Type}/{Group.Id}/{TimeName}";
 }
 
-/// <summary>Naming rules of the datastore layout (spec section 1).</summary>
+/// <summary>
+/// Naming rules of the datastore layout (spec section 1): one check per kind of name that becomes a path or a
+/// directory entry. Patterns are anchored with <c>\z</c> (a <c>$</c> would accept a trailing newline) and use
+/// ASCII classes only.
+/// </summary>
 public static partial class Names
 {
+    /// <summary>PBS's safe id: backup ids, namespace components, archive stems.</summary>
     public static readonly Regex SafeId = SafeIdRegex();
     public static readonly Regex SnapshotTime = SnapshotTimeRegex();
 
     public static bool IsType(string s) => s is "vm" or "ct" or "host";
+
+    /// <summary>A backup type directory: vm, ct or host.</summary>
+    public static bool IsBackupType(string s) => IsType(s);
+
+    /// <summary>A backup id (the 100 of vm/100).</summary>
+    public static bool IsBackupId(string s) => s.Length <= StoreLimits.MaxNameLength && SafeId.IsMatch(s);
+
+    /// <summary>One component of a namespace path.</summary>
+    public static bool IsNamespaceComponent(string s) => s.Length <= StoreLimits.MaxNameLength && SafeId.IsMatch(s);
+
+    /// <summary>A snapshot directory name, exactly as PBS writes it (2024-05-01T10:00:00Z) and a real time.</summary>
+    public static bool IsSnapshotTime(string s) => TryParseTime(s, out _);
+
+    /// <summary>
+    /// A file name a manifest may list: a safe id ending in .fidx, .didx or .blob — so no '/', no '..', no control
+    /// characters, no leading dot.
+    /// </summary>
+    public static bool IsArchiveName(string s) =>
+        s.Length <= StoreLimits.MaxNameLength && SafeId.IsMatch(s) && !s.Contains("..", StringComparison.Ordinal) &&
+        (s.EndsWith(".fidx", StringComparison.Ordinal) || s.EndsWith(".didx", StringComparison.Ordinal) || s.EndsWith(".blob", StringComparison.Ordinal));
+
+    /// <summary>A name fit for a message: control and non-ASCII characters escaped, long names cut.</summary>
+    public static string Printable(string s)
+    {
+        var b = new System.Text.StringBuilder();
+        foreach (var c in s.Length > 200 ? s[..200] : s)
+        {
+            if (c < 0x20 || c == 0x7f || c > 0x7e)
+            {
+                b.Append(c <= 0xff ? $"\\x{(int)c:x2}" : $"\\u{(int)c:x4}");
+            }
+            else
+            {
+                b.Append(c);
+            }
+        }
+
+        return s.Length > 200 ? b + "…" : b.ToString();
+    }
 
     public static string FormatTime(DateTimeOffset t) => t.UtcDateTime.ToString("yyyy-MM-dd'T'HH:mm:ss'Z'", CultureInfo.InvariantCulture);
 
@@ -79,15 +123,15 @@ public static partial class Names
     {
         if (!DateTimeOffset.TryParse(s, CultureInfo.InvariantCulture, DateTimeStyles.AssumeUniversal, out var t))
         {
-            throw new DatastoreException($"invalid time '{s}' (expected RFC 3339, e.g. 2024-05-01T10:00:00Z)");
+            throw new DatastoreException($"invalid time '{Printable(s)}' (expected RFC 3339, e.g. 2024-05-01T10:00:00Z)");
         }
 
         return DateTimeOffset.FromUnixTimeSeconds(t.ToUnixTimeSeconds());
     }
 
-    [GeneratedRegex("^[A-Za-z0-9_][A-Za-z0-9._\\-]*$")]
+    [GeneratedRegex("^[A-Za-z0-9_][A-Za-z0-9._\\-]*\\z")]
     private static partial Regex SafeIdRegex();
 
-    [GeneratedRegex("^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$")]
+    [GeneratedRegex("^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z\\z")]
     private static partial Regex SnapshotTimeRegex();
 }

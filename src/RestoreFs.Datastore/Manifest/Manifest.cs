@@ -53,19 +53,35 @@ public sealed class Manifest
 
     public ManifestFile? Find(string fileName) => Files.FirstOrDefault(f => f.FileName == fileName);
 
+    /// <summary>JSON as a manifest or key file must be: one value per key, shallow.</summary>
+    internal static readonly JsonDocumentOptions StrictJson = new() { AllowDuplicateProperties = false, MaxDepth = 32 };
+
     public static Manifest Parse(byte[] json, string path)
     {
         try
         {
-            var root = JsonNode.Parse(json)?.AsObject() ?? throw new ManifestMismatchException("manifest is not a JSON object", path);
+            var root = JsonNode.Parse(json, null, StrictJson) as JsonObject ?? throw new ManifestMismatchException("manifest is not a JSON object", path);
             var files = new List<ManifestFile>();
-            foreach (var f in root["files"]?.AsArray() ?? [])
+            var names = new HashSet<string>(StringComparer.Ordinal);
+            var list = root["files"] switch
             {
-                var o = f!.AsObject();
+                null => new JsonArray(),
+                JsonArray a => a,
+                _ => throw new ManifestMismatchException("manifest 'files' is not an array", path),
+            };
+            foreach (var f in list)
+            {
+                var o = f as JsonObject ?? throw new ManifestMismatchException("manifest file entry is not an object", path);
                 var name = (string?)o["filename"] ?? throw new ManifestMismatchException("manifest file entry without filename", path);
-                if (!(name.EndsWith(".fidx", StringComparison.Ordinal) || name.EndsWith(".didx", StringComparison.Ordinal) || name.EndsWith(".blob", StringComparison.Ordinal)))
+                if (!Names.IsArchiveName(name))
                 {
-                    throw new ManifestMismatchException($"manifest lists '{name}', which is no archive", path);
+                    throw new ManifestMismatchException(
+                        $"manifest lists '{Names.Printable(name)}', which is no archive name (a plain name ending in .fidx, .didx or .blob)", path);
+                }
+
+                if (!names.Add(name))
+                {
+                    throw new ManifestMismatchException($"manifest lists {name} twice", path);
                 }
 
                 var mode = ((string?)o["crypt-mode"]) switch
@@ -73,16 +89,29 @@ public sealed class Manifest
                     null or "none" => CryptMode.None,
                     "encrypt" => CryptMode.Encrypt,
                     "sign-only" => CryptMode.SignOnly,
-                    var other => throw new ManifestMismatchException($"unknown crypt-mode '{other}'", path),
+                    var other => throw new ManifestMismatchException($"unknown crypt-mode '{Names.Printable(other)}'", path),
                 };
-                files.Add(new ManifestFile(name, mode, (ulong)o["size"]!, ((string?)o["csum"] ?? string.Empty).ToLowerInvariant()));
+                var csum = ((string?)o["csum"] ?? string.Empty).ToLowerInvariant();
+                if (csum.Length != 64 || !csum.All(char.IsAsciiHexDigitLower))
+                {
+                    throw new ManifestMismatchException($"manifest entry {name} has csum '{Names.Printable(csum)}', not 64 hex digits", path);
+                }
+
+                files.Add(new ManifestFile(name, mode, (ulong)o["size"]!, csum));
             }
 
             var fingerprint = (string?)root["unprotected"]?["key-fingerprint"];
-            return new Manifest(root, (string)root["backup-type"]!, (string)root["backup-id"]!, (long)root["backup-time"]!,
-                files, fingerprint, (string?)root["signature"], json);
+            var type = (string?)root["backup-type"] ?? throw new ManifestMismatchException("manifest has no backup-type", path);
+            var id = (string?)root["backup-id"] ?? throw new ManifestMismatchException("manifest has no backup-id", path);
+            if (!Names.IsBackupType(type) || !Names.IsBackupId(id))
+            {
+                throw new ManifestMismatchException($"manifest names group '{Names.Printable(type)}/{Names.Printable(id)}', not a valid backup group", path);
+            }
+
+            return new Manifest(root, type, id, (long)root["backup-time"]!, files, fingerprint, (string?)root["signature"], json);
         }
-        catch (Exception e) when (e is JsonException or InvalidOperationException or FormatException or NullReferenceException)
+        catch (Exception e) when (e is JsonException or InvalidOperationException or FormatException or NullReferenceException or ArgumentException
+                                      or OverflowException or InvalidCastException or KeyNotFoundException)
         {
             throw new ManifestMismatchException($"malformed manifest: {e.Message}", path);
         }

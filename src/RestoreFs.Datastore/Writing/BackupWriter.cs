@@ -1,3 +1,4 @@
+using System.Collections.Concurrent;
 using System.Security.Cryptography;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
@@ -25,6 +26,8 @@ public sealed class BackupWriter : IDisposable
     private readonly List<ManifestFile> files = [];
     private readonly BackupGroup group;
     private readonly DateTimeOffset time;
+    private readonly string marker;
+    private readonly ConcurrentDictionary<string, byte> inFlight = new(StringComparer.Ordinal);
     private bool finished;
 
     private BackupWriter(string storePath, BackupGroup group, DateTimeOffset time, CryptConfig? key, ILogger log)
@@ -42,6 +45,11 @@ public sealed class BackupWriter : IDisposable
         }
 
         Directory.CreateDirectory(groupDir);
+        SweepStale(storePath, groupDir, log);
+
+        // Names this writer's temporary files for the next writer, should this process die without cleaning up.
+        marker = Path.Combine(storePath, $"{MarkerPrefix}{Environment.ProcessId}");
+        File.WriteAllText(marker, $"{Environment.MachineName}\n{Path.GetRelativePath(storePath, groupDir)}\n");
         var owner = Path.Combine(groupDir, "owner");
         if (!File.Exists(owner))
         {
@@ -51,6 +59,115 @@ public sealed class BackupWriter : IDisposable
         // A name that PBS's snapshot pattern does not match: ignored by every reader until it is renamed.
         workDir = Path.Combine(groupDir, $".{Names.FormatTime(time)}.tmp-{Environment.ProcessId}");
         Directory.CreateDirectory(workDir);
+    }
+
+    /// <summary>Prefix of the marker file a running backup keeps in the store root (<c>.restorefs-backup-PID</c>).</summary>
+    public const string MarkerPrefix = ".restorefs-backup-";
+
+    /// <summary>A marker written on another machine is only trusted to be stale after this long.</summary>
+    public static readonly TimeSpan ForeignStaleAge = TimeSpan.FromDays(1);
+
+    /// <summary>
+    /// Removes what dead backups left behind: for each marker of a pid that no longer runs on this machine, its chunk
+    /// temporaries (<c>.chunks/*/*.tmp_PID_*</c>) and snapshot work directories (<c>.TIME.tmp-PID</c>) in its group;
+    /// and in the group about to be written, any work directory of a dead pid. Returns how many entries went.
+    /// </summary>
+    public static int SweepStale(string storePath, string? groupDir = null, ILogger? log = null)
+    {
+        log ??= NullLogger.Instance;
+        var removed = 0;
+        var store = Path.GetFullPath(storePath);
+        foreach (var markerPath in Directory.EnumerateFiles(store, MarkerPrefix + "*"))
+        {
+            if (!int.TryParse(Path.GetFileName(markerPath)[MarkerPrefix.Length..], out var pid) || pid <= 0)
+            {
+                continue;
+            }
+
+            string[] lines;
+            try
+            {
+                lines = File.ReadAllLines(markerPath);
+            }
+            catch (IOException)
+            {
+                continue;
+            }
+
+            var local = lines.Length > 0 && lines[0] == Environment.MachineName;
+            var stale = local
+                ? pid != Environment.ProcessId && !StoreLibC.ProcessExists(pid)
+                : DateTime.UtcNow - File.GetLastWriteTimeUtc(markerPath) > ForeignStaleAge;
+            if (!stale)
+            {
+                continue;
+            }
+
+            removed += SweepChunkTemporaries(Path.Combine(store, ".chunks"), pid);
+            if (lines.Length > 1 && !lines[1].Split('/').Any(p => p is ".." or "") &&
+                Path.GetFullPath(Path.Combine(store, lines[1])) is var dir && dir.StartsWith(store + "/", StringComparison.Ordinal))
+            {
+                removed += SweepWorkDirectories(dir, p => p == pid);
+            }
+
+            File.Delete(markerPath);
+            log.LogInformation("Removed the temporary files of backup process {Pid}, which ended without cleaning up", pid);
+        }
+
+        if (groupDir is not null)
+        {
+            removed += SweepWorkDirectories(groupDir, p => p != Environment.ProcessId && !StoreLibC.ProcessExists(p));
+        }
+
+        return removed;
+    }
+
+    private static int SweepChunkTemporaries(string chunkDir, int pid)
+    {
+        var removed = 0;
+        if (!Directory.Exists(chunkDir))
+        {
+            return 0;
+        }
+
+        var pattern = $"*.tmp_{pid}_*";
+        foreach (var sub in Directory.EnumerateDirectories(chunkDir))
+        {
+            if (new FileInfo(sub).LinkTarget is not null)
+            {
+                continue;
+            }
+
+            foreach (var tmp in Directory.EnumerateFiles(sub, pattern))
+            {
+                File.Delete(tmp);
+                removed++;
+            }
+        }
+
+        return removed;
+    }
+
+    private static int SweepWorkDirectories(string groupDir, Func<int, bool> dead)
+    {
+        var removed = 0;
+        if (!Directory.Exists(groupDir))
+        {
+            return 0;
+        }
+
+        foreach (var dir in Directory.EnumerateDirectories(groupDir, ".*.tmp-*"))
+        {
+            var name = Path.GetFileName(dir);
+            var at = name.LastIndexOf(".tmp-", StringComparison.Ordinal);
+            if (int.TryParse(name[(at + 5)..], out var pid) && pid > 0 && dead(pid) && new FileInfo(dir).LinkTarget is null)
+            {
+                Directory.Delete(dir, recursive: true);
+                removed++;
+            }
+        }
+
+        return removed;
     }
 
     /// <summary>
@@ -120,13 +237,29 @@ public sealed class BackupWriter : IDisposable
         using var slots = new SemaphoreSlim(workers * 2);
         var tasks = new List<Task>();
         Exception? failure = null;
-        for (var i = 0; i < count && failure is null; i++)
+        for (var i = 0; i < count && failure is null && !ct.IsCancellationRequested; i++)
         {
-            ct.ThrowIfCancellationRequested();
             var length = (int)Math.Min(DefaultChunkSize, size - (long)i * DefaultChunkSize);
             var buffer = GC.AllocateUninitializedArray<byte>(length);
-            source.ReadExactly(buffer);
-            slots.Wait(ct);
+            try
+            {
+                source.ReadExactly(buffer);
+            }
+            catch (Exception e)
+            {
+                failure ??= e;
+                break;
+            }
+
+            try
+            {
+                slots.Wait(ct);
+            }
+            catch (OperationCanceledException)
+            {
+                break;
+            }
+
             var chunkIndex = i;
             tasks.Add(Task.Run(() =>
             {
@@ -154,14 +287,17 @@ public sealed class BackupWriter : IDisposable
                 {
                     slots.Release();
                 }
-            }, ct));
+            }, CancellationToken.None));
         }
 
-        Task.WaitAll(tasks.ToArray(), ct);
+        // Every started chunk finishes (or removes its temporary file) before this returns, also when cancelled.
+        Task.WaitAll(tasks.ToArray(), CancellationToken.None);
         if (failure is not null)
         {
             throw failure;
         }
+
+        ct.ThrowIfCancellationRequested();
 
         var indexBytes = FixedIndex.Build(size, DefaultChunkSize, digests, DateTimeOffset.UtcNow);
         var tmp = Path.Combine(workDir, archive.Replace(".fidx", ".tmp_fidx", StringComparison.Ordinal));
@@ -188,12 +324,27 @@ public sealed class BackupWriter : IDisposable
         var blob = DataBlob.Encode(data, key, compress: true);
         Directory.CreateDirectory(Path.GetDirectoryName(path)!);
         var tmp = $"{path}.tmp_{Environment.ProcessId}_{Environment.CurrentManagedThreadId}";
-        using (var stream = new FileStream(tmp, FileMode.Create, FileAccess.Write, FileShare.None, 1, FileOptions.None))
+        inFlight[tmp] = 0;
+        try
         {
-            stream.Write(blob);
+            using (var stream = new FileStream(tmp, FileMode.Create, FileAccess.Write, FileShare.None, 1, FileOptions.None))
+            {
+                stream.Write(blob);
+            }
+
+            File.Move(tmp, path, overwrite: true);
+        }
+        catch
+        {
+            // Out of space, an I/O error: no half chunk stays behind.
+            TryDelete(tmp);
+            throw;
+        }
+        finally
+        {
+            inFlight.TryRemove(tmp, out _);
         }
 
-        File.Move(tmp, path, overwrite: true);
         return (digest, true);
     }
 
@@ -223,11 +374,38 @@ public sealed class BackupWriter : IDisposable
         return new SnapshotInfo(group, time, finalDir);
     }
 
+    private static void TryDelete(string path)
+    {
+        try
+        {
+            File.Delete(path);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+        }
+    }
+
+    /// <summary>An unfinished snapshot is removed with its work directory and chunk temporaries; the marker goes.</summary>
     public void Dispose()
     {
+        foreach (var tmp in inFlight.Keys)
+        {
+            TryDelete(tmp);
+        }
+
         if (!finished && Directory.Exists(workDir))
         {
-            Directory.Delete(workDir, recursive: true);
+            try
+            {
+                Directory.Delete(workDir, recursive: true);
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                log.LogWarning("Could not remove the unfinished snapshot {Dir}: {Error}", workDir, e.Message);
+                return;
+            }
         }
+
+        TryDelete(marker);
     }
 }
