@@ -7,7 +7,8 @@ MOUNTPOINT ?= demo/mnt
 DOTNET ?= dotnet
 RID := linux-x64
 
-.PHONY: all deps build cli daemon restore-image test run demo install clean bench
+FILTER ?=
+.PHONY: all deps build cli daemon restore-image test check run demo install clean bench
 
 all: build
 
@@ -33,7 +34,12 @@ cli:
 
 test: deps build
 	$(DOTNET) build RestoreFs.sln -c $(CONFIGURATION) --nologo -v quiet
-	CONFIGURATION=$(CONFIGURATION) bash scripts/test-summary.sh
+	CONFIGURATION=$(CONFIGURATION) bash scripts/test-summary.sh $(if $(FILTER),--filter "$(FILTER)")
+
+# The fast loop: build the CLI and the tests, run them (or FILTER=…); no dependency install, no restore image rebuild.
+check: cli
+	$(DOTNET) build RestoreFs.sln -c $(CONFIGURATION) --nologo -v quiet
+	CONFIGURATION=$(CONFIGURATION) bash scripts/test-summary.sh $(if $(FILTER),--filter "$(FILTER)")
 
 demo: build
 	@bash scripts/make-demo.sh
