@@ -400,7 +400,8 @@ public sealed class PxarArchive : IDisposable
                 table.Offset + PxarFormat.HeaderSize + i * 24);
         }
 
-        if (size > (ulong)meta.Length)
+        // (v2 file records count their payload bytes too, so the bound is both streams together.)
+        if (size > (ulong)meta.Length + (ulong)(payload?.Length ?? 0))
         {
             throw Error($"goodbye record {i} has an absurd size {size}", table.Offset + PxarFormat.HeaderSize + i * 24);
         }
