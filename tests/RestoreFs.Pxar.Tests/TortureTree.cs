@@ -4,15 +4,24 @@ using RestoreFs.TestSupport;
 
 namespace RestoreFs.Pxar.Tests;
 
+/// <summary>One torture tree shared by the test classes that need it (making 5,000 files is slow on a busy disk).</summary>
+[CollectionDefinition("torture")]
+public sealed class TortureCollection : ICollectionFixture<TortureTree>;
+
 /// <summary>
 /// A directory tree with every kind of entry and metadata the archive must keep, made with the real tools (mknod,
 /// mkfifo, setfattr, setfacl, setcap, touch, chown), and its expected listing from find and getfattr.
 /// </summary>
-internal sealed class TortureTree : IDisposable
+public sealed class TortureTree : IDisposable
 {
     private readonly TempDirectory temp = new("pxar-torture");
 
-    public TortureTree(int bigFileBytes = 3 * 1024 * 1024 + 17, int bigDirectoryEntries = 5000)
+    public TortureTree()
+        : this(3 * 1024 * 1024 + 17, 5000)
+    {
+    }
+
+    internal TortureTree(int bigFileBytes = 3 * 1024 * 1024 + 17, int bigDirectoryEntries = 5000)
     {
         Root = temp.Combine("tree");
         Directory.CreateDirectory(Root);
