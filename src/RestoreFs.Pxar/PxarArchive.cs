@@ -204,6 +204,66 @@ public sealed class PxarArchive : IDisposable
         return result;
     }
 
+    /// <summary>
+    /// Link counts of hard-linked files: inode → number of names (only files with more than one), found by walking the
+    /// whole tree (cheap for a split archive's compact metadata; a v1 archive touches every chunk of its metadata).
+    /// A FUSE layer reports these as st_nlink so that cp -a, rsync -H and tar keep the links.
+    /// </summary>
+    public IReadOnlyDictionary<ulong, int> HardlinkCounts(CancellationToken ct = default)
+    {
+        var counts = new Dictionary<ulong, int>();
+        var pending = new Stack<PxarEntry>();
+        pending.Push(Root);
+        while (pending.Count > 0)
+        {
+            ct.ThrowIfCancellationRequested();
+            foreach (var child in List(pending.Pop()))
+            {
+                if (child.IsDirectory)
+                {
+                    pending.Push(child);
+                }
+                else if (child.IsHardlink)
+                {
+                    counts[child.Inode] = counts.GetValueOrDefault(child.Inode, 1) + 1;
+                }
+            }
+        }
+
+        return counts;
+    }
+
+    /// <summary>
+    /// The same from the catalog's hard-link names (a catalog of unified archives lists every later name as 'h'): only
+    /// those few names are resolved through the archive. <paramref name="archiveBlock"/> is the catalog block of this
+    /// archive (the root block's directory entry named after the archive's index file).
+    /// </summary>
+    public IReadOnlyDictionary<ulong, int> HardlinkCounts(PxarCatalog catalog, long archiveBlock, CancellationToken ct = default)
+    {
+        var counts = new Dictionary<ulong, int>();
+        var pending = new Stack<(long Block, byte[] Path)>();
+        pending.Push((archiveBlock, []));
+        while (pending.Count > 0)
+        {
+            ct.ThrowIfCancellationRequested();
+            var (block, path) = pending.Pop();
+            foreach (var e in catalog.ReadBlock(block))
+            {
+                byte[] childPath = path.Length == 0 ? e.Name : [.. path, (byte)'/', .. e.Name];
+                if (e.Type == PxarCatalogEntryType.Directory)
+                {
+                    pending.Push((e.ChildBlockOffset, childPath));
+                }
+                else if (e.Type == PxarCatalogEntryType.Hardlink && LookupPath(childPath) is { IsHardlink: true } link)
+                {
+                    counts[link.Inode] = counts.GetValueOrDefault(link.Inode, 1) + 1;
+                }
+            }
+        }
+
+        return counts;
+    }
+
     /// <summary>A directory's goodbye records in stored (hash-tree) order, the order PBS's own readdir uses.</summary>
     public IReadOnlyList<PxarGoodbyeRecord> GoodbyeRecords(PxarEntry directory)
     {

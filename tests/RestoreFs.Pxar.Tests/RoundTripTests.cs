@@ -91,6 +91,7 @@ public class RoundTripTests(TortureTree tree)
             // Hard links: one inode, three names; contents equal the file's.
             Assert.Equal(["a.txt", "hard1", "sub/hard2"], inodes[entries["a.txt"].Inode].Order(StringComparer.Ordinal));
             Assert.True(entries["hard1"].IsHardlink && entries["sub/hard2"].IsHardlink && !entries["a.txt"].IsHardlink);
+            Assert.Equal(new Dictionary<ulong, int> { [entries["a.txt"].Inode] = 3 }, a.HardlinkCounts());
 
             // Devices and contents.
             Assert.Equal((1UL, 3UL), (entries["chr"].DeviceMajor, entries["chr"].DeviceMinor));

@@ -197,6 +197,19 @@ public class VectorTests
     }
 
     [Fact]
+    public void HardlinkCountsComeFromTheTreeOrTheCatalog()
+    {
+        foreach (var make in new Func<PxarArchive>[] { Vectors.V1, Vectors.V2 })
+        {
+            using var a = make();
+            var txt = a.LookupPath("a.txt")!;
+            Assert.Equal(new Dictionary<ulong, int> { [txt.Inode] = 2 }, a.HardlinkCounts());
+            var catalog = new PxarCatalog(new MemoryPxarSource(Vectors.Bytes("catalog.pcat1")));
+            Assert.Equal(new Dictionary<ulong, int> { [txt.Inode] = 2 }, a.HardlinkCounts(catalog, catalog.RootOffset));
+        }
+    }
+
+    [Fact]
     public void FileStreamsSeekAndReadRanges()
     {
         using var a = Vectors.V2();
