@@ -77,6 +77,7 @@ public class RoundTripTests(TortureTree tree)
             var entries = new Dictionary<string, PxarEntry>();
             sw.Restart();
             Collect(a, a.Root, "", listing, xattrs, inodes, entries);
+            xattrs["."] = string.Join(",", a.Root.AllXattrs().Select(v => L(v.Name) + "=" + Convert.ToHexStringLower(v.Value)).Order(StringComparer.Ordinal));
             Console.WriteLine($"read back in {sw.ElapsedMilliseconds} ms");
 
             Assert.Equal(expected.Keys, listing.Keys);
@@ -117,5 +118,31 @@ public class RoundTripTests(TortureTree tree)
             Assert.Equal(entries["bigfile"].Size, root.Single(e => e.NameText == "bigfile").Size);
             Assert.Equal(5000, cat.ReadBlock(root.Single(e => e.NameText == "big").ChildBlockOffset).Count);
         }
+    }
+
+    [Fact]
+    public void ExtractingTheArchiveGivesBackTheTree()
+    {
+        foreach (var split in new[] { false, true })
+        {
+            var meta = new MemoryStream();
+            var payload = split ? new MemoryStream() : null;
+            DirectoryArchiver.Write(tree.Root, meta, payload);
+            using var a = PxarArchive.Open(new MemoryPxarSource(meta.ToArray(), "torture"), payload is null ? null : new MemoryPxarSource(payload.ToArray(), "p"));
+            var target = tree.Combine($"extract-{split}");
+            Directory.CreateDirectory(target);
+            Extractor.Extract(a, a.Root, target);
+            Assert.Equal(tree.ExpectedListing(), tree.ExpectedListing(target));
+            Assert.Equal(tree.ExpectedXattrs(), tree.ExpectedXattrs(target));
+            Assert.Equal(File.ReadAllBytes(Path.Combine(tree.Root, "bigfile")), File.ReadAllBytes(Path.Combine(target, "bigfile")));
+            Assert.Equal(3, LinkCount(Path.Combine(target, "sub/hard2")));
+            RestoreFs.TestSupport.ProcessRunner.Run("rm", ["-rf", target], TimeSpan.FromMinutes(1)).EnsureSuccess("rm");
+        }
+    }
+
+    private static int LinkCount(string path)
+    {
+        var r = RestoreFs.TestSupport.ProcessRunner.Run("stat", ["-c", "%h", path], TimeSpan.FromSeconds(10));
+        return int.Parse(r.EnsureSuccess("stat").StdOut.Trim(), System.Globalization.CultureInfo.InvariantCulture);
     }
 }

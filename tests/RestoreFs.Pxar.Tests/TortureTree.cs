@@ -62,6 +62,8 @@ public sealed class TortureTree : IDisposable
             touch -h -d '@-315619199.25' rel
             touch -d '@-1' empty
             touch -d '@1600000000.000000001' sub
+            setfattr -n user.root -v top .
+            setfacl -d -m g:5678:r-x .
             """;
         File.WriteAllText(temp.Combine("make.sh"), script);
         ProcessRunner.Run("bash", [temp.Combine("make.sh"), Root], TimeSpan.FromMinutes(2)).EnsureSuccess("making the torture tree");
@@ -78,11 +80,11 @@ public sealed class TortureTree : IDisposable
     public string Combine(params string[] parts) => temp.Combine(parts);
 
     /// <summary>path → "type perms uid:gid mtime size target" from find, names as bytes (latin-1 mapped for comparison).</summary>
-    public SortedDictionary<string, string> ExpectedListing()
+    public SortedDictionary<string, string> ExpectedListing(string? root = null)
     {
-        var file = temp.Combine("find.out");
+        var file = temp.Combine($"find-{Guid.NewGuid():N}.out");
         ProcessRunner.Run("find", [".", "-mindepth", "1", "-fprintf", file, @"%P\0%y %m %U:%G %T@ %s %l\0"], TimeSpan.FromMinutes(1),
-            workingDirectory: Root).EnsureSuccess("find");
+            workingDirectory: root ?? Root).EnsureSuccess("find");
         var parts = Encoding.Latin1.GetString(File.ReadAllBytes(file)).Split('\0');
         var result = new SortedDictionary<string, string>(StringComparer.Ordinal);
         for (var i = 0; i + 1 < parts.Length; i += 2)
@@ -98,16 +100,16 @@ public sealed class TortureTree : IDisposable
     }
 
     /// <summary>path → sorted "name=hex" xattrs (ACLs and capabilities included) from getfattr.</summary>
-    public SortedDictionary<string, string> ExpectedXattrs()
+    public SortedDictionary<string, string> ExpectedXattrs(string? root = null)
     {
-        var run = ProcessRunner.Run("getfattr", ["-R", "-P", "-h", "-d", "-m", "-", "-e", "hex", "."], TimeSpan.FromMinutes(1), workingDirectory: Root);
+        var run = ProcessRunner.Run("getfattr", ["-R", "-P", "-h", "-d", "-m", "-", "-e", "hex", "."], TimeSpan.FromMinutes(1), workingDirectory: root ?? Root);
         run.EnsureSuccess("getfattr");
         var result = new SortedDictionary<string, string>(StringComparer.Ordinal);
         string? path = null;
         var values = new List<string>();
         void Flush()
         {
-            if (path is not null && path != "." && values.Count > 0)
+            if (path is not null && values.Count > 0)
             {
                 result[path.StartsWith("./", StringComparison.Ordinal) ? path[2..] : path] = string.Join(",", values.Order(StringComparer.Ordinal));
             }
@@ -172,5 +174,10 @@ public sealed class TortureTree : IDisposable
         return Encoding.Latin1.GetString(bytes.ToArray());
     }
 
-    public void Dispose() => temp.Dispose();
+    public void Dispose()
+    {
+        // .NET cannot delete names that are not UTF-8.
+        ProcessRunner.Run("rm", ["-rf", temp.Path], TimeSpan.FromMinutes(1));
+        temp.Dispose();
+    }
 }

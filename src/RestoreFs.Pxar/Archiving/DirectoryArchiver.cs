@@ -41,7 +41,7 @@ public static class DirectoryArchiver
     }
 
     private static byte[] ProcPath(int dirfd, ReadOnlySpan<byte> name) =>
-        name.Length == 0 ? Encoding.ASCII.GetBytes($"/proc/self/fd/{dirfd}") : [.. Encoding.ASCII.GetBytes($"/proc/self/fd/{dirfd}/"), .. name];
+        name.Length == 0 ? Encoding.ASCII.GetBytes($"/proc/self/fd/{dirfd}/.") : [.. Encoding.ASCII.GetBytes($"/proc/self/fd/{dirfd}/"), .. name];
 
     private sealed class Run(PxarEncoder encoder, PxarCatalogWriter? catalog, DirectoryArchiverOptions options, uint devMajor, uint devMinor)
     {
