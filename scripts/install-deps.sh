@@ -12,6 +12,7 @@ packages=(
   fdisk cryptsetup-bin exfatprogs  # partition tables, LUKS and exFAT in the daemon's disk tests
   rsync zstd file util-linux
   acl attr         # setfacl/getfattr: xattr and ACL fidelity tests of the daemon
+  libcap2-bin      # setcap: file capabilities in the pxar tests
 )
 
 missing=()

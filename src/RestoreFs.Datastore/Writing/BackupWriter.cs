@@ -14,7 +14,7 @@ public readonly record struct BackupProgress(string Archive, long Done, long Tot
 /// renamed, and the manifest last. The snapshot is built in a hidden directory and renamed into place when finished,
 /// so an interrupted backup leaves no half snapshot visible.
 /// </summary>
-public sealed class BackupWriter : IDisposable
+public sealed partial class BackupWriter : IDisposable
 {
     public const int DefaultChunkSize = 4 * 1024 * 1024;
 

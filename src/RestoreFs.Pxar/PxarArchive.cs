@@ -1,0 +1,957 @@
+using System.Buffers.Binary;
+
+namespace RestoreFs.Pxar;
+
+/// <summary>One goodbye record: name hash, distance back from the GOODBYE item, size as stored, and the FILENAME offset.</summary>
+public readonly record struct PxarGoodbyeRecord(ulong Hash, long Back, long Size, long FilenameOffset);
+
+/// <summary>Tuning of a <see cref="PxarArchive"/>.</summary>
+public sealed record PxarArchiveOptions(int GoodbyeCacheTables = 128, int MaxCachedTableBytes = 64 * 1024);
+
+/// <summary>
+/// Random access to a pxar archive (format v1, or v2 as metadata + payload stream) over any byte source, starting from
+/// the root goodbye table at the end of the stream. Memory is bounded: nothing is loaded whole; small goodbye tables
+/// are kept in a small LRU, large ones are searched record by record. Every offset is checked against the extent of
+/// its directory (children lie strictly inside their parent, hard links point strictly backwards to a regular file),
+/// so hostile input ends in a <see cref="PxarException"/>, never a hang or an unbounded allocation. Thread-safe.
+/// </summary>
+public sealed class PxarArchive : IDisposable
+{
+    /// <summary>Most bytes of attribute items (xattrs, ACLs, fcaps) one entry may have.</summary>
+    public const int MaxAttributeBytes = 4 * 1024 * 1024;
+
+    /// <summary>Most records a goodbye table may have (a directory of 16 million entries).</summary>
+    public const long MaxGoodbyeRecords = 16L * 1024 * 1024;
+
+    private readonly IPxarSource meta;
+    private readonly IPxarSource? payload;
+    private readonly PxarArchiveOptions options;
+    private readonly object gate = new();
+    private readonly Dictionary<long, LinkedListNode<(long Offset, byte[] Records)>> tables = new();
+    private readonly LinkedList<(long Offset, byte[] Records)> tableLru = new();
+    private readonly IDisposable[] owned;
+
+    private PxarArchive(IPxarSource meta, IPxarSource? payload, PxarArchiveOptions? options, IDisposable[] owned)
+    {
+        this.meta = meta;
+        this.payload = payload;
+        this.options = options ?? new PxarArchiveOptions();
+        this.owned = owned;
+    }
+
+    /// <summary>The name errors use (the metadata stream's).</summary>
+    public string Name => meta.Name;
+
+    /// <summary>1 (unified) or 2 (split: metadata + payload stream).</summary>
+    public int FormatVersion { get; private set; } = 1;
+
+    /// <summary>Offset and length of the PRELUDE's content (v2 only).</summary>
+    public (long Offset, long Length)? PreludeRange { get; private set; }
+
+    public PxarEntry Root { get; private set; } = null!;
+
+    /// <summary>
+    /// Opens an archive. <paramref name="payload"/> is the <c>.ppxar</c> stream of a split archive (required when the
+    /// metadata stream starts with FORMAT_VERSION 2). <paramref name="owned"/> are disposed with the archive.
+    /// </summary>
+    public static PxarArchive Open(IPxarSource metadata, IPxarSource? payload = null, PxarArchiveOptions? options = null, params IDisposable[] owned)
+    {
+        var archive = new PxarArchive(metadata, payload, options, owned);
+        archive.OpenRoot();
+        return archive;
+    }
+
+    private void OpenRoot()
+    {
+        if (meta.Length < PxarFormat.HeaderSize + PxarFormat.StatSize + 40)
+        {
+            throw Error($"archive of {meta.Length} bytes is too short to hold a root directory", 0);
+        }
+
+        long pos = 0;
+        var (type, size) = Header(meta, pos, meta.Length);
+        if (type == PxarFormat.FormatVersion)
+        {
+            if (size != PxarFormat.HeaderSize + 8)
+            {
+                throw Error($"FORMAT_VERSION item of {size} bytes (expected 24)", pos);
+            }
+
+            var version = ReadU64(meta, pos + PxarFormat.HeaderSize);
+            if (version != 2)
+            {
+                throw Error($"unknown pxar format version {version}", pos);
+            }
+
+            FormatVersion = 2;
+            pos += size;
+            (type, size) = Header(meta, pos, meta.Length);
+            if (type == PxarFormat.Prelude)
+            {
+                PreludeRange = (pos + PxarFormat.HeaderSize, size - PxarFormat.HeaderSize);
+                pos += size;
+            }
+
+            if (payload is null)
+            {
+                throw Error("split (v2) archive: the payload stream (.ppxar) is needed as well", 0);
+            }
+
+            var (start, startSize) = Header(payload, 0, payload.Length, "payload stream");
+            if (start != PxarFormat.PayloadStartMarker || startSize != PxarFormat.HeaderSize)
+            {
+                throw new PxarException($"payload stream does not start with PAYLOAD_START_MARKER ({PxarFormat.ItemName(start)})", payload.Name, 0);
+            }
+
+            var (end, endSize) = Header(payload, payload.Length - PxarFormat.HeaderSize, payload.Length, "payload stream");
+            if (end != PxarFormat.PayloadTailMarker || endSize != PxarFormat.HeaderSize)
+            {
+                throw new PxarException($"payload stream does not end with PAYLOAD_TAIL_MARKER ({PxarFormat.ItemName(end)})", payload.Name,
+                    payload.Length - PxarFormat.HeaderSize);
+            }
+        }
+
+        var root = new PxarEntry([], -1) { IsRoot = true, DirectoryEnd = meta.Length };
+        DecodeBody(root, pos, meta.Length);
+        if (root.Kind != PxarEntryKind.Directory)
+        {
+            throw Error($"root entry is not a directory (mode {Convert.ToString(root.Mode, 8)})", root.EntryOffset);
+        }
+
+        Root = root;
+    }
+
+    /// <summary>Looks up a child by name through the directory's goodbye table; null when absent.</summary>
+    public PxarEntry? Lookup(PxarEntry directory, ReadOnlySpan<byte> name)
+    {
+        RequireDirectory(directory);
+        var table = OpenTable(directory);
+        var hash = PxarFormat.HashName(name);
+        return Search(directory, table, 0, hash, name);
+    }
+
+    public PxarEntry? Lookup(PxarEntry directory, string name) => Lookup(directory, System.Text.Encoding.UTF8.GetBytes(name));
+
+    /// <summary>Looks up a '/'-separated path from the root ("" or "/" is the root). Null when a component is missing or not a directory.</summary>
+    public PxarEntry? LookupPath(ReadOnlySpan<byte> path)
+    {
+        var current = Root;
+        while (path.Length > 0)
+        {
+            var slash = path.IndexOf((byte)'/');
+            var part = slash < 0 ? path : path[..slash];
+            path = slash < 0 ? default : path[(slash + 1)..];
+            if (part.Length == 0 || (part.Length == 1 && part[0] == '.'))
+            {
+                continue;
+            }
+
+            if (current.Kind != PxarEntryKind.Directory)
+            {
+                return null;
+            }
+
+            var next = Lookup(current, part);
+            if (next is null)
+            {
+                return null;
+            }
+
+            current = next;
+        }
+
+        return current;
+    }
+
+    public PxarEntry? LookupPath(string path) => LookupPath(System.Text.Encoding.UTF8.GetBytes(path));
+
+    /// <summary>The children of a directory in stream (= name) order, hard links resolved.</summary>
+    public IReadOnlyList<PxarEntry> List(PxarEntry directory)
+    {
+        RequireDirectory(directory);
+        var table = OpenTable(directory);
+        var refs = new (long FileOffset, ulong Hash, long Size)[table.Count];
+        for (var i = 0; i < table.Count; i++)
+        {
+            var (hash, fileOffset, size) = Record(directory, table, i);
+            refs[i] = (fileOffset, hash, size);
+        }
+
+        Array.Sort(refs, (a, b) => a.FileOffset.CompareTo(b.FileOffset));
+        var result = new List<PxarEntry>(refs.Length);
+        for (var i = 0; i < refs.Length; i++)
+        {
+            if (i > 0 && refs[i].FileOffset == refs[i - 1].FileOffset)
+            {
+                throw Error("two goodbye records point to the same entry", table.Offset);
+            }
+
+            var child = DecodeChild(directory, table, refs[i].FileOffset, refs[i].Size);
+            if (PxarFormat.HashName(child.Name) != refs[i].Hash)
+            {
+                throw Error($"name hash mismatch: goodbye record has {refs[i].Hash:x16}, the name there hashes to {PxarFormat.HashName(child.Name):x16}",
+                    refs[i].FileOffset);
+            }
+
+            if (i > 0 && result[^1].IsDirectory && result[^1].DirectoryEnd > child.FilenameOffset)
+            {
+                throw Error("directory extent overlaps its next sibling", result[^1].FilenameOffset);
+            }
+
+            result.Add(child);
+        }
+
+        return result;
+    }
+
+    /// <summary>
+    /// Link counts of hard-linked files: inode → number of names (only files with more than one), found by walking the
+    /// whole tree (cheap for a split archive's compact metadata; a v1 archive touches every chunk of its metadata).
+    /// A FUSE layer reports these as st_nlink so that cp -a, rsync -H and tar keep the links.
+    /// </summary>
+    public IReadOnlyDictionary<ulong, int> HardlinkCounts(CancellationToken ct = default)
+    {
+        var counts = new Dictionary<ulong, int>();
+        var pending = new Stack<PxarEntry>();
+        pending.Push(Root);
+        while (pending.Count > 0)
+        {
+            ct.ThrowIfCancellationRequested();
+            foreach (var child in List(pending.Pop()))
+            {
+                if (child.IsDirectory)
+                {
+                    pending.Push(child);
+                }
+                else if (child.IsHardlink)
+                {
+                    counts[child.Inode] = counts.GetValueOrDefault(child.Inode, 1) + 1;
+                }
+            }
+        }
+
+        return counts;
+    }
+
+    /// <summary>
+    /// The same from the catalog's hard-link names (a catalog of unified archives lists every later name as 'h'): only
+    /// those few names are resolved through the archive. <paramref name="archiveBlock"/> is the catalog block of this
+    /// archive (the root block's directory entry named after the archive's index file).
+    /// </summary>
+    public IReadOnlyDictionary<ulong, int> HardlinkCounts(PxarCatalog catalog, long archiveBlock, CancellationToken ct = default)
+    {
+        var counts = new Dictionary<ulong, int>();
+        var pending = new Stack<(long Block, byte[] Path)>();
+        pending.Push((archiveBlock, []));
+        while (pending.Count > 0)
+        {
+            ct.ThrowIfCancellationRequested();
+            var (block, path) = pending.Pop();
+            foreach (var e in catalog.ReadBlock(block))
+            {
+                byte[] childPath = path.Length == 0 ? e.Name : [.. path, (byte)'/', .. e.Name];
+                if (e.Type == PxarCatalogEntryType.Directory)
+                {
+                    pending.Push((e.ChildBlockOffset, childPath));
+                }
+                else if (e.Type == PxarCatalogEntryType.Hardlink && LookupPath(childPath) is { IsHardlink: true } link)
+                {
+                    counts[link.Inode] = counts.GetValueOrDefault(link.Inode, 1) + 1;
+                }
+            }
+        }
+
+        return counts;
+    }
+
+    /// <summary>A directory's goodbye records in stored (hash-tree) order, the order PBS's own readdir uses.</summary>
+    public IReadOnlyList<PxarGoodbyeRecord> GoodbyeRecords(PxarEntry directory)
+    {
+        RequireDirectory(directory);
+        var table = OpenTable(directory);
+        var result = new List<PxarGoodbyeRecord>((int)Math.Min(table.Count, 1 << 20));
+        for (var i = 0; i < table.Count; i++)
+        {
+            var (hash, fileOffset, size) = Record(directory, table, i);
+            result.Add(new PxarGoodbyeRecord(hash, table.Offset - fileOffset, size, fileOffset));
+        }
+
+        return result;
+    }
+
+    /// <summary>Offset of a directory's GOODBYE item.</summary>
+    public long GoodbyeOffset(PxarEntry directory)
+    {
+        RequireDirectory(directory);
+        return OpenTable(directory).Offset;
+    }
+
+    /// <summary>Reads a regular file's bytes at <paramref name="offset"/>: min(dst.Length, Size − offset); 0 at or past the end.</summary>
+    public int Read(PxarEntry file, long offset, Span<byte> dst)
+    {
+        if (file.Kind != PxarEntryKind.File)
+        {
+            throw new ArgumentException($"{file} is not a regular file", nameof(file));
+        }
+
+        ArgumentOutOfRangeException.ThrowIfNegative(offset);
+        if (offset >= file.Size)
+        {
+            return 0;
+        }
+
+        var n = (int)Math.Min(dst.Length, file.Size - offset);
+        var source = file.ContentInPayloadStream ? payload! : meta;
+        var got = ReadFully(source, file.ContentOffset + offset, dst[..n]);
+        if (got != n)
+        {
+            throw new PxarException("file contents are truncated", source.Name, file.ContentOffset + offset + got);
+        }
+
+        return n;
+    }
+
+    /// <summary>A read-only seekable stream over a regular file's contents.</summary>
+    public Stream OpenRead(PxarEntry file)
+    {
+        if (file.Kind != PxarEntryKind.File)
+        {
+            throw new ArgumentException($"{file} is not a regular file", nameof(file));
+        }
+
+        return new PxarFileStream(this, file);
+    }
+
+    /// <summary>The PRELUDE bytes of a v2 archive (at most 1 MiB), or null.</summary>
+    public byte[]? ReadPrelude()
+    {
+        if (PreludeRange is not { } r)
+        {
+            return null;
+        }
+
+        if (r.Length > 1024 * 1024)
+        {
+            throw Error($"PRELUDE of {r.Length} bytes is larger than 1 MiB", r.Offset);
+        }
+
+        var bytes = new byte[r.Length];
+        ReadExact(meta, r.Offset, bytes);
+        return bytes;
+    }
+
+    public void Dispose()
+    {
+        foreach (var d in owned)
+        {
+            d.Dispose();
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------------------------------
+    // goodbye tables
+
+    private readonly record struct Table(long Offset, long Count, byte[]? Records);
+
+    private static void RequireDirectory(PxarEntry entry)
+    {
+        if (entry.Kind != PxarEntryKind.Directory)
+        {
+            throw new ArgumentException($"{entry} is not a directory", nameof(entry));
+        }
+    }
+
+    /// <summary>Finds and checks a directory's goodbye table from the end of its extent.</summary>
+    private Table OpenTable(PxarEntry dir)
+    {
+        var end = dir.DirectoryEnd;
+        if (end - PxarFormat.GoodbyeRecordSize < dir.ContentStart)
+        {
+            throw Error("directory has no room for its goodbye table", dir.ContentStart);
+        }
+
+        Span<byte> tail = stackalloc byte[PxarFormat.GoodbyeRecordSize];
+        ReadExact(meta, end - PxarFormat.GoodbyeRecordSize, tail);
+        var marker = BinaryPrimitives.ReadUInt64LittleEndian(tail);
+        var back = BinaryPrimitives.ReadUInt64LittleEndian(tail[8..]);
+        var size = BinaryPrimitives.ReadUInt64LittleEndian(tail[16..]);
+        if (marker != PxarFormat.GoodbyeTailMarker)
+        {
+            throw Error($"no goodbye tail marker at the end of the directory (found {marker:x16})", end - PxarFormat.GoodbyeRecordSize);
+        }
+
+        if (size < 40 || (size - 16) % 24 != 0 || size > (ulong)(end - dir.ContentStart))
+        {
+            throw Error($"goodbye table size {size} does not fit the directory (extent {dir.ContentStart}…{end})", end - PxarFormat.GoodbyeRecordSize);
+        }
+
+        var offset = end - (long)size;
+        var expectedBack = dir.IsRoot ? offset : offset - dir.EntryOffset;
+        if (back != (ulong)expectedBack)
+        {
+            throw Error($"goodbye tail points {back} bytes back, not to the directory's entry ({expectedBack})", end - PxarFormat.GoodbyeRecordSize);
+        }
+
+        var (type, full) = Header(meta, offset, end);
+        if (type != PxarFormat.Goodbye || full != (long)size)
+        {
+            throw Error($"expected a GOODBYE item of {size} bytes, found {PxarFormat.ItemName(type)} of {full}", offset);
+        }
+
+        var count = ((long)size - 16) / 24 - 1;
+        if (count > MaxGoodbyeRecords)
+        {
+            throw Error($"goodbye table of {count} records is absurd", offset);
+        }
+
+        var bytes = count * 24;
+        if (bytes > options.MaxCachedTableBytes)
+        {
+            return new Table(offset, count, null);
+        }
+
+        lock (gate)
+        {
+            if (tables.TryGetValue(offset, out var node))
+            {
+                tableLru.Remove(node);
+                tableLru.AddFirst(node);
+                return new Table(offset, count, node.Value.Records);
+            }
+        }
+
+        var records = new byte[bytes];
+        ReadExact(meta, offset + PxarFormat.HeaderSize, records);
+        lock (gate)
+        {
+            if (!tables.ContainsKey(offset) && options.GoodbyeCacheTables > 0)
+            {
+                tables[offset] = tableLru.AddFirst((offset, records));
+                while (tables.Count > options.GoodbyeCacheTables && tableLru.Last is { } last)
+                {
+                    tableLru.RemoveLast();
+                    tables.Remove(last.Value.Offset);
+                }
+            }
+        }
+
+        return new Table(offset, count, records);
+    }
+
+    /// <summary>Record <paramref name="i"/>: its hash, the child's FILENAME offset (checked to lie inside the directory) and size.</summary>
+    private (ulong Hash, long FileOffset, long Size) Record(PxarEntry dir, Table table, long i)
+    {
+        Span<byte> rec = stackalloc byte[24];
+        if (table.Records is { } cached)
+        {
+            cached.AsSpan((int)(i * 24), 24).CopyTo(rec);
+        }
+        else
+        {
+            ReadExact(meta, table.Offset + PxarFormat.HeaderSize + i * 24, rec);
+        }
+
+        var hash = BinaryPrimitives.ReadUInt64LittleEndian(rec);
+        var back = BinaryPrimitives.ReadUInt64LittleEndian(rec[8..]);
+        var size = BinaryPrimitives.ReadUInt64LittleEndian(rec[16..]);
+        if (back == 0 || back > (ulong)(table.Offset - dir.ContentStart))
+        {
+            throw Error($"goodbye record {i} points {back} bytes back, outside its directory ({dir.ContentStart}…{table.Offset})",
+                table.Offset + PxarFormat.HeaderSize + i * 24);
+        }
+
+        // (v2 file records count their payload bytes too, so the bound is both streams together.)
+        if (size > (ulong)meta.Length + (ulong)(payload?.Length ?? 0))
+        {
+            throw Error($"goodbye record {i} has an absurd size {size}", table.Offset + PxarFormat.HeaderSize + i * 24);
+        }
+
+        return (hash, table.Offset - (long)back, (long)size);
+    }
+
+    /// <summary>Searches the implicit binary tree below index <paramref name="i"/>; on equal hashes with another name, both subtrees.</summary>
+    private PxarEntry? Search(PxarEntry dir, Table table, long i, ulong hash, ReadOnlySpan<byte> name)
+    {
+        while (i < table.Count)
+        {
+            var (recordHash, fileOffset, size) = Record(dir, table, i);
+            if (hash < recordHash)
+            {
+                i = 2 * i + 1;
+            }
+            else if (hash > recordHash)
+            {
+                i = 2 * i + 2;
+            }
+            else
+            {
+                var storedName = ReadFilename(fileOffset, table.Offset);
+                if (PxarFormat.HashName(storedName) != recordHash)
+                {
+                    throw Error($"name hash mismatch: goodbye record has {recordHash:x16}, the name there hashes to {PxarFormat.HashName(storedName):x16}",
+                        fileOffset);
+                }
+
+                if (name.SequenceEqual(storedName))
+                {
+                    return DecodeChild(dir, table, fileOffset, size);
+                }
+
+                // A 64-bit collision: further records with this hash sit in either subtree.
+                return Search(dir, table, 2 * i + 1, hash, name) ?? Search(dir, table, 2 * i + 2, hash, name);
+            }
+        }
+
+        return null;
+    }
+
+    // ---------------------------------------------------------------------------------------------------------------
+    // entries
+
+    private byte[] ReadFilename(long offset, long limit)
+    {
+        var (type, size) = Header(meta, offset, limit);
+        if (type != PxarFormat.Filename)
+        {
+            throw Error($"expected FILENAME, found {PxarFormat.ItemName(type)}", offset);
+        }
+
+        var content = size - PxarFormat.HeaderSize;
+        if (content < 2 || content > PxarFormat.MaxPathContent)
+        {
+            throw Error($"FILENAME of {content} bytes", offset);
+        }
+
+        var bytes = new byte[content];
+        ReadExact(meta, offset + PxarFormat.HeaderSize, bytes);
+        var name = bytes.AsSpan(0, bytes.Length - 1);
+        if (bytes[^1] != 0 || name.IndexOf((byte)0) >= 0 || name.IndexOf((byte)'/') >= 0 ||
+            name.SequenceEqual("."u8) || name.SequenceEqual(".."u8))
+        {
+            throw Error("invalid file name (not NUL-terminated, or holds NUL or '/', or is . or ..)", offset);
+        }
+
+        return name.ToArray();
+    }
+
+    /// <summary>Decodes the child whose FILENAME is at <paramref name="fileOffset"/> (inside <paramref name="dir"/>, before its goodbye table).</summary>
+    private PxarEntry DecodeChild(PxarEntry dir, Table table, long fileOffset, long recordSize)
+    {
+        var entry = DecodeNamed(fileOffset, table.Offset, allowHardlink: true);
+        if (entry.Kind == PxarEntryKind.Directory)
+        {
+            var end = fileOffset + recordSize;
+            if (recordSize <= 0 || end > table.Offset || end <= entry.ContentStart)
+            {
+                throw Error($"goodbye record gives the subdirectory an extent {fileOffset}…{end} outside its parent (…{table.Offset})", fileOffset);
+            }
+
+            entry.DirectoryEnd = end;
+        }
+
+        return entry;
+    }
+
+    /// <summary>FILENAME, then ENTRY + attributes (or HARDLINK, resolved), all below <paramref name="limit"/>.</summary>
+    private PxarEntry DecodeNamed(long fileOffset, long limit, bool allowHardlink)
+    {
+        var name = ReadFilename(fileOffset, limit);
+        var pos = fileOffset + PxarFormat.HeaderSize + name.Length + 1;
+        var (type, size) = Header(meta, pos, limit);
+        if (type == PxarFormat.Hardlink)
+        {
+            if (!allowHardlink)
+            {
+                throw Error("hard link points to another hard link", pos);
+            }
+
+            var content = size - PxarFormat.HeaderSize;
+            if (content < 9 || content > PxarFormat.MaxHardlinkContent)
+            {
+                throw Error($"HARDLINK of {content} bytes", pos);
+            }
+
+            var bytes = new byte[content];
+            ReadExact(meta, pos + PxarFormat.HeaderSize, bytes);
+            var back = BinaryPrimitives.ReadUInt64LittleEndian(bytes);
+            if (back == 0 || back > (ulong)fileOffset)
+            {
+                throw Error($"hard link points {back} bytes back, outside the archive", pos);
+            }
+
+            var targetOffset = fileOffset - (long)back;
+            PxarEntry target;
+            try
+            {
+                target = DecodeNamed(targetOffset, fileOffset, allowHardlink: false);
+            }
+            catch (PxarException e)
+            {
+                throw new PxarException($"hard link target at {targetOffset} is not a valid entry: {e.Message}", Name, pos, e);
+            }
+
+            if (target.Kind != PxarEntryKind.File)
+            {
+                throw Error($"hard link target at {targetOffset} is a {target.Kind}, not a regular file", pos);
+            }
+
+            target.Name = name;
+            target.FilenameOffset = fileOffset;
+            target.IsHardlink = true;
+            target.HardlinkTargetOffset = targetOffset;
+            target.HardlinkPath = bytes.AsSpan(8, bytes.Length - 9).ToArray();
+            return target;
+        }
+
+        var entry = new PxarEntry(name, fileOffset);
+        DecodeBody(entry, pos, limit);
+        return entry;
+    }
+
+    /// <summary>ENTRY (or ENTRY_V1) at <paramref name="pos"/> and the attributes and type-specific item that follow.</summary>
+    private void DecodeBody(PxarEntry entry, long pos, long limit)
+    {
+        var (type, size) = Header(meta, pos, limit);
+        if (type != PxarFormat.Entry && type != PxarFormat.EntryV1)
+        {
+            throw Error($"expected ENTRY, found {PxarFormat.ItemName(type)}", pos);
+        }
+
+        if (size != PxarFormat.HeaderSize + PxarFormat.StatSize)
+        {
+            throw Error($"ENTRY of {size} bytes (expected 56)", pos);
+        }
+
+        Span<byte> stat = stackalloc byte[PxarFormat.StatSize];
+        ReadExact(meta, pos + PxarFormat.HeaderSize, stat);
+        var mode = BinaryPrimitives.ReadUInt64LittleEndian(stat);
+        var flags = BinaryPrimitives.ReadUInt64LittleEndian(stat[8..]);
+        var uid = BinaryPrimitives.ReadUInt32LittleEndian(stat[16..]);
+        var gid = BinaryPrimitives.ReadUInt32LittleEndian(stat[20..]);
+        long seconds;
+        uint nanos;
+        if (type == PxarFormat.Entry)
+        {
+            seconds = BinaryPrimitives.ReadInt64LittleEndian(stat[24..]);
+            nanos = BinaryPrimitives.ReadUInt32LittleEndian(stat[32..]);
+            if (nanos >= 1_000_000_000)
+            {
+                throw Error($"mtime nanoseconds {nanos} out of range", pos);
+            }
+        }
+        else
+        {
+            var total = BinaryPrimitives.ReadUInt64LittleEndian(stat[24..]);
+            seconds = (long)(total / 1_000_000_000);
+            nanos = (uint)(total % 1_000_000_000);
+        }
+
+        if (mode > 0xFFFF)
+        {
+            throw Error($"mode {Convert.ToString((long)mode, 8)} has bits beyond st_mode", pos);
+        }
+
+        entry.EntryOffset = pos;
+        entry.Stat = new PxarStat(mode, flags, uid, gid, seconds, nanos);
+        entry.Kind = (mode & PxarStat.TypeMask) switch
+        {
+            0x4000 => PxarEntryKind.Directory,
+            0x8000 => PxarEntryKind.File,
+            0xA000 => PxarEntryKind.Symlink,
+            0x2000 => PxarEntryKind.CharDevice,
+            0x6000 => PxarEntryKind.BlockDevice,
+            0x1000 => PxarEntryKind.Fifo,
+            0xC000 => PxarEntryKind.Socket,
+            _ => throw Error($"mode {Convert.ToString((long)mode, 8)} has no known file type", pos),
+        };
+        pos += size;
+
+        List<PxarXattr>? xattrs = null;
+        var budget = MaxAttributeBytes;
+        while (true)
+        {
+            if (pos >= limit)
+            {
+                if (entry.Kind is PxarEntryKind.Fifo or PxarEntryKind.Socket && pos == limit)
+                {
+                    break;
+                }
+
+                throw Error($"{entry.Kind} entry ends before its {(entry.Kind == PxarEntryKind.Directory ? "goodbye table" : "contents")}", pos);
+            }
+
+            (type, size) = Header(meta, pos, limit);
+            var content = size - PxarFormat.HeaderSize;
+            if (type is PxarFormat.Xattr or PxarFormat.Fcaps or PxarFormat.AclUser or PxarFormat.AclGroup or PxarFormat.AclGroupObj
+                or PxarFormat.AclDefault or PxarFormat.AclDefaultUser or PxarFormat.AclDefaultGroup or PxarFormat.QuotaProjectId)
+            {
+                budget -= (int)Math.Min(content + PxarFormat.HeaderSize, int.MaxValue / 2);
+                if (budget < 0)
+                {
+                    throw Error($"entry has more than {MaxAttributeBytes} bytes of attributes", pos);
+                }
+            }
+
+            switch (type)
+            {
+                case PxarFormat.Xattr:
+                {
+                    var bytes = ReadContent(pos, content, 2, PxarFormat.MaxXattrContent, "XATTR");
+                    var nul = Array.IndexOf(bytes, (byte)0);
+                    if (nul <= 0)
+                    {
+                        throw Error("XATTR without a name", pos);
+                    }
+
+                    (xattrs ??= []).Add(new PxarXattr(bytes[..nul], bytes[(nul + 1)..]));
+                    break;
+                }
+
+                case PxarFormat.Fcaps:
+                    entry.Fcaps = ReadContent(pos, content, 0, PxarFormat.MaxXattrContent, "FCAPS");
+                    break;
+                case PxarFormat.AclUser:
+                case PxarFormat.AclGroup:
+                case PxarFormat.AclDefaultUser:
+                case PxarFormat.AclDefaultGroup:
+                {
+                    var bytes = ReadContent(pos, content, 16, 16, PxarFormat.ItemName(type));
+                    var id = BinaryPrimitives.ReadUInt64LittleEndian(bytes);
+                    if (id > uint.MaxValue)
+                    {
+                        throw Error($"ACL id {id} out of range", pos);
+                    }
+
+                    var e = new PxarAclEntry((uint)id, BinaryPrimitives.ReadUInt64LittleEndian(bytes.AsSpan(8)));
+                    (type switch
+                    {
+                        PxarFormat.AclUser => entry.Acl.Users,
+                        PxarFormat.AclGroup => entry.Acl.Groups,
+                        PxarFormat.AclDefaultUser => entry.Acl.DefaultUsers,
+                        _ => entry.Acl.DefaultGroups,
+                    }).Add(e);
+                    break;
+                }
+
+                case PxarFormat.AclGroupObj:
+                    entry.Acl.GroupObj = BinaryPrimitives.ReadUInt64LittleEndian(ReadContent(pos, content, 8, 8, "ACL_GROUP_OBJ"));
+                    break;
+                case PxarFormat.AclDefault:
+                {
+                    var b = ReadContent(pos, content, 32, 32, "ACL_DEFAULT");
+                    entry.Acl.Default = new PxarDefaultAcl(BinaryPrimitives.ReadUInt64LittleEndian(b), BinaryPrimitives.ReadUInt64LittleEndian(b.AsSpan(8)),
+                        BinaryPrimitives.ReadUInt64LittleEndian(b.AsSpan(16)), BinaryPrimitives.ReadUInt64LittleEndian(b.AsSpan(24)));
+                    break;
+                }
+
+                case PxarFormat.QuotaProjectId:
+                    entry.QuotaProjectId = BinaryPrimitives.ReadUInt64LittleEndian(ReadContent(pos, content, 8, 8, "QUOTA_PROJID"));
+                    break;
+                case PxarFormat.Payload:
+                    Expect(entry, PxarEntryKind.File, type, pos);
+                    entry.Size = content;
+                    entry.ContentOffset = pos + PxarFormat.HeaderSize;
+                    goto done;
+                case PxarFormat.PayloadRef:
+                {
+                    Expect(entry, PxarEntryKind.File, type, pos);
+                    if (payload is null)
+                    {
+                        throw Error("PAYLOAD_REF in an archive without a payload stream", pos);
+                    }
+
+                    var b = ReadContent(pos, content, 16, 16, "PAYLOAD_REF");
+                    var at = BinaryPrimitives.ReadUInt64LittleEndian(b);
+                    var length = BinaryPrimitives.ReadUInt64LittleEndian(b.AsSpan(8));
+                    if (at > (ulong)payload.Length || length > (ulong)payload.Length - at || (ulong)payload.Length - at - length < PxarFormat.HeaderSize)
+                    {
+                        throw Error($"PAYLOAD_REF ({at}, {length}) points outside the payload stream of {payload.Length} bytes", pos);
+                    }
+
+                    var ph = new byte[PxarFormat.HeaderSize];
+                    ReadExact(payload, (long)at, ph);
+                    var ptype = BinaryPrimitives.ReadUInt64LittleEndian(ph);
+                    var psize = BinaryPrimitives.ReadUInt64LittleEndian(ph.AsSpan(8));
+                    if (ptype != PxarFormat.Payload || psize != length + PxarFormat.HeaderSize)
+                    {
+                        throw Error($"PAYLOAD_REF ({at}, {length}) does not match the payload stream's {PxarFormat.ItemName(ptype)} of {psize} bytes there", pos);
+                    }
+
+                    entry.Size = (long)length;
+                    entry.ContentOffset = (long)at + PxarFormat.HeaderSize;
+                    entry.ContentInPayloadStream = true;
+                    goto done;
+                }
+
+                case PxarFormat.Symlink:
+                {
+                    Expect(entry, PxarEntryKind.Symlink, type, pos);
+                    var b = ReadContent(pos, content, 2, PxarFormat.MaxPathContent, "SYMLINK");
+                    if (b[^1] != 0)
+                    {
+                        throw Error("symlink target is not NUL-terminated", pos);
+                    }
+
+                    entry.SymlinkTarget = b[..^1];
+                    goto done;
+                }
+
+                case PxarFormat.Device:
+                {
+                    if (entry.Kind is not (PxarEntryKind.CharDevice or PxarEntryKind.BlockDevice))
+                    {
+                        throw Error($"DEVICE item in a {entry.Kind} entry", pos);
+                    }
+
+                    var b = ReadContent(pos, content, 16, 16, "DEVICE");
+                    entry.DeviceMajor = BinaryPrimitives.ReadUInt64LittleEndian(b);
+                    entry.DeviceMinor = BinaryPrimitives.ReadUInt64LittleEndian(b.AsSpan(8));
+                    goto done;
+                }
+
+                case PxarFormat.Filename:
+                case PxarFormat.Goodbye:
+                    if (entry.Kind == PxarEntryKind.Directory)
+                    {
+                        entry.ContentStart = pos;
+                        goto done;
+                    }
+
+                    if (entry.Kind is PxarEntryKind.Fifo or PxarEntryKind.Socket)
+                    {
+                        goto done;
+                    }
+
+                    throw Error($"{entry.Kind} entry has no {(entry.Kind == PxarEntryKind.File ? "PAYLOAD" : entry.Kind == PxarEntryKind.Symlink ? "SYMLINK" : "DEVICE")} item", pos);
+                default:
+                    throw Error($"unexpected {PxarFormat.ItemName(type)} in an entry", pos);
+            }
+
+            pos += size;
+        }
+
+        done:
+        entry.Xattrs = xattrs ?? (IReadOnlyList<PxarXattr>)[];
+    }
+
+    private void Expect(PxarEntry entry, PxarEntryKind kind, ulong type, long pos)
+    {
+        if (entry.Kind != kind)
+        {
+            throw Error($"{PxarFormat.ItemName(type)} item in a {entry.Kind} entry", pos);
+        }
+    }
+
+    private byte[] ReadContent(long pos, long content, int min, int max, string what)
+    {
+        if (content < min || content > max)
+        {
+            throw Error($"{what} of {content} bytes (allowed {min}…{max})", pos);
+        }
+
+        var bytes = new byte[content];
+        ReadExact(meta, pos + PxarFormat.HeaderSize, bytes);
+        return bytes;
+    }
+
+    // ---------------------------------------------------------------------------------------------------------------
+    // raw reads
+
+    /// <summary>An item header at <paramref name="pos"/> whose item must end at or before <paramref name="limit"/>.</summary>
+    private (ulong Type, long Size) Header(IPxarSource source, long pos, long limit, string? what = null)
+    {
+        if (pos < 0 || pos > limit - PxarFormat.HeaderSize)
+        {
+            throw new PxarException($"item header at {pos} runs past the end ({limit}){(what is null ? "" : " of the " + what)}", source.Name, pos);
+        }
+
+        Span<byte> h = stackalloc byte[PxarFormat.HeaderSize];
+        ReadExact(source, pos, h);
+        var type = BinaryPrimitives.ReadUInt64LittleEndian(h);
+        var size = BinaryPrimitives.ReadUInt64LittleEndian(h[8..]);
+        if (size < PxarFormat.HeaderSize || size > (ulong)(limit - pos))
+        {
+            throw new PxarException($"{PxarFormat.ItemName(type)} item of {size} bytes does not fit (room {limit - pos})", source.Name, pos);
+        }
+
+        return (type, (long)size);
+    }
+
+    private ulong ReadU64(IPxarSource source, long pos)
+    {
+        Span<byte> b = stackalloc byte[8];
+        ReadExact(source, pos, b);
+        return BinaryPrimitives.ReadUInt64LittleEndian(b);
+    }
+
+    private static void ReadExact(IPxarSource source, long pos, Span<byte> dst)
+    {
+        if (ReadFully(source, pos, dst) != dst.Length)
+        {
+            throw new PxarException($"archive is truncated (wanted {dst.Length} bytes)", source.Name, pos);
+        }
+    }
+
+    private static int ReadFully(IPxarSource source, long pos, Span<byte> dst)
+    {
+        var done = 0;
+        while (done < dst.Length)
+        {
+            var n = source.Read(pos + done, dst[done..]);
+            if (n <= 0)
+            {
+                break;
+            }
+
+            done += n;
+        }
+
+        return done;
+    }
+
+    private PxarException Error(string message, long offset) => new(message, meta.Name, offset);
+
+    /// <summary>A read-only seekable view of one file's contents.</summary>
+    private sealed class PxarFileStream(PxarArchive archive, PxarEntry file) : Stream
+    {
+        private long position;
+
+        public override bool CanRead => true;
+
+        public override bool CanSeek => true;
+
+        public override bool CanWrite => false;
+
+        public override long Length => file.Size;
+
+        public override long Position
+        {
+            get => position;
+            set => position = value >= 0 ? value : throw new ArgumentOutOfRangeException(nameof(value));
+        }
+
+        public override int Read(byte[] buffer, int offset, int count) => Read(buffer.AsSpan(offset, count));
+
+        public override int Read(Span<byte> buffer)
+        {
+            var n = archive.Read(file, position, buffer);
+            position += n;
+            return n;
+        }
+
+        public override long Seek(long offset, SeekOrigin origin) => Position = origin switch
+        {
+            SeekOrigin.Begin => offset,
+            SeekOrigin.Current => position + offset,
+            _ => file.Size + offset,
+        };
+
+        public override void Flush()
+        {
+        }
+
+        public override void SetLength(long value) => throw new NotSupportedException();
+
+        public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+    }
+}

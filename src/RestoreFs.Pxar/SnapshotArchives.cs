@@ -1,0 +1,93 @@
+using RestoreFs.Datastore;
+
+namespace RestoreFs.Pxar;
+
+/// <summary>A pxar archive of a snapshot as one logical name: <c>root.pxar</c> for <c>root.pxar.didx</c> or the split pair.</summary>
+public sealed record PxarArchiveInfo(string Name, string MetadataFile, string? PayloadFile)
+{
+    public bool IsSplit => PayloadFile is not null;
+}
+
+/// <summary>Finding and opening the pxar archives of a snapshot.</summary>
+public static class SnapshotArchives
+{
+    /// <summary>
+    /// The pxar archives a manifest lists, one per logical name (<c>X.pxar</c>): unified <c>X.pxar.didx</c>, or the split
+    /// pair <c>X.mpxar.didx</c> + <c>X.ppxar.didx</c> (a metadata file without its payload file is left out).
+    /// </summary>
+    public static IReadOnlyList<PxarArchiveInfo> List(Manifest manifest)
+    {
+        var names = manifest.Files.Select(f => f.FileName).ToHashSet(StringComparer.Ordinal);
+        var result = new List<PxarArchiveInfo>();
+        foreach (var file in manifest.Files.Select(f => f.FileName).Order(StringComparer.Ordinal))
+        {
+            if (file.EndsWith(".pxar.didx", StringComparison.Ordinal))
+            {
+                result.Add(new PxarArchiveInfo(file[..^".didx".Length], file, null));
+            }
+            else if (file.EndsWith(".mpxar.didx", StringComparison.Ordinal))
+            {
+                var stem = file[..^".mpxar.didx".Length];
+                if (names.Contains(stem + ".ppxar.didx"))
+                {
+                    result.Add(new PxarArchiveInfo(stem + ".pxar", file, stem + ".ppxar.didx"));
+                }
+            }
+        }
+
+        return result;
+    }
+
+    /// <summary>
+    /// Opens a snapshot's archive by logical or file name (<c>root.pxar</c>, <c>root.pxar.didx</c>, <c>root.mpxar.didx</c>,
+    /// <c>root.ppxar</c> …); indexes are checked against the manifest, chunks verified and cached.
+    /// </summary>
+    public static PxarArchive Open(DatastoreReader store, SnapshotInfo snapshot, string archive, CryptConfig? key,
+        DynamicImageReaderOptions? readerOptions = null, PxarArchiveOptions? options = null)
+    {
+        var manifest = store.ReadManifest(snapshot, key);
+        var info = Resolve(manifest, archive) ?? throw new ArchiveNotFoundException(
+            $"snapshot {snapshot.Name} has no pxar archive '{archive}' (it has: {string.Join(", ", List(manifest).Select(a => a.Name))})",
+            snapshot.DirectoryPath);
+        return Open(store, snapshot, info, key, readerOptions, options);
+    }
+
+    public static PxarArchive Open(DatastoreReader store, SnapshotInfo snapshot, PxarArchiveInfo info, CryptConfig? key,
+        DynamicImageReaderOptions? readerOptions = null, PxarArchiveOptions? options = null)
+    {
+        var meta = new DynamicIndexPxarSource(DynamicImageReader.Open(store, snapshot, info.MetadataFile, key, readerOptions));
+        DynamicIndexPxarSource? payload = null;
+        try
+        {
+            if (info.PayloadFile is not null)
+            {
+                payload = new DynamicIndexPxarSource(DynamicImageReader.Open(store, snapshot, info.PayloadFile, key, readerOptions));
+                return PxarArchive.Open(meta, payload, options, meta, payload);
+            }
+
+            return PxarArchive.Open(meta, null, options, meta);
+        }
+        catch
+        {
+            meta.Dispose();
+            payload?.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Matches a logical or file name to an archive of the manifest; null when there is none.</summary>
+    public static PxarArchiveInfo? Resolve(Manifest manifest, string archive)
+    {
+        var stem = archive.EndsWith(".didx", StringComparison.Ordinal) ? archive[..^".didx".Length] : archive;
+        foreach (var suffix in new[] { ".pxar", ".mpxar", ".ppxar" })
+        {
+            if (stem.EndsWith(suffix, StringComparison.Ordinal))
+            {
+                stem = stem[..^suffix.Length];
+                break;
+            }
+        }
+
+        return List(manifest).FirstOrDefault(a => a.Name == stem + ".pxar");
+    }
+}
