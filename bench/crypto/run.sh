@@ -28,7 +28,7 @@ echo "## cipher, 4 MiB chunks, one thread ($(nproc) cores shared; MB per CPU sec
 echo
 echo "| what | MB/s (CPU time) | MB/s (wall) |"
 echo "|---|---|---|"
-dotnet build/bench-crypto/CipherBench.dll 2
+dotnet build/bench-crypto/CipherBench.dll 1
 ossl=$(openssl speed -seconds 2 -bytes 16384 -evp aes-256-gcm 2>/dev/null | awk '/^AES-256-GCM/ {print $NF}')
 echo "| openssl speed -evp aes-256-gcm, 16384-byte blocks | $(python3 -c "import sys; print(f'{float(sys.argv[1].rstrip(\"k\")) * 1000 / 1e6:.0f}')" "$ossl") | |"
 echo
@@ -58,33 +58,48 @@ bytes=$(stat -c %s "$work/disk.img")
 "$cli" key create --kdf none "$work/key.json" >/dev/null
 snap=vm/900/2026-11-01T00:00:00Z
 
-# mode (plain|encrypted) -> "backup_s read_s restore_s"
+# CPU seconds (user + system) of a process so far, from /proc/PID/stat.
+cpu_of() { python3 -c "import os, sys; f = open(f'/proc/{sys.argv[1]}/stat').read().rsplit(')', 1)[1].split(); print((int(f[11]) + int(f[12])) / os.sysconf('SC_CLK_TCK'))" "$1"; }
+# command... -> "wall_s cpu_s" (cpu from /usr/bin/time: user + system of the process and its threads)
+timed() {
+  local t0 t1
+  t0=$(now); /usr/bin/time -f "%U %S" -o "$work/time" "$@" >/dev/null 2>&1; t1=$(now)
+  echo "$(secs "$t0" "$t1") $(awk '{print $1 + $2}' "$work/time")"
+}
+# store keyargs... -> "wall_s cpu_s" of a cold dd through a fresh mount (cpu: the mount's server process)
+mount_read() {
+  local store=$1 pid c0 c1 t0 t1; shift
+  "$cli" mount "$store" "$mnt" --no-vm "$@" >/dev/null 2>&1
+  pid=$(pgrep -n -f -- "mount $store $mnt --foreground")
+  sync; echo 3 > /proc/sys/vm/drop_caches
+  c0=$(cpu_of "$pid"); t0=$(now)
+  dd if="$mnt/snapshots/$snap/drive-scsi0.img" of=/dev/null bs=1M status=none
+  t1=$(now); c1=$(cpu_of "$pid")
+  "$cli" umount "$mnt" >/dev/null
+  echo "$(secs "$t0" "$t1") $(python3 -c "print(f'{$c1 - $c0:.2f}')")"
+}
+# mode (plain|encrypted) -> "backup_wall backup_cpu read_wall read_cpu restore_wall restore_cpu"
 measure() {
-  local mode=$1 store=$work/store-$1 keyargs=() t0 t1 t2 t3 t4 t5
+  local mode=$1 store=$work/store-$1 keyargs=() b r rs
   [ "$mode" = plain ] || keyargs=(--keyfile "$work/key.json")
   cat "$work/disk.img" > /dev/null
-  t0=$(now); "$cli" backup --store "$store" --group vm/900 --time 2026-11-01T00:00:00Z "${keyargs[@]}" drive-scsi0="$work/disk.img" >/dev/null 2>&1; t1=$(now)
-  "$cli" mount "$store" "$mnt" --no-vm "${keyargs[@]}" >/dev/null 2>&1
+  b=$(timed "$cli" backup --store "$store" --group vm/900 --time 2026-11-01T00:00:00Z "${keyargs[@]}" drive-scsi0="$work/disk.img")
+  r=$(mount_read "$store" "${keyargs[@]}")
   sync; echo 3 > /proc/sys/vm/drop_caches
-  t2=$(now); dd if="$mnt/snapshots/$snap/drive-scsi0.img" of=/dev/null bs=1M status=none; t3=$(now)
-  "$cli" umount "$mnt" >/dev/null
-  sync; echo 3 > /proc/sys/vm/drop_caches
-  t4=$(now); "$cli" restore "$store" "$snap" drive-scsi0.img /dev/null "${keyargs[@]}" >/dev/null 2>&1; t5=$(now)
-  echo "$(secs "$t0" "$t1") $(secs "$t2" "$t3") $(secs "$t4" "$t5")"
+  rs=$(timed "$cli" restore "$store" "$snap" drive-scsi0.img /dev/null "${keyargs[@]}")
+  echo "$b $r $rs"
 }
-read -r pb pr prs <<<"$(measure plain)"
-read -r eb er ers <<<"$(measure encrypted)"
+read -r pb pbc pr prc prs prsc <<<"$(measure plain)"
+read -r eb ebc er erc ers ersc <<<"$(measure encrypted)"
 # The encrypted cold read once more, forced onto the managed (BouncyCastle) path.
-RESTOREFS_CRYPTO=managed "$cli" mount "$work/store-encrypted" "$mnt" --no-vm --keyfile "$work/key.json" >/dev/null 2>&1
-sync; echo 3 > /proc/sys/vm/drop_caches
-t0=$(now); dd if="$mnt/snapshots/$snap/drive-scsi0.img" of=/dev/null bs=1M status=none; t1=$(now)
-"$cli" umount "$mnt" >/dev/null
-mr=$(secs "$t0" "$t1")
+read -r mr mrc <<<"$(RESTOREFS_CRYPTO=managed mount_read "$work/store-encrypted" --keyfile "$work/key.json")"
 
-echo "## ${size_mib} MiB mixed image, plain vs encrypted (same run; MB/s of image bytes)"
+echo "## ${size_mib} MiB mixed image, plain vs encrypted (same run)"
 echo
-echo "| what | plain | encrypted (OpenSSL) | encrypted/plain | encrypted (managed) |"
-echo "|---|---|---|---|---|"
-echo "| restorefs backup | $(mbps "$bytes" "$pb") | $(mbps "$bytes" "$eb") | $(ratio "$pb" "$eb") | |"
-echo "| cold sequential read through the mount (dd bs=1M) | $(mbps "$bytes" "$pr") | $(mbps "$bytes" "$er") | $(ratio "$pr" "$er") | $(mbps "$bytes" "$mr") |"
-echo "| restorefs restore to /dev/null (cold) | $(mbps "$bytes" "$prs") | $(mbps "$bytes" "$ers") | $(ratio "$prs" "$ers") | |"
+echo "MB/s of image bytes by wall time (ratio: plain time / encrypted time), and CPU seconds spent (user + system)."
+echo
+echo "| what | plain MB/s | encrypted MB/s | encrypted/plain | plain CPU s | encrypted CPU s | encrypted, managed path |"
+echo "|---|---|---|---|---|---|---|"
+echo "| restorefs backup | $(mbps "$bytes" "$pb") | $(mbps "$bytes" "$eb") | $(ratio "$pb" "$eb") | $pbc | $ebc | |"
+echo "| cold sequential read through the mount (dd bs=1M) | $(mbps "$bytes" "$pr") | $(mbps "$bytes" "$er") | $(ratio "$pr" "$er") | $prc | $erc | $(mbps "$bytes" "$mr") MB/s, $mrc CPU s |"
+echo "| restorefs restore to /dev/null (cold) | $(mbps "$bytes" "$prs") | $(mbps "$bytes" "$ers") | $(ratio "$prs" "$ers") | $prsc | $ersc | |"
