@@ -169,6 +169,18 @@ public static class DataBlob
                 }
 
                 var cipherLength = blob.Length - EncryptedHeaderSize;
+                if (kind == BlobKind.Encrypted && cipherLength == destination.Length)
+                {
+                    // Straight into the caller's buffer: TryDecrypt clears it when the tag does not verify.
+                    if (!key.TryDecrypt(blob[12..28], blob[28..44], blob[44..], destination))
+                    {
+                        throw new ChunkCorruptException("authentication failed: wrong key or damaged chunk", path, offset, digestHex);
+                    }
+
+                    VerifyKeyedDigest(destination, key, digest, verifyDigest, path, offset, digestHex);
+                    return;
+                }
+
                 rented = ArrayPool<byte>.Shared.Rent(Math.Max(1, cipherLength));
                 if (!key.TryDecrypt(blob[12..28], blob[28..44], blob[44..], rented.AsSpan(0, cipherLength)))
                 {
@@ -246,6 +258,21 @@ public static class DataBlob
             {
                 throw new ChunkCorruptException($"digest mismatch (content hashes to {Convert.ToHexStringLower(actual)})", path, offset, digestHex);
             }
+        }
+    }
+
+    private static void VerifyKeyedDigest(Span<byte> content, CryptConfig key, ReadOnlySpan<byte> digest, bool verifyDigest, string path, long offset, string digestHex)
+    {
+        if (!verifyDigest)
+        {
+            return;
+        }
+
+        var actual = key.KeyedDigest(content);
+        if (!actual.AsSpan().SequenceEqual(digest))
+        {
+            content.Clear();
+            throw new ChunkCorruptException($"digest mismatch (content hashes to {Convert.ToHexStringLower(actual)})", path, offset, digestHex);
         }
     }
 

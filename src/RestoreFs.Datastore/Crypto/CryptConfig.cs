@@ -1,14 +1,13 @@
 using System.Security.Cryptography;
-using Org.BouncyCastle.Crypto.Engines;
-using Org.BouncyCastle.Crypto.Modes;
-using Org.BouncyCastle.Crypto.Parameters;
+using Microsoft.Extensions.Logging;
 
 namespace RestoreFs.Datastore;
 
 /// <summary>
 /// A PBS encryption key and what derives from it (spec 6.3/6.4): the AES-256-GCM key, the id key used for keyed chunk
-/// digests and manifest signatures, and the fingerprint. GCM uses PBS's 16-byte IVs, which .NET's AesGcm refuses,
-/// so BouncyCastle does the cipher.
+/// digests and manifest signatures, and the fingerprint. GCM uses PBS's 16-byte IVs, which .NET's AesGcm refuses:
+/// the cipher is OpenSSL's EVP AES-256-GCM through P/Invoke when libcrypto passes a self-test, else BouncyCastle
+/// (<see cref="GcmImplementation"/>; <c>RESTOREFS_CRYPTO=openssl|managed</c> forces one).
 /// </summary>
 public sealed class CryptConfig
 {
@@ -17,15 +16,26 @@ public sealed class CryptConfig
 
     private readonly byte[] encKey;
     private readonly byte[] idKey;
+    private readonly GcmCipher cipher;
 
-    private CryptConfig(byte[] key)
+    private CryptConfig(byte[] key, GcmCipher cipher)
     {
         encKey = key;
+        this.cipher = cipher;
         idKey = Rfc2898DeriveBytes.Pbkdf2(key, "_id_key"u8.ToArray(), 10, HashAlgorithmName.SHA256, 32);
         FingerprintBytes = KeyedDigest(FingerprintInput);
         Fingerprint = FormatFingerprint(FingerprintBytes);
         ShortFingerprint = Fingerprint[..23];
     }
+
+    /// <summary>The process-wide AES-GCM choice (OpenSSL unless unusable or <c>RESTOREFS_CRYPTO</c> says otherwise).</summary>
+    public static GcmImplementation DefaultCipherImplementation => GcmCiphers.Default.Implementation;
+
+    /// <summary>Whether libcrypto loaded and passed its self-test.</summary>
+    public static bool OpenSslAvailable => GcmCiphers.OpenSsl is not null;
+
+    /// <summary>The AES-GCM implementation this key uses.</summary>
+    public GcmImplementation CipherImplementation => cipher.Implementation;
 
     public byte[] FingerprintBytes { get; }
 
@@ -44,8 +54,14 @@ public sealed class CryptConfig
             throw new ArgumentException($"an encryption key has 32 bytes, not {key32.Length}");
         }
 
-        return new CryptConfig(key32.ToArray());
+        return new CryptConfig(key32.ToArray(), GcmCiphers.Default);
     }
+
+    /// <summary>The same key on a given AES-GCM implementation (tests, benchmarks); throws when OpenSSL is asked for and unusable.</summary>
+    public CryptConfig WithCipher(GcmImplementation implementation) => new(encKey, GcmCiphers.Get(implementation));
+
+    /// <summary>Logs at debug level, once per process, which AES-GCM implementation is in use and why.</summary>
+    public static void LogCipherChoice(ILogger log) => GcmCiphers.LogChoice(log);
 
     public static CryptConfig FromKeyFile(string path, Func<string>? passphrase) =>
         FromRawKey(KeyFile.Load(path).Unwrap(passphrase, path));
@@ -68,40 +84,20 @@ public sealed class CryptConfig
     /// <summary>HMAC-SHA256 with the id key (manifest signatures).</summary>
     public byte[] Sign(ReadOnlySpan<byte> data) => HMACSHA256.HashData(idKey, data);
 
-    /// <summary>AES-256-GCM decrypt; false when the tag does not verify (wrong key or damage).</summary>
+    /// <summary>
+    /// AES-256-GCM decrypt into <paramref name="plaintext"/> (as long as the ciphertext); false, with the buffer
+    /// cleared, when the tag does not verify (wrong key or damage).
+    /// </summary>
     public bool TryDecrypt(ReadOnlySpan<byte> iv, ReadOnlySpan<byte> tag, ReadOnlySpan<byte> ciphertext, Span<byte> plaintext) =>
-        TryDecrypt(encKey, iv, tag, ciphertext, plaintext);
+        cipher.TryDecrypt(encKey, iv, tag, ciphertext, plaintext);
 
-    internal static bool TryDecrypt(byte[] key, ReadOnlySpan<byte> iv, ReadOnlySpan<byte> tag, ReadOnlySpan<byte> ciphertext, Span<byte> plaintext)
-    {
-        var gcm = new GcmBlockCipher(new AesEngine());
-        gcm.Init(false, new AeadParameters(new KeyParameter(key), 128, iv.ToArray()));
-        try
-        {
-            var n = gcm.ProcessBytes(ciphertext, plaintext);
-            n += gcm.ProcessBytes(tag, plaintext[n..]);
-            n += gcm.DoFinal(plaintext[n..]);
-            return n == ciphertext.Length;
-        }
-        catch (Org.BouncyCastle.Crypto.InvalidCipherTextException)
-        {
-            plaintext.Clear();
-            return false;
-        }
-    }
+    internal static bool TryDecrypt(byte[] key, ReadOnlySpan<byte> iv, ReadOnlySpan<byte> tag, ReadOnlySpan<byte> ciphertext, Span<byte> plaintext) =>
+        GcmCiphers.Default.TryDecrypt(key, iv, tag, ciphertext, plaintext);
 
     /// <summary>AES-256-GCM encrypt with the given 16-byte IV; writes the tag.</summary>
     public void Encrypt(ReadOnlySpan<byte> iv, ReadOnlySpan<byte> plaintext, Span<byte> ciphertext, Span<byte> tag) =>
-        Encrypt(encKey, iv, plaintext, ciphertext, tag);
+        cipher.Encrypt(encKey, iv, plaintext, ciphertext, tag);
 
-    internal static void Encrypt(byte[] key, ReadOnlySpan<byte> iv, ReadOnlySpan<byte> plaintext, Span<byte> ciphertext, Span<byte> tag)
-    {
-        var gcm = new GcmBlockCipher(new AesEngine());
-        gcm.Init(true, new AeadParameters(new KeyParameter(key), 128, iv.ToArray()));
-        var output = new byte[plaintext.Length + 16];
-        var n = gcm.ProcessBytes(plaintext, output);
-        gcm.DoFinal(output.AsSpan(n));
-        output.AsSpan(0, plaintext.Length).CopyTo(ciphertext);
-        output.AsSpan(plaintext.Length, 16).CopyTo(tag);
-    }
+    internal static void Encrypt(byte[] key, ReadOnlySpan<byte> iv, ReadOnlySpan<byte> plaintext, Span<byte> ciphertext, Span<byte> tag) =>
+        GcmCiphers.Default.Encrypt(key, iv, plaintext, ciphertext, tag);
 }

@@ -36,6 +36,11 @@ public sealed partial class BackupWriter : IDisposable
         this.time = time;
         this.key = key;
         this.log = log;
+        if (key is not null)
+        {
+            CryptConfig.LogCipherChoice(log);
+        }
+
         chunks = new ChunkStore(storePath);
         var groupDir = Path.Combine(StorePathOf(storePath, group.Namespace), group.Type, group.Id);
         finalDir = Path.Combine(groupDir, Names.FormatTime(time));

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Encrypted backups against plain ones (issue 17), in one run:
+#  1. AES-256-GCM throughput of each path (OpenSSL libcrypto, managed BouncyCastle) on 4 MiB chunks, next to
+#     `openssl speed -evp aes-256-gcm` (16384-byte blocks);
+#  2. the same mixed image backed up plain and with a key file: `restorefs backup` time, cold sequential read
+#     through the mount (page cache dropped, dd bs=1M), `restorefs restore` to /dev/null; encrypted/plain ratios
+#     (throughput: plain time / encrypted time), plus the encrypted read forced onto the managed path.
+#   bench/crypto/run.sh [SIZE_MiB]    (root for drop_caches and FUSE; needs build/restorefs from `make cli`)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+size_mib=${1:-1024}
+cli=$PWD/build/restorefs
+[ -x "$cli" ] || { echo "run make cli first" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || { echo "run as root (drop_caches, FUSE mount)" >&2; exit 1; }
+dotnet build bench/crypto -c Release -o build/bench-crypto --nologo -v quiet >/dev/null
+work=$(mktemp -d /var/tmp/restorefs-bench-crypto.XXXXXX)
+mnt=$work/mnt
+cleanup() { "$cli" umount "$mnt" >/dev/null 2>&1 || umount -l "$mnt" 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+mkdir -p "$mnt"
+
+now() { date +%s.%N; }
+secs() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.3f}')" "$1" "$2"; }
+mbps() { python3 -c "import sys; print(f'{int(sys.argv[1]) / float(sys.argv[2]) / 1e6:.0f}')" "$1" "$2"; }
+ratio() { python3 -c "import sys; print(f'{float(sys.argv[1]) / float(sys.argv[2]) * 100:.0f} %')" "$1" "$2"; }
+
+echo "## cipher, 4 MiB chunks, one thread ($(nproc) cores shared; MB per CPU second as openssl speed counts, MB per wall second)"
+echo
+echo "| what | MB/s (CPU time) | MB/s (wall) |"
+echo "|---|---|---|"
+dotnet build/bench-crypto/CipherBench.dll 1
+ossl=$(openssl speed -seconds 2 -bytes 16384 -evp aes-256-gcm 2>/dev/null | awk '/^AES-256-GCM/ {print $NF}')
+echo "| openssl speed -evp aes-256-gcm, 16384-byte blocks | $(python3 -c "import sys; print(f'{float(sys.argv[1].rstrip(\"k\")) * 1000 / 1e6:.0f}')" "$ossl") | |"
+echo
+
+echo "making a ${size_mib} MiB mixed image (random, text-like, zero regions)…" >&2
+python3 - "$work/disk.img" "$size_mib" <<'PY'
+import os, sys, random
+path, mib = sys.argv[1], int(sys.argv[2])
+random.seed(1)
+words = [b"alpha", b"backup", b"chunk", b"restore", b"datastore", b"kernel", b"vm", b"disk", b"\n"]
+text = bytearray()
+while len(text) < (1 << 20):
+    text += random.choice(words) + b" "
+with open(path, "wb") as f:
+    for i in range(mib):
+        kind = i % 4
+        if kind == 0:
+            f.write(os.urandom(1 << 20))
+        elif kind == 1:
+            f.write(bytes(text[: 1 << 20]))
+        elif kind == 2 and (i // 4) % 3 == 0:
+            f.write(bytes(1 << 20))
+        else:
+            f.write(os.urandom(1 << 19) + bytes(1 << 19))
+PY
+bytes=$(stat -c %s "$work/disk.img")
+"$cli" key create --kdf none "$work/key.json" >/dev/null
+snap=vm/900/2026-11-01T00:00:00Z
+
+# CPU seconds (user + system) of a process so far, from /proc/PID/stat.
+cpu_of() { python3 -c "import os, sys; f = open(f'/proc/{sys.argv[1]}/stat').read().rsplit(')', 1)[1].split(); print((int(f[11]) + int(f[12])) / os.sysconf('SC_CLK_TCK'))" "$1"; }
+# command... -> "wall_s cpu_s" (cpu from /usr/bin/time: user + system of the process and its threads)
+timed() {
+  local t0 t1
+  t0=$(now); /usr/bin/time -f "%U %S" -o "$work/time" "$@" >/dev/null 2>&1; t1=$(now)
+  echo "$(secs "$t0" "$t1") $(awk '{print $1 + $2}' "$work/time")"
+}
+# store keyargs... -> "wall_s cpu_s" of a cold dd through a fresh mount (cpu: the mount's server process)
+mount_read() {
+  local store=$1 pid c0 c1 t0 t1; shift
+  "$cli" mount "$store" "$mnt" --no-vm "$@" >/dev/null 2>&1
+  pid=$(pgrep -n -f -- "mount $store $mnt --foreground")
+  sync; echo 3 > /proc/sys/vm/drop_caches
+  c0=$(cpu_of "$pid"); t0=$(now)
+  dd if="$mnt/snapshots/$snap/drive-scsi0.img" of=/dev/null bs=1M status=none
+  t1=$(now); c1=$(cpu_of "$pid")
+  "$cli" umount "$mnt" >/dev/null
+  echo "$(secs "$t0" "$t1") $(python3 -c "print(f'{$c1 - $c0:.2f}')")"
+}
+# mode (plain|encrypted) -> "backup_wall backup_cpu read_wall read_cpu restore_wall restore_cpu"
+measure() {
+  local mode=$1 store=$work/store-$1 keyargs=() b r rs
+  [ "$mode" = plain ] || keyargs=(--keyfile "$work/key.json")
+  cat "$work/disk.img" > /dev/null
+  b=$(timed "$cli" backup --store "$store" --group vm/900 --time 2026-11-01T00:00:00Z "${keyargs[@]}" drive-scsi0="$work/disk.img")
+  r=$(mount_read "$store" "${keyargs[@]}")
+  sync; echo 3 > /proc/sys/vm/drop_caches
+  rs=$(timed "$cli" restore "$store" "$snap" drive-scsi0.img /dev/null "${keyargs[@]}")
+  echo "$b $r $rs"
+}
+read -r pb pbc pr prc prs prsc <<<"$(measure plain)"
+read -r eb ebc er erc ers ersc <<<"$(measure encrypted)"
+# The encrypted cold read once more, forced onto the managed (BouncyCastle) path.
+read -r mr mrc <<<"$(RESTOREFS_CRYPTO=managed mount_read "$work/store-encrypted" --keyfile "$work/key.json")"
+
+echo "## ${size_mib} MiB mixed image, plain vs encrypted (same run)"
+echo
+echo "MB/s of image bytes by wall time (ratio: plain time / encrypted time), and CPU seconds spent (user + system)."
+echo
+echo "| what | plain MB/s | encrypted MB/s | encrypted/plain | plain CPU s | encrypted CPU s | encrypted, managed path |"
+echo "|---|---|---|---|---|---|---|"
+echo "| restorefs backup | $(mbps "$bytes" "$pb") | $(mbps "$bytes" "$eb") | $(ratio "$pb" "$eb") | $pbc | $ebc | |"
+echo "| cold sequential read through the mount (dd bs=1M) | $(mbps "$bytes" "$pr") | $(mbps "$bytes" "$er") | $(ratio "$pr" "$er") | $prc | $erc | $(mbps "$bytes" "$mr") MB/s, $mrc CPU s |"
+echo "| restorefs restore to /dev/null (cold) | $(mbps "$bytes" "$prs") | $(mbps "$bytes" "$ers") | $(ratio "$prs" "$ers") | $prsc | $ersc | |"
