@@ -13,6 +13,7 @@ packages=(
   rsync zstd file util-linux
   acl attr         # setfacl/getfattr: xattr and ACL fidelity tests of the daemon
   libcap2-bin      # setcap: file capabilities in the pxar tests
+  time             # /usr/bin/time: peak RSS of the CLI in the hostile-datastore tests
 )
 
 missing=()

@@ -200,6 +200,48 @@ public sealed class HostileStoreTests : IDisposable
         GoodSnapshotStillWorks();
     }
 
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void Both_ways_of_opening_refuse_symlinks_fifos_and_escapes(bool openat2)
+    {
+        Directory.CreateDirectory(Outside);
+        File.WriteAllText(Path.Combine(Outside, "secret"), "secret");
+        MakeFifo(Path.Combine(Store, "fifo"));
+        File.CreateSymbolicLink(Path.Combine(Store, "link"), Path.Combine(Outside, "secret"));
+        File.CreateSymbolicLink(Path.Combine(Store, "dirlink"), Outside);
+        File.WriteAllText(Path.Combine(Store, "plain"), "plain");
+        var before = LocalStoreFiles.UseOpenat2;
+        LocalStoreFiles.UseOpenat2 = openat2;
+        try
+        {
+            var files = new LocalStoreFiles(Store);
+            Assert.Equal("plain"u8.ToArray(), Bounded(() => files.ReadFile("plain", 100, "test")).Result);
+            Assert.Null(files.ReadFile("missing", 100, "test"));
+            Assert.Null(files.ReadFile("plain/below", 100, "test"));
+            Assert.Contains("FIFO", FailsBounded<StoreEntryRefusedException>(() => files.ReadFile("fifo", 100, "test")).Message);
+            Assert.Contains("symbolic link", FailsBounded<StoreEntryRefusedException>(() => files.ReadFile("link", 100, "test")).Message);
+            Assert.Contains("symbolic link", FailsBounded<StoreEntryRefusedException>(() => files.ReadFile("dirlink/secret", 100, "test")).Message);
+            Assert.Throws<StoreEntryRefusedException>(() => files.ListDirectory("dirlink"));
+            Assert.Throws<StoreEntryRefusedException>(() => files.ListDirectory("plain"));
+            Assert.Throws<StoreEntryRefusedException>(() => files.ReadFile("../outside/secret", 100, "test"));
+            Assert.Throws<StoreEntryRefusedException>(() => files.ReadFile("vm//1", 100, "test"));
+            Assert.Throws<StoreLimitException>(() => files.ReadFile("plain", 4, "test"));
+            Assert.Equal(StoreEntryKind.Symlink, files.Kind("link"));
+            Assert.Equal(StoreEntryKind.Other, files.Kind("fifo"));
+            Assert.Null(files.Kind("missing"));
+            var entries = files.ListDirectory(string.Empty)!.ToDictionary(e => e.Name, e => e.Kind);
+            Assert.Equal(StoreEntryKind.Symlink, entries["dirlink"]);
+            Assert.Equal(StoreEntryKind.Other, entries["fifo"]);
+            Assert.Equal(StoreEntryKind.Directory, entries[".chunks"]);
+            GoodSnapshotStillWorks();
+        }
+        finally
+        {
+            LocalStoreFiles.UseOpenat2 = before;
+        }
+    }
+
     [Fact]
     public void Namespaces_deeper_than_seven_levels_are_ignored()
     {

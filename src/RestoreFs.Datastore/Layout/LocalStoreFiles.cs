@@ -1,5 +1,8 @@
+using System.Runtime.CompilerServices;
 using System.Text;
 using Microsoft.Win32.SafeHandles;
+
+[assembly: InternalsVisibleTo("RestoreFs.Datastore.Tests")]
 
 namespace RestoreFs.Datastore;
 
@@ -14,6 +17,13 @@ internal sealed partial class LocalStoreFiles : IStoreFiles
     private static int openat2State; // 0 unknown, 1 available, -1 missing
 
     private readonly SafeFileHandle root;
+
+    /// <summary>For tests: false walks component by component with O_NOFOLLOW, as on kernels without openat2.</summary>
+    internal static bool UseOpenat2
+    {
+        get => Volatile.Read(ref openat2State) >= 0;
+        set => Volatile.Write(ref openat2State, value ? 0 : -1);
+    }
 
     public LocalStoreFiles(string rootPath)
     {
@@ -200,9 +210,15 @@ internal sealed partial class LocalStoreFiles : IStoreFiles
             {
                 var last = i == parts.Length - 1;
                 var next = StoreLibC.OpenAt(current, parts[i], last ? flags : StoreLibC.O_RDONLY | StoreLibC.O_NONBLOCK | StoreLibC.O_NOFOLLOW | StoreLibC.O_DIRECTORY);
+                if (next == -StoreLibC.ENOTDIR && StoreLibC.Stat(current, parts[i], out var linkInfo) == 0 && linkInfo.Type == StoreLibC.S_IFLNK)
+                {
+                    // O_DIRECTORY|O_NOFOLLOW on a symlink answers ENOTDIR: report it as the symlink it is.
+                    next = -StoreLibC.ELOOP;
+                }
+
                 if (next < 0)
                 {
-                    return Result(next, string.Join('/', parts[..(i + 1)]), Describe(string.Join('/', parts[..(i + 1)])), directory || !last);
+                    return Result(next, string.Join('/', parts[..(i + 1)]), Describe(string.Join('/', parts[..(i + 1)])), directory);
                 }
 
                 if (current != RootFd)
