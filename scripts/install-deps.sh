@@ -11,6 +11,7 @@ packages=(
   busybox-static cpio lz4 xz-utils kmod  # restore image build
   fdisk cryptsetup-bin exfatprogs  # partition tables, LUKS and exFAT in the daemon's disk tests
   rsync zstd file util-linux
+  libssl3          # libcrypto.so.3: the fast AES-256-GCM path of encrypted backups
   acl attr         # setfacl/getfattr: xattr and ACL fidelity tests of the daemon
   libcap2-bin      # setcap: file capabilities in the pxar tests
   time             # /usr/bin/time: peak RSS of the CLI in the hostile-datastore tests

@@ -2,7 +2,7 @@ using RestoreFs.TestSupport;
 
 namespace RestoreFs.Cli.Tests;
 
-/// <summary>The companions of an image: <c>.img.dev</c> (attach on first resolve) and <c>.img.nbd</c> (our NBD export).</summary>
+/// <summary>The companions of an image: <c>.img.dev</c> (attach when followed) and <c>.img.nbd</c> (our NBD export).</summary>
 [Collection(BackupCollection.Name)]
 public sealed class DeviceTests(BackupFixture backup) : IDisposable
 {
@@ -15,9 +15,9 @@ public sealed class DeviceTests(BackupFixture backup) : IDisposable
         using (var mount = CliMount.Start(backup.Store, work.Combine("mnt"), "--no-vm"))
         {
             var companion = Path.Combine(BackupFixture.SnapshotDir(mount.MountPoint, "vm/100"), "drive-scsi0.img.dev");
-            device = ProcessRunner.Run("readlink", [companion], TimeSpan.FromSeconds(60)).EnsureSuccess("readlink").StdOut.Trim();
+            device = ProcessRunner.Run("readlink", ["-f", companion], TimeSpan.FromSeconds(60)).EnsureSuccess("readlink -f").StdOut.Trim();
             Assert.Matches("^/dev/(nbd|loop)[0-9]+$", device);
-            Assert.Equal(device, ProcessRunner.Run("readlink", [companion]).EnsureSuccess("readlink again").StdOut.Trim());
+            Assert.Equal(device, ProcessRunner.Run("readlink", ["-f", companion]).EnsureSuccess("readlink -f again").StdOut.Trim());
             Assert.Equal(new FileInfo(backup.DiskImage).Length.ToString(),
                 ProcessRunner.Run("blockdev", ["--getsize64", device]).EnsureSuccess("blockdev").StdOut.Trim());
 

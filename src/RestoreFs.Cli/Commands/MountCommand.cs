@@ -85,6 +85,11 @@ public static class MountCommand
             Daemon.DetachSession();
             var key = KeyOptions.LoadKey(parse);
             Secrets.ScrubEnvironment(Secrets.PassphraseVariable);
+            if (key is not null)
+            {
+                RestoreFs.Datastore.CryptConfig.LogCipherChoice(LogSetup.Factory.CreateLogger("restorefs"));
+            }
+
             var tree = new TreeOptions
             {
                 Key = key,
