@@ -36,9 +36,6 @@ public sealed class VmFilesBackend(TreeContext context, RestoreVmManager manager
     private readonly System.Collections.Concurrent.ConcurrentDictionary<PathKey, FileMap> maps = new();
     private readonly System.Collections.Concurrent.ConcurrentDictionary<PathKey, FileExtent[]> placements = new();
 
-    /// <summary>A file whose bytes are read from the image itself: the daemon mapped it onto its disk.</summary>
-    private sealed record FileMap(string Archive, FileExtent[] Extents, long Size);
-
     public static string VmName(SnapshotState state)
     {
         var s = state.Snapshot;
@@ -267,71 +264,12 @@ public sealed class VmFilesBackend(TreeContext context, RestoreVmManager manager
         return true;
     }
 
-    /// <summary>Reads a mapped file straight from the image: extents from the image reader, zeros between them.</summary>
-    private static async ValueTask<int> ReadMappedAsync(SnapshotState snapshot, FileMap map, long offset, Memory<byte> buffer, CancellationToken ct)
-    {
-        if (offset >= map.Size)
-        {
-            return 0;
-        }
-
-        var n = (int)Math.Min(buffer.Length, map.Size - offset);
-        var target = buffer[..n];
-        target.Span.Clear();
-        var reader = snapshot.OpenImage(map.Archive);
-        var extents = map.Extents;
-        var lo = 0;
-        var hi = extents.Length;
-        while (lo < hi)
-        {
-            // the first extent that ends after offset
-            var mid = (lo + hi) / 2;
-            if (extents[mid].Logical + extents[mid].Length <= offset)
-            {
-                lo = mid + 1;
-            }
-            else
-            {
-                hi = mid;
-            }
-        }
-
-        var end = offset + n;
-        for (var i = lo; i < extents.Length && extents[i].Logical < end; i++)
-        {
-            var x = extents[i];
-            var from = Math.Max(offset, x.Logical);
-            var to = Math.Min(end, x.Logical + x.Length);
-            var part = target.Slice((int)(from - offset), (int)(to - from));
-            try
-            {
-                while (part.Length > 0)
-                {
-                    var got = await reader.ReadAsync(x.Disk + (from - x.Logical), part, ct).ConfigureAwait(false);
-                    if (got <= 0)
-                    {
-                        throw new IOException($"{map.Archive} ended inside a mapped file extent at {x.Disk + (from - x.Logical)}");
-                    }
-
-                    part = part[got..];
-                    from += got;
-                }
-            }
-            catch (Exception e) when (e is not OperationCanceledException)
-            {
-                throw snapshot.Translate(e, map.Archive);
-            }
-        }
-
-        return n;
-    }
-
     public async ValueTask<int> ReadAsync(SnapshotState snapshot, byte[] path, long offset, Memory<byte> buffer, CancellationToken ct)
     {
         var vm = VmName(snapshot);
         if (maps.TryGetValue(PathKey.Of(vm, path), out var map))
         {
-            return await ReadMappedAsync(snapshot, map, offset, buffer, ct).ConfigureAwait(false);
+            return await map.ReadAsync(snapshot, offset, buffer, ct).ConfigureAwait(false);
         }
 
         if (cache.Get(ContentKey.WholeFile(vm, path)) is { } whole)
@@ -397,9 +335,72 @@ public sealed class VmFilesBackend(TreeContext context, RestoreVmManager manager
 
     private static byte[] Child(byte[] parent, byte[] name) => [.. parent, (byte)'/', .. name];
 
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, byte> used = new(StringComparer.Ordinal);
+    private Timer? sweeper;
+
+    /// <summary>How often the state of stopped VMs is looked for.</summary>
+    public static TimeSpan SweepInterval { get; set; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>
+    /// Releases what a stopped VM's snapshot holds here: cached content (inline small files, read-ahead blocks) and the
+    /// walker bookkeeping. File maps stay: they are the image's, and reading through them needs no VM.
+    /// </summary>
+    public void Forget(string vm)
+    {
+        cache.RemoveVm(vm);
+        foreach (var key in lastBlock.Keys.Where(k => k.Vm == vm))
+        {
+            lastBlock.TryRemove(key, out _);
+        }
+
+        foreach (var key in subdirectories.Keys.Where(k => k.Vm == vm))
+        {
+            subdirectories.TryRemove(key, out _);
+        }
+
+        foreach (var key in parents.Keys.Where(k => k.Vm == vm))
+        {
+            parents.TryRemove(key, out _);
+        }
+
+        foreach (var key in prefetched.Keys.Where(k => k.Vm == vm))
+        {
+            prefetched.TryRemove(key, out _);
+        }
+    }
+
+    /// <summary>The bytes of cached content held now (all VMs).</summary>
+    public long CachedBytes => cache.Bytes;
+
+    private void Sweep()
+    {
+        foreach (var vm in used.Keys)
+        {
+            if (!manager.HasLiveSession(vm))
+            {
+                used.TryRemove(vm, out _);
+                Forget(vm);
+            }
+        }
+    }
+
     private async Task<T> WithVmAsync<T>(SnapshotState snapshot, Func<IRestoreClient, Task<T>> request, CancellationToken ct)
     {
         var name = VmName(snapshot);
+        used[name] = 0;
+        if (sweeper is null)
+        {
+            var timer = new Timer(_ => Sweep(), null, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+            if (Interlocked.CompareExchange(ref sweeper, timer, null) is null)
+            {
+                timer.Change(SweepInterval, SweepInterval);
+            }
+            else
+            {
+                timer.Dispose();
+            }
+        }
+
         for (var attempt = 0; ; attempt++)
         {
             VmSession session;
@@ -473,7 +474,7 @@ public sealed class VmFilesBackend(TreeContext context, RestoreVmManager manager
         var vm = VmName(snapshot);
         if (maps.TryGetValue(PathKey.Of(vm, path), out var map))
         {
-            return SeekInMap(map.Extents, map.Size, offset, data);
+            return map.Seek(offset, data);
         }
 
         if (cache.Get(ContentKey.WholeFile(vm, path)) is not null)
@@ -484,32 +485,13 @@ public sealed class VmFilesBackend(TreeContext context, RestoreVmManager manager
         return await WithVmAsync(snapshot, client => client.SeekAsync(path, offset, data, ct), ct).ConfigureAwait(false);
     }
 
-    /// <summary>The next data (or hole) at or after <paramref name="offset"/> in a file whose extents are the data;
-    /// -1 for no more data. A hole always exists at the end of the file.</summary>
-    public static long SeekInMap(IReadOnlyList<FileExtent> extents, long size, long offset, bool data)
+    public async ValueTask DisposeAsync()
     {
-        foreach (var x in extents)
+        if (sweeper is { } timer)
         {
-            if (x.Logical + x.Length <= offset)
-            {
-                continue;
-            }
-
-            if (data)
-            {
-                return Math.Max(offset, x.Logical);
-            }
-
-            if (x.Logical > offset)
-            {
-                return offset; // offset lies in the hole before this extent
-            }
-
-            offset = x.Logical + x.Length; // inside data: the hole starts after it (or after the next adjacent extent)
+            await timer.DisposeAsync().ConfigureAwait(false);
         }
 
-        return data ? -1 : Math.Min(offset, size);
+        await manager.DisposeAsync().ConfigureAwait(false);
     }
-
-    public ValueTask DisposeAsync() => manager.DisposeAsync();
 }
