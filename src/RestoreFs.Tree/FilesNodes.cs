@@ -1,6 +1,7 @@
 using System.Text;
 using Microsoft.Extensions.Logging;
 using RestoreFs.Fuse;
+using RestoreFs.Tree.Files;
 
 namespace RestoreFs.Tree;
 
@@ -64,43 +65,52 @@ internal static class Remote
         }
     }
 
-    /// <summary>The entry's type and its permission bits exactly as the backup has them (0000 stays 0000).</summary>
+    /// <summary>The entry's type and its permission bits exactly as the backup has them (0000 stays 0000, setuid,
+    /// setgid and sticky kept); a level the restore API adds (disk, <c>part</c>, <c>lvm</c>) is dr-xr-xr-x.</summary>
     public static uint ModeOf(RemoteEntry e)
     {
-        uint type = e.Type switch
-        {
-            'd' or 'v' => 0x4000,
-            'l' => 0xA000,
-            'b' => 0x6000,
-            'c' => 0x2000,
-            'p' => 0x1000,
-            's' => 0xC000,
-            _ => 0x8000,
-        };
         var perm = e.Mode & 0xFFF;
-        if (e.Type == 'v')
+        if (e.Type == 'v' && !e.HasStat)
         {
             perm = 0x16D; // a level the restore API adds (disk, part, lvm): dr-xr-xr-x
         }
 
-        return type | perm;
+        return GuestAnswers.TypeBits(e.Type) | perm;
     }
 
+    /// <summary>The kernel's device number encoding (new_encode_dev) of a major:minor pair.</summary>
+    public static uint EncodeDev((uint Major, uint Minor) d) => (d.Minor & 0xFF) | ((d.Major & 0xFFF) << 8) | ((d.Minor & ~0xFFu) << 12);
+
+    /// <summary>What stat shows: the guest's mode, owner, ns times, nlink, blocks and rdev where it reported them.</summary>
     public static FuseAttributes Attributes(TreeContext context, ulong ino, RemoteEntry e, ulong size)
     {
         var mode = ModeOf(e);
-        var isVirtual = e.Type == 'v';
+        var synthetic = e.Type == 'v' && !e.HasStat;
+        var isDir = (mode & 0xF000) == 0x4000;
+        var mtime = FuseTime.From(e.MTime, e.MTimeNs);
         return new FuseAttributes(ino, size, mode,
-            isVirtual ? context.Options.Uid : e.Uid, isVirtual ? context.Options.Gid : e.Gid,
-            DateTimeOffset.FromUnixTimeSeconds(e.MTime), NLink: (mode & 0xF000) == 0x4000 ? 2u : 1u,
-            Blocks: (size + 511) / 512, BlockSize: 128 * 1024);
+            synthetic ? context.Options.Uid : e.Uid, synthetic ? context.Options.Gid : e.Gid,
+            mtime, NLink: e.NLink is { } n and > 0 ? n : isDir ? 2u : 1u,
+            Blocks: e.Blocks ?? (size + 511) / 512, BlockSize: 128 * 1024,
+            RDev: e.Type is 'b' or 'c' && e.RDev is { } rdev ? EncodeDev(rdev) : 0,
+            ATime: e.ATime ?? mtime, CTime: e.CTime ?? mtime);
     }
+
+    /// <summary>A directory's size as stat shows it (the guest's for a directory of a file system).</summary>
+    public static ulong DirectorySize(RemoteEntry e) => e.Type == 'd' ? e.Size : 0;
 
     public static FuseException Fail(TreeContext context, SnapshotState state, byte[] path, Exception e)
     {
         if (e is FuseException fuse)
         {
             return fuse;
+        }
+
+        if (e is MalformedAnswerException)
+        {
+            context.WarnOnce($"malformed:{state.Snapshot.DirectoryPath}:{e.Message}", null,
+                "Refusing an answer of the restore VM of {Snapshot}: {Reason}", state.Snapshot.Name, e.Message);
+            return new FuseException(Errors.EIO, e.Message);
         }
 
         context.Log.LogWarning("Restore VM request for {Path} in {Snapshot} failed: {Reason}",
@@ -110,7 +120,7 @@ internal static class Remote
 }
 
 /// <summary>A directory inside a disk (or a bucket level: <c>part</c>, <c>lvm/&lt;vg&gt;</c>, …), listed once by the VM.</summary>
-public sealed class RemoteDirectory : FuseNode, IFuseDirectory
+public sealed class RemoteDirectory : FuseNode, IFuseDirectory, IFuseXattrs
 {
     private readonly TreeContext context;
     private readonly SnapshotState state;
@@ -127,7 +137,12 @@ public sealed class RemoteDirectory : FuseNode, IFuseDirectory
         this.path = path;
         this.entry = entry;
         ino = context.Inodes.Next();
+        xattrs = new XattrSource(context, state, path, entry);
     }
+
+    private readonly XattrSource xattrs;
+
+    public ValueTask<IReadOnlyList<FuseXattr>> ListXattrsAsync(FuseRequestContext ctx, CancellationToken ct) => xattrs.ListAsync(ctx, ct);
 
     public override TimeSpan EntryTimeout => Remote.Forever;
 
@@ -137,7 +152,7 @@ public sealed class RemoteDirectory : FuseNode, IFuseDirectory
 
     public bool ListingIsImmutable => true;
 
-    public override FuseAttributes GetAttributes() => Remote.Attributes(context, ino, entry, 0);
+    public override FuseAttributes GetAttributes() => Remote.Attributes(context, ino, entry, Remote.DirectorySize(entry));
 
     private async ValueTask<IReadOnlyList<(byte[] Name, FuseNode Node)>> LoadAsync(FuseRequestContext ctx, CancellationToken ct)
     {
@@ -160,12 +175,14 @@ public sealed class RemoteDirectory : FuseNode, IFuseDirectory
             try
             {
                 entries = await Remote.Backend(context).ListAsync(state, path, ct).ConfigureAwait(false);
+                GuestAnswers.CheckListing(path, entries);
             }
             catch (Exception e) when (e is not OperationCanceledException)
             {
                 throw Remote.Fail(context, state, path, e);
             }
 
+            var links = LinkTable.Of(state);
             var list = new List<(byte[], FuseNode)>(entries.Count);
             foreach (var child in entries)
             {
@@ -187,13 +204,13 @@ public sealed class RemoteDirectory : FuseNode, IFuseDirectory
                     continue;
                 }
 
-                FuseNode node = child.Type switch
+                var node = links.NodeFor(childPath, child, () => child.Type switch
                 {
                     'd' or 'v' => new RemoteDirectory(context, state, childPath, child),
-                    'l' => new RemoteSymlink(context, child),
+                    'l' => new RemoteSymlink(context, state, childPath, child),
                     'f' or 'h' => new RemoteFile(context, state, childPath, child),
-                    _ => new RemoteSpecial(context, child),
-                };
+                    _ => (FuseNode)new RemoteSpecial(context, state, childPath, child),
+                });
                 list.Add((child.Name, node));
             }
 
@@ -235,7 +252,7 @@ public sealed class EmptyDirectory(TreeContext context, ulong ino, RemoteEntry e
 
     public bool ListingIsImmutable => true;
 
-    public override FuseAttributes GetAttributes() => Remote.Attributes(context, ino, entry with { Type = 'd' }, 0);
+    public override FuseAttributes GetAttributes() => Remote.Attributes(context, ino, entry with { Type = 'd', Dev = null }, 0);
 
     public ValueTask<FuseNode?> LookupAsync(ReadOnlyMemory<byte> name, FuseRequestContext ctx, CancellationToken ct) =>
         ValueTask.FromResult<FuseNode?>(null);
@@ -261,9 +278,12 @@ public sealed class ErrorFile(TreeContext context, DateTimeOffset mtime, string 
 }
 
 /// <summary>A regular file inside a disk; reads are range reads to the VM.</summary>
-public sealed class RemoteFile(TreeContext context, SnapshotState state, byte[] path, RemoteEntry entry) : FuseNode, IFuseFile
+public sealed class RemoteFile(TreeContext context, SnapshotState state, byte[] path, RemoteEntry entry) : FuseNode, IFuseFile, IFuseXattrs
 {
     private readonly ulong ino = context.Inodes.Next();
+    private readonly XattrSource xattrs = new(context, state, path, entry);
+
+    public ValueTask<IReadOnlyList<FuseXattr>> ListXattrsAsync(FuseRequestContext ctx, CancellationToken ct) => xattrs.ListAsync(ctx, ct);
 
     public override TimeSpan EntryTimeout => Remote.Forever;
 
@@ -324,15 +344,49 @@ public sealed class RemoteFile(TreeContext context, SnapshotState state, byte[] 
             return done;
         }
 
+        /// <summary>Holes as the guest's file has them: from the file map for a mapped file, else the guest's lseek.</summary>
+        public async ValueTask<long> SeekDataOrHoleAsync(long offset, bool data, CancellationToken ct)
+        {
+            if (offset >= size)
+            {
+                throw new FuseException(Errors.ENXIO, "offset at or past the end");
+            }
+
+            var backend = Remote.Backend(context);
+            if (unprivileged is not null && !backend.IsMapped(state, path))
+            {
+                Remote.RequireVmAccess(context, state, unprivileged);
+            }
+
+            long answer;
+            try
+            {
+                answer = await backend.SeekAsync(state, path, offset, data, ct).ConfigureAwait(false);
+                GuestAnswers.CheckSeek(path, offset, size, data, answer);
+            }
+            catch (NotSupportedException)
+            {
+                throw;
+            }
+            catch (Exception e) when (e is not OperationCanceledException)
+            {
+                throw Remote.Fail(context, state, path, e);
+            }
+
+            return answer < 0 ? throw new FuseException(Errors.ENXIO, "no data after the offset") : answer;
+        }
 
         public ValueTask DisposeAsync() => ValueTask.CompletedTask;
     }
 }
 
 /// <summary>A symlink inside a disk: its target as stored, never followed on the host side.</summary>
-public sealed class RemoteSymlink(TreeContext context, RemoteEntry entry) : FuseNode, IFuseSymlink
+public sealed class RemoteSymlink(TreeContext context, SnapshotState state, byte[] path, RemoteEntry entry) : FuseNode, IFuseSymlink, IFuseXattrs
 {
     private readonly ulong ino = context.Inodes.Next();
+    private readonly XattrSource xattrs = new(context, state, path, entry);
+
+    public ValueTask<IReadOnlyList<FuseXattr>> ListXattrsAsync(FuseRequestContext ctx, CancellationToken ct) => xattrs.ListAsync(ctx, ct);
 
     public override TimeSpan EntryTimeout => Remote.Forever;
 
@@ -346,13 +400,70 @@ public sealed class RemoteSymlink(TreeContext context, RemoteEntry entry) : Fuse
 }
 
 /// <summary>A device node, fifo or socket inside a disk: shown with its type, never opened.</summary>
-public sealed class RemoteSpecial(TreeContext context, RemoteEntry entry) : FuseNode
+public sealed class RemoteSpecial(TreeContext context, SnapshotState state, byte[] path, RemoteEntry entry) : FuseNode, IFuseXattrs
 {
     private readonly ulong ino = context.Inodes.Next();
+    private readonly XattrSource xattrs = new(context, state, path, entry);
+
+    public ValueTask<IReadOnlyList<FuseXattr>> ListXattrsAsync(FuseRequestContext ctx, CancellationToken ct) => xattrs.ListAsync(ctx, ct);
 
     public override TimeSpan EntryTimeout => Remote.Forever;
 
     public override TimeSpan AttrTimeout => Remote.Forever;
 
     public override FuseAttributes GetAttributes() => Remote.Attributes(context, ino, entry, 0);
+}
+
+/// <summary>
+/// The extended attributes of a guest entry: those the listing carried, else asked from the VM once (a symlink's own,
+/// never followed). An attribute the guest could not read fails the whole request with EIO: a copy would otherwise
+/// silently lack it.
+/// </summary>
+internal sealed class XattrSource(TreeContext context, SnapshotState state, byte[] path, RemoteEntry entry)
+{
+    private IReadOnlyList<FuseXattr>? cached;
+
+    public async ValueTask<IReadOnlyList<FuseXattr>> ListAsync(FuseRequestContext ctx, CancellationToken ct)
+    {
+        if (cached is { } ready)
+        {
+            return ready;
+        }
+
+        if (entry.Type == 'v' && !entry.HasStat)
+        {
+            return []; // a level the restore API adds: nothing of the guest's
+        }
+
+        IReadOnlyList<RemoteXattr> raw;
+        if (entry.Xattrs is { } inline)
+        {
+            raw = inline;
+        }
+        else
+        {
+            Remote.RequireVmAccess(context, state, ctx);
+            try
+            {
+                raw = await Remote.Backend(context).XattrsAsync(state, path, ct).ConfigureAwait(false);
+                GuestAnswers.CheckXattrs(path, raw);
+            }
+            catch (Exception e) when (e is not OperationCanceledException)
+            {
+                throw Remote.Fail(context, state, path, e);
+            }
+        }
+
+        if (raw.FirstOrDefault(x => x.Value is null) is { } failed)
+        {
+            context.WarnOnce($"xattr:{state.Snapshot.DirectoryPath}:{Convert.ToBase64String(path)}", null,
+                "Extended attribute {Name} of {Path} in {Snapshot} cannot be read: {Error}",
+                Encoding.UTF8.GetString(failed.Name), Encoding.UTF8.GetString(path), state.Snapshot.Name, failed.Error);
+            throw new FuseException(Errors.EIO, $"extended attribute {Encoding.UTF8.GetString(failed.Name)}: {failed.Error}");
+        }
+
+        var list = raw.Select(x => new FuseXattr(x.Name, x.Value!)).ToList();
+        cached = list;
+        return list;
+    }
 }

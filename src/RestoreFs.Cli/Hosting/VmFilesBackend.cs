@@ -3,6 +3,7 @@ using RestoreFs.Fuse;
 using RestoreFs.RestoreApi;
 using RestoreFs.RestoreVm;
 using RestoreFs.Tree;
+using RestoreFs.Tree.Files;
 
 namespace RestoreFs.Cli.Hosting;
 
@@ -26,17 +27,14 @@ public sealed class VmFilesBackend(TreeContext context, RestoreVmManager manager
 
     private readonly ILogger log = context.Logs.CreateLogger<VmFilesBackend>();
     private readonly ContentCache cache = new(256L << 20);
-    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, Lazy<Task<byte[]>>> inflight = new(StringComparer.Ordinal);
-    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, long> lastBlock = new(StringComparer.Ordinal);
-    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, Task<IReadOnlyList<RemoteEntry>>> prefetched = new(StringComparer.Ordinal);
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<ContentKey, Lazy<Task<byte[]>>> inflight = new();
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<PathKey, long> lastBlock = new();
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<PathKey, Task<IReadOnlyList<RemoteEntry>>> prefetched = new();
     private readonly SemaphoreSlim prefetchSlots = new(PrefetchDirectories, PrefetchDirectories);
-    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, List<byte[]>> subdirectories = new(StringComparer.Ordinal);
-    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, (string Key, int Index)> parents = new(StringComparer.Ordinal);
-    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, FileMap> maps = new(StringComparer.Ordinal);
-    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, FileExtent[]> placements = new(StringComparer.Ordinal);
-
-    /// <summary>A file whose bytes are read from the image itself: the daemon mapped it onto its disk.</summary>
-    private sealed record FileMap(string Archive, FileExtent[] Extents, long Size);
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<PathKey, List<byte[]>> subdirectories = new();
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<PathKey, (PathKey Key, int Index)> parents = new();
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<PathKey, FileMap> maps = new();
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<PathKey, FileExtent[]> placements = new();
 
     public static string VmName(SnapshotState state)
     {
@@ -48,7 +46,7 @@ public sealed class VmFilesBackend(TreeContext context, RestoreVmManager manager
     public async ValueTask<IReadOnlyList<RemoteEntry>> ListAsync(SnapshotState snapshot, byte[] path, CancellationToken ct)
     {
         var vm = VmName(snapshot);
-        var key = ContentCache.KeyOf(vm, path, -3);
+        var key = PathKey.Of(vm, path);
         IReadOnlyList<RemoteEntry>? list = null;
         if (prefetched.TryRemove(key, out var early))
         {
@@ -67,7 +65,7 @@ public sealed class VmFilesBackend(TreeContext context, RestoreVmManager manager
         subdirectories[key] = dirs;
         for (var i = 0; i < dirs.Count; i++)
         {
-            parents[ContentCache.KeyOf(vm, dirs[i], -3)] = (key, i);
+            parents[PathKey.Of(vm, dirs[i])] = (key, i);
         }
 
         // Ahead of a tree walker: this directory's first subdirectories, and the siblings that come after it.
@@ -97,7 +95,7 @@ public sealed class VmFilesBackend(TreeContext context, RestoreVmManager manager
         }
 
         var archive = ArchiveOf(snapshot, path);
-        var placement = placements.GetValueOrDefault(ContentCache.KeyOf(vm, volume, -4));
+        var placement = placements.GetValueOrDefault(PathKey.Of(vm, volume));
         for (var attempt = 0; ; attempt++)
         {
             var mark = snapshot.ExportReadFailures.Mark();
@@ -139,20 +137,32 @@ public sealed class VmFilesBackend(TreeContext context, RestoreVmManager manager
         {
             var list = new List<RemoteEntry>();
             var archive = ArchiveOf(snapshot, path);
-            await foreach (var e in client.ListAsync(path, InlineMax, extents: archive is not null, ct).ConfigureAwait(false))
+            var volume = VolumeOf(path);
+            var placement = volume is null ? null : placements.GetValueOrDefault(PathKey.Of(vm, volume));
+            await foreach (var e in client.ListAsync(path, new ListOptions(InlineMax, Extents: archive is not null, Xattrs: true), ct).ConfigureAwait(false))
             {
-                list.Add(new RemoteEntry(e.Name, e.Type, e.Size ?? 0, e.MTime ?? 0, e.Mode, e.Uid, e.Gid, e.Target, e.Error));
+                if (list.Count >= GuestAnswers.MaxEntries)
+                {
+                    throw new MalformedAnswerException($"the restore VM lists more than {GuestAnswers.MaxEntries} entries in {System.Text.Encoding.UTF8.GetString(path)}");
+                }
+
+                list.Add(EntryOf(e));
                 if (e.Content is { } content)
                 {
-                    cache.Put(ContentCache.KeyOf(vm, Child(path, e.Name), -1), content);
+                    if ((ulong)content.Length != (e.Size ?? 0) || e.Type != 'f')
+                    {
+                        throw new MalformedAnswerException($"the restore VM sent {content.Length} bytes inline for {GuestAnswers.Show(e.Name)} of {e.Size} bytes");
+                    }
+
+                    cache.Put(ContentKey.WholeFile(vm, Child(path, e.Name)), content);
                 }
                 else if (e.Extents is { } place && e.Type is 'd' or 'v')
                 {
-                    placements[ContentCache.KeyOf(vm, Child(path, e.Name), -4)] = [.. place]; // a volume's place on its disk
+                    placements[PathKey.Of(vm, Child(path, e.Name))] = [.. place]; // a volume's place on its disk
                 }
-                else if (e.Extents is { } extents && e.Type == 'f' && archive is not null && Valid(snapshot, archive, extents, (long)(e.Size ?? 0)))
+                else if (e.Extents is { } extents && e.Type == 'f' && archive is not null && Valid(snapshot, archive, extents, (long)(e.Size ?? 0), placement))
                 {
-                    maps[ContentCache.KeyOf(vm, Child(path, e.Name), -2)] = new FileMap(archive, [.. extents], (long)(e.Size ?? 0));
+                    maps[PathKey.Of(vm, Child(path, e.Name))] = new FileMap(archive, [.. extents], (long)(e.Size ?? 0));
                 }
             }
 
@@ -172,7 +182,7 @@ public sealed class VmFilesBackend(TreeContext context, RestoreVmManager manager
 
         foreach (var child in children)
         {
-            var key = ContentCache.KeyOf(vm, child, -3);
+            var key = PathKey.Of(vm, child);
             if (prefetched.ContainsKey(key) || subdirectories.ContainsKey(key))
             {
                 continue; // on its way, or listed already
@@ -224,8 +234,9 @@ public sealed class VmFilesBackend(TreeContext context, RestoreVmManager manager
         return matches.Count == 1 ? matches[0] : null;
     }
 
-    /// <summary>A map is used only when it stays inside the file and the image (the guest is not trusted blindly).</summary>
-    private bool Valid(SnapshotState snapshot, string archive, IReadOnlyList<FileExtent> extents, long size)
+    /// <summary>A map is used only when it stays inside the file, the image and the volume's place on it (the guest is
+    /// not trusted blindly); otherwise the file is read through the VM.</summary>
+    private bool Valid(SnapshotState snapshot, string archive, IReadOnlyList<FileExtent> extents, long size, FileExtent[]? placement)
     {
         long imageSize;
         try
@@ -237,96 +248,38 @@ public sealed class VmFilesBackend(TreeContext context, RestoreVmManager manager
             return false;
         }
 
-        long end = 0;
-        foreach (var x in extents)
+        var problem = GuestAnswers.CheckExtents(extents, size, 0, imageSize);
+        if (problem is null && placement is { Length: > 0 }
+            && extents.Any(x => !placement.Any(p => x.Disk >= p.Disk && x.Disk - p.Disk <= p.Length - x.Length)))
         {
-            if (x.Logical < end || x.Length <= 0 || x.Logical + x.Length > size || x.Disk + x.Length > imageSize)
-            {
-                context.WarnOnce($"map:{archive}", null, "Ignoring a file map from the restore VM that leaves the file or {Archive}; reading through the VM", archive);
-                return false;
-            }
+            problem = "an extent lies outside its volume's place on the disk";
+        }
 
-            end = x.Logical + x.Length;
+        if (problem is not null)
+        {
+            context.WarnOnce($"map:{archive}", null, "Ignoring a file map from the restore VM ({Problem}) in {Archive}; reading through the VM", problem, archive);
+            return false;
         }
 
         return true;
     }
 
-    /// <summary>Reads a mapped file straight from the image: extents from the image reader, zeros between them.</summary>
-    private static async ValueTask<int> ReadMappedAsync(SnapshotState snapshot, FileMap map, long offset, Memory<byte> buffer, CancellationToken ct)
-    {
-        if (offset >= map.Size)
-        {
-            return 0;
-        }
-
-        var n = (int)Math.Min(buffer.Length, map.Size - offset);
-        var target = buffer[..n];
-        target.Span.Clear();
-        var reader = snapshot.OpenImage(map.Archive);
-        var extents = map.Extents;
-        var lo = 0;
-        var hi = extents.Length;
-        while (lo < hi)
-        {
-            // the first extent that ends after offset
-            var mid = (lo + hi) / 2;
-            if (extents[mid].Logical + extents[mid].Length <= offset)
-            {
-                lo = mid + 1;
-            }
-            else
-            {
-                hi = mid;
-            }
-        }
-
-        var end = offset + n;
-        for (var i = lo; i < extents.Length && extents[i].Logical < end; i++)
-        {
-            var x = extents[i];
-            var from = Math.Max(offset, x.Logical);
-            var to = Math.Min(end, x.Logical + x.Length);
-            var part = target.Slice((int)(from - offset), (int)(to - from));
-            try
-            {
-                while (part.Length > 0)
-                {
-                    var got = await reader.ReadAsync(x.Disk + (from - x.Logical), part, ct).ConfigureAwait(false);
-                    if (got <= 0)
-                    {
-                        throw new IOException($"{map.Archive} ended inside a mapped file extent at {x.Disk + (from - x.Logical)}");
-                    }
-
-                    part = part[got..];
-                    from += got;
-                }
-            }
-            catch (Exception e) when (e is not OperationCanceledException)
-            {
-                throw snapshot.Translate(e, map.Archive);
-            }
-        }
-
-        return n;
-    }
-
     public async ValueTask<int> ReadAsync(SnapshotState snapshot, byte[] path, long offset, Memory<byte> buffer, CancellationToken ct)
     {
         var vm = VmName(snapshot);
-        if (maps.TryGetValue(ContentCache.KeyOf(vm, path, -2), out var map))
+        if (maps.TryGetValue(PathKey.Of(vm, path), out var map))
         {
-            return await ReadMappedAsync(snapshot, map, offset, buffer, ct).ConfigureAwait(false);
+            return await map.ReadAsync(snapshot, offset, buffer, ct).ConfigureAwait(false);
         }
 
-        if (cache.Get(ContentCache.KeyOf(vm, path, -1)) is { } whole)
+        if (cache.Get(ContentKey.WholeFile(vm, path)) is { } whole)
         {
             return CopyOut(whole, offset, buffer);
         }
 
         var index = offset / Block;
         var block = await BlockAsync(snapshot, vm, path, index, ct).ConfigureAwait(false);
-        var pathKey = ContentCache.KeyOf(vm, path, -2);
+        var pathKey = PathKey.Of(vm, path);
         var previous = lastBlock.GetValueOrDefault(pathKey, -1);
         lastBlock[pathKey] = index;
         if (block.Length == Block && (index == 0 || previous == index || previous == index - 1))
@@ -355,7 +308,7 @@ public sealed class VmFilesBackend(TreeContext context, RestoreVmManager manager
 
     private async Task<byte[]> BlockAsync(SnapshotState snapshot, string vm, byte[] path, long index, CancellationToken ct)
     {
-        var key = ContentCache.KeyOf(vm, path, index * Block);
+        var key = ContentKey.BlockAt(vm, path, index * Block);
         if (cache.Get(key) is { } cached)
         {
             return cached;
@@ -382,9 +335,72 @@ public sealed class VmFilesBackend(TreeContext context, RestoreVmManager manager
 
     private static byte[] Child(byte[] parent, byte[] name) => [.. parent, (byte)'/', .. name];
 
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, byte> used = new(StringComparer.Ordinal);
+    private Timer? sweeper;
+
+    /// <summary>How often the state of stopped VMs is looked for.</summary>
+    public static TimeSpan SweepInterval { get; set; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>
+    /// Releases what a stopped VM's snapshot holds here: cached content (inline small files, read-ahead blocks) and the
+    /// walker bookkeeping. File maps stay: they are the image's, and reading through them needs no VM.
+    /// </summary>
+    public void Forget(string vm)
+    {
+        cache.RemoveVm(vm);
+        foreach (var key in lastBlock.Keys.Where(k => k.Vm == vm))
+        {
+            lastBlock.TryRemove(key, out _);
+        }
+
+        foreach (var key in subdirectories.Keys.Where(k => k.Vm == vm))
+        {
+            subdirectories.TryRemove(key, out _);
+        }
+
+        foreach (var key in parents.Keys.Where(k => k.Vm == vm))
+        {
+            parents.TryRemove(key, out _);
+        }
+
+        foreach (var key in prefetched.Keys.Where(k => k.Vm == vm))
+        {
+            prefetched.TryRemove(key, out _);
+        }
+    }
+
+    /// <summary>The bytes of cached content held now (all VMs).</summary>
+    public long CachedBytes => cache.Bytes;
+
+    private void Sweep()
+    {
+        foreach (var vm in used.Keys)
+        {
+            if (!manager.HasLiveSession(vm))
+            {
+                used.TryRemove(vm, out _);
+                Forget(vm);
+            }
+        }
+    }
+
     private async Task<T> WithVmAsync<T>(SnapshotState snapshot, Func<IRestoreClient, Task<T>> request, CancellationToken ct)
     {
         var name = VmName(snapshot);
+        used[name] = 0;
+        if (sweeper is null)
+        {
+            var timer = new Timer(_ => Sweep(), null, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+            if (Interlocked.CompareExchange(ref sweeper, timer, null) is null)
+            {
+                timer.Change(SweepInterval, SweepInterval);
+            }
+            else
+            {
+                timer.Dispose();
+            }
+        }
+
         for (var attempt = 0; ; attempt++)
         {
             VmSession session;
@@ -428,7 +444,54 @@ public sealed class VmFilesBackend(TreeContext context, RestoreVmManager manager
 
     public bool IsVmRunning(SnapshotState snapshot) => manager.HasLiveSession(VmName(snapshot));
 
-    public bool IsMapped(SnapshotState snapshot, byte[] path) => maps.ContainsKey(ContentCache.KeyOf(VmName(snapshot), path, -2));
+    public bool IsMapped(SnapshotState snapshot, byte[] path) => maps.ContainsKey(PathKey.Of(VmName(snapshot), path));
 
-    public ValueTask DisposeAsync() => manager.DisposeAsync();
+    /// <summary>A listed entry with everything the guest's statx and xattrs said.</summary>
+    public static RemoteEntry EntryOf(ArchiveEntry e) =>
+        new(e.Name, e.Type, e.Size ?? 0, e.MTime ?? 0, e.Mode, e.Uid, e.Gid, e.Target, e.Error)
+        {
+            MTimeNs = e.MTimeNs ?? 0,
+            ATime = e.ATime is { } a ? new FuseTime(a.Seconds, a.Nanoseconds) : null,
+            CTime = e.CTime is { } c ? new FuseTime(c.Seconds, c.Nanoseconds) : null,
+            Dev = e.Dev is { } d ? (d.Major, d.Minor) : null,
+            Ino = e.Ino,
+            NLink = e.NLink,
+            Blocks = e.Blocks,
+            RDev = e.RDev is { } r ? (r.Major, r.Minor) : null,
+            Xattrs = e.Xattrs?.Select(x => new RemoteXattr(x.Name, x.Value, x.Error)).ToList(),
+        };
+
+    public async ValueTask<IReadOnlyList<RemoteXattr>> XattrsAsync(SnapshotState snapshot, byte[] path, CancellationToken ct)
+    {
+        var list = await WithVmAsync(snapshot, client => client.XattrsAsync(path, ct), ct).ConfigureAwait(false);
+        return list.Select(x => new RemoteXattr(x.Name, x.Value, x.Error)).ToList();
+    }
+
+    /// <summary>SEEK_DATA/SEEK_HOLE: from the file map's holes for a mapped file (no VM needed), else the guest's lseek.
+    /// A small file that came inline counts as all data.</summary>
+    public async ValueTask<long> SeekAsync(SnapshotState snapshot, byte[] path, long offset, bool data, CancellationToken ct)
+    {
+        var vm = VmName(snapshot);
+        if (maps.TryGetValue(PathKey.Of(vm, path), out var map))
+        {
+            return map.Seek(offset, data);
+        }
+
+        if (cache.Get(ContentKey.WholeFile(vm, path)) is not null)
+        {
+            throw new NotSupportedException();
+        }
+
+        return await WithVmAsync(snapshot, client => client.SeekAsync(path, offset, data, ct), ct).ConfigureAwait(false);
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        if (sweeper is { } timer)
+        {
+            await timer.DisposeAsync().ConfigureAwait(false);
+        }
+
+        await manager.DisposeAsync().ConfigureAwait(false);
+    }
 }

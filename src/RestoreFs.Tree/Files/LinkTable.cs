@@ -1,0 +1,82 @@
+using System.Runtime.CompilerServices;
+using RestoreFs.Fuse;
+
+namespace RestoreFs.Tree.Files;
+
+/// <summary>
+/// Inode identity of <c>files/</c> within one snapshot: names whose guest (volume, dev, ino) is the same are one node
+/// — one FUSE inode with the guest's nlink, so <c>cp -a</c> and <c>rsync -H</c> keep hard links. Only entries with
+/// more than one link are remembered (the table grows with hard-linked files, not with files). The device number is
+/// part of the key, so btrfs subvolumes and snapshots (each with a device number of its own) never share an inode;
+/// the volume path is part of it because device numbers of different volumes are only unique within one VM boot.
+/// </summary>
+public sealed class LinkTable
+{
+    private static readonly ConditionalWeakTable<SnapshotState, LinkTable> Tables = new();
+
+    private readonly Dictionary<(string Volume, uint Major, uint Minor, ulong Ino), FuseNode> nodes = [];
+
+    public static LinkTable Of(SnapshotState snapshot) => Tables.GetValue(snapshot, _ => new LinkTable());
+
+    public int Count
+    {
+        get
+        {
+            lock (nodes)
+            {
+                return nodes.Count;
+            }
+        }
+    }
+
+    /// <summary>The node of an inode: the one made for an earlier name of it, else <paramref name="create"/>'s.</summary>
+    public FuseNode NodeFor(byte[] childPath, RemoteEntry entry, Func<FuseNode> create)
+    {
+        if (entry is not { Dev: { } dev, Ino: { } ino, NLink: > 1 } || entry.Type is 'd' or 'v')
+        {
+            return create();
+        }
+
+        var key = (VolumeKey(childPath), dev.Major, dev.Minor, ino);
+        lock (nodes)
+        {
+            if (!nodes.TryGetValue(key, out var node))
+            {
+                node = create();
+                nodes[key] = node;
+            }
+
+            return node;
+        }
+    }
+
+    /// <summary>The volume a files/ path lies in (<c>disk/part/N</c>, <c>disk/lvm/VG/LV</c>, <c>disk/raw</c>).</summary>
+    public static string VolumeKey(byte[] path)
+    {
+        var parts = path.AsSpan();
+        var depth = 0;
+        var second = ReadOnlySpan<byte>.Empty;
+        var start = 0;
+        for (var i = 0; i <= parts.Length; i++)
+        {
+            if (i == parts.Length || parts[i] == (byte)'/')
+            {
+                depth++;
+                if (depth == 2)
+                {
+                    second = parts[start..i];
+                }
+
+                var want = second.SequenceEqual("part"u8) ? 3 : second.SequenceEqual("lvm"u8) ? 4 : second.SequenceEqual("raw"u8) ? 2 : int.MaxValue;
+                if (depth >= want)
+                {
+                    return Convert.ToBase64String(parts[..i]);
+                }
+
+                start = i + 1;
+            }
+        }
+
+        return Convert.ToBase64String(parts);
+    }
+}
