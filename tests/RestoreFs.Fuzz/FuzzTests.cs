@@ -39,3 +39,33 @@ public sealed class FuzzTests(ITestOutputHelper output)
         }
     }
 }
+
+/// <summary>The driver itself: a crash, a hang and a memory hog are each reported and their input saved.</summary>
+public sealed class DriverTests
+{
+    [Fact]
+    public void Driver_reports_Fake_targets_that_crash_hang_or_allocate()
+    {
+        var dir = Directory.CreateTempSubdirectory("restorefs-fuzz-driver-").FullName;
+        try
+        {
+            var driver = new Driver(dir, TimeSpan.FromMilliseconds(300), 64L << 20);
+            var crash = new FuzzTarget("fake-crash", input => _ = input[input.Length], e => e is InvalidDataException);
+            var typed = new FuzzTarget("fake-typed", _ => throw new InvalidDataException("bad"), e => e is InvalidDataException);
+            var hang = new FuzzTarget("fake-hang", _ => Thread.Sleep(5000), _ => false);
+            var hog = new FuzzTarget("fake-hog", input => GC.KeepAlive(new byte[100 << 20]), _ => false);
+
+            var found = driver.RunOne(crash, [1, 2, 3]);
+            Assert.Equal("exception", found?.Kind);
+            Assert.Contains("IndexOutOfRangeException", found!.Detail);
+            Assert.Equal([1, 2, 3], File.ReadAllBytes(found.SavedAs!));
+            Assert.Null(driver.RunOne(typed, [1]));
+            Assert.Equal("hang", driver.RunOne(hang, [2])?.Kind);
+            Assert.Equal("memory", driver.RunOne(hog, [3])?.Kind);
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+}
