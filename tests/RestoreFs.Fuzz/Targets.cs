@@ -56,7 +56,13 @@ public static partial class Targets
         Try(() => DataBlob.Decode(input, Key, "fuzz.blob", 1 << 20));
         var kind = DataBlob.KindOf(input);
         var destination = new byte[4096];
-        Try(() => DataBlob.DecodeChunk(input, Key, kind is { } k && DataBlob.IsEncrypted(k), destination, new byte[32], "fuzz.chunk", 0));
+        var encrypted = kind is { } k && DataBlob.IsEncrypted(k);
+        Try(() => DataBlob.DecodeChunk(input, Key, encrypted, destination, new byte[32], "fuzz.chunk", 0));
+        // Past the digest check: the decoder itself must hold the destination size.
+        foreach (var size in new[] { 0, 48, 4096, 1 << 20 })
+        {
+            Try(() => DataBlob.DecodeChunk(input, Key, encrypted, new byte[size], new byte[32], "fuzz.chunk", 0, verifyDigest: false));
+        }
     }
 
     private static void FixedIdx(byte[] input)
