@@ -12,6 +12,7 @@ using RestoreFs.Fuse.Protocol;
 using RestoreFs.Fuse.Server;
 using RestoreFs.Fuse.Tests;
 using RestoreFs.Nbd;
+using RestoreFs.Pxar;
 using RestoreFs.RestoreApi;
 
 namespace RestoreFs.Fuzz;
@@ -40,6 +41,8 @@ public static partial class Targets
         new("mux", Mux, _ => false),
         new("api-json", Json, IsMalformed),
         new("listing", Listing, IsMalformed),
+        new("pxar", Pxar, e => e is PxarException),
+        new("pxar-catalog", PxarCatalogTarget, e => e is PxarException),
     ];
 
     public static FuzzTarget Get(string name) =>
@@ -460,6 +463,51 @@ public static partial class Targets
         finally
         {
             entries.DisposeAsync().AsTask().GetAwaiter().GetResult();
+        }
+    }
+
+    // ---- pxar: a metadata archive (v1 unified or v2 split, with the vectors' payload stream) and a catalog ------------
+
+    /// <summary>The payload stream of the split test vector (tests/RestoreFs.Pxar.Tests/Vectors/v2.ppxar).</summary>
+    private static readonly byte[] PxarPayload = [210, 78, 74, 25, 194, 104, 76, 131, 16, 0, 0, 0, 0, 0, 0, 0, 37, 26, 124, 11, 27, 122, 20, 40, 22, 0, 0, 0, 0, 0, 0, 0, 104, 101, 108, 108, 111, 10, 37, 26, 124, 11, 27, 122, 20, 40, 17, 0, 0, 0, 0, 0, 0, 0, 120, 181, 129, 76, 152, 139, 183, 114, 108, 16, 0, 0, 0, 0, 0, 0, 0];
+
+    private static void Pxar(byte[] input)
+    {
+        using var archive = PxarArchive.Open(new MemoryPxarSource(input, "fuzz.mpxar"), new MemoryPxarSource(PxarPayload, "fuzz.ppxar"));
+        var pending = new Stack<PxarEntry>([archive.Root]);
+        var buffer = new byte[64 * 1024];
+        for (var visited = 0; pending.Count > 0 && visited < 2000; visited++)
+        {
+            var entry = pending.Pop();
+            if (entry.IsDirectory)
+            {
+                _ = archive.GoodbyeRecords(entry);
+                foreach (var child in archive.List(entry))
+                {
+                    pending.Push(child);
+                    _ = archive.Lookup(entry, child.Name);
+                }
+            }
+            else if (entry.Kind == PxarEntryKind.File)
+            {
+                _ = archive.Read(entry, 0, buffer);
+            }
+        }
+    }
+
+    private static void PxarCatalogTarget(byte[] input)
+    {
+        var catalog = new PxarCatalog(new MemoryPxarSource(input, "fuzz.pcat1"));
+        var pending = new Stack<IReadOnlyList<PxarCatalogEntry>>([catalog.Root]);
+        for (var blocks = 0; pending.Count > 0 && blocks < 500; blocks++)
+        {
+            foreach (var entry in pending.Pop())
+            {
+                if (entry.ChildBlockOffset >= 0)
+                {
+                    pending.Push(catalog.ReadBlock(entry.ChildBlockOffset));
+                }
+            }
         }
     }
 
