@@ -60,3 +60,12 @@ bench: build
 clean:
 	rm -rf build
 	$(DOTNET) clean RestoreFs.sln -v quiet --nologo
+
+# Fuzzing (tests/RestoreFs.Fuzz): every target SECONDS seconds from seed SEED; findings go to build/fuzz-findings.
+SECONDS ?= 60
+SEED ?= 1
+.PHONY: fuzz
+fuzz:
+	$(DOTNET) build tests/RestoreFs.Fuzz -c $(CONFIGURATION) --nologo -v quiet
+	$(DOTNET) tests/RestoreFs.Fuzz/bin/$(CONFIGURATION)/net10.0/RestoreFs.Fuzz.dll --seconds $(SECONDS) --seed $(SEED) \
+		--findings build/fuzz-findings $(if $(TARGET),--target $(TARGET))

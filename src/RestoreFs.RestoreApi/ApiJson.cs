@@ -280,10 +280,10 @@ public static class ApiJson
             r.Read();
             switch (property)
             {
-                case "filepath": filePath = Convert.FromBase64String(r.GetString()!); break;
-                case "name": name = Convert.FromBase64String(r.GetString()!); break;
-                case "target": target = r.TokenType == JsonTokenType.Null ? null : Convert.FromBase64String(r.GetString()!); break;
-                case "type": type = (r.GetString() ?? "?")[0]; break;
+                case "filepath": filePath = ReadBase64(ref r, "filepath"); break;
+                case "name": name = ReadBase64(ref r, "name"); break;
+                case "target": target = r.TokenType == JsonTokenType.Null ? null : ReadBase64(ref r, "target"); break;
+                case "type": type = r.GetString() is { } t ? (t.Length > 0 ? t[0] : throw new JsonException("'type' is empty")) : '?'; break;
                 case "leaf": leaf = r.GetBoolean(); break;
                 case "size": size = r.TokenType == JsonTokenType.Null ? null : r.GetUInt64(); break;
                 case "mtime": mtime = r.TokenType == JsonTokenType.Null ? null : r.GetInt64(); break;
@@ -438,6 +438,12 @@ public static class ApiJson
             : [];
         return new DaemonStatus(data.GetProperty("uptime").GetInt64(), data.GetProperty("timeout").GetInt64(), disks, mounts);
     }
+
+    /// <summary>A base64 string field; null, another token or bad base64 is a JsonException naming the field.</summary>
+    private static byte[] ReadBase64(ref Utf8JsonReader r, string field) =>
+        r.TokenType == JsonTokenType.String && r.TryGetBytesFromBase64(out var bytes)
+            ? bytes
+            : throw new JsonException($"'{field}' is not a base64 string ({r.TokenType})");
 
     private static void Expect(ref Utf8JsonReader r, JsonTokenType type)
     {

@@ -98,6 +98,18 @@ public sealed class ApiJsonTests
         });
     }
 
+    [Theory]
+    [InlineData("{\"filepath\":null,\"type\":\"f\"}")]
+    [InlineData("{\"name\":7,\"type\":\"f\"}")]
+    [InlineData("{\"target\":\"%%%\",\"type\":\"l\"}")]
+    [InlineData("{\"filepath\":\"L2E=\",\"type\":\"\"}")]
+    public void Null_or_non_base64_names_and_an_empty_type_are_json_errors(string json)
+    {
+        // Found by the fuzzer (tests/RestoreFs.Fuzz, target listing): "filepath":null was an ArgumentNullException.
+        var e = Assert.Throws<JsonException>(() => ApiJson.ReadEntry(Encoding.UTF8.GetBytes(json)));
+        Assert.Matches("'(filepath|name|target|type)'", e.Message);
+    }
+
     [Fact]
     public void Status_round_trips()
     {
