@@ -48,7 +48,8 @@ public static class BackupCommand
             StoreOptions.Apply(parse);
             var target = parse.GetValue(store)!;
             using var staging = StoreOpenOptions.IsRemote(target) ? new S3Staging(target) : null;
-            using var writer = BackupWriter.Create(staging?.Directory ?? target, backupGroup, when, key, LogSetup.Factory);
+            using var writer = BackupWriter.Create(staging?.Directory ?? target, backupGroup, when, key, LogSetup.Factory,
+                precreateChunkDirectories: staging is null);
             long total = 0;
             try
             {
