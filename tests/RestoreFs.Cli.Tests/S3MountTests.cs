@@ -99,7 +99,7 @@ public sealed class S3Fixture : IDisposable
     ];
 
     public static ProcessResult Cli(params string[] args) =>
-        ProcessRunner.Run(RepoPaths.Cli, args, TimeSpan.FromMinutes(3)).EnsureSuccess("restorefs " + string.Join(' ', args));
+        ProcessRunner.Run(RepoPaths.Cli, args, TimeSpan.FromMinutes(8)).EnsureSuccess("restorefs " + string.Join(' ', args));
 
     public static ProcessResult TryCli(TimeSpan timeout, params string[] args) => ProcessRunner.Run(RepoPaths.Cli, args, timeout);
 
