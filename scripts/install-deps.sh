@@ -38,7 +38,8 @@ fi
 # S3 datastores: a single-node Ceph + radosgw for the tests (scripts/ceph-rgw.sh). Installing the four packages
 # without Recommends took 53 s here (about 75 MB download); nothing is started by the packages.
 ceph_missing=()
-for p in ceph-mon ceph-osd radosgw ceph-common curl openssl; do
+# python3-boto3: the stock client bench/s3 compares the mount with.
+for p in ceph-mon ceph-osd radosgw ceph-common curl openssl python3-boto3; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || ceph_missing+=("$p")
 done
 if [ ${#ceph_missing[@]} -gt 0 ]; then

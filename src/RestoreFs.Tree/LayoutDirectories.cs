@@ -121,7 +121,7 @@ public sealed class TypeDirectory : TreeDirectory
         Groups().Select(g => g.Id).OrderBy(i => i, StringComparer.Ordinal).ToList();
 
     protected override bool StillExists(string name) =>
-        Directory.Exists(StorePaths.Group(Context.Options.StorePath, new BackupGroup(ns, type, name)));
+        Context.Store.GroupExists(new BackupGroup(ns, type, name));
 
     protected override FuseNode? CreateChild(string name)
     {
@@ -134,22 +134,20 @@ public sealed class TypeDirectory : TreeDirectory
 public sealed class GroupDirectory : TreeDirectory
 {
     private readonly BackupGroup group;
-    private readonly string groupPath;
 
     public GroupDirectory(TreeContext context, BackupGroup group)
         : base(context, immutable: false)
     {
         this.group = group;
-        groupPath = StorePaths.Group(context.Options.StorePath, group);
     }
 
     protected override DateTimeOffset MTime =>
-        Directory.Exists(groupPath) ? Directory.GetLastWriteTimeUtc(groupPath) : Context.MountTime;
+        Context.Store.GroupModified(group) ?? Context.MountTime;
 
     protected override IReadOnlyList<string> ListNames() =>
         Context.Store.ListSnapshots(group).Select(s => s.TimeName).ToList();
 
-    protected override bool StillExists(string name) => StorePaths.IsFinishedSnapshot(groupPath, name);
+    protected override bool StillExists(string name) => Context.Store.IsFinishedSnapshot(group, name);
 
     protected override FuseNode? CreateChild(string name)
     {

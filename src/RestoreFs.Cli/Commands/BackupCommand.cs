@@ -11,7 +11,7 @@ public static class BackupCommand
 {
     public static Command Create()
     {
-        var store = new Option<string>("--store") { Description = "Datastore directory (created if missing).", Required = true };
+        var store = new Option<string>("--store") { Description = "Datastore directory (created if missing), or s3://BUCKET/STORE.", Required = true };
         var group = new Option<string>("--group") { Description = "Backup group, e.g. vm/100.", Required = true };
         var time = new Option<string?>("--time") { Description = "Backup time (RFC 3339); default now." };
         var config = new Option<string?>("--config") { Description = "A VM config file stored as qemu-server.conf.blob." };
@@ -19,6 +19,7 @@ public static class BackupCommand
         var command = new Command("backup", "Back up raw disk images into a datastore (PBS format).") { store, group, time, config, images };
         KeyOptions.AddTo(command);
         KeyOptions.AddNamespace(command);
+        StoreOptions.AddTo(command);
         command.SetAction(parse => CliErrors.Run(() =>
         {
             var ns = KeyOptions.GetNamespace(parse);
@@ -44,7 +45,11 @@ public static class BackupCommand
 
             using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
             using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
-            using var writer = BackupWriter.Create(parse.GetValue(store)!, backupGroup, when, key, LogSetup.Factory);
+            StoreOptions.Apply(parse);
+            var target = parse.GetValue(store)!;
+            using var staging = StoreOpenOptions.IsRemote(target) ? new S3Staging(target) : null;
+            using var writer = BackupWriter.Create(staging?.Directory ?? target, backupGroup, when, key, LogSetup.Factory,
+                precreateChunkDirectories: staging is null);
             long total = 0;
             try
             {
@@ -71,11 +76,53 @@ public static class BackupCommand
             }
 
             var snapshot = writer.Finish();
+            if (staging is not null)
+            {
+                var uploaded = staging.Upload(snapshot, stop.Token);
+                Console.Error.WriteLine($"restorefs: uploaded to {target}: {uploaded.ChunksCreated} new chunks, {uploaded.ChunksPresent} already there, {uploaded.Files} files");
+            }
+
             Console.Out.WriteLine($"{snapshot.Name}: {total} bytes in {stopwatch.Elapsed.TotalSeconds:0.0} s " +
                                   $"({total / 1e6 / Math.Max(0.001, stopwatch.Elapsed.TotalSeconds):0} MB/s){(key is null ? string.Empty : ", encrypted with key " + key.ShortFingerprint)}");
             return 0;
         }));
         return command;
+    }
+
+    /// <summary>
+    /// A backup to S3 is written into a private local staging datastore first, then its chunks and files are put into the
+    /// bucket in PBS's layout (chunks with conditional puts, the manifest last); the staging directory is removed.
+    /// </summary>
+    private sealed class S3Staging : IDisposable
+    {
+        private readonly RestoreFs.Datastore.S3.S3StoreLocation location;
+
+        public S3Staging(string url)
+        {
+            location = RestoreFs.Datastore.S3.S3StoreLocation.Parse(url);
+            Directory = System.IO.Directory.CreateTempSubdirectory("restorefs-s3-backup-").FullName;
+        }
+
+        public string Directory { get; }
+
+        public RestoreFs.Datastore.S3.S3StoreUploader.Result Upload(SnapshotInfo snapshot, CancellationToken ct)
+        {
+            var options = StoreOpenOptions.Default;
+            var s3 = RestoreFs.Datastore.S3.S3Options.Resolve(options.S3, profile: options.Profile);
+            using var client = new RestoreFs.Datastore.S3.S3Client(s3, LogSetup.Factory);
+            return RestoreFs.Datastore.S3.S3StoreUploader.UploadSnapshotAsync(client, location, Directory, snapshot.DirectoryPath, ct).GetAwaiter().GetResult();
+        }
+
+        public void Dispose()
+        {
+            try
+            {
+                System.IO.Directory.Delete(Directory, recursive: true);
+            }
+            catch (IOException)
+            {
+            }
+        }
     }
 
     private static CryptConfig? LoadOrNull(ParseResult parse) => KeyOptions.LoadKey(parse);

@@ -19,7 +19,7 @@ public static class MapCommand
 
     public static IEnumerable<Command> Create()
     {
-        var store = new Argument<string?>("STORE") { Description = "The datastore directory.", Arity = ArgumentArity.ZeroOrOne };
+        var store = new Argument<string?>("STORE") { Description = "The datastore directory, or s3://BUCKET/STORE.", Arity = ArgumentArity.ZeroOrOne };
         var snapshot = new Argument<string?>("SNAPSHOT") { Description = "e.g. vm/100/2024-05-01T10:00:00Z", Arity = ArgumentArity.ZeroOrOne };
         var archive = new Argument<string?>("ARCHIVE") { Description = "e.g. drive-scsi0.img", Arity = ArgumentArity.ZeroOrOne };
         var foreground = new Option<bool>("--foreground") { Description = "Stay attached until Ctrl-C." };
@@ -27,6 +27,7 @@ public static class MapCommand
         var map = new Command("map", "Map a disk image of a backup to a read-only block device.") { store, snapshot, archive, foreground, list };
         KeyOptions.AddTo(map);
         KeyOptions.AddNamespace(map);
+        StoreOptions.AddTo(map);
         map.SetAction(parse => CliErrors.Run(() =>
         {
             if (parse.GetValue(list))
@@ -39,7 +40,8 @@ public static class MapCommand
                 throw new ArgumentException("map needs STORE SNAPSHOT ARCHIVE (or --list)");
             }
 
-            var storePath = Path.GetFullPath(s);
+            StoreOptions.Apply(parse);
+            var storePath = StoreOptions.Resolve(s);
             var ns = KeyOptions.GetNamespace(parse);
             var key = KeyOptions.LoadKey(parse);
             // Check the snapshot and archive before going to the background, so mistakes are reported at once.
@@ -56,6 +58,7 @@ public static class MapCommand
                 }
 
                 args.AddRange(KeyOptions.ForwardArguments(parse));
+                args.AddRange(StoreOptions.ForwardArguments(parse));
                 return Daemon.RunParent(args, TimeSpan.FromMinutes(2));
             }
 

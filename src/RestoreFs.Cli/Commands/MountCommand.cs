@@ -14,7 +14,7 @@ public static class MountCommand
 {
     public static Command Create()
     {
-        var store = new Argument<string>("STORE") { Description = "The datastore directory (PBS layout)." };
+        var store = new Argument<string>("STORE") { Description = "The datastore directory (PBS layout), or s3://BUCKET/STORE." };
         var mountPoint = new Argument<string>("MOUNTPOINT") { Description = "An existing empty directory." };
         var foreground = new Option<bool>("--foreground", "-f") { Description = "Stay in the foreground until interrupted." };
         var noVm = new Option<bool>("--no-vm") { Description = "Do not offer files/ (no restore VM)." };
@@ -38,13 +38,14 @@ public static class MountCommand
             store, mountPoint, foreground, noVm, cacheMb, allowOther, maxVms,
         };
         KeyOptions.AddTo(command);
+        StoreOptions.AddTo(command);
         command.SetAction(parse =>
         {
-            var storePath = Path.GetFullPath(parse.GetValue(store)!);
+            StoreOptions.Apply(parse);
+            var storePath = StoreOptions.Normalize(parse.GetValue(store)!);
             var mountPath = Path.GetFullPath(parse.GetValue(mountPoint)!);
-            if (!Directory.Exists(storePath))
+            if (storePath is null)
             {
-                Console.Error.WriteLine($"restorefs: datastore {storePath} does not exist");
                 return 2;
             }
 
@@ -79,6 +80,7 @@ public static class MountCommand
                 // The passphrase goes to the child through a pipe, never through its environment or command line.
                 var passphrase = KeyOptions.PassphraseForChild(parse);
                 childArgs.AddRange(KeyOptions.ForwardArguments(parse));
+                childArgs.AddRange(StoreOptions.ForwardArguments(parse));
                 return Daemon.RunParent(childArgs, TimeSpan.FromMinutes(2), passphrase);
             }
 

@@ -8,16 +8,18 @@ public static class RestoreCommand
 {
     public static Command Create()
     {
-        var store = new Argument<string>("STORE") { Description = "The datastore directory." };
+        var store = new Argument<string>("STORE") { Description = "The datastore directory, or s3://BUCKET/STORE." };
         var snapshot = new Argument<string>("SNAPSHOT") { Description = "e.g. vm/100/2024-05-01T10:00:00Z" };
         var archive = new Argument<string>("ARCHIVE") { Description = "e.g. drive-scsi0.img, qemu-server.conf.blob, root.pxar" };
         var target = new Argument<string>("TARGET") { Description = "File to write, or - for stdout." };
         var command = new Command("restore", "Write one archive of a snapshot to a file or stdout.") { store, snapshot, archive, target };
         KeyOptions.AddTo(command);
         KeyOptions.AddNamespace(command);
+        StoreOptions.AddTo(command);
         command.SetAction(parse => CliErrors.Run(() =>
         {
-            var reader = DatastoreReader.Open(parse.GetValue(store)!);
+            StoreOptions.Apply(parse);
+            var reader = DatastoreReader.Open(StoreOptions.Resolve(parse.GetValue(store)!));
             var snap = reader.GetSnapshot(KeyOptions.GetNamespace(parse), parse.GetValue(snapshot)!);
             var key = KeyOptions.LoadKey(parse);
             var name = DatastoreReader.ArchiveFileName(parse.GetValue(archive)!);

@@ -10,13 +10,15 @@ public static class SnapshotsCommand
 {
     public static Command Create()
     {
-        var store = new Argument<string>("STORE") { Description = "The datastore directory." };
+        var store = new Argument<string>("STORE") { Description = "The datastore directory, or s3://BUCKET/STORE." };
         var json = new Option<bool>("--json") { Description = "Machine-readable output." };
         var command = new Command("snapshots", "List the snapshots of a datastore.") { store, json };
         KeyOptions.AddNamespace(command);
+        StoreOptions.AddTo(command);
         command.SetAction(parse => CliErrors.Run(() =>
         {
-            var reader = DatastoreReader.Open(parse.GetValue(store)!);
+            StoreOptions.Apply(parse);
+            var reader = DatastoreReader.Open(StoreOptions.Resolve(parse.GetValue(store)!));
             var only = parse.GetValue(KeyOptions.Namespace) is null ? null : KeyOptions.GetNamespace(parse);
             var namespaces = only is null ? reader.ListNamespaces() : [only];
             var list = new JsonArray();

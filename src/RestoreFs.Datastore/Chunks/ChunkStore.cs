@@ -53,7 +53,7 @@ public sealed class ChunkStore
         {
             file = files.Value.TryOpenChunk(hex);
         }
-        catch (DatastoreException e) when (e is not ChunkCorruptException)
+        catch (DatastoreException e) when (e is not ChunkCorruptException and not S3.S3Exception)
         {
             throw new ChunkCorruptException($"cannot open chunk: {e.Message}", null, imageOffset, hex, e);
         }

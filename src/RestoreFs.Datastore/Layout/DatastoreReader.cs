@@ -25,12 +25,24 @@ public sealed class DatastoreReader
         this.log = log;
     }
 
+    /// <summary>Chunks read ahead (GETs in flight) for sequential reads from object storage.</summary>
+    public const int RemoteReadAhead = 8;
+
     public string BasePath { get; }
 
     public ChunkStore Chunks { get; }
 
-    public static DatastoreReader Open(string basePath, ILoggerFactory? logs = null)
+    /// <summary>
+    /// Opens a local datastore directory, or an S3 datastore <c>s3://BUCKET/STORE</c> reached as
+    /// <paramref name="options"/> (else <see cref="StoreOpenOptions.Default"/>) says. Reading never writes anywhere.
+    /// </summary>
+    public static DatastoreReader Open(string basePath, ILoggerFactory? logs = null, StoreOpenOptions? options = null)
     {
+        if (StoreOpenOptions.IsRemote(basePath))
+        {
+            return OpenS3(basePath, options ?? StoreOpenOptions.Default, logs);
+        }
+
         var full = Path.GetFullPath(basePath);
         if (!Directory.Exists(full))
         {
@@ -39,6 +51,73 @@ public sealed class DatastoreReader
 
         return Open(new LocalStoreFiles(full), full, logs);
     }
+
+    private static DatastoreReader OpenS3(string url, StoreOpenOptions options, ILoggerFactory? logs)
+    {
+        var location = S3.S3StoreLocation.Parse(url);
+        var s3 = S3.S3Options.Resolve(options.S3, profile: options.Profile);
+        if (s3.AccessKeyId is null)
+        {
+            throw new S3.S3ConfigurationException(
+                "no S3 credentials: give AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, --s3-profile or an AWS credentials file", url);
+        }
+
+        var client = new S3.S3Client(s3, logs);
+        S3.ChunkDiskCache? cache = null;
+        try
+        {
+            using (var cts = new CancellationTokenSource(options.OperationTimeout))
+            {
+                Task.Run(() => S3.S3StoreDiscovery.VerifyAsync(client, location, cts.Token), cts.Token).GetAwaiter().GetResult();
+            }
+
+            if (options.CacheBytes > 0)
+            {
+                cache = new S3.ChunkDiskCache(options.EffectiveCacheDirectory, options.CacheBytes);
+            }
+
+            var source = new S3.S3StoreSource(client, location, cache, options.ListingRefresh, ownsClient: true);
+            return Open(new S3StoreFiles(source, options.OperationTimeout), location.ToString(), logs);
+        }
+        catch (OperationCanceledException e)
+        {
+            cache?.Dispose();
+            client.Dispose();
+            throw new S3.S3EndpointException($"no answer from {client.Endpoint} within {options.OperationTimeout.TotalSeconds:0} s", url, e);
+        }
+        catch
+        {
+            cache?.Dispose();
+            client.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Whether the store is in object storage (every chunk is a request: read further ahead).</summary>
+    public bool IsRemote => files is S3StoreFiles;
+
+    /// <summary>Chunk requests that reached the object store (cache misses), 0 for a local store.</summary>
+    public long RemoteChunkGets => (files as S3StoreFiles)?.Source.ChunkGets ?? 0;
+
+    /// <summary>Whether the group's directory exists (a prefix in object storage).</summary>
+    public bool GroupExists(BackupGroup group) => files.Kind(GroupRelative(group)) == StoreEntryKind.Directory;
+
+    /// <summary>When the group last changed: its directory's mtime, or the newest object below it in object storage.</summary>
+    public DateTimeOffset? GroupModified(BackupGroup group)
+    {
+        var rel = GroupRelative(group);
+        if (files is S3StoreFiles s3)
+        {
+            return s3.Modified(rel);
+        }
+
+        var path = files.Describe(rel);
+        return Directory.Exists(path) ? Directory.GetLastWriteTimeUtc(path) : null;
+    }
+
+    /// <summary>Whether the group has a finished snapshot (its manifest exists) of this time name.</summary>
+    public bool IsFinishedSnapshot(BackupGroup group, string timeName) =>
+        Names.IsSnapshotTime(timeName) && files.Kind(StorePath.Join(GroupRelative(group), timeName, "index.json.blob")) is not null;
 
     internal static DatastoreReader Open(IStoreFiles files, string basePath, ILoggerFactory? logs = null)
     {
@@ -367,6 +446,12 @@ public sealed class DatastoreReader
     public ImageReader OpenImage(SnapshotInfo snapshot, string archive, CryptConfig? key, ImageReaderOptions? options = null)
     {
         var (index, file) = OpenFixedIndex(snapshot, archive, key);
+        if (IsRemote && (options ?? new ImageReaderOptions()) is { ReadAheadChunks: < RemoteReadAhead } given)
+        {
+            // Each chunk is a GET: keep several in flight for sequential reads.
+            options = given with { ReadAheadChunks = RemoteReadAhead, CacheBytes = Math.Max(given.CacheBytes, 2L * RemoteReadAhead * index.ChunkSize) };
+        }
+
         log.LogDebug("Opened {Archive} of {Snapshot}: {Size} bytes in {Chunks} chunks", file.FileName, snapshot.Name, index.Size, index.ChunkCount);
         return new ImageReader(index, Chunks, key, file.CryptMode == CryptMode.Encrypt, options);
     }

@@ -121,6 +121,40 @@ public sealed class S3ContentTree
     /// <summary>The object behind a file path (key, size, ETag), or null.</summary>
     public S3ObjectInfo? File(string relativePath) => files.GetValueOrDefault(Normalize(relativePath));
 
+    /// <summary>The newest LastModified of the objects at or below a path, null when none is there.</summary>
+    public DateTimeOffset? Modified(string relativePath)
+    {
+        var newest = LazyInitializer.EnsureInitialized(ref modified, () =>
+        {
+            var result = new Dictionary<string, DateTimeOffset>(StringComparer.Ordinal);
+            foreach (var (path, info) in files)
+            {
+                if (info.LastModified is not { } time)
+                {
+                    continue;
+                }
+
+                for (var p = path; ; p = p[..p.LastIndexOf('/')])
+                {
+                    if (!result.TryGetValue(p, out var seen) || seen < time)
+                    {
+                        result[p] = time;
+                    }
+
+                    if (!p.Contains('/'))
+                    {
+                        break;
+                    }
+                }
+            }
+
+            return result;
+        });
+        return newest.TryGetValue(Normalize(relativePath), out var t) ? t : null;
+    }
+
+    private Dictionary<string, DateTimeOffset>? modified;
+
     private void AddDirectory(string parent, string name)
     {
         var path = parent.Length == 0 ? name : $"{parent}/{name}";
