@@ -83,11 +83,27 @@ public static partial class Targets
         }
     }
 
-    private static readonly string Scratch = Directory.CreateTempSubdirectory("restorefs-fuzz-").FullName;
+    private static readonly string Scratch = MakeScratch();
+
+    private static string MakeScratch()
+    {
+        var dir = Directory.CreateTempSubdirectory("restorefs-fuzz-").FullName;
+        AppDomain.CurrentDomain.ProcessExit += (_, _) =>
+        {
+            try
+            {
+                Directory.Delete(dir, recursive: true);
+            }
+            catch (IOException)
+            {
+            }
+        };
+        return dir;
+    }
 
     private static void DynamicIdx(byte[] input)
     {
-        var path = Path.Combine(Scratch, $"t{Environment.CurrentManagedThreadId}.didx");
+        var path = Path.Combine(Scratch, "input.didx");
         File.WriteAllBytes(path, input);
         var index = DynamicIndex.Open(path);
         for (var i = 0; i < index.ChunkCount; i++)
@@ -168,13 +184,14 @@ public static partial class Targets
         }
     }
 
-    private static readonly ThreadLocal<FuseRig> FuseRigs = new(() => new FuseRig());
+    /// <summary>One session for the whole run: the driver runs one input at a time (each on a fresh worker thread).</summary>
+    private static readonly Lazy<FuseRig> FuseRigs = new(() => new FuseRig());
 
     /// <summary>The request's unique is replaced by a fresh one, so every reply can be told apart; every request that
     /// wants a reply gets exactly one, those that do not get none.</summary>
     private static void Fuse(byte[] input)
     {
-        var rig = FuseRigs.Value!;
+        var rig = FuseRigs.Value;
         DrainStale(rig);
         var request = (byte[])input.Clone();
         var unique = rig.NextUnique++;
