@@ -95,6 +95,7 @@ public static class MapCommand
             var record = new JsonObject
             {
                 ["pid"] = Environment.ProcessId,
+                ["start"] = PidFile.StartTimeOf(Environment.ProcessId),
                 ["device"] = attached.DevicePath,
                 ["kind"] = attached.Kind,
                 ["store"] = storePath,
@@ -165,7 +166,7 @@ public static class MapCommand
         foreach (var r in Records())
         {
             any = true;
-            var alive = Directory.Exists($"/proc/{(int)r["pid"]!}");
+            var alive = IsServer(r);
             Console.Out.WriteLine($"{r["device"]}\t{r["snapshot"]}/{r["archive"]}\t({r["kind"]}, pid {r["pid"]}{(alive ? string.Empty : ", DEAD")})");
         }
 
@@ -177,24 +178,32 @@ public static class MapCommand
         return 0;
     }
 
+    /// <summary>
+    /// Whether the record's pid is still the process that wrote it (same start time): a pid reused by another process
+    /// after the server died is never signalled. Records without a start time are trusted to nobody.
+    /// </summary>
+    private static bool IsServer(JsonObject record) =>
+        record["pid"] is { } pid && record["start"] is { } start &&
+        PidFile.StartTimeOf((int)pid) is var now && now != 0 && now == (ulong)start;
+
     private static int Unmap(string device)
     {
         var full = device.StartsWith('/') ? device : "/dev/" + device;
         var record = Records().FirstOrDefault(r => (string?)r["device"] == full)
             ?? throw new ArgumentException($"{full} is not mapped by restorefs (see 'restorefs map --list')");
         var pid = (int)record["pid"]!;
-        if (Directory.Exists($"/proc/{pid}"))
+        if (IsServer(record))
         {
             NativeMethods.Kill(pid, 2);
             var deadline = DateTime.UtcNow.AddSeconds(10);
-            while (Directory.Exists($"/proc/{pid}") && DateTime.UtcNow < deadline)
+            while (IsServer(record) && DateTime.UtcNow < deadline)
             {
                 Thread.Sleep(100);
             }
         }
 
         var stateFile = Path.Combine(MapsDirectory, Path.GetFileName(full) + ".json");
-        if (Directory.Exists($"/proc/{pid}"))
+        if (IsServer(record))
         {
             throw new InvalidOperationException($"the process serving {full} (pid {pid}) did not stop within 10 s");
         }
