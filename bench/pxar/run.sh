@@ -54,14 +54,14 @@ measure() {
   sync; echo 3 > /proc/sys/vm/drop_caches
   "$@" "$mnt" > "$work/$name.log" 2>&1 &
   local pid=$!; pids+=("$pid")
-  for _ in $(seq 600); do mountpoint -q "$mnt" && break; sleep 0.1; done
+  for _ in $(seq 3000); do mountpoint -q "$mnt" && break; sleep 0.1; done
   local root=$mnt/$inner
   [ -d "$root/usr0" ] || [ ! -d "$root$src/usr0" ] || root=$root$src   # restic keeps absolute paths
   local t0 t1 t2 t3 t4 count
-  t0=$(now); ls "$root" >/dev/null; t1=$(now)
-  ls "$root/$deep" >/dev/null; t2=$(now)
+  t0=$(now); ls "$root" >/dev/null || echo "$name: ls of the root failed" >&2; t1=$(now)
+  ls "$root/$deep" >/dev/null || echo "$name: ls of $deep failed" >&2; t2=$(now)
   count=$(find "$root" | wc -l); t3=$(now)
-  cp -a "$root/$sub" "$work/copy-$name"; t4=$(now)
+  cp -a "$root/$sub" "$work/copy-$name" || echo "$name: cp -a failed" >&2; t4=$(now)
   local rss; rss=$(awk '/VmHWM/ { printf "%.0f MiB", $2 / 1024 }' /proc/"$pid"/status 2>/dev/null || echo "?")
   printf '%-22s %12s %12s %10s %12s %12s %10s\n' "$name" "$(ms "$t0" "$t1")" "$(ms "$t1" "$t2")" "$count" "$(ms "$t2" "$t3")" "$(ms "$t3" "$t4")" "$rss"
   fusermount3 -u "$mnt" 2>/dev/null || umount -l "$mnt" 2>/dev/null || true
