@@ -52,6 +52,7 @@ public sealed class SnapshotDirectory : TreeDirectory
             names.Add(name + NbdSuffix);
         }
 
+        names.AddRange(PxarArchives(manifest).Select(a => a.Name));
         names.AddRange(BlobFiles().Select(b => b[..^".blob".Length]));
         if (images.Count > 0 && Context.Files is not null)
         {
@@ -69,6 +70,11 @@ public sealed class SnapshotDirectory : TreeDirectory
         }
 
         var manifest = TryManifest();
+        if (PxarArchives(manifest).FirstOrDefault(a => a.Name == name) is { } pxar)
+        {
+            return new Pxar.PxarRootDirectory(new Pxar.PxarArchiveState(Context, State, pxar));
+        }
+
         if (manifest is not null)
         {
             foreach (var file in manifest.Files.Where(f => f.FileName.EndsWith(".img.fidx", StringComparison.Ordinal)))
@@ -94,6 +100,10 @@ public sealed class SnapshotDirectory : TreeDirectory
         var blob = name + ".blob";
         return Context.Store.HasBlob(State.Snapshot, blob) ? new BlobFile(Context, State, blob) : null;
     }
+
+    /// <summary>The pxar archives of the snapshot (<c>root.pxar</c> for v1 or a split pair), each shown as a directory.</summary>
+    private static IReadOnlyList<RestoreFs.Pxar.PxarArchiveInfo> PxarArchives(Manifest? manifest) =>
+        manifest is null ? [] : RestoreFs.Pxar.SnapshotArchives.List(manifest);
 
     /// <summary><c>drive-scsi0.img.fidx</c> → <c>drive-scsi0.img</c>.</summary>
     public static string ImageName(string archive) => archive[..^".fidx".Length];

@@ -15,11 +15,13 @@ public static class BackupCommand
         var group = new Option<string>("--group") { Description = "Backup group, e.g. vm/100.", Required = true };
         var time = new Option<string?>("--time") { Description = "Backup time (RFC 3339); default now." };
         var config = new Option<string?>("--config") { Description = "A VM config file stored as qemu-server.conf.blob." };
-        var images = new Argument<string[]>("NAME=PATH") { Description = "Images to back up, e.g. drive-scsi0=/dev/sdb.", Arity = ArgumentArity.OneOrMore };
+        var images = new Argument<string[]>("NAME=PATH") { Description = "Images to back up, e.g. drive-scsi0=/dev/sdb, or directories as pxar archives, e.g. root.pxar=/srv/ct.", Arity = ArgumentArity.OneOrMore };
         var command = new Command("backup", "Back up raw disk images into a datastore (PBS format).") { store, group, time, config, images };
         KeyOptions.AddTo(command);
         KeyOptions.AddNamespace(command);
         StoreOptions.AddTo(command);
+        var splitArchive = PxarCli.SplitOption();
+        command.Add(splitArchive);
         command.SetAction(parse => CliErrors.Run(() =>
         {
             var ns = KeyOptions.GetNamespace(parse);
@@ -56,6 +58,11 @@ public static class BackupCommand
                 foreach (var (name, path) in pairs)
                 {
                     stop.Token.ThrowIfCancellationRequested();
+                    if (PxarCli.IsPxar(name))
+                    {
+                        continue; // written below
+                    }
+
                     using var source = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite, 1 << 20);
                     var size = source.CanSeek && source.Length > 0 ? source.Length : BlockDeviceSize(path);
                     using var bar = new ProgressBar(name, size);
@@ -70,6 +77,7 @@ public static class BackupCommand
                 return caught?.Signal == PosixSignal.SIGTERM ? 143 : 130;
             }
 
+            total += PxarCli.Backup(writer, pairs, parse.GetValue(splitArchive));
             if (parse.GetValue(config) is { } conf)
             {
                 writer.AddBlob("qemu-server.conf", File.ReadAllBytes(conf));

@@ -16,12 +16,19 @@ public static class RestoreCommand
         KeyOptions.AddTo(command);
         KeyOptions.AddNamespace(command);
         StoreOptions.AddTo(command);
+        var pxarPath = PxarCli.PathOption();
+        command.Add(pxarPath);
         command.SetAction(parse => CliErrors.Run(() =>
         {
             StoreOptions.Apply(parse);
             var reader = DatastoreReader.Open(StoreOptions.Resolve(parse.GetValue(store)!));
             var snap = reader.GetSnapshot(KeyOptions.GetNamespace(parse), parse.GetValue(snapshot)!);
             var key = KeyOptions.LoadKey(parse);
+            if (PxarCli.IsPxar(parse.GetValue(archive)!))
+            {
+                return PxarCli.Restore(reader, snap, parse.GetValue(archive)!, key, parse.GetValue(target)!, parse.GetValue(pxarPath));
+            }
+
             var name = DatastoreReader.ArchiveFileName(parse.GetValue(archive)!);
             var to = parse.GetValue(target)!;
             var output = to == "-" ? Console.OpenStandardOutput() : new FileStream(to, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20);

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# pxar benchmark (issue 14): one tree of copies of /usr backed up with restorefs (pxar v1 + catalog, and split v2),
+# borg and restic (each into its own repository), then mounted fresh by each: first `ls` of the root and of a deep
+# directory, `find | wc -l`, `cp -a` of a subtree, peak RSS of the mount process. RestoreFs first.
+#   bench/pxar/run.sh                 (root; needs make cli; apt-get install borgbackup restic)
+#   FILES=200000 bench/pxar/run.sh    (copies of /usr until about FILES entries; default 200000)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+cli=$PWD/build/restorefs
+[ -x "$cli" ] || { echo "run make cli first" >&2; exit 1; }
+want=${FILES:-200000}
+from=${FROM:-/usr}   # what to copy (FROM=/usr/include FILES=20000 for a quick run)
+work=$(mktemp -d /var/tmp/restorefs-bench-pxar.XXXXXX)
+export XDG_RUNTIME_DIR=$work/run; mkdir -p "$XDG_RUNTIME_DIR"
+pids=()
+cleanup() {
+  for m in "$work"/mnt-*; do
+    [ -d "$m" ] || continue
+    mountpoint -q "$m" && { fusermount3 -u "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; }
+  done
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+now() { date +%s.%N; }
+ms() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f ms", (b - a) * 1000 }'; }
+
+echo "making the source tree (copies of $from until about $want entries)…" >&2
+src=$work/src; mkdir -p "$src"
+n=0; i=0
+while [ "$n" -lt "$want" ]; do
+  cp -a --one-file-system "$from" "$src/usr$i" 2>/dev/null || true
+  n=$(find "$src" | wc -l); i=$((i + 1))
+done
+entries=$(find "$src" | wc -l)
+deep=$(cd "$src" && find . -mindepth 6 -type d | awk -F/ '{ print NF, $0 }' | sort -n | tail -1 | cut -d' ' -f2-)
+sub=$(cd "$src/usr0" && find . -mindepth 1 -maxdepth 2 -type d | head -1); sub=usr0/${sub#./}
+echo "tree: $entries entries ($(du -sh "$src" | cut -f1)), deep directory $deep" >&2
+
+time_backup() { local t0; t0=$(now); "$@" >/dev/null 2>&1; ms "$t0" "$(now)"; }
+b_rfs=$(time_backup "$cli" backup --store "$work/store" --group host/bench --time 2026-01-01T00:00:00Z root.pxar="$src")
+b_rfs2=$(time_backup "$cli" backup --store "$work/store" --group host/bench2 --time 2026-01-01T00:00:00Z --split-archive root.pxar="$src")
+export BORG_PASSPHRASE="" BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
+borg init -e none "$work/borg" >/dev/null 2>&1
+b_borg=$(time_backup bash -c "cd '$src' && borg create '$work/borg::bench' .")
+export RESTIC_PASSWORD=bench RESTIC_REPOSITORY=$work/restic
+restic init >/dev/null 2>&1
+b_restic=$(time_backup bash -c "cd '$src' && restic backup --quiet .")
+
+# mount_and_measure NAME ROOT-INSIDE-MOUNT COMMAND… : COMMAND mounts on $mnt in the foreground (backgrounded here).
+measure() {
+  local name=$1 inner=$2; shift 2
+  local mnt=$work/mnt-$name; mkdir -p "$mnt"
+  sync; echo 3 > /proc/sys/vm/drop_caches
+  "$@" "$mnt" > "$work/$name.log" 2>&1 &
+  local pid=$!; pids+=("$pid")
+  for _ in $(seq 3000); do mountpoint -q "$mnt" && break; sleep 0.1; done
+  local root=$mnt/$inner
+  [ -d "$root/usr0" ] || [ ! -d "$root$src/usr0" ] || root=$root$src   # restic keeps absolute paths
+  local t0 t1 t2 t3 t4 count
+  t0=$(now); ls "$root" >/dev/null || echo "$name: ls of the root failed" >&2; t1=$(now)
+  ls "$root/$deep" >/dev/null || echo "$name: ls of $deep failed" >&2; t2=$(now)
+  count=$(find "$root" | wc -l); t3=$(now)
+  cp -a "$root/$sub" "$work/copy-$name" || echo "$name: cp -a failed" >&2; t4=$(now)
+  local rss; rss=$(awk '/VmHWM/ { printf "%.0f MiB", $2 / 1024 }' /proc/"$pid"/status 2>/dev/null || echo "?")
+  printf '%-22s %12s %12s %10s %12s %12s %10s\n' "$name" "$(ms "$t0" "$t1")" "$(ms "$t1" "$t2")" "$count" "$(ms "$t2" "$t3")" "$(ms "$t3" "$t4")" "$rss"
+  fusermount3 -u "$mnt" 2>/dev/null || umount -l "$mnt" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  rm -rf "$work/copy-$name"
+}
+
+echo "backup: restorefs v1 $b_rfs, restorefs split $b_rfs2, borg $b_borg, restic $b_restic"
+printf '%-22s %12s %12s %10s %12s %12s %10s\n' mount "first ls /" "first ls deep" entries "find|wc -l" "cp -a sub" "peak RSS"
+measure restorefs-v1 snapshots/host/bench/2026-01-01T00:00:00Z/root.pxar "$cli" mount --foreground --no-vm "$work/store"
+measure restorefs-split snapshots/host/bench2/2026-01-01T00:00:00Z/root.pxar "$cli" mount --foreground --no-vm "$work/store"
+measure borg . borg mount -f "$work/borg::bench"
+measure restic snapshots/latest restic mount --no-default-permissions

@@ -1,0 +1,72 @@
+using System.CommandLine;
+using RestoreFs.Datastore;
+using RestoreFs.Pxar;
+
+namespace RestoreFs.Cli.Commands;
+
+/// <summary>The pxar parts of <c>restore</c> (extract to a directory or a tar stream) and <c>backup</c> (NAME.pxar=DIR).</summary>
+public static class PxarCli
+{
+    public static Option<string?> PathOption() =>
+        new("--path") { Description = "For a pxar archive: restore only this file or directory of it (e.g. etc/ssh)." };
+
+    public static Option<bool> SplitOption() =>
+        new("--split-archive") { Description = "Write NAME.pxar=DIR as a split archive (format v2: NAME.mpxar + NAME.ppxar), as PBS 3.3+ can." };
+
+    /// <summary>True when <paramref name="archive"/> names a pxar archive (<c>root.pxar</c>) to restore as files, not as raw bytes.</summary>
+    public static bool IsPxar(string archive) => archive.EndsWith(".pxar", StringComparison.Ordinal);
+
+    /// <summary>
+    /// <c>restore STORE SNAPSHOT root.pxar DIR|-</c>: extracts the archive (or <paramref name="path"/> of it) with all
+    /// metadata (owners and device nodes only as root), or writes it to stdout as a PAX tar stream.
+    /// </summary>
+    public static int Restore(DatastoreReader reader, SnapshotInfo snapshot, string archive, CryptConfig? key, string target, string? path)
+    {
+        using var pxar = SnapshotArchives.Open(reader, snapshot, archive, key, new DynamicImageReaderOptions(CacheBytes: 64L << 20));
+        var entry = path is null ? pxar.Root : pxar.LookupPath(path.Trim('/'))
+            ?? throw new ArgumentException($"archive {archive} of {snapshot.Name} has no path '{path}'");
+        if (target == "-")
+        {
+            using var stdout = Console.OpenStandardOutput();
+            using var buffered = new BufferedStream(stdout, 1 << 20);
+            PxarTarWriter.Write(pxar, entry, buffered);
+            return 0;
+        }
+
+        if (!entry.IsDirectory)
+        {
+            throw new ArgumentException($"'{path}' in {archive} is not a directory; restore it with - (tar) or name its directory");
+        }
+
+        Directory.CreateDirectory(target);
+        if (Directory.EnumerateFileSystemEntries(target).Any())
+        {
+            throw new ArgumentException($"{target} is not empty");
+        }
+
+        var root = Hosting.NativeMethods.GetEuid() == 0;
+        Extractor.Extract(pxar, entry, target, new ExtractorOptions(RestoreOwners: root, RestoreDevices: root));
+        return 0;
+    }
+
+    /// <summary>Writes the <c>NAME.pxar=DIR</c> pairs as pxar archives (with a catalog for unified ones); returns the bytes archived.</summary>
+    public static long Backup(BackupWriter writer, IEnumerable<(string Name, string Path)> pairs, bool split)
+    {
+        var sources = pairs.Where(p => IsPxar(p.Name)).Select(p =>
+        {
+            if (!Directory.Exists(p.Path))
+            {
+                throw new ArgumentException($"{p.Name}={p.Path}: not a directory");
+            }
+
+            return new PxarBackupSource(p.Name, p.Path);
+        }).ToList();
+        if (sources.Count == 0)
+        {
+            return 0;
+        }
+
+        var files = PxarBackup.Write(writer, sources, new PxarBackupOptions(Split: split));
+        return files.Where(f => !f.FileName.StartsWith("catalog.", StringComparison.Ordinal)).Sum(f => (long)f.Size);
+    }
+}

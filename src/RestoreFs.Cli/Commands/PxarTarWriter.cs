@@ -1,0 +1,272 @@
+using System.Globalization;
+using System.Text;
+using RestoreFs.Pxar;
+
+namespace RestoreFs.Cli.Commands;
+
+/// <summary>
+/// A pxar archive (or a subtree) as a POSIX.1-2001 (PAX) tar stream: names as bytes (long ones and non-UTF-8 ones in
+/// PAX records, with <c>hdrcharset=BINARY</c> for the latter), modes, owners, mtimes with nanoseconds (also before 1970),
+/// symlinks, hard links, devices, fifos, and xattrs (with ACLs and fcaps in their kernel form) as <c>SCHILY.xattr.*</c>.
+/// Sockets have no tar form and are left out.
+/// </summary>
+public static class PxarTarWriter
+{
+    private const int Block = 512;
+
+    public static void Write(PxarArchive archive, PxarEntry start, Stream output)
+    {
+        var links = archive.HardlinkCounts();
+        var firstNames = new Dictionary<ulong, byte[]>();
+        var header = new byte[Block];
+        var buffer = new byte[1 << 20];
+        var pending = new Stack<(PxarEntry Entry, byte[] Path)>();
+        if (start.IsDirectory)
+        {
+            PushChildren(archive, start, [], pending);
+        }
+        else
+        {
+            pending.Push((start, start.Name));
+        }
+
+        while (pending.Count > 0)
+        {
+            var (e, path) = pending.Pop();
+            if (e.Kind == PxarEntryKind.Socket)
+            {
+                continue;
+            }
+
+            byte[]? linkTarget = null;
+            var type = (byte)'0';
+            long size = 0;
+            switch (e.Kind)
+            {
+                case PxarEntryKind.Directory:
+                    type = (byte)'5';
+                    break;
+                case PxarEntryKind.Symlink:
+                    type = (byte)'2';
+                    linkTarget = e.SymlinkTarget ?? [];
+                    break;
+                case PxarEntryKind.CharDevice:
+                    type = (byte)'3';
+                    break;
+                case PxarEntryKind.BlockDevice:
+                    type = (byte)'4';
+                    break;
+                case PxarEntryKind.Fifo:
+                    type = (byte)'6';
+                    break;
+                default:
+                    if (links.ContainsKey(e.Inode) && firstNames.TryGetValue(e.Inode, out var first))
+                    {
+                        type = (byte)'1';
+                        linkTarget = first;
+                    }
+                    else
+                    {
+                        if (links.ContainsKey(e.Inode))
+                        {
+                            firstNames[e.Inode] = path;
+                        }
+
+                        size = e.Size;
+                    }
+
+                    break;
+            }
+
+            WriteHeader(output, header, e, path, type, linkTarget, size);
+            if (size > 0)
+            {
+                for (long offset = 0; offset < size;)
+                {
+                    var n = archive.Read(e, offset, buffer.AsSpan(0, (int)Math.Min(buffer.Length, size - offset)));
+                    if (n <= 0)
+                    {
+                        throw new PxarException($"file {Encoding.UTF8.GetString(path)} ended after {offset} of {size} bytes", archive.Name, e.EntryOffset);
+                    }
+
+                    output.Write(buffer, 0, n);
+                    offset += n;
+                }
+
+                Pad(output, size);
+            }
+
+            if (e.IsDirectory)
+            {
+                PushChildren(archive, e, path, pending);
+            }
+        }
+
+        output.Write(new byte[Block * 2]);
+        output.Flush();
+    }
+
+    private static void PushChildren(PxarArchive archive, PxarEntry dir, byte[] path, Stack<(PxarEntry, byte[])> pending)
+    {
+        var children = archive.List(dir);
+        for (var i = children.Count - 1; i >= 0; i--)
+        {
+            var c = children[i];
+            pending.Push((c, path.Length == 0 ? c.Name : [.. path, (byte)'/', .. c.Name]));
+        }
+    }
+
+    private static void WriteHeader(Stream output, byte[] header, PxarEntry e, byte[] path, byte type, byte[]? linkTarget, long size)
+    {
+        var records = new MemoryStream();
+        var binary = !IsUtf8(path) || (linkTarget is not null && !IsUtf8(linkTarget));
+        if (binary)
+        {
+            Record(records, "hdrcharset", "BINARY"u8);
+        }
+
+        byte[] name = type == (byte)'5' ? [.. path, (byte)'/'] : path;
+        if (name.Length > 100 || !IsAscii(name))
+        {
+            Record(records, "path", name);
+        }
+
+        if (linkTarget is not null && (linkTarget.Length > 100 || !IsAscii(linkTarget)))
+        {
+            Record(records, "linkpath", linkTarget);
+        }
+
+        Record(records, "mtime", Encoding.ASCII.GetBytes(PaxTime(e.Stat.MtimeSeconds, e.Stat.MtimeNanos)));
+        if (e.Stat.Uid > 0x1FFFFF)
+        {
+            Record(records, "uid", Encoding.ASCII.GetBytes(e.Stat.Uid.ToString(CultureInfo.InvariantCulture)));
+        }
+
+        if (e.Stat.Gid > 0x1FFFFF)
+        {
+            Record(records, "gid", Encoding.ASCII.GetBytes(e.Stat.Gid.ToString(CultureInfo.InvariantCulture)));
+        }
+
+        if (size > 077777777777L)
+        {
+            Record(records, "size", Encoding.ASCII.GetBytes(size.ToString(CultureInfo.InvariantCulture)));
+        }
+
+        foreach (var x in e.AllXattrs())
+        {
+            Record(records, "SCHILY.xattr." + Encoding.UTF8.GetString(x.Name), x.Value, x.Name);
+        }
+
+        if (records.Length > 0)
+        {
+            var paxName = Encoding.ASCII.GetBytes("PaxHeaders/" + e.EntryOffset.ToString(CultureInfo.InvariantCulture));
+            Fill(header, paxName, (byte)'x', null, 0x1A4, 0, 0, records.Length, Math.Max(0, e.Stat.MtimeSeconds), 0, 0);
+            output.Write(header);
+            records.Position = 0;
+            records.CopyTo(output);
+            Pad(output, records.Length);
+        }
+
+        var major = e.Kind is PxarEntryKind.CharDevice or PxarEntryKind.BlockDevice ? e.DeviceMajor : 0;
+        var minor = e.Kind is PxarEntryKind.CharDevice or PxarEntryKind.BlockDevice ? e.DeviceMinor : 0;
+        Fill(header, Truncate(name), type, linkTarget is null ? null : Truncate(linkTarget), e.Stat.Permissions,
+            Math.Min(e.Stat.Uid, 0x1FFFFFu), Math.Min(e.Stat.Gid, 0x1FFFFFu), Math.Min(size, 077777777777L),
+            Math.Clamp(e.Stat.MtimeSeconds, 0, 077777777777L), major, minor);
+        output.Write(header);
+    }
+
+    private static byte[] Truncate(byte[] name) => name.Length <= 100 ? name : name[..100];
+
+    private static void Fill(byte[] h, byte[] name, byte type, byte[]? link, uint mode, uint uid, uint gid, long size, long mtime, ulong major, ulong minor)
+    {
+        Array.Clear(h);
+        name.AsSpan(0, Math.Min(100, name.Length)).CopyTo(h);
+        Octal(h, 100, 8, mode);
+        Octal(h, 108, 8, uid);
+        Octal(h, 116, 8, gid);
+        Octal(h, 124, 12, size);
+        Octal(h, 136, 12, mtime);
+        h[156] = type;
+        link?.AsSpan(0, Math.Min(100, link.Length)).CopyTo(h.AsSpan(157));
+        "ustar\0"u8.CopyTo(h.AsSpan(257));
+        "00"u8.CopyTo(h.AsSpan(263));
+        Octal(h, 329, 8, (long)Math.Min(major, 0x1FFFFF));
+        Octal(h, 337, 8, (long)Math.Min(minor, 0x1FFFFF));
+        h.AsSpan(148, 8).Fill((byte)' ');
+        var sum = 0;
+        foreach (var b in h)
+        {
+            sum += b;
+        }
+
+        Octal(h, 148, 7, sum);
+        h[155] = (byte)' ';
+    }
+
+    /// <summary>An octal field: zero-padded digits and a NUL.</summary>
+    private static void Octal(byte[] h, int offset, int length, long value)
+    {
+        var text = Convert.ToString(value, 8).PadLeft(length - 1, '0');
+        Encoding.ASCII.GetBytes(text).CopyTo(h, offset);
+        h[offset + length - 1] = 0;
+    }
+
+    /// <summary>A PAX time: seconds and nanoseconds as a decimal fraction (−1.5 is half a second before −1).</summary>
+    public static string PaxTime(long seconds, uint nanos)
+    {
+        if (nanos == 0)
+        {
+            return seconds.ToString(CultureInfo.InvariantCulture);
+        }
+
+        if (seconds >= 0)
+        {
+            return $"{seconds}.{nanos:D9}".TrimEnd('0');
+        }
+
+        // seconds + nanos/1e9 < 0: write −(|seconds| − 1).(1e9 − nanos)
+        return $"-{-(seconds + 1)}.{1_000_000_000 - nanos:D9}".TrimEnd('0');
+    }
+
+    private static void Record(MemoryStream records, string key, ReadOnlySpan<byte> value, byte[]? rawKey = null)
+    {
+        byte[] keyBytes = rawKey is null ? Encoding.UTF8.GetBytes(key) : [.. "SCHILY.xattr."u8, .. rawKey];
+        var body = 1 + keyBytes.Length + 1 + value.Length + 1; // " key=value\n"
+        var length = body + 1;
+        while (length.ToString(CultureInfo.InvariantCulture).Length + body != length)
+        {
+            length = length.ToString(CultureInfo.InvariantCulture).Length + body;
+        }
+
+        records.Write(Encoding.ASCII.GetBytes(length.ToString(CultureInfo.InvariantCulture)));
+        records.WriteByte((byte)' ');
+        records.Write(keyBytes);
+        records.WriteByte((byte)'=');
+        records.Write(value);
+        records.WriteByte((byte)'\n');
+    }
+
+    private static void Pad(Stream output, long size)
+    {
+        var rest = (int)(size % Block);
+        if (rest != 0)
+        {
+            output.Write(new byte[Block - rest]);
+        }
+    }
+
+    private static bool IsAscii(byte[] bytes) => bytes.All(b => b is > 0 and < 0x80);
+
+    private static bool IsUtf8(byte[] bytes)
+    {
+        try
+        {
+            _ = new UTF8Encoding(false, true).GetString(bytes);
+            return true;
+        }
+        catch (ArgumentException)
+        {
+            return false;
+        }
+    }
+}

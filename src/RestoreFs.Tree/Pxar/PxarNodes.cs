@@ -1,0 +1,194 @@
+using RestoreFs.Fuse;
+using RestoreFs.Pxar;
+
+namespace RestoreFs.Tree.Pxar;
+
+/// <summary>
+/// <c>&lt;name&gt;.pxar/</c> of a snapshot: the archive's root directory. Before anyone enters it, its attributes are
+/// the snapshot's (nothing is read); afterwards the archive root's own.
+/// </summary>
+public sealed class PxarRootDirectory : FuseNode, IFuseDirectory, IFuseXattrs
+{
+    private readonly PxarArchiveState state;
+    private readonly ulong placeholderIno;
+
+    public PxarRootDirectory(PxarArchiveState state)
+    {
+        this.state = state;
+        placeholderIno = state.Context.Inodes.Next();
+    }
+
+    public PxarArchiveState State => state;
+
+    public override TimeSpan EntryTimeout => PxarNode.Forever;
+
+    public override TimeSpan AttrTimeout => state.IsOpen ? PxarNode.Forever : TimeSpan.FromSeconds(1);
+
+    public TimeSpan NegativeTimeout => PxarNode.Forever;
+
+    public bool ListingIsImmutable => true;
+
+    public override FuseAttributes GetAttributes()
+    {
+        if (state.IsOpen)
+        {
+            return PxarNode.AttributesOf(state, state.Archive.Root) with { Ino = placeholderIno };
+        }
+
+        var ctx = state.Context;
+        return new FuseAttributes(placeholderIno, 0, Modes.Directory, ctx.Options.Uid, ctx.Options.Gid, state.Snapshot.Time, NLink: 1);
+    }
+
+    public ValueTask<FuseNode?> LookupAsync(ReadOnlyMemory<byte> name, FuseRequestContext ctx, CancellationToken ct) =>
+        PxarDirectory.Lookup(state, state.Archive.Root, name);
+
+    public ValueTask<IReadOnlyList<FuseDirectoryEntry>> ListAsync(FuseRequestContext ctx, CancellationToken ct) =>
+        PxarDirectory.List(state, state.Archive.Root);
+
+    public ValueTask<IReadOnlyList<FuseXattr>> ListXattrsAsync(FuseRequestContext ctx, CancellationToken ct) =>
+        PxarNode.Xattrs(state.Archive.Root);
+}
+
+/// <summary>Shared parts of the nodes inside an archive: attributes exactly as the archive has them.</summary>
+public abstract class PxarNode(PxarArchiveState state, PxarEntry entry) : FuseNode, IFuseXattrs
+{
+    public static readonly TimeSpan Forever = TimeSpan.FromHours(24);
+
+    protected PxarArchiveState State => state;
+
+    public PxarEntry Entry => entry;
+
+    public override TimeSpan EntryTimeout => Forever;
+
+    public override TimeSpan AttrTimeout => Forever;
+
+    public override FuseAttributes GetAttributes() => AttributesOf(state, entry);
+
+    public ValueTask<IReadOnlyList<FuseXattr>> ListXattrsAsync(FuseRequestContext ctx, CancellationToken ct) => Xattrs(entry);
+
+    internal static ValueTask<IReadOnlyList<FuseXattr>> Xattrs(PxarEntry entry) =>
+        ValueTask.FromResult<IReadOnlyList<FuseXattr>>(entry.AllXattrs().Select(x => new FuseXattr(x.Name, x.Value)).ToList());
+
+    /// <summary>The kernel's 32-bit device number (new_encode_dev) of a major/minor pair.</summary>
+    public static uint EncodeDevice(ulong major, ulong minor) =>
+        (uint)((minor & 0xff) | ((major & 0xfff) << 8) | ((minor & ~0xffUL) << 12));
+
+    public static FuseAttributes AttributesOf(PxarArchiveState state, PxarEntry e)
+    {
+        ulong size = e.Kind switch
+        {
+            PxarEntryKind.File => (ulong)e.Size,
+            PxarEntryKind.Symlink => (ulong)(e.SymlinkTarget?.Length ?? 0),
+            _ => 0,
+        };
+        var nlink = e.Kind == PxarEntryKind.File ? state.LinkCount(e) : 1u;
+        var rdev = e.Kind is PxarEntryKind.BlockDevice or PxarEntryKind.CharDevice ? EncodeDevice(e.DeviceMajor, e.DeviceMinor) : 0u;
+        var time = FuseTime.From(e.Stat.MtimeSeconds, e.Stat.MtimeNanos);
+        return new FuseAttributes(state.InodeOf(e), size, e.Mode, e.Stat.Uid, e.Stat.Gid, time, NLink: nlink,
+            Blocks: (size + 511) / 512, BlockSize: 4096, RDev: rdev);
+    }
+
+    /// <summary>The node of an entry by its kind.</summary>
+    public static FuseNode Of(PxarArchiveState state, PxarEntry e) => e.Kind switch
+    {
+        PxarEntryKind.Directory => new PxarDirectory(state, e),
+        PxarEntryKind.File => new PxarFile(state, e),
+        PxarEntryKind.Symlink => new PxarSymlink(state, e),
+        _ => new PxarSpecial(state, e),
+    };
+}
+
+/// <summary>A directory inside an archive: lookups through its goodbye table, listings in stream order.</summary>
+public sealed class PxarDirectory(PxarArchiveState state, PxarEntry entry) : PxarNode(state, entry), IFuseDirectory
+{
+    public TimeSpan NegativeTimeout => Forever;
+
+    public bool ListingIsImmutable => true;
+
+    public ValueTask<FuseNode?> LookupAsync(ReadOnlyMemory<byte> name, FuseRequestContext ctx, CancellationToken ct) =>
+        Lookup(State, Entry, name);
+
+    public ValueTask<IReadOnlyList<FuseDirectoryEntry>> ListAsync(FuseRequestContext ctx, CancellationToken ct) =>
+        List(State, Entry);
+
+    internal static ValueTask<FuseNode?> Lookup(PxarArchiveState state, PxarEntry directory, ReadOnlyMemory<byte> name)
+    {
+        try
+        {
+            var child = state.Archive.Lookup(directory, name.Span);
+            return ValueTask.FromResult(child is null ? null : Of(state, child));
+        }
+        catch (Exception e) when (e is not FuseException)
+        {
+            throw state.Fail(e);
+        }
+    }
+
+    internal static ValueTask<IReadOnlyList<FuseDirectoryEntry>> List(PxarArchiveState state, PxarEntry directory)
+    {
+        try
+        {
+            var children = state.Archive.List(directory);
+            var list = new List<FuseDirectoryEntry>(children.Count);
+            foreach (var child in children)
+            {
+                list.Add(new FuseDirectoryEntry(child.Name, Of(state, child)));
+            }
+
+            return ValueTask.FromResult<IReadOnlyList<FuseDirectoryEntry>>(list);
+        }
+        catch (Exception e) when (e is not FuseException)
+        {
+            throw state.Fail(e);
+        }
+    }
+}
+
+/// <summary>A regular file: reads are range reads of the archive (payload stream for split archives).</summary>
+public sealed class PxarFile(PxarArchiveState state, PxarEntry entry) : PxarNode(state, entry), IFuseFile
+{
+    public ValueTask<IFuseFileHandle> OpenAsync(FuseOpenFlags flags, FuseRequestContext ctx, CancellationToken ct) =>
+        ValueTask.FromResult<IFuseFileHandle>(new Handle(State, Entry));
+
+    private sealed class Handle(PxarArchiveState state, PxarEntry entry) : IFuseFileHandle
+    {
+        public bool KeepCache => true;
+
+        public bool DirectIo => false;
+
+        public ValueTask<int> ReadAsync(long offset, Memory<byte> buffer, CancellationToken ct)
+        {
+            try
+            {
+                var done = 0;
+                while (done < buffer.Length)
+                {
+                    var n = state.Archive.Read(entry, offset + done, buffer.Span[done..]);
+                    if (n <= 0)
+                    {
+                        break;
+                    }
+
+                    done += n;
+                }
+
+                return ValueTask.FromResult(done);
+            }
+            catch (Exception e) when (e is not FuseException)
+            {
+                throw state.Fail(e);
+            }
+        }
+
+        public ValueTask DisposeAsync() => ValueTask.CompletedTask;
+    }
+}
+
+/// <summary>A symlink: its target as stored, never followed.</summary>
+public sealed class PxarSymlink(PxarArchiveState state, PxarEntry entry) : PxarNode(state, entry), IFuseSymlink
+{
+    public ValueTask<byte[]> ReadLinkAsync(FuseRequestContext ctx, CancellationToken ct) => ValueTask.FromResult(Entry.SymlinkTarget ?? []);
+}
+
+/// <summary>A device node, fifo or socket: shown with its type and device number, never opened.</summary>
+public sealed class PxarSpecial(PxarArchiveState state, PxarEntry entry) : PxarNode(state, entry);

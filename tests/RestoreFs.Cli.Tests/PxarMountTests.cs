@@ -1,0 +1,284 @@
+using System.Text;
+using RestoreFs.Datastore;
+using RestoreFs.TestSupport;
+
+namespace RestoreFs.Cli.Tests;
+
+/// <summary>
+/// A torture tree made with the real tools, backed up with <c>restorefs backup NAME.pxar=DIR</c> as v1 (ct/100) and split
+/// v2 (ct/101), plus a small split archive (ct/102) whose payload chunk the damage test breaks.
+/// </summary>
+public sealed class PxarFixture : IDisposable
+{
+    public const string Time = "2026-11-02T10:00:00Z";
+
+    public PxarFixture()
+    {
+        Requires.Root();
+        foreach (var tool in new[] { "rsync", "setfacl", "getfattr", "setfattr", "tar", "sha256sum" })
+        {
+            Requires.Tool(tool);
+        }
+
+        Dir = new TempDirectory("restorefs-pxar");
+        Directory.CreateDirectory(Source);
+        var script = """
+            set -euo pipefail
+            cd "$1"
+            printf 'hello\n' > a.txt
+            setfattr -n user.comment -v hi a.txt
+            setfattr -n user.binary -v 0x00ff0102 a.txt
+            : > empty
+            : > empty2
+            printf 'x' > "$(printf 'bad\xff\xfename')"
+            mkdir "$(printf 'dir\xc3\x28')"
+            printf 'z' > "$(printf 'dir\xc3\x28')/in"
+            printf 'y' > "$(printf 'n%.0s' $(seq 255))"
+            mkdir big
+            (cd big && seq -f 'f%05g' 5000 | xargs touch)
+            mkdir -p "deep/$(printf 'd/%.0s' $(seq 29))"
+            echo bottom > "deep/$(printf 'd/%.0s' $(seq 29))bottom"
+            mkdir sub
+            ln a.txt hard1
+            ln a.txt sub/hard2
+            printf 'two' > pair; ln pair sub/pair2
+            ln -s a.txt rel
+            ln -s /etc/passwd abs
+            ln -s does-not-exist dangling
+            ln -s . self
+            ln -s ../deep sub/up
+            ln -s "$(printf 'l%.0s' $(seq 1000))" longtarget
+            ln -s "$(printf 'tgt\xff')" binarytarget
+            mkfifo fifo
+            mknod chr c 1 3
+            mknod blk b 7 200
+            mknod bigdev c 300 70000
+            : > zero; chmod 0000 zero
+            mkdir zerodir; chmod 0000 zerodir
+            : > suid; chmod 4755 suid
+            mkdir sticky; chmod 1777 sticky
+            : > owned; chown 123456:654321 owned
+            : > acl; setfacl -m u:1234:rw-,g:5678:r-- acl
+            mkdir acldir; setfacl -m u:1234:r-x acldir; setfacl -d -m u:1234:rwx,g:5678:r-x acldir
+            head -c 14680081 /dev/urandom > bigfile
+            touch -d '@1700000000.123456789' a.txt
+            touch -h -d '@-315619199.25' rel
+            touch -d '@-1' empty
+            touch -d '@-86400.000000001' empty2
+            touch -d '@1600000000.000000001' sub
+            """;
+        File.WriteAllText(Dir.Combine("make.sh"), script);
+        ProcessRunner.Run("bash", [Dir.Combine("make.sh"), Source], TimeSpan.FromMinutes(5)).EnsureSuccess("making the torture tree");
+        using (var socket = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified))
+        {
+            socket.Bind(new System.Net.Sockets.UnixDomainSocketEndPoint(Path.Combine(Source, "socket")));
+        }
+
+        Directory.CreateDirectory(DamageSource);
+        File.WriteAllBytes(Path.Combine(DamageSource, "big"), RandomBytes(20 * 1024 * 1024, 7));
+        File.WriteAllText(Path.Combine(DamageSource, "small.txt"), "still readable\n");
+
+        Cli("backup", "--store", Store, "--group", "ct/100", "--time", Time, $"root.pxar={Source}");
+        Cli("backup", "--store", Store, "--group", "ct/101", "--time", Time, "--split-archive", $"root.pxar={Source}");
+        Cli("backup", "--store", Store, "--group", "ct/102", "--time", Time, "--split-archive", $"root.pxar={DamageSource}");
+    }
+
+    public TempDirectory Dir { get; }
+
+    public string Source => Dir.Combine("tree");
+
+    public string DamageSource => Dir.Combine("damage");
+
+    public string Store => Dir.Combine("store");
+
+    public static byte[] RandomBytes(int n, int seed)
+    {
+        var b = new byte[n];
+        new Random(seed).NextBytes(b);
+        return b;
+    }
+
+    public static ProcessResult Cli(params string[] args) =>
+        ProcessRunner.Run(RepoPaths.Cli, args, TimeSpan.FromMinutes(10)).EnsureSuccess("restorefs " + string.Join(' ', args));
+
+    public void Dispose()
+    {
+        // .NET cannot delete names that are not UTF-8.
+        ProcessRunner.Run("rm", ["-rf", Dir.Path], TimeSpan.FromMinutes(2));
+        Dir.Dispose();
+    }
+}
+
+/// <summary>pxar archives in the mount and through restore: rsync -aHAX out of the mount, restore DIR and restore - | tar equal the source.</summary>
+public sealed class PxarMountTests(PxarFixture fixture) : IClassFixture<PxarFixture>
+{
+    private static string SnapshotDir(string mountPoint, string group) => Path.Combine(mountPoint, "snapshots", group, PxarFixture.Time);
+
+    /// <summary>
+    /// Every field of a tree as sorted lines (names as bytes mapped through latin-1): type, mode, uid:gid, mtime ns,
+    /// nlink, size and sha256 of files, symlink targets, rdev, xattrs (ACLs included) as hex, hard-link groups.
+    /// </summary>
+    internal static List<string> Describe(string root, bool tarView = false)
+    {
+        using var temp = new TempDirectory("pxar-describe");
+        var script = """
+            set -euo pipefail
+            cd "$1"
+            { find . -mindepth 1 ! -type f ! -type s -printf 'E %P %y %m %U:%G %T@ %n\0'
+              find . -mindepth 1 -type s -printf 'S %P %m %U:%G %T@\0'
+              find . -mindepth 1 -type f -printf 'F %P %m %U:%G %T@ %n %s\0'
+              find . -mindepth 1 -type l -printf 'L %P -> %l\0'
+              find . -mindepth 1 \( -type b -o -type c \) -print0 | xargs -0 -r stat --printf 'D %n %t:%T\0'
+              find . -mindepth 1 -type f -print0 | xargs -0 -r sha256sum -z | sed -z 's/^/H /'
+              find . -mindepth 1 -type f -links +1 -printf 'I %i %P\0'
+            } > "$2"
+            getfattr -R -P -h -d -m - -e hex . > "$3" 2>/dev/null || true
+            """;
+        File.WriteAllText(temp.Combine("describe.sh"), script);
+        ProcessRunner.Run("bash", [temp.Combine("describe.sh"), root, temp.Combine("out"), temp.Combine("x")], TimeSpan.FromMinutes(5))
+            .EnsureSuccess("describe " + root);
+        var lines = new List<string>();
+        var groups = new Dictionary<string, List<string>>();
+        foreach (var record in Encoding.Latin1.GetString(File.ReadAllBytes(temp.Combine("out"))).Split('\0', StringSplitOptions.RemoveEmptyEntries))
+        {
+            if (record.StartsWith("I ", StringComparison.Ordinal))
+            {
+                var parts = record.Split(' ', 3);
+                (groups.TryGetValue(parts[1], out var g) ? g : groups[parts[1]] = []).Add(parts[2]);
+            }
+            else if (tarView && record.StartsWith("S ", StringComparison.Ordinal))
+            {
+                continue; // tar has no sockets
+            }
+            else
+            {
+                lines.Add(record);
+            }
+        }
+
+        lines.AddRange(groups.Values.Select(g => "K " + string.Join(" | ", g.Order(StringComparer.Ordinal))));
+
+        string? path = null;
+        foreach (var line in Encoding.Latin1.GetString(File.ReadAllBytes(temp.Combine("x"))).Split('\n'))
+        {
+            if (line.StartsWith("# file: ", StringComparison.Ordinal))
+            {
+                path = line[8..];
+            }
+            else if (path is not null && line.Contains('=', StringComparison.Ordinal))
+            {
+                if (tarView && !line.StartsWith("user.", StringComparison.Ordinal))
+                {
+                    continue;
+                }
+
+                lines.Add($"X {path} {line}");
+            }
+        }
+
+        lines.Sort(StringComparer.Ordinal);
+        return lines;
+    }
+
+    private void AssertSameTree(string copy, bool tarView = false)
+    {
+        var expected = Describe(fixture.Source, tarView);
+        var actual = Describe(copy, tarView);
+        Assert.Contains(expected, l => (l.StartsWith("X ", StringComparison.Ordinal) && l.Contains("acldir system.posix_acl_default=", StringComparison.Ordinal)) || tarView);
+        Assert.Contains(expected, l => l.StartsWith("K ", StringComparison.Ordinal));
+        Assert.Equal(expected.Except(actual), []);
+        Assert.Equal(actual.Except(expected), []);
+        Assert.Equal(expected, actual);
+    }
+
+    [Theory]
+    [InlineData("ct/100")]
+    [InlineData("ct/101")]
+    public void RsyncOutOfTheMountEqualsTheSourceOnEveryField(string group)
+    {
+        using var temp = new TempDirectory("pxar-rsync");
+        using var mount = CliMount.Start(fixture.Store, temp.Combine("mnt"), "--no-vm");
+        var archive = Path.Combine(SnapshotDir(mount.MountPoint, group), "root.pxar");
+        Assert.Contains("root.pxar", Directory.GetFileSystemEntries(SnapshotDir(mount.MountPoint, group)).Select(Path.GetFileName));
+
+        var copy = temp.Combine("copy");
+        ProcessRunner.Run("rsync", ["-aHAX", "--numeric-ids", archive + "/", copy + "/"], TimeSpan.FromMinutes(10)).EnsureSuccess("rsync");
+        AssertSameTree(copy);
+
+        // The mount itself shows the same as the source, except nlink of directories (1: unknown).
+        var viaMount = Describe(archive).Where(l => !l.StartsWith("E ", StringComparison.Ordinal)).ToList();
+        var source = Describe(fixture.Source).Where(l => !l.StartsWith("E ", StringComparison.Ordinal)).ToList();
+        Assert.Equal(source, viaMount);
+        ProcessRunner.Run("rm", ["-rf", copy], TimeSpan.FromMinutes(2));
+    }
+
+    [Theory]
+    [InlineData("ct/100")]
+    [InlineData("ct/101")]
+    public void RestoreToADirectoryEqualsTheSource(string group)
+    {
+        using var temp = new TempDirectory("pxar-restore");
+        var target = temp.Combine("out");
+        PxarFixture.Cli("restore", fixture.Store, $"{group}/{PxarFixture.Time}", "root.pxar", target);
+        AssertSameTree(target);
+
+        var part = temp.Combine("part");
+        PxarFixture.Cli("restore", fixture.Store, $"{group}/{PxarFixture.Time}", "root.pxar", part, "--path", "sub");
+        Assert.Equal("hello\n", File.ReadAllText(Path.Combine(part, "hard2")));
+        Assert.Equal("two", File.ReadAllText(Path.Combine(part, "pair2")));
+        Assert.False(File.Exists(Path.Combine(part, "a.txt")));
+        ProcessRunner.Run("rm", ["-rf", target, part], TimeSpan.FromMinutes(2));
+    }
+
+    [Fact]
+    public void RestoreAsTarEqualsTheSourceForWhatTarKeeps()
+    {
+        using var temp = new TempDirectory("pxar-tar");
+        var target = temp.Combine("out");
+        Directory.CreateDirectory(target);
+        var script = $"set -o pipefail; '{RepoPaths.Cli}' restore '{fixture.Store}' ct/101/{PxarFixture.Time} root.pxar - " +
+                     $"| tar --xattrs --xattrs-include='*' --numeric-owner -xpf - -C '{target}'";
+        ProcessRunner.Shell(script, TimeSpan.FromMinutes(10)).EnsureSuccess("restore - | tar -x");
+        AssertSameTree(target, tarView: true);
+        ProcessRunner.Run("rm", ["-rf", target], TimeSpan.FromMinutes(2));
+    }
+
+    [Fact]
+    public void DamagedPayloadChunkFailsOnlyItsFileWithEio()
+    {
+        var reader = DatastoreReader.Open(fixture.Store);
+        var snapshot = reader.GetSnapshot(BackupNamespace.Root, $"ct/102/{PxarFixture.Time}");
+        string digest;
+        using (var payload = DynamicImageReader.Open(reader, snapshot, "root.ppxar.didx", null))
+        {
+            Assert.True(payload.ChunkCount >= 3, $"the payload has {payload.ChunkCount} chunks");
+            digest = payload.ChunkDigestHex(1); // inside 'big' (the payload is: header, big, small.txt)
+        }
+
+        var chunk = Path.Combine(fixture.Store, ".chunks", digest[..4], digest);
+        var bytes = File.ReadAllBytes(chunk);
+        bytes[bytes.Length / 2] ^= 0x55;
+        File.WriteAllBytes(chunk, bytes);
+
+        using var temp = new TempDirectory("pxar-damage");
+        using var mount = CliMount.Start(fixture.Store, temp.Combine("mnt"), "--no-vm");
+        var archive = Path.Combine(SnapshotDir(mount.MountPoint, "ct/102"), "root.pxar");
+        Assert.Equal(new[] { "big", "small.txt" }, Directory.GetFileSystemEntries(archive).Select(p => Path.GetFileName(p)).Order(StringComparer.Ordinal).ToArray());
+        Assert.Equal("still readable\n", File.ReadAllText(Path.Combine(archive, "small.txt")));
+        var cat = ProcessRunner.Run("cat", [Path.Combine(archive, "big")], TimeSpan.FromMinutes(2));
+        Assert.NotEqual(0, cat.ExitCode);
+        Assert.Contains("Input/output error", cat.StdErr, StringComparison.Ordinal);
+
+        // The first chunk of big still reads.
+        using var f = File.OpenRead(Path.Combine(archive, "big"));
+        var head = new byte[4096];
+        f.ReadExactly(head);
+        Assert.Equal(PxarFixture.RandomBytes(20 * 1024 * 1024, 7).AsSpan(0, 4096).ToArray(), head);
+
+        // restore names the chunk.
+        var restore = ProcessRunner.Run(RepoPaths.Cli, ["restore", fixture.Store, $"ct/102/{PxarFixture.Time}", "root.pxar", temp.Combine("out")],
+            TimeSpan.FromMinutes(5));
+        Assert.NotEqual(0, restore.ExitCode);
+        Assert.Contains(digest, restore.StdErr, StringComparison.Ordinal);
+    }
+}
