@@ -63,11 +63,12 @@ warm_s=$(timed_read "$img")
 
 # The endpoint's limit: the same chunk objects with 8 parallel boto3 GETs.
 plain=$(/usr/bin/python3 - "$bucket" <<'PY'
-import sys, time, boto3
+import os, sys, time, boto3
 from botocore.config import Config
 from concurrent.futures import ThreadPoolExecutor
 bucket = sys.argv[1]
-s3 = boto3.client("s3", config=Config(max_pool_connections=16, s3={"addressing_style": "path"}))
+# Debian's boto3 predates AWS_ENDPOINT_URL: pass the endpoint explicitly.
+s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"], config=Config(max_pool_connections=16, s3={"addressing_style": "path"}))
 keys = []
 for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="store/.chunks/"):
     keys += [o["Key"] for o in page.get("Contents", [])]
