@@ -2,7 +2,7 @@
 # pxar benchmark (issue 14): one tree of copies of /usr backed up with restorefs (pxar v1 + catalog, and split v2),
 # borg and restic (each into its own repository), then mounted fresh by each: first `ls` of the root and of a deep
 # directory, `find | wc -l`, `cp -a` of a subtree, peak RSS of the mount process. RestoreFs first.
-#   bench/pxar/run.sh                 (root; needs make cli; apt-get install borgbackup restic)
+#   bench/pxar/run.sh                 (root; needs make cli; apt-get install borgbackup python3-llfuse restic)
 #   FILES=200000 bench/pxar/run.sh    (copies of /usr until about FILES entries; default 200000)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -54,7 +54,10 @@ measure() {
   sync; echo 3 > /proc/sys/vm/drop_caches
   "$@" "$mnt" > "$work/$name.log" 2>&1 &
   local pid=$!; pids+=("$pid")
-  for _ in $(seq 3000); do mountpoint -q "$mnt" && break; sleep 0.1; done
+  for _ in $(seq 3000); do mountpoint -q "$mnt" && break; kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  if ! mountpoint -q "$mnt"; then
+    printf '%-22s did not mount: %s\n' "$name" "$(tail -1 "$work/$name.log")"; return 0
+  fi
   local root=$mnt/$inner
   [ -d "$root/usr0" ] || [ ! -d "$root$src/usr0" ] || root=$root$src   # restic keeps absolute paths
   local t0 t1 t2 t3 t4 count
