@@ -175,6 +175,18 @@ public static class Program
                         IoErrors = options.Guest ? KernelIoErrors.Open() : null,
                     }, Log,
                     () => Stop("shutdown requested"));
+                if (catalog is DiskCatalog disks && !disks.Scanned.IsCompleted)
+                {
+                    // The idle time counts from the end of the disk scan: a slow scan (TCG, LVM, a loaded host) must not
+                    // power the VM off before the host had a chance to ask anything.
+                    var scanning = server.Watchdog.Busy();
+                    _ = disks.Scanned.ContinueWith(_ =>
+                    {
+                        server.Watchdog.Touch();
+                        scanning.Dispose();
+                    }, TaskScheduler.Default);
+                }
+
                 using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c =>
                 {
                     c.Cancel = true;

@@ -160,6 +160,26 @@ public sealed class AccessTests(BackupFixture backup) : IDisposable
             MountTable.LazyUnmount(mountPoint);
         }
 
+        // Background mode, passphrase typed at the prompt on a terminal (script(1) gives the CLI a pty).
+        var typed = ProcessRunner.Run("script", ["-q", "-e", "-c", $"'{RepoPaths.Cli}' mount '{backup.Store}' '{mountPoint}' --no-vm --keyfile '{key}'", "/dev/null"],
+            TimeSpan.FromSeconds(90), stdin: Encoding.UTF8.GetBytes(secret + "\r"));
+        try
+        {
+            Assert.True(MountTable.IsMounted(mountPoint), $"the prompted mount did not come up: {typed.StdOut} {typed.StdErr}");
+            foreach (var p in Directory.EnumerateDirectories("/proc").Select(Path.GetFileName).Where(n => n!.All(char.IsAsciiDigit)))
+            {
+                if (int.Parse(p!) != Environment.ProcessId)
+                {
+                    AssertNoSecret(int.Parse(p!), secret);
+                }
+            }
+        }
+        finally
+        {
+            ProcessRunner.Run(RepoPaths.Cli, ["umount", mountPoint], TimeSpan.FromSeconds(60));
+            MountTable.LazyUnmount(mountPoint);
+        }
+
         // Foreground mode: the variable is in the process's own initial environment, and is scrubbed there.
         var psi = new ProcessStartInfo(RepoPaths.Cli, ["mount", backup.Store, mountPoint, "--no-vm", "--foreground", "--keyfile", key])
         {

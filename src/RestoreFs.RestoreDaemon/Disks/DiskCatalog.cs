@@ -19,6 +19,9 @@ public sealed partial class DiskCatalog : IVolumeCatalog, IDisposable, IAsyncDis
     private readonly Task<IReadOnlyList<DiskInfo>> scan;
     private readonly object gate = new();
 
+    /// <summary>Completes when the start-up disk scan has finished (successfully or not).</summary>
+    public Task Scanned => scan;
+
     // Progress of the scan, for an answer when it takes longer than its limit.
     private readonly List<(string Name, string Device)> pending = [];
     private readonly List<DiskInfo> scanned = [];
