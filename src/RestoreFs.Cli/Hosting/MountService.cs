@@ -37,8 +37,7 @@ public sealed class MountService(
             pid = PidFile.Acquire(pidFile, null);
             tree = await MountedTree.MountAsync(settings.StorePath, settings.MountPoint, settings.Tree, logs,
                 settings.StartVms ? filesBackend : null, settings.Fuse, stoppingToken).ConfigureAwait(false);
-            pid.Dispose();
-            pid = PidFile.Acquire(pidFile, tree.Context.Exports.PlannedSocketPath);
+            pid.Write(tree.Context.Exports.PlannedSocketPath); // the lock is never let go between the two writes
             Daemon.SignalReady(RuntimePaths.MountLogFile(settings.MountPoint));
 
             var mountPoint = Path.GetFullPath(settings.MountPoint);

@@ -22,7 +22,7 @@ public sealed class PidFile : IDisposable
     public sealed record Content(int Pid, ulong StartTime, string? NbdSocket);
 
     /// <summary>Takes the lock and writes our identity; throws when another live server holds it.</summary>
-    public static unsafe PidFile Acquire(string path, string? nbdSocket)
+    public static PidFile Acquire(string path, string? nbdSocket)
     {
         var fd = NativeMethods.Open(path, NativeMethods.ORdWr | NativeMethods.OCreat | NativeMethods.ONoFollow | NativeMethods.OCloExec, 0x180);
         if (fd < 0)
@@ -36,6 +36,14 @@ public sealed class PidFile : IDisposable
             throw new IOException($"another restorefs process serves this mount point (pid file {path} is locked)");
         }
 
+        var pidFile = new PidFile(fd);
+        pidFile.Write(nbdSocket);
+        return pidFile;
+    }
+
+    /// <summary>Rewrites the content (our identity and the NBD socket) while keeping the lock.</summary>
+    public unsafe void Write(string? nbdSocket)
+    {
         var text = System.Text.Encoding.UTF8.GetBytes(
             $"{Environment.ProcessId} {StartTimeOf(Environment.ProcessId)}\n{nbdSocket ?? string.Empty}\n");
         NativeMethods.FTruncate(fd, 0);
@@ -43,8 +51,6 @@ public sealed class PidFile : IDisposable
         {
             NativeMethods.PWrite(fd, p, text.Length, 0);
         }
-
-        return new PidFile(fd);
     }
 
     /// <summary>
