@@ -14,7 +14,11 @@ public sealed class TreeContext
         Logs = logs;
         Log = logs.CreateLogger("RestoreFs.Tree");
         Exports = new ImageExports(this);
+        ChunkMemory = new ChunkMemory(Math.Max(options.ImageCacheBytes, 4L << 20));
     }
+
+    /// <summary>The decoded-chunk budget shared by every image reader of this mount (all snapshots browsed).</summary>
+    public ChunkMemory ChunkMemory { get; }
 
     public DatastoreReader Store { get; }
 
@@ -35,7 +39,6 @@ public sealed class TreeContext
 
     private readonly HashSet<string> loggedOnce = new(StringComparer.Ordinal);
 
-    /// <summary>Logs a warning only the first time <paramref name="key"/> is seen (one line per damaged chunk, not per read).</summary>
     /// <summary>Failed reads of NBD exports, per snapshot directory (see <see cref="SnapshotState.ExportReadFailures"/>).</summary>
     public System.Collections.Concurrent.ConcurrentDictionary<string, ReadFailureLog> ExportFailures { get; } = new(StringComparer.Ordinal);
 
@@ -55,6 +58,7 @@ public sealed class TreeContext
         throw new FuseException(Errors.EACCES, $"{what}: only the mount owner and root may");
     }
 
+    /// <summary>Logs a warning only the first time <paramref name="key"/> is seen (one line per damaged chunk, not per read).</summary>
     public void WarnOnce(string key, Exception? error, string message, params object?[] args)
     {
         lock (loggedOnce)

@@ -13,7 +13,7 @@ public sealed record TreeOptions
 
     public uint Gid { get; init; }
 
-    /// <summary>Decoded-chunk cache per open image.</summary>
+    /// <summary>Decoded-chunk cache of the mount, shared by all open images (one budget, however many snapshots are browsed).</summary>
     public long ImageCacheBytes { get; init; } = 64L * 1024 * 1024;
 
     public int ReadAheadChunks { get; init; } = 4;

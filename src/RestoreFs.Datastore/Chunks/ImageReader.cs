@@ -3,7 +3,9 @@ using System.Security.Cryptography;
 namespace RestoreFs.Datastore;
 
 /// <summary>Tuning of an <see cref="ImageReader"/>.</summary>
-public sealed record ImageReaderOptions(long CacheBytes = 256L * 1024 * 1024, int ReadAheadChunks = 4, bool VerifyDigests = true);
+/// <param name="Memory">A budget shared with other readers (a mount's); null: this reader's own, bounded by
+/// <paramref name="CacheBytes"/> alone.</param>
+public sealed record ImageReaderOptions(long CacheBytes = 256L * 1024 * 1024, int ReadAheadChunks = 4, bool VerifyDigests = true, ChunkMemory? Memory = null);
 
 /// <summary>Counters of an <see cref="ImageReader"/>.</summary>
 public sealed record ImageReaderStats(long Hits, long Misses, long DecodedBytes, long ZeroChunkReads, long ReadAheads);
@@ -27,9 +29,9 @@ public sealed class ImageReader : IDisposable
     private readonly Dictionary<int, LinkedListNode<ChunkBuffer>> cache = new();
     private readonly LinkedList<ChunkBuffer> lru = new();
     private readonly Dictionary<int, Task<ChunkBuffer>> inflight = new();
-    private readonly Stack<ChunkBuffer> pool = new();
-    private readonly int poolLimit;
+    private readonly ChunkMemory memory;
     private long cachedBytes;
+    private long lastUse;
     private int lastChunk = -2;
     private long hits;
     private long misses;
@@ -47,8 +49,15 @@ public sealed class ImageReader : IDisposable
         this.options = options ?? new ImageReaderOptions();
         zeroDigestFull = ZeroDigest(index.ChunkSize);
         zeroDigestLast = ZeroDigest(index.ChunkLength(index.ChunkCount - 1));
-        poolLimit = this.options.ReadAheadChunks + 8;
+        memory = this.options.Memory ?? new ChunkMemory(long.MaxValue / 2, spareBuffers: this.options.ReadAheadChunks + 8);
+        memory.Register(this);
     }
+
+    /// <summary>Decoded bytes this reader holds in its cache.</summary>
+    public long CachedBytes => Interlocked.Read(ref cachedBytes);
+
+    /// <summary>When the reader was last asked for a chunk (for the shared budget's choice of whom to trim).</summary>
+    internal long LastUse => Interlocked.Read(ref lastUse);
 
     public long Size => index.Size;
 
@@ -155,6 +164,7 @@ public sealed class ImageReader : IDisposable
             TaskCompletionSource<ChunkBuffer>? mine = null;
             lock (gate)
             {
+                lastUse = System.Diagnostics.Stopwatch.GetTimestamp();
                 NoteAccess(chunk);
                 if (cache.TryGetValue(chunk, out var node))
                 {
@@ -203,10 +213,7 @@ public sealed class ImageReader : IDisposable
             if (--buffer.Refs == 0)
             {
                 buffer.Chunk = -1;
-                if (pool.Count < poolLimit)
-                {
-                    pool.Push(buffer);
-                }
+                memory.Return(buffer.Data);
             }
         }
     }
@@ -214,13 +221,7 @@ public sealed class ImageReader : IDisposable
     /// <summary>Decodes a chunk into a pooled buffer and caches it. Returns the buffer with a caller reference when asked.</summary>
     private ChunkBuffer? Load(int chunk, TaskCompletionSource<ChunkBuffer> completion, bool forCaller)
     {
-        ChunkBuffer? buffer = null;
-        lock (gate)
-        {
-            buffer = pool.Count > 0 ? pool.Pop() : null;
-        }
-
-        buffer ??= new ChunkBuffer(GC.AllocateUninitializedArray<byte>(index.ChunkSize));
+        var buffer = new ChunkBuffer(memory.Rent(index.ChunkSize));
         try
         {
             Decode(chunk, buffer.Data.AsSpan(0, index.ChunkLength(chunk)));
@@ -230,12 +231,9 @@ public sealed class ImageReader : IDisposable
             lock (gate)
             {
                 inflight.Remove(chunk);
-                if (pool.Count < poolLimit)
-                {
-                    pool.Push(buffer);
-                }
             }
 
+            memory.Return(buffer.Data);
             completion.SetException(e);
             if (forCaller)
             {
@@ -254,10 +252,11 @@ public sealed class ImageReader : IDisposable
             if (buffer.Refs == 0)
             {
                 buffer.Chunk = -1;
-                pool.Push(buffer);
+                memory.Return(buffer.Data);
             }
         }
 
+        memory.Trim();
         completion.SetResult(buffer);
         return forCaller ? buffer : null;
     }
@@ -290,19 +289,40 @@ public sealed class ImageReader : IDisposable
         buffer.Refs++;
         cache[chunk] = lru.AddFirst(buffer);
         cachedBytes += index.ChunkSize;
-        while (cachedBytes > Math.Max(options.CacheBytes, index.ChunkSize) && lru.Last is { } last)
+        memory.Charge(index.ChunkSize);
+        while (cachedBytes > Math.Max(options.CacheBytes, index.ChunkSize) && lru.Last is not null)
         {
-            lru.RemoveLast();
-            cache.Remove(last.Value.Chunk);
-            cachedBytes -= index.ChunkSize;
-            if (--last.Value.Refs == 0)
+            EvictLast();
+        }
+    }
+
+    /// <summary>Under the lock: drops the least recently used cached chunk.</summary>
+    private void EvictLast()
+    {
+        var last = lru.Last!;
+        lru.RemoveLast();
+        cache.Remove(last.Value.Chunk);
+        cachedBytes -= index.ChunkSize;
+        memory.Charge(-index.ChunkSize);
+        if (--last.Value.Refs == 0)
+        {
+            last.Value.Chunk = -1;
+            memory.Return(last.Value.Data);
+        }
+    }
+
+    /// <summary>Drops this reader's least recently used chunk for the shared budget; false when it caches none.</summary>
+    internal bool EvictOldest()
+    {
+        lock (gate)
+        {
+            if (lru.Last is null)
             {
-                last.Value.Chunk = -1;
-                if (pool.Count < poolLimit)
-                {
-                    pool.Push(last.Value);
-                }
+                return false;
             }
+
+            EvictLast();
+            return true;
         }
     }
 
@@ -354,7 +374,7 @@ public sealed class ImageReader : IDisposable
         {
             cache.Clear();
             lru.Clear();
-            pool.Clear();
+            memory.Unregister(this, cachedBytes);
             cachedBytes = 0;
         }
     }
