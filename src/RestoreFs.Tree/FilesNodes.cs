@@ -182,7 +182,8 @@ public sealed class RemoteDirectory : FuseNode, IFuseDirectory, IFuseXattrs
                 throw Remote.Fail(context, state, path, e);
             }
 
-            var links = LinkTable.Of(state);
+            var vm = RestoreVms.VmName(state);
+            var links = context.FilesNodes.Links(vm);
             var list = new List<(byte[], FuseNode)>(entries.Count);
             foreach (var child in entries)
             {
@@ -215,6 +216,7 @@ public sealed class RemoteDirectory : FuseNode, IFuseDirectory, IFuseXattrs
             }
 
             children = list;
+            context.FilesNodes.Loaded(vm, this);
             return list;
         }
         finally
@@ -222,6 +224,9 @@ public sealed class RemoteDirectory : FuseNode, IFuseDirectory, IFuseXattrs
             loading.Release();
         }
     }
+
+    /// <summary>Drops the loaded listing (the snapshot's VM stopped); the next lookup or readdir lists again.</summary>
+    public void Unload() => children = null;
 
     public async ValueTask<FuseNode?> LookupAsync(ReadOnlyMemory<byte> name, FuseRequestContext ctx, CancellationToken ct)
     {

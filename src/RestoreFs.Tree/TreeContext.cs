@@ -32,6 +32,9 @@ public sealed class TreeContext
 
     public ImageExports Exports { get; }
 
+    /// <summary>The loaded nodes of <c>files/</c> per restore VM (released when the VM stops).</summary>
+    public Files.FilesNodeRegistry FilesNodes { get; } = new();
+
     /// <summary>Serves <c>files/</c>; null when the restore VM is not available.</summary>
     public IFilesBackend? Files { get; set; }
 

@@ -18,6 +18,10 @@ public sealed record TreeOptions
 
     public int ReadAheadChunks { get; init; } = 4;
 
+    /// <summary>Content of files/ held ahead of reads (small files inline with listings, read-ahead blocks of files
+    /// read through the restore VM), all snapshots together.</summary>
+    public long FilesCacheBytes { get; init; } = 32L * 1024 * 1024;
+
     /// <summary>The datastore's base directory.</summary>
     public required string StorePath { get; init; }
 

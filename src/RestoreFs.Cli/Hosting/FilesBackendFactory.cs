@@ -1,6 +1,7 @@
 using Microsoft.Extensions.Logging;
 using RestoreFs.RestoreVm;
 using RestoreFs.Tree;
+using RestoreFs.Tree.Files;
 
 namespace RestoreFs.Cli.Hosting;
 
@@ -24,7 +25,7 @@ public static class FilesBackendFactory
         }
 
         context.Log.LogInformation("files/ is served by restore VMs (image {Image})", image);
-        return new VmFilesBackend(context, new RestoreVmManager(Options(image, qemu), context.Logs));
+        return new VmFiles(context, new RestoreVms(context, new RestoreVmManager(Options(image, qemu), context.Logs)));
     }
 
     /// <summary>--max-vms of the mount (0: sized to memory).</summary>

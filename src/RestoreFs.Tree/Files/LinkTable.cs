@@ -1,10 +1,9 @@
-using System.Runtime.CompilerServices;
 using RestoreFs.Fuse;
 
 namespace RestoreFs.Tree.Files;
 
 /// <summary>
-/// Inode identity of <c>files/</c> within one snapshot: names whose guest (volume, dev, ino) is the same are one node
+/// Inode identity of <c>files/</c> within one snapshot's VM (see <see cref="FilesNodeRegistry.Links"/>): names whose guest (volume, dev, ino) is the same are one node
 /// — one FUSE inode with the guest's nlink, so <c>cp -a</c> and <c>rsync -H</c> keep hard links. Only entries with
 /// more than one link are remembered (the table grows with hard-linked files, not with files). The device number is
 /// part of the key, so btrfs subvolumes and snapshots (each with a device number of its own) never share an inode;
@@ -12,11 +11,7 @@ namespace RestoreFs.Tree.Files;
 /// </summary>
 public sealed class LinkTable
 {
-    private static readonly ConditionalWeakTable<SnapshotState, LinkTable> Tables = new();
-
     private readonly Dictionary<(string Volume, uint Major, uint Minor, ulong Ino), FuseNode> nodes = [];
-
-    public static LinkTable Of(SnapshotState snapshot) => Tables.GetValue(snapshot, _ => new LinkTable());
 
     public int Count
     {

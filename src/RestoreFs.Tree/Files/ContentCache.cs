@@ -1,4 +1,4 @@
-namespace RestoreFs.Cli.Hosting;
+namespace RestoreFs.Tree.Files;
 
 /// <summary>A path of one snapshot's restore VM (<see cref="Vm"/> names the VM; the path is kept as base64 of its bytes).</summary>
 public readonly record struct PathKey(string Vm, string Path)

@@ -1,6 +1,6 @@
-using RestoreFs.Cli.Hosting;
+using RestoreFs.Tree.Files;
 
-namespace RestoreFs.Cli.Tests;
+namespace RestoreFs.Tree.Tests;
 
 /// <summary>The bounded cache behind files/ read-ahead and inline small files.</summary>
 public sealed class ContentCacheTests

@@ -1,18 +1,20 @@
+using System.Collections.Concurrent;
+using System.Text;
 using Microsoft.Extensions.Logging;
 using RestoreFs.Fuse;
 using RestoreFs.RestoreApi;
-using RestoreFs.RestoreVm;
-using RestoreFs.Tree;
-using RestoreFs.Tree.Files;
 
-namespace RestoreFs.Cli.Hosting;
+namespace RestoreFs.Tree.Files;
 
 /// <summary>
-/// <c>files/</c> through restore VMs: one VM per snapshot, started on first use with the snapshot's images as disks
-/// (exports of this mount's NBD server). A VM that died (killed, crashed, idle-stopped) is restarted and the request
-/// retried once, so the user only sees a delay.
+/// <c>files/</c> served by restore VMs (through <see cref="IRestoreVms"/>): listings, with small files inline and exact
+/// file maps for files the mount then reads straight from the backup image; reads through the VM in blocks with
+/// read-ahead for the rest; listings of subdirectories fetched ahead of a tree walker; a listing that raced a failed
+/// read of its volume checked again. Memory is bounded: content by <see cref="TreeOptions.FilesCacheBytes"/>, file
+/// maps by <see cref="MapBudget"/> (oldest maps of the least recently used snapshot out first; an evicted file reads
+/// through the VM again), and everything of a snapshot is released when its VM stops.
 /// </summary>
-public sealed class VmFilesBackend(TreeContext context, RestoreVmManager manager) : IFilesBackend, IAsyncDisposable
+public sealed class VmFiles : IFilesBackend, IAsyncDisposable
 {
     /// <summary>Files up to this size come with their directory's listing.</summary>
     public const int InlineMax = 64 * 1024;
@@ -25,30 +27,61 @@ public sealed class VmFilesBackend(TreeContext context, RestoreVmManager manager
     /// <summary>Subdirectories listed ahead of a tree walker, at most this many at once.</summary>
     public const int PrefetchDirectories = 2;
 
-    private readonly ILogger log = context.Logs.CreateLogger<VmFilesBackend>();
-    private readonly ContentCache cache = new(256L << 20);
-    private readonly System.Collections.Concurrent.ConcurrentDictionary<ContentKey, Lazy<Task<byte[]>>> inflight = new();
-    private readonly System.Collections.Concurrent.ConcurrentDictionary<PathKey, long> lastBlock = new();
-    private readonly System.Collections.Concurrent.ConcurrentDictionary<PathKey, Task<IReadOnlyList<RemoteEntry>>> prefetched = new();
-    private readonly SemaphoreSlim prefetchSlots = new(PrefetchDirectories, PrefetchDirectories);
-    private readonly System.Collections.Concurrent.ConcurrentDictionary<PathKey, List<byte[]>> subdirectories = new();
-    private readonly System.Collections.Concurrent.ConcurrentDictionary<PathKey, (PathKey Key, int Index)> parents = new();
-    private readonly System.Collections.Concurrent.ConcurrentDictionary<PathKey, FileMap> maps = new();
-    private readonly System.Collections.Concurrent.ConcurrentDictionary<PathKey, FileExtent[]> placements = new();
+    /// <summary>Listings fetched ahead and not yet asked for, at most this many per snapshot.</summary>
+    public const int PrefetchedMax = 64;
 
-    public static string VmName(SnapshotState state)
+    private readonly TreeContext context;
+    private readonly IRestoreVms vms;
+    private readonly ILogger log;
+    private readonly ContentCache cache;
+    private readonly ConcurrentDictionary<ContentKey, Lazy<Task<byte[]>>> inflight = new();
+    private readonly SemaphoreSlim prefetchSlots = new(PrefetchDirectories, PrefetchDirectories);
+    private readonly ConcurrentDictionary<string, FilesSession> sessions = new(StringComparer.Ordinal);
+    private readonly object mapGate = new();
+    private long mapUnits;
+    private Timer? sweeper;
+
+    public VmFiles(TreeContext context, IRestoreVms vms)
     {
-        var s = state.Snapshot;
-        var ns = s.Group.Namespace.Path.Length > 0 ? s.Group.Namespace.Path + "/" : "";
-        return $"{state.Context.Options.StorePath}:{ns}{s.Name}";
+        this.context = context;
+        this.vms = vms;
+        log = context.Logs.CreateLogger<VmFiles>();
+        cache = new ContentCache(context.Options.FilesCacheBytes);
+    }
+
+    /// <summary>File maps of all snapshots together, in units of one per map plus one per extent (about 40 bytes
+    /// each with their keys): 256 Ki units stay near 10 MiB.</summary>
+    public long MapBudget { get; set; } = DefaultMapBudget;
+
+    public const long DefaultMapBudget = 256 * 1024;
+
+    /// <summary>How often the state of stopped VMs is looked for.</summary>
+    public static TimeSpan SweepInterval { get; set; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>The bytes of cached content held now (all VMs).</summary>
+    public long CachedBytes => cache.Bytes;
+
+    /// <summary>Map units held now (all VMs).</summary>
+    public long MapUnits => Interlocked.Read(ref mapUnits);
+
+    /// <summary>Snapshots with state held now.</summary>
+    public int Sessions => sessions.Count;
+
+    private FilesSession Session(SnapshotState snapshot)
+    {
+        var vm = RestoreVms.VmName(snapshot);
+        var session = sessions.GetOrAdd(vm, v => new FilesSession(v));
+        session.Touch();
+        StartSweeper();
+        return session;
     }
 
     public async ValueTask<IReadOnlyList<RemoteEntry>> ListAsync(SnapshotState snapshot, byte[] path, CancellationToken ct)
     {
-        var vm = VmName(snapshot);
-        var key = PathKey.Of(vm, path);
+        var session = Session(snapshot);
+        var key = FilesSession.Key(path);
         IReadOnlyList<RemoteEntry>? list = null;
-        if (prefetched.TryRemove(key, out var early))
+        if (session.Prefetched.TryRemove(key, out var early))
         {
             try
             {
@@ -60,22 +93,22 @@ public sealed class VmFilesBackend(TreeContext context, RestoreVmManager manager
             }
         }
 
-        list ??= await FetchListAsync(snapshot, vm, path, ct).ConfigureAwait(false);
+        list ??= await FetchListAsync(snapshot, session, path, ct).ConfigureAwait(false);
         var dirs = list.Where(e => e.Type == 'd' && e.Error is null).Select(e => Child(path, e.Name)).ToList();
-        subdirectories[key] = dirs;
+        session.Subdirectories[key] = dirs;
         for (var i = 0; i < dirs.Count; i++)
         {
-            parents[PathKey.Of(vm, dirs[i])] = (key, i);
+            session.Parents[FilesSession.Key(dirs[i])] = (key, i);
         }
 
         // Ahead of a tree walker: this directory's first subdirectories, and the siblings that come after it.
         var ahead = dirs.Take(PrefetchDirectories).ToList();
-        if (parents.TryGetValue(key, out var parent) && subdirectories.TryGetValue(parent.Key, out var siblings))
+        if (session.Parents.TryGetValue(key, out var parent) && session.Subdirectories.TryGetValue(parent.Parent, out var siblings))
         {
             ahead.AddRange(siblings.Skip(parent.Index + 1).Take(PrefetchDirectories));
         }
 
-        Prefetch(snapshot, vm, path, ahead);
+        Prefetch(snapshot, session, path, ahead);
         return list;
     }
 
@@ -86,23 +119,23 @@ public sealed class VmFilesBackend(TreeContext context, RestoreVmManager manager
     /// logged) is asked once more (the failure may have been another request's), and then fails with EIO naming the
     /// damage instead of showing a short directory.
     /// </summary>
-    private async Task<IReadOnlyList<RemoteEntry>> FetchListAsync(SnapshotState snapshot, string vm, byte[] path, CancellationToken ct)
+    private async Task<IReadOnlyList<RemoteEntry>> FetchListAsync(SnapshotState snapshot, FilesSession session, byte[] path, CancellationToken ct)
     {
         var volume = VolumeOf(path);
         if (volume is null)
         {
-            return await FetchListOnceAsync(snapshot, vm, path, ct).ConfigureAwait(false); // the levels above file systems
+            return await FetchListOnceAsync(snapshot, session, path, ct).ConfigureAwait(false); // the levels above file systems
         }
 
         var archive = ArchiveOf(snapshot, path);
-        var placement = placements.GetValueOrDefault(PathKey.Of(vm, volume));
+        var placement = session.Placements.GetValueOrDefault(FilesSession.Key(volume));
         for (var attempt = 0; ; attempt++)
         {
             var mark = snapshot.ExportReadFailures.Mark();
             IReadOnlyList<RemoteEntry> list;
             try
             {
-                list = await FetchListOnceAsync(snapshot, vm, path, ct).ConfigureAwait(false);
+                list = await FetchListOnceAsync(snapshot, session, path, ct).ConfigureAwait(false);
             }
             catch (IOException e) when (attempt == 0 && e.InnerException is RestoreApiException { StatusCode: 500 })
             {
@@ -119,7 +152,7 @@ public sealed class VmFilesBackend(TreeContext context, RestoreVmManager manager
 
             if (attempt > 0)
             {
-                throw new IOException($"{System.Text.Encoding.UTF8.GetString(path)} cannot be listed completely: reading {damage.Archive} at offset {damage.Offset} failed ({damage.Reason})");
+                throw new IOException($"{Encoding.UTF8.GetString(path)} cannot be listed completely: reading {damage.Archive} at offset {damage.Offset} failed ({damage.Reason})");
             }
         }
     }
@@ -127,23 +160,23 @@ public sealed class VmFilesBackend(TreeContext context, RestoreVmManager manager
     /// <summary>The volume a files/ path lies in (<c>disk/part/N</c>, <c>disk/lvm/VG/LV</c>, <c>disk/raw</c>); null above.</summary>
     private static byte[]? VolumeOf(byte[] path)
     {
-        var parts = System.Text.Encoding.UTF8.GetString(path).Split('/');
+        var parts = Encoding.UTF8.GetString(path).Split('/');
         var depth = parts.Length > 1 ? parts[1] switch { "part" => 3, "lvm" => 4, "raw" => 2, _ => int.MaxValue } : int.MaxValue;
-        return parts.Length >= depth ? System.Text.Encoding.UTF8.GetBytes(string.Join('/', parts.Take(depth))) : null;
+        return parts.Length >= depth ? Encoding.UTF8.GetBytes(string.Join('/', parts.Take(depth))) : null;
     }
 
-    private async Task<IReadOnlyList<RemoteEntry>> FetchListOnceAsync(SnapshotState snapshot, string vm, byte[] path, CancellationToken ct) =>
-        await WithVmAsync(snapshot, async client =>
+    private async Task<IReadOnlyList<RemoteEntry>> FetchListOnceAsync(SnapshotState snapshot, FilesSession session, byte[] path, CancellationToken ct) =>
+        await vms.RequestAsync(snapshot, async client =>
         {
             var list = new List<RemoteEntry>();
             var archive = ArchiveOf(snapshot, path);
             var volume = VolumeOf(path);
-            var placement = volume is null ? null : placements.GetValueOrDefault(PathKey.Of(vm, volume));
+            var placement = volume is null ? null : session.Placements.GetValueOrDefault(FilesSession.Key(volume));
             await foreach (var e in client.ListAsync(path, new ListOptions(InlineMax, Extents: archive is not null, Xattrs: true), ct).ConfigureAwait(false))
             {
                 if (list.Count >= GuestAnswers.MaxEntries)
                 {
-                    throw new MalformedAnswerException($"the restore VM lists more than {GuestAnswers.MaxEntries} entries in {System.Text.Encoding.UTF8.GetString(path)}");
+                    throw new MalformedAnswerException($"the restore VM lists more than {GuestAnswers.MaxEntries} entries in {Encoding.UTF8.GetString(path)}");
                 }
 
                 list.Add(EntryOf(e));
@@ -154,26 +187,52 @@ public sealed class VmFilesBackend(TreeContext context, RestoreVmManager manager
                         throw new MalformedAnswerException($"the restore VM sent {content.Length} bytes inline for {GuestAnswers.Show(e.Name)} of {e.Size} bytes");
                     }
 
-                    cache.Put(ContentKey.WholeFile(vm, Child(path, e.Name)), content);
+                    cache.Put(ContentKey.WholeFile(session.Vm, Child(path, e.Name)), content);
                 }
                 else if (e.Extents is { } place && e.Type is 'd' or 'v')
                 {
-                    placements[PathKey.Of(vm, Child(path, e.Name))] = [.. place]; // a volume's place on its disk
+                    session.Placements[FilesSession.Key(Child(path, e.Name))] = [.. place]; // a volume's place on its disk
                 }
                 else if (e.Extents is { } extents && e.Type == 'f' && archive is not null && Valid(snapshot, archive, extents, (long)(e.Size ?? 0), placement))
                 {
-                    maps[PathKey.Of(vm, Child(path, e.Name))] = new FileMap(archive, [.. extents], (long)(e.Size ?? 0));
+                    AddMap(session, Child(path, e.Name), new FileMap(archive, [.. extents], (long)(e.Size ?? 0)));
                 }
             }
 
             return (IReadOnlyList<RemoteEntry>)list;
         }, ct).ConfigureAwait(false);
 
+    /// <summary>Keeps a file map within <see cref="MapBudget"/>: the oldest maps of the least recently used snapshot
+    /// go first (those files then read through the VM again).</summary>
+    private void AddMap(FilesSession session, byte[] path, FileMap map)
+    {
+        var added = session.AddMap(path, map);
+        if (Interlocked.Add(ref mapUnits, added) <= MapBudget)
+        {
+            return;
+        }
+
+        lock (mapGate)
+        {
+            while (Interlocked.Read(ref mapUnits) > MapBudget)
+            {
+                var victim = sessions.Values.Where(s => s.MapUnits > 0).OrderBy(s => s == session ? 1 : 0).ThenBy(s => s.LastUse).FirstOrDefault();
+                var freed = victim?.DropOldestMap() ?? 0;
+                if (freed == 0)
+                {
+                    return;
+                }
+
+                Interlocked.Add(ref mapUnits, -freed);
+            }
+        }
+    }
+
     /// <summary>
     /// A tree walker (cp -a, rsync, find) lists the subdirectories next: list a few of them ahead, so the VM works
     /// while the host copies. Only inside file systems (not at the disk and volume levels), a bounded number at once.
     /// </summary>
-    private void Prefetch(SnapshotState snapshot, string vm, byte[] path, List<byte[]> children)
+    private void Prefetch(SnapshotState snapshot, FilesSession session, byte[] path, List<byte[]> children)
     {
         if (path.Count(b => b == (byte)'/') < 2)
         {
@@ -182,13 +241,13 @@ public sealed class VmFilesBackend(TreeContext context, RestoreVmManager manager
 
         foreach (var child in children)
         {
-            var key = PathKey.Of(vm, child);
-            if (prefetched.ContainsKey(key) || subdirectories.ContainsKey(key))
+            var key = FilesSession.Key(child);
+            if (session.Prefetched.ContainsKey(key) || session.Subdirectories.ContainsKey(key))
             {
                 continue; // on its way, or listed already
             }
 
-            if (prefetched.Count >= 64 || !prefetchSlots.Wait(0))
+            if (session.Prefetched.Count >= PrefetchedMax || !prefetchSlots.Wait(0))
             {
                 return;
             }
@@ -197,14 +256,14 @@ public sealed class VmFilesBackend(TreeContext context, RestoreVmManager manager
             {
                 try
                 {
-                    return await FetchListAsync(snapshot, vm, child, CancellationToken.None).ConfigureAwait(false);
+                    return await FetchListAsync(snapshot, session, child, CancellationToken.None).ConfigureAwait(false);
                 }
                 finally
                 {
                     prefetchSlots.Release();
                 }
             });
-            if (!prefetched.TryAdd(key, task))
+            if (!session.Prefetched.TryAdd(key, task))
             {
                 _ = task.ContinueWith(t => _ = t.Exception, TaskScheduler.Default);
             }
@@ -215,7 +274,7 @@ public sealed class VmFilesBackend(TreeContext context, RestoreVmManager manager
     private static string? ArchiveOf(SnapshotState snapshot, byte[] path)
     {
         var slash = Array.IndexOf(path, (byte)'/');
-        var first = System.Text.Encoding.UTF8.GetString(slash < 0 ? path : path.AsSpan(0, slash));
+        var first = Encoding.UTF8.GetString(slash < 0 ? path : path.AsSpan(0, slash));
         var archives = snapshot.ImageArchives;
         if (archives.Contains(first))
         {
@@ -243,7 +302,7 @@ public sealed class VmFilesBackend(TreeContext context, RestoreVmManager manager
         {
             imageSize = snapshot.OpenImage(archive).Size;
         }
-        catch (Exception e) when (e is IOException or Fuse.FuseException)
+        catch (Exception e) when (e is IOException or FuseException)
         {
             return false;
         }
@@ -266,28 +325,28 @@ public sealed class VmFilesBackend(TreeContext context, RestoreVmManager manager
 
     public async ValueTask<int> ReadAsync(SnapshotState snapshot, byte[] path, long offset, Memory<byte> buffer, CancellationToken ct)
     {
-        var vm = VmName(snapshot);
-        if (maps.TryGetValue(PathKey.Of(vm, path), out var map))
+        var session = Session(snapshot);
+        if (session.TryGetMap(path, out var map))
         {
             return await map.ReadAsync(snapshot, offset, buffer, ct).ConfigureAwait(false);
         }
 
-        if (cache.Get(ContentKey.WholeFile(vm, path)) is { } whole)
+        if (cache.Get(ContentKey.WholeFile(session.Vm, path)) is { } whole)
         {
             return CopyOut(whole, offset, buffer);
         }
 
         var index = offset / Block;
-        var block = await BlockAsync(snapshot, vm, path, index, ct).ConfigureAwait(false);
-        var pathKey = PathKey.Of(vm, path);
-        var previous = lastBlock.GetValueOrDefault(pathKey, -1);
-        lastBlock[pathKey] = index;
+        var block = await BlockAsync(snapshot, session.Vm, path, index, ct).ConfigureAwait(false);
+        var key = FilesSession.Key(path);
+        var previous = session.LastBlock.GetValueOrDefault(key, -1);
+        session.LastBlock[key] = index;
         if (block.Length == Block && (index == 0 || previous == index || previous == index - 1))
         {
             // Sequential: fetch the next blocks while this one is consumed (the VM serves requests concurrently).
             for (var ahead = 1; ahead <= ReadAheadBlocks; ahead++)
             {
-                _ = BlockAsync(snapshot, vm, path, index + ahead, CancellationToken.None).ContinueWith(t => _ = t.Exception, TaskScheduler.Default);
+                _ = BlockAsync(snapshot, session.Vm, path, index + ahead, CancellationToken.None).ContinueWith(t => _ = t.Exception, TaskScheduler.Default);
             }
         }
 
@@ -319,7 +378,7 @@ public sealed class VmFilesBackend(TreeContext context, RestoreVmManager manager
             try
             {
                 var buffer = new byte[Block];
-                var n = await WithVmAsync(snapshot, client => client.ReadAsync(path, index * Block, buffer, CancellationToken.None), CancellationToken.None)
+                var n = await vms.RequestAsync(snapshot, client => client.ReadAsync(path, index * Block, buffer, CancellationToken.None), CancellationToken.None)
                     .ConfigureAwait(false);
                 var data = n == Block ? buffer : buffer[..n];
                 cache.Put(key, data);
@@ -335,116 +394,76 @@ public sealed class VmFilesBackend(TreeContext context, RestoreVmManager manager
 
     private static byte[] Child(byte[] parent, byte[] name) => [.. parent, (byte)'/', .. name];
 
-    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, byte> used = new(StringComparer.Ordinal);
-    private Timer? sweeper;
+    private void StartSweeper()
+    {
+        if (sweeper is not null)
+        {
+            return;
+        }
 
-    /// <summary>How often the state of stopped VMs is looked for.</summary>
-    public static TimeSpan SweepInterval { get; set; } = TimeSpan.FromSeconds(30);
+        var timer = new Timer(_ => Sweep(), null, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+        if (Interlocked.CompareExchange(ref sweeper, timer, null) is null)
+        {
+            timer.Change(SweepInterval, SweepInterval);
+        }
+        else
+        {
+            timer.Dispose();
+        }
+    }
+
+    /// <summary>Releases the state of every snapshot whose VM no longer runs.</summary>
+    public void Sweep()
+    {
+        var released = 0;
+        foreach (var vm in sessions.Keys)
+        {
+            if (!vms.IsRunning(vm))
+            {
+                released += Release(vm) ? 1 : 0;
+            }
+        }
+
+        if (released > 0)
+        {
+            // What was released is mostly large arrays (inline files, blocks, chunk buffers): give the memory back.
+            context.ChunkMemory.DropSpares();
+            GC.Collect(2, GCCollectionMode.Aggressive, blocking: true, compacting: true);
+        }
+    }
 
     /// <summary>
-    /// Releases what a stopped VM's snapshot holds here: cached content (inline small files, read-ahead blocks) and the
-    /// walker bookkeeping. File maps stay: they are the image's, and reading through them needs no VM.
+    /// Releases everything held for a snapshot's VM (it stopped): cached content, file maps, walker bookkeeping, and
+    /// the listed directories' nodes (<see cref="FilesNodes"/>), so the mount's memory goes back to what it was before
+    /// the snapshot was browsed. The next use lists again (and starts the VM).
     /// </summary>
-    public void Forget(string vm)
+    public bool Release(string vm)
     {
+        if (!sessions.TryRemove(vm, out var session))
+        {
+            return false;
+        }
+
         cache.RemoveVm(vm);
-        foreach (var key in lastBlock.Keys.Where(k => k.Vm == vm))
+        lock (mapGate)
         {
-            lastBlock.TryRemove(key, out _);
+            Interlocked.Add(ref mapUnits, -session.DropMaps());
         }
 
-        foreach (var key in subdirectories.Keys.Where(k => k.Vm == vm))
-        {
-            subdirectories.TryRemove(key, out _);
-        }
-
-        foreach (var key in parents.Keys.Where(k => k.Vm == vm))
-        {
-            parents.TryRemove(key, out _);
-        }
-
-        foreach (var key in prefetched.Keys.Where(k => k.Vm == vm))
-        {
-            prefetched.TryRemove(key, out _);
-        }
+        session.Placements.Clear();
+        session.Subdirectories.Clear();
+        session.Parents.Clear();
+        session.Prefetched.Clear();
+        session.LastBlock.Clear();
+        var nodes = context.FilesNodes.Release(vm);
+        log.LogDebug("Released files/ state of {Vm}: {Nodes} directories unloaded", vm, nodes);
+        return true;
     }
 
-    /// <summary>The bytes of cached content held now (all VMs).</summary>
-    public long CachedBytes => cache.Bytes;
+    public bool IsVmRunning(SnapshotState snapshot) => vms.IsRunning(RestoreVms.VmName(snapshot));
 
-    private void Sweep()
-    {
-        foreach (var vm in used.Keys)
-        {
-            if (!manager.HasLiveSession(vm))
-            {
-                used.TryRemove(vm, out _);
-                Forget(vm);
-            }
-        }
-    }
-
-    private async Task<T> WithVmAsync<T>(SnapshotState snapshot, Func<IRestoreClient, Task<T>> request, CancellationToken ct)
-    {
-        var name = VmName(snapshot);
-        used[name] = 0;
-        if (sweeper is null)
-        {
-            var timer = new Timer(_ => Sweep(), null, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
-            if (Interlocked.CompareExchange(ref sweeper, timer, null) is null)
-            {
-                timer.Change(SweepInterval, SweepInterval);
-            }
-            else
-            {
-                timer.Dispose();
-            }
-        }
-
-        for (var attempt = 0; ; attempt++)
-        {
-            VmSession session;
-            try
-            {
-                session = await manager.EnsureRunningAsync(name, Disks(snapshot), ct).ConfigureAwait(false);
-            }
-            catch (VmLimitException e)
-            {
-                throw new FuseException(Errors.EAGAIN, e.Message);
-            }
-
-            try
-            {
-                return await request(session.Client).ConfigureAwait(false);
-            }
-            catch (IOException e) when (attempt == 0)
-            {
-                log.LogWarning("Restore VM for {Snapshot} stopped answering ({Reason}); restarting it and retrying", snapshot.Snapshot.Name, e.Message);
-                await manager.InvalidateAsync(name).ConfigureAwait(false);
-            }
-            catch (RestoreApiException e)
-            {
-                throw new IOException(e.Message, e);
-            }
-        }
-    }
-
-    private List<VmDisk> Disks(SnapshotState snapshot)
-    {
-        var disks = new List<VmDisk>();
-        foreach (var archive in snapshot.ImageArchives)
-        {
-            context.Exports.UriFor(snapshot, archive); // exports it
-            var serial = archive.EndsWith(".img.fidx", StringComparison.Ordinal) ? archive[..^".img.fidx".Length] : archive;
-            disks.Add(new VmDisk(serial, context.Exports.SocketPath, ImageExports.ExportName(snapshot, archive)));
-        }
-
-        return disks;
-    }
-
-    public bool IsVmRunning(SnapshotState snapshot) => manager.HasLiveSession(VmName(snapshot));
-
-    public bool IsMapped(SnapshotState snapshot, byte[] path) => maps.ContainsKey(PathKey.Of(VmName(snapshot), path));
+    public bool IsMapped(SnapshotState snapshot, byte[] path) =>
+        sessions.TryGetValue(RestoreVms.VmName(snapshot), out var session) && session.HasMap(path);
 
     /// <summary>A listed entry with everything the guest's statx and xattrs said.</summary>
     public static RemoteEntry EntryOf(ArchiveEntry e) =>
@@ -463,7 +482,8 @@ public sealed class VmFilesBackend(TreeContext context, RestoreVmManager manager
 
     public async ValueTask<IReadOnlyList<RemoteXattr>> XattrsAsync(SnapshotState snapshot, byte[] path, CancellationToken ct)
     {
-        var list = await WithVmAsync(snapshot, client => client.XattrsAsync(path, ct), ct).ConfigureAwait(false);
+        Session(snapshot);
+        var list = await vms.RequestAsync(snapshot, client => client.XattrsAsync(path, ct), ct).ConfigureAwait(false);
         return list.Select(x => new RemoteXattr(x.Name, x.Value, x.Error)).ToList();
     }
 
@@ -471,18 +491,18 @@ public sealed class VmFilesBackend(TreeContext context, RestoreVmManager manager
     /// A small file that came inline counts as all data.</summary>
     public async ValueTask<long> SeekAsync(SnapshotState snapshot, byte[] path, long offset, bool data, CancellationToken ct)
     {
-        var vm = VmName(snapshot);
-        if (maps.TryGetValue(PathKey.Of(vm, path), out var map))
+        var session = Session(snapshot);
+        if (session.TryGetMap(path, out var map))
         {
             return map.Seek(offset, data);
         }
 
-        if (cache.Get(ContentKey.WholeFile(vm, path)) is not null)
+        if (cache.Get(ContentKey.WholeFile(session.Vm, path)) is not null)
         {
             throw new NotSupportedException();
         }
 
-        return await WithVmAsync(snapshot, client => client.SeekAsync(path, offset, data, ct), ct).ConfigureAwait(false);
+        return await vms.RequestAsync(snapshot, client => client.SeekAsync(path, offset, data, ct), ct).ConfigureAwait(false);
     }
 
     public async ValueTask DisposeAsync()
@@ -492,6 +512,6 @@ public sealed class VmFilesBackend(TreeContext context, RestoreVmManager manager
             await timer.DisposeAsync().ConfigureAwait(false);
         }
 
-        await manager.DisposeAsync().ConfigureAwait(false);
+        await vms.DisposeAsync().ConfigureAwait(false);
     }
 }
