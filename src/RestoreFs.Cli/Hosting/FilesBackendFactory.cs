@@ -25,6 +25,11 @@ public static class FilesBackendFactory
         }
 
         context.Log.LogInformation("files/ is served by restore VMs (image {Image})", image);
+        if (int.TryParse(Environment.GetEnvironmentVariable("RESTOREFS_FILES_SWEEP"), out var sweep) && sweep > 0)
+        {
+            VmFiles.SweepInterval = TimeSpan.FromSeconds(sweep); // how soon a stopped VM's state is released (tests)
+        }
+
         return new VmFiles(context, new RestoreVms(context, new RestoreVmManager(Options(image, qemu), context.Logs)));
     }
 

@@ -181,7 +181,7 @@ public static class DataBlob
                     return;
                 }
 
-                rented = ArrayPool<byte>.Shared.Rent(Math.Max(1, cipherLength));
+                rented = BlobBuffers.Pool.Rent(Math.Max(1, cipherLength));
                 if (!key.TryDecrypt(blob[12..28], blob[28..44], blob[44..], rented.AsSpan(0, cipherLength)))
                 {
                     throw new ChunkCorruptException("authentication failed: wrong key or damaged chunk", path, offset, digestHex);
@@ -238,7 +238,7 @@ public static class DataBlob
         {
             if (rented is not null)
             {
-                ArrayPool<byte>.Shared.Return(rented);
+                BlobBuffers.Pool.Return(rented);
             }
         }
 

@@ -115,7 +115,7 @@ public sealed class DynamicImageReader : IDisposable
         }
         finally
         {
-            System.Buffers.ArrayPool<byte>.Shared.Return(blob);
+            BlobBuffers.Pool.Return(blob);
         }
 
         lock (gate)

@@ -272,7 +272,7 @@ public sealed class ImageReader : IDisposable
         }
         finally
         {
-            System.Buffers.ArrayPool<byte>.Shared.Return(blob);
+            BlobBuffers.Pool.Return(blob);
         }
 
         Interlocked.Add(ref decodedBytes, destination.Length);

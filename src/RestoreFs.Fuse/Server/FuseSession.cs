@@ -16,6 +16,10 @@ namespace RestoreFs.Fuse.Server;
 /// </summary>
 internal sealed class FuseSession
 {
+    /// <summary>Reply buffers (READ, READDIR): a pool of a few arrays per size, so the memory of a burst of large reads
+    /// is not kept for the life of the mount as the runtime's shared per-core pools would.</summary>
+    private static readonly ArrayPool<byte> ReplyBuffers = ArrayPool<byte>.Create(FuseConstants.OutHeaderSize + FuseConstants.MaxRead, 8);
+
     private readonly FuseNode root;
     private readonly ILogger log;
     private readonly NodeTable nodes;
@@ -654,7 +658,7 @@ internal sealed class FuseSession
         }
 
         var cts = Track(h.Unique);
-        var buffer = ArrayPool<byte>.Shared.Rent(FuseConstants.OutHeaderSize + size);
+        var buffer = ReplyBuffers.Rent(FuseConstants.OutHeaderSize + size);
         try
         {
             var n = await handle.ReadAsync(offset, buffer.AsMemory(FuseConstants.OutHeaderSize, size), cts.Token).ConfigureAwait(false);
@@ -666,7 +670,7 @@ internal sealed class FuseSession
         }
         finally
         {
-            ArrayPool<byte>.Shared.Return(buffer);
+            ReplyBuffers.Return(buffer);
             Untrack(h.Unique);
         }
     }
@@ -722,7 +726,7 @@ internal sealed class FuseSession
             return;
         }
 
-        var buffer = ArrayPool<byte>.Shared.Rent(FuseConstants.OutHeaderSize + size);
+        var buffer = ReplyBuffers.Rent(FuseConstants.OutHeaderSize + size);
         var counted = new List<ulong>();
         try
         {
@@ -808,7 +812,7 @@ internal sealed class FuseSession
         }
         finally
         {
-            ArrayPool<byte>.Shared.Return(buffer);
+            ReplyBuffers.Return(buffer);
         }
     }
 
