@@ -20,7 +20,8 @@ public sealed class FidelityFilesystemsTests(FidelityFilesystemsFixture f) : ICl
         var copy = f.Dir.Combine("copy-" + fs);
         FidelityFilesystemsFixture.Run("rsync", "-aHAX", "--numeric-ids", "--exclude=/lost+found", raw + "/", copy + "/");
         AssertSame(fs + " (rsync -aHAX copy of files/)", expected, f.Manifest(copy, fs));
-        AssertSame(fs + " (files/ itself)", expected, f.Manifest(raw, fs));
+        // The mount itself shows the same, and where the file system has holes, st_blocks and SEEK_DATA/SEEK_HOLE too.
+        AssertSame(fs + " (files/ itself)", f.ExpectedOnMount[fs], f.Manifest(raw, fs, onMount: true));
     }
 
     private static void AssertSame(string what, string expected, string actual)
@@ -74,6 +75,10 @@ public sealed class FidelityFilesystemsTests(FidelityFilesystemsFixture f) : ICl
         Assert.Contains(Convert.ToHexString("lower.txt"u8).ToLowerInvariant() + " ", f.Expected["vfat"]);
         Assert.Contains(Convert.ToHexString("UPPER.TXT"u8).ToLowerInvariant() + " ", f.Expected["vfat"]);
         AssertFaithful("vfat");
+        // The read-only attribute is the one permission FAT holds: no write bits.
+        var copy = f.Dir.Combine("copy-vfat");
+        Assert.Equal(0, (int)File.GetUnixFileMode(Path.Combine(copy, "readonly.txt")) & 0x92);
+        Assert.NotEqual(0, (int)File.GetUnixFileMode(Path.Combine(copy, "lower.txt")) & 0x80);
     }
 
     [Fact]
@@ -125,9 +130,11 @@ public sealed class FidelityFilesystemsFixture : IDisposable
 
     public Dictionary<string, string> Expected { get; } = new(StringComparer.Ordinal);
 
+    public Dictionary<string, string> ExpectedOnMount { get; } = new(StringComparer.Ordinal);
+
     /// <summary>One line per entry below the root (lost+found left out), sorted; fields per argv[2]; link groups by first name.</summary>
     private const string ManifestScript = """
-import os, sys, stat, hashlib
+import os, sys, stat, hashlib, errno
 root = os.fsencode(sys.argv[1])
 want = set(x for x in sys.argv[2].split(',') if x)
 rows = {}
@@ -147,6 +154,21 @@ for top, dirs, files in os.walk(root):
         f.append(str(st.st_mtime_ns))
         if stat.S_ISREG(st.st_mode):
             f += [str(st.st_size), hashlib.sha256(open(p, 'rb').read()).hexdigest()]
+            if 'sparse' in want:
+                segs = []
+                fd = os.open(p, os.O_RDONLY)
+                off = 0
+                while True:
+                    try:
+                        d = os.lseek(fd, off, os.SEEK_DATA)
+                    except OSError as e:
+                        if e.errno != errno.ENXIO:
+                            raise
+                        break
+                    off = os.lseek(fd, d, os.SEEK_HOLE)
+                    segs.append('%d-%d' % (d, off))
+                os.close(fd)
+                f += ['blocks=%d' % st.st_blocks, 'data=' + ';'.join(segs)]
             if st.st_nlink > 1 and 'links' in want:
                 inodes.setdefault((st.st_dev, st.st_ino), []).append(rel)
         if stat.S_ISLNK(st.st_mode) and 'target' in want:
@@ -232,14 +254,24 @@ dd if=/dev/urandom of=sparse bs=64K count=2 seek=100 conv=notrunc status=none &&
 set -e
 cd "$1"
 mkdir -p "Mixed Case Dir/deeper/deepest" empty
-echo hi > UPPER.TXT && echo lo > lower.txt && : > zero
+echo hi > UPPER.TXT && echo lo > lower.txt && : > zero && echo ro > readonly.txt
 echo unicode > "caf$(printf '\303\251') $(printf '\346\227\245').txt"
 dd if=/dev/urandom of="Mixed Case Dir/big.bin" bs=64K count=40 status=none
 printf 'x%.0s' $(seq 1 5000) > "Mixed Case Dir/deeper/deepest/long name with spaces.dat"
 """;
 
-    public string Manifest(string root, string fs) =>
-        ProcessRunner.Run("python3", ["-c", ManifestScript, root, Fields[fs]], Long).EnsureSuccess("manifest " + root).StdOut;
+    /// <summary>The manifest of a tree; <paramref name="onMount"/> adds st_blocks and the data segments (SEEK_DATA/HOLE)
+    /// of regular files where the file system has holes (xfs, btrfs, NTFS): a copy's are the copy's own.</summary>
+    public string Manifest(string root, string fs, bool onMount = false) =>
+        ProcessRunner.Run("python3", ["-c", ManifestScript, root, Fields[fs] + (onMount && Fields[fs].Length > 0 ? ",sparse" : "")], Long)
+            .EnsureSuccess("manifest " + root).StdOut;
+
+    /// <summary>Both manifests of the source, from a read-only mount of the finished image (what the VM sees).</summary>
+    private void Expect(string fs, string root)
+    {
+        Expected[fs] = Manifest(root, fs);
+        ExpectedOnMount[fs] = Manifest(root, fs, onMount: true);
+    }
 
     public static ProcessResult Run(string tool, params string[] args) =>
         ProcessRunner.Run(Requires.Tool(tool), args, Long).EnsureSuccess(tool + " " + string.Join(' ', args));
@@ -252,7 +284,7 @@ printf 'x%.0s' $(seq 1 5000) > "Mixed Case Dir/deeper/deepest/long name with spa
     public FidelityFilesystemsFixture()
     {
         Requires.Root();
-        foreach (var tool in new[] { "qemu-system-x86_64", "mkfs.xfs", "mkfs.btrfs", "btrfs", "mkfs.vfat", "mcopy", "mkfs.exfat",
+        foreach (var tool in new[] { "qemu-system-x86_64", "mkfs.xfs", "mkfs.btrfs", "btrfs", "mkfs.vfat", "mcopy", "mattrib", "mkfs.exfat",
                      "mount.exfat-fuse", "mkntfs", "ntfs-3g", "setfattr", "setfacl", "rsync", "losetup", "python3" })
         {
             Requires.Tool(tool); // fails naming the tool (scripts/install-deps.sh installs them all)
@@ -305,7 +337,10 @@ printf 'x%.0s' $(seq 1 5000) > "Mixed Case Dir/deeper/deepest/long name with spa
         Run("mount", "-o", "loop", xfs, src);
         Run("bash", "-c", LinuxScript, "populate", src);
         Run("bash", "-c", TouchScript, "touch", src, "ns");
-        Expected["xfs"] = Manifest(src, "xfs");
+        Unmount(src);
+        Run("mount", "-o", "loop,ro,norecovery", xfs, src);
+        hostMounts.Add(src);
+        Expect("xfs", src);
         Unmount(src);
 
         var btrfs = images["btrfs"] = Image("btrfs", "256M");
@@ -318,7 +353,10 @@ printf 'x%.0s' $(seq 1 5000) > "Mixed Case Dir/deeper/deepest/long name with spa
         Run("btrfs", "-q", "subvolume", "snapshot", "-r", Path.Combine(src, "sub"), Path.Combine(src, "snap"));
         // A change after the snapshot: the snapshot keeps the old content, links and times.
         Run("bash", "-c", "set -e; cd \"$1\"; echo changed > sub/x; rm sub/b; touch -d @1700000000.5 sub/x sub", "change", src);
-        Expected["btrfs"] = Manifest(src, "btrfs");
+        Unmount(src);
+        Run("mount", "-o", "loop,ro", btrfs, src);
+        hostMounts.Add(src);
+        Expect("btrfs", src);
         Unmount(src);
 
         // vfat: the host kernel has no vfat, so a tree made here is copied in with mtools (times kept with -m; mtools
@@ -332,7 +370,8 @@ printf 'x%.0s' $(seq 1 5000) > "Mixed Case Dir/deeper/deepest/long name with spa
         var tools = new Dictionary<string, string> { ["TZ"] = "UTC", ["LANG"] = "C.UTF-8", ["MTOOLS_SKIP_CHECK"] = "1" };
         var top = Directory.GetFileSystemEntries(tree).Order(StringComparer.Ordinal).ToArray();
         RunIn(tools, "mcopy", ["-s", "-m", "-i", vfat, .. top, "::/"]);
-        Expected["vfat"] = Manifest(tree, "vfat");
+        RunIn(tools, "mattrib", "-i", vfat, "+r", "::/readonly.txt");
+        Expect("vfat", tree);
 
         // exFAT: through exfat-fuse on a loop device; it keeps whole seconds (odd ones too).
         var exfat = images["exfat"] = Image("exfat", "64M");
@@ -346,7 +385,7 @@ printf 'x%.0s' $(seq 1 5000) > "Mixed Case Dir/deeper/deepest/long name with spa
         Unmount(src);
         RunIn(tools, "mount.exfat-fuse", "-o", "ro", loop, src);
         hostMounts.Add(src);
-        Expected["exfat"] = Manifest(src, "exfat");
+        Expect("exfat", src);
         Unmount(src);
         Run("losetup", "-d", loop);
         loops.Remove(loop);
@@ -361,7 +400,7 @@ printf 'x%.0s' $(seq 1 5000) > "Mixed Case Dir/deeper/deepest/long name with spa
         Unmount(src);
         Run("ntfs-3g", "-o", "ro,norecover,nosuid,nodev,noexec,streams_interface=xattr", ntfs, src);
         hostMounts.Add(src);
-        Expected["ntfs"] = Manifest(src, "ntfs");
+        Expect("ntfs", src);
         Unmount(src);
 
         var store = Dir.Combine("store");
@@ -396,6 +435,8 @@ printf 'x%.0s' $(seq 1 5000) > "Mixed Case Dir/deeper/deepest/long name with spa
             ProcessRunner.Run("losetup", ["-d", l], Long);
         }
 
+        // .NET cannot delete names that are not UTF-8 (the copies have some).
+        ProcessRunner.Run("rm", ["-rf", "--one-file-system", Dir.Path], Long);
         Dir.Dispose();
     }
 }
