@@ -17,7 +17,7 @@ public sealed class FidelityFilesystemsTests(FidelityFilesystemsFixture f) : ICl
     {
         var expected = f.Expected[fs];
         var raw = f.Raw(fs);
-        var copy = f.Dir.Combine("copy-" + fs);
+        var copy = f.Copy(fs);
         FidelityFilesystemsFixture.Run("rsync", "-aHAX", "--numeric-ids", "--exclude=/lost+found", raw + "/", copy + "/");
         AssertSame(fs + " (rsync -aHAX copy of files/)", expected, f.Manifest(copy, fs));
         // The mount itself shows the same, and where the file system has holes, st_blocks and SEEK_DATA/SEEK_HOLE too.
@@ -44,6 +44,7 @@ public sealed class FidelityFilesystemsTests(FidelityFilesystemsFixture f) : ICl
         Assert.Contains("links=", f.Expected["xfs"]);
         Assert.Contains("system.posix_acl_default=", f.Expected["xfs"]);
         Assert.Contains(" 0o20000 ", f.Expected["xfs"]); // the char device made it into the manifest
+        Assert.Contains(" user.big=", f.Expected["xfs"]);
         AssertFaithful("xfs");
     }
 
@@ -56,7 +57,7 @@ public sealed class FidelityFilesystemsTests(FidelityFilesystemsFixture f) : ICl
 
         // Spelled out: in the copy, each subvolume's links are one inode of their own; the snapshot kept the link
         // that sub lost after it was taken.
-        var copy = f.Dir.Combine("copy-btrfs");
+        var copy = f.Copy("btrfs");
         string Ino(string rel) => ProcessRunner.Run("stat", ["-c", "%i %h", Path.Combine(copy, rel)]).EnsureSuccess("stat " + rel).StdOut.Trim();
         Assert.Equal(Ino("a"), Ino("b"));
         Assert.Equal(Ino("sub/a"), Ino("sub/d/c"));
@@ -76,7 +77,7 @@ public sealed class FidelityFilesystemsTests(FidelityFilesystemsFixture f) : ICl
         Assert.Contains(Convert.ToHexString("UPPER.TXT"u8).ToLowerInvariant() + " ", f.Expected["vfat"]);
         AssertFaithful("vfat");
         // The read-only attribute is the one permission FAT holds: no write bits.
-        var copy = f.Dir.Combine("copy-vfat");
+        var copy = f.Copy("vfat");
         Assert.Equal(0, (int)File.GetUnixFileMode(Path.Combine(copy, "readonly.txt")) & 0x92);
         Assert.NotEqual(0, (int)File.GetUnixFileMode(Path.Combine(copy, "lower.txt")) & 0x80);
     }
@@ -93,6 +94,8 @@ public sealed class FidelityFilesystemsTests(FidelityFilesystemsFixture f) : ICl
         var expected = f.Expected["ntfs"];
         Assert.Contains("links=", expected);
         Assert.Contains("user.Zone.Identifier=", expected);
+        Assert.Contains(" user.dirstream=", expected);
+        Assert.Contains(" user.big=", expected);
         AssertFaithful("ntfs");
     }
 }
@@ -123,6 +126,7 @@ public sealed class FidelityFilesystemsFixture : IDisposable
 
     private readonly Dictionary<string, string> env;
     private readonly string mnt;
+    private readonly string copies;
     private readonly List<string> hostMounts = [];
     private readonly List<string> loops = [];
 
@@ -242,10 +246,12 @@ set -e
 cd "$1"
 echo linked > a && ln a b && mkdir d && ln a d/c
 echo downloaded > x && setfattr -n user.Zone.Identifier -v '[ZoneTransfer]' x && setfattr -n user.bin -v 0x00ff01 x
+setfattr -n user.empty x && setfattr -n user.dirstream -v 'on a directory' d
 ln -s ../x d/rel && ln -s no/such/file dangling
 mkfifo fifo && mknod chr c 1 3 && mknod blk b 8 300
 echo unicode > "caf$(printf '\303\251') $(printf '\346\227\245').txt" && mkdir "Mixed Case Dir"
 dd if=/dev/urandom of=big bs=64K count=20 status=none
+setfattr -n user.big -v "0x$(head -c 60000 /dev/urandom | od -An -tx1 -v | tr -d ' \n')" big
 dd if=/dev/urandom of=sparse bs=64K count=2 seek=100 conv=notrunc status=none && truncate -s 16M sparse
 """;
 
@@ -279,6 +285,10 @@ printf 'x%.0s' $(seq 1 5000) > "Mixed Case Dir/deeper/deepest/long name with spa
     private static ProcessResult RunIn(Dictionary<string, string> environment, string tool, params string[] args) =>
         ProcessRunner.Run(Requires.Tool(tool), args, Long, environment: environment).EnsureSuccess(tool + " " + string.Join(' ', args));
 
+    /// <summary>Where a file system's rsync copy goes: an ext4 with ea_inode (a plain ext4 holds no 60 KB xattr value;
+    /// xfs would add its own trusted.SGI_ACL_* names to ACLs the copy sets).</summary>
+    public string Copy(string fs) => Path.Combine(copies, fs);
+
     public string Raw(string fs) => Path.Combine(mnt, "snapshots", "vm/201", Time, "files", Disks[fs] + ".img", "raw");
 
     public FidelityFilesystemsFixture()
@@ -294,6 +304,8 @@ printf 'x%.0s' $(seq 1 5000) > "Mixed Case Dir/deeper/deepest/long name with spa
         Directory.CreateDirectory(Dir.Combine("run"));
         mnt = Dir.Combine("mnt");
         Directory.CreateDirectory(mnt);
+        copies = Dir.Combine("copies");
+        Directory.CreateDirectory(copies);
         try
         {
             Build();
@@ -329,6 +341,10 @@ printf 'x%.0s' $(seq 1 5000) > "Mixed Case Dir/deeper/deepest/long name with spa
     private void Build()
     {
         var images = new Dictionary<string, string>(StringComparer.Ordinal);
+        var copiesImage = Image("copies", "400M");
+        Run("mkfs.ext4", "-q", "-F", "-O", "ea_inode", copiesImage);
+        Run("mount", "-o", "loop", copiesImage, copies);
+        hostMounts.Add(copies);
 
         // xfs (its minimum size is 300 MiB) and btrfs: the host kernel mounts them from loop devices.
         var xfs = images["xfs"] = Image("xfs", "320M");
@@ -336,6 +352,8 @@ printf 'x%.0s' $(seq 1 5000) > "Mixed Case Dir/deeper/deepest/long name with spa
         var src = HostMount("xfs");
         Run("mount", "-o", "loop", xfs, src);
         Run("bash", "-c", LinuxScript, "populate", src);
+        // A value too large to come inline in a listing (the host asks the xattrs endpoint); btrfs holds ~16 KiB at most.
+        Run("bash", "-c", "setfattr -n user.big -v \"0x$(head -c 60000 /dev/urandom | od -An -tx1 -v | tr -d ' \\n')\" \"$1/text\"", "big", src);
         Run("bash", "-c", TouchScript, "touch", src, "ns");
         Unmount(src);
         Run("mount", "-o", "loop,ro,norecovery", xfs, src);
