@@ -117,11 +117,12 @@ public sealed class FidelityFilesystemsFixture : IDisposable
     /// mode, uid/gid, symlink target, rdev, xattrs (ACLs included), hard-link groups. vfat and exFAT hold none of these
     /// (mode and owner come from mount options; no links, xattrs, devices); their mtimes are whole seconds (vfat: even
     /// ones). NTFS through ntfs-3g holds all of them but shows mode 0777 and owner root (no user mapping) on both sides.
+    /// <c>root</c>: the volume root's own row (rsync copies its attributes too); FAT and exFAT roots have no times.
     /// </summary>
     public static readonly Dictionary<string, string> Fields = new(StringComparer.Ordinal)
     {
-        ["xfs"] = "mode,owner,target,rdev,xattrs,links", ["btrfs"] = "mode,owner,target,rdev,xattrs,links",
-        ["vfat"] = "", ["exfat"] = "", ["ntfs"] = "mode,owner,target,rdev,xattrs,links",
+        ["xfs"] = "root,mode,owner,target,rdev,xattrs,links", ["btrfs"] = "root,mode,owner,target,rdev,xattrs,links",
+        ["vfat"] = "", ["exfat"] = "", ["ntfs"] = "root,mode,owner,target,rdev,xattrs,links",
     };
 
     private readonly Dictionary<string, string> env;
@@ -136,55 +137,60 @@ public sealed class FidelityFilesystemsFixture : IDisposable
 
     public Dictionary<string, string> ExpectedOnMount { get; } = new(StringComparer.Ordinal);
 
-    /// <summary>One line per entry below the root (lost+found left out), sorted; fields per argv[2]; link groups by first name.</summary>
+    /// <summary>One line per entry below the root (lost+found left out; the root itself as "." with <c>root</c>), sorted;
+    /// fields per argv[2]; link groups by first name.</summary>
     private const string ManifestScript = """
 import os, sys, stat, hashlib, errno
 root = os.fsencode(sys.argv[1])
 want = set(x for x in sys.argv[2].split(',') if x)
 rows = {}
 inodes = {}
-for top, dirs, files in os.walk(root):
-    for name in dirs + files:
-        p = os.path.join(top, name)
-        rel = os.path.relpath(p, root)
-        if rel == b'lost+found' or rel.startswith(b'lost+found/'):
-            continue
-        st = os.lstat(p)
-        f = [rel.hex(), oct(stat.S_IFMT(st.st_mode))]
-        if 'mode' in want:
-            f.append(oct(stat.S_IMODE(st.st_mode)))
-        if 'owner' in want:
-            f += [str(st.st_uid), str(st.st_gid)]
-        f.append(str(st.st_mtime_ns))
-        if stat.S_ISREG(st.st_mode):
-            f += [str(st.st_size), hashlib.sha256(open(p, 'rb').read()).hexdigest()]
-            if 'sparse' in want:
-                segs = []
-                fd = os.open(p, os.O_RDONLY)
-                off = 0
-                while True:
-                    try:
-                        d = os.lseek(fd, off, os.SEEK_DATA)
-                    except OSError as e:
-                        if e.errno != errno.ENXIO:
-                            raise
-                        break
-                    off = os.lseek(fd, d, os.SEEK_HOLE)
-                    segs.append('%d-%d' % (d, off))
-                os.close(fd)
-                f += ['blocks=%d' % st.st_blocks, 'data=' + ';'.join(segs)]
-            if st.st_nlink > 1 and 'links' in want:
-                inodes.setdefault((st.st_dev, st.st_ino), []).append(rel)
-        if stat.S_ISLNK(st.st_mode) and 'target' in want:
-            f.append(os.readlink(p).hex())
-        if (stat.S_ISBLK(st.st_mode) or stat.S_ISCHR(st.st_mode)) and 'rdev' in want:
-            f.append('%d:%d' % (os.major(st.st_rdev), os.minor(st.st_rdev)))
-        if 'xattrs' in want:
-            xs = []
-            for x in sorted(os.listxattr(p, follow_symlinks=False)):
-                xs.append(x + '=' + os.getxattr(p, x, follow_symlinks=False).hex())
-            f.append(','.join(xs))
-        rows[rel] = f
+def entries():
+    if 'root' in want:
+        yield root, b'.'
+    for top, dirs, files in os.walk(root):
+        for name in dirs + files:
+            p = os.path.join(top, name)
+            yield p, os.path.relpath(p, root)
+for p, rel in entries():
+    if rel == b'lost+found' or rel.startswith(b'lost+found/'):
+        continue
+    st = os.lstat(p)
+    f = [rel.hex(), oct(stat.S_IFMT(st.st_mode))]
+    if 'mode' in want:
+        f.append(oct(stat.S_IMODE(st.st_mode)))
+    if 'owner' in want:
+        f += [str(st.st_uid), str(st.st_gid)]
+    f.append(str(st.st_mtime_ns))
+    if stat.S_ISREG(st.st_mode):
+        f += [str(st.st_size), hashlib.sha256(open(p, 'rb').read()).hexdigest()]
+        if 'sparse' in want:
+            segs = []
+            fd = os.open(p, os.O_RDONLY)
+            off = 0
+            while True:
+                try:
+                    d = os.lseek(fd, off, os.SEEK_DATA)
+                except OSError as e:
+                    if e.errno != errno.ENXIO:
+                        raise
+                    break
+                off = os.lseek(fd, d, os.SEEK_HOLE)
+                segs.append('%d-%d' % (d, off))
+            os.close(fd)
+            f += ['blocks=%d' % st.st_blocks, 'data=' + ';'.join(segs)]
+        if st.st_nlink > 1 and 'links' in want:
+            inodes.setdefault((st.st_dev, st.st_ino), []).append(rel)
+    if stat.S_ISLNK(st.st_mode) and 'target' in want:
+        f.append(os.readlink(p).hex())
+    if (stat.S_ISBLK(st.st_mode) or stat.S_ISCHR(st.st_mode)) and 'rdev' in want:
+        f.append('%d:%d' % (os.major(st.st_rdev), os.minor(st.st_rdev)))
+    if 'xattrs' in want:
+        xs = []
+        for x in sorted(os.listxattr(p, follow_symlinks=False)):
+            xs.append(x + '=' + os.getxattr(p, x, follow_symlinks=False).hex())
+        f.append(','.join(xs))
+    rows[rel] = f
 for names in inodes.values():
     names.sort()
     for n in names:
