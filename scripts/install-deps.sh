@@ -10,6 +10,7 @@ packages=(
   xfsprogs btrfs-progs dosfstools mtools gdisk lvm2 e2fsprogs ntfs-3g  # test disk images
   busybox-static cpio lz4 xz-utils kmod  # restore image build
   fdisk cryptsetup-bin exfatprogs  # partition tables, LUKS and exFAT in the daemon's disk tests
+  exfat-fuse       # mount.exfat-fuse: exFAT on the host (its kernel has no exfat) in the fidelity tests
   rsync zstd file util-linux
   libssl3          # libcrypto.so.3: the fast AES-256-GCM path of encrypted backups
   acl attr         # setfacl/getfattr: xattr and ACL fidelity tests of the daemon
