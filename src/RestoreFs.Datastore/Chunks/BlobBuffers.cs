@@ -9,5 +9,5 @@ namespace RestoreFs.Datastore;
 /// </summary>
 public static class BlobBuffers
 {
-    public static ArrayPool<byte> Pool { get; } = ArrayPool<byte>.Create(maxArrayLength: 32 * 1024 * 1024, maxArraysPerBucket: 6);
+    public static ArrayPool<byte> Pool { get; } = ArrayPool<byte>.Create(maxArrayLength: 32 * 1024 * 1024, maxArraysPerBucket: 2);
 }

@@ -14,7 +14,7 @@ public sealed class ChunkMemory
     private readonly int spareLimit;
     private long used;
 
-    public ChunkMemory(long capacity, int spareBuffers = 4)
+    public ChunkMemory(long capacity, int spareBuffers = 2)
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(capacity);
         Capacity = capacity;

@@ -18,7 +18,7 @@ internal sealed class FuseSession
 {
     /// <summary>Reply buffers (READ, READDIR): a pool of a few arrays per size, so the memory of a burst of large reads
     /// is not kept for the life of the mount as the runtime's shared per-core pools would.</summary>
-    private static readonly ArrayPool<byte> ReplyBuffers = ArrayPool<byte>.Create(FuseConstants.OutHeaderSize + FuseConstants.MaxRead, 8);
+    private static readonly ArrayPool<byte> ReplyBuffers = ArrayPool<byte>.Create(FuseConstants.OutHeaderSize + FuseConstants.MaxRead, 4);
 
     private readonly FuseNode root;
     private readonly ILogger log;

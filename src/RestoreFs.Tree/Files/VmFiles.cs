@@ -415,6 +415,13 @@ public sealed class VmFiles : IFilesBackend, IAsyncDisposable
     /// <summary>Releases the state of every snapshot whose VM no longer runs.</summary>
     public void Sweep()
     {
+        if (log.IsEnabled(LogLevel.Debug))
+        {
+            var gc = GC.GetGCMemoryInfo();
+            log.LogDebug("Memory: heap {Heap} MiB (fragmented {Fragmented} MiB, committed {Committed} MiB), chunk cache {Chunks} MiB, files/ content {Content} MiB, map units {Maps}, sessions {Sessions}",
+                gc.HeapSizeBytes >> 20, gc.FragmentedBytes >> 20, gc.TotalCommittedBytes >> 20, context.ChunkMemory.Used >> 20, cache.Bytes >> 20, MapUnits, sessions.Count);
+        }
+
         var released = 0;
         foreach (var vm in sessions.Keys)
         {
