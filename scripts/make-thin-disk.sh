@@ -4,7 +4,8 @@
 #   thin.img   GPT: partition 1 an LVM PV → VG vgthin with a thin pool "pool" (64 KiB chunks) holding
 #              thin LV "home" (ext4), thin LV "srv" (xfs) and thin snapshot "home-snap" of home (taken before home
 #              changed: some chunks shared with home, some its own; activation-skip flag set, as lvcreate does)
-#   expected/{home,home-snap,srv}/  the trees each thin LV holds
+#              and a plain linear LV "root" (ext4) next to the pool, as Proxmox lays out pve/root beside pve/data
+#   expected/{home,home-snap,srv,root}/  the trees each LV holds
 # LVM cannot create a thin pool without device-mapper, so the VG metadata is written as LVM text and restored with
 # vgcfgrestore, the pool metadata is written by thin_restore from XML, and each file system image's non-zero chunks
 # are placed at their data blocks (chunks equal in home and home-snap share one data block; zero chunks stay
@@ -30,7 +31,7 @@ export E2FSPROGS_FAKE_TIME=1714557600
 prng() { python3 -c "import random,sys; sys.stdout.buffer.write(random.Random($1).randbytes($2))"; }
 
 exp=$out/expected
-rm -rf "$exp"; mkdir -p "$exp"/{home,home-snap,srv}
+rm -rf "$exp"; mkdir -p "$exp"/{home,home-snap,srv,root}
 # home-snap: the state when the snapshot was taken; home: changed afterwards (a file rewritten, one added, one removed)
 t=$exp/home-snap
 mkdir -p "$t/alice/docs" "$t/bob" "$t/many"
@@ -48,6 +49,7 @@ t=$exp/srv
 mkdir -p "$t/www/deep"
 echo "<h1>served from a thin LV</h1>" > "$t/www/index.html"
 prng 13 1200000 > "$t/www/deep/archive.tar"
+mkdir -p "$exp/root/etc"; echo "thin-host" > "$exp/root/etc/hostname"
 find "$exp" -exec touch -h -d 2024-04-01T08:00:00Z {} +
 
 chunk=$((64 * 1024))
@@ -64,6 +66,9 @@ write $exp/home/alice/docs/notes.txt notes.txt
 cd /bob
 write $exp/home/bob/new.bin new.bin
 EOF
+truncate -s 8M "$work/root.img"
+mkfs.ext4 -q -F -L thin-root -U 7d1e2f3a-4b5c-4d6e-8f70-665544332211 -E hash_seed=1f2e3d4c-5b6a-4978-8a9b-ffeeddccbbaa \
+  -d "$exp/root" "$work/root.img"
 truncate -s 320M "$work/srv.img"
 mkfs.xfs -q -f -L thin-srv -m uuid=3a4b5c6d-7e8f-4a0b-9c1d-2e3f4a5b6c7d "$work/srv.img"
 mnt=$work/mnt; mkdir -p "$mnt"
@@ -71,7 +76,7 @@ mount -o loop "$work/srv.img" "$mnt"; cp -a "$exp/srv/." "$mnt/"; umount "$mnt";
 # debugfs writes files with the current time and mode 0644 owned by root: make the expected tree say the same by
 # reading the ext4 back through a loop mount
 mnt=$work/mnt
-for v in home home-snap; do
+for v in home home-snap root; do
   mount -o ro,loop,noload "$work/$v.img" "$mnt"
   rm -rf "$exp/$v"; mkdir -p "$exp/$v"; cp -a "$mnt/." "$exp/$v/"; rm -rf "$exp/$v/lost+found"
   umount "$mnt"
@@ -133,7 +138,8 @@ truncate -s 4M "$work/tmeta.bin"
 thin_restore -q -i "$work/meta.xml" -o "$work/tmeta.bin"
 
 # thin.img: GPT, partition 1 = the PV (1 MiB alignment), big enough for spare + metadata + data extents
-pv_mib=$(( (data_extents + 2) * 4 + 8 ))
+root_pe=$((data_extents + 2))
+pv_mib=$(( (root_pe + 2) * 4 + 8 ))
 img=$out/thin.img
 rm -f "$img"; truncate -s $(( pv_mib + 2 ))M "$img"
 sgdisk -U 5a6b7c8d-9e0f-4a1b-8c2d-3e4f5a6b7c8d -n 1:2048:0 -t 1:8e00 -c 1:lvm -u 1:5a6b7c8d-0001-4a1b-8c2d-3e4f5a6b7c8d "$img" >/dev/null
@@ -146,7 +152,7 @@ quiet lvm vgcreate --config "$conf" -s 4M vgthin "$loop"
 quiet lvm vgcfgbackup --config "$conf" -f "$work/vg.txt" vgthin
 pe_start=$(lvm pvs --config "$conf" --readonly --noheadings --units b --nosuffix -o pe_start "$loop" 2>/dev/null | tr -d ' ')
 pe_count=$(lvm pvs --config "$conf" --readonly --noheadings -o pv_pe_count "$loop" 2>/dev/null | tr -d ' ')
-[ "$pe_count" -ge $((data_extents + 2)) ] || { echo "make-thin-disk: PV too small ($pe_count extents)" >&2; exit 1; }
+[ "$pe_count" -ge $((root_pe + 2)) ] || { echo "make-thin-disk: PV too small ($pe_count extents)" >&2; exit 1; }
 # The VG as lvcreate would have left it: pool (+ hidden _tmeta at extent 1, _tdata from extent 2, a metadata spare at
 # extent 0), thin LVs 1 (home), 2 (srv), 3 (home-snap, origin home).
 lv() { # NAME STATUS FLAGS EXTENTS SEGMENT-BODY
@@ -160,6 +166,7 @@ lvs_text=$(
   lv home "$vis" "" "$thin_extents" "$(printf '\t\t\t\ttype = "thin"\n\t\t\t\tthin_pool = "pool"\n\t\t\t\ttransaction_id = 0\n\t\t\t\tdevice_id = 1')" 2
   lv srv "$vis" "" "$srv_extents" "$(printf '\t\t\t\ttype = "thin"\n\t\t\t\tthin_pool = "pool"\n\t\t\t\ttransaction_id = 1\n\t\t\t\tdevice_id = 2')" 3
   lv home-snap "$vis" '"ACTIVATION_SKIP"' "$thin_extents" "$(printf '\t\t\t\ttype = "thin"\n\t\t\t\tthin_pool = "pool"\n\t\t\t\ttransaction_id = 2\n\t\t\t\tdevice_id = 3\n\t\t\t\torigin = "home"')" 4
+  lv root "$vis" "" 2 "$(printf '\t\t\t\ttype = "striped"\n\t\t\t\tstripe_count = 1\n\n\t\t\t\tstripes = [\n\t\t\t\t\t"pv0", %s\n\t\t\t\t]' "$root_pe")" 8
   lv lvol0_pmspare "$rw" "" 1 "$(printf '\t\t\t\ttype = "striped"\n\t\t\t\tstripe_count = 1\n\n\t\t\t\tstripes = [\n\t\t\t\t\t"pv0", 0\n\t\t\t\t]')" 5
   lv pool_tmeta "$rw" "" 1 "$(printf '\t\t\t\ttype = "striped"\n\t\t\t\tstripe_count = 1\n\n\t\t\t\tstripes = [\n\t\t\t\t\t"pv0", 1\n\t\t\t\t]')" 6
   lv pool_tdata "$rw" "" "$data_extents" "$(printf '\t\t\t\ttype = "striped"\n\t\t\t\tstripe_count = 1\n\n\t\t\t\tstripes = [\n\t\t\t\t\t"pv0", 2\n\t\t\t\t]')" 7
@@ -180,4 +187,5 @@ pv_offset=$((start * 512 + pe_start))
 [ $((pv_offset % 65536)) = 0 ] || { echo "make-thin-disk: the PV's extents do not start on a 64 KiB boundary" >&2; exit 1; }
 dd if="$work/tmeta.bin" of="$img" bs=64K seek=$(( (pv_offset + extent) / 65536 )) conv=notrunc status=none
 dd if="$work/data.bin" of="$img" bs=64K seek=$(( (pv_offset + 2 * extent) / 65536 )) conv=notrunc status=none
-echo "thin disk in $out/thin.img: VG vgthin, thin pool with home (ext4), srv (xfs), home-snap (snapshot of home)"
+dd if="$work/root.img" of="$img" bs=64K seek=$(( (pv_offset + root_pe * extent) / 65536 )) conv=notrunc status=none
+echo "thin disk in $out/thin.img: VG vgthin, thin pool with home (ext4), srv (xfs), home-snap (snapshot of home); linear root (ext4)"
