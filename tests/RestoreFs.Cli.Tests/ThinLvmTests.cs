@@ -66,13 +66,15 @@ public sealed class ThinLvmTests(ThinLvmFixture f) : IClassFixture<ThinLvmFixtur
     public void Rsync_of_each_thin_volume_equals_its_source(string lv)
     {
         var copy = f.Dir.Combine("out-" + lv);
+        var volume = Path.Combine(f.Disk, "lvm/vgthin", lv);
+        Assert.False(File.Exists(volume + ".error"), $"{lv}: {(File.Exists(volume + ".error") ? File.ReadAllText(volume + ".error") : "")}");
         Run("rsync", "-a", "--exclude=/lost+found", Path.Combine(f.Disk, "lvm/vgthin", lv) + "/", copy + "/");
         // Nothing to change (contents by checksum, modes, mtimes, symlinks, owners) means equal; the root's own mtime
         // is the file system's.
         var changes = string.Join('\n', Run("rsync", "-ai", "--dry-run", "--checksum", "--delete", copy + "/", Path.Combine(f.Expected, lv) + "/").StdOut
             .Split('\n', StringSplitOptions.RemoveEmptyEntries).Where(l => !l.EndsWith(" ./", StringComparison.Ordinal)));
         Assert.True(changes.Length == 0, $"{lv} differs:\n{changes}");
-        Assert.True(Directory.EnumerateFileSystemEntries(copy, "*", SearchOption.AllDirectories).Count() > 3, $"{lv} is (nearly) empty");
+        Assert.True(Directory.EnumerateFileSystemEntries(copy, "*", SearchOption.AllDirectories).Count() >= 2, $"{lv} is empty");
     }
 
     [Fact]

@@ -29,12 +29,20 @@ public sealed partial class DiskCatalog
             return results;
         }
 
-        WaitForReadyFile($"the device-mapper targets of the thin volumes of {vg}");
+        // Only linear (built into dm-mod) and zero (an early module: tiny, and no wait for the late ones) are needed.
         var pools = new Dictionary<string, (ThinMetadata? Metadata, string? Error)>(StringComparer.Ordinal);
         var streams = new Dictionary<string, FileStream>(StringComparer.Ordinal); // metadata reads, open while mapping
         try
         {
             MapAll();
+            if (results.Values.Any(r => r.Error is null))
+            {
+                var nodes = Tool.Run("dmsetup", ["mknodes"], TimeSpan.FromSeconds(30));
+                if (!nodes.Ok)
+                {
+                    log($"dmsetup mknodes: {nodes.FirstLine}");
+                }
+            }
         }
         finally
         {
@@ -195,7 +203,8 @@ public sealed partial class DiskCatalog
         return new ThinResult(null, pieces.Count <= MaxThinPlacementRuns ? pieces : null);
     }
 
-    /// <summary>A read-only device-mapper device from a table (dmsetup; no udev: dmsetup makes the node).</summary>
+    /// <summary>A read-only device-mapper device from a table (dmsetup; without udev its node comes from
+    /// <c>dmsetup mknodes</c>, run once for all by <see cref="MapThinVolumes"/>: every process costs under TCG).</summary>
     private void CreateDevice(string name, string table)
     {
         var file = Path.Combine(Path.GetTempPath(), $"restorefs-dm-{Environment.ProcessId}-{name}.table");
@@ -211,12 +220,6 @@ public sealed partial class DiskCatalog
             lock (gate)
             {
                 dmDevices.Add(name);
-            }
-
-            var nodes = Tool.Run("dmsetup", ["mknodes", name], TimeSpan.FromSeconds(30));
-            if (!nodes.Ok)
-            {
-                log($"dmsetup mknodes {name}: {nodes.FirstLine}");
             }
         }
         finally
