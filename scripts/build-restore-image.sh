@@ -23,7 +23,8 @@ fi
 [ -n "$kver_pkg" ] || { log "cannot resolve the bookworm kernel package"; exit 1; }
 # lvm2 and the libraries it needs beyond a base Debian system (libc, libudev, libselinux… come from the host's
 # loader resolution below)
-pkgs=("$kver_pkg" busybox-static lvm2 libdevmapper1.02.1 libdevmapper-event1.02.1 libaio1 ntfs-3g libntfs-3g89)
+# dmsetup: thin LVs are mapped from their pool's metadata into tables of linear/zero targets (no thin-pool target).
+pkgs=("$kver_pkg" busybox-static lvm2 libdevmapper1.02.1 libdevmapper-event1.02.1 libaio1 ntfs-3g libntfs-3g89 dmsetup)
 log "packages: ${pkgs[*]}"
 ( cd "$cache/debs"
   for p in "${pkgs[@]}"; do
@@ -93,6 +94,11 @@ for candidate in "$work"/pkg/sbin/lvm "$work"/pkg/usr/sbin/lvm; do [ -x "$candid
 install -m 755 "$lvm_bin" "$root/sbin/lvm"
 copy_libs "$lvm_bin"
 for t in pvs lvs vgs vgchange vgmknodes vgscan lvchange; do ln -sf lvm "$root/sbin/$t"; done
+dmsetup_bin=""
+for candidate in "$work"/pkg/sbin/dmsetup "$work"/pkg/usr/sbin/dmsetup; do [ -x "$candidate" ] && { dmsetup_bin=$candidate; break; }; done
+[ -n "$dmsetup_bin" ] || { log "dmsetup binary not found"; exit 1; }
+install -m 755 "$dmsetup_bin" "$root/sbin/dmsetup"
+copy_libs "$dmsetup_bin"
 # NTFS: Debian 12's kernel has no ntfs3, so ntfs-3g over FUSE
 ntfs_bin=""
 for candidate in "$work"/pkg/bin/ntfs-3g "$work"/pkg/usr/bin/ntfs-3g; do [ -x "$candidate" ] && { ntfs_bin=$candidate; break; }; done

@@ -321,6 +321,7 @@ public sealed partial class DiskCatalog
             loops.Clear();
         }
 
+        RemoveDevices();
         foreach (var lv in lvs)
         {
             var r = lvm!.Deactivate(lv);

@@ -489,7 +489,18 @@ public sealed partial class DiskCatalog : IVolumeCatalog, IDisposable, IAsyncDis
                 continue;
             }
 
-            var errors = ActivateGroup(vg, usable);
+            // Thin LVs are mapped from their pool's metadata (DiskCatalog.Thin.cs); LVM activates the others.
+            var thin = usable.Where(l => l.IsThin).ToList();
+            var errors = ActivateGroup(vg, usable.Where(l => !l.IsThin).ToList(), restrict: thin.Count > 0);
+            var thinMapped = MapThinVolumes(vg, thin, lvs, segments);
+            foreach (var (name, mapped) in thinMapped)
+            {
+                if (mapped.Error is not null)
+                {
+                    errors[name] = mapped.Error;
+                }
+            }
+
             foreach (var lv in usable)
             {
                 string? type = null;
@@ -516,7 +527,7 @@ public sealed partial class DiskCatalog : IVolumeCatalog, IDisposable, IAsyncDis
                     disk.Volumes.Add(new VolumeInfo(disk.Name, "lvm", [lv.VolumeGroup, lv.Name], lv.DmPath, lv.Size, type)
                     {
                         Error = error,
-                        Placement = LvPlacement(segments.GetValueOrDefault(lv.FullName), disk, byDevice),
+                        Placement = LvPlacement(lv.IsThin ? thinMapped.GetValueOrDefault(lv.Name)?.Segments : segments.GetValueOrDefault(lv.FullName), disk, byDevice),
                     });
                 }
             }
@@ -532,16 +543,22 @@ public sealed partial class DiskCatalog : IVolumeCatalog, IDisposable, IAsyncDis
     }
 
     /// <summary>Activates a group read-only; the error per logical volume that did not come up.</summary>
-    private Dictionary<string, string> ActivateGroup(string vg, List<LvmLogicalVolume> lvs)
+    /// <param name="restrict">Activate only <paramref name="lvs"/> (the group has volumes LVM must not activate).</param>
+    private Dictionary<string, string> ActivateGroup(string vg, List<LvmLogicalVolume> lvs, bool restrict)
     {
         var errors = new Dictionary<string, string>(StringComparer.Ordinal);
+        if (lvs.Count == 0)
+        {
+            return errors;
+        }
+
         if (lvs.Any(l => l.NeedsExtraTargets))
         {
             WaitForReadyFile($"the device-mapper targets of {vg} ({string.Join(", ", lvs.Select(l => l.SegmentTypes).Distinct())})");
         }
 
         var before = lvs.Where(l => File.Exists(l.DmPath)).Select(l => l.Name).ToHashSet(StringComparer.Ordinal);
-        var result = lvm!.Activate(vg);
+        var result = lvm!.Activate(vg, restrict ? lvs.Select(l => l.FullName).ToList() : null);
         foreach (var lv in lvs)
         {
             if (File.Exists(lv.DmPath))

@@ -15,8 +15,27 @@ internal sealed record LvmLogicalVolume(string VolumeGroup, string Name, ulong S
 {
     public string FullName => VolumeGroup + "/" + Name;
 
-    /// <summary>Thin pools, VDO pools and the internal volumes of RAID, mirrors and caches hold no file system of their own.</summary>
-    public bool HoldsFileSystem => Attributes.Length == 0 || Attributes[0] is not ('t' or 'd' or 'e' or 'i' or 'I' or 'l' or 'L' or 'C');
+    /// <summary>An internal volume (lvs -a shows it in brackets: <c>[pool_tmeta]</c>); <see cref="Name"/> is without them.</summary>
+    public bool Hidden { get; init; }
+
+    /// <summary>Thin LV: its pool, its device id in the pool and its origin (thin snapshot or external origin), else empty.</summary>
+    public string PoolLv { get; init; } = "";
+
+    public ulong ThinId { get; init; }
+
+    public string Origin { get; init; } = "";
+
+    /// <summary>Thin pool: its data and metadata LVs (without brackets) and its chunk size in bytes.</summary>
+    public string DataLv { get; init; } = "";
+
+    public string MetadataLv { get; init; } = "";
+
+    public ulong ChunkSize { get; init; }
+
+    public bool IsThin => SegmentTypes == "thin";
+
+    /// <summary>Thin pools, VDO pools and the internal volumes of RAID, mirrors, caches and pools hold no file system of their own.</summary>
+    public bool HoldsFileSystem => !Hidden && (Attributes.Length == 0 || Attributes[0] is not ('t' or 'T' or 'd' or 'D' or 'e' or 'i' or 'I' or 'l' or 'L' or 'C'));
 
     /// <summary>Needs a device-mapper target beyond linear/striped (those modules may still be loading in the VM).</summary>
     public bool NeedsExtraTargets => SegmentTypes.Split(',').Any(t => t is not ("linear" or "striped" or ""));
@@ -32,7 +51,7 @@ internal sealed class Lvm(IReadOnlyCollection<string> devices, Action<string> lo
 {
     private static readonly TimeSpan Limit = TimeSpan.FromSeconds(60);
 
-    public string Config(IEnumerable<string>? readOnlyGroups = null)
+    public string Config(IEnumerable<string>? readOnlyGroups = null, IEnumerable<string>? onlyVolumes = null)
     {
         var filter = string.Join(", ", devices.Select(d => $"\"a|^{EscapeRegex(d)}$|\"").Append("\"r|.*|\""));
         var config = new StringBuilder()
@@ -45,7 +64,14 @@ internal sealed class Lvm(IReadOnlyCollection<string> devices, Action<string> lo
         var groups = (readOnlyGroups ?? []).ToList();
         config.Append(" read_only_volume_list = [ ")
             .Append(string.Join(", ", (groups.Count == 0 ? ["@restorefs-none"] : groups).Select(g => $"\"{g}\"")))
-            .Append(" ] } log { level = 0 }");
+            .Append(" ]");
+        if (onlyVolumes is not null)
+        {
+            // volume_list: only these (vg/lv) are activated; thin volumes are mapped by ThinVolumes instead.
+            config.Append(" volume_list = [ ").Append(string.Join(", ", onlyVolumes.Select(v => $"\"{v}\""))).Append(" ]");
+        }
+
+        config.Append(" } log { level = 0 }");
         return config.ToString();
     }
 
@@ -87,8 +113,10 @@ internal sealed class Lvm(IReadOnlyCollection<string> devices, Action<string> lo
 
     public IReadOnlyList<LvmLogicalVolume> LogicalVolumes()
     {
-        var r = Run("lvs", "--readonly", "--config", Config(), "--reportformat", "json", "--units", "b", "--nosuffix",
-            "-o", "vg_name,lv_name,lv_size,lv_attr,lv_dm_path,segtype,seg_start,seg_size,stripes,seg_pe_ranges,vg_extent_size");
+        // -a: the internal volumes too (a thin pool's data and metadata LVs are read directly, see ThinVolumes).
+        var r = Run("lvs", "-a", "--readonly", "--config", Config(), "--reportformat", "json", "--units", "b", "--nosuffix",
+            "-o", "vg_name,lv_name,lv_size,lv_attr,lv_dm_path,segtype,seg_start,seg_size,stripes,seg_pe_ranges,vg_extent_size,"
+                  + "pool_lv,thin_id,origin,data_lv,metadata_lv,chunk_size");
         if (!r.Ok)
         {
             throw new IOException($"lvm lvs failed: {r.FirstLine}");
@@ -101,7 +129,7 @@ internal sealed class Lvm(IReadOnlyCollection<string> devices, Action<string> lo
         foreach (var row in Rows(r.Out, "lv"))
         {
             var vg = row.GetValueOrDefault("vg_name") ?? "";
-            var name = row.GetValueOrDefault("lv_name") ?? "";
+            var name = Unbracket(row.GetValueOrDefault("lv_name"));
             if (vg.Length == 0 || name.Length == 0)
             {
                 continue;
@@ -114,7 +142,18 @@ internal sealed class Lvm(IReadOnlyCollection<string> devices, Action<string> lo
                 dm = "/dev/mapper/" + vg.Replace("-", "--", StringComparison.Ordinal) + "-" + name.Replace("-", "--", StringComparison.Ordinal);
             }
 
-            var lv = new LvmLogicalVolume(vg, name, size, row.GetValueOrDefault("lv_attr") ?? "", dm, row.GetValueOrDefault("segtype") ?? "");
+            _ = ulong.TryParse(row.GetValueOrDefault("thin_id"), NumberStyles.None, CultureInfo.InvariantCulture, out var thinId);
+            _ = ulong.TryParse(row.GetValueOrDefault("chunk_size"), NumberStyles.None, CultureInfo.InvariantCulture, out var chunk);
+            var lv = new LvmLogicalVolume(vg, name, size, row.GetValueOrDefault("lv_attr") ?? "", dm, row.GetValueOrDefault("segtype") ?? "")
+            {
+                Hidden = (row.GetValueOrDefault("lv_name") ?? "").StartsWith('['),
+                PoolLv = Unbracket(row.GetValueOrDefault("pool_lv")),
+                ThinId = thinId,
+                Origin = Unbracket(row.GetValueOrDefault("origin")),
+                DataLv = Unbracket(row.GetValueOrDefault("data_lv")),
+                MetadataLv = Unbracket(row.GetValueOrDefault("metadata_lv")),
+                ChunkSize = chunk,
+            };
             var existing = result.FindIndex(x => x.VolumeGroup == vg && x.Name == name);
             if (existing >= 0)
             {
@@ -128,6 +167,9 @@ internal sealed class Lvm(IReadOnlyCollection<string> devices, Action<string> lo
 
         return result;
     }
+
+    private static string Unbracket(string? name) =>
+        name is ['[', .. var inner, ']'] ? inner : name ?? "";
 
     /// <summary>
     /// From the reports of <see cref="PhysicalVolumes"/> and <see cref="LogicalVolumes"/> (one row per segment):
@@ -147,7 +189,7 @@ internal sealed class Lvm(IReadOnlyCollection<string> devices, Action<string> lo
         var result = new Dictionary<string, List<(long, string, long, long)>?>(StringComparer.Ordinal);
         foreach (var row in Rows(lvReport, "lv"))
         {
-            var key = (row.GetValueOrDefault("vg_name") ?? "") + "/" + (row.GetValueOrDefault("lv_name") ?? "");
+            var key = (row.GetValueOrDefault("vg_name") ?? "") + "/" + Unbracket(row.GetValueOrDefault("lv_name"));
             if (result.TryGetValue(key, out var known) && known is null)
             {
                 continue;
@@ -196,9 +238,10 @@ internal sealed class Lvm(IReadOnlyCollection<string> devices, Action<string> lo
     }
 
     /// <summary>Activates a volume group's logical volumes read-only and makes their nodes; the tool's complaint on failure.</summary>
-    public ToolResult Activate(string vg)
+    /// <param name="onlyVolumes">When given, only these logical volumes (vg/lv) are activated.</param>
+    public ToolResult Activate(string vg, IReadOnlyCollection<string>? onlyVolumes = null)
     {
-        var config = Config([vg]);
+        var config = Config([vg], onlyVolumes);
         var r = Run("vgchange", "--config", config, "-ay", "-K", "--ignoremonitoring", "--noudevsync", vg);
         var nodes = Run("vgmknodes", "--config", config, vg);
         if (!nodes.Ok)
