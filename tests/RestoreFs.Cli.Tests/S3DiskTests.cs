@@ -165,6 +165,48 @@ public sealed class S3DiskTests(S3DiskFixture s3) : IClassFixture<S3DiskFixture>
     }
 
     [Fact]
+    public void Damaged_chunk_cache_entries_are_fetched_again_and_the_image_stays_byte_identical()
+    {
+        var cache = work.Combine("cache-damage");
+        var mnt = work.Combine("mnt-cache");
+        Directory.CreateDirectory(mnt);
+        var image = Path.Combine(mnt, "snapshots", "vm", "150", S3DiskFixture.Time, "drive-scsi0.img");
+        void ReadThroughAMount()
+        {
+            s3.Cli(TimeSpan.FromSeconds(60), "mount", s3.Remote, mnt, "--no-vm", "--cache-dir", cache);
+            try
+            {
+                Assert.Equal(Sha256Of(s3.Disk), Sha256Of(image));
+            }
+            finally
+            {
+                // The unmount lets the background writer finish: the cache is complete afterwards.
+                s3.TryCli(TimeSpan.FromSeconds(60), "umount", mnt);
+                MountTable.LazyUnmount(mnt);
+            }
+        }
+
+        ReadThroughAMount();
+        var entries = Directory.GetFiles(Path.Combine(cache, "chunks"), "*", SearchOption.AllDirectories);
+        Assert.NotEmpty(entries);
+        var good = entries.ToDictionary(e => e, File.ReadAllBytes);
+        foreach (var entry in entries)
+        {
+            // One bit in the middle of every entry: the CRC and the digest no longer match.
+            var bytes = File.ReadAllBytes(entry);
+            bytes[bytes.Length / 2] ^= 0x10;
+            File.WriteAllBytes(entry, bytes);
+        }
+
+        ReadThroughAMount();
+        foreach (var (entry, bytes) in good)
+        {
+            Assert.True(File.Exists(entry), $"{entry} was not stored again");
+            Assert.Equal(bytes, File.ReadAllBytes(entry));
+        }
+    }
+
+    [Fact]
     public void Files_of_an_S3_snapshot_list_and_read_through_the_restore_vm()
     {
         Requires.Tool("qemu-system-x86_64");
