@@ -30,6 +30,22 @@ public sealed class ChunkStore
         return Path.Combine(Directory, hex[..4], hex);
     }
 
+    /// <summary>The asynchronous chunk path of a store in object storage, null for a local directory.</summary>
+    internal IAsyncChunkFiles? Remote => files.Value as IAsyncChunkFiles;
+
+    /// <summary>
+    /// Fetches a chunk from object storage and hands its bytes to <paramref name="decode"/> (which verifies them);
+    /// <see cref="ChunkMissingException"/> when the chunk does not exist.
+    /// </summary>
+    internal async ValueTask DecodeRemoteAsync(IAsyncChunkFiles remote, byte[] digest, long imageOffset, ChunkBlobDecoder decode, CancellationToken ct = default)
+    {
+        var hex = Convert.ToHexStringLower(digest);
+        if (!await remote.ReadChunkAsync(hex, decode, ct).ConfigureAwait(false))
+        {
+            throw new ChunkMissingException("chunk is missing from the chunk store", PathOf(digest), imageOffset, hex);
+        }
+    }
+
     /// <summary>Reads a chunk file into a new array; read-only, never touches the store otherwise.</summary>
     public byte[] Read(ReadOnlySpan<byte> digest, long imageOffset)
     {

@@ -20,6 +20,7 @@ public sealed class ImageReader : IDisposable
 {
     private readonly FixedIndex index;
     private readonly ChunkStore chunks;
+    private readonly IAsyncChunkFiles? remote;
     private readonly CryptConfig? key;
     private readonly bool encrypted;
     private readonly ImageReaderOptions options;
@@ -44,6 +45,7 @@ public sealed class ImageReader : IDisposable
     {
         this.index = index;
         this.chunks = chunks;
+        remote = chunks.Remote;
         this.key = key;
         this.encrypted = encrypted;
         this.options = options ?? new ImageReaderOptions();
@@ -189,7 +191,8 @@ public sealed class ImageReader : IDisposable
 
             if (mine is not null)
             {
-                return Load(chunk, mine, forCaller: true) ?? await mine.Task.ConfigureAwait(false);
+                return (remote is not null ? await LoadRemoteAsync(remote, chunk, mine, forCaller: true).ConfigureAwait(false) : Load(chunk, mine, forCaller: true))
+                    ?? await mine.Task.ConfigureAwait(false);
             }
 
             var buffer = await running.ConfigureAwait(false);
@@ -221,20 +224,14 @@ public sealed class ImageReader : IDisposable
     /// <summary>Decodes a chunk into a pooled buffer and caches it. Returns the buffer with a caller reference when asked.</summary>
     private ChunkBuffer? Load(int chunk, TaskCompletionSource<ChunkBuffer> completion, bool forCaller)
     {
-        var buffer = new ChunkBuffer(memory.Rent(index.ChunkSize));
+        var buffer = RentBuffer();
         try
         {
             Decode(chunk, buffer.Data.AsSpan(0, index.ChunkLength(chunk)));
         }
         catch (Exception e)
         {
-            lock (gate)
-            {
-                inflight.Remove(chunk);
-            }
-
-            memory.Return(buffer.Data);
-            completion.SetException(e);
+            Fail(chunk, buffer, completion, e);
             if (forCaller)
             {
                 throw;
@@ -243,22 +240,38 @@ public sealed class ImageReader : IDisposable
             return null;
         }
 
-        lock (gate)
+        return Finish(chunk, buffer, completion, forCaller);
+    }
+
+    /// <summary>
+    /// <see cref="Load"/> for a store in object storage: the fetch holds no thread while it waits, the bytes are
+    /// decoded (and verified) where they arrived.
+    /// </summary>
+    private async Task<ChunkBuffer?> LoadRemoteAsync(IAsyncChunkFiles remote, int chunk, TaskCompletionSource<ChunkBuffer> completion, bool forCaller)
+    {
+        var buffer = RentBuffer();
+        try
         {
-            inflight.Remove(chunk);
-            buffer.Chunk = chunk;
-            buffer.Refs = forCaller ? 1 : 0;
-            Insert(chunk, buffer);
-            if (buffer.Refs == 0)
+            var offset = (long)chunk * index.ChunkSize;
+            var digest = index.Digest(chunk).ToArray();
+            var length = index.ChunkLength(chunk);
+            var path = chunks.PathOf(digest);
+            await chunks.DecodeRemoteAsync(remote, digest, offset,
+                blob => DataBlob.DecodeChunk(blob, key, encrypted, buffer.Data.AsSpan(0, length), digest, path, offset, options.VerifyDigests)).ConfigureAwait(false);
+            Interlocked.Add(ref decodedBytes, length);
+        }
+        catch (Exception e)
+        {
+            Fail(chunk, buffer, completion, e);
+            if (forCaller)
             {
-                buffer.Chunk = -1;
-                memory.Return(buffer.Data);
+                throw;
             }
+
+            return null;
         }
 
-        memory.Trim();
-        completion.SetResult(buffer);
-        return forCaller ? buffer : null;
+        return Finish(chunk, buffer, completion, forCaller);
     }
 
     private void Decode(int chunk, Span<byte> destination)
@@ -276,6 +289,39 @@ public sealed class ImageReader : IDisposable
         }
 
         Interlocked.Add(ref decodedBytes, destination.Length);
+    }
+
+    private ChunkBuffer RentBuffer() => new(memory.Rent(index.ChunkSize));
+
+    private void Fail(int chunk, ChunkBuffer buffer, TaskCompletionSource<ChunkBuffer> completion, Exception e)
+    {
+        lock (gate)
+        {
+            inflight.Remove(chunk);
+        }
+
+        memory.Return(buffer.Data);
+        completion.SetException(e);
+    }
+
+    private ChunkBuffer? Finish(int chunk, ChunkBuffer buffer, TaskCompletionSource<ChunkBuffer> completion, bool forCaller)
+    {
+        lock (gate)
+        {
+            inflight.Remove(chunk);
+            buffer.Chunk = chunk;
+            buffer.Refs = forCaller ? 1 : 0;
+            Insert(chunk, buffer);
+            if (buffer.Refs == 0)
+            {
+                buffer.Chunk = -1;
+                memory.Return(buffer.Data);
+            }
+        }
+
+        memory.Trim();
+        completion.SetResult(buffer);
+        return forCaller ? buffer : null;
     }
 
     /// <summary>Under the lock: caches a freshly decoded buffer (the cache holds one reference) and evicts the oldest.</summary>
@@ -351,8 +397,18 @@ public sealed class ImageReader : IDisposable
             var target = next;
             ThreadPool.UnsafeQueueUserWorkItem(_ =>
             {
-                Load(target, completion, forCaller: false);
-                _ = completion.Task.Exception; // a failed read-ahead is reported to the reader that asks for the chunk
+                if (remote is not null)
+                {
+                    // Starts the GET and gives this thread back; decoding runs where the answer arrives.
+                    _ = LoadRemoteAsync(remote, target, completion, forCaller: false);
+                    _ = completion.Task.ContinueWith(t => _ = t.Exception, CancellationToken.None,
+                        TaskContinuationOptions.OnlyOnFaulted | TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+                }
+                else
+                {
+                    Load(target, completion, forCaller: false);
+                    _ = completion.Task.Exception; // a failed read-ahead is reported to the reader that asks for the chunk
+                }
             }, null);
         }
     }

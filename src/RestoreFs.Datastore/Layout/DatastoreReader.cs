@@ -77,7 +77,7 @@ public sealed class DatastoreReader
             }
 
             var source = new S3.S3StoreSource(client, location, cache, options.ListingRefresh, ownsClient: true);
-            return Open(new S3StoreFiles(source, options.OperationTimeout), location.ToString(), logs);
+            return Open(new S3StoreFiles(source, options.OperationTimeout, logs), location.ToString(), logs);
         }
         catch (OperationCanceledException e)
         {

@@ -1,4 +1,8 @@
+using System.Buffers;
 using System.Collections.Concurrent;
+using System.Threading.Channels;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
 using RestoreFs.Datastore.S3;
 
 namespace RestoreFs.Datastore;
@@ -9,11 +13,23 @@ namespace RestoreFs.Datastore;
 /// <c>STORE/.chunks/&lt;4 hex&gt;/&lt;digest&gt;</c> through the local chunk cache. Reads only. The seam is synchronous:
 /// each call waits for its request with a bounded timeout and gives up with a typed error naming the object. Requests
 /// for a chunk already on its way share that one GET, so a chunk costs at most one GET per cache lifetime.
+/// The image reader's path (<see cref="IAsyncChunkFiles"/>) is asynchronous end to end: a GET holds no thread, its
+/// body lands in a pooled buffer, the reader's decoder verifies it where it arrived, and the local cache is written
+/// afterwards by a background writer, off the read's path.
 /// </summary>
-internal sealed class S3StoreFiles : IStoreFiles, IDisposable
+internal sealed class S3StoreFiles : IStoreFiles, IAsyncChunkFiles, IDisposable
 {
+    /// <summary>Cache writes waiting for the writer; beyond this the fetching thread writes itself (back-pressure).</summary>
+    private const int CacheWriteQueue = 8;
+
     private readonly TimeSpan timeout;
     private readonly ConcurrentDictionary<string, Lazy<Task<byte[]?>>> inflight = new(StringComparer.Ordinal);
+    private readonly ArrayPool<byte> blobPool = new BlobArrayPool(24);
+    private readonly Dictionary<string, PendingFetch> fetching = new(StringComparer.Ordinal);
+    private readonly Lock fetchGate = new();
+    private readonly Channel<(string Digest, SharedBlob Blob)>? cacheWrites;
+    private readonly Task? cacheWriter;
+    private readonly ILogger log;
 
     static S3StoreFiles()
     {
@@ -23,10 +39,16 @@ internal sealed class S3StoreFiles : IStoreFiles, IDisposable
         ThreadPool.SetMinThreads(Math.Max(worker, 64), Math.Max(io, 64));
     }
 
-    public S3StoreFiles(S3StoreSource source, TimeSpan timeout)
+    public S3StoreFiles(S3StoreSource source, TimeSpan timeout, ILoggerFactory? logs = null)
     {
         Source = source;
         this.timeout = timeout;
+        log = (ILogger?)logs?.CreateLogger<S3StoreFiles>() ?? NullLogger.Instance;
+        if (source.Cache is not null)
+        {
+            cacheWrites = Channel.CreateBounded<(string, SharedBlob)>(new BoundedChannelOptions(CacheWriteQueue) { SingleReader = true });
+            cacheWriter = Task.Run(WriteCacheAsync);
+        }
     }
 
     public S3StoreSource Source { get; }
@@ -87,6 +109,248 @@ internal sealed class S3StoreFiles : IStoreFiles, IDisposable
         }
     }
 
+    public async ValueTask<bool> ReadChunkAsync(string digestHex, ChunkBlobDecoder decode, CancellationToken ct = default)
+    {
+        var describe = Describe(StorePath.ChunkPath(digestHex));
+        if (Source.Cache is { } cache && cache.TryRead(digestHex, (int)StoreLimits.MaxChunkFile) is { } entry)
+        {
+            using (entry)
+            {
+                try
+                {
+                    decode(entry.Span);
+                    cache.Touch(digestHex);
+                    return true;
+                }
+                catch (ChunkCorruptException e)
+                {
+                    // A damaged cache entry: drop it and fetch the chunk again.
+                    log.LogWarning("Cached chunk {Digest} is damaged ({Reason}); fetching it again", digestHex, e.Message);
+                    cache.Reject(digestHex);
+                }
+            }
+        }
+
+        using var cts = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        cts.CancelAfter(timeout);
+        SharedBlob? blob;
+        try
+        {
+            blob = await FetchSharedAsync(digestHex, cts.Token).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException e) when (cts.IsCancellationRequested && !ct.IsCancellationRequested)
+        {
+            throw new S3EndpointException($"no answer from {Source.Client.Endpoint} within {timeout.TotalSeconds:0} s", describe, e);
+        }
+        catch (S3ObjectTooLargeException e)
+        {
+            throw new ChunkCorruptException($"chunk object is too large: {e.Message}", describe, null, digestHex, e);
+        }
+
+        if (blob is null)
+        {
+            return false;
+        }
+
+        try
+        {
+            decode(blob.Span);
+            QueueCacheWrite(digestHex, blob);
+        }
+        finally
+        {
+            blob.Release();
+        }
+
+        return true;
+    }
+
+    /// <summary>
+    /// One GET per digest at a time: callers asking for a chunk already on its way wait for that GET and share its
+    /// buffer (each holds a reference; the last one returns it to the pool).
+    /// </summary>
+    private async Task<SharedBlob?> FetchSharedAsync(string digestHex, CancellationToken ct)
+    {
+        PendingFetch pending;
+        bool owner;
+        lock (fetchGate)
+        {
+            owner = !fetching.TryGetValue(digestHex, out var running);
+            if (owner)
+            {
+                pending = new PendingFetch();
+                fetching[digestHex] = pending;
+            }
+            else
+            {
+                pending = running!;
+                pending.Joiners++;
+            }
+        }
+
+        if (!owner)
+        {
+            // A joiner that gives up early leaves its reference unreleased: the buffer then goes to the GC, not the pool.
+            return await pending.Done.Task.WaitAsync(ct).ConfigureAwait(false);
+        }
+
+        try
+        {
+            var got = await Source.GetChunkPooledAsync(digestHex, blobPool, (int)StoreLimits.MaxChunkFile, ct).ConfigureAwait(false);
+            SharedBlob? blob = null;
+            lock (fetchGate)
+            {
+                fetching.Remove(digestHex);
+                if (got is { } g)
+                {
+                    blob = new SharedBlob(blobPool, g.Buffer, g.Length, 1 + pending.Joiners);
+                }
+            }
+
+            pending.Done.SetResult(blob);
+            return blob;
+        }
+        catch (Exception e)
+        {
+            lock (fetchGate)
+            {
+                fetching.Remove(digestHex);
+            }
+
+            pending.Done.SetException(e);
+            throw;
+        }
+    }
+
+    /// <summary>Hands verified bytes to the cache writer (once per fetch); writes here when the writer is behind.</summary>
+    private void QueueCacheWrite(string digestHex, SharedBlob blob)
+    {
+        if (cacheWrites is null || Interlocked.Exchange(ref blob.CacheQueued, 1) != 0)
+        {
+            return;
+        }
+
+        blob.AddRef();
+        if (!cacheWrites.Writer.TryWrite((digestHex, blob)))
+        {
+            try
+            {
+                PutInCache(digestHex, blob);
+            }
+            finally
+            {
+                blob.Release();
+            }
+        }
+    }
+
+    private async Task WriteCacheAsync()
+    {
+        await foreach (var (digest, blob) in cacheWrites!.Reader.ReadAllAsync().ConfigureAwait(false))
+        {
+            try
+            {
+                PutInCache(digest, blob);
+            }
+            finally
+            {
+                blob.Release();
+            }
+        }
+    }
+
+    private void PutInCache(string digestHex, SharedBlob blob)
+    {
+        try
+        {
+            Source.Cache!.Put(digestHex, blob.Span);
+        }
+        catch (DatastoreException e)
+        {
+            // The read succeeded; only the local copy is missing (a full or read-only disk): say so, once per chunk.
+            log.LogWarning("Chunk {Digest} not kept in the local cache: {Reason}", digestHex, e.Message);
+        }
+    }
+
+    /// <summary>
+    /// Arrays for fetched chunks, sized to what is asked rounded up to 64 KiB (a 4 MiB chunk does not take the 8 MiB
+    /// array of a power-of-two pool), a few kept for reuse.
+    /// </summary>
+    private sealed class BlobArrayPool(int keep) : ArrayPool<byte>
+    {
+        private const int Granule = 64 * 1024;
+        private readonly Lock gate = new();
+        private readonly List<byte[]> free = [];
+
+        public override byte[] Rent(int minimumLength)
+        {
+            lock (gate)
+            {
+                var best = -1;
+                for (var i = 0; i < free.Count; i++)
+                {
+                    if (free[i].Length >= minimumLength && (best < 0 || free[i].Length < free[best].Length))
+                    {
+                        best = i;
+                    }
+                }
+
+                if (best >= 0)
+                {
+                    var found = free[best];
+                    free.RemoveAt(best);
+                    return found;
+                }
+            }
+
+            return GC.AllocateUninitializedArray<byte>((int)Math.Min(Array.MaxLength, ((long)minimumLength + Granule - 1) / Granule * Granule));
+        }
+
+        public override void Return(byte[] array, bool clearArray = false)
+        {
+            if (clearArray)
+            {
+                Array.Clear(array);
+            }
+
+            lock (gate)
+            {
+                if (free.Count < keep)
+                {
+                    free.Add(array);
+                }
+            }
+        }
+    }
+
+    private sealed class PendingFetch
+    {
+        public TaskCompletionSource<SharedBlob?> Done { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        /// <summary>Callers waiting for this GET (under the fetch lock).</summary>
+        public int Joiners { get; set; }
+    }
+
+    /// <summary>A fetched chunk in a pooled buffer, shared by reference count.</summary>
+    private sealed class SharedBlob(ArrayPool<byte> pool, byte[] buffer, int length, int references)
+    {
+        private int references = references;
+
+        public int CacheQueued;
+
+        public ReadOnlySpan<byte> Span => buffer.AsSpan(0, length);
+
+        public void AddRef() => Interlocked.Increment(ref references);
+
+        public void Release()
+        {
+            if (Interlocked.Decrement(ref references) == 0)
+            {
+                pool.Return(buffer);
+            }
+        }
+    }
+
     /// <summary>One GET (or cache hit) per chunk; the cache keeps only bytes whose blob header and CRC are sound.</summary>
     private async Task<byte[]?> Fetch(string digestHex)
     {
@@ -143,6 +407,13 @@ internal sealed class S3StoreFiles : IStoreFiles, IDisposable
 
     public void Dispose()
     {
+        if (cacheWrites is not null)
+        {
+            // Let the chunks already fetched reach the cache (a remount finds them), within bounds.
+            cacheWrites.Writer.TryComplete();
+            _ = cacheWriter!.Wait(timeout);
+        }
+
         Source.Cache?.Dispose();
         Source.Dispose();
     }

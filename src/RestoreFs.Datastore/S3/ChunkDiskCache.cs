@@ -16,16 +16,35 @@ public sealed record ChunkDiskCacheStats(long Hits, long Misses, long Rejected, 
 /// first, down to 90 % of the bound. Entries are not trusted: <see cref="TryGet"/> runs the caller's check (digest,
 /// CRC, decode) on every hit and drops an entry that fails it.
 /// </summary>
-public sealed partial class ChunkDiskCache : IDisposable
+public sealed unsafe partial class ChunkDiskCache : IDisposable
 {
     private const int LockEx = 2;
     private const int LockUn = 8;
+    private const int ORdOnly = 0;
+    private const int OWrOnly = 1;
+    private const int OCreat = 0x40;
+    private const int OExcl = 0x80;
+    private const int ODirect = 0x4000;
+    private const int OCloExec = 0x80000;
+    private const int ENoEnt = 2;
+    private const int EIntr = 4;
+    private const int EInval = 22;
+    private const int Alignment = 4096;
+
+    /// <summary>Room for the largest chunk file plus a page: a read that fills it means the entry is too large.</summary>
+    private const int AlignedCapacity = ((int)StoreLimits.MaxChunkFile + (2 * Alignment) - 1) / Alignment * Alignment;
 
     private readonly string chunksDir;
     private readonly string tmpDir;
     private readonly SafeFileHandle lockHandle;
     private readonly SafeFileHandle usageHandle;
     private readonly Lock gate = new();
+    private readonly Lock alignedGate = new();
+    private readonly Lock bounceGate = new();
+    private readonly Stack<AlignedBuffer> alignedPool = new();
+    private AlignedBuffer? bounce;
+    private bool directUnsupported;
+    private bool disposed;
     private long hits, misses, rejected, stored, evicted;
 
     /// <param name="directory">Cache directory (created).</param>
@@ -112,6 +131,107 @@ public sealed partial class ChunkDiskCache : IDisposable
         return data;
     }
 
+    /// <summary>
+    /// The cached bytes of a chunk, or null; dispose the answer when done with its bytes. Unchecked: the caller
+    /// verifies them, then calls <see cref="Touch"/> (a good entry) or <see cref="Reject"/> (a bad one). Read past the
+    /// page cache (O_DIRECT) where the file system allows: the entry goes from disk into an aligned buffer of the
+    /// cache's own, and the caller decodes it there.
+    /// </summary>
+    public CachedChunk? TryRead(string digestHex, int maxBytes)
+    {
+        var path = EntryPath(digestHex);
+        var fd = Open(path, ORdOnly | OCloExec | (Volatile.Read(ref directUnsupported) ? 0 : ODirect), 0);
+        if (fd < 0 && Marshal.GetLastPInvokeError() == EInval)
+        {
+            Volatile.Write(ref directUnsupported, true);
+            fd = Open(path, ORdOnly | OCloExec, 0);
+        }
+
+        if (fd < 0)
+        {
+            var errno = Marshal.GetLastPInvokeError();
+            if (errno == ENoEnt)
+            {
+                Interlocked.Increment(ref misses);
+                return null;
+            }
+
+            throw new DatastoreException($"cannot read a cached chunk (errno {errno})", path, chunkDigest: digestHex);
+        }
+
+        var buffer = RentAligned();
+        try
+        {
+            var done = 0L;
+            while (true)
+            {
+                // Whole pages at page-aligned offsets, as O_DIRECT needs; a short read is the end of the file.
+                var want = buffer.Capacity - done;
+                if (want <= 0)
+                {
+                    break;
+                }
+
+                var n = PRead(fd, buffer.Pointer + (nint)done, (nuint)want, done);
+                if (n < 0)
+                {
+                    var errno = Marshal.GetLastPInvokeError();
+                    if (errno == EIntr)
+                    {
+                        continue;
+                    }
+
+                    throw new DatastoreException($"cannot read a cached chunk (errno {errno})", path, chunkDigest: digestHex);
+                }
+
+                done += n;
+                if (n < want)
+                {
+                    break;
+                }
+            }
+
+            if (done > maxBytes || done >= buffer.Capacity)
+            {
+                ReturnAligned(buffer);
+                Reject(digestHex);
+                return null;
+            }
+
+            return new CachedChunk(this, buffer, (int)done);
+        }
+        catch
+        {
+            ReturnAligned(buffer);
+            throw;
+        }
+        finally
+        {
+            _ = Close(fd);
+        }
+    }
+
+    /// <summary>Marks an entry as just used (its access time orders eviction) and counts the hit.</summary>
+    public void Touch(string digestHex)
+    {
+        Interlocked.Increment(ref hits);
+        try
+        {
+            File.SetLastAccessTimeUtc(EntryPath(digestHex), DateTime.UtcNow);
+        }
+        catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException)
+        {
+            // Evicted by another process meanwhile: the bytes read are still good.
+        }
+    }
+
+    /// <summary>Counts an entry the caller rejected after <see cref="TryRead"/> (then removed).</summary>
+    public void Reject(string digestHex)
+    {
+        Interlocked.Increment(ref rejected);
+        Remove(digestHex);
+    }
+
     /// <summary>Stores a chunk (skipped when present or larger than the whole bound); evicts what must go first.</summary>
     public void Put(string digestHex, ReadOnlySpan<byte> data)
     {
@@ -124,10 +244,7 @@ public sealed partial class ChunkDiskCache : IDisposable
         var tmp = Path.Combine(tmpDir, $"{digestHex}.{Environment.ProcessId}.{Guid.NewGuid():N}");
         try
         {
-            using (var handle = File.OpenHandle(tmp, FileMode.CreateNew, FileAccess.Write, FileShare.None))
-            {
-                RandomAccess.Write(handle, data, 0);
-            }
+            WriteEntry(tmp, data);
 
             var length = data.Length;
             WithLock(() =>
@@ -158,6 +275,101 @@ public sealed partial class ChunkDiskCache : IDisposable
         }
     }
 
+    /// <summary>
+    /// Writes a new file past the page cache (O_DIRECT through an aligned bounce buffer, then cut to its length) where
+    /// the file system allows: a cache entry is read back rarely and then from disk, and writing it through the page
+    /// cache costs more CPU than fetching it did. Buffered otherwise, or when the entry is larger than the buffer.
+    /// </summary>
+    private void WriteEntry(string path, ReadOnlySpan<byte> data)
+    {
+        if (!Volatile.Read(ref directUnsupported) && data.Length < AlignedCapacity)
+        {
+            var fd = Open(path, OWrOnly | OCreat | OExcl | OCloExec | ODirect, 0x1B6);
+            if (fd < 0 && Marshal.GetLastPInvokeError() == EInval)
+            {
+                Volatile.Write(ref directUnsupported, true);
+            }
+            else if (fd < 0)
+            {
+                throw new IOException($"cannot create {path} (errno {Marshal.GetLastPInvokeError()})");
+            }
+            else
+            {
+                try
+                {
+                    lock (bounceGate)
+                    {
+                        bounce ??= RentAligned();
+                        var padded = (data.Length + Alignment - 1) / Alignment * Alignment;
+                        var target = new Span<byte>((void*)bounce.Pointer, padded);
+                        data.CopyTo(target);
+                        target[data.Length..].Clear();
+                        var done = 0L;
+                        while (done < padded)
+                        {
+                            var n = PWrite(fd, bounce.Pointer + (nint)done, (nuint)(padded - done), done);
+                            if (n < 0 && Marshal.GetLastPInvokeError() == EIntr)
+                            {
+                                continue;
+                            }
+
+                            if (n <= 0)
+                            {
+                                throw new IOException($"cannot write {path} (errno {Marshal.GetLastPInvokeError()})");
+                            }
+
+                            done += n;
+                        }
+                    }
+
+                    if (FTruncate(fd, data.Length) != 0)
+                    {
+                        throw new IOException($"cannot set the length of {path} (errno {Marshal.GetLastPInvokeError()})");
+                    }
+                }
+                finally
+                {
+                    _ = Close(fd);
+                }
+
+                return;
+            }
+        }
+
+        using var handle = File.OpenHandle(path, FileMode.CreateNew, FileAccess.Write, FileShare.None);
+        RandomAccess.Write(handle, data, 0);
+    }
+
+    private AlignedBuffer RentAligned()
+    {
+        lock (alignedGate)
+        {
+            if (alignedPool.Count > 0)
+            {
+                return alignedPool.Pop();
+            }
+        }
+
+        return new AlignedBuffer((nint)NativeMemory.AlignedAlloc(AlignedCapacity, Alignment), AlignedCapacity);
+    }
+
+    internal void ReturnAligned(AlignedBuffer buffer)
+    {
+        lock (alignedGate)
+        {
+            if (!disposed && alignedPool.Count < 16)
+            {
+                alignedPool.Push(buffer);
+                return;
+            }
+        }
+
+        NativeMemory.AlignedFree((void*)buffer.Pointer);
+    }
+
+    /// <summary>Native memory aligned for O_DIRECT; pages are committed only where written.</summary>
+    internal sealed record AlignedBuffer(nint Pointer, int Capacity);
+
     /// <summary>Drops an entry (a rejected or vanished chunk).</summary>
     public void Remove(string digestHex)
     {
@@ -180,6 +392,23 @@ public sealed partial class ChunkDiskCache : IDisposable
     {
         lockHandle.Dispose();
         usageHandle.Dispose();
+        lock (alignedGate)
+        {
+            disposed = true;
+            while (alignedPool.Count > 0)
+            {
+                NativeMemory.AlignedFree((void*)alignedPool.Pop().Pointer);
+            }
+        }
+
+        lock (bounceGate)
+        {
+            if (bounce is not null)
+            {
+                NativeMemory.AlignedFree((void*)bounce.Pointer);
+                bounce = null;
+            }
+        }
     }
 
     private string EntryPath(string digestHex)
@@ -293,4 +522,45 @@ public sealed partial class ChunkDiskCache : IDisposable
 
     [LibraryImport("libc", EntryPoint = "flock", SetLastError = true)]
     private static partial int Flock(int fd, int operation);
+
+    [LibraryImport("libc", EntryPoint = "open", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    private static partial int Open(string path, int flags, int mode);
+
+    [LibraryImport("libc", EntryPoint = "pread", SetLastError = true)]
+    private static partial nint PRead(int fd, nint buffer, nuint count, long offset);
+
+    [LibraryImport("libc", EntryPoint = "pwrite", SetLastError = true)]
+    private static partial nint PWrite(int fd, nint buffer, nuint count, long offset);
+
+    [LibraryImport("libc", EntryPoint = "ftruncate", SetLastError = true)]
+    private static partial int FTruncate(int fd, long length);
+
+    [LibraryImport("libc", EntryPoint = "close", SetLastError = true)]
+    private static partial int Close(int fd);
+}
+
+/// <summary>A cache entry read into the cache's aligned memory; dispose it when done with <see cref="Span"/>.</summary>
+public sealed unsafe class CachedChunk : IDisposable
+{
+    private readonly ChunkDiskCache owner;
+    private ChunkDiskCache.AlignedBuffer? buffer;
+
+    internal CachedChunk(ChunkDiskCache owner, ChunkDiskCache.AlignedBuffer buffer, int length)
+    {
+        this.owner = owner;
+        this.buffer = buffer;
+        Length = length;
+    }
+
+    public int Length { get; }
+
+    public ReadOnlySpan<byte> Span => buffer is { } b ? new ReadOnlySpan<byte>((void*)b.Pointer, Length) : throw new ObjectDisposedException(nameof(CachedChunk));
+
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref buffer, null) is { } b)
+        {
+            owner.ReturnAligned(b);
+        }
+    }
 }

@@ -140,6 +140,77 @@ public sealed class S3Client : IDisposable
         });
 
     /// <summary>
+    /// Whole object into a buffer rented from <paramref name="pool"/> (the caller returns it; <c>Length</c> bytes are
+    /// valid), or null when the key does not exist. An object larger than <paramref name="maxBytes"/> is refused with
+    /// an <see cref="S3ObjectTooLargeException"/> before its body is read. No copy and no fresh array per GET: the
+    /// read path of chunks.
+    /// </summary>
+    public Task<(byte[] Buffer, int Length)?> TryGetObjectPooledAsync(string bucket, string key, System.Buffers.ArrayPool<byte> pool, int maxBytes,
+        CancellationToken ct = default)
+        => SendAsync<(byte[] Buffer, int Length)?>(HttpMethod.Get, bucket, key, null, null, null, ct, async (response, token) =>
+        {
+            if (response.StatusCode == HttpStatusCode.NotFound)
+            {
+                await ThrowIfNotNoSuchKey(response, bucket, key, token).ConfigureAwait(false);
+                return null;
+            }
+
+            await EnsureSuccess(response, bucket, key, token).ConfigureAwait(false);
+            var length = response.Content.Headers.ContentLength;
+            if (length > maxBytes)
+            {
+                throw new S3ObjectTooLargeException($"the object has {length} bytes, more than the {maxBytes} it may have", Describe(bucket, key), length.Value);
+            }
+
+            await using var stream = await response.Content.ReadAsStreamAsync(token).ConfigureAwait(false);
+            // One byte more than announced: a body longer than its Content-Length shows as a read that fills it.
+            var buffer = pool.Rent(length is { } announced ? (int)announced + 1 : 1 << 20);
+            var done = 0;
+            try
+            {
+                while (true)
+                {
+                    if (done == buffer.Length)
+                    {
+                        if (length is not null || done > maxBytes)
+                        {
+                            throw new S3ObjectTooLargeException($"the answer has more than {done - 1} bytes, more than announced or allowed", Describe(bucket, key), done);
+                        }
+
+                        var larger = pool.Rent(Math.Min(maxBytes + 1, buffer.Length * 2));
+                        buffer.AsSpan(0, done).CopyTo(larger);
+                        pool.Return(buffer);
+                        buffer = larger;
+                    }
+
+                    var n = await stream.ReadAsync(buffer.AsMemory(done), token).ConfigureAwait(false);
+                    if (n == 0)
+                    {
+                        break;
+                    }
+
+                    done += n;
+                    if ((length is { } expected && done > expected) || done > maxBytes)
+                    {
+                        throw new S3ObjectTooLargeException($"the answer has more than {done - n} bytes, more than announced or allowed", Describe(bucket, key), done);
+                    }
+                }
+
+                if (length is { } want && done != want)
+                {
+                    throw new IOException($"the answer for {Describe(bucket, key)} ended after {done} of its {want} bytes");
+                }
+
+                return (buffer, done);
+            }
+            catch
+            {
+                pool.Return(buffer);
+                throw;
+            }
+        });
+
+    /// <summary>
     /// <paramref name="length"/> bytes from <paramref name="offset"/> (fewer only where the object ends);
     /// <see cref="S3ObjectNotFoundException"/> when absent.
     /// </summary>

@@ -51,3 +51,10 @@ public sealed class S3ClockSkewException(string message, string? location, TimeS
 
 /// <summary>The options do not describe a usable endpoint (http to a remote host without insecure, bad fingerprint, no keys …).</summary>
 public sealed class S3ConfigurationException(string message, string? location = null) : S3Exception(message, location);
+
+/// <summary>An object is larger than anything that may be stored under its key (a chunk larger than a chunk may be).</summary>
+public sealed class S3ObjectTooLargeException(string message, string? location, long size) : S3Exception(message, location)
+{
+    /// <summary>The size announced, or the bytes seen when more came than announced.</summary>
+    public long Size { get; } = size;
+}

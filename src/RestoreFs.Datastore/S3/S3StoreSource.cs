@@ -76,6 +76,16 @@ public sealed class S3StoreSource : IDisposable
         return data;
     }
 
+    /// <summary>
+    /// One chunk GET (no cache) into a buffer rented from <paramref name="pool"/>; null when the object does not exist.
+    /// An object larger than <paramref name="maxBytes"/> is refused unread (<see cref="S3ObjectTooLargeException"/>).
+    /// </summary>
+    public Task<(byte[] Buffer, int Length)?> GetChunkPooledAsync(string digestHex, System.Buffers.ArrayPool<byte> pool, int maxBytes, CancellationToken ct = default)
+    {
+        Interlocked.Increment(ref chunkGets);
+        return Client.TryGetObjectPooledAsync(Location.Bucket, Location.ChunkKey(digestHex), pool, maxBytes, ct);
+    }
+
     /// <summary>Entries of a content directory ("" = datastore root) from the cached listing; null when absent.</summary>
     public async Task<IReadOnlyList<S3TreeEntry>?> ListDirectoryAsync(string relativePath, CancellationToken ct = default)
         => (await Listing.GetAsync(ct).ConfigureAwait(false)).ListDirectory(relativePath);

@@ -39,6 +39,35 @@ public sealed class ChunkDiskCacheTests
     }
 
     [Fact]
+    public void EntriesOfAnyLengthComeBackExactlyThroughTheUnbufferedPath()
+    {
+        using var dir = new TempDirectory("restorefs-chunkcache");
+        using var cache = new ChunkDiskCache(dir.Path, 64L * 1024 * 1024);
+        // Lengths around page and chunk sizes: the direct write pads to whole pages and cuts the file back.
+        foreach (var (length, seed) in new[] { (1, 1), (4095, 2), (4096, 3), (4097, 4), ((4 * 1024 * 1024) + 12, 5), (16 * 1024 * 1024 + 12, 6) })
+        {
+            var e = Entry(seed, length);
+            cache.Put(e.Digest, e.Data);
+            var file = Path.Combine(dir.Path, "chunks", e.Digest[..4], e.Digest);
+            Assert.Equal(length, new FileInfo(file).Length);
+            Assert.Equal(e.Data, File.ReadAllBytes(file));
+            using var read = cache.TryRead(e.Digest, 16 * 1024 * 1024 + 12);
+            Assert.NotNull(read);
+            Assert.Equal(e.Data, read.Span.ToArray());
+        }
+
+        Assert.Null(cache.TryRead(new string('0', 64), 1024));
+
+        // An entry larger than the caller allows is dropped, not returned.
+        var big = Entry(7, 8192);
+        cache.Put(big.Digest, big.Data);
+        Assert.Null(cache.TryRead(big.Digest, 4096));
+        Assert.False(File.Exists(Path.Combine(dir.Path, "chunks", big.Digest[..4], big.Digest)));
+        Assert.Equal(cache.MeasureBytes(), cache.UsedBytes);
+        Assert.Empty(Directory.GetFiles(Path.Combine(dir.Path, "tmp")));
+    }
+
+    [Fact]
     public void AnEntryThatFailsTheCallersCheckIsDropped()
     {
         using var dir = new TempDirectory("restorefs-chunkcache");
