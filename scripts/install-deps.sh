@@ -16,6 +16,7 @@ packages=(
   acl attr         # setfacl/getfattr: xattr and ACL fidelity tests of the daemon
   libcap2-bin      # setcap: file capabilities in the pxar tests
   time             # /usr/bin/time: peak RSS of the CLI in the hostile-datastore tests
+  python3-cryptography  # AES-XTS: LUKS test volumes made without device-mapper (LuksUnlockTests)
 )
 
 missing=()
