@@ -57,9 +57,10 @@ with open(plain, 'rb') as src, open(luks, 'r+b') as dst:
         RunWithInput(passphrase, "cryptsetup", "luksFormat", "-q", "--type", "luks2", "--cipher", "aes-xts-plain64", "--key-size", "512",
             "--sector-size", "512", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--key-file=-", path);
         var dump = RunWithInput(passphrase, "cryptsetup", "luksDump", "-q", "--batch-mode", "--dump-volume-key", "--key-file=-", path).StdOut;
-        var lines = dump.Split("MK dump:")[1].Split('\n'); // the key's hex bytes: the rest of this line and the indented ones after it
-        var key = string.Concat(lines.Take(1).Concat(lines.Skip(1).TakeWhile(l => l.StartsWith('\t') || l.StartsWith(' ')))
-            .SelectMany(l => l.Split(' ', '\t', StringSplitOptions.RemoveEmptyEntries)));
+        // The volume key's hex bytes: after "MK dump:", on that line and the indented ones after it (64 bytes).
+        var lines = dump[(dump.IndexOf("MK dump:", StringComparison.Ordinal) + "MK dump:".Length)..].Split('\n');
+        var key = string.Concat(lines.Take(1).Concat(lines.Skip(1).TakeWhile(l => l.StartsWith('\t')))
+            .SelectMany(l => System.Text.RegularExpressions.Regex.Matches(l, "\\b[0-9a-f]{2}\\b").Select(m => m.Value)).Take(64));
         Assert.Equal(128, key.Length);
         ProcessRunner.Run("python3", ["-c", EncryptScript, plain, path, key], Long).EnsureSuccess("encrypt");
         File.Delete(plain);
@@ -109,6 +110,7 @@ with open(plain, 'rb') as src, open(luks, 'r+b') as dst:
         File.WriteAllText(keys, $"# LUKS passphrases\nUUID={uuidA.ToUpperInvariant()} pass-one\n");
         WithMount(store, env, ["--guest-passphrase-file", keys], mnt =>
         {
+            Assert.False(File.Exists(part(mnt, 1) + ".error"), File.Exists(part(mnt, 1) + ".error") ? File.ReadAllText(part(mnt, 1) + ".error") : "");
             Assert.Equal("secret one\n", File.ReadAllText(Path.Combine(part(mnt, 1), "hello.txt")));
             Assert.Equal(File.ReadAllBytes(Path.Combine(srcA, "sub", "blob")), File.ReadAllBytes(Path.Combine(part(mnt, 1), "sub", "blob")));
             var error = File.ReadAllText(part(mnt, 2) + ".error");
