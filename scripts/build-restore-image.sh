@@ -25,6 +25,8 @@ fi
 # loader resolution below)
 # dmsetup: thin LVs are mapped from their pool's metadata into tables of linear/zero targets (no thin-pool target).
 pkgs=("$kver_pkg" busybox-static lvm2 libdevmapper1.02.1 libdevmapper-event1.02.1 libaio1 ntfs-3g libntfs-3g89 dmsetup)
+# LUKS (--guest-passphrase-file): cryptsetup and its libraries
+pkgs+=(cryptsetup-bin libcryptsetup12 libargon2-1 libjson-c5 libpopt0)
 log "packages: ${pkgs[*]}"
 ( cd "$cache/debs"
   for p in "${pkgs[@]}"; do
@@ -105,7 +107,13 @@ for candidate in "$work"/pkg/bin/ntfs-3g "$work"/pkg/usr/bin/ntfs-3g; do [ -x "$
 [ -n "$ntfs_bin" ] || { log "ntfs-3g binary not found"; exit 1; }
 install -m 755 "$ntfs_bin" "$root/bin/ntfs-3g"
 copy_libs "$ntfs_bin"
-mkdir -p "$root/etc/lvm" "$root/run/lvm"
+# LUKS: cryptsetup opens volumes read-only with a passphrase from the host (on its stdin)
+crypt_bin=""
+for candidate in "$work"/pkg/sbin/cryptsetup "$work"/pkg/usr/sbin/cryptsetup; do [ -x "$candidate" ] && { crypt_bin=$candidate; break; }; done
+[ -n "$crypt_bin" ] || { log "cryptsetup binary not found in cryptsetup-bin"; exit 1; }
+install -m 755 "$crypt_bin" "$root/sbin/cryptsetup"
+copy_libs "$crypt_bin"
+mkdir -p "$root/etc/lvm" "$root/run/lvm" "$root/run/cryptsetup"
 log "daemon $(du -h "$daemon" | cut -f1), lvm $(du -h "$lvm_bin" | cut -f1)"
 
 log "packing initramfs (cpio newc, lz4 legacy)"

@@ -17,6 +17,7 @@ packages=(
   libcap2-bin      # setcap: file capabilities in the pxar tests
   time             # /usr/bin/time: peak RSS of the CLI in the hostile-datastore tests
   thin-provisioning-tools  # thin_restore: the LVM-thin test disk's pool metadata
+  python3-cryptography  # AES-XTS: LUKS test volumes made without device-mapper (LuksUnlockTests)
 )
 
 missing=()

@@ -31,3 +31,13 @@ public sealed record NbdServerOptions
 
 /// <summary>An NBD protocol or attach failure.</summary>
 public class NbdException(string message, Exception? inner = null) : Exception(message, inner);
+
+/// <summary>An export that takes writes (NBD_CMD_WRITE); the server then offers it without the read-only flag.</summary>
+public interface IWritableBlockSource : IBlockSource
+{
+    /// <summary>Writes <paramref name="data"/> at <paramref name="offset"/> (inside the export, checked by the server).</summary>
+    ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, CancellationToken ct);
+}
+
+/// <summary>A write that does not fit into an overlay's bound (answered ENOSPC).</summary>
+public sealed class NbdOverlayFullException(string message) : NbdException(message);

@@ -20,12 +20,14 @@ public sealed record DaemonOptions(
     IReadOnlyList<(string Name, string Device)>? Disks = null,
     string MountRoot = "/mnt",
     int IdleTimeoutSeconds = 600,
-    bool LoopPartitions = false)
+    bool LoopPartitions = false,
+    bool Replay = false,
+    string? GuestKeysFile = null)
 {
     public const string Usage = """
         usage: restorefs-daemon --ticket-file FILE [--listen auto|serial:NAME|serial-path:DEVICE|vsock:PORT|unix:PATH|tcp:ADDR:PORT]
                                 [--guest] [--disk NAME=DEVICE]... [--mount-root DIR] [--idle-timeout SECONDS]
-                                [--loop-partitions]
+                                [--loop-partitions] [--replay] [--guest-keys FILE]
         """;
 
     /// <summary>Parses the arguments; null for --help. Throws <see cref="ArgumentException"/> naming what is wrong.</summary>
@@ -44,6 +46,8 @@ public sealed record DaemonOptions(
                 case "--listen": o = o with { Listen = ParseListen(Next()) }; break;
                 case "--guest": o = o with { Guest = true }; break;
                 case "--loop-partitions": o = o with { LoopPartitions = true }; break;
+                case "--replay": o = o with { Replay = true }; break;
+                case "--guest-keys": o = o with { GuestKeysFile = Next() }; break;
                 case "--mount-root": o = o with { MountRoot = Next() }; break;
                 case "--idle-timeout":
                     var text = Next();
@@ -225,7 +229,51 @@ public static class Program
             o.MountRoot,
             Log,
             o.LoopPartitions,
-            ReadyFile: o.Guest ? GuestModulesReadyFile : null));
+            ReadyFile: o.Guest ? GuestModulesReadyFile : null,
+            Replay: o.Replay,
+            GuestKeys: o.GuestKeysFile is { } keys ? ReadGuestKeys(keys) : null));
+    }
+
+    /// <summary>
+    /// LUKS passphrases from the host (lines <c>&lt;uuid|*&gt; &lt;base64&gt;</c>); the file is removed after reading
+    /// (in the VM it lives in the initramfs, i.e. RAM). Malformed lines are skipped with a log line naming the line
+    /// number only.
+    /// </summary>
+    internal static Dictionary<string, byte[]> ReadGuestKeys(string file)
+    {
+        var keys = new Dictionary<string, byte[]>(StringComparer.Ordinal);
+        string[] lines;
+        try
+        {
+            lines = File.ReadAllLines(file);
+            File.Delete(file);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            Log($"cannot read the guest keys {file}: {e.Message}");
+            return keys;
+        }
+
+        for (var i = 0; i < lines.Length; i++)
+        {
+            var parts = lines[i].Split(' ');
+            try
+            {
+                if (parts.Length == 2 && parts[0].Length > 0)
+                {
+                    keys.TryAdd(parts[0].ToLowerInvariant(), Convert.FromBase64String(parts[1]));
+                    continue;
+                }
+            }
+            catch (FormatException)
+            {
+            }
+
+            Log($"guest keys: line {i + 1} is malformed, skipped");
+        }
+
+        Log($"{keys.Count} LUKS passphrase(s) given");
+        return keys;
     }
 
     /// <summary>The ticket, read once; null (after a log line) when the file is missing, unreadable or empty.</summary>

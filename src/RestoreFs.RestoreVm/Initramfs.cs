@@ -14,7 +14,12 @@ public static class Initramfs
 
     /// <summary>Writes a private (mode 0600) copy of <paramref name="imagePath"/> carrying the ticket
     /// into <paramref name="directory"/> and returns its path.</summary>
-    public static string AppendTicket(string imagePath, ReadOnlySpan<byte> ticket, string directory)
+    public static string AppendTicket(string imagePath, ReadOnlySpan<byte> ticket, string directory) =>
+        AppendTicket(imagePath, ticket, directory, null);
+
+    /// <summary>As <see cref="AppendTicket(string, ReadOnlySpan{byte}, string)"/>, with <paramref name="guestKeys"/> (when
+    /// given) as a second entry <c>guest-keys</c> (0400): the LUKS passphrases, which reach the VM this way only.</summary>
+    public static string AppendTicket(string imagePath, ReadOnlySpan<byte> ticket, string directory, byte[]? guestKeys)
     {
         if (ticket.IsEmpty) throw new ArgumentException("ticket is empty", nameof(ticket));
         if (!File.Exists(imagePath)) throw new FileNotFoundException($"restore image initramfs not found: {imagePath}", imagePath);
@@ -29,7 +34,7 @@ public static class Initramfs
         try
         {
             using var output = new FileStream(path, options);
-            var archive = BuildTicketArchive(ticket);
+            var archive = BuildTicketArchive(ticket, guestKeys);
             output.Write(archive);
             using var image = File.OpenRead(imagePath);
             image.CopyTo(output);
@@ -43,10 +48,15 @@ public static class Initramfs
     }
 
     /// <summary>The newc cpio archive with the single entry <c>ticket</c> (0400, root), padded to 512 bytes.</summary>
-    public static byte[] BuildTicketArchive(ReadOnlySpan<byte> ticket)
+    public static byte[] BuildTicketArchive(ReadOnlySpan<byte> ticket, byte[]? guestKeys = null)
     {
         var stream = new MemoryStream();
         WriteEntry(stream, 1, "ticket", 0x8000 | 0x100, ticket);
+        if (guestKeys is { Length: > 0 })
+        {
+            WriteEntry(stream, 2, "guest-keys", 0x8000 | 0x100, guestKeys);
+        }
+
         WriteEntry(stream, 0, "TRAILER!!!", 0, ReadOnlySpan<byte>.Empty);
         Pad(stream, Alignment);
         return stream.ToArray();

@@ -4,7 +4,9 @@ using System.Text;
 namespace RestoreFs.RestoreVm;
 
 /// <summary>A disk of the VM: its serial (the archive name without <c>.img.fidx</c>) and the NBD export serving it.</summary>
-public sealed record VmDisk(string Serial, string NbdSocket, string Export);
+/// <param name="Writable">The export takes writes (a throwaway overlay of this VM session, for journal replay): the
+/// drive is attached read-write. Otherwise it is read-only.</param>
+public sealed record VmDisk(string Serial, string NbdSocket, string Export, bool Writable = false);
 
 public enum VmMachine
 {
@@ -28,7 +30,8 @@ public sealed record VmLaunch(
     long TscKhz,
     uint? VsockCid = null,
     bool Debug = false,
-    int IdleTimeoutSeconds = 600);
+    int IdleTimeoutSeconds = 600,
+    bool GuestKeys = false);
 
 /// <summary>Builds QEMU's command line for a restore VM. The ticket is never on it: it is inside the initramfs copy.</summary>
 public static class QemuLauncher
@@ -50,6 +53,12 @@ public static class QemuLauncher
     /// <summary>RAM as PBS sizes it: 192 MiB below 10 disks, 256 below 20, else 384 (our daemon needs a little more than theirs).</summary>
     public static int MemoryMiB(int disks, bool debug) => debug ? 1024 : disks < 10 ? 256 : disks < 20 ? 320 : 448;
 
+    /// <summary>
+    /// RAM of a VM given LUKS passphrases: cryptsetup's argon2 key derivation needs the memory cost the volume was
+    /// formatted with (up to 1 GiB). Guest pages are only allocated on the host when touched.
+    /// </summary>
+    public const int GuestKeyMemoryMiB = 1280;
+
     public static IReadOnlyList<string> Arguments(VmLaunch l)
     {
         var micro = l.Machine == VmMachine.Microvm;
@@ -63,7 +72,8 @@ public static class QemuLauncher
             "-cpu", l.Accelerator == "kvm" ? "host" : "max",
             // Two vCPUs: under TCG QEMU runs them on two host threads (MTTCG), the guest's disk reads and our daemon overlap.
             "-smp", l.Accelerator == "tcg" ? "2" : "1",
-            "-m", MemoryMiB(l.Disks.Count, l.Debug).ToString(CultureInfo.InvariantCulture),
+            "-m", (l.GuestKeys ? Math.Max(MemoryMiB(l.Disks.Count, l.Debug), GuestKeyMemoryMiB) : MemoryMiB(l.Disks.Count, l.Debug))
+                .ToString(CultureInfo.InvariantCulture),
             "-nodefaults", "-no-user-config", "-no-reboot", "-display", "none", "-monitor", "none",
             "-kernel", Path.Combine(l.ImageDirectory, micro ? "vmlinux" : "vmlinuz"),
             "-initrd", l.Initramfs,
@@ -76,7 +86,7 @@ public static class QemuLauncher
             var d = l.Disks[i];
             var uri = $"nbd+unix:///{Uri.EscapeDataString(d.Export).Replace("%2F", "/", StringComparison.Ordinal)}?socket={d.NbdSocket}";
             args.Add("-drive");
-            args.Add($"file={Escape(uri)},format=raw,if=none,readonly=on,id=drive{i}");
+            args.Add($"file={Escape(uri)},format=raw,if=none,readonly={(d.Writable ? "off" : "on")},id=drive{i}");
             args.Add("-device");
             args.Add($"virtio-blk-{dev},drive=drive{i},serial={Escape(d.Serial)}");
         }
@@ -110,6 +120,12 @@ public static class QemuLauncher
         }
 
         line.Append(CultureInfo.InvariantCulture, $" restorefs.idle={l.IdleTimeoutSeconds}");
+
+        // Writable disks are per-session overlays: the daemon may replay journals (into them, never into the backup).
+        if (l.Disks.Any(d => d.Writable))
+        {
+            line.Append(" restorefs.replay=1");
+        }
 
         // The daemon listens on the channel QEMU was given (the guest kernel may load vsock without a device).
         line.Append(l.VsockCid is null ? " restorefs.channel=serial" : " restorefs.channel=vsock");

@@ -47,6 +47,24 @@ public sealed record RestoreVmOptions
     public int MaxVms { get; init; }
 
     public string Qemu { get; init; } = "qemu-system-x86_64";
+
+    /// <summary>When set, each VM session's disks are throwaway copy-on-write overlays (journal replay); null: read-only disks.</summary>
+    public IVmDiskOverlays? Overlays { get; init; }
+
+    /// <summary>LUKS passphrases for the guest (the <c>--guest-passphrase-file</c> format), handed over in the initramfs copy.</summary>
+    public byte[]? GuestKeys { get; init; }
+}
+
+/// <summary>
+/// Gives a VM session writable disks backed by throwaway overlays (a journal replay writes there, never into the
+/// backup). <see cref="Open"/> is called once per VM start with that VM's private directory; <see cref="Release"/>
+/// when the VM is gone (its directory is removed), and frees the overlays.
+/// </summary>
+public interface IVmDiskOverlays
+{
+    IReadOnlyList<VmDisk> Open(string vmDirectory, IReadOnlyList<VmDisk> disks);
+
+    void Release(string vmDirectory);
 }
 
 /// <summary>A running VM this process talks to.</summary>
@@ -554,15 +572,17 @@ public sealed class RestoreVmManager : IAsyncDisposable
         int pid;
         try
         {
-            var initrd = Initramfs.AppendTicket(Path.Combine(options.ImageDirectory, "initramfs.img"), System.Text.Encoding.ASCII.GetBytes(ticket), vmDir);
+            var initrd = Initramfs.AppendTicket(Path.Combine(options.ImageDirectory, "initramfs.img"), System.Text.Encoding.ASCII.GetBytes(ticket), vmDir,
+                options.GuestKeys);
+            var vmDisks = options.Overlays?.Open(vmDir, disks) ?? disks;
             try
             {
                 log.LogInformation("Starting restore VM {Name}: {Disks} disk(s), {Machine} under {Accel}, {Channel}", name, disks.Count, machine, accel,
                     vsock ? $"vsock CID {cid}" : "virtio-serial");
                 for (var attempt = 1; ; attempt++)
                 {
-                    var launch = new VmLaunch(name, options.ImageDirectory, initrd, vmDir, disks, machine, accel, QemuLauncher.HostTscKhz(), cid,
-                        options.Debug, options.IdleTimeoutSeconds);
+                    var launch = new VmLaunch(name, options.ImageDirectory, initrd, vmDir, vmDisks, machine, accel, QemuLauncher.HostTscKhz(), cid,
+                        options.Debug, options.IdleTimeoutSeconds, GuestKeys: options.GuestKeys is { Length: > 0 });
                     var (code, error) = await RunQemuAsync(QemuLauncher.Arguments(launch), ct).ConfigureAwait(false);
                     if (code == 0)
                     {
@@ -788,8 +808,13 @@ public sealed class RestoreVmManager : IAsyncDisposable
         }
     }
 
-    private static void TryDeleteDirectory(string path)
+    private void TryDeleteDirectory(string path)
     {
+        if (path.Length > 0)
+        {
+            options.Overlays?.Release(path);
+        }
+
         try
         {
             if (path.Length > 0 && Directory.Exists(path))

@@ -12,7 +12,8 @@ public sealed class ImageExports : IAsyncDisposable
 {
     private readonly TreeContext context;
     private readonly object gate = new();
-    private readonly ConcurrentDictionary<string, string> exports = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<string, IBlockSource> exports = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<string, (string Base, OverlayBlockSource Overlay)> overlays = new(StringComparer.Ordinal);
     private readonly ConcurrentDictionary<string, Lazy<Task<AttachedDevice>>> devices = new(StringComparer.Ordinal);
     private NbdServer? server;
     private string? socketPath;
@@ -37,10 +38,64 @@ public sealed class ImageExports : IAsyncDisposable
         var name = ExportName(state, archive);
         exports.GetOrAdd(name, n =>
         {
-            nbd.AddExport(n, new LazyImageSource(state, archive), $"{state.Snapshot.Name} {archive}");
-            return n;
+            var source = new LazyImageSource(state, archive);
+            nbd.AddExport(n, source, $"{state.Snapshot.Name} {archive}");
+            return source;
         });
         return nbd.UriFor(name);
+    }
+
+    /// <summary>
+    /// Adds <paramref name="overlayExport"/>: a writable, throwaway copy-on-write view of the export
+    /// <paramref name="baseExport"/> (which must exist, see <see cref="UriFor"/>) whose writes go to
+    /// <paramref name="file"/> (deleted at once; null: memory), at most <paramref name="maxBytes"/>. The image is never
+    /// written. <see cref="RemoveOverlayExport"/> frees it.
+    /// </summary>
+    public OverlayBlockSource AddOverlayExport(string baseExport, string overlayExport, string? file, long maxBytes)
+    {
+        var nbd = EnsureServer();
+        if (!exports.TryGetValue(baseExport, out var source))
+        {
+            throw new InvalidOperationException($"no export {baseExport} to lay an overlay over");
+        }
+
+        var overlay = new OverlayBlockSource(source, file, maxBytes);
+        if (!overlays.TryAdd(overlayExport, (baseExport, overlay)))
+        {
+            overlay.Dispose();
+            throw new InvalidOperationException($"the overlay export {overlayExport} exists already");
+        }
+
+        nbd.AddExport(overlayExport, overlay, $"throwaway overlay of {baseExport}");
+        return overlay;
+    }
+
+    /// <summary>Removes an overlay export and frees its bytes; returns the bytes it held (-1: no such overlay).</summary>
+    public long RemoveOverlayExport(string overlayExport)
+    {
+        if (!overlays.TryRemove(overlayExport, out var entry))
+        {
+            return -1;
+        }
+
+        lock (gate)
+        {
+            server?.RemoveExport(overlayExport);
+        }
+
+        var written = entry.Overlay.WrittenBytes;
+        entry.Overlay.Dispose();
+        return written;
+    }
+
+    /// <summary>
+    /// True when a live overlay of this image (a restore VM's session) holds a write in [offset, offset+length): a
+    /// reader of the image itself would see other bytes there than the VM does. The hook for host-side mapped reads.
+    /// </summary>
+    public bool OverlayTouches(SnapshotState state, string archive, long offset, long length)
+    {
+        var name = ExportName(state, archive);
+        return overlays.Values.Any(o => o.Base == name && o.Overlay.Touches(offset, length));
     }
 
     /// <summary>The URI <see cref="UriFor"/> will answer, computed without starting anything.</summary>
@@ -141,6 +196,11 @@ public sealed class ImageExports : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         await DetachAllAsync().ConfigureAwait(false);
+        foreach (var name in overlays.Keys.ToList())
+        {
+            RemoveOverlayExport(name);
+        }
+
         NbdServer? s;
         lock (gate)
         {

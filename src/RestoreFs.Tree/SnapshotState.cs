@@ -54,6 +54,18 @@ public sealed class SnapshotState : IDisposable
         }
     }
 
+    /// <summary>Drops the decoded chunks its image readers cache (e.g. when the snapshot's restore VM stopped).</summary>
+    public void DropImageCaches()
+    {
+        foreach (var lazy in readers.Values)
+        {
+            if (lazy.IsValueCreated)
+            {
+                lazy.Value.DropCache();
+            }
+        }
+    }
+
     /// <summary>
     /// Turns a datastore error into a FUSE errno: a missing key is EACCES, anything else EIO. Each distinct problem is
     /// logged once (per snapshot for keys, per chunk for damage), not once per read.

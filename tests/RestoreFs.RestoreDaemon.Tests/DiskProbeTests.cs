@@ -93,6 +93,18 @@ public sealed class DiskProbeTests : IDisposable
             TimeSpan.FromMinutes(1), stdin: "secret"u8.ToArray()).EnsureSuccess("cryptsetup luksFormat");
         Assert.Equal(FsProbe.Luks, Detect(img));
         Assert.Contains("encrypted", FsProbe.ContainerReason(FsProbe.Luks));
+
+        // The UUID the passphrase file names it by: the one cryptsetup reports, read from the header.
+        var uuid = ProcessRunner.Run(Requires.Tool("cryptsetup"), ["luksUUID", img], TimeSpan.FromMinutes(1)).EnsureSuccess("luksUUID").StdOut.Trim();
+        var header = new byte[512];
+        using (var f = File.OpenRead(img))
+        {
+            f.ReadExactly(header);
+        }
+
+        Assert.Equal(uuid, FsProbe.LuksUuid(header));
+        header[0] = (byte)'X';
+        Assert.Null(FsProbe.LuksUuid(header));
     }
 
     [Fact]

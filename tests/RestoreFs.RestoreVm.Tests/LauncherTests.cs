@@ -35,6 +35,32 @@ public sealed class LauncherTests
     }
 
     [Fact]
+    public void Overlay_disks_are_attached_writable_with_replay_on_and_guest_keys_raise_memory_and_travel_in_the_initramfs()
+    {
+        var launch = new VmLaunch("s:vm/1/t", "/img", "/vm/initrd", "/vm",
+            [new VmDisk("drive-scsi0", "/run/nbd.sock", "vm/1/t/drive-scsi0.img@abc", Writable: true)], VmMachine.Microvm, "tcg", 0);
+        var args = QemuLauncher.Arguments(launch);
+        var line = string.Join(' ', args);
+        Assert.Contains("format=raw,if=none,readonly=off,id=drive0", line);
+        Assert.Contains("restorefs.replay=1", line);
+        Assert.Equal("256", args[args.ToList().IndexOf("-m") + 1]);
+        var readOnly = string.Join(' ', QemuLauncher.Arguments(launch with { Disks = [new VmDisk("d", "/s", "e")] }));
+        Assert.DoesNotContain("restorefs.replay", readOnly);
+        Assert.Contains("readonly=on", readOnly);
+
+        var keyed = QemuLauncher.Arguments(launch with { GuestKeys = true });
+        Assert.Equal(QemuLauncher.GuestKeyMemoryMiB.ToString(System.Globalization.CultureInfo.InvariantCulture), keyed[keyed.ToList().IndexOf("-m") + 1]);
+        Assert.DoesNotContain(keyed, a => a.Contains("guest-keys", StringComparison.Ordinal));
+
+        var archive = Initramfs.BuildTicketArchive("ticket"u8, "* cGFzcw==\n"u8.ToArray());
+        var text = System.Text.Encoding.ASCII.GetString(archive);
+        Assert.Contains("guest-keys\0", text);
+        Assert.Contains("* cGFzcw==\n", text);
+        Assert.Equal(0, archive.Length % 512);
+        Assert.DoesNotContain("guest-keys", System.Text.Encoding.ASCII.GetString(Initramfs.BuildTicketArchive("ticket"u8)));
+    }
+
+    [Fact]
     public async Task State_map_survives_corruption_and_serialises_changes()
     {
         using var dir = new TempDirectory("restorefs-map");

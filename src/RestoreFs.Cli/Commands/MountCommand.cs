@@ -33,9 +33,19 @@ public static class MountCommand
             Description = "Restore VMs this mount runs at once (0: sized to the host's memory); the least recently used one stops first.",
             DefaultValueFactory = _ => 0,
         };
+        var noReplay = new Option<bool>("--no-replay")
+        {
+            Description = "files/: mount guest file systems without journal replay (the state on disk, as without a crash recovery). " +
+                          "By default the restore VM replays journals into a throwaway overlay; the backup is never written.",
+        };
+        var guestKeys = new Option<string?>("--guest-passphrase-file")
+        {
+            Description = "files/: passphrases of LUKS volumes in the guest disks, one per line: 'UUID=<uuid> <passphrase>', " +
+                          "or a line with only a passphrase for every other volume.",
+        };
         var command = new Command("mount", "Mount a datastore read-only: snapshots/<group>/<time>/<disk>.img, .img.dev, files/.")
         {
-            store, mountPoint, foreground, noVm, cacheMb, allowOther, maxVms,
+            store, mountPoint, foreground, noVm, cacheMb, allowOther, maxVms, noReplay, guestKeys,
         };
         KeyOptions.AddTo(command);
         StoreOptions.AddTo(command);
@@ -56,6 +66,21 @@ public static class MountCommand
                 return 2;
             }
 
+            var keyFile = parse.GetValue(guestKeys) is { } given ? Path.GetFullPath(given) : null;
+            byte[]? keysForGuest = null;
+            if (keyFile is not null)
+            {
+                try
+                {
+                    keysForGuest = GuestKeyFile.ForGuest(GuestKeyFile.Parse(File.ReadAllBytes(keyFile), keyFile));
+                }
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException or FormatException)
+                {
+                    Console.Error.WriteLine($"restorefs: --guest-passphrase-file: {e.Message}");
+                    return 2;
+                }
+            }
+
             if (!parse.GetValue(foreground) && !Daemon.IsChild)
             {
                 // Ask for the passphrase here, on the terminal, before going to the background.
@@ -71,6 +96,15 @@ public static class MountCommand
                 }
 
                 childArgs.AddRange(["--max-vms", parse.GetValue(maxVms).ToString(System.Globalization.CultureInfo.InvariantCulture)]);
+                if (parse.GetValue(noReplay))
+                {
+                    childArgs.Add("--no-replay");
+                }
+
+                if (keyFile is not null)
+                {
+                    childArgs.AddRange(["--guest-passphrase-file", keyFile]); // the path only; the child reads the file
+                }
 
                 if (parse.GetValue(GlobalOptions.Verbose))
                 {
@@ -108,6 +142,8 @@ public static class MountCommand
                 TraceRequests = Environment.GetEnvironmentVariable("RESTOREFS_FUSE_TRACE") == "1",
             };
             FilesBackendFactory.MaxVms = parse.GetValue(maxVms);
+            FilesBackendFactory.Replay = !parse.GetValue(noReplay);
+            FilesBackendFactory.GuestKeys = keysForGuest;
             return Serve(new MountSettings(storePath, mountPath, tree, StartVms: !parse.GetValue(noVm), fuse));
         });
         return command;

@@ -30,8 +30,24 @@ public static class FilesBackendFactory
             VmFiles.SweepInterval = TimeSpan.FromSeconds(sweep); // how soon a stopped VM's state is released (tests)
         }
 
-        return new VmFiles(context, new RestoreVms(context, new RestoreVmManager(Options(image, qemu), context.Logs)));
+        var options = Options(image, qemu) with
+        {
+            Overlays = Replay ? new VmDiskOverlays(context.Exports, context.Logs.CreateLogger<VmDiskOverlays>()) : null,
+            GuestKeys = GuestKeys,
+        };
+        if (!Replay)
+        {
+            context.Log.LogInformation("--no-replay: restore VMs mount file systems without journal replay, disks read-only");
+        }
+
+        return new VmFiles(context, new RestoreVms(context, new RestoreVmManager(options, context.Logs)));
     }
+
+    /// <summary>Journal replay into per-session throwaway overlays (false: <c>--no-replay</c>).</summary>
+    public static bool Replay { get; set; } = true;
+
+    /// <summary>LUKS passphrases for the VM (<c>--guest-passphrase-file</c>, in the guest's form), or null.</summary>
+    public static byte[]? GuestKeys { get; set; }
 
     /// <summary>--max-vms of the mount (0: sized to memory).</summary>
     public static int MaxVms { get; set; }

@@ -357,6 +357,18 @@ public sealed class ImageReader : IDisposable
         }
     }
 
+    /// <summary>Drops every cached chunk (nobody is expected to read this image soon); buffers in use stay theirs.</summary>
+    public void DropCache()
+    {
+        lock (gate)
+        {
+            while (lru.Last is not null)
+            {
+                EvictLast();
+            }
+        }
+    }
+
     /// <summary>Drops this reader's least recently used chunk for the shared budget; false when it caches none.</summary>
     internal bool EvictOldest()
     {

@@ -74,6 +74,7 @@ public static class NbdWire
     public const uint EInval = 22;
     public const uint ENotSup = 95;
     public const uint EOverflow = 75;
+    public const uint ENoSpc = 28;
 
     public const string BaseAllocation = "base:allocation";
     public const uint BaseAllocationId = 1;

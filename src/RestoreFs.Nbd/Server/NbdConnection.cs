@@ -146,7 +146,7 @@ internal sealed class NbdConnection(NbdServer server, Socket socket, int id, ILo
                 (export, exportName) = (source, name);
                 var reply = new byte[noZeroes ? 10 : 134];
                 BinaryPrimitives.WriteUInt64BigEndian(reply, (ulong)source.Size);
-                BinaryPrimitives.WriteUInt16BigEndian(reply.AsSpan(8), TransmissionFlags);
+                BinaryPrimitives.WriteUInt16BigEndian(reply.AsSpan(8), TransmissionFlags(source));
                 await stream.WriteAsync(reply, ct).ConfigureAwait(false);
                 return true;
             case OptAbort:
@@ -189,7 +189,9 @@ internal sealed class NbdConnection(NbdServer server, Socket socket, int id, ILo
         }
     }
 
-    private static ushort TransmissionFlags => TxHasFlags | TxReadOnly | TxSendFlush | TxSendCache | TxCanMultiConn | TxSendDf;
+    /// <summary>Read-only unless the export is an <see cref="IWritableBlockSource"/> (a throwaway overlay).</summary>
+    private static ushort TransmissionFlags(IBlockSource source) =>
+        (ushort)(TxHasFlags | TxSendFlush | TxSendCache | TxCanMultiConn | TxSendDf | (source is IWritableBlockSource ? 0 : TxReadOnly));
 
     private static (string Name, HashSet<ushort> Wanted) ParseInfoOrGo(byte[] data)
     {
@@ -222,7 +224,7 @@ internal sealed class NbdConnection(NbdServer server, Socket socket, int id, ILo
         var info = new byte[12];
         BinaryPrimitives.WriteUInt16BigEndian(info, InfoExport);
         BinaryPrimitives.WriteUInt64BigEndian(info.AsSpan(2), (ulong)source.Size);
-        BinaryPrimitives.WriteUInt16BigEndian(info.AsSpan(10), TransmissionFlags);
+        BinaryPrimitives.WriteUInt16BigEndian(info.AsSpan(10), TransmissionFlags(source));
         await OptionReplyAsync(option, RepInfo, info, ct).ConfigureAwait(false);
         var block = new byte[14];
         BinaryPrimitives.WriteUInt16BigEndian(block, InfoBlockSize);
@@ -347,12 +349,21 @@ internal sealed class NbdConnection(NbdServer server, Socket socket, int id, ILo
                             throw new NbdException($"write of {length} bytes (over the {server.MaxRequestBytes}-byte limit): its payload is not skipped");
                         }
 
-                        await SkipAsync(length, ct).ConfigureAwait(false);
-                        await ErrorReplyAsync(cookie, EPerm, "the export is read-only", ct).ConfigureAwait(false);
+                        if (source is not IWritableBlockSource writable)
+                        {
+                            await SkipAsync(length, ct).ConfigureAwait(false);
+                            await ErrorReplyAsync(cookie, EPerm, "the export is read-only", ct).ConfigureAwait(false);
+                            break;
+                        }
+
+                        // The payload is read before anything else: the framing stays intact whatever the answer.
+                        await Task.WhenAll(pending).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+                        await WriteAsync(writable, cookie, offset, length, ct).ConfigureAwait(false);
                         break;
                     case CmdTrim:
                     case CmdWriteZeroes:
-                        await ErrorReplyAsync(cookie, EPerm, "the export is read-only", ct).ConfigureAwait(false);
+                        await ErrorReplyAsync(cookie, source is IWritableBlockSource ? ENotSup : EPerm,
+                            source is IWritableBlockSource ? "not supported (not advertised)" : "the export is read-only", ct).ConfigureAwait(false);
                         break;
                     case CmdFlush:
                         await SimpleReplyAsync(cookie, 0, ReadOnlyMemory<byte>.Empty, ct).ConfigureAwait(false);
@@ -553,6 +564,41 @@ internal sealed class NbdConnection(NbdServer server, Socket socket, int id, ILo
         {
             log.LogWarning("NBD read of {Export} at {Offset}+{Length} failed: {Reason}", exportName, offset, length, e.Message);
             await ErrorReplyAsync(cookie, EIo, e.Message, ct).ConfigureAwait(false);
+        }
+        finally
+        {
+            buffers.Return(buffer);
+        }
+    }
+
+    /// <summary>NBD_CMD_WRITE on a writable export: payload read whole (bounded by the request maximum), range checked, written.</summary>
+    private async Task WriteAsync(IWritableBlockSource target, ulong cookie, ulong offset, uint length, CancellationToken ct)
+    {
+        var buffer = buffers.Rent((int)Math.Max(1, length));
+        try
+        {
+            await stream.ReadExactlyAsync(buffer.AsMemory(0, (int)length), ct).ConfigureAwait(false);
+            var size = (ulong)target.Size;
+            if (length == 0 || offset > size || length > size - offset)
+            {
+                Complain("write of {Offset}+{Length}: {Reason}", offset, length, length == 0 ? "zero length" : "past the end");
+                await ErrorReplyAsync(cookie, EInval, $"write of {offset}+{length}: {(length == 0 ? "zero length" : $"past the end of the {size}-byte export")}", ct)
+                    .ConfigureAwait(false);
+                return;
+            }
+
+            try
+            {
+                await target.WriteAsync((long)offset, buffer.AsMemory(0, (int)length), ct).ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is IOException or NbdException)
+            {
+                log.LogWarning("NBD write to {Export} at {Offset}+{Length} failed: {Reason}", exportName, offset, length, e.Message);
+                await ErrorReplyAsync(cookie, e is NbdOverlayFullException ? ENoSpc : EIo, e.Message, ct).ConfigureAwait(false);
+                return;
+            }
+
+            await SimpleReplyAsync(cookie, 0, ReadOnlyMemory<byte>.Empty, ct).ConfigureAwait(false);
         }
         finally
         {

@@ -59,6 +59,11 @@ public sealed partial class DiskCatalog
             return Fail(volume, "", volume.FsType ?? "", $"{volume.Id} has no block device");
         }
 
+        if (volume.FsType == FsProbe.Luks && options.GuestKeys is { Count: > 0 })
+        {
+            return MountLuks(volume);
+        }
+
         if (FsProbe.IsContainer(volume.FsType))
         {
             return Fail(volume, "", volume.FsType!, $"{volume.Id} ({volume.Device}) {FsProbe.ContainerReason(volume.FsType!)}");
@@ -120,12 +125,44 @@ public sealed partial class DiskCatalog
     {
         var failures = new List<string>();
         var errno = 0;
+        if (this.options.Replay && FsProbe.Replays(type))
+        {
+            // The disk is a throwaway overlay of this VM session: the journal may be replayed into it (the file system
+            // stays read-only). Writes are counted on the device, so that files of a volume that was written are not
+            // mapped onto the image (the host would read the bytes before the replay).
+            var before = DeviceWrites(kernelName);
+            if (LibC.Mount(volume.Device, target, type, ReadOnlyFlags, null) == 0)
+            {
+                var written = DeviceWrites(kernelName);
+                log($"mounted {volume.Id} ({volume.Device}, {type}) read-only with journal replay on {target}"
+                    + (written > before && before >= 0 ? $" ({(written - before) * 512} bytes written to the session overlay)" : ""));
+                mounted[volume.Id] = new MountedVolume(volume, target, type, null)
+                {
+                    NoFileMaps = () => before < 0 || DeviceWrites(kernelName) is var now && (now < 0 || now > before),
+                };
+                return (true, "", 0);
+            }
+
+            var replayErrno = LibC.Errno;
+            var kernel = kernelLog?.ReadNew(kernelName) ?? [];
+            log($"mounting {volume.Id} ({volume.Device}, {type}) with journal replay failed: {LibC.StrError(replayErrno)}"
+                + (kernel.Count > 0 ? $"; kernel: {string.Join(" / ", kernel)}" : "") + "; mounting it without replay");
+            if (replayErrno == ENODEV)
+            {
+                return (false, $"{type}: {LibC.StrError(replayErrno)} (the kernel has no {type} support)", replayErrno);
+            }
+        }
+
         foreach (var data in FsProbe.MountData(type))
         {
             if (LibC.Mount(volume.Device, target, type, ReadOnlyFlags, data) == 0)
             {
                 log($"mounted {volume.Id} ({volume.Device}, {type}{(data is null ? "" : "," + data)}) read-only on {target}");
-                mounted[volume.Id] = new MountedVolume(volume, target, type, null);
+                mounted[volume.Id] = new MountedVolume(volume, target, type, null)
+                {
+                    // A replay that failed half-way may have written: maps only while the device was never written.
+                    NoFileMaps = this.options.Replay ? () => DeviceWrites(kernelName) is var now && (now < 0 || now > 0) : null,
+                };
                 return (true, "", 0);
             }
 
@@ -142,6 +179,124 @@ public sealed partial class DiskCatalog
         }
 
         return (false, $"{type}: {string.Join("; then ", failures)}", errno);
+    }
+
+    private readonly List<string> luksOpened = [];
+    private int luksCount;
+
+    /// <summary>
+    /// A LUKS volume with a passphrase from the host: opened read-only with cryptsetup (the passphrase on its stdin,
+    /// never on a command line), its file system mounted like any other at the volume's mount point. Its files are never
+    /// mapped (the image holds ciphertext).
+    /// </summary>
+    private string MountLuks(VolumeInfo volume)
+    {
+        string? uuid;
+        try
+        {
+            using var device = new FileStream(volume.Device, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
+            var header = new byte[512];
+            device.ReadAtLeast(header, header.Length, throwOnEndOfStream: false);
+            uuid = FsProbe.LuksUuid(header);
+        }
+        catch (IOException e)
+        {
+            return Fail(volume, "", FsProbe.Luks, $"cannot read the LUKS header of {volume.Id} ({volume.Device}): {e.Message}");
+        }
+
+        var keys = options.GuestKeys!;
+        var key = uuid is not null && keys.TryGetValue(uuid, out var own) ? own : keys.GetValueOrDefault("*");
+        if (key is null)
+        {
+            return Fail(volume, "", FsProbe.Luks,
+                $"{volume.Id} ({volume.Device}) is encrypted (LUKS{(uuid is null ? "" : ", UUID " + uuid)}); --guest-passphrase-file has no passphrase for it");
+        }
+
+        WaitForModules(null); // dm-crypt and the ciphers load with the late modules
+        var name = $"restorefs-luks{Interlocked.Increment(ref luksCount)}";
+        var opened = Tool.Run("cryptsetup", ["open", "--type", "luks", "--readonly", "--key-file=-", volume.Device, name], TimeSpan.FromMinutes(2), key);
+        if (!opened.Ok)
+        {
+            var why = opened.Code == 2 ? "the passphrase does not open it" : opened.FirstLine;
+            return Fail(volume, "", FsProbe.Luks, $"cannot open {volume.Id} ({volume.Device}, LUKS{(uuid is null ? "" : " " + uuid)}): {why}");
+        }
+
+        lock (gate)
+        {
+            luksOpened.Add(name);
+        }
+
+        var mapped = MappedDevice(name);
+        if (mapped is null)
+        {
+            return Fail(volume, "", FsProbe.Luks, $"{volume.Id}: cryptsetup opened it, but no device for {name} appeared");
+        }
+
+        string? inner;
+        ulong size;
+        try
+        {
+            using var stream = new FileStream(mapped, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
+            size = (ulong)stream.Seek(0, SeekOrigin.End);
+            inner = FsProbe.Detect(stream, 0, (long)size);
+        }
+        catch (IOException e)
+        {
+            return Fail(volume, "", FsProbe.Luks, $"{volume.Id}: cannot read the opened LUKS volume {mapped}: {e.Message}");
+        }
+
+        log($"opened {volume.Id} (LUKS{(uuid is null ? "" : " " + uuid)}) read-only as {mapped}: {inner ?? "no recognised file system"}");
+        if (FsProbe.IsContainer(inner))
+        {
+            return Fail(volume, "", inner!, $"{volume.Id} (LUKS, opened) {FsProbe.ContainerReason(inner!)}");
+        }
+
+        // The same volume (its id and place) on the opened device; the mount is recorded under the volume's id.
+        var plain = volume with { Device = mapped, FsType = inner, Size = size };
+        var target = MountCore(plain);
+        mounted[volume.Id] = mounted[volume.Id] with { NoFileMaps = () => true };
+        return target;
+    }
+
+    /// <summary>/dev/mapper/NAME, else the dm-N device whose dm/name is NAME (no udev in the VM).</summary>
+    private static string? MappedDevice(string name)
+    {
+        var path = $"/dev/mapper/{name}";
+        if (File.Exists(path) || Directory.Exists("/dev/mapper") && new FileInfo(path).Exists)
+        {
+            return path;
+        }
+
+        foreach (var dir in Directory.Exists("/sys/block") ? Directory.GetDirectories("/sys/block", "dm-*") : [])
+        {
+            try
+            {
+                if (File.ReadAllText(Path.Combine(dir, "dm", "name")).Trim() == name && File.Exists("/dev/" + Path.GetFileName(dir)))
+                {
+                    return "/dev/" + Path.GetFileName(dir);
+                }
+            }
+            catch (IOException)
+            {
+            }
+        }
+
+        return null;
+    }
+
+    /// <summary>Sectors written to a block device since boot (<c>/sys/class/block/NAME/stat</c>, field 7); -1 when unknown.</summary>
+    internal static long DeviceWrites(string kernelName)
+    {
+        try
+        {
+            var fields = File.ReadAllText($"/sys/class/block/{kernelName}/stat").Split(' ', StringSplitOptions.RemoveEmptyEntries);
+            return fields.Length > 6 && long.TryParse(fields[6], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var n)
+                ? n : -1;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return -1;
+        }
     }
 
     /// <summary>NTFS without the kernel's ntfs3: ntfs-3g over FUSE, read-only, without touching a dirty log. Named data
@@ -319,6 +474,19 @@ public sealed partial class DiskCatalog
             loopDevices = loops.ToList();
             activated.Clear();
             loops.Clear();
+        }
+
+        List<string> crypts;
+        lock (gate)
+        {
+            crypts = luksOpened.ToList();
+            luksOpened.Clear();
+        }
+
+        foreach (var crypt in crypts)
+        {
+            var r = Tool.Run("cryptsetup", ["close", crypt], TimeSpan.FromSeconds(30));
+            log(r.Ok ? $"closed {crypt}" : $"cannot close {crypt}: {r.FirstLine}");
         }
 
         RemoveDevices();

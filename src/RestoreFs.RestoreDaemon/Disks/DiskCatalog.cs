@@ -32,6 +32,10 @@ public sealed partial class DiskCatalog : IVolumeCatalog, IDisposable, IAsyncDis
     private Lvm? lvm;
     private volatile bool disposed;
 
+    /// <summary>A container that is not mounted: LVM members, swap, RAID, journals; LUKS unless passphrases were given
+    /// (then the mount opens it, or says why not).</summary>
+    private bool Refused(string? type) => FsProbe.IsContainer(type) && !(type == FsProbe.Luks && options.GuestKeys is { Count: > 0 });
+
     public DiskCatalog(DiskCatalogOptions options)
     {
         this.options = options;
@@ -181,7 +185,7 @@ public sealed partial class DiskCatalog : IVolumeCatalog, IDisposable, IAsyncDis
             // A file system on the whole disk: PBS mounts the whole disk first and then looks no further.
             disk.Volumes.Add(new VolumeInfo(disk.Name, "raw", [], disk.Device, disk.Size, whole)
             {
-                Error = FsProbe.IsContainer(whole) ? $"the whole disk {FsProbe.ContainerReason(whole)}" : null,
+                Error = Refused(whole) ? $"the whole disk {FsProbe.ContainerReason(whole)}" : null,
                 Placement = [new DiskSpan(0, 0, (long)disk.Size)],
             });
             return;
@@ -225,7 +229,7 @@ public sealed partial class DiskCatalog : IVolumeCatalog, IDisposable, IAsyncDis
 
             var volume = new VolumeInfo(disk.Name, "part", [number], device ?? "", (ulong)part.Length, type)
             {
-                Error = error ?? (FsProbe.IsContainer(type) && type != FsProbe.LvmMember ? $"partition {number} {FsProbe.ContainerReason(type!)}" : null),
+                Error = error ?? (Refused(type) && type != FsProbe.LvmMember ? $"partition {number} {FsProbe.ContainerReason(type!)}" : null),
                 Placement = [new DiskSpan(0, part.Offset, part.Length)],
             };
             if (type == FsProbe.LvmMember && device is not null)
@@ -511,7 +515,7 @@ public sealed partial class DiskCatalog : IVolumeCatalog, IDisposable, IAsyncDis
                     {
                         using var s = OpenRead(lv.DmPath);
                         type = FsProbe.Detect(s, 0, (long)lv.Size);
-                        if (FsProbe.IsContainer(type))
+                        if (Refused(type))
                         {
                             error = $"logical volume {lv.FullName} {FsProbe.ContainerReason(type!)}";
                         }

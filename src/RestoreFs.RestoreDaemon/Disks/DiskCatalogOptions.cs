@@ -12,10 +12,16 @@ namespace RestoreFs.RestoreDaemon.Disks;
 /// is loaded before the daemon starts). A mount whose type the kernel does not know yet waits for its module or
 /// for this file (up to 30 s); the disk scan does not wait, except to activate LVM volumes that need device-mapper
 /// targets beyond linear/striped (thin, snapshot, …).</param>
+/// <param name="Replay">The disks are writable throwaway overlays (the host's, per VM session): ext4, xfs and btrfs
+/// are mounted read-only but with journal replay; when that fails, without (logged). False: never replay.</param>
+/// <param name="GuestKeys">LUKS passphrases by volume UUID (lower case), <c>*</c> for any volume; null or empty: LUKS
+/// volumes are refused.</param>
 public sealed record DiskCatalogOptions(
     IReadOnlyList<(string Name, string Device)>? Disks = null,
     string MountRoot = "/mnt",
     Action<string>? Log = null,
     bool LoopForPartitions = false,
     TimeSpan? ScanLimit = null,
-    string? ReadyFile = null);
+    string? ReadyFile = null,
+    bool Replay = false,
+    IReadOnlyDictionary<string, byte[]>? GuestKeys = null);

@@ -182,6 +182,23 @@ public static class FsProbe
         _ => [null],
     };
 
+    /// <summary>Kernel types whose journal is replayed on a read-only mount of a writable device (no option needed).</summary>
+    public static bool Replays(string kernelType) => kernelType is "ext4" or "xfs" or "btrfs";
+
+    /// <summary>The UUID of a LUKS1/LUKS2 header (both keep it at byte 168, 40 bytes, NUL-padded), lower case; null if none.</summary>
+    public static string? LuksUuid(ReadOnlySpan<byte> header)
+    {
+        if (header.Length < 208 || !(header[..6].SequenceEqual(LuksMagic) || header[..6].SequenceEqual(Luks2SecondaryMagic)))
+        {
+            return null;
+        }
+
+        var field = header.Slice(168, 40);
+        var end = field.IndexOf((byte)0);
+        var text = System.Text.Encoding.ASCII.GetString(end < 0 ? field : field[..end]).Trim().ToLowerInvariant();
+        return text.Length == 36 && Guid.TryParse(text, out _) ? text : null;
+    }
+
     /// <summary>Mount options that never write (no journal replay) for a type: the first of <see cref="MountData"/>.</summary>
     public static string? ReadOnlyOptions(string type) => MountData(type)[0];
 

@@ -43,6 +43,14 @@ public sealed record VolumeInfo(string Disk, string Bucket, IReadOnlyList<string
 /// <summary>Bytes [VolumeOffset, VolumeOffset+Length) of a volume are bytes [DiskOffset, DiskOffset+Length) of its disk.</summary>
 public readonly record struct DiskSpan(long VolumeOffset, long DiskOffset, long Length);
 
-public sealed record MountedVolume(VolumeInfo Volume, string MountPoint, string FsType, string? Error);
+public sealed record MountedVolume(VolumeInfo Volume, string MountPoint, string FsType, string? Error)
+{
+    /// <summary>
+    /// True when the host must not read this volume's files from the image by file maps: the mount wrote (a journal
+    /// replay into the VM session's overlay, so the image differs from what the VM reads) or the volume is encrypted.
+    /// Asked on every listing (a replay's writes are counted on the device). Null: maps are fine.
+    /// </summary>
+    public Func<bool>? NoFileMaps { get; init; }
+}
 
 public sealed class VolumeException(string message, Exception? inner = null) : Exception(message, inner);

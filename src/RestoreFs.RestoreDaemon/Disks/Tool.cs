@@ -50,9 +50,13 @@ internal static class Tool
         return file;
     }
 
-    public static ToolResult Run(string file, IReadOnlyList<string> args, TimeSpan? timeout = null)
+    /// <param name="stdin">Bytes for the tool's standard input (a passphrase: never an argument), then end of file.</param>
+    public static ToolResult Run(string file, IReadOnlyList<string> args, TimeSpan? timeout = null, byte[]? stdin = null)
     {
-        var info = new ProcessStartInfo(Resolve(file)) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        var info = new ProcessStartInfo(Resolve(file))
+        {
+            RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = stdin is not null, UseShellExecute = false,
+        };
         foreach (var a in args)
         {
             info.ArgumentList.Add(a);
@@ -76,6 +80,19 @@ internal static class Tool
         {
             var stdout = process.StandardOutput.ReadToEndAsync();
             var stderr = process.StandardError.ReadToEndAsync();
+            if (stdin is not null)
+            {
+                try
+                {
+                    process.StandardInput.BaseStream.Write(stdin);
+                    process.StandardInput.Close();
+                }
+                catch (IOException)
+                {
+                    // the tool ended without reading: its exit code says why
+                }
+            }
+
             var limit = timeout ?? TimeSpan.FromSeconds(60);
             if (!process.WaitForExit(limit))
             {

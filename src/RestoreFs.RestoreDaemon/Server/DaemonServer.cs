@@ -414,7 +414,7 @@ public sealed class DaemonServer : IDisposable
     private ExtentMapping? Mapping(VolumeInfo volume)
     {
         var mounted = catalog.Mounts.FirstOrDefault(m => m.Volume.Id == volume.Id);
-        return volume.Placement is { Count: > 0 } placement && FileExtents.Maps(mounted?.FsType)
+        return volume.Placement is { Count: > 0 } placement && FileExtents.Maps(mounted?.FsType) && mounted?.NoFileMaps?.Invoke() != true
             ? new ExtentMapping(placement, (long)volume.Size)
             : null;
     }

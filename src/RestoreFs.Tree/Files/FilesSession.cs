@@ -19,6 +19,9 @@ internal sealed class FilesSession(string vm)
 
     public string Vm { get; } = vm;
 
+    /// <summary>The snapshot as last used (its image readers' caches are dropped with the session).</summary>
+    public SnapshotState? Snapshot { get; set; }
+
     public ConcurrentDictionary<string, FileExtent[]> Placements { get; } = new(StringComparer.Ordinal);
 
     public ConcurrentDictionary<string, List<byte[]>> Subdirectories { get; } = new(StringComparer.Ordinal);

@@ -71,6 +71,7 @@ public sealed class VmFiles : IFilesBackend, IAsyncDisposable
     {
         var vm = RestoreVms.VmName(snapshot);
         var session = sessions.GetOrAdd(vm, v => new FilesSession(v));
+        session.Snapshot = snapshot;
         session.Touch();
         StartSweeper();
         return session;
@@ -440,7 +441,8 @@ public sealed class VmFiles : IFilesBackend, IAsyncDisposable
     }
 
     /// <summary>
-    /// Releases everything held for a snapshot's VM (it stopped): cached content, file maps, walker bookkeeping, and
+    /// Releases everything held for a snapshot's VM (it stopped): cached content, file maps, walker bookkeeping, the
+    /// decoded chunks of its images, and
     /// the listed directories' nodes (<see cref="FilesNodes"/>), so the mount's memory goes back to what it was before
     /// the snapshot was browsed. The next use lists again (and starts the VM).
     /// </summary>
@@ -462,6 +464,7 @@ public sealed class VmFiles : IFilesBackend, IAsyncDisposable
         session.Parents.Clear();
         session.Prefetched.Clear();
         session.LastBlock.Clear();
+        session.Snapshot?.DropImageCaches();
         var nodes = context.FilesNodes.Release(vm);
         log.LogDebug("Released files/ state of {Vm}: {Nodes} directories unloaded", vm, nodes);
         return true;
