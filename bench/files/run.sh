@@ -36,6 +36,12 @@ while total < 200 * 1024 * 1024:
         f.write(os.urandom(size // 2) + bytes(size - size // 2))
     total += size
     d += 1
+# One directory of 20,000 small files (1-4 KiB), as a mail spool or a cache directory has them.
+many = os.path.join(root, "many")
+os.makedirs(many)
+for i in range(20000):
+    with open(os.path.join(many, f"m{i:05d}"), "wb") as f:
+        f.write(os.urandom(r.randint(1024, 4096)))
 with open(os.path.join(root, "big.bin"), "wb") as f:
     f.write(os.urandom(100 * 1024 * 1024))
 PY
@@ -51,6 +57,15 @@ ls -la "$fs/tree/d010" >/dev/null; t2=$(now)
 ls -la "$fs/tree/d010" >/dev/null; t3=$(now)
 cp -a "$fs/tree" "$work/copy-tree"; t4=$(now)
 cat "$fs/big.bin" > /dev/null; t5=$(now)
+rsync -aHAX "$fs/tree/" "$work/rsync-tree/"; t6=$(now)
+ls -la "$fs/many" > /dev/null; t7=$(now)
+cp -a "$fs/many" "$work/copy-many-1"; t8=$(now)
+cat "$fs"/many/* > /dev/null; t9=$(now)
+cp -a "$fs/many" "$work/copy-many-2"; t10=$(now)
+diff -rq "$work/src/many" "$work/copy-many-1" >/dev/null && diff -rq "$work/src/tree" "$work/rsync-tree" >/dev/null || { echo "bench: copied data differs!" >&2; exit 1; }
+mount_pid=$(pgrep -f "restorefs mount $work/store" | head -1)
+mount_rss=$(awk '/VmHWM/ {printf "%.0f MiB", $2/1024}' /proc/"$mount_pid"/status)
+rm -rf "$work/rsync-tree" "$work/copy-many-1" "$work/copy-many-2"
 cmp -s "$work/src/big.bin" "$fs/big.bin" && diff -rq "$work/src/tree" "$work/copy-tree" >/dev/null || { echo "bench: copied data differs!" >&2; exit 1; }
 vm=$("$cli" vm status --json | python3 -c "import json,sys; v=json.load(sys.stdin)[0]; print(v['pid'], v['accelerator'])")
 pid=${vm% *}; accel=${vm#* }
@@ -96,4 +111,8 @@ echo "| first ls, cold (VM start included) | $(secs "$t0" "$t1") s | $g_first |"
 echo "| ls -la of a 100-entry directory, first / cached | $(secs "$t1" "$t2") s / $(secs "$t2" "$t3") s | |"
 echo "| cp -a of a $((tree_bytes >> 20)) MiB tree of small files | $(rate "$tree_bytes" "$t3" "$t4") | $g_tree |"
 echo "| cat of a 100 MiB file | $(rate $((100 << 20)) "$t4" "$t5") | $g_big |"
+echo "| rsync -aHAX of the same tree | $(rate "$tree_bytes" "$t5" "$t6") | |"
+echo "| 20,000-file directory: ls -la, first | $(secs "$t6" "$t7") s | |"
+echo "| 20,000-file directory: cp -a right after the ls / after a cat of every file | $(secs "$t7" "$t8") s / $(secs "$t9" "$t10") s | |"
+echo "| mount process peak RSS (VmHWM) | $mount_rss | |"
 echo "| restore VM RSS (QEMU) | $rss | |"
