@@ -14,41 +14,6 @@ public sealed class FidelityFilesTests : IDisposable
     private static readonly TimeSpan Long = TimeSpan.FromMinutes(10);
     private readonly TempDirectory dir = new("restorefs-fidelity");
 
-    /// <summary>One line per entry below the root (lost+found left out), sorted; link groups by first name.</summary>
-    private const string ManifestScript = """
-import os, sys, stat, hashlib
-root = os.fsencode(sys.argv[1])
-rows = {}
-inodes = {}
-for top, dirs, files in os.walk(root):
-    for name in dirs + files:
-        p = os.path.join(top, name)
-        rel = os.path.relpath(p, root)
-        if rel == b'lost+found' or rel.startswith(b'lost+found/'):
-            continue
-        st = os.lstat(p)
-        f = [rel.hex(), oct(stat.S_IFMT(st.st_mode)), oct(stat.S_IMODE(st.st_mode)), str(st.st_uid), str(st.st_gid), str(st.st_mtime_ns)]
-        if stat.S_ISREG(st.st_mode):
-            f += [str(st.st_size), hashlib.sha256(open(p, 'rb').read()).hexdigest()]
-            if st.st_nlink > 1:
-                inodes.setdefault((st.st_dev, st.st_ino), []).append(rel)
-        if stat.S_ISLNK(st.st_mode):
-            f.append(os.readlink(p).hex())
-        if stat.S_ISBLK(st.st_mode) or stat.S_ISCHR(st.st_mode):
-            f.append('%d:%d' % (os.major(st.st_rdev), os.minor(st.st_rdev)))
-        xs = []
-        for x in sorted(os.listxattr(p, follow_symlinks=False)):
-            xs.append(x + '=' + os.getxattr(p, x, follow_symlinks=False).hex())
-        f.append(','.join(xs))
-        rows[rel] = f
-for names in inodes.values():
-    names.sort()
-    for n in names:
-        rows[n].append('links=' + ','.join(x.hex() for x in names))
-for rel in sorted(rows):
-    print(' '.join(rows[rel]))
-""";
-
     /// <summary>Fills the mounted ext4 file system at $1.</summary>
     private const string PopulateScript = """
 set -e
@@ -73,7 +38,10 @@ done
     private ProcessResult Run(string tool, params string[] args) =>
         ProcessRunner.Run(Requires.Tool(tool), args, Long).EnsureSuccess(tool + " " + string.Join(' ', args));
 
-    private string Manifest(string root) => ProcessRunner.Run("python3", ["-c", ManifestScript, root], Long).EnsureSuccess("manifest " + root).StdOut;
+    /// <summary>One line per entry below the root (lost+found left out), sorted: names, type, mode, owner, mtime ns,
+    /// size and sha256, symlink target, rdev, xattrs, hard-link groups (the per-file-system tests' script).</summary>
+    private string Manifest(string root) =>
+        ProcessRunner.Run("python3", ["-c", FidelityFilesystemsFixture.ManifestScript, root, "mode,owner,links,target,rdev,xattrs"], Long).EnsureSuccess("manifest " + root).StdOut;
 
     [Fact]
     public void Rsync_aHAX_of_files_equals_the_ext4_source_and_cp_sparse_writes_only_data()

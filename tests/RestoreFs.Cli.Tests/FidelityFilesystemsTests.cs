@@ -139,7 +139,7 @@ public sealed class FidelityFilesystemsFixture : IDisposable
 
     /// <summary>One line per entry below the root (lost+found left out; the root itself as "." with <c>root</c>), sorted;
     /// fields per argv[2]; link groups by first name.</summary>
-    private const string ManifestScript = """
+    internal const string ManifestScript = """
 import os, sys, stat, hashlib, errno
 root = os.fsencode(sys.argv[1])
 want = set(x for x in sys.argv[2].split(',') if x)

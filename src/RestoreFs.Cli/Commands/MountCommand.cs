@@ -20,7 +20,7 @@ public static class MountCommand
         var noVm = new Option<bool>("--no-vm") { Description = "Do not offer files/ (no restore VM)." };
         var cacheMb = new Option<int>("--cache-mb")
         {
-            Description = "Decoded-chunk cache per open image, in MiB.",
+            Description = "Decoded-chunk cache of the mount (all images of all snapshots together), in MiB.",
             DefaultValueFactory = _ => 64,
         };
         var allowOther = new Option<bool>("--allow-other")
