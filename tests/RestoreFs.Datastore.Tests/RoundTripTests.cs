@@ -132,11 +132,14 @@ public sealed class RoundTripTests : IDisposable
         }
 
         var reader = DatastoreReader.Open(Store);
+        // CPU time of this thread: the test projects run in parallel on two cores, so wall time measures the others.
         var watch = Stopwatch.StartNew();
+        var cpu = ThreadCpu.Now();
         var list = reader.ListGroups(BackupNamespace.Root).SelectMany(reader.ListSnapshots).ToList();
+        cpu = ThreadCpu.Now() - cpu;
         watch.Stop();
         Assert.Equal(10_000, list.Count);
-        Assert.True(watch.Elapsed < TimeSpan.FromSeconds(1), $"listing took {watch.Elapsed}");
+        Assert.True(cpu < TimeSpan.FromSeconds(1), $"listing took {cpu.TotalMilliseconds:F0} ms of CPU ({watch.Elapsed} wall)");
         Assert.True(list.Zip(list.Skip(1)).All(p => p.First.Time < p.Second.Time));
     }
 
