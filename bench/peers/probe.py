@@ -4,6 +4,7 @@
   probe.py map IMAGE OUT            offsets of the 64 KiB blocks of IMAGE that hold data (not all zero), one a line
   probe.py ready MNT FILE -- CMD..  starts CMD, times until MNT answers stat as a new mount, then the first 4 KiB
                                     read of MNT/FILE (open + pread); prints "ready_ms first_ms pid"
+  probe.py evict PATH               drops PATH's files (a directory tree or one file) from the page cache
   probe.py random FILE MAP N SEED   N preads of 4 KiB at random offsets inside data blocks, each timed;
                                     prints "p50_ms p99_ms"
 """
@@ -54,6 +55,17 @@ def ready(mnt, rel, cmd):
     print(f"{(t1 - t0) * 1000:.1f} {(t2 - t1) * 1000:.2f} {proc.pid}")
 
 
+def evict(path):
+    files = [path] if os.path.isfile(path) else [os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs]
+    for name in files:
+        try:
+            fd = os.open(name, os.O_RDONLY)
+        except OSError:
+            continue
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+
+
 def rand(path, mapfile, n, seed):
     offsets = [int(x) for x in open(mapfile)]
     rng = random.Random(seed)
@@ -79,6 +91,8 @@ if __name__ == "__main__":
         data_map(a[1], a[2])
     elif a[0] == "ready":
         ready(a[1], a[2], a[a.index("--") + 1:])
+    elif a[0] == "evict":
+        evict(a[1])
     elif a[0] == "random":
         rand(a[1], a[2], int(a[3]), int(a[4]))
     else:

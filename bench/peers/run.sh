@@ -2,7 +2,8 @@
 # Same-run peer comparison (issue 16): one GPT/ext4 disk image backed up and mounted by RestoreFs, borg (4 MiB fixed
 # chunks), restic and squashfuse (zstd, 1 MiB blocks); prints one table, RestoreFs first, ratios in the last column.
 #   bench/peers/run.sh [SIZE_MiB]     (root; needs build/restorefs; installs the peers when missing)
-# The image is SIZE_MiB (default 2048): system trees (copies of /usr/share and /usr/lib), logs, incompressible data
+# Mount ready and the first 4 KiB read are taken with the tool's own files warm and its repository evicted from the
+# page cache; every other read figure after dropping all caches. The image is SIZE_MiB (default 2048): system trees (copies of /usr/share and /usr/lib), logs, incompressible data
 # (600/2048 of it) and the rest zeros (about 940/2048), all scaled to SIZE_MiB.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -121,6 +122,14 @@ mount_cmd() {
     squashfuse) echo squashfuse -f "$work/img.sqfs" "$mnt" ;;
   esac
 }
+repo_of() {
+  case $1 in
+    restorefs) echo "$work/store" ;;
+    borg) echo "$work/borg" ;;
+    restic) echo "$work/restic" ;;
+    squashfuse) echo "$work/img.sqfs" ;;
+  esac
+}
 warm_binary() {
   case $1 in
     restorefs) "$cli" --help >/dev/null ;;
@@ -161,7 +170,9 @@ dd_rate() { # file -> MB/s
 tools=(restorefs borg restic squashfuse)
 for t in "${tools[@]}"; do
   echo "measuring $t…" >&2
-  drop; warm_binary "$t"
+  # Mount ready and first read: the tool's own files warm (a mount before), its repository cold (evicted).
+  warm_binary "$t"; do_mount "$t"; do_umount "$t"
+  sync; python3 "$probe" evict "$(repo_of "$t")"
   do_mount "$t"; ready[$t]=$last_ready; first[$t]=$last_first
   drop
   seq_cold[$t]=$(dd_rate "$mnt/$(file_of "$t")")
