@@ -120,6 +120,7 @@ public static class MountCommand
 
             Daemon.DetachSession();
             var key = KeyOptions.LoadKey(parse);
+            StartupWarmup.Start(storePath, key);
             Secrets.ScrubEnvironment(Secrets.PassphraseVariable);
             if (key is not null)
             {
