@@ -48,7 +48,7 @@ PY
 tree_bytes=$(du -sb "$work/src/tree" | cut -f1)
 bash scripts/make-disk-image.sh "$work/disk.img" 512 "$work/src" >/dev/null
 "$cli" backup --store "$work/store" --group vm/1 --time 2026-01-01T00:00:00Z drive-scsi0="$work/disk.img" >/dev/null 2>&1
-"$cli" mount "$work/store" "$mnt" >/dev/null 2>&1
+"$cli" mount "$work/store" "$mnt" ${MOUNT_OPTS:-} >/dev/null 2>&1
 fs=$mnt/snapshots/vm/1/2026-01-01T00:00:00Z/files/drive-scsi0.img/part/1
 sync; echo 3 > /proc/sys/vm/drop_caches
 
