@@ -45,33 +45,41 @@ public sealed class LinkTable
         }
     }
 
-    /// <summary>The volume a files/ path lies in (<c>disk/part/N</c>, <c>disk/lvm/VG/LV</c>, <c>disk/raw</c>).</summary>
+    /// <summary>The volume a files/ path lies in (<c>disk/part/N</c>, <c>disk/lvm/VG/LV</c>, <c>disk/raw</c>); the whole
+    /// path above that level.</summary>
     public static string VolumeKey(byte[] path)
     {
-        var parts = path.AsSpan();
+        var length = VolumeLength(path);
+        return Convert.ToBase64String(path.AsSpan(0, length < 0 ? path.Length : length));
+    }
+
+    /// <summary>How many bytes of a files/ path name its volume (<c>disk/part/N</c>, <c>disk/lvm/VG/LV</c>,
+    /// <c>disk/raw</c>); -1 for a path above the volume level.</summary>
+    public static int VolumeLength(ReadOnlySpan<byte> path)
+    {
         var depth = 0;
         var second = ReadOnlySpan<byte>.Empty;
         var start = 0;
-        for (var i = 0; i <= parts.Length; i++)
+        for (var i = 0; i <= path.Length; i++)
         {
-            if (i == parts.Length || parts[i] == (byte)'/')
+            if (i == path.Length || path[i] == (byte)'/')
             {
                 depth++;
                 if (depth == 2)
                 {
-                    second = parts[start..i];
+                    second = path[start..i];
                 }
 
                 var want = second.SequenceEqual("part"u8) ? 3 : second.SequenceEqual("lvm"u8) ? 4 : second.SequenceEqual("raw"u8) ? 2 : int.MaxValue;
                 if (depth >= want)
                 {
-                    return Convert.ToBase64String(parts[..i]);
+                    return i;
                 }
 
                 start = i + 1;
             }
         }
 
-        return Convert.ToBase64String(parts);
+        return -1;
     }
 }

@@ -159,12 +159,7 @@ public sealed class VmFiles : IFilesBackend, IAsyncDisposable
     }
 
     /// <summary>The volume a files/ path lies in (<c>disk/part/N</c>, <c>disk/lvm/VG/LV</c>, <c>disk/raw</c>); null above.</summary>
-    private static byte[]? VolumeOf(byte[] path)
-    {
-        var parts = Encoding.UTF8.GetString(path).Split('/');
-        var depth = parts.Length > 1 ? parts[1] switch { "part" => 3, "lvm" => 4, "raw" => 2, _ => int.MaxValue } : int.MaxValue;
-        return parts.Length >= depth ? Encoding.UTF8.GetBytes(string.Join('/', parts.Take(depth))) : null;
-    }
+    private static byte[]? VolumeOf(byte[] path) => LinkTable.VolumeLength(path) is var n and >= 0 ? path[..n] : null;
 
     private async Task<IReadOnlyList<RemoteEntry>> FetchListOnceAsync(SnapshotState snapshot, FilesSession session, byte[] path, CancellationToken ct) =>
         await vms.RequestAsync(snapshot, async client =>
