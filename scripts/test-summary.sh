@@ -11,8 +11,13 @@ while read -r line; do
   s=$(sed -n 's/.*Skipped: *\([0-9]*\).*/\1/p' <<<"$line")
   passed=$((passed + ${p:-0})); failed=$((failed + ${f:-0})); skipped=$((skipped + ${s:-0}))
 done < <(grep -E '^(Passed|Failed)! +- +Failed:' "$log")
-rm -f "$log"
 echo
+# The names of failed tests again at the end, where a log's tail shows them.
+if grep -qE '^ +Failed [^ ]' "$log"; then
+  echo "failed tests:"
+  grep -E '^ +Failed [^ ]' "$log" | sed 's/^ */  /' | sort -u
+fi
+rm -f "$log"
 echo "tests: $passed passed, $failed failed, $skipped skipped"
 if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then
   echo "dotnet test exited with $status" >&2
