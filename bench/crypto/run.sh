@@ -78,6 +78,29 @@ mount_read() {
   "$cli" umount "$mnt" >/dev/null
   echo "$(secs "$t0" "$t1") $(python3 -c "print(f'{$c1 - $c0:.2f}')")"
 }
+# store keyargs... -> "p50_ms mean_ms": 4 KiB reads at random places of 64 distinct chunks through a fresh mount,
+# page cache dropped first (each read decodes a chunk nobody read before: the cold random-read latency)
+random_read() {
+  local store=$1; shift
+  "$cli" mount "$store" "$mnt" --no-vm "$@" >/dev/null 2>&1
+  sync; echo 3 > /proc/sys/vm/drop_caches
+  python3 - "$mnt/snapshots/$snap/drive-scsi0.img" <<'PY'
+import os, random, statistics, sys, time
+fd = os.open(sys.argv[1], os.O_RDONLY)
+size = os.fstat(fd).st_size
+chunk = 4 << 20
+r = random.Random(7)
+chunks = r.sample(range(size // chunk), min(64, size // chunk))
+times = []
+for c in chunks:
+    offset = c * chunk + r.randrange(0, chunk // 4096) * 4096
+    t0 = time.perf_counter()
+    os.pread(fd, 4096, offset)
+    times.append((time.perf_counter() - t0) * 1000)
+print(f"{statistics.median(times):.2f} {statistics.mean(times):.2f}")
+PY
+  "$cli" umount "$mnt" >/dev/null
+}
 # mode (plain|encrypted) -> "backup_wall backup_cpu read_wall read_cpu restore_wall restore_cpu"
 measure() {
   local mode=$1 store=$work/store-$1 keyargs=() b r rs
@@ -87,10 +110,11 @@ measure() {
   r=$(mount_read "$store" "${keyargs[@]}")
   sync; echo 3 > /proc/sys/vm/drop_caches
   rs=$(timed "$cli" restore "$store" "$snap" drive-scsi0.img /dev/null "${keyargs[@]}")
-  echo "$b $r $rs"
+  rr=$(random_read "$store" "${keyargs[@]}")
+  echo "$b $r $rs $rr"
 }
-read -r pb pbc pr prc prs prsc <<<"$(measure plain)"
-read -r eb ebc er erc ers ersc <<<"$(measure encrypted)"
+read -r pb pbc pr prc prs prsc prr50 prrm <<<"$(measure plain)"
+read -r eb ebc er erc ers ersc err50 errm <<<"$(measure encrypted)"
 # The encrypted cold read once more, forced onto the managed (BouncyCastle) path.
 read -r mr mrc <<<"$(RESTOREFS_CRYPTO=managed mount_read "$work/store-encrypted" --keyfile "$work/key.json")"
 
@@ -103,3 +127,10 @@ echo "|---|---|---|---|---|---|---|"
 echo "| restorefs backup | $(mbps "$bytes" "$pb") | $(mbps "$bytes" "$eb") | $(ratio "$pb" "$eb") | $pbc | $ebc | |"
 echo "| cold sequential read through the mount (dd bs=1M) | $(mbps "$bytes" "$pr") | $(mbps "$bytes" "$er") | $(ratio "$pr" "$er") | $prc | $erc | $(mbps "$bytes" "$mr") MB/s, $mrc CPU s |"
 echo "| restorefs restore to /dev/null (cold) | $(mbps "$bytes" "$prs") | $(mbps "$bytes" "$ers") | $(ratio "$prs" "$ers") | $prsc | $ersc | |"
+echo
+echo "Random 4 KiB cold reads through the mount (64 distinct chunks, one read each, page cache dropped first):"
+echo
+echo "| | plain | encrypted | encrypted − plain |"
+echo "|---|---|---|---|"
+echo "| median latency | $prr50 ms | $err50 ms | $(python3 -c "print(f'{$err50 - $prr50:+.2f} ms')") |"
+echo "| mean latency | $prrm ms | $errm ms | $(python3 -c "print(f'{$errm - $prrm:+.2f} ms')") |"

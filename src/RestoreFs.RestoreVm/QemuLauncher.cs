@@ -119,6 +119,16 @@ public static class QemuLauncher
             line.Append(CultureInfo.InvariantCulture, $" tsc_early_khz={l.TscKhz}");
         }
 
+        if (l.Accelerator == "tcg")
+        {
+            // TCG's vCPUs run on their own host threads, so the guest finds their TSCs unsynchronized, marks the TSC
+            // unstable and falls back to jiffies: 4 ms clock resolution, no vDSO (every clock read a system call),
+            // timers rounded up to ticks. The emulated TSC follows the host's clock: tell the guest to trust it.
+            // No speculation mitigations either: they guard the guest kernel against untrusted guest programs, and
+            // the only program here is our daemon; under emulation retpolines and RSB stuffing cost every syscall.
+            line.Append(" tsc=reliable mitigations=off");
+        }
+
         line.Append(CultureInfo.InvariantCulture, $" restorefs.idle={l.IdleTimeoutSeconds}");
 
         // Writable disks are per-session overlays: the daemon may replay journals (into them, never into the backup).

@@ -171,6 +171,31 @@ public sealed class CryptoPathTests : IDisposable
     }
 
     [Theory]
+    [MemberData(nameof(Paths))]
+    public void In_place_decoding_of_a_compressed_encrypted_chunk_gives_the_same_bytes_and_refuses_the_same_damage(GcmImplementation path)
+    {
+        var key = Key(RandomNumberGenerator.GetBytes(32), path);
+        var data = new byte[1 << 20];
+        RandomNumberGenerator.Fill(data.AsSpan(0, 1 << 18)); // compressible, so the payload is zstd inside GCM
+        var blob = DataBlob.Encode(data, key, compress: true);
+        Assert.True(blob.Length < data.Length);
+        var digest = key.KeyedDigest(data);
+        var copied = new byte[data.Length];
+        DataBlob.DecodeChunk(blob, key, true, copied, digest, "c", 0);
+        var scratch = blob.ToArray();
+        var inPlace = new byte[data.Length];
+        DataBlob.DecodeChunkInPlace(scratch, key, true, inPlace, digest, "c", 0);
+        Assert.Equal(data, copied);
+        Assert.Equal(data, inPlace);
+        Assert.Equal(path == GcmImplementation.OpenSsl, key.DecryptsInPlace);
+
+        blob[DataBlob.EncryptedHeaderSize + 100] ^= 0x01;
+        BitConverter.TryWriteBytes(blob.AsSpan(8), System.IO.Hashing.Crc32.HashToUInt32(blob.AsSpan(DataBlob.EncryptedHeaderSize)));
+        var e = Assert.Throws<ChunkCorruptException>(() => DataBlob.DecodeChunkInPlace(blob.ToArray(), key, true, new byte[data.Length], digest, "c", 0));
+        Assert.Contains("authentication failed", e.Message, StringComparison.Ordinal);
+    }
+
+    [Theory]
     [InlineData(GcmImplementation.OpenSsl, GcmImplementation.OpenSsl)]
     [InlineData(GcmImplementation.Managed, GcmImplementation.Managed)]
     [InlineData(GcmImplementation.OpenSsl, GcmImplementation.Managed)]

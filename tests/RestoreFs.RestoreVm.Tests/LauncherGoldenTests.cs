@@ -25,7 +25,7 @@ public sealed class LauncherGoldenTests
             "-nodefaults", "-no-user-config", "-no-reboot", "-display", "none", "-monitor", "none",
             "-kernel", "/img/vmlinux",
             "-initrd", "/run/rfs/vm/1/initramfs-x.img",
-            "-append", "console=ttyS0 panic=-1 cryptomgr.notests=1 quiet tsc_early_khz=2100000 restorefs.idle=600 restorefs.channel=serial",
+            "-append", "console=ttyS0 panic=-1 cryptomgr.notests=1 quiet tsc_early_khz=2100000 tsc=reliable mitigations=off restorefs.idle=600 restorefs.channel=serial",
             "-serial", "file:/run/rfs/vm/1/console.log",
             "-device", "virtio-rng-device",
             "-drive", "file=nbd+unix:///vm/100/2026-01-01T00%3A00%3A00Z/drive-scsi0.img?socket=/run/rfs/nbd.sock,format=raw,if=none,readonly=on,id=drive0",

@@ -22,6 +22,7 @@ public sealed class LauncherTests
         Assert.Contains("-chardev socket,id=channel,path=/vm/channel.sock,server=on,wait=off", line);
         Assert.Contains("-device virtserialport,chardev=channel,name=org.restorefs.0", line);
         Assert.Contains("tsc_early_khz=2500000", line);
+        Assert.Contains(" tsc=reliable", line); // TCG: a real clock source instead of jiffies
         Assert.Contains("restorefs.idle=42", line);
         Assert.Contains(QemuLauncher.Marker, line);
         Assert.Equal("256", args[args.ToList().IndexOf("-m") + 1]);
@@ -32,6 +33,7 @@ public sealed class LauncherTests
         Assert.Contains("virtio-blk-pci,drive=drive0", pc);
         Assert.Contains("vhost-vsock-pci,guest-cid=12", pc);
         Assert.DoesNotContain("chardev", pc);
+        Assert.DoesNotContain("tsc=reliable", pc); // KVM has its own clock
     }
 
     [Fact]

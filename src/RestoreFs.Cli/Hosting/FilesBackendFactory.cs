@@ -59,6 +59,8 @@ public static class FilesBackendFactory
         ImageDirectory = image,
         Qemu = qemu,
         IdleTimeoutSeconds = int.TryParse(Environment.GetEnvironmentVariable("RESTOREFS_VM_IDLE"), out var idle) && idle > 0 ? idle : 600,
+        // RESTOREFS_VM_DEBUG=1: the guest kernel logs everything to the VM's console.log (boot diagnostics).
+        Debug = Environment.GetEnvironmentVariable("RESTOREFS_VM_DEBUG") == "1",
     };
 
     /// <summary>RESTOREFS_IMAGE_DIR, else restore-image next to the executable or one level up (the build tree).</summary>

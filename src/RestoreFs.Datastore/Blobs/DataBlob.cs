@@ -147,7 +147,19 @@ public static class DataBlob
     /// Throws on any mismatch, naming the chunk.
     /// </summary>
     public static void DecodeChunk(ReadOnlySpan<byte> blob, CryptConfig? key, bool expectEncrypted, Span<byte> destination,
-        ReadOnlySpan<byte> digest, string path, long offset, bool verifyDigest = true)
+        ReadOnlySpan<byte> digest, string path, long offset, bool verifyDigest = true) =>
+        Decode(blob, [], key, expectEncrypted, destination, digest, path, offset, verifyDigest);
+
+    /// <summary>
+    /// As <see cref="DecodeChunk"/>, for a blob in a scratch buffer the caller throws away afterwards: an encrypted
+    /// compressed payload is decrypted where it lies (no second multi-MiB buffer to find, fill and fault in).
+    /// </summary>
+    public static void DecodeChunkInPlace(Span<byte> blob, CryptConfig? key, bool expectEncrypted, Span<byte> destination,
+        ReadOnlySpan<byte> digest, string path, long offset, bool verifyDigest = true) =>
+        Decode(blob, blob, key, expectEncrypted, destination, digest, path, offset, verifyDigest);
+
+    private static void Decode(ReadOnlySpan<byte> blob, Span<byte> scratch, CryptConfig? key, bool expectEncrypted, Span<byte> destination,
+        ReadOnlySpan<byte> digest, string path, long offset, bool verifyDigest)
     {
         var digestHex = Convert.ToHexStringLower(digest);
         var kind = Verify(blob, path, digestHex, offset);
@@ -181,13 +193,23 @@ public static class DataBlob
                     return;
                 }
 
-                rented = BlobBuffers.Pool.Rent(Math.Max(1, cipherLength));
-                if (!key.TryDecrypt(blob[12..28], blob[28..44], blob[44..], rented.AsSpan(0, cipherLength)))
+                Span<byte> plain;
+                if (!scratch.IsEmpty && key.DecryptsInPlace)
+                {
+                    plain = scratch.Slice(EncryptedHeaderSize, cipherLength); // the same bytes as blob[44..]
+                }
+                else
+                {
+                    rented = BlobBuffers.Pool.Rent(Math.Max(1, cipherLength));
+                    plain = rented.AsSpan(0, cipherLength);
+                }
+
+                if (!key.TryDecrypt(blob[12..28], blob[28..44], blob[44..], plain))
                 {
                     throw new ChunkCorruptException("authentication failed: wrong key or damaged chunk", path, offset, digestHex);
                 }
 
-                payload = rented.AsSpan(0, cipherLength);
+                payload = plain;
             }
             else
             {

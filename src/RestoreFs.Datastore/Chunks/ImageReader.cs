@@ -281,7 +281,7 @@ public sealed class ImageReader : IDisposable
         var blob = chunks.ReadRented(digest, offset, out var length);
         try
         {
-            DataBlob.DecodeChunk(blob.AsSpan(0, length), key, encrypted, destination, digest, chunks.PathOf(digest), offset, options.VerifyDigests);
+            DataBlob.DecodeChunkInPlace(blob.AsSpan(0, length), key, encrypted, destination, digest, chunks.PathOf(digest), offset, options.VerifyDigests);
         }
         finally
         {

@@ -84,6 +84,9 @@ public sealed class CryptConfig
     /// <summary>HMAC-SHA256 with the id key (manifest signatures).</summary>
     public byte[] Sign(ReadOnlySpan<byte> data) => HMACSHA256.HashData(idKey, data);
 
+    /// <summary>Whether <see cref="TryDecrypt"/> may decrypt a ciphertext where it lies.</summary>
+    public bool DecryptsInPlace => cipher.DecryptsInPlace;
+
     /// <summary>
     /// AES-256-GCM decrypt into <paramref name="plaintext"/> (as long as the ciphertext); false, with the buffer
     /// cleared, when the tag does not verify (wrong key or damage).

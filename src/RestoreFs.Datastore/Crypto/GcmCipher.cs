@@ -22,6 +22,9 @@ internal abstract class GcmCipher
 
     public abstract GcmImplementation Implementation { get; }
 
+    /// <summary>Whether <see cref="TryDecrypt"/> accepts the ciphertext and the plaintext in the same memory.</summary>
+    public virtual bool DecryptsInPlace => false;
+
     public abstract bool TryDecrypt(ReadOnlySpan<byte> key, ReadOnlySpan<byte> iv, ReadOnlySpan<byte> tag, ReadOnlySpan<byte> ciphertext, Span<byte> plaintext);
 
     public abstract void Encrypt(ReadOnlySpan<byte> key, ReadOnlySpan<byte> iv, ReadOnlySpan<byte> plaintext, Span<byte> ciphertext, Span<byte> tag);

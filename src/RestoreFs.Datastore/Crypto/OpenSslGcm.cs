@@ -40,6 +40,9 @@ internal sealed unsafe partial class OpenSslGcm : GcmCipher
     /// <summary>The same cipher feeding EVP in pieces of at most <paramref name="pieceSize"/> bytes (tests of the piece loop).</summary>
     internal OpenSslGcm WithMaxPiece(int pieceSize) => new(cipher, pieceSize);
 
+    /// <summary>EVP_DecryptUpdate allows the output to be the input (exactly the same bytes).</summary>
+    public override bool DecryptsInPlace => true;
+
     public override bool TryDecrypt(ReadOnlySpan<byte> key, ReadOnlySpan<byte> iv, ReadOnlySpan<byte> tag, ReadOnlySpan<byte> ciphertext, Span<byte> plaintext)
     {
         CheckArguments(key, iv, tag, ciphertext.Length, plaintext.Length);

@@ -397,6 +397,10 @@ internal sealed class FuseSession
             case FuseOpcode.Flush:
             case FuseOpcode.Fsync:
             case FuseOpcode.FsyncDir:
+                // Nothing to write back on a read-only mount. ENOSYS tells the kernel once for the connection, which
+                // then completes every later close()/fsync() itself (as success) instead of a round trip each.
+                ReplyError(fd, h.Unique, Errno.ENOSYS);
+                return true;
             case FuseOpcode.Destroy:
             case FuseOpcode.SyncFs:
                 ReplyEmpty(fd, h.Unique);

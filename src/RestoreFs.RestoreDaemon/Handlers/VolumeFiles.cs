@@ -12,6 +12,37 @@ namespace RestoreFs.RestoreDaemon.Handlers;
 /// <summary>How a mounted volume's files map onto its disk (see <see cref="FileExtents"/>).</summary>
 internal sealed record ExtentMapping(IReadOnlyList<RestoreFs.RestoreDaemon.Disks.DiskSpan> Placement, long VolumeSize);
 
+/// <summary>Where a listing's time went, per kind of work (summed over the threads that did it), for the daemon's log.</summary>
+internal sealed class ListProfile
+{
+    private long names, stat, open, xattrs, maps, inline, write, entries;
+
+    public void Add(ref long field, long started) => Interlocked.Add(ref field, System.Diagnostics.Stopwatch.GetTimestamp() - started);
+
+    public ref long Stat => ref stat;
+
+    public ref long Names => ref names;
+
+    public ref long Open => ref open;
+
+    public ref long Write => ref write;
+
+    public ref long Xattrs => ref xattrs;
+
+    public ref long Maps => ref maps;
+
+    public ref long Inline => ref inline;
+
+    public void Entry() => Interlocked.Increment(ref entries);
+
+    public long Entries => Interlocked.Read(ref entries);
+
+    private static string Ms(long ticks) => $"{ticks * 1000.0 / System.Diagnostics.Stopwatch.Frequency:0}";
+
+    public override string ToString() =>
+        $"{Interlocked.Read(ref entries)} entries; names {Ms(names)} ms, stat {Ms(stat)} ms, open {Ms(open)} ms, xattrs {Ms(xattrs)} ms, maps {Ms(maps)} ms, inline contents {Ms(inline)} ms, answer {Ms(write)} ms";
+}
+
 internal static class VolumeFiles
 {
     /// <summary>The target's parent directory (open) and its last name; an empty name means the volume root.</summary>
@@ -101,7 +132,7 @@ internal static class VolumeFiles
                 var single = Entry(parentPrefix, name, st, st.Kind == LibC.S_IFLNK ? LibC.ReadLink(parent.Value, name) : null);
                 if (xattrs)
                 {
-                    single = single with { Xattrs = InlineXattrs(parent.Value, name, new StrongBox<long>(InlineXattrBudget)) };
+                    single = single with { Xattrs = InlineXattrs(parent.Value, name, null, new StrongBox<long>(InlineXattrBudget)) };
                 }
 
                 return (null, single);
@@ -133,25 +164,34 @@ internal static class VolumeFiles
     /// <param name="limit">After this many names, the listing ends with a <see cref="EntryTypes.More"/> element when the
     /// directory goes on.</param>
     public static IEnumerable<ArchiveEntry> ListDirectory(Fd directory, byte[] prefix, int inlineMax = 0, long inlineBudget = 0, ExtentMapping? map = null,
-        bool xattrs = false, long start = 0, int limit = int.MaxValue)
+        bool xattrs = false, long start = 0, int limit = int.MaxValue, ListProfile? profile = null)
     {
+        profile ??= new ListProfile();
         if (start != 0 && LibC.LSeek(directory.Value, start, LibC.SEEK_SET) < 0)
         {
             throw new BadRequestException($"start={start} is not a position in this directory: {LibC.StrError(LibC.Errno)}");
         }
 
-        var xattrBudget = new StrongBox<long>(xattrs ? InlineXattrBudget : 0);
-        var batch = new List<(ArchiveEntry Entry, bool Inline)>(64);
+        var work = new ListWork(directory.Value, prefix, inlineMax, new StrongBox<long>(inlineBudget), map, xattrs,
+            new StrongBox<long>(xattrs ? InlineXattrBudget : 0), profile);
+        var batch = new List<byte[]>(64);
         // Names are unique in an answer: a damaged directory may repeat one, which is then left out.
         var seen = new HashSet<byte[]>(ByteNames.Comparer);
         var consumed = 0;
         long position = start;
         using var names = LibC.ReadDirectoryEntries(directory.Value).GetEnumerator();
-        while (names.MoveNext())
+        while (true)
         {
+            var tn = System.Diagnostics.Stopwatch.GetTimestamp();
+            if (!names.MoveNext())
+            {
+                break;
+            }
+
+            profile.Add(ref profile.Names, tn);
             if (consumed == limit)
             {
-                foreach (var e in Complete(directory.Value, batch, map, xattrBudget))
+                foreach (var e in Complete(work, batch))
                 {
                     yield return e;
                 }
@@ -169,37 +209,10 @@ internal static class VolumeFiles
                 continue;
             }
 
-            var r = LibC.Stat(directory.Value, name, out var st);
-            if (r == -LibC.ENOENT)
-            {
-                continue; // vanished: a read-only mount should not change, but never fail the listing for it
-            }
-
-            if (r < 0)
-            {
-                // Unreadable (a damaged inode, an I/O error on the disk): listed with the reason, so that the host
-                // fails just this entry instead of showing a directory without it.
-                batch.Add((new ArchiveEntry(Join(prefix, name), name, EntryTypes.Unreadable, true, null, null, 0, 0, 0, null,
-                    $"cannot read its inode: {LibC.StrError(-r)}"), false));
-                continue;
-            }
-
-            var entry = Entry(prefix, name, st, st.Kind == LibC.S_IFLNK ? LibC.ReadLink(directory.Value, name) : null);
-            if (xattrs)
-            {
-                entry = entry with { Xattrs = Pending };
-            }
-
-            var inline = st.Kind == LibC.S_IFREG && (long)st.Size <= inlineMax && (long)st.Size <= inlineBudget;
-            if (inline)
-            {
-                inlineBudget -= (long)st.Size;
-            }
-
-            batch.Add((entry, inline));
+            batch.Add(name);
             if (batch.Count == 64)
             {
-                foreach (var e in Complete(directory.Value, batch, map, xattrBudget))
+                foreach (var e in Complete(work, batch))
                 {
                     yield return e;
                 }
@@ -208,40 +221,88 @@ internal static class VolumeFiles
             }
         }
 
-        foreach (var e in Complete(directory.Value, batch, map, xattrBudget))
+        foreach (var e in Complete(work, batch))
         {
             yield return e;
         }
     }
 
-    /// <summary>Marks an entry whose attributes are still to be read in <see cref="Complete"/>.</summary>
-    private static readonly Xattr[] Pending = [];
+    /// <summary>What every entry of one listing is asked for, and the answer's budgets.</summary>
+    private sealed record ListWork(int Dirfd, byte[] Prefix, int InlineMax, StrongBox<long> InlineBudget, ExtentMapping? Map, bool Xattrs,
+        StrongBox<long> XattrBudget, ListProfile Profile);
 
-    private static ArchiveEntry[] Complete(int dirfd, List<(ArchiveEntry Entry, bool Inline)> batch, ExtentMapping? map, StrongBox<long> xattrBudget)
+    /// <summary>
+    /// The entries of a batch of names, several at a time: in a VM each inode, directory block or file map the guest
+    /// kernel reads waits for the host, and the waits overlap. Vanished names are left out; an unreadable inode is
+    /// listed with the reason, so that the host fails just this entry instead of showing a directory without it.
+    /// </summary>
+    private static IEnumerable<ArchiveEntry> Complete(ListWork work, List<byte[]> batch)
     {
-        var result = new ArchiveEntry[batch.Count];
-        Parallel.For(0, batch.Count, new ParallelOptions { MaxDegreeOfParallelism = 8 }, i =>
+        var result = new ArchiveEntry?[batch.Count];
+        var profile = work.Profile;
+        Parallel.For(0, batch.Count, new ParallelOptions { MaxDegreeOfParallelism = 2 * Environment.ProcessorCount }, i =>
         {
-            var (entry, inline) = batch[i];
-            if (ReferenceEquals(entry.Xattrs, Pending))
+            var name = batch[i];
+            var t0 = System.Diagnostics.Stopwatch.GetTimestamp();
+            var r = LibC.Stat(work.Dirfd, name, out var st);
+            profile.Add(ref profile.Stat, t0);
+            profile.Entry();
+            if (r == -LibC.ENOENT)
             {
-                entry = entry with { Xattrs = InlineXattrs(dirfd, entry.Name, xattrBudget) };
+                return; // vanished: a read-only mount should not change, but never fail the listing for it
             }
 
-            if (map is not null && entry.Type == 'f' && MapFile(dirfd, entry.Name, (long)(entry.Size ?? 0), map) is { } extents)
+            if (r < 0)
             {
-                result[i] = entry with { Extents = extents };
+                result[i] = new ArchiveEntry(Join(work.Prefix, name), name, EntryTypes.Unreadable, true, null, null, 0, 0, 0, null,
+                    $"cannot read its inode: {LibC.StrError(-r)}");
                 return;
             }
 
-            result[i] = inline && ReadSmall(dirfd, entry.Name, (int)(entry.Size ?? 0)) is { } content ? entry with { Content = content } : entry;
+            var entry = Entry(work.Prefix, name, st, st.Kind == LibC.S_IFLNK ? LibC.ReadLink(work.Dirfd, name) : null);
+            var regular = st.Kind == LibC.S_IFREG;
+            var inline = regular && (long)st.Size <= work.InlineMax && Interlocked.Add(ref work.InlineBudget.Value, -(long)st.Size) >= 0;
+            var wantMap = work.Map is not null && regular;
+            // A regular file is opened once for all of it: attributes, map, small content (a path walk is much of the
+            // cost in an emulated guest; the /proc/self/fd path of the attribute calls would be another one).
+            t0 = System.Diagnostics.Stopwatch.GetTimestamp();
+            using var file = regular && (work.Xattrs || wantMap || inline) ? OpenFile(work.Dirfd, name) : null;
+            profile.Add(ref profile.Open, t0);
+            if (work.Xattrs)
+            {
+                t0 = System.Diagnostics.Stopwatch.GetTimestamp();
+                entry = entry with { Xattrs = InlineXattrs(work.Dirfd, name, file, work.XattrBudget) };
+                profile.Add(ref profile.Xattrs, t0);
+            }
+
+            if (wantMap && file is not null)
+            {
+                t0 = System.Diagnostics.Stopwatch.GetTimestamp();
+                var extents = FileExtents.Map(file.Value, (long)(entry.Size ?? 0), work.Map!.Placement, work.Map.VolumeSize);
+                profile.Add(ref profile.Maps, t0);
+                if (extents is not null)
+                {
+                    result[i] = entry with { Extents = extents };
+                    return;
+                }
+            }
+
+            t0 = System.Diagnostics.Stopwatch.GetTimestamp();
+            result[i] = inline && file is not null && ReadSmall(file.Value, (int)(entry.Size ?? 0)) is { } content ? entry with { Content = content } : entry;
+            profile.Add(ref profile.Inline, t0);
         });
-        return result;
+        foreach (var e in result)
+        {
+            if (e is not null)
+            {
+                yield return e;
+            }
+        }
     }
 
     /// <summary>The attributes when they are small and the answer's budget allows; otherwise null (the host asks
     /// <c>xattrs</c>, which also reports errors).</summary>
-    private static IReadOnlyList<Xattr>? InlineXattrs(int dirfd, byte[] name, StrongBox<long> budget)
+    private static IReadOnlyList<Xattr>? InlineXattrs(int dirfd, byte[] name, Fd? file, StrongBox<long> budget)
     {
         if (Interlocked.Read(ref budget.Value) <= 0)
         {
@@ -251,7 +312,7 @@ internal static class VolumeFiles
         List<Xattr>? list;
         try
         {
-            list = XattrReader.Read(dirfd, name, InlineXattrMax);
+            list = file is null ? XattrReader.Read(dirfd, name, InlineXattrMax) : XattrReader.ReadOpen(file.Value, InlineXattrMax);
         }
         catch (IOException)
         {
@@ -267,27 +328,16 @@ internal static class VolumeFiles
         return Interlocked.Add(ref budget.Value, -bytes) >= 0 ? list : null;
     }
 
-    private static IReadOnlyList<FileExtent>? MapFile(int dirfd, byte[] name, long size, ExtentMapping map)
+/// <summary>The regular file <paramref name="name"/> of the directory, open for reading (never following a symlink,
+    /// never blocking on a special file); null when it cannot be opened.</summary>
+    private static Fd? OpenFile(int dirfd, byte[] name)
     {
         var fd = LibC.OpenAt(dirfd, name, LibC.O_RDONLY | LibC.O_NOFOLLOW | LibC.O_NONBLOCK);
-        if (fd < 0)
-        {
-            return null;
-        }
-
-        using var file = new Fd(fd);
-        return FileExtents.Map(fd, size, map.Placement, map.VolumeSize);
+        return fd < 0 ? null : new Fd(fd);
     }
 
-    private static byte[]? ReadSmall(int dirfd, byte[] name, int size)
+    private static byte[]? ReadSmall(int fd, int size)
     {
-        var fd = LibC.OpenAt(dirfd, name, LibC.O_RDONLY | LibC.O_NOFOLLOW | LibC.O_NONBLOCK);
-        if (fd < 0)
-        {
-            return null;
-        }
-
-        using var file = new Fd(fd);
         var buffer = new byte[size];
         try
         {

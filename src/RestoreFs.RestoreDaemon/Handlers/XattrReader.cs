@@ -45,9 +45,22 @@ internal static class XattrReader
     /// as soon as the values would exceed that many bytes or any attribute is an error (the caller asks again in full).
     /// Throws <see cref="IOException"/> when the names cannot be listed.
     /// </summary>
-    public static List<Xattr>? Read(int dirfd, ReadOnlySpan<byte> name, int giveUpOver = 0)
+    public static List<Xattr>? Read(int dirfd, ReadOnlySpan<byte> name, int giveUpOver = 0) =>
+        Read(new Target(PathOf(dirfd, name), -1), giveUpOver);
+
+    /// <summary>As <see cref="Read(int, ReadOnlySpan{byte}, int)"/>, through a file already open (no second path walk).</summary>
+    public static List<Xattr>? ReadOpen(int fd, int giveUpOver = 0) => Read(new Target(null, fd), giveUpOver);
+
+    /// <summary>Where the calls go: a path (l*xattr, not following a final symlink) or an open file (f*xattr).</summary>
+    private readonly record struct Target(byte[]? Path, int Fd)
     {
-        var path = PathOf(dirfd, name);
+        public int List(Span<byte> buffer) => Path is null ? LibC.FListXattr(Fd, buffer) : LibC.LListXattr(Path, buffer);
+
+        public int Get(ReadOnlySpan<byte> name, Span<byte> buffer) => Path is null ? LibC.FGetXattr(Fd, name, buffer) : LibC.LGetXattr(Path, name, buffer);
+    }
+
+    private static List<Xattr>? Read(Target path, int giveUpOver)
+    {
         var names = ListNames(path);
         var result = new List<Xattr>(names.Count);
         long total = 0;
@@ -81,11 +94,11 @@ internal static class XattrReader
         return result;
     }
 
-    private static List<byte[]> ListNames(byte[] path)
+    private static List<byte[]> ListNames(Target path)
     {
         for (var attempt = 0; attempt < 4; attempt++)
         {
-            var size = LibC.LListXattr(path, []);
+            var size = path.List([]);
             if (size is -LibC.EOPNOTSUPP)
             {
                 return []; // the file system has no extended attributes
@@ -102,7 +115,7 @@ internal static class XattrReader
             }
 
             var buffer = new byte[Math.Min(size, MaxList)];
-            var n = LibC.LListXattr(path, buffer);
+            var n = path.List(buffer);
             if (n == -LibC.ERANGE)
             {
                 continue; // grew meanwhile
@@ -131,11 +144,11 @@ internal static class XattrReader
     }
 
     /// <summary>(value, null), (null, error), or (null, null) when the attribute is gone.</summary>
-    private static (byte[]? Value, string? Error) ReadValue(byte[] path, byte[] name, long totalSoFar)
+    private static (byte[]? Value, string? Error) ReadValue(Target path, byte[] name, long totalSoFar)
     {
         for (var attempt = 0; attempt < 4; attempt++)
         {
-            var size = LibC.LGetXattr(path, name, []);
+            var size = path.Get(name, []);
             if (size == -LibC.ENODATA)
             {
                 return (null, null);
@@ -157,7 +170,7 @@ internal static class XattrReader
             }
 
             var buffer = new byte[size];
-            var n = size == 0 ? 0 : LibC.LGetXattr(path, name, buffer);
+            var n = size == 0 ? 0 : path.Get(name, buffer);
             if (n == -LibC.ERANGE)
             {
                 continue;

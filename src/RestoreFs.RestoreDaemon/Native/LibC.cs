@@ -82,6 +82,60 @@ internal static unsafe partial class LibC
     [LibraryImport("libc", EntryPoint = "lgetxattr", SetLastError = true)]
     private static partial nint LGetXattrRaw(byte* path, byte* name, byte* value, nuint size);
 
+    [LibraryImport("libc", EntryPoint = "flistxattr", SetLastError = true)]
+    private static partial nint FListXattrRaw(int fd, byte* list, nuint size);
+
+    [LibraryImport("libc", EntryPoint = "fgetxattr", SetLastError = true)]
+    private static partial nint FGetXattrRaw(int fd, byte* name, byte* value, nuint size);
+
+    /// <summary>flistxattr(2) into <paramref name="buffer"/> (empty: size probe); the byte count, or -errno.</summary>
+    public static int FListXattr(int fd, Span<byte> buffer)
+    {
+        fixed (byte* b = buffer)
+        {
+            while (true)
+            {
+                var n = FListXattrRaw(fd, buffer.IsEmpty ? null : b, (nuint)buffer.Length);
+                if (n >= 0)
+                {
+                    return (int)n;
+                }
+
+                var e = Errno;
+                if (e != EINTR)
+                {
+                    return -e;
+                }
+            }
+        }
+    }
+
+    /// <summary>fgetxattr(2) into <paramref name="buffer"/> (empty: size probe); the byte count, or -errno.</summary>
+    public static int FGetXattr(int fd, ReadOnlySpan<byte> name, Span<byte> buffer)
+    {
+        Span<byte> zn = stackalloc byte[name.Length + 1];
+        name.CopyTo(zn);
+        zn[^1] = 0;
+        fixed (byte* np = zn)
+        fixed (byte* b = buffer)
+        {
+            while (true)
+            {
+                var n = FGetXattrRaw(fd, np, buffer.IsEmpty ? null : b, (nuint)buffer.Length);
+                if (n >= 0)
+                {
+                    return (int)n;
+                }
+
+                var e = Errno;
+                if (e != EINTR)
+                {
+                    return -e;
+                }
+            }
+        }
+    }
+
     /// <summary>llistxattr(2) into <paramref name="buffer"/> (empty: size probe); the byte count, or -errno.</summary>
     public static int LListXattr(ReadOnlySpan<byte> path, Span<byte> buffer)
     {

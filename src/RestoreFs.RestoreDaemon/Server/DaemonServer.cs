@@ -370,7 +370,8 @@ public sealed class DaemonServer : IDisposable
                 w.WriteStartArray();
                 var n = 0;
                 ArchiveEntry? more = null;
-                foreach (var entry in VolumeFiles.ListDirectory(directory!, path.Prefix, p.InlineMax, InlineBudget, map, p.Xattrs, p.Start, p.Limit))
+                var profile = new ListProfile();
+                foreach (var entry in VolumeFiles.ListDirectory(directory!, path.Prefix, p.InlineMax, InlineBudget, map, p.Xattrs, p.Start, p.Limit, profile))
                 {
                     if (entry.Type == EntryTypes.More)
                     {
@@ -378,6 +379,7 @@ public sealed class DaemonServer : IDisposable
                         break;
                     }
 
+                    var tw = Stopwatch.GetTimestamp();
                     ApiJson.WriteEntry(w, entry);
                     Interlocked.Increment(ref entriesListed);
                     if (++n % 256 == 0 || w.BytesPending > 1 << 20)
@@ -385,6 +387,8 @@ public sealed class DaemonServer : IDisposable
                         await w.FlushAsync(ct).ConfigureAwait(false);
                         await buffered.FlushAsync(ct).ConfigureAwait(false);
                     }
+
+                    profile.Add(ref profile.Write, tw);
                 }
 
                 if (options.IoErrors?.OnVolume(mark, path.Volume, path.Disk!.Device) is { } damage)
@@ -398,6 +402,11 @@ public sealed class DaemonServer : IDisposable
                 if (more is not null)
                 {
                     ApiJson.WriteEntry(w, more);
+                }
+
+                if (profile.Entries >= 256)
+                {
+                    log($"list {Encoding.UTF8.GetString(path.Prefix)}: {profile}"); // where a large listing's time went
                 }
 
                 w.WriteEndArray();
