@@ -140,6 +140,30 @@ public sealed class VmFilesFakeVmTests : IAsyncDisposable
         Assert.True(f7.AsSpan().SequenceEqual(image.AsSpan(7 * FileSize, FileSize)));
     }
 
+    [Fact]
+    public async Task A_snapshot_left_idle_is_released_while_its_VM_runs_and_one_in_use_is_kept()
+    {
+        Assert.Equal(Files, (await ((IFuseDirectory)await Walk("big")).ListAsync(owner, default)).Count);
+        Assert.Equal(Files, files.MapUnits / 2);
+        files.IdleRelease = TimeSpan.FromHours(1);
+        files.Sweep();
+        Assert.Equal(1, files.Sessions); // used just now: kept
+        Assert.True(context.FilesNodes.LoadedDirectories >= 3);
+
+        files.IdleRelease = TimeSpan.FromMilliseconds(50);
+        await Task.Delay(200);
+        files.Sweep();
+        Assert.True(vms.Running); // the VM was not stopped: only the mount's state of it went
+        Assert.Equal(0, files.Sessions);
+        Assert.Equal(0, files.MapUnits);
+        Assert.Equal(0, context.FilesNodes.LoadedDirectories);
+
+        var listsBefore = vms.Client.ListCalls;
+        var f9 = await ReadAll(await Walk("big", "f0009"));
+        Assert.True(f9.AsSpan().SequenceEqual(image.AsSpan(9 * FileSize, FileSize)));
+        Assert.True(vms.Client.ListCalls > listsBefore);
+    }
+
     public async ValueTask DisposeAsync()
     {
         await files.DisposeAsync();

@@ -30,6 +30,11 @@ public static class FilesBackendFactory
             VmFiles.SweepInterval = TimeSpan.FromSeconds(sweep); // how soon a stopped VM's state is released (tests)
         }
 
+        if (int.TryParse(Environment.GetEnvironmentVariable("RESTOREFS_FILES_IDLE"), out var idle) && idle > 0)
+        {
+            VmFiles.DefaultIdleRelease = TimeSpan.FromSeconds(idle); // how long an unused snapshot's files/ state is kept
+        }
+
         var options = Options(image, qemu) with
         {
             Overlays = Replay ? new VmDiskOverlays(context.Exports, context.Logs.CreateLogger<VmDiskOverlays>()) : null,

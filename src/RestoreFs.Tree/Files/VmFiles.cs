@@ -58,6 +58,14 @@ public sealed class VmFiles : IFilesBackend, IAsyncDisposable
     /// <summary>How often the state of stopped VMs is looked for.</summary>
     public static TimeSpan SweepInterval { get; set; } = TimeSpan.FromSeconds(30);
 
+    /// <summary>A snapshot whose files/ nobody used for this long has its state released like a stopped VM's (the VM
+    /// itself keeps running until its own idle timeout): browsing many snapshots one after another then holds about
+    /// one snapshot's listings and maps, not all of them.</summary>
+    public TimeSpan IdleRelease { get; set; } = DefaultIdleRelease;
+
+    /// <summary><see cref="IdleRelease"/> of new instances (RESTOREFS_FILES_IDLE).</summary>
+    public static TimeSpan DefaultIdleRelease { get; set; } = TimeSpan.FromSeconds(60);
+
     /// <summary>The bytes of cached content held now (all VMs).</summary>
     public long CachedBytes => cache.Bytes;
 
@@ -408,7 +416,7 @@ public sealed class VmFiles : IFilesBackend, IAsyncDisposable
         }
     }
 
-    /// <summary>Releases the state of every snapshot whose VM no longer runs.</summary>
+    /// <summary>Releases the state of every snapshot whose VM no longer runs or that was idle for <see cref="IdleRelease"/>.</summary>
     public void Sweep()
     {
         if (log.IsEnabled(LogLevel.Debug))
@@ -419,9 +427,10 @@ public sealed class VmFiles : IFilesBackend, IAsyncDisposable
         }
 
         var released = 0;
-        foreach (var vm in sessions.Keys)
+        var now = Environment.TickCount64;
+        foreach (var (vm, session) in sessions)
         {
-            if (!vms.IsRunning(vm))
+            if (!vms.IsRunning(vm) || now - session.LastUse > IdleRelease.TotalMilliseconds)
             {
                 released += Release(vm) ? 1 : 0;
             }
