@@ -196,6 +196,53 @@ public sealed class CryptoPathTests : IDisposable
     }
 
     [Theory]
+    [InlineData(GcmImplementation.OpenSsl, true)]
+    [InlineData(GcmImplementation.OpenSsl, false)]
+    [InlineData(GcmImplementation.Managed, true)]
+    [InlineData(GcmImplementation.Managed, false)]
+    public void A_chunk_decrypted_while_its_file_arrives_decodes_the_same_and_refuses_a_bad_crc_or_tag(GcmImplementation path, bool compress)
+    {
+        var key = Key(RandomNumberGenerator.GetBytes(32), path);
+        var data = new byte[(4 << 20) - 12345];
+        RandomNumberGenerator.Fill(data.AsSpan(0, compress ? 1 << 18 : data.Length));
+        var blob = DataBlob.Encode(data, key, compress);
+        Assert.Equal(compress ? BlobKind.EncryptedCompressed : BlobKind.Encrypted, DataBlob.KindOf(blob));
+        var digest = key.KeyedDigest(data);
+
+        byte[] Decode(byte[] source, int piece)
+        {
+            var scratch = source.ToArray();
+            var streamed = new StreamedDecryption(key);
+            for (var done = Math.Min(piece, scratch.Length); ; done = Math.Min(done + piece, scratch.Length))
+            {
+                streamed.Progress(scratch.AsSpan(0, done));
+                if (done == scratch.Length)
+                {
+                    break;
+                }
+            }
+
+            var output = new byte[data.Length];
+            DataBlob.DecodeChunkInPlace(scratch, key, true, output, digest, "c", 0, streamed: streamed);
+            return output;
+        }
+
+        foreach (var piece in new[] { 7, 4096, ChunkStore.ProgressPiece, blob.Length })
+        {
+            Assert.Equal(data, Decode(blob, piece));
+        }
+
+        var flipped = blob.ToArray();
+        flipped[DataBlob.EncryptedHeaderSize + 1000] ^= 0x04;
+        Assert.Contains("CRC mismatch", Assert.Throws<ChunkCorruptException>(() => Decode(flipped, 65536)).Message, StringComparison.Ordinal);
+        BitConverter.TryWriteBytes(flipped.AsSpan(8), System.IO.Hashing.Crc32.HashToUInt32(flipped.AsSpan(DataBlob.EncryptedHeaderSize)));
+        Assert.Contains("authentication failed", Assert.Throws<ChunkCorruptException>(() => Decode(flipped, 65536)).Message, StringComparison.Ordinal);
+        var badTag = blob.ToArray();
+        badTag[30] ^= 0x80; // in the tag: outside the CRC
+        Assert.Contains("authentication failed", Assert.Throws<ChunkCorruptException>(() => Decode(badTag, 65536)).Message, StringComparison.Ordinal);
+    }
+
+    [Theory]
     [InlineData(GcmImplementation.OpenSsl, GcmImplementation.OpenSsl)]
     [InlineData(GcmImplementation.Managed, GcmImplementation.Managed)]
     [InlineData(GcmImplementation.OpenSsl, GcmImplementation.Managed)]

@@ -6,6 +6,9 @@ namespace RestoreFs.Datastore;
 /// </summary>
 public sealed class ChunkStore
 {
+    /// <summary>Piece size of a read with progress: small enough that work starts early, large enough to stay cheap.</summary>
+    public const int ProgressPiece = 256 * 1024;
+
     private readonly Lazy<IStoreFiles> files;
 
     /// <summary>The chunk store of the datastore at <paramref name="basePath"/> (opened on first read).</summary>
@@ -61,7 +64,9 @@ public sealed class ChunkStore
     }
 
     /// <summary>Reads a chunk file into an array rented from the shared pool (return it); <paramref name="length"/> bytes are valid.</summary>
-    public byte[] ReadRented(ReadOnlySpan<byte> digest, long imageOffset, out int length)
+    /// <param name="progress">When given, the file is read in pieces and told after each one (the bytes so far), so
+    /// that work on the first pieces overlaps the disk's reading of the rest.</param>
+    public byte[] ReadRented(ReadOnlySpan<byte> digest, long imageOffset, out int length, BlobProgress? progress = null)
     {
         var hex = Convert.ToHexStringLower(digest);
         IStoreFile? file;
@@ -98,13 +103,14 @@ public sealed class ChunkStore
             {
                 while (done < size)
                 {
-                    var n = file.ReadAt(bytes.AsSpan(done, size - done), done);
+                    var n = file.ReadAt(bytes.AsSpan(done, progress is null ? size - done : Math.Min(ProgressPiece, size - done)), done);
                     if (n == 0)
                     {
                         break;
                     }
 
                     done += n;
+                    progress?.Invoke(bytes.AsSpan(0, done));
                 }
             }
             catch (IOException e)
@@ -118,3 +124,6 @@ public sealed class ChunkStore
         }
     }
 }
+
+/// <summary>The first bytes of a chunk file have arrived (see <see cref="ChunkStore.ReadRented"/>).</summary>
+public delegate void BlobProgress(Span<byte> received);

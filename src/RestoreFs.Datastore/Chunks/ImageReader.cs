@@ -278,10 +278,13 @@ public sealed class ImageReader : IDisposable
     {
         var offset = (long)chunk * index.ChunkSize;
         var digest = index.Digest(chunk);
-        var blob = chunks.ReadRented(digest, offset, out var length);
+        // Encrypted: decrypt while the chunk file is still arriving (a cold random read then waits for the disk, not
+        // for the disk and then the cipher).
+        var streamed = encrypted && key is not null ? new StreamedDecryption(key) : null;
+        var blob = chunks.ReadRented(digest, offset, out var length, streamed is null ? null : streamed.Progress);
         try
         {
-            DataBlob.DecodeChunkInPlace(blob.AsSpan(0, length), key, encrypted, destination, digest, chunks.PathOf(digest), offset, options.VerifyDigests);
+            DataBlob.DecodeChunkInPlace(blob.AsSpan(0, length), key, encrypted, destination, digest, chunks.PathOf(digest), offset, options.VerifyDigests, streamed);
         }
         finally
         {

@@ -87,6 +87,9 @@ public sealed class CryptConfig
     /// <summary>Whether <see cref="TryDecrypt"/> may decrypt a ciphertext where it lies.</summary>
     public bool DecryptsInPlace => cipher.DecryptsInPlace;
 
+    /// <summary>A piecewise decryption with this key (see <see cref="GcmCipher.BeginDecrypt"/>); null where unsupported.</summary>
+    internal GcmDecryption? BeginDecrypt(ReadOnlySpan<byte> iv) => cipher.BeginDecrypt(encKey, iv);
+
     /// <summary>
     /// AES-256-GCM decrypt into <paramref name="plaintext"/> (as long as the ciphertext); false, with the buffer
     /// cleared, when the tag does not verify (wrong key or damage).

@@ -25,6 +25,13 @@ internal abstract class GcmCipher
     /// <summary>Whether <see cref="TryDecrypt"/> accepts the ciphertext and the plaintext in the same memory.</summary>
     public virtual bool DecryptsInPlace => false;
 
+    /// <summary>
+    /// A decryption fed piece by piece (in place allowed), so that it can run while the rest of the ciphertext is still
+    /// being read; null where the implementation has none. Nothing it wrote may be used before <see cref="GcmDecryption.Finish"/>
+    /// returned true. It must be used on the calling thread only, and finished before that thread decrypts anything else.
+    /// </summary>
+    public virtual GcmDecryption? BeginDecrypt(ReadOnlySpan<byte> key, ReadOnlySpan<byte> iv) => null;
+
     public abstract bool TryDecrypt(ReadOnlySpan<byte> key, ReadOnlySpan<byte> iv, ReadOnlySpan<byte> tag, ReadOnlySpan<byte> ciphertext, Span<byte> plaintext);
 
     public abstract void Encrypt(ReadOnlySpan<byte> key, ReadOnlySpan<byte> iv, ReadOnlySpan<byte> plaintext, Span<byte> ciphertext, Span<byte> tag);
@@ -51,4 +58,14 @@ internal abstract class GcmCipher
             throw new ArgumentException($"the output has {output} bytes, the input {input}; GCM needs them equal");
         }
     }
+}
+
+/// <summary>One decryption in progress (see <see cref="GcmCipher.BeginDecrypt"/>).</summary>
+internal abstract class GcmDecryption
+{
+    /// <summary>Decrypts the next ciphertext bytes into <paramref name="output"/> (as long; may be the same memory).</summary>
+    public abstract void Update(ReadOnlySpan<byte> input, Span<byte> output);
+
+    /// <summary>Checks the tag over everything fed; false when it does not verify (then nothing written may be used).</summary>
+    public abstract bool Finish(ReadOnlySpan<byte> tag);
 }

@@ -43,6 +43,68 @@ internal sealed unsafe partial class OpenSslGcm : GcmCipher
     /// <summary>EVP_DecryptUpdate allows the output to be the input (exactly the same bytes).</summary>
     public override bool DecryptsInPlace => true;
 
+    public override GcmDecryption? BeginDecrypt(ReadOnlySpan<byte> key, ReadOnlySpan<byte> iv)
+    {
+        if (key.Length != KeySize || iv.Length != IvSize)
+        {
+            throw new ArgumentException($"AES-256-GCM with a PBS IV takes a {KeySize}-byte key and a {IvSize}-byte IV");
+        }
+
+        return new Decryption(this, Begin(key, iv, encrypt: false));
+    }
+
+    /// <summary>A decryption on this thread's context (see <see cref="GcmCipher.BeginDecrypt"/>).</summary>
+    private sealed class Decryption(OpenSslGcm owner, nint ctx) : GcmDecryption
+    {
+        private readonly int thread = Environment.CurrentManagedThreadId;
+
+        public override void Update(ReadOnlySpan<byte> input, Span<byte> output)
+        {
+            Own();
+            if (input.Length != output.Length)
+            {
+                throw new ArgumentException($"the output has {output.Length} bytes, the input {input.Length}; GCM needs them equal");
+            }
+
+            fixed (byte* i = input)
+            fixed (byte* o = output)
+            {
+                owner.Update(ctx, i, o, input.Length);
+            }
+        }
+
+        public override bool Finish(ReadOnlySpan<byte> tag)
+        {
+            Own();
+            if (tag.Length != TagSize)
+            {
+                throw new ArgumentException($"a GCM tag has {TagSize} bytes, not {tag.Length}", nameof(tag));
+            }
+
+            fixed (byte* t = tag)
+            {
+                Check(EVP_CIPHER_CTX_ctrl(ctx, CtrlGcmSetTag, TagSize, t), "EVP_CTRL_GCM_SET_TAG");
+                byte last;
+                int written;
+                var ok = EVP_DecryptFinal_ex(ctx, &last, &written) == 1 && written == 0;
+                if (!ok)
+                {
+                    ERR_clear_error();
+                }
+
+                return ok;
+            }
+        }
+
+        private void Own()
+        {
+            if (Environment.CurrentManagedThreadId != thread)
+            {
+                throw new InvalidOperationException("a GCM decryption is bound to the thread that began it (its cipher context is per thread)");
+            }
+        }
+    }
+
     public override bool TryDecrypt(ReadOnlySpan<byte> key, ReadOnlySpan<byte> iv, ReadOnlySpan<byte> tag, ReadOnlySpan<byte> ciphertext, Span<byte> plaintext)
     {
         CheckArguments(key, iv, tag, ciphertext.Length, plaintext.Length);
