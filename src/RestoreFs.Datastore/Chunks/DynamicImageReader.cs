@@ -30,6 +30,12 @@ public sealed class DynamicImageReader : IDisposable
     private readonly object gate = new();
     private readonly Dictionary<int, LinkedListNode<(int Chunk, byte[] Data)>> cache = new();
     private readonly LinkedList<(int Chunk, byte[] Data)> lru = new();
+    private readonly Dictionary<int, ManualResetEventSlim> inflight = new();
+
+    // One decode at a time per reader: the kernel reads a file with several requests in parallel, which cross into the
+    // next chunk while this one is decoded; each decode holds the chunk file and the decoded chunk (up to 16 MiB each),
+    // and reads of one archive are sequential enough that a second decoder mostly adds memory, not speed.
+    private readonly SemaphoreSlim decoder = new(1, 1);
     private long cachedBytes;
     private long lastUse;
     private long hits;
@@ -98,14 +104,36 @@ public sealed class DynamicImageReader : IDisposable
         {
             var inChunk = (int)(offset + done - index.ChunkStart(chunk));
             var want = destination[done..length];
-            var n = CopyCached(chunk, inChunk, want);
+            var n = CopyCached(chunk, inChunk, want, out var decoding);
+            if (decoding is not null)
+            {
+                decoding.Wait(); // another reader decodes this chunk: use its result (or, if it failed, try again)
+                continue;
+            }
+
             if (n < 0)
             {
                 var chunkLength = (int)(index.ChunkEnd(chunk) - index.ChunkStart(chunk));
-                var data = Decode(chunk, chunkLength);
-                n = Math.Min(want.Length, chunkLength - inChunk);
-                data.AsSpan(inChunk, n).CopyTo(want);
-                Insert(chunk, data);
+                decoder.Wait();
+                try
+                {
+                    var data = Decode(chunk, chunkLength);
+                    n = Math.Min(want.Length, chunkLength - inChunk);
+                    data.AsSpan(inChunk, n).CopyTo(want);
+                    Insert(chunk, data);
+                }
+                finally
+                {
+                    decoder.Release();
+                    lock (gate)
+                    {
+                        if (inflight.Remove(chunk, out var finished))
+                        {
+                            finished.Set();
+                        }
+                    }
+                }
+
                 memory?.Trim();
             }
 
@@ -116,13 +144,24 @@ public sealed class DynamicImageReader : IDisposable
         return length;
     }
 
-    /// <summary>Copies from a cached chunk under the lock; −1 when the chunk is not cached.</summary>
-    private int CopyCached(int chunk, int inChunk, Span<byte> destination)
+    /// <summary>
+    /// Copies from a cached chunk under the lock. When the chunk is not cached: −1 and either the decode another reader
+    /// has under way (<paramref name="decoding"/>: wait for it, then ask again) or null, and the caller now decodes it —
+    /// concurrent reads of one chunk (the kernel's parallel read-ahead of a file) decode it once.
+    /// </summary>
+    private int CopyCached(int chunk, int inChunk, Span<byte> destination, out ManualResetEventSlim? decoding)
     {
+        decoding = null;
         lock (gate)
         {
             if (!cache.TryGetValue(chunk, out var node))
             {
+                if (inflight.TryGetValue(chunk, out decoding))
+                {
+                    return -1;
+                }
+
+                inflight[chunk] = new ManualResetEventSlim();
                 misses++;
                 return -1;
             }
@@ -146,6 +185,7 @@ public sealed class DynamicImageReader : IDisposable
         {
             var digest = index.Digest(chunk);
             var blob = chunks.ReadRented(digest, start, out var blobLength);
+            DynamicChunkBuffers.NoteBlob(blob.Length);
             try
             {
                 DataBlob.DecodeChunk(blob.AsSpan(0, blobLength), key, encrypted, data.AsSpan(0, length), digest, chunks.PathOf(digest), start,
@@ -153,7 +193,10 @@ public sealed class DynamicImageReader : IDisposable
             }
             finally
             {
-                BlobBuffers.Pool.Return(blob);
+                // Into this pool, not back to BlobBuffers': that pool keeps two arrays per power-of-two size, and chunk
+                // files of 1…16 MiB would leave ~30–60 MiB there for as long as the mount runs. Here the array serves
+                // as a decoded-chunk buffer (or is dropped when the spares are full).
+                DynamicChunkBuffers.Return(blob);
             }
         }
         catch
@@ -231,11 +274,13 @@ public sealed class DynamicImageReader : IDisposable
 /// Reused buffers for decoded dynamic chunks, whose lengths vary (PBS: 1…16 MiB around a 4 MiB average). A buffer is
 /// rounded up to a granule (64 KiB below 1 MiB, 1 MiB above) and reused for any chunk it fits with at most about half of
 /// it unused (best fit); at most <see cref="SpareLimit"/> free buffers of together <see cref="SpareBytesLimit"/> are kept.
+/// The arrays chunk files were read into join the pool after decoding (powers of two: they fit chunks of half to full
+/// their length).
 /// Lengths vary too much for reuse alone to avoid new arrays, and arrays of this size live on the large-object heap,
 /// which the collector sweeps only in full collections — left to itself it lets hundreds of MiB of dropped chunk
-/// buffers pile up between them. So after every <see cref="CollectAfterBytes"/> of new buffers a full collection is
-/// started (in the background, as the collector is configured): the dropped buffers' memory is then reused for the
-/// next ones instead of growing the heap. Decoding those bytes took far longer than the collection of a heap this small.
+/// buffers pile up between them. So after every <see cref="CollectAfterBytes"/> of new buffers a full collection runs:
+/// the dropped buffers' memory is then reused for the next ones instead of growing the heap. Decoding those bytes
+/// (~20 ms) takes longer than a collection of a heap this small.
 /// </summary>
 public static class DynamicChunkBuffers
 {
@@ -243,10 +288,10 @@ public static class DynamicChunkBuffers
     public const int SpareLimit = 3;
 
     /// <summary>Most bytes of free buffers kept.</summary>
-    public const long SpareBytesLimit = 16L * 1024 * 1024;
+    public const long SpareBytesLimit = 8L * 1024 * 1024;
 
     /// <summary>New buffer bytes after which a full collection is started.</summary>
-    public const long CollectAfterBytes = 32L * 1024 * 1024;
+    public const long CollectAfterBytes = 8L * 1024 * 1024;
 
     private static readonly List<byte[]> Spare = [];
     private static long spareBytes;
@@ -296,8 +341,28 @@ public static class DynamicChunkBuffers
             allocatedSinceCollect = 0;
         }
 
-        GC.Collect(2, GCCollectionMode.Forced, blocking: true);
+        Collect();
         return GC.AllocateUninitializedArray<byte>(rounded);
+    }
+
+    /// <summary>Counts a chunk file's array (from <see cref="BlobBuffers"/>) as new: it ends up here or as garbage.</summary>
+    internal static void NoteBlob(int length)
+    {
+        bool collect;
+        lock (Spare)
+        {
+            allocatedSinceCollect += length;
+            collect = allocatedSinceCollect >= CollectAfterBytes;
+            if (collect)
+            {
+                allocatedSinceCollect = 0;
+            }
+        }
+
+        if (collect)
+        {
+            Collect();
+        }
     }
 
     public static void Return(byte[] buffer)
@@ -318,6 +383,9 @@ public static class DynamicChunkBuffers
             }
         }
     }
+
+    /// <summary>A full, blocking collection (the heap is small: chunk buffers and the mount's nodes; a few ms).</summary>
+    private static void Collect() => GC.Collect(2, GCCollectionMode.Forced, blocking: true);
 
     private static int Rounded(int length)
     {

@@ -95,13 +95,13 @@ public sealed class PxarArchiveState : IDisposable
 
     /// <summary>Part of the budget a split archive's payload stream may hold: file contents are read sequentially (the
     /// kernel keeps what was read in its page cache), so the chunk being read and the next are enough.</summary>
-    private const int PayloadShare = 8;
+    private const int PayloadShare = 16;
 
     /// <summary>
     /// Chunk caches of an archive: bounded per reader by a share of the mount's budget (at least 4 MiB — one average
     /// chunk), and charged to that budget (<see cref="TreeContext.ChunkMemory"/>), shared with every other archive and VM
     /// image the mount has open, which trims the least recently used reader. Browsing one archive of any size thus keeps
-    /// at most budget/4 + budget/8 of decoded chunks for a split archive (24 MiB at the default 64), budget/2 for a unified one, however many chunks it decodes; the
+    /// at most budget/4 + budget/16 of decoded chunks for a split archive (20 MiB at the default 64), budget/2 for a unified one, however many chunks it decodes; the
     /// buffers are reused (<see cref="DynamicChunkBuffers"/>), so decoded chunks do not pile up as garbage either.
     /// </summary>
     private DynamicImageReaderOptions ReaderOptions(int share) =>
