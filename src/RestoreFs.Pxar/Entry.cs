@@ -211,6 +211,12 @@ public sealed class PxarEntry
 
     public bool ContentInPayloadStream { get; internal set; }
 
+    /// <summary>Offset of the PAYLOAD_REF item (split archives; for errors).</summary>
+    internal long PayloadRefOffset { get; set; }
+
+    /// <summary>Whether the PAYLOAD header a PAYLOAD_REF points at was found as expected (checked on the first read).</summary>
+    internal bool PayloadHeaderChecked { get; set; }
+
     /// <summary>True when this name was stored as a HARDLINK item (the stat is its target's).</summary>
     public bool IsHardlink { get; internal set; }
 

@@ -52,8 +52,10 @@ public static class SnapshotArchives
         return Open(store, snapshot, info, key, readerOptions, options);
     }
 
+    /// <summary>Opens an archive; <paramref name="payloadReaderOptions"/> tune the payload stream's reader of a split archive
+    /// (default: <paramref name="readerOptions"/>).</summary>
     public static PxarArchive Open(DatastoreReader store, SnapshotInfo snapshot, PxarArchiveInfo info, CryptConfig? key,
-        DynamicImageReaderOptions? readerOptions = null, PxarArchiveOptions? options = null)
+        DynamicImageReaderOptions? readerOptions = null, PxarArchiveOptions? options = null, DynamicImageReaderOptions? payloadReaderOptions = null)
     {
         var meta = new DynamicIndexPxarSource(DynamicImageReader.Open(store, snapshot, info.MetadataFile, key, readerOptions));
         DynamicIndexPxarSource? payload = null;
@@ -61,7 +63,7 @@ public static class SnapshotArchives
         {
             if (info.PayloadFile is not null)
             {
-                payload = new DynamicIndexPxarSource(DynamicImageReader.Open(store, snapshot, info.PayloadFile, key, readerOptions));
+                payload = new DynamicIndexPxarSource(DynamicImageReader.Open(store, snapshot, info.PayloadFile, key, payloadReaderOptions ?? readerOptions));
                 return PxarArchive.Open(meta, payload, options, meta, payload);
             }
 

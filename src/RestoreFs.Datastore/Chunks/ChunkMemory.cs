@@ -5,11 +5,14 @@ namespace RestoreFs.Datastore;
 /// browsed — so memory stays within the budget however many images are opened. When the readers together hold more
 /// than <see cref="Capacity"/>, the reader used least recently gives up its oldest chunks first (close to one LRU over
 /// all chunks, without a lock across readers). Free chunk buffers are kept for reuse up to a few, not per reader.
+/// <see cref="DynamicImageReader"/>s (pxar archives, catalogs) take part in the same budget; their variable-length
+/// buffers are pooled by <see cref="DynamicChunkBuffers"/>, not here.
 /// </summary>
 public sealed class ChunkMemory
 {
     private readonly object gate = new();
     private readonly HashSet<ImageReader> readers = [];
+    private readonly HashSet<DynamicImageReader> dynamicReaders = [];
     private readonly Stack<byte[]> spare = new();
     private readonly int spareLimit;
     private long used;
@@ -51,6 +54,24 @@ public sealed class ChunkMemory
         lock (gate)
         {
             readers.Remove(reader);
+        }
+
+        Interlocked.Add(ref used, -held);
+    }
+
+    internal void Register(DynamicImageReader reader)
+    {
+        lock (gate)
+        {
+            dynamicReaders.Add(reader);
+        }
+    }
+
+    internal void Unregister(DynamicImageReader reader, long held)
+    {
+        lock (gate)
+        {
+            dynamicReaders.Remove(reader);
         }
 
         Interlocked.Add(ref used, -held);
@@ -102,6 +123,7 @@ public sealed class ChunkMemory
         while (Interlocked.Read(ref used) > Capacity)
         {
             ImageReader? victim = null;
+            DynamicImageReader? dynamicVictim = null;
             lock (gate)
             {
                 foreach (var reader in readers)
@@ -111,6 +133,24 @@ public sealed class ChunkMemory
                         victim = reader;
                     }
                 }
+
+                foreach (var reader in dynamicReaders)
+                {
+                    if (reader.CachedBytes > 0 && (dynamicVictim is null || reader.LastUse < dynamicVictim.LastUse))
+                    {
+                        dynamicVictim = reader;
+                    }
+                }
+            }
+
+            if (dynamicVictim is not null && (victim is null || dynamicVictim.LastUse < victim.LastUse))
+            {
+                if (!dynamicVictim.EvictOldest())
+                {
+                    return;
+                }
+
+                continue;
             }
 
             if (victim is null || !victim.EvictOldest())

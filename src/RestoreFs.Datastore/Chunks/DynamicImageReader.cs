@@ -1,13 +1,20 @@
 namespace RestoreFs.Datastore;
 
-/// <summary>Tuning of a <see cref="DynamicImageReader"/>.</summary>
-public sealed record DynamicImageReaderOptions(long CacheBytes = 64L * 1024 * 1024, bool VerifyDigests = true);
+/// <summary>
+/// Tuning of a <see cref="DynamicImageReader"/>. <paramref name="CacheBytes"/> bounds this reader's cache (it keeps at
+/// least the chunk it decoded last); with <paramref name="Memory"/> the cached chunks also count against that shared
+/// budget (a mount's <c>--cache-mb</c>, shared with the VM images' readers), which trims the least recently used reader.
+/// </summary>
+public sealed record DynamicImageReaderOptions(long CacheBytes = 64L * 1024 * 1024, bool VerifyDigests = true, ChunkMemory? Memory = null);
 
 /// <summary>
 /// Random-access reads over a dynamic index (<c>.didx</c>, spec section 4): the stream its chunks reassemble, e.g. a
 /// pxar archive or a catalog. Thread-safe. Chunks are found by binary search over their end offsets, decoded,
 /// digest-checked and kept in a bounded LRU cache; a damaged or missing chunk fails only the reads that touch it
-/// (failures are not cached).
+/// (failures are not cached). Decoded chunks live in reused buffers (<see cref="DynamicChunkBuffers"/>): browsing a large
+/// archive decodes hundreds of chunks of a few MiB, which as fresh arrays would pile up on the large-object heap
+/// between collections (hundreds of MiB of resident memory). Bytes are copied out under the reader's lock, so an
+/// evicted buffer can be handed to the next decode at once.
 /// </summary>
 public sealed class DynamicImageReader : IDisposable
 {
@@ -19,10 +26,18 @@ public sealed class DynamicImageReader : IDisposable
     private readonly CryptConfig? key;
     private readonly bool encrypted;
     private readonly DynamicImageReaderOptions options;
+    private readonly ChunkMemory? memory;
     private readonly object gate = new();
     private readonly Dictionary<int, LinkedListNode<(int Chunk, byte[] Data)>> cache = new();
     private readonly LinkedList<(int Chunk, byte[] Data)> lru = new();
+    private readonly Dictionary<int, ManualResetEventSlim> inflight = new();
+
+    // One decode at a time per reader: the kernel reads a file with several requests in parallel, which cross into the
+    // next chunk while this one is decoded; each decode holds the chunk file and the decoded chunk (up to 16 MiB each),
+    // and reads of one archive are sequential enough that a second decoder mostly adds memory, not speed.
+    private readonly SemaphoreSlim decoder = new(1, 1);
     private long cachedBytes;
+    private long lastUse;
     private long hits;
     private long misses;
     private volatile bool disposed;
@@ -42,8 +57,10 @@ public sealed class DynamicImageReader : IDisposable
                 throw new IndexCorruptException($"chunk {i} is {length} bytes long, more than a dynamic chunk may be", index.Path);
             }
         }
-    }
 
+        memory = this.options.Memory;
+        memory?.Register(this);
+    }
     /// <summary>Opens <paramref name="archive"/> (a <c>.didx</c> name, with or without the suffix) of a snapshot, checked against its manifest.</summary>
     public static DynamicImageReader Open(DatastoreReader store, SnapshotInfo snapshot, string archive, CryptConfig? key,
         DynamicImageReaderOptions? options = null)
@@ -61,6 +78,12 @@ public sealed class DynamicImageReader : IDisposable
 
     public (long Hits, long Misses) Stats => (Interlocked.Read(ref hits), Interlocked.Read(ref misses));
 
+    /// <summary>Bytes of the buffers this reader holds in its cache.</summary>
+    public long CachedBytes => Interlocked.Read(ref cachedBytes);
+
+    /// <summary>When the reader was last read (for the shared budget's choice of whom to trim).</summary>
+    internal long LastUse => Interlocked.Read(ref lastUse);
+
     public string ChunkDigestHex(int chunk) => Convert.ToHexStringLower(index.Digest(chunk));
 
     /// <summary>Reads min(destination.Length, Size − offset) bytes at <paramref name="offset"/>; 0 at or past the end.</summary>
@@ -73,16 +96,47 @@ public sealed class DynamicImageReader : IDisposable
             return 0;
         }
 
+        Volatile.Write(ref lastUse, System.Diagnostics.Stopwatch.GetTimestamp());
         var length = (int)Math.Min(destination.Length, index.Size - offset);
         var done = 0;
         var chunk = index.ChunkAt(offset);
         while (done < length)
         {
-            var start = index.ChunkStart(chunk);
-            var data = Chunk(chunk);
-            var inChunk = (int)(offset + done - start);
-            var n = Math.Min(length - done, data.Length - inChunk);
-            data.AsSpan(inChunk, n).CopyTo(destination[done..]);
+            var inChunk = (int)(offset + done - index.ChunkStart(chunk));
+            var want = destination[done..length];
+            var n = CopyCached(chunk, inChunk, want, out var decoding);
+            if (decoding is not null)
+            {
+                decoding.Wait(); // another reader decodes this chunk: use its result (or, if it failed, try again)
+                continue;
+            }
+
+            if (n < 0)
+            {
+                var chunkLength = (int)(index.ChunkEnd(chunk) - index.ChunkStart(chunk));
+                decoder.Wait();
+                try
+                {
+                    var data = Decode(chunk, chunkLength);
+                    n = Math.Min(want.Length, chunkLength - inChunk);
+                    data.AsSpan(inChunk, n).CopyTo(want);
+                    Insert(chunk, data);
+                }
+                finally
+                {
+                    decoder.Release();
+                    lock (gate)
+                    {
+                        if (inflight.Remove(chunk, out var finished))
+                        {
+                            finished.Set();
+                        }
+                    }
+                }
+
+                memory?.Trim();
+            }
+
             done += n;
             chunk++;
         }
@@ -90,50 +144,115 @@ public sealed class DynamicImageReader : IDisposable
         return length;
     }
 
-    private byte[] Chunk(int chunk)
+    /// <summary>
+    /// Copies from a cached chunk under the lock. When the chunk is not cached: −1 and either the decode another reader
+    /// has under way (<paramref name="decoding"/>: wait for it, then ask again) or null, and the caller now decodes it —
+    /// concurrent reads of one chunk (the kernel's parallel read-ahead of a file) decode it once.
+    /// </summary>
+    private int CopyCached(int chunk, int inChunk, Span<byte> destination, out ManualResetEventSlim? decoding)
     {
+        decoding = null;
         lock (gate)
         {
-            if (cache.TryGetValue(chunk, out var node))
+            if (!cache.TryGetValue(chunk, out var node))
             {
-                lru.Remove(node);
-                lru.AddFirst(node);
-                hits++;
-                return node.Value.Data;
+                if (inflight.TryGetValue(chunk, out decoding))
+                {
+                    return -1;
+                }
+
+                inflight[chunk] = new ManualResetEventSlim();
+                misses++;
+                return -1;
             }
 
-            misses++;
+            lru.Remove(node);
+            lru.AddFirst(node);
+            hits++;
+            var chunkLength = (int)(index.ChunkEnd(chunk) - index.ChunkStart(chunk));
+            var n = Math.Min(destination.Length, chunkLength - inChunk);
+            node.Value.Data.AsSpan(inChunk, n).CopyTo(destination);
+            return n;
         }
+    }
 
+    /// <summary>Reads, verifies and decodes a chunk into a pooled buffer (at least <paramref name="length"/> bytes long).</summary>
+    private byte[] Decode(int chunk, int length)
+    {
         var start = index.ChunkStart(chunk);
-        var data = new byte[index.ChunkEnd(chunk) - start];
-        var digest = index.Digest(chunk);
-        var blob = chunks.ReadRented(digest, start, out var blobLength);
+        var data = DynamicChunkBuffers.Rent(length);
         try
         {
-            DataBlob.DecodeChunk(blob.AsSpan(0, blobLength), key, encrypted, data, digest, chunks.PathOf(digest), start, options.VerifyDigests);
-        }
-        finally
-        {
-            BlobBuffers.Pool.Return(blob);
-        }
-
-        lock (gate)
-        {
-            if (!disposed && !cache.ContainsKey(chunk))
+            var digest = index.Digest(chunk);
+            var blob = chunks.ReadRented(digest, start, out var blobLength);
+            DynamicChunkBuffers.NoteBlob(blob.Length);
+            try
             {
-                cache[chunk] = lru.AddFirst((chunk, data));
-                cachedBytes += data.Length;
-                while (cachedBytes > options.CacheBytes && lru.Last is { } last && last != lru.First)
-                {
-                    lru.RemoveLast();
-                    cache.Remove(last.Value.Chunk);
-                    cachedBytes -= last.Value.Data.Length;
-                }
+                DataBlob.DecodeChunk(blob.AsSpan(0, blobLength), key, encrypted, data.AsSpan(0, length), digest, chunks.PathOf(digest), start,
+                    options.VerifyDigests);
             }
+            finally
+            {
+                // Into this pool, not back to BlobBuffers': that pool keeps two arrays per power-of-two size, and chunk
+                // files of 1…16 MiB would leave ~30–60 MiB there for as long as the mount runs. Here the array serves
+                // as a decoded-chunk buffer (or is dropped when the spares are full).
+                DynamicChunkBuffers.Return(blob);
+            }
+        }
+        catch
+        {
+            DynamicChunkBuffers.Return(data);
+            throw;
         }
 
         return data;
+    }
+
+    /// <summary>Caches a decoded chunk (or gives its buffer back when another reader was quicker) and keeps the bound.</summary>
+    private void Insert(int chunk, byte[] data)
+    {
+        lock (gate)
+        {
+            if (disposed || cache.ContainsKey(chunk))
+            {
+                DynamicChunkBuffers.Return(data);
+                return;
+            }
+
+            cache[chunk] = lru.AddFirst((chunk, data));
+            cachedBytes += data.Length;
+            memory?.Charge(data.Length);
+            while (cachedBytes > options.CacheBytes && lru.Last is { } last && last != lru.First)
+            {
+                EvictLast();
+            }
+        }
+    }
+
+    /// <summary>Under the lock: drops the least recently used chunk and gives its buffer back for reuse.</summary>
+    private void EvictLast()
+    {
+        var last = lru.Last!;
+        lru.RemoveLast();
+        cache.Remove(last.Value.Chunk);
+        cachedBytes -= last.Value.Data.Length;
+        memory?.Charge(-last.Value.Data.Length);
+        DynamicChunkBuffers.Return(last.Value.Data);
+    }
+
+    /// <summary>Drops this reader's least recently used chunk for the shared budget; false when it caches none.</summary>
+    internal bool EvictOldest()
+    {
+        lock (gate)
+        {
+            if (lru.Last is null)
+            {
+                return false;
+            }
+
+            EvictLast();
+            return true;
+        }
     }
 
     public void Dispose()
@@ -141,9 +260,136 @@ public sealed class DynamicImageReader : IDisposable
         disposed = true;
         lock (gate)
         {
-            cache.Clear();
-            lru.Clear();
-            cachedBytes = 0;
+            while (lru.Last is not null)
+            {
+                EvictLast();
+            }
+
+            memory?.Unregister(this, 0);
         }
+    }
+}
+
+/// <summary>
+/// Reused buffers for decoded dynamic chunks, whose lengths vary (PBS: 1…16 MiB around a 4 MiB average). A buffer is
+/// rounded up to a granule (64 KiB below 1 MiB, 1 MiB above) and reused for any chunk it fits with at most about half of
+/// it unused (best fit); at most <see cref="SpareLimit"/> free buffers of together <see cref="SpareBytesLimit"/> are kept.
+/// The arrays chunk files were read into join the pool after decoding (powers of two: they fit chunks of half to full
+/// their length).
+/// Lengths vary too much for reuse alone to avoid new arrays, and arrays of this size live on the large-object heap,
+/// which the collector sweeps only in full collections — left to itself it lets hundreds of MiB of dropped chunk
+/// buffers pile up between them. So after every <see cref="CollectAfterBytes"/> of new buffers a full collection runs:
+/// the dropped buffers' memory is then reused for the next ones instead of growing the heap. Decoding those bytes
+/// (~20 ms) takes longer than a collection of a heap this small.
+/// </summary>
+public static class DynamicChunkBuffers
+{
+    /// <summary>Free buffers kept for reuse (process-wide).</summary>
+    public const int SpareLimit = 3;
+
+    /// <summary>Most bytes of free buffers kept.</summary>
+    public const long SpareBytesLimit = 8L * 1024 * 1024;
+
+    /// <summary>New buffer bytes after which a full collection is started.</summary>
+    public const long CollectAfterBytes = 8L * 1024 * 1024;
+
+    private static readonly List<byte[]> Spare = [];
+    private static long spareBytes;
+    private static long allocatedSinceCollect;
+
+    /// <summary>Free buffers kept now.</summary>
+    public static int SpareCount
+    {
+        get
+        {
+            lock (Spare)
+            {
+                return Spare.Count;
+            }
+        }
+    }
+
+    public static byte[] Rent(int length)
+    {
+        var rounded = Rounded(length);
+        lock (Spare)
+        {
+            var best = -1;
+            for (var i = 0; i < Spare.Count; i++)
+            {
+                var l = Spare[i].Length;
+                if (l >= length && l <= 2L * rounded && (best < 0 || l < Spare[best].Length))
+                {
+                    best = i;
+                }
+            }
+
+            if (best >= 0)
+            {
+                var found = Spare[best];
+                Spare.RemoveAt(best);
+                spareBytes -= found.Length;
+                return found;
+            }
+
+            allocatedSinceCollect += rounded;
+            if (allocatedSinceCollect < CollectAfterBytes)
+            {
+                return GC.AllocateUninitializedArray<byte>(rounded);
+            }
+
+            allocatedSinceCollect = 0;
+        }
+
+        Collect();
+        return GC.AllocateUninitializedArray<byte>(rounded);
+    }
+
+    /// <summary>Counts a chunk file's array (from <see cref="BlobBuffers"/>) as new: it ends up here or as garbage.</summary>
+    internal static void NoteBlob(int length)
+    {
+        bool collect;
+        lock (Spare)
+        {
+            allocatedSinceCollect += length;
+            collect = allocatedSinceCollect >= CollectAfterBytes;
+            if (collect)
+            {
+                allocatedSinceCollect = 0;
+            }
+        }
+
+        if (collect)
+        {
+            Collect();
+        }
+    }
+
+    public static void Return(byte[] buffer)
+    {
+        lock (Spare)
+        {
+            // Full: drop the oldest spare buffers first (the newest fit what is being read now).
+            while (Spare.Count > 0 && (Spare.Count >= SpareLimit || spareBytes + buffer.Length > SpareBytesLimit))
+            {
+                spareBytes -= Spare[0].Length;
+                Spare.RemoveAt(0);
+            }
+
+            if (buffer.Length <= SpareBytesLimit)
+            {
+                Spare.Add(buffer);
+                spareBytes += buffer.Length;
+            }
+        }
+    }
+
+    /// <summary>A full, blocking collection (the heap is small: chunk buffers and the mount's nodes; a few ms).</summary>
+    private static void Collect() => GC.Collect(2, GCCollectionMode.Forced, blocking: true);
+
+    private static int Rounded(int length)
+    {
+        var granule = length < 1024 * 1024 ? 64 * 1024 : 1024 * 1024;
+        return (int)Math.Min(Array.MaxLength, ((long)Math.Max(length, 1) + granule - 1) / granule * granule);
     }
 }
