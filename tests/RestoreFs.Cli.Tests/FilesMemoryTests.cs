@@ -6,17 +6,20 @@ namespace RestoreFs.Cli.Tests;
 /// <summary>
 /// Bounded memory of files/ (issue 12): four snapshots of an ext4 disk (3,000 small files, a 48 MiB file) browsed one
 /// after another through a real mount and real restore VMs — `find` of the whole volume, `cat` of the large file and
-/// of every small file — and then their VMs stopped. The mount process's peak RSS stays within its configured
+/// of every small file — and then their VMs stopped. The mount process's peak memory stays within its configured
 /// caches (--cache-mb, the files/ content cache) plus a constant, and once the VMs are stopped every cache budget
-/// is given back: what stays above the figure before browsing is within the constant (code pages of the parts that
-/// ran, buffer pools).
+/// is given back: what stays above the figure before browsing is within the constant (buffer pools, JIT code).
+/// Memory here is the process's anonymous resident memory (RssAnon, sampled every 50 ms for the peak): what the
+/// mount holds. File-backed pages — the precompiled (ReadyToRun) code mapped from the executable as new paths run —
+/// are the executable's, not state, and grew by some 15–20 MiB when the CLI became ReadyToRun; VmRSS/VmHWM are
+/// reported next to it.
 /// </summary>
 public sealed partial class FilesMemoryTests : IDisposable
 {
     private const int Snapshots = 4;
     private const int CacheMb = 64;
     private const int FilesCacheMb = 32; // TreeOptions.FilesCacheBytes
-    private const int ConstantMb = 112;  // the runtime and JIT (~45 MiB), buffer pools (chunk files, FUSE replies, NBD per VM disk), read-ahead in flight
+    private const int ConstantMb = 112;  // the runtime and JIT, buffer pools (chunk files, FUSE replies, NBD per VM disk), read-ahead in flight
     private readonly TempDirectory dir = new("restorefs-filesmem");
     private string Store => dir.Combine("store");
     private string Mnt => dir.Combine("mnt");
@@ -28,13 +31,13 @@ public sealed partial class FilesMemoryTests : IDisposable
     private static ProcessResult Run(string tool, params string[] args) =>
         ProcessRunner.Run(Requires.Tool(tool), args, TimeSpan.FromMinutes(5)).EnsureSuccess(tool + " " + string.Join(' ', args));
 
-    [GeneratedRegex(@"^(VmRSS|VmHWM):\s+(\d+) kB", RegexOptions.Multiline)]
+    [GeneratedRegex(@"^(VmRSS|VmHWM|RssAnon):\s+(\d+) kB", RegexOptions.Multiline)]
     private static partial Regex Memory();
 
-    private static (long RssMb, long PeakMb) Rss(int pid)
+    private static (long RssMb, long PeakMb, long AnonMb) Rss(int pid)
     {
         var m = Memory().Matches(File.ReadAllText($"/proc/{pid}/status")).ToDictionary(x => x.Groups[1].Value, x => long.Parse(x.Groups[2].Value) / 1024);
-        return (m["VmRSS"], m["VmHWM"]);
+        return (m["VmRSS"], m["VmHWM"], m["RssAnon"]);
     }
 
     /// <summary>The mount's server process: the one whose command line names the mount point and runs in the foreground.</summary>
@@ -87,8 +90,18 @@ public sealed partial class FilesMemoryTests : IDisposable
         {
             var pid = MountPid();
             Run("ls", Path.Combine(Mnt, "snapshots", "vm", "300"));
-            var before = Rss(pid).RssMb;
-            var report = new List<string> { $"before browsing: {before} MiB" };
+            var before = Rss(pid).AnonMb;
+            var report = new List<string> { $"before browsing: {before} MiB anonymous ({Rss(pid).RssMb} MiB RSS)" };
+            long peakAnon = before;
+            using var sampling = new CancellationTokenSource();
+            var sampler = Task.Run(async () =>
+            {
+                while (!sampling.IsCancellationRequested)
+                {
+                    peakAnon = Math.Max(peakAnon, Rss(pid).AnonMb);
+                    await Task.Delay(50).ConfigureAwait(false);
+                }
+            });
             for (var s = 0; s < Snapshots; s++)
             {
                 var root = Path.Combine(Mnt, "snapshots", "vm", "300", $"2026-05-0{s + 1}T00:00:00Z", "files", "drive-scsi0.img", "raw");
@@ -97,8 +110,8 @@ public sealed partial class FilesMemoryTests : IDisposable
                 Assert.Equal(Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(big)),
                     Run("sha256sum", Path.Combine(root, "big.bin")).StdOut[..64].ToUpperInvariant());
                 Run("bash", "-c", $"cat {root}/d*/f* > /dev/null");
-                var (rss, peak) = Rss(pid);
-                report.Add($"after snapshot {s + 1}: {rss} MiB (peak {peak})");
+                var (rss, peak, anon) = Rss(pid);
+                report.Add($"after snapshot {s + 1}: {anon} MiB anonymous, RSS {rss} MiB (VmHWM {peak})");
             }
 
             Cli(TimeSpan.FromSeconds(60), "vm", "stop", "--all");
@@ -107,16 +120,18 @@ public sealed partial class FilesMemoryTests : IDisposable
             do
             {
                 Thread.Sleep(1000);
-                after = Rss(pid).RssMb;
+                after = Rss(pid).AnonMb;
             }
             while (after > before + ConstantMb && DateTime.UtcNow < deadline);
 
+            sampling.Cancel();
+            sampler.Wait();
             var final = Rss(pid);
-            report.Add($"after the VMs stopped: {final.RssMb} MiB (peak {final.PeakMb})");
+            report.Add($"after the VMs stopped: {final.AnonMb} MiB anonymous, RSS {final.RssMb} MiB; peak {peakAnon} MiB anonymous (VmHWM {final.PeakMb})");
             var text = string.Join("; ", report);
             Console.WriteLine("files/ memory: " + text);
-            Assert.True(final.PeakMb <= before + CacheMb + FilesCacheMb + ConstantMb, "peak over the budget: " + text);
-            Assert.True(final.RssMb <= before + ConstantMb, "memory not given back: " + text);
+            Assert.True(peakAnon <= before + CacheMb + FilesCacheMb + ConstantMb, "peak over the budget: " + text);
+            Assert.True(final.AnonMb <= before + ConstantMb, "memory not given back: " + text);
         }
         finally
         {
