@@ -1,4 +1,3 @@
-using System.Text.RegularExpressions;
 using RestoreFs.TestSupport;
 
 namespace RestoreFs.Cli.Tests;
@@ -14,7 +13,7 @@ namespace RestoreFs.Cli.Tests;
 /// are the executable's, not state (they grew from 48 to 64 MiB while browsing in one run); VmRSS/VmHWM are
 /// reported next to it.
 /// </summary>
-public sealed partial class FilesMemoryTests : IDisposable
+public sealed class FilesMemoryTests : IDisposable
 {
     private const int Snapshots = 4;
     private const int CacheMb = 64;
@@ -30,30 +29,6 @@ public sealed partial class FilesMemoryTests : IDisposable
 
     private static ProcessResult Run(string tool, params string[] args) =>
         ProcessRunner.Run(Requires.Tool(tool), args, TimeSpan.FromMinutes(5)).EnsureSuccess(tool + " " + string.Join(' ', args));
-
-    [GeneratedRegex(@"^(VmRSS|VmHWM|RssAnon):\s+(\d+) kB", RegexOptions.Multiline)]
-    private static partial Regex Memory();
-
-    private static (long RssMb, long PeakMb, long AnonMb) Rss(int pid)
-    {
-        var m = Memory().Matches(File.ReadAllText($"/proc/{pid}/status")).ToDictionary(x => x.Groups[1].Value, x => long.Parse(x.Groups[2].Value) / 1024);
-        return (m["VmRSS"], m["VmHWM"], m["RssAnon"]);
-    }
-
-    /// <summary>The mount's server process: the one whose command line names the mount point and runs in the foreground.</summary>
-    private int MountPid() => Directory.GetDirectories("/proc").Select(Path.GetFileName).Where(p => p!.All(char.IsDigit)).Select(int.Parse!)
-        .First(pid =>
-        {
-            try
-            {
-                var cmd = File.ReadAllText($"/proc/{pid}/cmdline").Split('\0');
-                return cmd.Contains(Mnt) && cmd.Contains("--foreground") && cmd.Contains("mount");
-            }
-            catch (IOException)
-            {
-                return false;
-            }
-        });
 
     [Fact]
     public void Browsing_four_snapshots_stays_within_the_cache_budget_and_stopped_vms_give_their_memory_back()
@@ -88,17 +63,17 @@ public sealed partial class FilesMemoryTests : IDisposable
         Cli(TimeSpan.FromSeconds(60), "mount", Store, Mnt, "--cache-mb", CacheMb.ToString(), "--max-vms", "2");
         try
         {
-            var pid = MountPid();
+            var pid = ProcessMemory.MountServer(Mnt);
             Run("ls", Path.Combine(Mnt, "snapshots", "vm", "300"));
-            var before = Rss(pid).AnonMb;
-            var report = new List<string> { $"before browsing: {before} MiB anonymous ({Rss(pid).RssMb} MiB RSS)" };
+            var before = ProcessMemory.Of(pid).AnonMb;
+            var report = new List<string> { $"before browsing: {before} MiB anonymous ({ProcessMemory.Of(pid).RssMb} MiB RSS)" };
             long peakAnon = before;
             using var sampling = new CancellationTokenSource();
             var sampler = Task.Run(async () =>
             {
                 while (!sampling.IsCancellationRequested)
                 {
-                    peakAnon = Math.Max(peakAnon, Rss(pid).AnonMb);
+                    peakAnon = Math.Max(peakAnon, ProcessMemory.Of(pid).AnonMb);
                     await Task.Delay(50).ConfigureAwait(false);
                 }
             });
@@ -110,7 +85,7 @@ public sealed partial class FilesMemoryTests : IDisposable
                 Assert.Equal(Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(big)),
                     Run("sha256sum", Path.Combine(root, "big.bin")).StdOut[..64].ToUpperInvariant());
                 Run("bash", "-c", $"cat {root}/d*/f* > /dev/null");
-                var (rss, peak, anon) = Rss(pid);
+                var (rss, peak, anon) = ProcessMemory.Of(pid);
                 report.Add($"after snapshot {s + 1}: {anon} MiB anonymous, RSS {rss} MiB (VmHWM {peak})");
             }
 
@@ -120,13 +95,13 @@ public sealed partial class FilesMemoryTests : IDisposable
             do
             {
                 Thread.Sleep(1000);
-                after = Rss(pid).AnonMb;
+                after = ProcessMemory.Of(pid).AnonMb;
             }
             while (after > before + ConstantMb && DateTime.UtcNow < deadline);
 
             sampling.Cancel();
             sampler.Wait();
-            var final = Rss(pid);
+            var final = ProcessMemory.Of(pid);
             report.Add($"after the VMs stopped: {final.AnonMb} MiB anonymous, RSS {final.RssMb} MiB; peak {peakAnon} MiB anonymous (VmHWM {final.PeakMb})");
             var text = string.Join("; ", report);
             Console.WriteLine("files/ memory: " + text);

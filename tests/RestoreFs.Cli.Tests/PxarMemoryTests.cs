@@ -1,4 +1,3 @@
-using System.Text.RegularExpressions;
 using RestoreFs.TestSupport;
 
 namespace RestoreFs.Cli.Tests;
@@ -12,7 +11,7 @@ namespace RestoreFs.Cli.Tests;
 /// garbage faster than the collector frees it, the peak would grow with the bytes read (it was ~360–480 MiB on a
 /// 392 MB archive before the chunk buffers were pooled and budgeted).
 /// </summary>
-public sealed partial class PxarMemoryTests : IDisposable
+public sealed class PxarMemoryTests : IDisposable
 {
     /// <summary>
     /// Above the RSS before browsing, at the default --cache-mb 64: the archive's chunk caches (unified: the whole
@@ -37,30 +36,6 @@ public sealed partial class PxarMemoryTests : IDisposable
 
     private static ProcessResult Run(string tool, params string[] args) =>
         ProcessRunner.Run(Requires.Tool(tool), args, TimeSpan.FromMinutes(10)).EnsureSuccess(tool + " " + string.Join(' ', args));
-
-    [GeneratedRegex(@"^(VmRSS|VmHWM):\s+(\d+) kB", RegexOptions.Multiline)]
-    private static partial Regex Memory();
-
-    private static (long RssMb, long PeakMb) Rss(int pid)
-    {
-        var m = Memory().Matches(File.ReadAllText($"/proc/{pid}/status")).ToDictionary(x => x.Groups[1].Value, x => long.Parse(x.Groups[2].Value) / 1024);
-        return (m["VmRSS"], m["VmHWM"]);
-    }
-
-    /// <summary>The mount's server process: the one whose command line names the mount point and runs in the foreground.</summary>
-    private int MountPid() => Directory.GetDirectories("/proc").Select(Path.GetFileName).Where(p => p!.All(char.IsDigit)).Select(int.Parse!)
-        .First(pid =>
-        {
-            try
-            {
-                var cmd = File.ReadAllText($"/proc/{pid}/cmdline").Split('\0');
-                return cmd.Contains(Mnt) && cmd.Contains("--foreground") && cmd.Contains("mount");
-            }
-            catch (IOException)
-            {
-                return false;
-            }
-        });
 
     [Fact]
     public void Browsing_a_large_archive_keeps_the_mounts_peak_rss_within_a_constant_of_its_size()
@@ -106,9 +81,9 @@ public sealed partial class PxarMemoryTests : IDisposable
         Cli(TimeSpan.FromSeconds(60), "mount", Store, Mnt, "--no-vm");
         try
         {
-            var pid = MountPid();
+            var pid = ProcessMemory.MountServer(Mnt);
             Run("ls", Path.Combine(Mnt, "snapshots", "ct", "100"), Path.Combine(Mnt, "snapshots", "ct", "101"));
-            var before = Rss(pid).RssMb;
+            var before = ProcessMemory.Of(pid).RssMb;
             var report = new List<string> { $"before browsing: {before} MiB" };
             foreach (var group in new[] { "ct/100", "ct/101" })
             {
@@ -123,13 +98,13 @@ public sealed partial class PxarMemoryTests : IDisposable
                 Run("diff", "-r", Path.Combine(src, "d03"), copy);
                 Run("bash", "-c", $"find '{root}' -type f -exec cat {{}} + > /dev/null");
                 Assert.Equal(Run("sha256sum", Path.Combine(src, "big5")).StdOut[..64], Run("sha256sum", Path.Combine(root, "big5")).StdOut[..64]);
-                var (rss, peak) = Rss(pid);
+                var (rss, peak, _) = ProcessMemory.Of(pid);
                 report.Add($"after {group}: {rss} MiB (peak {peak})");
             }
 
             var text = string.Join("; ", report);
             Console.WriteLine($"pxar memory ({total >> 20} MiB of contents, {entries} entries): {text}");
-            Assert.True(Rss(pid).PeakMb <= before + BrowsingMb, "peak over the bound: " + text);
+            Assert.True(ProcessMemory.Of(pid).PeakMb <= before + BrowsingMb, "peak over the bound: " + text);
         }
         finally
         {
