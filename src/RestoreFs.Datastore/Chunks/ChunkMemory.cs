@@ -1,5 +1,17 @@
 namespace RestoreFs.Datastore;
 
+/// <summary>A reader's cache of decoded chunks, as <see cref="ChunkMemory"/> sees it.</summary>
+internal interface IChunkCache
+{
+    long CachedBytes { get; }
+
+    /// <summary>When the cache was last read (a <see cref="System.Diagnostics.Stopwatch"/> timestamp).</summary>
+    long LastUse { get; }
+
+    /// <summary>Drops the least recently used chunk; false when none is cached.</summary>
+    bool EvictOldest();
+}
+
 /// <summary>
 /// One budget of decoded chunk bytes shared by many <see cref="ImageReader"/>s — a mount's readers of every snapshot
 /// browsed — so memory stays within the budget however many images are opened. When the readers together hold more
@@ -11,8 +23,7 @@ namespace RestoreFs.Datastore;
 public sealed class ChunkMemory
 {
     private readonly object gate = new();
-    private readonly HashSet<ImageReader> readers = [];
-    private readonly HashSet<DynamicImageReader> dynamicReaders = [];
+    private readonly HashSet<IChunkCache> readers = [];
     private readonly Stack<byte[]> spare = new();
     private readonly int spareLimit;
     private long used;
@@ -41,7 +52,7 @@ public sealed class ChunkMemory
         }
     }
 
-    internal void Register(ImageReader reader)
+    internal void Register(IChunkCache reader)
     {
         lock (gate)
         {
@@ -49,29 +60,11 @@ public sealed class ChunkMemory
         }
     }
 
-    internal void Unregister(ImageReader reader, long held)
+    internal void Unregister(IChunkCache reader, long held)
     {
         lock (gate)
         {
             readers.Remove(reader);
-        }
-
-        Interlocked.Add(ref used, -held);
-    }
-
-    internal void Register(DynamicImageReader reader)
-    {
-        lock (gate)
-        {
-            dynamicReaders.Add(reader);
-        }
-    }
-
-    internal void Unregister(DynamicImageReader reader, long held)
-    {
-        lock (gate)
-        {
-            dynamicReaders.Remove(reader);
         }
 
         Interlocked.Add(ref used, -held);
@@ -122,8 +115,7 @@ public sealed class ChunkMemory
     {
         while (Interlocked.Read(ref used) > Capacity)
         {
-            ImageReader? victim = null;
-            DynamicImageReader? dynamicVictim = null;
+            IChunkCache? victim = null;
             lock (gate)
             {
                 foreach (var reader in readers)
@@ -133,24 +125,6 @@ public sealed class ChunkMemory
                         victim = reader;
                     }
                 }
-
-                foreach (var reader in dynamicReaders)
-                {
-                    if (reader.CachedBytes > 0 && (dynamicVictim is null || reader.LastUse < dynamicVictim.LastUse))
-                    {
-                        dynamicVictim = reader;
-                    }
-                }
-            }
-
-            if (dynamicVictim is not null && (victim is null || dynamicVictim.LastUse < victim.LastUse))
-            {
-                if (!dynamicVictim.EvictOldest())
-                {
-                    return;
-                }
-
-                continue;
             }
 
             if (victim is null || !victim.EvictOldest())

@@ -16,7 +16,7 @@ public sealed record DynamicImageReaderOptions(long CacheBytes = 64L * 1024 * 10
 /// between collections (hundreds of MiB of resident memory). Bytes are copied out under the reader's lock, so an
 /// evicted buffer can be handed to the next decode at once.
 /// </summary>
-public sealed class DynamicImageReader : IDisposable
+public sealed class DynamicImageReader : IDisposable, IChunkCache
 {
     /// <summary>PBS's dynamic chunks are at most 16 MiB (4 × the 4 MiB average); anything bigger is a corrupt index.</summary>
     public const int MaxChunkLength = 16 * 1024 * 1024;
@@ -83,6 +83,8 @@ public sealed class DynamicImageReader : IDisposable
 
     /// <summary>When the reader was last read (for the shared budget's choice of whom to trim).</summary>
     internal long LastUse => Interlocked.Read(ref lastUse);
+
+    long IChunkCache.LastUse => LastUse;
 
     public string ChunkDigestHex(int chunk) => Convert.ToHexStringLower(index.Digest(chunk));
 
@@ -241,7 +243,7 @@ public sealed class DynamicImageReader : IDisposable
     }
 
     /// <summary>Drops this reader's least recently used chunk for the shared budget; false when it caches none.</summary>
-    internal bool EvictOldest()
+    bool IChunkCache.EvictOldest()
     {
         lock (gate)
         {

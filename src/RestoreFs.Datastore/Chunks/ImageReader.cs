@@ -16,7 +16,7 @@ public sealed record ImageReaderStats(long Hits, long Misses, long DecodedBytes,
 /// all-zero chunks are served without touching the store; sequential access starts read-ahead of the next chunks on
 /// the thread pool. A damaged or missing chunk fails only the reads that touch it (failures are not cached).
 /// </summary>
-public sealed class ImageReader : IDisposable
+public sealed class ImageReader : IDisposable, IChunkCache
 {
     private readonly FixedIndex index;
     private readonly ChunkStore chunks;
@@ -60,6 +60,8 @@ public sealed class ImageReader : IDisposable
 
     /// <summary>When the reader was last asked for a chunk (for the shared budget's choice of whom to trim).</summary>
     internal long LastUse => Interlocked.Read(ref lastUse);
+
+    long IChunkCache.LastUse => LastUse;
 
     public long Size => index.Size;
 
@@ -373,7 +375,7 @@ public sealed class ImageReader : IDisposable
     }
 
     /// <summary>Drops this reader's least recently used chunk for the shared budget; false when it caches none.</summary>
-    internal bool EvictOldest()
+    bool IChunkCache.EvictOldest()
     {
         lock (gate)
         {
