@@ -63,7 +63,9 @@ public static class DataBlob
     public static bool IsEncrypted(BlobKind kind) => kind is BlobKind.Encrypted or BlobKind.EncryptedCompressed;
 
     /// <summary>Checks magic, size and CRC; returns the kind.</summary>
-    public static BlobKind Verify(ReadOnlySpan<byte> blob, string path, string? digest = null, long? offset = null)
+    /// <param name="crc">The payload's CRC when it was summed already (<see cref="StreamedDecryption"/>: the payload
+    /// is plaintext by now); null to compute it here.</param>
+    public static BlobKind Verify(ReadOnlySpan<byte> blob, string path, string? digest = null, long? offset = null, uint? crc = null)
     {
         if (blob.Length < PlainHeaderSize)
         {
@@ -78,7 +80,7 @@ public static class DataBlob
         }
 
         var stored = BinaryPrimitives.ReadUInt32LittleEndian(blob[8..12]);
-        var actual = Crc32.HashToUInt32(blob[header..]);
+        var actual = crc ?? Crc32.HashToUInt32(blob[header..]);
         if (stored != actual)
         {
             throw new ChunkCorruptException($"CRC mismatch (stored {stored:x8}, computed {actual:x8})", path, offset, digest);
@@ -165,7 +167,7 @@ public static class DataBlob
         ReadOnlySpan<byte> digest, string path, long offset, bool verifyDigest, StreamedDecryption? streamed = null)
     {
         var digestHex = Convert.ToHexStringLower(digest);
-        var kind = streamed is null ? Verify(blob, path, digestHex, offset) : streamed.Verify(blob, path, digestHex, offset);
+        var kind = Verify(blob, path, digestHex, offset, streamed?.Crc);
         if (IsEncrypted(kind) != expectEncrypted)
         {
             throw new ChunkCorruptException(expectEncrypted ? "chunk is not encrypted but the archive is" : "chunk is encrypted but the archive is not",
@@ -458,19 +460,8 @@ public sealed class StreamedDecryption(CryptConfig key)
     /// <summary>Whether the whole blob of <paramref name="length"/> bytes went through the decryption.</summary>
     internal bool Covers(int length) => !off && gcm is not null && done == length;
 
-    /// <summary>As <see cref="DataBlob.Verify"/>, with the CRC summed before decryption.</summary>
-    internal BlobKind Verify(ReadOnlySpan<byte> blob, string path, string digest, long offset)
-    {
-        var kind = DataBlob.KindOf(blob) ?? throw new ChunkCorruptException($"unknown blob magic {Convert.ToHexStringLower(blob[..8])}", path, offset, digest);
-        var stored = BinaryPrimitives.ReadUInt32LittleEndian(blob[8..12]);
-        var actual = crc.GetCurrentHashAsUInt32();
-        if (stored != actual)
-        {
-            throw new ChunkCorruptException($"CRC mismatch (stored {stored:x8}, computed {actual:x8})", path, offset, digest);
-        }
-
-        return kind;
-    }
+    /// <summary>The CRC of the payload as it was read (before decryption).</summary>
+    internal uint Crc => crc.GetCurrentHashAsUInt32();
 
     internal bool Finish(ReadOnlySpan<byte> tag)
     {

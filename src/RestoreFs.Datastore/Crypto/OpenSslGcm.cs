@@ -81,19 +81,7 @@ internal sealed unsafe partial class OpenSslGcm : GcmCipher
                 throw new ArgumentException($"a GCM tag has {TagSize} bytes, not {tag.Length}", nameof(tag));
             }
 
-            fixed (byte* t = tag)
-            {
-                Check(EVP_CIPHER_CTX_ctrl(ctx, CtrlGcmSetTag, TagSize, t), "EVP_CTRL_GCM_SET_TAG");
-                byte last;
-                int written;
-                var ok = EVP_DecryptFinal_ex(ctx, &last, &written) == 1 && written == 0;
-                if (!ok)
-                {
-                    ERR_clear_error();
-                }
-
-                return ok;
-            }
+            return FinishDecrypt(ctx, tag);
         }
 
         private void Own()
@@ -114,18 +102,11 @@ internal sealed unsafe partial class OpenSslGcm : GcmCipher
             var ctx = Begin(key, iv, encrypt: false);
             fixed (byte* input = ciphertext)
             fixed (byte* output = plaintext)
-            fixed (byte* t = tag)
             {
                 Update(ctx, input, output, ciphertext.Length);
-                Check(EVP_CIPHER_CTX_ctrl(ctx, CtrlGcmSetTag, TagSize, t), "EVP_CTRL_GCM_SET_TAG");
-                byte last;
-                int written;
-                ok = EVP_DecryptFinal_ex(ctx, &last, &written) == 1 && written == 0;
-                if (!ok)
-                {
-                    ERR_clear_error();
-                }
             }
+
+            ok = FinishDecrypt(ctx, tag);
         }
         finally
         {
@@ -172,6 +153,24 @@ internal sealed unsafe partial class OpenSslGcm : GcmCipher
         }
 
         return ctx;
+    }
+
+    /// <summary>Sets the expected tag and ends the decryption: true when the tag verified.</summary>
+    private static bool FinishDecrypt(nint ctx, ReadOnlySpan<byte> tag)
+    {
+        fixed (byte* t = tag)
+        {
+            Check(EVP_CIPHER_CTX_ctrl(ctx, CtrlGcmSetTag, TagSize, t), "EVP_CTRL_GCM_SET_TAG");
+            byte last;
+            int written;
+            var ok = EVP_DecryptFinal_ex(ctx, &last, &written) == 1 && written == 0;
+            if (!ok)
+            {
+                ERR_clear_error();
+            }
+
+            return ok;
+        }
     }
 
     private void Update(nint ctx, byte* input, byte* output, int length)
