@@ -193,6 +193,16 @@ public sealed class VmTests(VmFixture f, ITestOutputHelper output) : IClassFixtu
         Assert.False(RestoreVmManager.IsOurVm(pid), "the idle VM is still running");
         Assert.InRange(watch.Elapsed.TotalSeconds, 1, 30);
 
+        // The kernel drops an exiting process's memory (its command line reads empty) before its sockets, so the
+        // channel reports the power-off a moment after the process stops looking like our VM.
+        var closing = Stopwatch.StartNew();
+        while (!session.Broken && closing.Elapsed < TimeSpan.FromSeconds(10))
+        {
+            await Task.Delay(20);
+        }
+
+        Assert.True(session.Broken, "the channel of the powered-off VM is still open");
+
         // The map drops it on the next use, which starts a new VM.
         var again = await manager.EnsureRunningAsync("idle-test", f.Disks.Take(1).ToList(), CancellationToken.None);
         Assert.NotEqual(pid, again.Entry.Pid);
