@@ -6,7 +6,8 @@ namespace RestoreFs.Cli.Tests;
 
 /// <summary>
 /// A torture tree made with the real tools, backed up with <c>restorefs backup NAME.pxar=DIR</c> as v1 (ct/100) and split
-/// v2 (ct/101), plus a small split archive (ct/102) whose payload chunk the damage test breaks.
+/// v2 (ct/101), plus a small split archive (ct/102) whose payload chunk the damage test breaks, and the torture tree
+/// again with a key file, v1 (ct/103) and split (ct/104).
 /// </summary>
 public sealed class PxarFixture : IDisposable
 {
@@ -81,7 +82,13 @@ public sealed class PxarFixture : IDisposable
         Cli("backup", "--store", Store, "--group", "ct/100", "--time", Time, $"root.pxar={Source}");
         Cli("backup", "--store", Store, "--group", "ct/101", "--time", Time, "--split-archive", $"root.pxar={Source}");
         Cli("backup", "--store", Store, "--group", "ct/102", "--time", Time, "--split-archive", $"root.pxar={DamageSource}");
+        Cli("key", "create", "--kdf", "none", KeyFile);
+        Cli("backup", "--store", Store, "--group", "ct/103", "--time", Time, "--keyfile", KeyFile, $"root.pxar={Source}");
+        Cli("backup", "--store", Store, "--group", "ct/104", "--time", Time, "--keyfile", KeyFile, "--split-archive", $"root.pxar={Source}");
     }
+
+    /// <summary>The key of the encrypted backups ct/103 (v1) and ct/104 (split).</summary>
+    public string KeyFile => Dir.Combine("key.json");
 
     public TempDirectory Dir { get; }
 
@@ -228,6 +235,68 @@ public sealed class PxarMountTests(PxarFixture fixture) : IClassFixture<PxarFixt
         Assert.Equal("two", File.ReadAllText(Path.Combine(part, "pair2")));
         Assert.False(File.Exists(Path.Combine(part, "a.txt")));
         ProcessRunner.Run("rm", ["-rf", target, part], TimeSpan.FromMinutes(2));
+    }
+
+    [Theory]
+    [InlineData("ct/103")]
+    [InlineData("ct/104")]
+    public void EncryptedArchiveReadsWithItsKeyFileOnly(string group)
+    {
+        var reader = DatastoreReader.Open(fixture.Store);
+        var snapshot = reader.GetSnapshot(BackupNamespace.Root, $"{group}/{PxarFixture.Time}");
+        var key = CryptConfig.FromKeyFile(fixture.KeyFile, null);
+        var manifest = reader.ReadManifest(snapshot, key);
+        var archives = manifest.Files.Where(f => f.FileName.EndsWith(".didx", StringComparison.Ordinal)).ToList();
+        Assert.NotEmpty(archives);
+        Assert.All(archives, f => Assert.Equal(CryptMode.Encrypt, f.CryptMode));
+
+        // Every chunk of every archive (and the catalog) is an encrypted blob.
+        foreach (var file in archives)
+        {
+            var (index, _) = reader.OpenDynamicIndex(snapshot, file.FileName, key);
+            for (var i = 0; i < index.ChunkCount; i++)
+            {
+                var hex = Convert.ToHexStringLower(index.Digest(i));
+                var head = new byte[8];
+                using (var chunk = File.OpenRead(Path.Combine(fixture.Store, ".chunks", hex[..4], hex)))
+                {
+                    chunk.ReadExactly(head);
+                }
+
+                Assert.True(head.SequenceEqual(DataBlob.MagicEncrypted) || head.SequenceEqual(DataBlob.MagicEncryptedCompressed),
+                    $"chunk {hex} of {file.FileName} is not encrypted");
+            }
+        }
+
+        using var temp = new TempDirectory("pxar-encrypted");
+        var keyed = temp.Combine("keyed");
+        using (var mount = CliMount.Start(fixture.Store, temp.Combine("mnt"), "--no-vm", "--keyfile", fixture.KeyFile))
+        {
+            var archive = Path.Combine(SnapshotDir(mount.MountPoint, group), "root.pxar");
+            ProcessRunner.Run("rsync", ["-aHAX", "--numeric-ids", archive + "/", keyed + "/"], TimeSpan.FromMinutes(10)).EnsureSuccess("rsync");
+        }
+
+        AssertSameTree(keyed);
+        ProcessRunner.Run("rm", ["-rf", keyed], TimeSpan.FromMinutes(2));
+
+        // Without the key the archive's directory is still there (the manifest is readable) but refuses to open.
+        using (var mount = CliMount.Start(fixture.Store, temp.Combine("mnt2"), "--no-vm"))
+        {
+            var archive = Path.Combine(SnapshotDir(mount.MountPoint, group), "root.pxar");
+            var ls = ProcessRunner.Run("ls", [archive], TimeSpan.FromMinutes(1));
+            Assert.NotEqual(0, ls.ExitCode);
+            Assert.Contains("Permission denied", ls.StdErr, StringComparison.Ordinal);
+            Assert.Equal("", ls.StdOut);
+        }
+
+        var restored = temp.Combine("out");
+        PxarFixture.Cli("restore", fixture.Store, $"{group}/{PxarFixture.Time}", "root.pxar", restored, "--keyfile", fixture.KeyFile);
+        AssertSameTree(restored);
+        ProcessRunner.Run("rm", ["-rf", restored], TimeSpan.FromMinutes(2));
+        var refused = ProcessRunner.Run(RepoPaths.Cli, ["restore", fixture.Store, $"{group}/{PxarFixture.Time}", "root.pxar", temp.Combine("nokey")],
+            TimeSpan.FromMinutes(2));
+        Assert.NotEqual(0, refused.ExitCode);
+        Assert.Contains("key", refused.StdErr, StringComparison.OrdinalIgnoreCase);
     }
 
     [Fact]
