@@ -195,24 +195,43 @@ public sealed class CryptoPathTests : IDisposable
         Assert.Contains("authentication failed", e.Message, StringComparison.Ordinal);
     }
 
-    [Theory]
-    [InlineData(GcmImplementation.OpenSsl, true)]
-    [InlineData(GcmImplementation.OpenSsl, false)]
-    [InlineData(GcmImplementation.Managed, true)]
-    [InlineData(GcmImplementation.Managed, false)]
-    public void A_chunk_decrypted_while_its_file_arrives_decodes_the_same_and_refuses_a_bad_crc_or_tag(GcmImplementation path, bool compress)
+    public static TheoryData<GcmImplementation?, bool> StreamedKinds => new()
     {
-        var key = Key(RandomNumberGenerator.GetBytes(32), path);
+        { null, true }, { null, false },
+        { GcmImplementation.OpenSsl, true }, { GcmImplementation.OpenSsl, false },
+        { GcmImplementation.Managed, true }, { GcmImplementation.Managed, false },
+    };
+
+    /// <summary>
+    /// A chunk decoded while its file arrives (every kind of blob: plain or encrypted, compressed or not) equals the
+    /// whole-blob decode for any piece size, and refuses a bad CRC, tag, frame, size or digest with the same message.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(StreamedKinds))]
+    public void A_chunk_decoded_while_its_file_arrives_equals_the_whole_decode_and_refuses_damage(GcmImplementation? path, bool compress)
+    {
+        var key = path is { } p ? Key(RandomNumberGenerator.GetBytes(32), p) : null;
+        var encrypted = key is not null;
         var data = new byte[(4 << 20) - 12345];
         RandomNumberGenerator.Fill(data.AsSpan(0, compress ? 1 << 18 : data.Length));
         var blob = DataBlob.Encode(data, key, compress);
-        Assert.Equal(compress ? BlobKind.EncryptedCompressed : BlobKind.Encrypted, DataBlob.KindOf(blob));
-        var digest = key.KeyedDigest(data);
+        Assert.Equal((encrypted, compress) switch
+        {
+            (true, true) => BlobKind.EncryptedCompressed,
+            (true, false) => BlobKind.Encrypted,
+            (false, true) => BlobKind.Compressed,
+            _ => BlobKind.Uncompressed,
+        }, DataBlob.KindOf(blob));
+        var digest = key?.KeyedDigest(data) ?? SHA256.HashData(data);
+        // Streams wherever each step can run piecewise: the managed cipher cannot decrypt in pieces.
+        var streams = path != GcmImplementation.Managed;
 
-        byte[] Decode(byte[] source, int piece)
+        byte[] Decode(byte[] source, int piece, byte[]? expectDigest = null, int length = -1)
         {
             var scratch = source.ToArray();
-            var streamed = new StreamedDecryption(key);
+            var output = new byte[data.Length + 100];
+            length = length < 0 ? data.Length : length;
+            using var streamed = new StreamedChunkDecoder(key, encrypted, output, length);
             for (var done = Math.Min(piece, scratch.Length); ; done = Math.Min(done + piece, scratch.Length))
             {
                 streamed.Progress(scratch.AsSpan(0, done));
@@ -222,11 +241,25 @@ public sealed class CryptoPathTests : IDisposable
                 }
             }
 
-            // OpenSSL decrypts piecewise (the blob is plaintext by now); the managed path has no piecewise decryption.
-            Assert.Equal(path == GcmImplementation.OpenSsl, streamed.Covers(scratch.Length));
-            var output = new byte[data.Length];
-            DataBlob.DecodeChunkInPlace(scratch, key, true, output, digest, "c", 0, streamed: streamed);
-            return output;
+            Assert.Equal(streams, streamed.Covers(scratch.Length));
+            if (streamed.Covers(scratch.Length))
+            {
+                try
+                {
+                    streamed.Finish(scratch, expectDigest ?? digest, "c", 0);
+                }
+                catch (ChunkCorruptException)
+                {
+                    Assert.All(output, b => Assert.Equal(0, b)); // nothing unverified stays behind
+                    throw;
+                }
+            }
+            else
+            {
+                DataBlob.DecodeChunkInPlace(scratch, key, encrypted, output.AsSpan(0, length), expectDigest ?? digest, "c", 0);
+            }
+
+            return output.AsSpan(0, length).ToArray();
         }
 
         foreach (var piece in new[] { 7, 4096, ChunkStore.ProgressPiece, blob.Length })
@@ -234,14 +267,33 @@ public sealed class CryptoPathTests : IDisposable
             Assert.Equal(data, Decode(blob, piece));
         }
 
+        var header = encrypted ? DataBlob.EncryptedHeaderSize : DataBlob.PlainHeaderSize;
         var flipped = blob.ToArray();
-        flipped[DataBlob.EncryptedHeaderSize + 1000] ^= 0x04;
+        flipped[header + 1000] ^= 0x04;
         Assert.Contains("CRC mismatch", Assert.Throws<ChunkCorruptException>(() => Decode(flipped, 65536)).Message, StringComparison.Ordinal);
-        BitConverter.TryWriteBytes(flipped.AsSpan(8), System.IO.Hashing.Crc32.HashToUInt32(flipped.AsSpan(DataBlob.EncryptedHeaderSize)));
-        Assert.Contains("authentication failed", Assert.Throws<ChunkCorruptException>(() => Decode(flipped, 65536)).Message, StringComparison.Ordinal);
-        var badTag = blob.ToArray();
-        badTag[30] ^= 0x80; // in the tag: outside the CRC
-        Assert.Contains("authentication failed", Assert.Throws<ChunkCorruptException>(() => Decode(badTag, 65536)).Message, StringComparison.Ordinal);
+        BitConverter.TryWriteBytes(flipped.AsSpan(8), System.IO.Hashing.Crc32.HashToUInt32(flipped.AsSpan(header)));
+        var damage = Assert.Throws<ChunkCorruptException>(() => Decode(flipped, 65536)).Message;
+        // Byte 1000 of the payload lies in the random head (a raw block when compressed): only the digest can tell.
+        Assert.Contains(encrypted ? "authentication failed" : "digest mismatch", damage, StringComparison.Ordinal);
+        if (encrypted)
+        {
+            var badTag = blob.ToArray();
+            badTag[30] ^= 0x80; // in the tag: outside the CRC
+            Assert.Contains("authentication failed", Assert.Throws<ChunkCorruptException>(() => Decode(badTag, 65536)).Message, StringComparison.Ordinal);
+        }
+
+        var wrongDigest = digest.ToArray();
+        wrongDigest[0] ^= 1;
+        Assert.Contains("digest mismatch", Assert.Throws<ChunkCorruptException>(() => Decode(blob, 65536, wrongDigest)).Message, StringComparison.Ordinal);
+        var sizeMessage = Assert.Throws<ChunkCorruptException>(() => Decode(blob, 65536, length: data.Length + 1)).Message;
+        Assert.Contains(compress ? "decompresses to" : "the index expects", sizeMessage, StringComparison.Ordinal);
+        if (compress && !encrypted)
+        {
+            // A frame cut short (CRC made to match): the decoder says so rather than serving a partial chunk.
+            var cut = blob.AsSpan(0, blob.Length - 100).ToArray();
+            BitConverter.TryWriteBytes(cut.AsSpan(8), System.IO.Hashing.Crc32.HashToUInt32(cut.AsSpan(header)));
+            Assert.Contains("zstd", Assert.Throws<ChunkCorruptException>(() => Decode(cut, 65536)).Message, StringComparison.Ordinal);
+        }
     }
 
     [Theory]

@@ -63,7 +63,7 @@ public static class DataBlob
     public static bool IsEncrypted(BlobKind kind) => kind is BlobKind.Encrypted or BlobKind.EncryptedCompressed;
 
     /// <summary>Checks magic, size and CRC; returns the kind.</summary>
-    /// <param name="crc">The payload's CRC when it was summed already (<see cref="StreamedDecryption"/>: the payload
+    /// <param name="crc">The payload's CRC when it was summed already (<see cref="StreamedChunkDecoder"/>: the payload
     /// is plaintext by now); null to compute it here.</param>
     public static BlobKind Verify(ReadOnlySpan<byte> blob, string path, string? digest = null, long? offset = null, uint? crc = null)
     {
@@ -156,18 +156,15 @@ public static class DataBlob
     /// As <see cref="DecodeChunk"/>, for a blob in a scratch buffer the caller throws away afterwards: an encrypted
     /// compressed payload is decrypted where it lies (no second multi-MiB buffer to find, fill and fault in).
     /// </summary>
-    /// <param name="streamed">The decryption that ran while the blob was read (<see cref="StreamedDecryption"/>); when
-    /// it covered the whole blob, its CRC and tag are checked instead of decrypting again.</param>
     public static void DecodeChunkInPlace(Span<byte> blob, CryptConfig? key, bool expectEncrypted, Span<byte> destination,
-        ReadOnlySpan<byte> digest, string path, long offset, bool verifyDigest = true, StreamedDecryption? streamed = null) =>
-        Decode(blob, blob, key, expectEncrypted, destination, digest, path, offset, verifyDigest,
-            streamed is not null && streamed.Covers(blob.Length) ? streamed : null);
+        ReadOnlySpan<byte> digest, string path, long offset, bool verifyDigest = true) =>
+        Decode(blob, blob, key, expectEncrypted, destination, digest, path, offset, verifyDigest);
 
     private static void Decode(ReadOnlySpan<byte> blob, Span<byte> scratch, CryptConfig? key, bool expectEncrypted, Span<byte> destination,
-        ReadOnlySpan<byte> digest, string path, long offset, bool verifyDigest, StreamedDecryption? streamed = null)
+        ReadOnlySpan<byte> digest, string path, long offset, bool verifyDigest)
     {
         var digestHex = Convert.ToHexStringLower(digest);
-        var kind = Verify(blob, path, digestHex, offset, streamed?.Crc);
+        var kind = Verify(blob, path, digestHex, offset);
         if (IsEncrypted(kind) != expectEncrypted)
         {
             throw new ChunkCorruptException(expectEncrypted ? "chunk is not encrypted but the archive is" : "chunk is encrypted but the archive is not",
@@ -186,19 +183,7 @@ public static class DataBlob
                 }
 
                 var cipherLength = blob.Length - EncryptedHeaderSize;
-                if (streamed is not null)
-                {
-                    // Decrypted in place while the file was read; usable only once the tag verifies.
-                    var plain = scratch.Slice(EncryptedHeaderSize, cipherLength);
-                    if (!streamed.Finish(blob[28..44]))
-                    {
-                        plain.Clear();
-                        throw new ChunkCorruptException("authentication failed: wrong key or damaged chunk", path, offset, digestHex);
-                    }
-
-                    payload = plain;
-                }
-                else if (kind == BlobKind.Encrypted && cipherLength == destination.Length)
+                if (kind == BlobKind.Encrypted && cipherLength == destination.Length)
                 {
                     // Straight into the caller's buffer: TryDecrypt clears it when the tag does not verify.
                     if (!key.TryDecrypt(blob[12..28], blob[28..44], blob[44..], destination))
@@ -406,68 +391,3 @@ public static class DataBlob
     }
 }
 
-/// <summary>
-/// Decrypts an encrypted chunk blob piece by piece while its file is still being read (<see cref="Progress"/> after
-/// each piece), so that the cipher runs during the disk's wait instead of after it; the CRC is summed on the way.
-/// Nothing decrypted is used before <see cref="DataBlob.DecodeChunkInPlace"/> has checked the CRC and the tag. Where
-/// the key's cipher cannot decrypt piecewise, or the blob is not an encrypted one, it does nothing (and the blob is
-/// decoded as usual). One thread: the one reading the file.
-/// </summary>
-public sealed class StreamedDecryption(CryptConfig key)
-{
-    private readonly System.IO.Hashing.Crc32 crc = new();
-    private GcmDecryption? gcm;
-    private int done;
-    private bool off;
-
-    /// <summary>The first <paramref name="received"/>.Length bytes of the blob are in: decrypt what is new, in place.</summary>
-    public void Progress(Span<byte> received)
-    {
-        if (off)
-        {
-            return;
-        }
-
-        if (gcm is null)
-        {
-            if (received.Length < DataBlob.EncryptedHeaderSize)
-            {
-                return;
-            }
-
-            if (DataBlob.KindOf(received) is not (BlobKind.Encrypted or BlobKind.EncryptedCompressed) || key.BeginDecrypt(received[12..28]) is not { } begun)
-            {
-                off = true;
-                return;
-            }
-
-            gcm = begun;
-            done = DataBlob.EncryptedHeaderSize;
-        }
-
-        if (received.Length < done)
-        {
-            off = true; // the caller went back: not a growing prefix
-            return;
-        }
-
-        var fresh = received[done..];
-        crc.Append(fresh);
-        gcm.Update(fresh, fresh);
-        done = received.Length;
-    }
-
-    /// <summary>Whether the whole blob of <paramref name="length"/> bytes went through the decryption.</summary>
-    internal bool Covers(int length) => !off && gcm is not null && done == length;
-
-    /// <summary>The CRC of the payload as it was read (before decryption).</summary>
-    internal uint Crc => crc.GetCurrentHashAsUInt32();
-
-    internal bool Finish(ReadOnlySpan<byte> tag)
-    {
-        var ok = gcm!.Finish(tag);
-        gcm = null;
-        off = true;
-        return ok;
-    }
-}

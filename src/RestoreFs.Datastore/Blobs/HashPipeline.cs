@@ -27,42 +27,32 @@ internal static unsafe class HashPipeline
     {
         fixed (byte* dst = destination)
         {
-            var job = new Job(dst, destination.Length);
-            Queue.Add(job);
+            var job = Start(dst, destination.Length);
             int written;
             try
             {
-                written = NativeZstd.DecompressStreaming(frame, destination, Segment, done =>
-                {
-                    Volatile.Write(ref job.Available, done);
-                    job.Signal.Release();
-                });
+                written = NativeZstd.DecompressStreaming(frame, destination, Segment, job.Written);
             }
-            finally
+            catch
             {
-                // Stop the helper from reading past what is valid (or at all, on error) and take over if it never started.
-                Volatile.Write(ref job.Finished, 1);
-                job.Signal.Release();
+                job.Abandon();
+                throw;
             }
 
-            if (Interlocked.CompareExchange(ref job.Owner, Job.Caller, Job.Unclaimed) == Job.Unclaimed)
-            {
-                job.Hash.AppendData(destination[..written]);
-            }
-            else
-            {
-                job.Done.Wait();
-                if (job.Hashed < written)
-                {
-                    job.Hash.AppendData(destination[job.Hashed..written]);
-                }
-            }
-
-            job.Hash.AppendData(suffix);
-            job.Hash.GetHashAndReset(digest);
-            job.Dispose();
+            job.Complete(written, suffix, digest);
             return written;
         }
+    }
+
+    /// <summary>
+    /// Starts hashing a buffer that its writer fills front to back: report each new end with <see cref="Job.Written"/>,
+    /// then call <see cref="Job.Complete"/> (or <see cref="Job.Abandon"/>). The buffer must stay pinned until then.
+    /// </summary>
+    public static Job Start(byte* data, int length)
+    {
+        var job = new Job(data, length);
+        Queue.Add(job);
+        return job;
     }
 
     private static BlockingCollection<Job> StartWorkers()
@@ -114,7 +104,8 @@ internal static unsafe class HashPipeline
         }
     }
 
-    private sealed class Job(byte* data, int length) : IDisposable
+    /// <summary>One buffer being hashed while it is written (see <see cref="Start"/>).</summary>
+    public sealed class Job(byte* data, int length)
     {
         public const int Unclaimed = 0;
         public const int Worker = 1;
@@ -130,7 +121,57 @@ internal static unsafe class HashPipeline
         public int Finished;
         public int Hashed;
 
-        public void Dispose()
+        /// <summary>The first <paramref name="available"/> bytes of the buffer are written and will not change.</summary>
+        public void Written(int available)
+        {
+            Volatile.Write(ref Available, available);
+            Signal.Release();
+        }
+
+        /// <summary>
+        /// The writer is done after <paramref name="written"/> bytes: hashes what the helper has not (or everything, when
+        /// no helper took the job) and writes SHA-256(buffer[..written] ‖ <paramref name="suffix"/>) to <paramref name="digest"/>.
+        /// </summary>
+        public void Complete(int written, ReadOnlySpan<byte> suffix, Span<byte> digest)
+        {
+            Stop();
+            var start = Interlocked.CompareExchange(ref Owner, Caller, Unclaimed) == Unclaimed ? 0 : WaitForHelper();
+            if (start < written)
+            {
+                Hash.AppendData(new ReadOnlySpan<byte>(Data + start, written - start));
+            }
+
+            Hash.AppendData(suffix);
+            Hash.GetHashAndReset(digest);
+            Dispose();
+        }
+
+        /// <summary>The writer failed: the helper stops and nothing is hashed any more.</summary>
+        public void Abandon()
+        {
+            Stop();
+            if (Interlocked.CompareExchange(ref Owner, Caller, Unclaimed) != Unclaimed)
+            {
+                WaitForHelper();
+            }
+
+            Dispose();
+        }
+
+        // Stops the helper from reading past what is valid (or at all) and takes over if it never started.
+        private void Stop()
+        {
+            Volatile.Write(ref Finished, 1);
+            Signal.Release();
+        }
+
+        private int WaitForHelper()
+        {
+            Done.Wait();
+            return Hashed;
+        }
+
+        private void Dispose()
         {
             Hash.Dispose();
             Signal.Dispose();

@@ -102,6 +102,99 @@ internal static unsafe partial class NativeZstd
     }
 
     private const int ResetSessionOnly = 1;
+    private const int ResetSessionAndParameters = 3;
+    private const int StableOutBuffer = 1001; // ZSTD_d_stableOutBuffer: decode straight into the caller's buffer
+
+    private static readonly System.Collections.Concurrent.ConcurrentBag<Context> StableContexts = [];
+
+    /// <summary>
+    /// A frame decoded from input that arrives in pieces, straight into one fixed output buffer (no window copy:
+    /// libzstd's stable-output mode). Not thread-safe; one frame per decoder.
+    /// </summary>
+    public sealed class Decoder : IDisposable
+    {
+        private readonly byte* output;
+        private readonly int capacity;
+        private Context? context;
+        private nuint position;
+
+        /// <param name="output">Pinned for the decoder's lifetime.</param>
+        public Decoder(byte* output, int capacity)
+        {
+            this.output = output;
+            this.capacity = capacity;
+            if (!StableContexts.TryTake(out context))
+            {
+                context = new Context();
+                Check(ZSTD_DCtx_reset(context.Handle, ResetSessionAndParameters));
+                ZSTD_DCtx_setParameter(context.Handle, StableOutBuffer, 1); // an older libzstd ignores it: still correct
+            }
+            else
+            {
+                Check(ZSTD_DCtx_reset(context.Handle, ResetSessionOnly));
+            }
+        }
+
+        /// <summary>Bytes written to the output so far.</summary>
+        public int Written => (int)position;
+
+        /// <summary>True once the frame ended (with nothing after it).</summary>
+        public bool Ended { get; private set; }
+
+        /// <summary>Decodes the next piece of the frame; throws with zstd's message when the frame is damaged, ends
+        /// before the input does, or grows past the output.</summary>
+        public void Feed(ReadOnlySpan<byte> piece)
+        {
+            if (piece.IsEmpty)
+            {
+                return;
+            }
+
+            if (Ended)
+            {
+                throw new InvalidDataException("data after the end of the zstd frame");
+            }
+
+            fixed (byte* src = piece)
+            {
+                var input = new InBuffer { Source = src, Size = (nuint)piece.Length };
+                var outBuffer = new OutBuffer { Destination = output, Size = (nuint)capacity, Position = position };
+                while (input.Position < input.Size)
+                {
+                    var consumed = input.Position;
+                    var before = outBuffer.Position;
+                    var result = Check(ZSTD_decompressStream(context!.Handle, &outBuffer, &input));
+                    position = outBuffer.Position;
+                    if (result == 0)
+                    {
+                        Ended = true;
+                        if (input.Position != input.Size)
+                        {
+                            throw new InvalidDataException("data after the end of the zstd frame");
+                        }
+
+                        return;
+                    }
+
+                    if (input.Position == consumed && outBuffer.Position == before)
+                    {
+                        throw new InvalidDataException(outBuffer.Position == (nuint)capacity
+                            ? $"frame decompresses to more than {capacity} bytes"
+                            : "zstd decoder made no progress");
+                    }
+                }
+            }
+        }
+
+        public void Dispose()
+        {
+            if (context is not null)
+            {
+                StableContexts.Add(context);
+                context = null;
+            }
+        }
+    }
 
     private static nuint Check(nuint result)
     {
@@ -134,6 +227,9 @@ internal static unsafe partial class NativeZstd
 
     [LibraryImport(Library)]
     private static partial nuint ZSTD_DCtx_reset(nint context, int directive);
+
+    [LibraryImport(Library)]
+    private static partial nuint ZSTD_DCtx_setParameter(nint context, int parameter, int value);
 
     [LibraryImport(Library)]
     private static partial nint ZSTD_createDCtx();

@@ -229,7 +229,7 @@ public sealed class ImageReader : IDisposable, IChunkCache
         var buffer = RentBuffer();
         try
         {
-            Decode(chunk, buffer.Data.AsSpan(0, index.ChunkLength(chunk)));
+            Decode(chunk, buffer.Data, index.ChunkLength(chunk));
         }
         catch (Exception e)
         {
@@ -276,24 +276,33 @@ public sealed class ImageReader : IDisposable, IChunkCache
         return Finish(chunk, buffer, completion, forCaller);
     }
 
-    private void Decode(int chunk, Span<byte> destination)
+    private void Decode(int chunk, byte[] destination, int length)
     {
         var offset = (long)chunk * index.ChunkSize;
         var digest = index.Digest(chunk);
-        // Encrypted: decrypt while the chunk file is still arriving (a cold random read then waits for the disk, not
-        // for the disk and then the cipher).
-        var streamed = encrypted && key is not null ? new StreamedDecryption(key) : null;
-        var blob = chunks.ReadRented(digest, offset, out var length, streamed is null ? null : streamed.Progress);
+        // Decrypt, decompress and hash while the chunk file is still arriving: a cold random read then waits for the
+        // disk, not for the disk and then each step in turn.
+        using var streamed = new StreamedChunkDecoder(key, encrypted, destination, length, options.VerifyDigests);
+        var blob = chunks.ReadRented(digest, offset, out var blobLength, streamed.Progress);
         try
         {
-            DataBlob.DecodeChunkInPlace(blob.AsSpan(0, length), key, encrypted, destination, digest, chunks.PathOf(digest), offset, options.VerifyDigests, streamed);
+            var path = chunks.PathOf(digest);
+            if (streamed.Covers(blobLength))
+            {
+                streamed.Finish(blob.AsSpan(0, blobLength), digest, path, offset);
+            }
+            else
+            {
+                DataBlob.DecodeChunkInPlace(blob.AsSpan(0, blobLength), key, encrypted, destination.AsSpan(0, length), digest, path, offset,
+                    options.VerifyDigests);
+            }
         }
         finally
         {
             BlobBuffers.Pool.Return(blob);
         }
 
-        Interlocked.Add(ref decodedBytes, destination.Length);
+        Interlocked.Add(ref decodedBytes, length);
     }
 
     private ChunkBuffer RentBuffer() => new(memory.Rent(index.ChunkSize));

@@ -1,0 +1,234 @@
+using System.Runtime.InteropServices;
+using System.Security.Cryptography;
+
+namespace RestoreFs.Datastore;
+
+/// <summary>
+/// Decodes a chunk while its file is still being read (the progress of <see cref="ChunkStore.ReadRented"/>): each new
+/// piece is summed (CRC), decrypted in place (encrypted chunks, OpenSSL), decompressed straight into the destination
+/// (libzstd) or copied there, and hashed by a helper thread as it lands. A cold read then costs about what the disk
+/// takes, not the disk's time plus the cipher's, the decoder's and the hash's one after the other.
+/// <para>Nothing is trusted before <see cref="Finish"/> has checked, in this order, the CRC, the tag, the frame, the
+/// size and the digest — the same checks and messages as decoding the whole blob. On any failure the destination
+/// is cleared. Where a step cannot run piecewise (managed cipher, no libzstd, an unexpected kind of blob) the decoder
+/// stays out of the way from the first piece on and <see cref="Covers"/> is false: decode the blob as a whole then.</para>
+/// </summary>
+public sealed unsafe class StreamedChunkDecoder : IDisposable
+{
+    private readonly CryptConfig? key;
+    private readonly bool expectEncrypted;
+    private readonly bool verifyDigest;
+    private readonly byte[] destination;
+    private readonly int length;
+    private readonly System.IO.Hashing.Crc32 crc = new();
+    private GCHandle pin;
+    private GcmDecryption? gcm;
+    private NativeZstd.Decoder? zstd;
+    private HashPipeline.Job? hash;
+    private InvalidDataException? frameError;
+    private long copied;
+    private int done;
+    private bool started;
+    private bool off;
+
+    /// <param name="destination">Receives the chunk's <paramref name="length"/> bytes.</param>
+    public StreamedChunkDecoder(CryptConfig? key, bool expectEncrypted, byte[] destination, int length, bool verifyDigest = true)
+    {
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(length, destination.Length);
+        this.key = key;
+        this.expectEncrypted = expectEncrypted;
+        this.destination = destination;
+        this.length = length;
+        this.verifyDigest = verifyDigest;
+    }
+
+    /// <summary>The first <paramref name="received"/>.Length bytes of the blob are in (a growing prefix of one buffer).</summary>
+    public void Progress(Span<byte> received)
+    {
+        if (off)
+        {
+            return;
+        }
+
+        if (!started)
+        {
+            if (received.Length < DataBlob.EncryptedHeaderSize)
+            {
+                return; // a blob this small is decoded whole
+            }
+
+            Start(received);
+            if (off)
+            {
+                return;
+            }
+        }
+
+        if (received.Length < done)
+        {
+            throw new InvalidOperationException("the streamed chunk went back: progress must report a growing prefix");
+        }
+
+        var fresh = received[done..];
+        done = received.Length;
+        crc.Append(fresh);
+        gcm?.Update(fresh, fresh);
+        if (frameError is not null)
+        {
+            return;
+        }
+
+        if (zstd is not null)
+        {
+            try
+            {
+                zstd.Feed(fresh);
+            }
+            catch (InvalidDataException e)
+            {
+                frameError = e; // reported by Finish, after the CRC and the tag (which may explain it)
+            }
+
+            hash?.Written(zstd.Written);
+        }
+        else
+        {
+            var room = (int)Math.Clamp(length - copied, 0, fresh.Length);
+            fresh[..room].CopyTo(destination.AsSpan((int)Math.Min(copied, length)));
+            copied += fresh.Length;
+            hash?.Written((int)Math.Min(copied, length));
+        }
+    }
+
+    /// <summary>Whether the whole blob of <paramref name="blobLength"/> bytes went through this decoder.</summary>
+    public bool Covers(int blobLength) => started && !off && done == blobLength;
+
+    /// <summary>
+    /// Checks everything (see the class) for the blob the progress reported; afterwards the destination holds the
+    /// verified chunk. Throws <see cref="ChunkCorruptException"/> naming the chunk otherwise.
+    /// </summary>
+    public void Finish(ReadOnlySpan<byte> blob, ReadOnlySpan<byte> digest, string path, long offset)
+    {
+        var digestHex = Convert.ToHexStringLower(digest);
+        var ok = false;
+        try
+        {
+            if (!Covers(blob.Length))
+            {
+                throw new InvalidOperationException("the streamed decode did not see the whole blob; decode it whole");
+            }
+
+            DataBlob.Verify(blob, path, digestHex, offset, crc.GetCurrentHashAsUInt32());
+            if (gcm is not null)
+            {
+                var tagOk = gcm.Finish(blob[28..44]);
+                gcm = null;
+                if (!tagOk)
+                {
+                    throw new ChunkCorruptException("authentication failed: wrong key or damaged chunk", path, offset, digestHex);
+                }
+            }
+
+            if (zstd is not null)
+            {
+                if (frameError is not null)
+                {
+                    throw new ChunkCorruptException($"zstd decompression failed: {frameError.Message}", path, offset, digestHex, frameError);
+                }
+
+                if (!zstd.Ended)
+                {
+                    throw new ChunkCorruptException("zstd decompression failed: truncated zstd frame", path, offset, digestHex);
+                }
+
+                if (zstd.Written != length)
+                {
+                    throw new ChunkCorruptException($"chunk decompresses to {zstd.Written} bytes, the index expects {length}", path, offset, digestHex);
+                }
+            }
+            else if (copied != length)
+            {
+                throw new ChunkCorruptException($"chunk holds {copied} bytes, the index expects {length}", path, offset, digestHex);
+            }
+
+            if (verifyDigest)
+            {
+                Span<byte> actual = stackalloc byte[32];
+                var suffix = expectEncrypted ? key!.IdKey : [];
+                if (hash is not null)
+                {
+                    hash.Complete(length, suffix, actual);
+                    hash = null;
+                }
+                else
+                {
+                    using var whole = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+                    whole.AppendData(destination.AsSpan(0, length));
+                    whole.AppendData(suffix);
+                    whole.GetHashAndReset(actual);
+                }
+
+                if (!actual.SequenceEqual(digest))
+                {
+                    throw new ChunkCorruptException($"digest mismatch (content hashes to {Convert.ToHexStringLower(actual)})", path, offset, digestHex);
+                }
+            }
+
+            ok = true;
+        }
+        finally
+        {
+            Dispose();
+            if (!ok)
+            {
+                destination.AsSpan(0, length).Clear();
+            }
+        }
+    }
+
+    public void Dispose()
+    {
+        hash?.Abandon();
+        hash = null;
+        zstd?.Dispose();
+        zstd = null;
+        gcm = null;
+        if (pin.IsAllocated)
+        {
+            pin.Free();
+        }
+    }
+
+    private void Start(ReadOnlySpan<byte> received)
+    {
+        var kind = DataBlob.KindOf(received);
+        var encrypted = kind is BlobKind.Encrypted or BlobKind.EncryptedCompressed;
+        var compressed = kind is BlobKind.Compressed or BlobKind.EncryptedCompressed;
+        if (kind is null || encrypted != expectEncrypted || (compressed && !NativeZstd.Available) || (encrypted && key is null))
+        {
+            off = true; // the whole-blob decode reports what is wrong
+            return;
+        }
+
+        if (encrypted && (gcm = key!.BeginDecrypt(received[12..28])) is null)
+        {
+            off = true; // no piecewise decryption on this path
+            return;
+        }
+
+        pin = GCHandle.Alloc(destination, GCHandleType.Pinned);
+        var output = (byte*)pin.AddrOfPinnedObject();
+        if (compressed)
+        {
+            zstd = new NativeZstd.Decoder(output, length);
+        }
+
+        if (verifyDigest && length >= HashPipeline.MinimumLength)
+        {
+            hash = HashPipeline.Start(output, length);
+        }
+
+        done = encrypted ? DataBlob.EncryptedHeaderSize : DataBlob.PlainHeaderSize;
+        started = true;
+    }
+}
