@@ -94,9 +94,22 @@ public sealed class ChunkStore
             }
 
             var size = (int)fileLength;
-            // One asynchronous read-ahead of the whole file: a cold 4 MiB chunk arrives in ~2.5 ms instead of ~3 ms
-            // of 128 KiB synchronous read-ahead windows (measured on the project's machine).
-            file.WillNeed();
+            // Asynchronous read-ahead of the whole file at once. Read whole, one request: a cold chunk arrives in ~2.5 ms
+            // instead of ~3 ms of 128 KiB synchronous windows. Read in pieces, one request per piece pair, so that the
+            // pieces arrive one after another and the decoder works on the first while the disk reads the rest (one
+            // request for the file delivers all of it at the end, measured on the project's machine).
+            if (progress is null)
+            {
+                file.WillNeed(0, size);
+            }
+            else
+            {
+                for (long at = 0; at < size; at += 2 * ProgressPiece)
+                {
+                    file.WillNeed(at, Math.Min(2 * ProgressPiece, size - at));
+                }
+            }
+
             var bytes = BlobBuffers.Pool.Rent(Math.Max(1, size));
             var done = 0;
             try

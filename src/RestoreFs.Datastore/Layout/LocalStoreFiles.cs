@@ -276,7 +276,7 @@ internal sealed partial class LocalStoreFiles : IStoreFiles
 
         public int ReadAt(Span<byte> destination, long offset) => RandomAccess.Read(handle, destination, offset);
 
-        public void WillNeed() => _ = PosixFadvise(handle, 0, Length, 3);
+        public void WillNeed(long offset, long length) => _ = PosixFadvise(handle, offset, length, 3);
 
         public void Dispose() => handle.Dispose();
     }

@@ -437,7 +437,7 @@ internal sealed class S3StoreFiles : IStoreFiles, IAsyncChunkFiles, IDisposable
             return n;
         }
 
-        public void WillNeed()
+        public void WillNeed(long offset, long length)
         {
         }
 

@@ -46,8 +46,9 @@ internal interface IStoreFile : IDisposable
     /// <summary>Reads at most <paramref name="destination"/>.Length bytes at <paramref name="offset"/>; 0 at the end.</summary>
     int ReadAt(Span<byte> destination, long offset);
 
-    /// <summary>Hints that the whole file will be read soon (a no-op where it does not apply).</summary>
-    void WillNeed();
+    /// <summary>Hints that these bytes will be read soon: the kernel starts reading them in the background (a no-op
+    /// where it does not apply).</summary>
+    void WillNeed(long offset, long length);
 }
 
 internal static class StoreFileExtensions
