@@ -34,7 +34,7 @@ while [ "$n" -lt "$want" ]; do
 done
 entries=$(find "$src" | wc -l)
 deep=$(cd "$src" && find . -mindepth 6 -type d | awk -F/ '{ print NF, $0 }' | sort -n | tail -1 | cut -d' ' -f2-)
-sub=$(cd "$src/usr0" && find . -mindepth 1 -maxdepth 2 -type d | head -1); sub=usr0/${sub#./}
+sub=$(cd "$src/usr0" && find . -mindepth 2 -maxdepth 2 -type d -print -quit); sub=usr0/${sub#./}   # no `| head`: SIGPIPE fails the pipe
 echo "tree: $entries entries ($(du -sh "$src" | cut -f1)), deep directory $deep" >&2
 
 time_backup() { local t0; t0=$(now); "$@" >/dev/null 2>&1; ms "$t0" "$(now)"; }
@@ -59,9 +59,13 @@ measure() {
     printf '%-22s did not mount: %s\n' "$name" "$(tail -1 "$work/$name.log")"; return 0
   fi
   local root=$mnt/$inner
-  [ -d "$root/usr0" ] || [ ! -d "$root$src/usr0" ] || root=$root$src   # restic keeps absolute paths
   local t0 t1 t2 t3 t4 count
-  t0=$(now); ls "$root" >/dev/null || echo "$name: ls of the root failed" >&2; t1=$(now)
+  # A mount may show its mount point before its archive (restic loads its index first): the first `ls` counts from
+  # the mount point's appearance until the tree's root lists.
+  t0=$(now)
+  for _ in $(seq 1200); do [ -d "$root/usr0" ] || [ -d "$root$src/usr0" ] && break; sleep 0.05; done
+  [ -d "$root/usr0" ] || [ ! -d "$root$src/usr0" ] || root=$root$src   # restic keeps absolute paths
+  ls "$root" >/dev/null || echo "$name: ls of the root failed" >&2; t1=$(now)
   ls "$root/$deep" >/dev/null || echo "$name: ls of $deep failed" >&2; t2=$(now)
   count=$(find "$root" | wc -l); t3=$(now)
   cp -a "$root/$sub" "$work/copy-$name" || echo "$name: cp -a failed" >&2; t4=$(now)
