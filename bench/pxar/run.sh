@@ -67,7 +67,7 @@ measure() {
   [ -d "$root/usr0" ] || [ ! -d "$root$src/usr0" ] || root=$root$src   # restic keeps absolute paths
   ls "$root" >/dev/null || echo "$name: ls of the root failed" >&2; t1=$(now)
   ls "$root/$deep" >/dev/null || echo "$name: ls of $deep failed" >&2; t2=$(now)
-  count=$(find "$root" | wc -l); t3=$(now)
+  count=$(find "$root/" | wc -l); t3=$(now)   # the slash: restic's snapshots/latest is a symlink
   cp -a "$root/$sub" "$work/copy-$name" || echo "$name: cp -a failed" >&2; t4=$(now)
   local rss; rss=$(awk '/VmHWM/ { printf "%.0f MiB", $2 / 1024 }' /proc/"$pid"/status 2>/dev/null || echo "?")
   printf '%-22s %12s %12s %10s %12s %12s %10s\n' "$name" "$(ms "$t0" "$t1")" "$(ms "$t1" "$t2")" "$count" "$(ms "$t2" "$t3")" "$(ms "$t3" "$t4")" "$rss"
