@@ -142,13 +142,21 @@ losetup -d "$loop"; loop=""
 lv_offset=$(( start3 * 512 + pe_start + first_pe * extent ))
 dd if="$work/xfs.img" of="$img" bs=512 seek=$(( lv_offset / 512 )) conv=notrunc,sparse status=none
 # Read it back: the xfs must be there, whole, at the LV's offset.
-check=$(losetup -r -f --show -o "$lv_offset" --sizelimit "$(stat -c %s "$work/xfs.img")" "$img")
+# Up to three loop devices: test fixtures running in parallel attach and detach loop devices too, and a device that
+# another process detaches or re-attaches between our losetup and mount shows "wrong fs type" once (seen in CI).
 mnt=$work/check; mkdir -p "$mnt"
-if mount -o ro,norecovery "$check" "$mnt"; then
+for attempt in 1 2 3; do
+  check=$(losetup -r -f --show -o "$lv_offset" --sizelimit "$(stat -c %s "$work/xfs.img")" "$img")
+  mount -o ro,norecovery "$check" "$mnt" 2>"$work/check.err" && break
+  echo "make-test-disks: mounting the xfs back through $check failed (attempt $attempt): $(head -1 "$work/check.err")" >&2
+  losetup -d "$check" 2>/dev/null || true; check=""
+  sleep 1
+done
+if [ -n "$check" ] && mountpoint -q "$mnt"; then
   diff -r "$exp/xfs" "$mnt" >/dev/null || { echo "make-test-disks: the xfs at the LV offset differs from expected/xfs" >&2; umount "$mnt"; losetup -d "$check"; exit 1; }
   umount "$mnt"
 else
-  echo "make-test-disks: cannot mount the xfs back from offset $lv_offset" >&2; losetup -d "$check"; exit 1
+  echo "make-test-disks: cannot mount the xfs back from offset $lv_offset" >&2; exit 1
 fi
 mnt=""; losetup -d "$check"
 
