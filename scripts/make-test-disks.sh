@@ -108,7 +108,9 @@ MTOOLS_SKIP_CHECK=1 mcopy -s -m -i "$work/vfat.img" "$exp/vfat/readme.txt" "$exp
 truncate -s 320M "$work/xfs.img"
 mkfs.xfs -q -f -L test-xfs -m uuid=2f0c1b4a-8d3e-4f5a-9b6c-7d8e9f0a1b2c "$work/xfs.img"
 mnt=$work/mnt; mkdir -p "$mnt"
-mount -o loop "$work/xfs.img" "$mnt"; cp -a "$exp/xfs/." "$mnt/"; umount "$mnt"; mnt=""
+# nouuid: the xfs has a fixed UUID, and XFS refuses a second mount of the same UUID — another instance of this
+# script (test fixtures run in parallel) may have its copy mounted right now.
+mount -o loop,nouuid "$work/xfs.img" "$mnt"; cp -a "$exp/xfs/." "$mnt/"; umount "$mnt"; mnt=""
 
 # multi.img: GPT, 1 MiB alignment; partition 3 holds the PV
 img=$out/multi.img
@@ -142,21 +144,13 @@ losetup -d "$loop"; loop=""
 lv_offset=$(( start3 * 512 + pe_start + first_pe * extent ))
 dd if="$work/xfs.img" of="$img" bs=512 seek=$(( lv_offset / 512 )) conv=notrunc,sparse status=none
 # Read it back: the xfs must be there, whole, at the LV's offset.
-# Up to three loop devices: test fixtures running in parallel attach and detach loop devices too, and a device that
-# another process detaches or re-attaches between our losetup and mount shows "wrong fs type" once (seen in CI).
+check=$(losetup -r -f --show -o "$lv_offset" --sizelimit "$(stat -c %s "$work/xfs.img")" "$img")
 mnt=$work/check; mkdir -p "$mnt"
-for attempt in 1 2 3; do
-  check=$(losetup -r -f --show -o "$lv_offset" --sizelimit "$(stat -c %s "$work/xfs.img")" "$img")
-  mount -o ro,norecovery "$check" "$mnt" 2>"$work/check.err" && break
-  echo "make-test-disks: mounting the xfs back through $check failed (attempt $attempt): $(head -1 "$work/check.err")" >&2
-  losetup -d "$check" 2>/dev/null || true; check=""
-  sleep 1
-done
-if [ -n "$check" ] && mountpoint -q "$mnt"; then
+if mount -o ro,norecovery,nouuid "$check" "$mnt"; then
   diff -r "$exp/xfs" "$mnt" >/dev/null || { echo "make-test-disks: the xfs at the LV offset differs from expected/xfs" >&2; umount "$mnt"; losetup -d "$check"; exit 1; }
   umount "$mnt"
 else
-  echo "make-test-disks: cannot mount the xfs back from offset $lv_offset" >&2; exit 1
+  echo "make-test-disks: cannot mount the xfs back from offset $lv_offset" >&2; losetup -d "$check"; exit 1
 fi
 mnt=""; losetup -d "$check"
 
