@@ -154,18 +154,15 @@ public sealed unsafe class StreamedChunkDecoder : IDisposable
             if (verifyDigest)
             {
                 Span<byte> actual = stackalloc byte[32];
-                var suffix = expectEncrypted ? key!.IdKey : [];
                 if (hash is not null)
                 {
-                    hash.Complete(length, suffix, actual);
+                    hash.Complete(length, expectEncrypted ? key!.IdKey : [], actual);
                     hash = null;
                 }
                 else
                 {
-                    using var whole = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
-                    whole.AppendData(destination.AsSpan(0, length));
-                    whole.AppendData(suffix);
-                    whole.GetHashAndReset(actual);
+                    var content = destination.AsSpan(0, length);
+                    (expectEncrypted ? key!.KeyedDigest(content) : SHA256.HashData(content)).CopyTo(actual);
                 }
 
                 if (!actual.SequenceEqual(digest))
