@@ -85,7 +85,7 @@ public sealed class VmSession : IAsyncDisposable
     public IRestoreClient Client => client;
 
     /// <summary>The VM is gone: its multiplexed channel closed (virtio-serial), or its QEMU exited (vsock).</summary>
-    public bool Broken => channel is not null ? channel.Broken : !RestoreVmManager.IsAlive(Entry);
+    public bool Broken => channel is not null ? channel.Broken : !QemuProcessControl.IsAlive(Entry);
 
     public async ValueTask DisposeAsync()
     {
@@ -107,6 +107,7 @@ public sealed class RestoreVmManager : IAsyncDisposable
 {
     private readonly RestoreVmOptions options;
     private readonly ILogger log;
+    private readonly QemuProcessControl process;
     private readonly ConcurrentDictionary<string, SemaphoreSlim> locks = new();
     private readonly ConcurrentDictionary<string, VmSession> sessions = new();
     private readonly ConcurrentDictionary<string, VmEntry> started = new();
@@ -119,6 +120,7 @@ public sealed class RestoreVmManager : IAsyncDisposable
     {
         this.options = options;
         log = logs.CreateLogger<RestoreVmManager>();
+        process = new QemuProcessControl(options, log);
         Map = new VmStateMap(options.RuntimeDirectory, log);
         channelKind = new Lazy<VmChannelKind>(ChooseChannel);
     }
@@ -273,7 +275,7 @@ public sealed class RestoreVmManager : IAsyncDisposable
 
             if (kill)
             {
-                KillProcess(entry);
+                process.Kill(entry);
             }
 
             gone.Add((entry, reason!));
@@ -292,8 +294,8 @@ public sealed class RestoreVmManager : IAsyncDisposable
                     await session.DisposeAsync().ConfigureAwait(false);
                 }
 
-                await WaitForExitAsync(entry, TimeSpan.FromSeconds(5)).ConfigureAwait(false);
-                TryDeleteDirectory(entry.Directory);
+                await QemuProcessControl.WaitForExitAsync(entry, TimeSpan.FromSeconds(5)).ConfigureAwait(false);
+                process.DeleteDirectory(entry.Directory);
             }
         }
 
@@ -302,7 +304,7 @@ public sealed class RestoreVmManager : IAsyncDisposable
 
     private async Task<(DaemonStatus? Status, string? Reason, bool Kill)> JudgeAsync(VmEntry entry, CancellationToken ct)
     {
-        if (!IsAlive(entry))
+        if (!QemuProcessControl.IsAlive(entry))
         {
             return (null, "its QEMU is gone", false);
         }
@@ -351,7 +353,7 @@ public sealed class RestoreVmManager : IAsyncDisposable
             await other.Session.DisposeAsync().ConfigureAwait(false);
         }
 
-        await WaitForExitAsync(entry, TimeSpan.FromSeconds(5)).ConfigureAwait(false);
+        await QemuProcessControl.WaitForExitAsync(entry, TimeSpan.FromSeconds(5)).ConfigureAwait(false);
         await KillAsync(entry).ConfigureAwait(false);
         log.LogInformation("Stopped restore VM {Name} (pid {Pid})", name, entry.Pid);
         return true;
@@ -382,7 +384,7 @@ public sealed class RestoreVmManager : IAsyncDisposable
 
     private async Task<(VmSession Session, DaemonStatus Status)?> TryConnectAsync(VmEntry entry, bool keepTimeout, CancellationToken ct)
     {
-        if (!IsAlive(entry))
+        if (!QemuProcessControl.IsAlive(entry))
         {
             return null;
         }
@@ -563,54 +565,23 @@ public sealed class RestoreVmManager : IAsyncDisposable
         CancellationToken ct)
     {
         var watch = Stopwatch.StartNew();
-        var vmDir = Path.Combine(options.RuntimeDirectory, "vm", $"{Environment.ProcessId}-{Guid.NewGuid():N}"[..24]);
-        Directory.CreateDirectory(Path.GetDirectoryName(vmDir)!);
-        Directory.CreateDirectory(vmDir, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        var vmDir = process.CreateDirectory();
         var ticket = NewTicket();
         var vsock = Channel == VmChannelKind.Vsock;
-        uint? cid = vsock ? cidRequest ?? QemuLauncher.RequestCid(Map.Read().Select(e => e.VsockCid).OfType<uint>(), CurrentUid()) : null;
+        uint? cid = vsock ? cidRequest ?? QemuLauncher.RequestCid(Map.Read().Select(e => e.VsockCid).OfType<uint>(), QemuProcessControl.CurrentUid()) : null;
         int pid;
         try
         {
             var initrd = Initramfs.AppendTicket(Path.Combine(options.ImageDirectory, "initramfs.img"), System.Text.Encoding.ASCII.GetBytes(ticket), vmDir,
                 options.GuestKeys);
             var vmDisks = options.Overlays?.Open(vmDir, disks) ?? disks;
-            try
-            {
-                log.LogInformation("Starting restore VM {Name}: {Disks} disk(s), {Machine} under {Accel}, {Channel}", name, disks.Count, machine, accel,
-                    vsock ? $"vsock CID {cid}" : "virtio-serial");
-                for (var attempt = 1; ; attempt++)
-                {
-                    var launch = new VmLaunch(name, options.ImageDirectory, initrd, vmDir, vmDisks, machine, accel, QemuLauncher.HostTscKhz(), cid,
-                        options.Debug, options.IdleTimeoutSeconds, GuestKeys: options.GuestKeys is { Length: > 0 });
-                    var (code, error) = await RunQemuAsync(QemuLauncher.Arguments(launch), ct).ConfigureAwait(false);
-                    if (code == 0)
-                    {
-                        break;
-                    }
-
-                    if (cid is { } taken && QemuLauncher.CidTaken(error) && attempt < 32)
-                    {
-                        cid = QemuLauncher.NextCid(taken);
-                        log.LogInformation("vsock CID {Taken} is taken; trying {Cid}", taken, cid);
-                        continue;
-                    }
-
-                    throw new VmStartException($"{options.Qemu} exited with {code}: {error.Trim()}");
-                }
-            }
-            finally
-            {
-                // With -daemonize QEMU returns once the machine is set up: the initramfs (and the ticket in it) is in
-                // guest memory, so the copy leaves the disk now.
-                TryDelete(initrd);
-            }
-
-            pid = int.Parse((await File.ReadAllTextAsync(QemuLauncher.PidFile(vmDir), ct).ConfigureAwait(false)).Trim(), CultureInfo.InvariantCulture);
+            log.LogInformation("Starting restore VM {Name}: {Disks} disk(s), {Machine} under {Accel}, {Channel}", name, disks.Count, machine, accel,
+                vsock ? $"vsock CID {cid}" : "virtio-serial");
+            (pid, cid) = await process.LaunchAsync(name, initrd, vmDir, vmDisks, machine, accel, cid, ct).ConfigureAwait(false);
         }
         catch
         {
-            TryDeleteDirectory(vmDir);
+            process.DeleteDirectory(vmDir);
             throw;
         }
 
@@ -621,101 +592,26 @@ public sealed class RestoreVmManager : IAsyncDisposable
             Owner = Environment.ProcessId, Accelerator = accel,
         };
         var deadline = accel == "kvm" ? options.KvmStartTimeout : options.StartTimeout;
-        var attempts = 0;
-        var nextProgress = TimeSpan.FromSeconds(5);
-        while (true)
-        {
-            if (!IsAlive(entry))
-            {
-                var console = ConsoleTail(vmDir);
-                TryDeleteDirectory(vmDir);
-                throw new VmStartException($"the VM exited before answering; console: {console}");
-            }
-
-            if (watch.Elapsed > deadline)
-            {
-                var console = ConsoleTail(vmDir);
-                KillProcess(entry);
-                await WaitForExitAsync(entry, TimeSpan.FromSeconds(5)).ConfigureAwait(false);
-                TryDeleteDirectory(vmDir);
-                throw new VmStartException($"no answer within {deadline.TotalSeconds:0} s; console: {console}");
-            }
-
-            if (watch.Elapsed > nextProgress)
-            {
-                log.LogInformation("Restore VM {Name} (pid {Pid}) still booting after {Seconds:0} s; console: {Console}", name, pid,
-                    watch.Elapsed.TotalSeconds, ConsoleTail(vmDir, 1));
-                nextProgress += TimeSpan.FromSeconds(5);
-            }
-
-            if ((vsock || File.Exists(QemuLauncher.ChannelSocket(vmDir))) && await TryConnectAsync(entry, keepTimeout: false, ct).ConfigureAwait(false) is { } up)
-            {
-                await Map.UpdateAsync(entries =>
-                {
-                    entries.RemoveAll(e => e.Name == name);
-                    entries.Add(entry);
-                    return 0;
-                }, ct).ConfigureAwait(false);
-                log.LogInformation("Restore VM {Name} (pid {Pid}) answered after {Seconds:0.0} s", name, pid, watch.Elapsed.TotalSeconds);
-                return up.Session;
-            }
-
-            await Task.Delay(Math.Min(25 * ++attempts, 250), ct).ConfigureAwait(false);
-        }
-    }
-
-    private async Task<(int Code, string Error)> RunQemuAsync(IReadOnlyList<string> arguments, CancellationToken ct)
-    {
-        var info = new ProcessStartInfo(options.Qemu)
-        {
-            RedirectStandardError = true, RedirectStandardOutput = true, RedirectStandardInput = true, UseShellExecute = false,
-        };
-        // Children get an explicit, minimal environment: nothing of ours (keys, passphrases) reaches them.
-        var path = Environment.GetEnvironmentVariable("PATH") ?? "/usr/sbin:/usr/bin:/sbin:/bin";
-        info.Environment.Clear();
-        info.Environment["PATH"] = path;
-        info.Environment["LANG"] = "C.UTF-8";
-        foreach (var a in arguments)
-        {
-            info.ArgumentList.Add(a);
-        }
-
+        VmSession session;
         try
         {
-            using var qemu = Process.Start(info) ?? throw new VmStartException($"{options.Qemu} did not start");
-            qemu.StandardInput.Close();
-            var stdout = qemu.StandardOutput.ReadToEndAsync(ct);
-            var stderr = qemu.StandardError.ReadToEndAsync(ct);
-            await qemu.WaitForExitAsync(ct).ConfigureAwait(false);
-            var error = await stderr.ConfigureAwait(false);
-            await stdout.ConfigureAwait(false);
-            return (qemu.ExitCode, error);
+            session = await process.WaitUntilAnswersAsync(entry, deadline, watch,
+                async () => (await TryConnectAsync(entry, keepTimeout: false, ct).ConfigureAwait(false))?.Session, ct).ConfigureAwait(false);
         }
-        catch (System.ComponentModel.Win32Exception e)
+        catch (VmStartException)
         {
-            throw new IOException($"cannot run {options.Qemu}: {e.Message} (install qemu-system-x86)", e);
+            process.DeleteDirectory(vmDir);
+            throw;
         }
-    }
 
-    /// <summary>The effective uid, from /proc/self/status (offsets the CIDs of different users).</summary>
-    private static uint CurrentUid()
-    {
-        var line = File.ReadLines("/proc/self/status").FirstOrDefault(l => l.StartsWith("Uid:", StringComparison.Ordinal));
-        var fields = line?.Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries);
-        return fields is { Length: >= 3 } && uint.TryParse(fields[2], CultureInfo.InvariantCulture, out var uid) ? uid : 0;
-    }
-
-    private static string ConsoleTail(string vmDir, int lines = 5)
-    {
-        try
+        await Map.UpdateAsync(entries =>
         {
-            var all = File.ReadAllLines(QemuLauncher.ConsoleLog(vmDir));
-            return all.Length == 0 ? "(empty)" : string.Join(" | ", all.TakeLast(lines));
-        }
-        catch (IOException)
-        {
-            return "(no console log)";
-        }
+            entries.RemoveAll(e => e.Name == name);
+            entries.Add(entry);
+            return 0;
+        }, ct).ConfigureAwait(false);
+        log.LogInformation("Restore VM {Name} (pid {Pid}) answered after {Seconds:0.0} s", name, pid, watch.Elapsed.TotalSeconds);
+        return session;
     }
 
     private static async Task TryStopAsync(IRestoreClient client, CancellationToken ct)
@@ -734,97 +630,10 @@ public sealed class RestoreVmManager : IAsyncDisposable
     /// <summary>Kills the VM's QEMU (only if the pid is still that VM), then drops it from the map and its directory.</summary>
     private async Task KillAsync(VmEntry entry)
     {
-        KillProcess(entry);
-        await WaitForExitAsync(entry, TimeSpan.FromSeconds(5)).ConfigureAwait(false);
+        process.Kill(entry);
+        await QemuProcessControl.WaitForExitAsync(entry, TimeSpan.FromSeconds(5)).ConfigureAwait(false);
         await Map.UpdateAsync(entries => entries.RemoveAll(e => e.Name == entry.Name && e.Pid == entry.Pid), CancellationToken.None).ConfigureAwait(false);
-        TryDeleteDirectory(entry.Directory);
-    }
-
-    /// <summary>SIGKILL, only when /proc/PID/cmdline shows this very VM (<c>-name restorefs-vm,…</c> and its pid file).</summary>
-    private void KillProcess(VmEntry entry)
-    {
-        if (!IsAlive(entry))
-        {
-            return;
-        }
-
-        try
-        {
-            using var process = Process.GetProcessById(entry.Pid);
-            process.Kill();
-            log.LogDebug("Killed restore VM {Name} (pid {Pid})", entry.Name, entry.Pid);
-        }
-        catch (Exception e) when (e is ArgumentException or InvalidOperationException or System.ComponentModel.Win32Exception)
-        {
-            // gone meanwhile
-        }
-    }
-
-    private static async Task WaitForExitAsync(VmEntry entry, TimeSpan limit)
-    {
-        var watch = Stopwatch.StartNew();
-        while (IsAlive(entry) && watch.Elapsed < limit)
-        {
-            await Task.Delay(50).ConfigureAwait(false);
-        }
-    }
-
-    /// <summary>True when the entry's pid is alive and is that VM's QEMU (our marker and its own pid file).</summary>
-    public static bool IsAlive(VmEntry entry) => IsOurVm(entry.Pid, entry.Directory.Length > 0 ? entry.Directory : null);
-
-    /// <summary>True when the pid is alive and is one of our QEMUs (its command line carries <c>-name restorefs-vm,…</c>).</summary>
-    public static bool IsOurVm(int pid) => IsOurVm(pid, null);
-
-    /// <summary>As <see cref="IsOurVm(int)"/>, and when <paramref name="vmDirectory"/> is given, started with the pid
-    /// file in that directory.</summary>
-    public static bool IsOurVm(int pid, string? vmDirectory)
-    {
-        if (pid <= 0)
-        {
-            return false;
-        }
-
-        try
-        {
-            var argv = System.Text.Encoding.UTF8.GetString(File.ReadAllBytes($"/proc/{pid}/cmdline")).Split('\0');
-            var stat = File.ReadAllText($"/proc/{pid}/stat");
-            var state = stat[(stat.LastIndexOf(')') + 2)..][0];
-            return state != 'Z' && QemuLauncher.IsVmCommandLine(argv, vmDirectory);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException or IndexOutOfRangeException or ArgumentOutOfRangeException)
-        {
-            return false;
-        }
-    }
-
-    private static void TryDelete(string path)
-    {
-        try
-        {
-            File.Delete(path);
-        }
-        catch (IOException)
-        {
-        }
-    }
-
-    private void TryDeleteDirectory(string path)
-    {
-        if (path.Length > 0)
-        {
-            options.Overlays?.Release(path);
-        }
-
-        try
-        {
-            if (path.Length > 0 && Directory.Exists(path))
-            {
-                Directory.Delete(path, true);
-            }
-        }
-        catch (IOException)
-        {
-        }
+        process.DeleteDirectory(entry.Directory);
     }
 
     /// <summary>Stops the VMs this process started (their disks die with it) and closes the others' sessions.</summary>
@@ -836,7 +645,7 @@ public sealed class RestoreVmManager : IAsyncDisposable
             {
                 await StopAsync(name, CancellationToken.None).ConfigureAwait(false);
             }
-            else if (IsAlive(entry))
+            else if (QemuProcessControl.IsAlive(entry))
             {
                 // Lost from the map (a corrupt map was set aside): still ours to stop.
                 log.LogWarning("Restore VM {Name} (pid {Pid}) is missing from the map; killing it", name, entry.Pid);

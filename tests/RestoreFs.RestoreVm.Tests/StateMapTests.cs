@@ -179,8 +179,8 @@ public sealed class StateMapTests : IDisposable
         using var orphan = FakeVmProcess.LikeVm(orphanDir);            // looks like our VM, the mount serving its disks is gone
         using var reused = FakeVmProcess.LikeVm(dir.Combine("vm", "x")); // our marker, but another VM's pid file: a reused pid
         using var path = new FakeVmProcess(dir.Combine("restorefs-vm-in-a-path")); // the marker only inside an argument
-        Assert.True(RestoreVmManager.IsOurVm(silent.Pid));
-        Assert.False(RestoreVmManager.IsOurVm(path.Pid));
+        Assert.True(QemuProcessControl.IsOurVm(silent.Pid));
+        Assert.False(QemuProcessControl.IsOurVm(path.Pid));
 
         await manager.Map.UpdateAsync(e =>
         {

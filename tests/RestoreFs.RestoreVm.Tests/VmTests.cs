@@ -173,7 +173,7 @@ public sealed class VmTests(VmFixture f, ITestOutputHelper output) : IClassFixtu
         }
 
         // It did not start the VM, so disposing it stopped nothing.
-        Assert.True(RestoreVmManager.IsAlive(entry));
+        Assert.True(QemuProcessControl.IsAlive(entry));
         Assert.NotEmpty((await Client.StatusAsync(true, CancellationToken.None)).Disks);
     }
 
@@ -183,14 +183,14 @@ public sealed class VmTests(VmFixture f, ITestOutputHelper output) : IClassFixtu
         await using var manager = f.NewManager(f.Dir.Combine("run-idle"), idle: 3);
         var session = await manager.EnsureRunningAsync("idle-test", f.Disks.Take(1).ToList(), CancellationToken.None);
         var pid = session.Entry.Pid;
-        Assert.True(RestoreVmManager.IsOurVm(pid));
+        Assert.True(QemuProcessControl.IsOurVm(pid));
         var watch = Stopwatch.StartNew();
-        while (RestoreVmManager.IsOurVm(pid) && watch.Elapsed < TimeSpan.FromSeconds(30))
+        while (QemuProcessControl.IsOurVm(pid) && watch.Elapsed < TimeSpan.FromSeconds(30))
         {
             await Task.Delay(200);
         }
 
-        Assert.False(RestoreVmManager.IsOurVm(pid), "the idle VM is still running");
+        Assert.False(QemuProcessControl.IsOurVm(pid), "the idle VM is still running");
         Assert.InRange(watch.Elapsed.TotalSeconds, 1, 30);
 
         // The kernel drops an exiting process's memory (its command line reads empty) before its sockets, so the
