@@ -16,7 +16,7 @@ public sealed record DaemonServerOptions(string Ticket, TimeSpan IdleTimeout, Ti
 
 /// <summary>
 /// The restore daemon's API: <c>/api2/json/{status,list,read,extract,xattrs,seek,stop}</c> over HTTP/1.1, one request per
-/// stream (the handlers are in RestoreFs.RestoreDaemon.Handlers).
+/// stream, dispatched by the route table (<see cref="Routes"/>; the handlers are in RestoreFs.RestoreDaemon.Handlers).
 /// Every request but <c>status</c> needs the ticket in <c>Authorization</c>; a wrong one is answered 401 only after
 /// <see cref="DaemonServerOptions.AuthFailureDelay"/> from the request's start.
 /// </summary>
@@ -29,10 +29,7 @@ public sealed class DaemonServer : IDisposable
     private readonly byte[] ticket;
     private readonly CancellationTokenSource stopping = new();
     private readonly ListHandler list;
-    private readonly ReadHandler read;
-    private readonly ExtractHandler extract;
-    private readonly XattrsHandler xattrs;
-    private readonly SeekHandler seek;
+    private readonly Dictionary<string, Route> routeByEndpoint;
 
     public DaemonServer(IVolumeCatalog catalog, DaemonServerOptions options, Action<string> log, Action shutdown)
     {
@@ -58,10 +55,8 @@ public sealed class DaemonServer : IDisposable
         Watchdog.Touch();
         var volumes = new VolumeResolver(catalog);
         list = new ListHandler(volumes, options.IoErrors, log);
-        read = new ReadHandler(volumes, options.MaxReadBytes);
-        extract = new ExtractHandler(volumes, options.MaxExtractions, Watchdog);
-        xattrs = new XattrsHandler(volumes);
-        seek = new SeekHandler(volumes);
+        Routes = BuildRoutes(volumes);
+        routeByEndpoint = Routes.ToDictionary(r => r.Endpoint, StringComparer.Ordinal);
     }
 
     public Watchdog Watchdog { get; }
@@ -156,6 +151,28 @@ public sealed class DaemonServer : IDisposable
         }
     }
 
+    /// <summary>The endpoints: the route table (every endpoint the API has, nothing else answers but 404).</summary>
+    internal IReadOnlyList<Route> Routes { get; }
+
+    private IReadOnlyList<Route> BuildRoutes(VolumeResolver volumes)
+    {
+        var read = new ReadHandler(volumes, options.MaxReadBytes);
+        var extract = new ExtractHandler(volumes, options.MaxExtractions, Watchdog);
+        var xattrs = new XattrsHandler(volumes);
+        var seek = new SeekHandler(volumes);
+        return
+        [
+            new Route("", NeedsTicket: true, IdleUse.None, RootAsync),
+            new Route("status", NeedsTicket: false, IdleUse.RearmUnlessKeepTimeout, StatusAsync),
+            new Route("list", NeedsTicket: true, IdleUse.RearmAround, list.HandleAsync),
+            new Route("read", NeedsTicket: true, IdleUse.RearmAround, read.HandleAsync),
+            new Route("extract", NeedsTicket: true, IdleUse.BusyInHandler, extract.HandleAsync),
+            new Route("xattrs", NeedsTicket: true, IdleUse.Rearm, xattrs.HandleAsync),
+            new Route("seek", NeedsTicket: true, IdleUse.Rearm, seek.HandleAsync),
+            new Route("stop", NeedsTicket: true, IdleUse.None, StopAsync),
+        ];
+    }
+
     private async Task<int> RouteAsync(Stream stream, Http.Request request, Stopwatch started, CancellationToken ct)
     {
         if (request.Method != "GET")
@@ -172,15 +189,14 @@ public sealed class DaemonServer : IDisposable
         }
 
         var endpoint = path.Length > "/api2/json".Length ? path["/api2/json/".Length..] : "";
-        var known = endpoint is "" or "status" or "list" or "read" or "extract" or "stop" or "xattrs" or "seek";
-        if (!known)
+        if (!routeByEndpoint.TryGetValue(endpoint, out var route))
         {
             await Answers.TextAsync(stream, 404, $"no such endpoint '{endpoint}'", ct).ConfigureAwait(false);
             return 404;
         }
 
         var authorised = Authorised(request.Header("authorization"));
-        if (endpoint != "status" && !authorised)
+        if (route.NeedsTicket && !authorised)
         {
             // Timers may fire a little early: wait until the delay has really passed.
             for (var wait = options.AuthFailureDelay - started.Elapsed; wait > TimeSpan.Zero; wait = options.AuthFailureDelay - started.Elapsed)
@@ -192,44 +208,19 @@ public sealed class DaemonServer : IDisposable
             return 401;
         }
 
-        switch (endpoint)
+        if (route.Idle is IdleUse.Rearm or IdleUse.RearmAround
+            || (route.Idle == IdleUse.RearmUnlessKeepTimeout && authorised && !RequestArgs.Flag(request, "keep-timeout")))
         {
-            case "":
-                await RootAsync(stream, request, ct).ConfigureAwait(false);
-                return 200;
-            case "status":
-                if (authorised && !RequestArgs.Flag(request, "keep-timeout"))
-                {
-                    Watchdog.Touch();
-                }
-
-                await StatusAsync(stream, request, ct).ConfigureAwait(false);
-                return 200;
-            case "list":
-                Watchdog.Touch();
-                await list.HandleAsync(stream, request, ct).ConfigureAwait(false);
-                Watchdog.Touch();
-                return 200;
-            case "read":
-                Watchdog.Touch();
-                await read.HandleAsync(stream, request, ct).ConfigureAwait(false);
-                Watchdog.Touch();
-                return 200;
-            case "extract":
-                await extract.HandleAsync(stream, request, ct).ConfigureAwait(false);
-                return 200;
-            case "xattrs":
-                Watchdog.Touch();
-                await xattrs.HandleAsync(stream, request, ct).ConfigureAwait(false);
-                return 200;
-            case "seek":
-                Watchdog.Touch();
-                await seek.HandleAsync(stream, request, ct).ConfigureAwait(false);
-                return 200;
-            default: // stop
-                await StopAsync(stream, request, ct).ConfigureAwait(false);
-                return 200;
+            Watchdog.Touch();
         }
+
+        await route.Handler(stream, request, ct).ConfigureAwait(false);
+        if (route.Idle == IdleUse.RearmAround)
+        {
+            Watchdog.Touch();
+        }
+
+        return 200;
     }
 
     private bool Authorised(string? header) =>
@@ -240,7 +231,7 @@ public sealed class DaemonServer : IDisposable
         Answers.JsonAsync(stream, w =>
         {
             w.WriteStartArray();
-            foreach (var e in new[] { "extract", "list", "read", "seek", "status", "stop", "xattrs" })
+            foreach (var e in Routes.Select(r => r.Endpoint).Where(e => e.Length > 0).Order(StringComparer.Ordinal))
             {
                 w.WriteStartObject();
                 w.WriteString("subdir", e);
