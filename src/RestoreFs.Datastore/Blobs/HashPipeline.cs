@@ -5,14 +5,17 @@ using System.Security.Cryptography;
 namespace RestoreFs.Datastore;
 
 /// <summary>
-/// Decompresses a chunk and computes its SHA-256 at the same time: libzstd's streaming decoder writes the chunk in
-/// segments on the calling thread while a hashing thread digests the segments already written. A cold random read
+/// Decompresses a chunk and computes its SHA-256 at the same time: libzstd's decoder writes the chunk (straight into
+/// the destination, no window copy) on the calling thread while a hashing thread digests the segments already written. A cold random read
 /// costs one chunk decode; pipelined it takes about as long as the hash alone instead of decompression plus hash.
 /// When no hashing thread is free, the caller hashes the rest itself — the pipeline never waits behind other work.
 /// </summary>
 internal static unsafe class HashPipeline
 {
     private const int Segment = 512 * 1024;
+
+    /// <summary>Compressed bytes given to the decoder at a time (zstd writes a block of up to 128 KiB as its input arrives).</summary>
+    private const int InputPiece = 64 * 1024;
     private static readonly BlockingCollection<Job> Queue = StartWorkers();
 
     /// <summary>Smallest chunk worth the hand-off to another thread.</summary>
@@ -31,7 +34,20 @@ internal static unsafe class HashPipeline
             int written;
             try
             {
-                written = NativeZstd.DecompressStreaming(frame, destination, Segment, job.Written);
+                // Fed in pieces, so that the hashing thread can start on what is written while the rest decodes.
+                using var decoder = new NativeZstd.Decoder(dst, destination.Length);
+                for (var at = 0; at < frame.Length; at += InputPiece)
+                {
+                    decoder.Feed(frame.Slice(at, Math.Min(InputPiece, frame.Length - at)));
+                    job.Written(decoder.Written);
+                }
+
+                if (!decoder.Ended)
+                {
+                    throw new InvalidDataException("truncated zstd frame");
+                }
+
+                written = decoder.Written;
             }
             catch
             {

@@ -31,76 +31,6 @@ internal static unsafe partial class NativeZstd
         }
     }
 
-    /// <summary>
-    /// Decompresses one frame into <paramref name="destination"/> in steps of <paramref name="segment"/> bytes, calling
-    /// <paramref name="progress"/> with the bytes written so far after each step. Returns the total; throws when the
-    /// frame is damaged, truncated, or larger than the destination.
-    /// </summary>
-    public static int DecompressStreaming(ReadOnlySpan<byte> source, Span<byte> destination, int segment, Action<int> progress)
-    {
-        var context = Contexts.Value!;
-        Check(ZSTD_DCtx_reset(context.Handle, ResetSessionOnly));
-        fixed (byte* src = source)
-        fixed (byte* dst = destination)
-        {
-            var input = new InBuffer { Source = src, Size = (nuint)source.Length };
-            var output = new OutBuffer { Destination = dst };
-            while (true)
-            {
-                output.Size = (nuint)Math.Min(destination.Length, (long)output.Position + segment);
-                var before = output.Position;
-                var consumed = input.Position;
-                var result = Check(ZSTD_decompressStream(context.Handle, &output, &input));
-                if (output.Position != before)
-                {
-                    progress((int)output.Position);
-                }
-
-                if (result == 0)
-                {
-                    if (input.Position != input.Size)
-                    {
-                        throw new InvalidDataException("data after the end of the zstd frame");
-                    }
-
-                    return (int)output.Position;
-                }
-
-                if (output.Position == (nuint)destination.Length)
-                {
-                    // The frame is not finished but the destination is full: it may only have its checksum left.
-                    byte extra;
-                    var probe = new OutBuffer { Destination = &extra, Size = 1 };
-                    result = Check(ZSTD_decompressStream(context.Handle, &probe, &input));
-                    if (probe.Position != 0)
-                    {
-                        throw new InvalidDataException($"frame decompresses to more than {destination.Length} bytes");
-                    }
-
-                    if (result == 0)
-                    {
-                        if (input.Position != input.Size)
-                        {
-                            throw new InvalidDataException("data after the end of the zstd frame");
-                        }
-
-                        return destination.Length;
-                    }
-                }
-
-                if (input.Position == input.Size && (output.Position < output.Size || output.Position == (nuint)destination.Length))
-                {
-                    throw new InvalidDataException("truncated zstd frame");
-                }
-
-                if (input.Position == consumed && output.Position == before)
-                {
-                    throw new InvalidDataException("zstd decoder made no progress");
-                }
-            }
-        }
-    }
-
     private const int ResetSessionOnly = 1;
     private const int ResetSessionAndParameters = 3;
     private const int StableOutBuffer = 1001; // ZSTD_d_stableOutBuffer: decode straight into the caller's buffer
@@ -163,8 +93,15 @@ internal static unsafe partial class NativeZstd
                 {
                     var consumed = input.Position;
                     var before = outBuffer.Position;
-                    var result = Check(ZSTD_decompressStream(context!.Handle, &outBuffer, &input));
+                    var result = ZSTD_decompressStream(context!.Handle, &outBuffer, &input);
                     position = outBuffer.Position;
+                    if (ZSTD_isError(result) != 0 && ZSTD_getErrorCode(result) == DestinationTooSmall)
+                    {
+                        // The stable output cannot take the next block: name what that means here.
+                        throw new InvalidDataException($"frame decompresses to more than {capacity} bytes");
+                    }
+
+                    Check(result);
                     if (result == 0)
                     {
                         Ended = true;
@@ -245,6 +182,11 @@ internal static unsafe partial class NativeZstd
 
     [LibraryImport(Library)]
     private static partial nint ZSTD_getErrorName(nuint code);
+
+    private const int DestinationTooSmall = 70; // ZSTD_error_dstSize_tooSmall
+
+    [LibraryImport(Library)]
+    private static partial int ZSTD_getErrorCode(nuint code);
 
     private sealed class Context
     {
