@@ -82,9 +82,7 @@ public sealed class DynamicImageReader : IDisposable, IChunkCache
     public long CachedBytes => Interlocked.Read(ref cachedBytes);
 
     /// <summary>When the reader was last read (for the shared budget's choice of whom to trim).</summary>
-    internal long LastUse => Interlocked.Read(ref lastUse);
-
-    long IChunkCache.LastUse => LastUse;
+    long IChunkCache.LastUse => Interlocked.Read(ref lastUse);
 
     public string ChunkDigestHex(int chunk) => Convert.ToHexStringLower(index.Digest(chunk));
 

@@ -59,9 +59,7 @@ public sealed class ImageReader : IDisposable, IChunkCache
     public long CachedBytes => Interlocked.Read(ref cachedBytes);
 
     /// <summary>When the reader was last asked for a chunk (for the shared budget's choice of whom to trim).</summary>
-    internal long LastUse => Interlocked.Read(ref lastUse);
-
-    long IChunkCache.LastUse => LastUse;
+    long IChunkCache.LastUse => Interlocked.Read(ref lastUse);
 
     public long Size => index.Size;
 
