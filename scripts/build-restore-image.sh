@@ -33,9 +33,18 @@ log "packages: ${pkgs[*]}"
       ls "${p}"_*.deb >/dev/null 2>&1 || { log "downloading $p"; apt-get download -q "$p" >&2; }
   done )
 
+# ZFS (Debian contrib, built for this kernel; minutes the first time, then cached by content). An image without it
+# still works: a pool member is then reported as unsupported. RESTOREFS_ZFS=0 leaves it out.
+zfs_addon=""
+if [ "${RESTOREFS_ZFS:-1}" != 0 ]; then
+    zfs_addon=$("$here/build-zfs-addon.sh" "${kver_pkg#linux-image-}" "$cache") \
+        || { log "WARNING: no ZFS support in this image (the ZFS addon did not build; see above)"; zfs_addon=""; }
+fi
+
 # Content hash of every input decides whether anything must be rebuilt.
 manifest=$( { for p in "${pkgs[@]}"; do sha256sum "$cache"/debs/"${p}"_*.deb | cut -d' ' -f1; done
               cat "$here"/restore-image/init "$here"/restore-image/modules.* "$0"
+              basename "${zfs_addon:-no-zfs}"
               sha256sum < "$daemon"; } | sha256sum | cut -d' ' -f1)
 if [ -f "$out/manifest" ] && [ "$(cat "$out/manifest")" = "$manifest" ] \
    && [ -f "$out/vmlinux" ] && [ -f "$out/initramfs.img" ]; then
@@ -70,6 +79,15 @@ add() { # module name -> path plus its dependencies from modules.dep
     for d in ${line#*:}; do add "$(basename "${d%.ko*}")"; done
 }
 while read -r m; do [ -n "$m" ] && add "$m"; done < <(cat "$here"/restore-image/modules.early "$here"/restore-image/modules.late)
+if [ -n "$zfs_addon" ]; then
+    # The kernel modules the ZFS modules need join the image; the ZFS modules go to the addon after depmod.
+    zfs_own=$(for ko in "$zfs_addon"/modules/*.ko; do basename "$ko" .ko; done)
+    for ko in "$zfs_addon"/modules/*.ko; do
+        for d in $(modinfo -F depends "$ko" | tr ',' ' '); do
+            echo "$zfs_own" | grep -qx "$d" || add "$d"
+        done
+    done
+fi
 for path in "${!want[@]}"; do
     mkdir -p "$root/lib/modules/$kver/$(dirname "$path")"
     case $path in
@@ -78,14 +96,19 @@ for path in "${!want[@]}"; do
     esac
 done
 cp "$mods"/modules.{order,builtin,builtin.modinfo} "$root/lib/modules/$kver/" 2>/dev/null || true
+if [ -n "$zfs_addon" ]; then
+    mkdir -p "$root/lib/modules/$kver/extra"; cp "$zfs_addon"/modules/*.ko "$root/lib/modules/$kver/extra/"
+fi
 depmod -b "$root" "$kver"   # modules.dep of the chosen (uncompressed) set; busybox modprobe reads it
 log "${#want[@]} modules"
-copy_libs() { # binary: copies the shared libraries it needs (the unpacked packages' first, else the host's)
-    local lib
-    for lib in $(LD_LIBRARY_PATH="$work/pkg/lib/x86_64-linux-gnu:$work/pkg/usr/lib/x86_64-linux-gnu" ldd "$1" 2>/dev/null | grep -o '/[^ ]*'); do
+copy_libs() { # binary [root]: copies the shared libraries it needs (the unpacked packages' first, else the host's)
+    local lib into=${2:-$root} from=${3:-}
+    for lib in $(LD_LIBRARY_PATH="${from:+$from:}$work/pkg/lib/x86_64-linux-gnu:$work/pkg/usr/lib/x86_64-linux-gnu" ldd "$1" 2>/dev/null | grep -o '/[^ ]*'); do
         local dest=${lib#"$work/pkg"}
+        dest=${dest#"${from%/lib}"}
         dest=${dest/#\/usr\/lib\//\/lib\/}
-        mkdir -p "$root$(dirname "$dest")"; [ -e "$root$dest" ] || cp -L "$lib" "$root$dest"
+        [ -e "$root$dest" ] && continue
+        mkdir -p "$into$(dirname "$dest")"; [ -e "$into$dest" ] || cp -L "$lib" "$into$dest"
     done
 }
 install -m 755 "$daemon" "$root/restorefs-daemon"
@@ -116,6 +139,18 @@ copy_libs "$crypt_bin"
 mkdir -p "$root/etc/lvm" "$root/run/lvm" "$root/run/cryptsetup"
 log "daemon $(du -h "$daemon" | cut -f1), lvm $(du -h "$lvm_bin" | cut -f1)"
 
+if [ -n "$zfs_addon" ]; then
+    # The ZFS addon: its modules (moved out of the image after depmod), zpool and zfs with the libraries the image
+    # lacks; packed on their own and unpacked by the daemon only when it finds a pool member.
+    addon=$work/addon
+    mkdir -p "$addon/lib/modules/$kver" "$addon/sbin"
+    mv "$root/lib/modules/$kver/extra" "$addon/lib/modules/$kver/extra"
+    cp "$zfs_addon"/tools/sbin/zpool "$zfs_addon"/tools/sbin/zfs "$addon/sbin/"
+    mkdir -p "$work/zfslib/lib"; cp -a "$zfs_addon"/tools/lib/. "$work/zfslib/lib/"
+    for b in zpool zfs; do copy_libs "$addon/sbin/$b" "$addon" "$work/zfslib/lib"; done
+    ( cd "$addon" && find . | LC_ALL=C sort | tar -c --no-recursion --owner=0 --group=0 -T - ) | gzip -6 > "$root/zfs-addon.tar.gz"
+    log "ZFS addon: $(du -h "$root/zfs-addon.tar.gz" | cut -f1) packed ($(du -sh "$addon" | cut -f1) unpacked)"
+fi
 log "packing initramfs (cpio newc, lz4 legacy)"
 ( cd "$root" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0 ) | lz4 -l -q -c > "$out/initramfs.img.new"
 mv "$out/vmlinuz.new" "$out/vmlinuz"; mv "$out/vmlinux.new" "$out/vmlinux"; mv "$out/initramfs.img.new" "$out/initramfs.img"

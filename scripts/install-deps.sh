@@ -9,6 +9,7 @@ packages=(
   libnbd-bin       # nbdinfo, nbdcopy
   xfsprogs btrfs-progs dosfstools mtools gdisk lvm2 e2fsprogs ntfs-3g  # test disk images
   busybox-static cpio lz4 xz-utils kmod  # restore image build
+  gcc-12 make libc6-dev binutils  # the restore VM's ZFS modules, compiled from zfs-dkms against its kernel's headers
   fdisk cryptsetup-bin exfatprogs  # partition tables, LUKS and exFAT in the daemon's disk tests
   exfat-fuse       # mount.exfat-fuse: exFAT on the host (its kernel has no exfat) in the fidelity tests
   rsync zstd file util-linux

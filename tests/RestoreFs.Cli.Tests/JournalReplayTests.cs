@@ -173,7 +173,7 @@ print(h.hexdigest())
             "restore VM directories (and their overlays) are left behind");
     }
 
-    private static string StoreHash(string store) =>
+    internal static string StoreHash(string store) =>
         ProcessRunner.Run("python3", ["-c", StoreHashScript, store], Long).EnsureSuccess("store hash").StdOut.Trim();
 
     public void Dispose() => dir.Dispose();

@@ -30,9 +30,10 @@ public sealed partial class DiskCatalog
         return attempt.Value.WaitAsync(ct);
     }
 
-    /// <summary>Where a volume is mounted: <c>root/dev/&lt;device&gt;</c> or <c>root/lvm/&lt;vg&gt;/&lt;lv&gt;</c>.</summary>
-    public string MountPointOf(VolumeInfo volume) => volume.Bucket == "lvm" && volume.Components.Count == 2
-        ? Path.Combine(options.MountRoot, "lvm", volume.Components[0], volume.Components[1])
+    /// <summary>Where a volume is mounted: <c>root/dev/&lt;device&gt;</c>, <c>root/lvm/&lt;vg&gt;/&lt;lv&gt;</c> or
+    /// <c>root/zfs/&lt;pool&gt;/&lt;dataset&gt;</c>.</summary>
+    public string MountPointOf(VolumeInfo volume) => volume.Bucket is "lvm" or "zfs" && volume.Components.Count == 2
+        ? Path.Combine(options.MountRoot, volume.Bucket, volume.Components[0], volume.Components[1])
         : Path.Combine(options.MountRoot, "dev", Path.GetFileName(volume.Device));
 
     private string Mount(VolumeInfo volume)
@@ -57,6 +58,11 @@ public sealed partial class DiskCatalog
         if (volume.Device.Length == 0)
         {
             return Fail(volume, "", volume.FsType ?? "", $"{volume.Id} has no block device");
+        }
+
+        if (volume.Bucket == "zfs" && volume.FsType == "zfs")
+        {
+            return MountZfsDataset(volume);
         }
 
         if (volume.FsType == FsProbe.Luks && options.GuestKeys is { Count: > 0 })
@@ -467,6 +473,7 @@ public sealed partial class DiskCatalog
             RemoveMountPoint(m.MountPoint);
         }
 
+        ExportPools();
         List<string> lvs, loopDevices;
         lock (gate)
         {

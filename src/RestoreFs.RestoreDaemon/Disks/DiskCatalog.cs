@@ -115,6 +115,7 @@ public sealed partial class DiskCatalog : IVolumeCatalog, IDisposable, IAsyncDis
         var watch = Stopwatch.StartNew();
         var results = new List<DiskScan>();
         var pvs = new List<PvCandidate>();
+        var zfsMembers = new List<PvCandidate>();
         foreach (var (name, device) in disks)
         {
             var disk = new DiskScan(name, device);
@@ -127,7 +128,7 @@ public sealed partial class DiskCatalog : IVolumeCatalog, IDisposable, IAsyncDis
 
             try
             {
-                ScanDisk(disk, pvs);
+                ScanDisk(disk, pvs, zfsMembers);
             }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException or InvalidDataException or NotSupportedException)
             {
@@ -135,7 +136,7 @@ public sealed partial class DiskCatalog : IVolumeCatalog, IDisposable, IAsyncDis
                 log(disk.Error);
             }
 
-            if (pvs.All(pv => pv.Disk != disk))
+            if (pvs.All(pv => pv.Disk != disk) && zfsMembers.All(m => m.Disk != disk))
             {
                 lock (gate)
                 {
@@ -146,7 +147,12 @@ public sealed partial class DiskCatalog : IVolumeCatalog, IDisposable, IAsyncDis
 
         if (pvs.Count > 0 && !disposed)
         {
-            ScanLvm(pvs);
+            ScanLvm(pvs, zfsMembers);
+        }
+
+        if (zfsMembers.Count > 0 && !disposed)
+        {
+            ScanZfs(zfsMembers);
         }
 
         var infos = results.Select(r => r.ToInfo()).ToList();
@@ -164,19 +170,19 @@ public sealed partial class DiskCatalog : IVolumeCatalog, IDisposable, IAsyncDis
         $"{string.Join('/', new[] { v.Bucket }.Concat(v.Components))} {v.FsType ?? "?"}{(v.Device.Length > 0 ? " on " + v.Device : "")}"
         + (v.Error is null ? "" : $" ({v.Error})");
 
-    private void ScanDisk(DiskScan disk, List<PvCandidate> pvs)
+    /// <param name="pvs">Collects LVM physical volumes (scanned together by <see cref="ScanLvm"/>).</param>
+    /// <param name="zfsMembers">Collects ZFS pool members (imported together by <see cref="ScanZfs"/>).</param>
+    private void ScanDisk(DiskScan disk, List<PvCandidate> pvs, List<PvCandidate> zfsMembers)
     {
         disk.Size = SysfsSize(disk.Device) ?? 0; // known even when the device cannot be opened
         using var stream = OpenRead(disk.Device);
         var size = DeviceSize(stream, disk.Device);
         disk.Size = (ulong)size;
         var whole = FsProbe.Detect(stream, 0, size);
-        if (whole == FsProbe.LvmMember)
+        if (whole is FsProbe.LvmMember or FsProbe.ZfsMember)
         {
-            pvs.Add(new PvCandidate(disk, disk.Device, new VolumeInfo(disk.Name, "raw", [], disk.Device, disk.Size, whole)
-            {
-                Placement = [new DiskSpan(0, 0, (long)disk.Size)],
-            }));
+            (whole == FsProbe.LvmMember ? pvs : zfsMembers).Add(new PvCandidate(disk, disk.Device,
+                new VolumeInfo(disk.Name, "raw", [], disk.Device, disk.Size, whole) { Placement = [new DiskSpan(0, 0, (long)disk.Size)] }));
             return;
         }
 
@@ -229,12 +235,12 @@ public sealed partial class DiskCatalog : IVolumeCatalog, IDisposable, IAsyncDis
 
             var volume = new VolumeInfo(disk.Name, "part", [number], device ?? "", (ulong)part.Length, type)
             {
-                Error = error ?? (Refused(type) && type != FsProbe.LvmMember ? $"partition {number} {FsProbe.ContainerReason(type!)}" : null),
+                Error = error ?? (Refused(type) && type is not (FsProbe.LvmMember or FsProbe.ZfsMember) ? $"partition {number} {FsProbe.ContainerReason(type!)}" : null),
                 Placement = [new DiskSpan(0, part.Offset, part.Length)],
             };
-            if (type == FsProbe.LvmMember && device is not null)
+            if (type is FsProbe.LvmMember or FsProbe.ZfsMember && device is not null)
             {
-                pvs.Add(new PvCandidate(disk, device, volume));
+                (type == FsProbe.LvmMember ? pvs : zfsMembers).Add(new PvCandidate(disk, device, volume));
                 continue;
             }
 
@@ -433,7 +439,8 @@ public sealed partial class DiskCatalog : IVolumeCatalog, IDisposable, IAsyncDis
         return spans;
     }
 
-    private void ScanLvm(List<PvCandidate> pvs)
+    /// <param name="zfsMembers">ZFS members still to be scanned: their disks are reported as scanned by <see cref="ScanZfs"/>.</param>
+    private void ScanLvm(List<PvCandidate> pvs, List<PvCandidate> zfsMembers)
     {
         var byDevice = pvs.GroupBy(p => p.Device).ToDictionary(g => g.Key, g => g.First());
         lvm = new Lvm(byDevice.Keys.ToList(), log);
@@ -537,7 +544,7 @@ public sealed partial class DiskCatalog : IVolumeCatalog, IDisposable, IAsyncDis
             }
         }
 
-        foreach (var disk in pvs.Select(p => p.Disk).Distinct())
+        foreach (var disk in pvs.Select(p => p.Disk).Distinct().Where(d => zfsMembers.All(m => m.Disk != d)))
         {
             lock (gate)
             {

@@ -5,7 +5,7 @@ namespace RestoreFs.RestoreDaemon.Disks;
 /// <summary>
 /// Recognises file systems and other volume contents from their superblock magic (busybox has no blkid). The names
 /// are blkid's: ext2, ext3, ext4, xfs, btrfs, vfat, exfat, ntfs, iso9660, swap, LVM2_member, crypto_LUKS,
-/// linux_raid_member.
+/// linux_raid_member, zfs_member.
 /// </summary>
 public static class FsProbe
 {
@@ -13,6 +13,7 @@ public static class FsProbe
     public const string Swap = "swap";
     public const string Luks = "crypto_LUKS";
     public const string RaidMember = "linux_raid_member";
+    public const string ZfsMember = "zfs_member";
 
     public const string JournalDevice = "jbd";
 
@@ -24,7 +25,7 @@ public static class FsProbe
     public const int ProbeBytes = 72 * 1024;
 
     /// <summary>Types that hold no mountable file system of their own.</summary>
-    public static bool IsContainer(string? type) => type is LvmMember or Swap or Luks or RaidMember or JournalDevice;
+    public static bool IsContainer(string? type) => type is LvmMember or Swap or Luks or RaidMember or JournalDevice or ZfsMember;
 
     /// <summary>Why a volume of a container type cannot be mounted.</summary>
     public static string ContainerReason(string type) => type switch
@@ -34,6 +35,7 @@ public static class FsProbe
         Luks => "is encrypted (LUKS); it cannot be opened without its passphrase",
         RaidMember => "is a member of a Linux software RAID (md), which is not assembled here",
         JournalDevice => "is an external ext3/ext4 journal, not a file system",
+        ZfsMember => "is a member of a ZFS pool (its datasets and volumes are under zfs/)",
         _ => $"holds {type}, not a file system",
     };
 
@@ -137,7 +139,32 @@ public static class FsProbe
             return "vfat";
         }
 
+        if (IsZfsLabel(b))
+        {
+            return ZfsMember;
+        }
+
         return null;
+    }
+
+    /// <summary>
+    /// A ZFS vdev label (the first of four: at the start of the device): its configuration is an XDR-encoded name-value
+    /// list at 16 KiB, which starts with the encoding (1 = XDR), version 0, the unique-names flag, and the pair
+    /// <c>version</c>; a pool member's list names its <c>pool_guid</c>.
+    /// </summary>
+    private static bool IsZfsLabel(ReadOnlySpan<byte> b)
+    {
+        const int At = 16 * 1024;
+        if (b.Length < At + 1024)
+        {
+            return false;
+        }
+
+        var list = b[At..];
+        ReadOnlySpan<byte> head = [0, 0, 0, 0, 0, 0, 0, 0, 1]; // after encoding and endianness: reserved, version 0, flags
+        return list[0] == 1 && list.Slice(3, head.Length).SequenceEqual(head)
+               && list.Slice(20, 11).SequenceEqual("\0\0\0\u0007version"u8)
+               && list[..Math.Min(list.Length, 8192)].IndexOf("pool_guid"u8) >= 0;
     }
 
     private static bool ValidXfs(ReadOnlySpan<byte> b)

@@ -8,7 +8,7 @@ public sealed class BadRequestException(string message) : Exception(message);
 
 /// <summary>
 /// The path scheme of <c>list</c>/<c>read</c>/<c>extract</c>, as bytes: <c>&lt;disk&gt;[.img[.fidx]]/part/&lt;n&gt;/…</c>,
-/// <c>…/lvm/&lt;vg&gt;/&lt;lv&gt;/…</c>, <c>…/raw/…</c>. Levels above a file system are "virtual".
+/// <c>…/lvm/&lt;vg&gt;/&lt;lv&gt;/…</c>, <c>…/zfs/&lt;pool&gt;/&lt;dataset&gt;/…</c>, <c>…/raw/…</c>. Levels above a file system are "virtual".
 /// </summary>
 public sealed record ApiPath(byte[] Requested, DiskInfo? Disk, string? Bucket, IReadOnlyList<string> Levels, VolumeInfo? Volume, IReadOnlyList<byte[]> Rest)
 {
@@ -71,7 +71,8 @@ public sealed record ApiPath(byte[] Requested, DiskInfo? Disk, string? Bucket, I
             "raw" => 0,
             "part" => 1,
             "lvm" => 2,
-            _ => throw new BadRequestException($"'{bucket}' is not a volume type (part, lvm, raw)"),
+            "zfs" => 2,
+            _ => throw new BadRequestException($"'{bucket}' is not a volume type (part, lvm, zfs, raw)"),
         };
         var levels = parts.Skip(2).Take(depth).Select(p => Encoding.UTF8.GetString(p)).ToList();
         if (levels.Count < depth)

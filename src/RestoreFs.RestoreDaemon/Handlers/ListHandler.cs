@@ -190,7 +190,7 @@ internal sealed class ListHandler(VolumeResolver volumes, KernelIoErrors? ioErro
         }
 
         var inBucket = volumes.Where(v => v.Bucket == path.Bucket && v.Components.Take(path.Levels.Count).SequenceEqual(path.Levels)).ToList();
-        if (path.Bucket == "lvm" && path.Levels.Count == 0)
+        if (path.Bucket is "lvm" or "zfs" && path.Levels.Count == 0)
         {
             return inBucket.Select(v => v.Components[0]).Distinct().Select(vg => Virtual(vg, 'v', null)).ToList();
         }

@@ -195,6 +195,31 @@ internal static unsafe partial class LibC
     [LibraryImport("libc", EntryPoint = "ioctl", SetLastError = true)]
     public static partial int Ioctl(int fd, nuint request, byte* argument);
 
+    /// <summary>The dataset name of a ZFS volume's block device (ZFS's BLKZNAME ioctl, as udev's zvol_id asks it); null
+    /// when the device is not a ZFS volume or cannot be opened.</summary>
+    public static string? ZvolName(string device)
+    {
+        const nuint BlkZName = (2u << 30) | (256u << 16) | (0x12 << 8) | 125; // _IOR(0x12, 125, char[256])
+        var fd = OpenPath(device, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+        if (fd < 0)
+        {
+            return null;
+        }
+
+        using var handle = new Fd(fd);
+        var name = new byte[256]; // ZFS_MAX_DATASET_NAME_LEN
+        fixed (byte* p = name)
+        {
+            if (Ioctl(fd, BlkZName, p) != 0)
+            {
+                return null;
+            }
+        }
+
+        var end = Array.IndexOf(name, (byte)0);
+        return end <= 0 ? null : Encoding.UTF8.GetString(name, 0, end);
+    }
+
     [LibraryImport("libc", EntryPoint = "sync")]
     public static partial void Sync();
 
