@@ -117,7 +117,7 @@ lz4 -dc "$image/initramfs.img" > "$work/initrd.cpio"
 # microvm has no PIT/HPET to calibrate the TSC against under TCG: give the host's frequency, as the mount does.
 khz=$(awk -F: '/^cpu MHz/ {printf "%d", $2 * 1000; exit}' /proc/cpuinfo)
 echo "make-zfs-disk: making the pool in a VM (TCG: about a minute)" >&2
-timeout "${MAKE_ZFS_TIMEOUT:-600}" qemu-system-x86_64 -machine microvm,pit=off,pic=off,rtc=off -accel tcg,tb-size=128 -cpu max -smp 2 -m 512 \
+timeout "${MAKE_ZFS_TIMEOUT:-600}" qemu-system-x86_64 -machine microvm,pit=off,pic=off,rtc=on -accel tcg,tb-size=128 -cpu max -smp 2 -m 512 \
   -nodefaults -no-user-config -no-reboot -display none -monitor none \
   -kernel "$image/vmlinux" -initrd "$work/initrd.cpio" \
   -append "console=ttyS0 panic=-1 ${MAKE_ZFS_QUIET-quiet} tsc=reliable mitigations=off${khz:+ tsc_early_khz=$khz}" \

@@ -17,7 +17,7 @@ public sealed class LauncherGoldenTests
         string[] expected =
         [
             "-name", "restorefs-vm,process=restorefs-vm",
-            "-machine", "microvm,pit=off,pic=off,rtc=off",
+            "-machine", "microvm,pit=off,pic=off,rtc=on",
             "-accel", "tcg,tb-size=128",
             "-cpu", "max",
             "-smp", "2",

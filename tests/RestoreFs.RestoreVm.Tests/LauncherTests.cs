@@ -14,7 +14,7 @@ public sealed class LauncherTests
             VmMachine.Microvm, "tcg", 2_500_000, IdleTimeoutSeconds: 42);
         var args = QemuLauncher.Arguments(launch);
         var line = string.Join(' ', args);
-        Assert.Contains("-machine microvm,pit=off,pic=off,rtc=off -accel tcg,tb-size=128 -cpu max", line);
+        Assert.Contains("-machine microvm,pit=off,pic=off,rtc=on -accel tcg,tb-size=128 -cpu max", line);
         Assert.Contains("-kernel /img/vmlinux -initrd /vm/initrd", line);
         Assert.Contains("-drive file=nbd+unix:///vm/1/20260101T000000Z/drive-scsi0.img?socket=/run/nbd.sock,format=raw,if=none,readonly=on,id=drive0", line);
         Assert.Contains("-device virtio-blk-device,drive=drive0,serial=drive-scsi0", line);
