@@ -8,6 +8,7 @@
 #               tank/data            canmount=off, mountpoint=none (a container, as Proxmox's rpool/data)
 #               tank/data/www        mounted elsewhere (mountpoint=/srv/www)
 #               tank/vol             a 32 MiB ZFS volume holding an ext4
+#               tank/hidden          a ZFS volume with volmode=none (ZFS makes no device for it)
 #             The pool is left imported, not exported: as in a backup of a running system.
 #   expected/<entry>/   each dataset's tree (entry = dataset name with / as +), expected/tank+vol/ the ext4's tree
 # Usage: make-zfs-disk.sh OUTDIR IMAGEDIR   (IMAGEDIR: vmlinux and initramfs.img of make restore-image, with ZFS)
@@ -101,6 +102,7 @@ zpool create -f -o ashift=12 -o cachefile=none -O compression=lz4 -O xattr=sa -O
 zfs create tank/home && zfs create tank/home/alice || fail "zfs create home"
 zfs create -o canmount=off -o mountpoint=none tank/data && zfs create -o mountpoint=/srv/www tank/data/www || fail "zfs create data"
 zfs create -V 32M -o volblocksize=16k tank/vol || fail "zfs create vol"
+zfs create -V 8M -o volmode=none tank/hidden || fail "zfs create hidden"
 tar -xf "$disk_payload" -C / || fail "payload"
 sh /fix-times.sh || fail "times"
 for i in $(seq 1 100); do [ -b /dev/zd0 ] && break; sleep 0.1; done

@@ -64,7 +64,9 @@ public sealed class ZfsTests(ZfsFixture f) : IClassFixture<ZfsFixture>
     public void Every_dataset_and_the_volume_are_listed_by_name()
     {
         var entries = Directory.GetFileSystemEntries(f.Pool).Select(Path.GetFileName).Order(StringComparer.Ordinal).ToList();
-        Assert.Equal(["tank", "tank+data", "tank+data+www", "tank+home", "tank+home+alice", "tank+vol"], entries);
+        Assert.Equal(["tank", "tank+data", "tank+data+www", "tank+hidden", "tank+hidden.error", "tank+home", "tank+home+alice", "tank+vol"], entries);
+        // A volume ZFS makes no device for is named with the reason (and not waited for).
+        Assert.Contains("volmode=none", File.ReadAllText(Path.Combine(f.Pool, "tank+hidden.error")), StringComparison.Ordinal);
         // tank/data is a container (canmount=off): an empty file system of its own, shown as such.
         Assert.Empty(Directory.GetFileSystemEntries(Path.Combine(f.Pool, "tank+data")));
     }

@@ -48,10 +48,14 @@ public sealed class ZfsParsingTests
     [Fact]
     public void Datasets_are_read_parents_first_with_sizes_and_missing_keys()
     {
-        var text = "tank\tfilesystem\t98304\t-\t-\ntank/vol\tvolume\t12288\t33554432\t-\n"
-                   + "tank/home\tfilesystem\t2000000\t-\tunavailable\ntank/home/alice\tfilesystem\t700000\t-\tavailable\n";
+        var text = "tank\tfilesystem\t98304\t-\t-\t-\ntank/vol\tvolume\t12288\t33554432\t-\tdefault\n"
+                   + "tank/home\tfilesystem\t2000000\t-\tunavailable\t-\ntank/home/alice\tfilesystem\t700000\t-\tavailable\t-\n"
+                   + "tank/swap\tvolume\t4096\t1073741824\t-\tnone\n";
         var ds = Zfs.ParseDatasets(text);
-        Assert.Equal(["tank", "tank/home", "tank/home/alice", "tank/vol"], ds.Select(d => d.Name));
+        Assert.Equal(["tank", "tank/home", "tank/home/alice", "tank/swap", "tank/vol"], ds.Select(d => d.Name));
+        Assert.True(ds[3].NoDevice);
+        ds = ds.Where(d => d.Name != "tank/swap").ToList();
+        Assert.All(ds, d => Assert.False(d.NoDevice));
         Assert.Equal(33554432UL, ds[3].Size);
         Assert.Equal("volume", ds[3].Type);
         Assert.True(ds[1].KeyMissing);

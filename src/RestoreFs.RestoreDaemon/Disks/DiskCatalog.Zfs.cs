@@ -122,7 +122,9 @@ public sealed partial class DiskCatalog
             }
 
             var zvols = datasets.Where(d => d.Type == "volume").ToList();
-            var devices = zvols.Count > 0 ? zfs.VolumeDevices(zvols.Count, TimeSpan.FromSeconds(20)) : [];
+            // Only volumes that get a device are waited for (a locked or volmode=none one never does).
+            var expected = zvols.Count(v => !v.KeyMissing && !v.NoDevice);
+            var devices = expected > 0 ? zfs.VolumeDevices(expected, TimeSpan.FromSeconds(20)) : [];
             var found = new List<VolumeInfo>();
             foreach (var ds in datasets)
             {
@@ -142,7 +144,9 @@ public sealed partial class DiskCatalog
                         {
                             Error = ds.KeyMissing
                                 ? $"ZFS volume {ds.Name} is encrypted (ZFS native encryption) and its key is not loaded"
-                                : $"ZFS volume {ds.Name}: no block device appeared for it",
+                                : ds.NoDevice
+                                    ? $"ZFS volume {ds.Name} has volmode=none: ZFS gives it no block device"
+                                    : $"ZFS volume {ds.Name}: no block device appeared for it",
                         }]);
                 }
             }

@@ -11,7 +11,8 @@ internal sealed record ZfsPoolCandidate(string Name, string Id, string State, IR
 /// <param name="Type"><c>filesystem</c> or <c>volume</c>.</param>
 /// <param name="Size">Bytes the dataset refers to (file system) or its volume size.</param>
 /// <param name="KeyMissing">Encrypted with ZFS native encryption and its key is not loaded.</param>
-internal sealed record ZfsDataset(string Name, string Type, ulong Size, bool KeyMissing);
+/// <param name="NoDevice">A volume with <c>volmode=none</c>: ZFS makes no block device for it.</param>
+internal sealed record ZfsDataset(string Name, string Type, ulong Size, bool KeyMissing, bool NoDevice = false);
 
 /// <summary>
 /// ZFS in the restore VM: the addon (modules and tools, packed apart from the initramfs' hot path) is unpacked and the
@@ -193,7 +194,7 @@ internal sealed class Zfs(Action<string> log)
     /// <summary>The pool's file systems and volumes, parents first.</summary>
     public IReadOnlyList<ZfsDataset> Datasets(string pool)
     {
-        var r = Tool.Run("zfs", ["list", "-H", "-p", "-r", "-t", "filesystem,volume", "-o", "name,type,referenced,volsize,keystatus", pool], ToolLimit);
+        var r = Tool.Run("zfs", ["list", "-H", "-p", "-r", "-t", "filesystem,volume", "-o", "name,type,referenced,volsize,keystatus,volmode", pool], ToolLimit);
         if (!r.Ok)
         {
             throw new IOException($"zfs list {pool}: {r.FirstLine}");
@@ -214,7 +215,7 @@ internal sealed class Zfs(Action<string> log)
             }
 
             var size = ulong.TryParse(f[1] == "volume" ? f[3] : f[2], NumberStyles.None, CultureInfo.InvariantCulture, out var n) ? n : 0;
-            result.Add(new ZfsDataset(f[0], f[1], size, f[4] == "unavailable"));
+            result.Add(new ZfsDataset(f[0], f[1], size, f[4] == "unavailable", f.Length > 5 && f[1] == "volume" && f[5] == "none"));
         }
 
         return result.OrderBy(d => d.Name, StringComparer.Ordinal).ToList();
