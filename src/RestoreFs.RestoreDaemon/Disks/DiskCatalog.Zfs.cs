@@ -100,7 +100,7 @@ public sealed partial class DiskCatalog
         foreach (var (pool, importName) in pools)
         {
             var disks = members.Where(m => pool.Members.Contains(m.Device)).Select(m => m.Disk).Distinct().ToList();
-            log($"imported ZFS pool {importName} read-only");
+            log($"imported ZFS pool {importName}{(importName != pool.Name ? $" (id {pool.Id}, named {pool.Name} on disk)" : "")} read-only");
             lock (gate)
             {
                 importedPools.Add(importName);

@@ -182,13 +182,7 @@ internal sealed class Zfs(Action<string> log)
         }
 
         var r = Tool.Run("zpool", args, ToolLimit);
-        if (r.Ok)
-        {
-            log($"imported ZFS pool {pool.Name} (id {pool.Id}{(importName != pool.Name ? ", as " + importName : "")}) read-only");
-            return null;
-        }
-
-        return r.FirstLine;
+        return r.Ok ? null : r.FirstLine;
     }
 
     /// <summary>The pool's file systems and volumes, parents first.</summary>
@@ -219,13 +213,6 @@ internal sealed class Zfs(Action<string> log)
         }
 
         return result.OrderBy(d => d.Name, StringComparer.Ordinal).ToList();
-    }
-
-    /// <summary>The pool's total size in bytes (0 when unknown).</summary>
-    public ulong PoolSize(string pool)
-    {
-        var r = Tool.Run("zpool", ["list", "-H", "-p", "-o", "size", pool], ToolLimit);
-        return r.Ok && ulong.TryParse(r.Out.Trim(), NumberStyles.None, CultureInfo.InvariantCulture, out var n) ? n : 0;
     }
 
     /// <summary>The block devices of ZFS volumes by dataset name (<c>/dev/zdN</c>, named by the BLKZNAME ioctl, as udev's
