@@ -7,51 +7,8 @@ namespace RestoreFs.Cli.Tests;
 /// two thin LVs (ext4, xfs), a thin snapshot of the ext4 one and a linear LV beside the pool (made on the host without device-mapper by
 /// scripts/make-thin-disk.sh), backed up with the CLI and read through files/ — real FUSE mount, real restore VM.
 /// </summary>
-public sealed class ThinLvmFixture : IDisposable
-{
-    public const string Time = "2026-02-01T00:00:00Z";
-
-    public ThinLvmFixture()
-    {
-        Requires.Root();
-        Requires.Tool("qemu-system-x86_64");
-        Requires.Tool("thin_restore");
-        Directory.CreateDirectory(Runtime);
-        ProcessRunner.Run("bash", [RepoPaths.Script("make-thin-disk.sh"), Dir.Combine("disks")], TimeSpan.FromMinutes(3)).EnsureSuccess("make-thin-disk.sh");
-        Cli(TimeSpan.FromMinutes(3), "backup", "--store", Store, "--group", "vm/300", "--time", Time, $"drive-scsi0={Dir.Combine("disks", "thin.img")}");
-        Directory.CreateDirectory(MountPoint);
-        Cli(TimeSpan.FromSeconds(60), "mount", Store, MountPoint);
-    }
-
-    public TempDirectory Dir { get; } = new("restorefs-thin");
-
-    public string Store => Dir.Combine("store");
-
-    public string MountPoint => Dir.Combine("mnt");
-
-    public string Runtime => Dir.Combine("run");
-
-    public string Expected => Dir.Combine("disks", "expected");
-
-    public string Disk => Path.Combine(MountPoint, "snapshots", "vm/300", Time, "files", "drive-scsi0.img");
-
-    public Dictionary<string, string> Env => new() { ["XDG_RUNTIME_DIR"] = Runtime };
-
-    public ProcessResult Cli(TimeSpan timeout, params string[] args) =>
-        ProcessRunner.Run(RepoPaths.Cli, args, timeout, environment: Env).EnsureSuccess("restorefs " + string.Join(' ', args));
-
-    public void Dispose()
-    {
-        if (MountTable.IsMounted(MountPoint))
-        {
-            ProcessRunner.Run(RepoPaths.Cli, ["vm", "stop", "--all"], TimeSpan.FromSeconds(60), environment: Env);
-            ProcessRunner.Run(RepoPaths.Cli, ["umount", MountPoint], TimeSpan.FromSeconds(60), environment: Env);
-            MountTable.LazyUnmount(MountPoint);
-        }
-
-        Dir.Dispose();
-    }
-}
+public sealed class ThinLvmFixture() : DiskImageMountFixture("restorefs-thin", ["thin_restore"], "make-thin-disk.sh", [], TimeSpan.FromMinutes(3),
+    "thin.img", "vm/300", "2026-02-01T00:00:00Z");
 
 public sealed class ThinLvmTests(ThinLvmFixture f) : IClassFixture<ThinLvmFixture>
 {

@@ -6,53 +6,18 @@ namespace RestoreFs.Cli.Tests;
 /// A ZFS pool in a guest disk (made by scripts/make-zfs-disk.sh inside a VM booted from the restore image: the host has
 /// no ZFS), backed up with the CLI and read through files/ — real FUSE mount, real restore VM, pool imported read-only.
 /// </summary>
-public sealed class ZfsFixture : IDisposable
+public sealed class ZfsFixture : DiskImageMountFixture
 {
-    public const string Time = "2026-03-01T00:00:00Z";
-
     public ZfsFixture()
+        : base("restorefs-zfs", [], "make-zfs-disk.sh", [Path.Combine(RepoPaths.Root, "build", "restore-image")], TimeSpan.FromMinutes(10),
+            "zfs.img", "vm/310", "2026-03-01T00:00:00Z")
     {
-        Requires.Root();
-        Requires.Tool("qemu-system-x86_64");
-        Directory.CreateDirectory(Runtime);
-        ProcessRunner.Run("bash", [RepoPaths.Script("make-zfs-disk.sh"), Dir.Combine("disks"), Path.Combine(RepoPaths.Root, "build", "restore-image")],
-            TimeSpan.FromMinutes(10)).EnsureSuccess("make-zfs-disk.sh");
-        Cli(TimeSpan.FromMinutes(3), "backup", "--store", Store, "--group", "vm/310", "--time", Time, $"drive-scsi0={Dir.Combine("disks", "zfs.img")}");
-        StoreHashBefore = JournalReplayTests.StoreHash(Store);
-        Directory.CreateDirectory(MountPoint);
-        Cli(TimeSpan.FromSeconds(60), "mount", Store, MountPoint);
+        StoreHashBefore = JournalReplayTests.StoreHash(Store); // mounted, nothing read through the mount yet
     }
-
-    public TempDirectory Dir { get; } = new("restorefs-zfs");
-
-    public string Store => Dir.Combine("store");
 
     public string StoreHashBefore { get; }
 
-    public string MountPoint => Dir.Combine("mnt");
-
-    public string Runtime => Dir.Combine("run");
-
-    public string Expected => Dir.Combine("disks", "expected");
-
-    public string Pool => Path.Combine(MountPoint, "snapshots", "vm/310", Time, "files", "drive-scsi0.img", "zfs", "tank");
-
-    public Dictionary<string, string> Env => new() { ["XDG_RUNTIME_DIR"] = Runtime };
-
-    public ProcessResult Cli(TimeSpan timeout, params string[] args) =>
-        ProcessRunner.Run(RepoPaths.Cli, args, timeout, environment: Env).EnsureSuccess("restorefs " + string.Join(' ', args));
-
-    public void Dispose()
-    {
-        if (MountTable.IsMounted(MountPoint))
-        {
-            ProcessRunner.Run(RepoPaths.Cli, ["vm", "stop", "--all"], TimeSpan.FromSeconds(60), environment: Env);
-            ProcessRunner.Run(RepoPaths.Cli, ["umount", MountPoint], TimeSpan.FromSeconds(60), environment: Env);
-            MountTable.LazyUnmount(MountPoint);
-        }
-
-        Dir.Dispose();
-    }
+    public string Pool => Path.Combine(Disk, "zfs", "tank");
 }
 
 public sealed class ZfsTests(ZfsFixture f) : IClassFixture<ZfsFixture>

@@ -1,0 +1,67 @@
+using RestoreFs.TestSupport;
+
+namespace RestoreFs.Cli.Tests;
+
+/// <summary>
+/// One test disk made by a script in scripts/ (into <c>disks/</c>, with the trees it holds in <c>disks/expected/</c>),
+/// backed up with the CLI as <c>drive-scsi0</c> of one snapshot and mounted: real FUSE mount, real restore VM.
+/// </summary>
+public abstract class DiskImageMountFixture : IDisposable
+{
+    /// <param name="script">The script that makes the disk: called with the disks directory and <paramref name="scriptArgs"/>.</param>
+    /// <param name="image">The disk image's file name in the disks directory.</param>
+    /// <param name="tools">Tools the script needs besides QEMU.</param>
+    protected DiskImageMountFixture(string name, string[] tools, string script, string[] scriptArgs, TimeSpan scriptLimit, string image,
+        string group, string time)
+    {
+        Requires.Root();
+        foreach (var tool in tools.Prepend("qemu-system-x86_64"))
+        {
+            Requires.Tool(tool);
+        }
+
+        Dir = new TempDirectory(name);
+        Group = group;
+        Time = time;
+        Directory.CreateDirectory(Runtime);
+        ProcessRunner.Run("bash", [RepoPaths.Script(script), Dir.Combine("disks"), .. scriptArgs], scriptLimit).EnsureSuccess(script);
+        Cli(TimeSpan.FromMinutes(3), "backup", "--store", Store, "--group", group, "--time", time, $"drive-scsi0={Dir.Combine("disks", image)}");
+        Directory.CreateDirectory(MountPoint);
+        Cli(TimeSpan.FromSeconds(60), "mount", Store, MountPoint);
+    }
+
+    public TempDirectory Dir { get; }
+
+    public string Group { get; }
+
+    public string Time { get; }
+
+    public string Store => Dir.Combine("store");
+
+    public string MountPoint => Dir.Combine("mnt");
+
+    public string Runtime => Dir.Combine("run");
+
+    public string Expected => Dir.Combine("disks", "expected");
+
+    /// <summary>The disk in files/.</summary>
+    public string Disk => Path.Combine(MountPoint, "snapshots", Group, Time, "files", "drive-scsi0.img");
+
+    public Dictionary<string, string> Env => new() { ["XDG_RUNTIME_DIR"] = Runtime };
+
+    public ProcessResult Cli(TimeSpan timeout, params string[] args) =>
+        ProcessRunner.Run(RepoPaths.Cli, args, timeout, environment: Env).EnsureSuccess("restorefs " + string.Join(' ', args));
+
+    public void Dispose()
+    {
+        if (MountTable.IsMounted(MountPoint))
+        {
+            ProcessRunner.Run(RepoPaths.Cli, ["vm", "stop", "--all"], TimeSpan.FromSeconds(60), environment: Env);
+            ProcessRunner.Run(RepoPaths.Cli, ["umount", MountPoint], TimeSpan.FromSeconds(60), environment: Env);
+            MountTable.LazyUnmount(MountPoint);
+        }
+
+        Dir.Dispose();
+        GC.SuppressFinalize(this);
+    }
+}
