@@ -16,6 +16,18 @@ echo
 if grep -qE '^ +Failed [^ ]' "$log"; then
   echo "failed tests:"
   grep -E '^ +Failed [^ ]' "$log" | sed 's/^ */  /' | sort -u
+  # Then each distinct error message (its first lines): a class fixture that failed gives the same one for every test.
+  echo "failure messages:"
+  awk '
+    /^ +Failed [^ ]/ { name = $2; grab = 0; next }
+    /^ +Error Message:/ { grab = 1; n = 0; msg = ""; next }
+    grab && (/^ +Stack Trace:/ || /^ +Standard Output Messages:/) {
+      grab = 0
+      if (!(msg in seen)) { seen[msg] = 1; printf "  %s:\n%s", name, msg }
+      next
+    }
+    grab && n < 12 { msg = msg "    " $0 "\n"; n++ }
+  ' "$log"
 fi
 rm -f "$log"
 echo "tests: $passed passed, $failed failed, $skipped skipped"
