@@ -6,12 +6,21 @@ namespace RestoreFs.Pxar;
 public readonly record struct PxarGoodbyeRecord(ulong Hash, long Back, long Size, long FilenameOffset);
 
 /// <summary>Tuning of a <see cref="PxarArchive"/>.</summary>
-public sealed record PxarArchiveOptions(int GoodbyeCacheTables = 128, int MaxCachedTableBytes = 64 * 1024);
+/// <summary>A child as a listing shows it without its entry: name, type, inode (<see cref="PxarEntry.Inode"/>) and where its FILENAME is.</summary>
+public readonly record struct PxarName(byte[] Name, PxarEntryKind Kind, ulong Inode, long FilenameOffset);
+
+/// <summary>
+/// Tuning of a <see cref="PxarArchive"/>'s goodbye-table cache: at most <paramref name="GoodbyeCacheTables"/> tables,
+/// together at most <paramref name="GoodbyeCacheBytes"/> of records, each at most <paramref name="MaxCachedTableBytes"/>
+/// (larger ones are remembered without their records and searched record by record).
+/// </summary>
+public sealed record PxarArchiveOptions(int GoodbyeCacheTables = 1024, int MaxCachedTableBytes = 1024 * 1024, long GoodbyeCacheBytes = 8L * 1024 * 1024);
 
 /// <summary>
 /// Random access to a pxar archive (format v1, or v2 as metadata + payload stream) over any byte source, starting from
-/// the root goodbye table at the end of the stream. Memory is bounded: nothing is loaded whole; small goodbye tables
-/// are kept in a small LRU, large ones are searched record by record. Every offset is checked against the extent of
+/// the root goodbye table at the end of the stream. Memory is bounded: nothing is loaded whole; goodbye tables
+/// are kept in an LRU bounded by count and bytes (tables over <see cref="PxarArchiveOptions.MaxCachedTableBytes"/> without
+/// their records, which are then searched record by record). Every offset is checked against the extent of
 /// its directory (children lie strictly inside their parent, hard links point strictly backwards to a regular file),
 /// so hostile input ends in a <see cref="PxarException"/>, never a hang or an unbounded allocation. Thread-safe.
 /// </summary>
@@ -27,8 +36,11 @@ public sealed class PxarArchive : IDisposable
     private readonly IPxarSource? payload;
     private readonly PxarArchiveOptions options;
     private readonly object gate = new();
-    private readonly Dictionary<long, LinkedListNode<(long Offset, byte[] Records)>> tables = new();
-    private readonly LinkedList<(long Offset, byte[] Records)> tableLru = new();
+    // Goodbye tables by their directory (end of extent, ENTRY offset): a lookup in a directory whose table is known
+    // reads nothing else of that directory's end (in a unified archive often another chunk than the child's).
+    private readonly Dictionary<(long End, long Entry), LinkedListNode<((long End, long Entry) Key, Table Table)>> tables = new();
+    private readonly LinkedList<((long End, long Entry) Key, Table Table)> tableLru = new();
+    private long cachedTableBytes;
     private readonly IDisposable[] owned;
 
     private PxarArchive(IPxarSource meta, IPxarSource? payload, PxarArchiveOptions? options, IDisposable[] owned)
@@ -201,6 +213,75 @@ public sealed class PxarArchive : IDisposable
             result.Add(child);
         }
 
+        return result;
+    }
+
+    /// <summary>
+    /// A directory's children as names, types and inode numbers (<see cref="PxarEntry.Inode"/>) from its catalog block,
+    /// in stream order, without decoding their entries: what a plain listing needs (a unified archive interleaves
+    /// the entries of a directory's children with their file contents, so decoding each child reads most of the
+    /// directory's extent). The catalog is checked against the archive first: every name must be valid and hash to a
+    /// distinct record of the directory's goodbye table, one name per record. Types come from the catalog; a hard link
+    /// is decoded (its inode is its target's). Null when the catalog does not match — list with <see cref="List"/> then.
+    /// </summary>
+    public IReadOnlyList<PxarName>? ListFromCatalog(PxarEntry directory, IReadOnlyList<PxarCatalogEntry> block)
+    {
+        RequireDirectory(directory);
+        var table = OpenTable(directory);
+        if (table.Count != block.Count)
+        {
+            return null;
+        }
+
+        var byHash = new Dictionary<ulong, (long FileOffset, long Size)>((int)table.Count);
+        for (var i = 0; i < table.Count; i++)
+        {
+            var (hash, fileOffset, size) = Record(directory, table, i);
+            if (!byHash.TryAdd(hash, (fileOffset, size)))
+            {
+                return null; // two names with one hash: only the names themselves can tell them apart
+            }
+        }
+
+        var result = new List<PxarName>(block.Count);
+        foreach (var e in block)
+        {
+            var name = e.Name.AsSpan();
+            if (name.Length == 0 || name.Length > PxarFormat.MaxPathContent || name.IndexOf((byte)0) >= 0 || name.IndexOf((byte)'/') >= 0 ||
+                name.SequenceEqual("."u8) || name.SequenceEqual(".."u8) || !byHash.Remove(PxarFormat.HashName(name), out var record))
+            {
+                return null;
+            }
+
+            PxarEntryKind kind;
+            ulong inode;
+            if (e.Type == PxarCatalogEntryType.Hardlink)
+            {
+                var child = DecodeChild(directory, table, record.FileOffset, record.Size);
+                (kind, inode) = (child.Kind, child.Inode);
+            }
+            else
+            {
+                kind = e.Type switch
+                {
+                    PxarCatalogEntryType.Directory => PxarEntryKind.Directory,
+                    PxarCatalogEntryType.File => PxarEntryKind.File,
+                    PxarCatalogEntryType.Symlink => PxarEntryKind.Symlink,
+                    PxarCatalogEntryType.BlockDevice => PxarEntryKind.BlockDevice,
+                    PxarCatalogEntryType.CharDevice => PxarEntryKind.CharDevice,
+                    PxarCatalogEntryType.Fifo => PxarEntryKind.Fifo,
+                    PxarCatalogEntryType.Socket => PxarEntryKind.Socket,
+                    _ => throw new PxarException($"catalog entry of unknown type '{(char)e.Type}'", Name, record.FileOffset),
+                };
+
+                // The ENTRY item directly follows the FILENAME item (header, name, NUL).
+                inode = (ulong)(record.FileOffset + PxarFormat.HeaderSize + name.Length + 1);
+            }
+
+            result.Add(new PxarName(e.Name, kind, inode, record.FileOffset));
+        }
+
+        result.Sort((a, b) => a.FilenameOffset.CompareTo(b.FilenameOffset));
         return result;
     }
 
@@ -483,8 +564,46 @@ public sealed class PxarArchive : IDisposable
         }
     }
 
-    /// <summary>Finds and checks a directory's goodbye table from the end of its extent.</summary>
+    /// <summary>Finds and checks a directory's goodbye table from the end of its extent (cached per directory).</summary>
     private Table OpenTable(PxarEntry dir)
+    {
+        var key = (dir.DirectoryEnd, dir.IsRoot ? -1 : dir.EntryOffset);
+        lock (gate)
+        {
+            if (tables.TryGetValue(key, out var node))
+            {
+                tableLru.Remove(node);
+                tableLru.AddFirst(node);
+                return node.Value.Table;
+            }
+        }
+
+        var table = ReadTable(dir);
+        if (options.GoodbyeCacheTables <= 0)
+        {
+            return table;
+        }
+
+        lock (gate)
+        {
+            if (!tables.ContainsKey(key))
+            {
+                tables[key] = tableLru.AddFirst((key, table));
+                cachedTableBytes += table.Records?.Length ?? 0;
+                while ((tables.Count > options.GoodbyeCacheTables || cachedTableBytes > options.GoodbyeCacheBytes) && tableLru.Last is { } last &&
+                       last != tableLru.First)
+                {
+                    tableLru.RemoveLast();
+                    tables.Remove(last.Value.Key);
+                    cachedTableBytes -= last.Value.Table.Records?.Length ?? 0;
+                }
+            }
+        }
+
+        return table;
+    }
+
+    private Table ReadTable(PxarEntry dir)
     {
         var end = dir.DirectoryEnd;
         if (end - PxarFormat.GoodbyeRecordSize < dir.ContentStart)
@@ -532,31 +651,8 @@ public sealed class PxarArchive : IDisposable
             return new Table(offset, count, null);
         }
 
-        lock (gate)
-        {
-            if (tables.TryGetValue(offset, out var node))
-            {
-                tableLru.Remove(node);
-                tableLru.AddFirst(node);
-                return new Table(offset, count, node.Value.Records);
-            }
-        }
-
         var records = new byte[bytes];
         ReadExact(meta, offset + PxarFormat.HeaderSize, records);
-        lock (gate)
-        {
-            if (!tables.ContainsKey(offset) && options.GoodbyeCacheTables > 0)
-            {
-                tables[offset] = tableLru.AddFirst((offset, records));
-                while (tables.Count > options.GoodbyeCacheTables && tableLru.Last is { } last)
-                {
-                    tableLru.RemoveLast();
-                    tables.Remove(last.Value.Offset);
-                }
-            }
-        }
-
         return new Table(offset, count, records);
     }
 

@@ -1,5 +1,7 @@
+using System.Globalization;
 using System.Text;
 using RestoreFs.Datastore;
+using RestoreFs.Pxar;
 using RestoreFs.TestSupport;
 
 namespace RestoreFs.Cli.Tests;
@@ -7,7 +9,7 @@ namespace RestoreFs.Cli.Tests;
 /// <summary>
 /// A torture tree made with the real tools, backed up with <c>restorefs backup NAME.pxar=DIR</c> as v1 (ct/100) and split
 /// v2 (ct/101), plus a small split archive (ct/102) whose payload chunk the damage test breaks, and the torture tree
-/// again with a key file, v1 (ct/103) and split (ct/104).
+/// again with a key file, v1 (ct/103) and split (ct/104); ct/105 is the torture tree with a catalog that does not match it.
 /// </summary>
 public sealed class PxarFixture : IDisposable
 {
@@ -85,6 +87,33 @@ public sealed class PxarFixture : IDisposable
         Cli("key", "create", "--kdf", "none", KeyFile);
         Cli("backup", "--store", Store, "--group", "ct/103", "--time", Time, "--keyfile", KeyFile, $"root.pxar={Source}");
         Cli("backup", "--store", Store, "--group", "ct/104", "--time", Time, "--keyfile", KeyFile, "--split-archive", $"root.pxar={Source}");
+        WriteWithMismatchedCatalog();
+    }
+
+    /// <summary>
+    /// ct/105: the torture tree as v1 whose catalog (valid, and in the manifest) describes a slightly different tree —
+    /// the same except for one more file in <c>sub</c> — so the mount must notice there that the catalog does not match
+    /// and list from the archive.
+    /// </summary>
+    private void WriteWithMismatchedCatalog()
+    {
+        var other = Dir.Combine("other-tree");
+        ProcessRunner.Run("cp", ["-a", Source, other], TimeSpan.FromMinutes(2)).EnsureSuccess("cp -a the torture tree");
+        File.WriteAllText(Path.Combine(other, "sub", "not-in-the-archive"), "x");
+        using var writer = BackupWriter.Create(Store, new BackupGroup(BackupNamespace.Root, "ct", "105"), DateTimeOffset.Parse(Time, CultureInfo.InvariantCulture),
+            null, precreateChunkDirectories: false);
+        var catalogStream = writer.BeginDynamicArchive("catalog.pcat1");
+        var catalog = new PxarCatalogWriter(catalogStream);
+        var archive = writer.BeginDynamicArchive("root.pxar");
+        catalog.BeginDirectory(Encoding.UTF8.GetBytes(archive.FileName));
+        DirectoryArchiver.Write(other, Stream.Null, null, catalog);
+        catalog.EndDirectory();
+        DirectoryArchiver.Write(Source, archive);
+        archive.Finish();
+        catalog.Finish();
+        catalogStream.Finish();
+        writer.Finish();
+        ProcessRunner.Run("rm", ["-rf", other], TimeSpan.FromMinutes(2));
     }
 
     /// <summary>The key of the encrypted backups ct/103 (v1) and ct/104 (split).</summary>
@@ -217,6 +246,53 @@ public sealed class PxarMountTests(PxarFixture fixture) : IClassFixture<PxarFixt
         var source = Describe(fixture.Source).Where(l => !l.StartsWith("E ", StringComparison.Ordinal)).ToList();
         Assert.Equal(source, viaMount);
         ProcessRunner.Run("rm", ["-rf", copy], TimeSpan.FromMinutes(2));
+    }
+
+    /// <summary>
+    /// A v1 archive lists from its catalog (names, types, inode numbers; no entry decoded): what readdir says must be what
+    /// lstat says — d_type the file's type, d_ino its st_ino (hard links included) — on every archive kind, and where
+    /// the catalog does not match the archive (ct/105) the listing still equals the source.
+    /// </summary>
+    [Theory]
+    [InlineData("ct/100")]
+    [InlineData("ct/101")]
+    [InlineData("ct/105")]
+    public void ReaddirTypesAndInodesAgreeWithLstat(string group)
+    {
+        using var temp = new TempDirectory("pxar-dirent");
+        using var mount = CliMount.Start(fixture.Store, temp.Combine("mnt"), "--no-vm");
+        var archive = Path.Combine(SnapshotDir(mount.MountPoint, group), "root.pxar");
+        var script = """
+            import os, stat, sys
+            bad = 0; count = 0
+            def walk(path):
+                global bad, count
+                with os.scandir(path) as it:
+                    for e in it:
+                        count += 1
+                        st = os.lstat(e.path)
+                        kind = stat.S_IFMT(st.st_mode)
+                        if e.inode() != st.st_ino or e.is_dir(follow_symlinks=False) != stat.S_ISDIR(kind) or \
+                           e.is_symlink() != stat.S_ISLNK(kind) or e.is_file(follow_symlinks=False) != stat.S_ISREG(kind):
+                            bad += 1
+                            print("mismatch", os.fsdecode(e.path).encode("utf-8", "surrogateescape"), e.inode(), st.st_ino, oct(kind))
+                        if stat.S_ISDIR(kind) and st.st_mode & 0o500 == 0o500:
+                            walk(e.path)
+            walk(os.fsencode(sys.argv[1]))
+            print("entries", count, "mismatches", bad)
+            """;
+        File.WriteAllText(temp.Combine("dirent.py"), script);
+        var result = ProcessRunner.Run("python3", [temp.Combine("dirent.py"), archive], TimeSpan.FromMinutes(5)).EnsureSuccess("dirent check");
+        Assert.Contains("mismatches 0", result.StdOut, StringComparison.Ordinal);
+        Assert.Matches(@"entries \d{4,}", result.StdOut);
+
+        if (group == "ct/105")
+        {
+            var viaMount = Describe(archive).Where(l => !l.StartsWith("E ", StringComparison.Ordinal)).ToList();
+            var source = Describe(fixture.Source).Where(l => !l.StartsWith("E ", StringComparison.Ordinal)).ToList();
+            Assert.Equal(source, viaMount);
+            Assert.False(File.Exists(Path.Combine(archive, "sub", "not-in-the-archive")));
+        }
     }
 
     [Theory]

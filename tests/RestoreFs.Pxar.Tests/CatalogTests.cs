@@ -49,6 +49,58 @@ public class CatalogTests
         Assert.Equal(Convert.ToHexStringLower(Vectors.Bytes("catalog.pcat1")), Convert.ToHexStringLower(output.ToArray()));
     }
 
+    [Fact]
+    public void ListingFromTheCatalogGivesTheArchivesNamesTypesAndInodes()
+    {
+        using var a = Vectors.V1();
+        var cat = new PxarCatalog(new MemoryPxarSource(Vectors.Bytes("catalog.pcat1"), "catalog.pcat1"));
+        void Check(PxarEntry dir, IReadOnlyList<PxarCatalogEntry> block)
+        {
+            var decoded = a.List(dir);
+            var named = a.ListFromCatalog(dir, block);
+            Assert.NotNull(named);
+            Assert.Equal(decoded.Select(e => Encoding.UTF8.GetString(e.Name)), named.Select(n => Encoding.UTF8.GetString(n.Name)));
+            Assert.Equal(decoded.Select(e => e.Kind), named.Select(n => n.Kind));
+            Assert.Equal(decoded.Select(e => e.Inode), named.Select(n => n.Inode));
+            Assert.Equal(decoded.Select(e => e.FilenameOffset), named.Select(n => n.FilenameOffset));
+            foreach (var sub in decoded.Where(e => e.IsDirectory))
+            {
+                Check(sub, cat.ReadBlock(block.Single(c => c.Name.AsSpan().SequenceEqual(sub.Name)).ChildBlockOffset));
+            }
+        }
+
+        Check(a.Root, cat.Root);
+
+        // The hard link "hl" shows its target's inode, as a decoded listing does.
+        var names = a.ListFromCatalog(a.Root, cat.Root)!;
+        Assert.Equal(names.Single(n => n.Name.AsSpan().SequenceEqual("a.txt"u8)).Inode, names.Single(n => n.Name.AsSpan().SequenceEqual("hl"u8)).Inode);
+    }
+
+    [Theory]
+    [InlineData("drop")]
+    [InlineData("extra")]
+    [InlineData("rename")]
+    [InlineData("slash")]
+    [InlineData("dotdot")]
+    [InlineData("duplicate")]
+    public void ACatalogBlockThatDoesNotMatchTheDirectoryIsNotUsed(string damage)
+    {
+        using var a = Vectors.V1();
+        var cat = new PxarCatalog(new MemoryPxarSource(Vectors.Bytes("catalog.pcat1"), "catalog.pcat1"));
+        var block = cat.Root.ToList();
+        switch (damage)
+        {
+            case "drop": block.RemoveAt(1); break;
+            case "extra": block.Add(new PxarCatalogEntry(PxarCatalogEntryType.File, "zzz"u8.ToArray())); break;
+            case "rename": block[0] = block[0] with { Name = "b.txt"u8.ToArray() }; break;
+            case "slash": block[0] = block[0] with { Name = "a/txt"u8.ToArray() }; break;
+            case "dotdot": block[0] = block[0] with { Name = ".."u8.ToArray() }; break;
+            case "duplicate": block[1] = block[0]; break;
+        }
+
+        Assert.Null(a.ListFromCatalog(a.Root, block));
+    }
+
     [Theory]
     [InlineData(0L, "00")]
     [InlineData(127L, "7f")]

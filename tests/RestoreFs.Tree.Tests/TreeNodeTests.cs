@@ -100,7 +100,7 @@ public sealed class TreeNodeTests : IAsyncDisposable
             {
                 foreach (var e in await d.ListAsync(ctx, default))
                 {
-                    await Visit(e.Node);
+                    await Visit(e.Node ?? (await d.LookupAsync(e.Name, ctx, default))!);
                 }
             }
         }

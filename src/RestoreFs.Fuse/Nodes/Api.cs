@@ -34,8 +34,17 @@ public interface IFuseDirectory
     bool ListingIsImmutable { get; }
 }
 
-/// <summary>One entry of a directory listing.</summary>
-public readonly record struct FuseDirectoryEntry(ReadOnlyMemory<byte> Name, FuseNode Node);
+/// <summary>
+/// One entry of a directory listing: with its node, or — when the node would be costly to make for a listing —
+/// only its name, <paramref name="Type"/> (the file type bits of st_mode, <c>mode &gt;&gt; 12</c>, as d_type) and
+/// <paramref name="Ino"/> (its st_ino). READDIRPLUS then gives the kernel no attributes for it, and the kernel looks
+/// the name up when someone needs them (<c>ls -l</c>, <c>stat</c>), while a plain walk (<c>find</c>) never does.
+/// </summary>
+public readonly record struct FuseDirectoryEntry(ReadOnlyMemory<byte> Name, FuseNode? Node, uint Type = 0, ulong Ino = 0)
+{
+    /// <summary>A name-only entry (see the type's remarks).</summary>
+    public static FuseDirectoryEntry NameOnly(ReadOnlyMemory<byte> name, uint type, ulong ino) => new(name, null, type, ino);
+}
 
 /// <summary>A regular file.</summary>
 public interface IFuseFile

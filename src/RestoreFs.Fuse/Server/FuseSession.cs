@@ -756,9 +756,17 @@ internal sealed class FuseSession
                     var entry = handle.Entries[index - 2];
                     node = entry.Node;
                     name = entry.Name.Span;
-                    var attr = node.GetAttributes();
-                    type = (attr.Mode >> 12) & 0xF;
-                    ino = attr.Ino;
+                    if (node is null)
+                    {
+                        type = entry.Type & 0xF;
+                        ino = entry.Ino;
+                    }
+                    else
+                    {
+                        var attr = node.GetAttributes();
+                        type = (attr.Mode >> 12) & 0xF;
+                        ino = attr.Ino;
+                    }
                 }
 
                 if (!plus)
@@ -782,6 +790,7 @@ internal sealed class FuseSession
                 var record = body.Slice(used, length);
                 if (node is null)
                 {
+                    // Node id 0: no attributes for this name (".", "..", name-only entries); the kernel looks it up when needed.
                     Wire.WriteEntryOut(record, 0, TimeSpan.Zero, TimeSpan.Zero, null, 0);
                 }
                 else

@@ -20,6 +20,9 @@ public sealed class PxarArchiveState : IDisposable
     private readonly long archiveNumber = Interlocked.Increment(ref nextArchive);
     private PxarArchive? archive;
     private Lazy<IReadOnlyDictionary<ulong, int>>? linkCounts;
+    private Lazy<(PxarCatalog Catalog, DynamicIndexPxarSource Source, long ArchiveBlock)?>? listingCatalog;
+    private readonly LinkedList<(long Offset, IReadOnlyList<PxarCatalogEntry> Entries)> blockLru = new();
+    private int cachedBlockEntries;
 
     public PxarArchiveState(TreeContext context, SnapshotState snapshot, PxarArchiveInfo info)
     {
@@ -56,7 +59,7 @@ public sealed class PxarArchiveState : IDisposable
                 try
                 {
                     var opened = SnapshotArchives.Open(Context.Store, Snapshot.Snapshot, Info, Context.Options.Key,
-                        ReaderOptions(Info.IsSplit ? MetadataShare : UnifiedShare), payloadReaderOptions: ReaderOptions(PayloadShare));
+                        ReaderOptions(Info.IsSplit ? MetadataShare : HasCatalog ? UnifiedWithCatalogShare : UnifiedShare), payloadReaderOptions: ReaderOptions(PayloadShare));
                     var counts = new Lazy<IReadOnlyDictionary<ulong, int>>(() => CountLinks(opened));
                     linkCounts = counts;
                     Volatile.Write(ref archive, opened);
@@ -94,9 +97,21 @@ public sealed class PxarArchiveState : IDisposable
     /// decodes.</summary>
     private const int UnifiedShare = 1;
 
+    /// <summary>Part of the budget a unified stream with a catalog may hold: listings come from the catalog and a walk
+    /// reads the archive in stream order (each chunk about once), so half leaves room for the catalog's chunks — with
+    /// all of it, every new archive chunk evicted the catalog's (a 79,000-entry find decoded its one chunk 74 times).</summary>
+    private const int UnifiedWithCatalogShare = 2;
+
+    private bool HasCatalog => Snapshot.Manifest.Files.Any(f => f.FileName == CatalogFile);
+
+    private const string CatalogFile = "catalog.pcat1.didx";
+
     /// <summary>Part of the budget a split archive's payload stream may hold: file contents are read sequentially (the
     /// kernel keeps what was read in its page cache), so the chunk being read and the next are enough.</summary>
     private const int PayloadShare = 16;
+
+    /// <summary>Part of the budget the catalog used for listings may hold (a 240,000-entry tree's catalog: a few MiB).</summary>
+    private const int CatalogShare = 8;
 
     /// <summary>
     /// Chunk caches of an archive: bounded per reader by a share of the mount's budget (at least 4 MiB — one average
@@ -113,9 +128,11 @@ public sealed class PxarArchiveState : IDisposable
     /// every name of a hard-linked file has the same number and a number never changes while the mount lives (no
     /// table grows with the tree). Counter-allocated numbers of the rest of the tree stay far below 2^62.
     /// </summary>
-    public ulong InodeOf(PxarEntry entry)
+    public ulong InodeOf(PxarEntry entry) => InodeOf(entry.Inode);
+
+    /// <summary>The same from <see cref="PxarEntry.Inode"/> (or <see cref="PxarName.Inode"/>) alone.</summary>
+    public ulong InodeOf(ulong offset)
     {
-        var offset = entry.Inode;
         if (offset >= 1UL << OffsetBits)
         {
             return Context.Inodes.Next(); // a metadata stream over 1 TiB: no stable number, but never a false link
@@ -149,32 +166,49 @@ public sealed class PxarArchiveState : IDisposable
 
     private IReadOnlyDictionary<ulong, int> CountLinks(PxarArchive opened)
     {
-        if (!Info.IsSplit && TryCatalog() is { } catalog)
+        (PxarCatalog Catalog, DynamicIndexPxarSource Source)? catalog = null;
+        try
         {
-            using (catalog.Source)
+            catalog = Info.IsSplit ? null : TryCatalog();
+        }
+        catch (Exception e)
+        {
+            // An unreadable catalog costs only speed: the walk below counts from the archive itself.
+            CatalogUnusable(e.Message);
+        }
+
+        if (catalog is not null)
+        {
+            try
             {
-                var block = catalog.Catalog.Root.FirstOrDefault(e =>
-                    e.Type == PxarCatalogEntryType.Directory && e.Name.AsSpan().SequenceEqual(Encoding.UTF8.GetBytes(Info.MetadataFile)));
-                if (block is not null)
+                using (catalog.Value.Source)
                 {
-                    return opened.HardlinkCounts(catalog.Catalog, block.ChildBlockOffset);
+                    var block = catalog.Value.Catalog.Root.FirstOrDefault(e =>
+                        e.Type == PxarCatalogEntryType.Directory && e.Name.AsSpan().SequenceEqual(Encoding.UTF8.GetBytes(Info.MetadataFile)));
+                    if (block is not null)
+                    {
+                        return opened.HardlinkCounts(catalog.Value.Catalog, block.ChildBlockOffset);
+                    }
                 }
+            }
+            catch (Exception e)
+            {
+                CatalogUnusable(e.Message);
             }
         }
 
         return opened.HardlinkCounts();
     }
 
-    private (PxarCatalog Catalog, DynamicIndexPxarSource Source)? TryCatalog()
+    private (PxarCatalog Catalog, DynamicIndexPxarSource Source)? TryCatalog(int share = PayloadShare)
     {
-        const string CatalogFile = "catalog.pcat1.didx";
         if (!Snapshot.Manifest.Files.Any(f => f.FileName == CatalogFile))
         {
             return null;
         }
 
         var source = new DynamicIndexPxarSource(DynamicImageReader.Open(Context.Store, Snapshot.Snapshot, CatalogFile, Context.Options.Key,
-            ReaderOptions(PayloadShare)));
+            ReaderOptions(share)));
         try
         {
             return (new PxarCatalog(source), source);
@@ -185,6 +219,133 @@ public sealed class PxarArchiveState : IDisposable
             throw;
         }
     }
+
+    /// <summary>Catalog entries a block cache may hold in all (a few directories' worth: a walk needs the parent's block
+    /// while it descends into its children).</summary>
+    private const int MaxCachedBlockEntries = 64 * 1024;
+
+    /// <summary>
+    /// The catalog block of the archive's root directory, or −1 when listings cannot come from the catalog: split
+    /// archives (their metadata stream is already compact), snapshots without a catalog, or a catalog that cannot be read
+    /// (warned once; listings then decode the archive's entries).
+    /// </summary>
+    public long RootCatalogBlock
+    {
+        get
+        {
+            if (Info.IsSplit)
+            {
+                return -1;
+            }
+
+            lock (gate)
+            {
+                listingCatalog ??= new Lazy<(PxarCatalog, DynamicIndexPxarSource, long)?>(OpenListingCatalog);
+            }
+
+            return listingCatalog.Value?.ArchiveBlock ?? -1;
+        }
+    }
+
+    private (PxarCatalog Catalog, DynamicIndexPxarSource Source, long ArchiveBlock)? OpenListingCatalog()
+    {
+        try
+        {
+            if (TryCatalog(CatalogShare) is not { } opened)
+            {
+                return null;
+            }
+
+            var archiveName = Encoding.UTF8.GetBytes(Info.MetadataFile);
+            var block = opened.Catalog.Root.FirstOrDefault(e =>
+                e.Type == PxarCatalogEntryType.Directory && e.Name.AsSpan().SequenceEqual(archiveName));
+            if (block is null)
+            {
+                opened.Source.Dispose();
+                return null;
+            }
+
+            return (opened.Catalog, opened.Source, block.ChildBlockOffset);
+        }
+        catch (Exception e)
+        {
+            CatalogUnusable(e.Message);
+            return null;
+        }
+    }
+
+    /// <summary>The entries of a catalog block (cached: a walk reads a parent's block again for each subdirectory);
+    /// null when the catalog cannot be read.</summary>
+    public IReadOnlyList<PxarCatalogEntry>? CatalogBlock(long offset)
+    {
+        if (offset < 0 || listingCatalog?.Value is not { } catalog)
+        {
+            return null;
+        }
+
+        lock (blockLru)
+        {
+            for (var node = blockLru.First; node is not null; node = node.Next)
+            {
+                if (node.Value.Offset == offset)
+                {
+                    blockLru.Remove(node);
+                    blockLru.AddFirst(node);
+                    return node.Value.Entries;
+                }
+            }
+        }
+
+        IReadOnlyList<PxarCatalogEntry> entries;
+        try
+        {
+            entries = catalog.Catalog.ReadBlock(offset);
+        }
+        catch (Exception e)
+        {
+            CatalogUnusable(e.Message);
+            return null;
+        }
+
+        lock (blockLru)
+        {
+            blockLru.AddFirst((offset, entries));
+            cachedBlockEntries += entries.Count;
+            while (cachedBlockEntries > MaxCachedBlockEntries && blockLru.Count > 1 && blockLru.Last is { } last)
+            {
+                blockLru.RemoveLast();
+                cachedBlockEntries -= last.Value.Entries.Count;
+            }
+        }
+
+        return entries;
+    }
+
+    /// <summary>The catalog block of the subdirectory <paramref name="name"/> of the directory whose block is
+    /// <paramref name="parentBlock"/>; −1 when unknown.</summary>
+    public long ChildCatalogBlock(long parentBlock, ReadOnlySpan<byte> name)
+    {
+        if (CatalogBlock(parentBlock) is not { } entries)
+        {
+            return -1;
+        }
+
+        foreach (var e in entries)
+        {
+            if (e.Type == PxarCatalogEntryType.Directory && e.Name.AsSpan().SequenceEqual(name))
+            {
+                return e.ChildBlockOffset;
+            }
+        }
+
+        return -1;
+    }
+
+    /// <summary>The catalog disagrees with the archive or cannot be read: said once; listings decode the archive.</summary>
+    public void CatalogUnusable(string reason) =>
+        Context.WarnOnce($"pxar-catalog:{Snapshot.Snapshot.DirectoryPath}:{Info.Name}", null,
+            "The catalog of {Archive} in {Snapshot} is not used for listings ({Reason}); listing from the archive itself",
+            Info.Name, Snapshot.Snapshot.Name, reason);
 
     /// <summary>An error of this archive as an errno: key problems EACCES, damage EIO naming the chunk or offset (logged once).</summary>
     public FuseException Fail(Exception e)
@@ -210,6 +371,10 @@ public sealed class PxarArchiveState : IDisposable
         {
             archive?.Dispose();
             archive = null;
+            if (listingCatalog is { IsValueCreated: true, Value: { } catalog })
+            {
+                catalog.Source.Dispose();
+            }
         }
     }
 }

@@ -40,10 +40,10 @@ public sealed class PxarRootDirectory : FuseNode, IFuseDirectory, IFuseXattrs
     }
 
     public ValueTask<FuseNode?> LookupAsync(ReadOnlyMemory<byte> name, FuseRequestContext ctx, CancellationToken ct) =>
-        PxarDirectory.Lookup(state, state.Archive.Root, name);
+        PxarDirectory.Lookup(state, state.Archive.Root, name, state.RootCatalogBlock);
 
     public ValueTask<IReadOnlyList<FuseDirectoryEntry>> ListAsync(FuseRequestContext ctx, CancellationToken ct) =>
-        PxarDirectory.List(state, state.Archive.Root);
+        PxarDirectory.List(state, state.Archive.Root, state.RootCatalogBlock);
 
     public ValueTask<IReadOnlyList<FuseXattr>> ListXattrsAsync(FuseRequestContext ctx, CancellationToken ct) =>
         PxarNode.Xattrs(state.Archive.Root);
@@ -69,6 +69,18 @@ public abstract class PxarNode(PxarArchiveState state, PxarEntry entry) : FuseNo
     internal static ValueTask<IReadOnlyList<FuseXattr>> Xattrs(PxarEntry entry) =>
         ValueTask.FromResult<IReadOnlyList<FuseXattr>>(entry.AllXattrs().Select(x => new FuseXattr(x.Name, x.Value)).ToList());
 
+    /// <summary>The file type bits of st_mode (<c>mode &gt;&gt; 12</c>, as d_type) of a kind.</summary>
+    public static uint TypeBits(PxarEntryKind kind) => kind switch
+    {
+        PxarEntryKind.Fifo => 1,
+        PxarEntryKind.CharDevice => 2,
+        PxarEntryKind.Directory => 4,
+        PxarEntryKind.BlockDevice => 6,
+        PxarEntryKind.File => 8,
+        PxarEntryKind.Symlink => 10,
+        _ => 12,
+    };
+
     /// <summary>The kernel's 32-bit device number (new_encode_dev) of a major/minor pair.</summary>
     public static uint EncodeDevice(ulong major, ulong minor) =>
         (uint)((minor & 0xff) | ((major & 0xfff) << 8) | ((minor & ~0xffUL) << 12));
@@ -88,35 +100,46 @@ public abstract class PxarNode(PxarArchiveState state, PxarEntry entry) : FuseNo
             Blocks: (size + 511) / 512, BlockSize: 4096, RDev: rdev);
     }
 
-    /// <summary>The node of an entry by its kind.</summary>
-    public static FuseNode Of(PxarArchiveState state, PxarEntry e) => e.Kind switch
+    /// <summary>The node of an entry by its kind (<paramref name="catalogBlock"/>: a directory's catalog block, −1 for none).</summary>
+    public static FuseNode Of(PxarArchiveState state, PxarEntry e, long catalogBlock = -1) => e.Kind switch
     {
-        PxarEntryKind.Directory => new PxarDirectory(state, e),
+        PxarEntryKind.Directory => new PxarDirectory(state, e, catalogBlock),
         PxarEntryKind.File => new PxarFile(state, e),
         PxarEntryKind.Symlink => new PxarSymlink(state, e),
         _ => new PxarSpecial(state, e),
     };
 }
 
-/// <summary>A directory inside an archive: lookups through its goodbye table, listings in stream order.</summary>
-public sealed class PxarDirectory(PxarArchiveState state, PxarEntry entry) : PxarNode(state, entry), IFuseDirectory
+/// <summary>
+/// A directory inside an archive: lookups through its goodbye table, listings in stream order. In a unified (v1)
+/// archive with a catalog, <paramref name="catalogBlock"/> is the directory's catalog block and a listing is names,
+/// types and inode numbers from it, checked against the goodbye table, with no child decoded (the children's entries
+/// lie spread over the directory's extent, between their file contents); a lookup decodes the one child asked for.
+/// </summary>
+public sealed class PxarDirectory(PxarArchiveState state, PxarEntry entry, long catalogBlock = -1) : PxarNode(state, entry), IFuseDirectory
 {
     public TimeSpan NegativeTimeout => Forever;
 
     public bool ListingIsImmutable => true;
 
     public ValueTask<FuseNode?> LookupAsync(ReadOnlyMemory<byte> name, FuseRequestContext ctx, CancellationToken ct) =>
-        Lookup(State, Entry, name);
+        Lookup(State, Entry, name, catalogBlock);
 
     public ValueTask<IReadOnlyList<FuseDirectoryEntry>> ListAsync(FuseRequestContext ctx, CancellationToken ct) =>
-        List(State, Entry);
+        List(State, Entry, catalogBlock);
 
-    internal static ValueTask<FuseNode?> Lookup(PxarArchiveState state, PxarEntry directory, ReadOnlyMemory<byte> name)
+    internal static ValueTask<FuseNode?> Lookup(PxarArchiveState state, PxarEntry directory, ReadOnlyMemory<byte> name, long catalogBlock)
     {
         try
         {
             var child = state.Archive.Lookup(directory, name.Span);
-            return ValueTask.FromResult(child is null ? null : Of(state, child));
+            if (child is null)
+            {
+                return ValueTask.FromResult<FuseNode?>(null);
+            }
+
+            var childBlock = child.IsDirectory && catalogBlock >= 0 ? state.ChildCatalogBlock(catalogBlock, name.Span) : -1;
+            return ValueTask.FromResult<FuseNode?>(Of(state, child, childBlock));
         }
         catch (Exception e) when (e is not FuseException)
         {
@@ -124,10 +147,26 @@ public sealed class PxarDirectory(PxarArchiveState state, PxarEntry entry) : Pxa
         }
     }
 
-    internal static ValueTask<IReadOnlyList<FuseDirectoryEntry>> List(PxarArchiveState state, PxarEntry directory)
+    internal static ValueTask<IReadOnlyList<FuseDirectoryEntry>> List(PxarArchiveState state, PxarEntry directory, long catalogBlock)
     {
         try
         {
+            if (catalogBlock >= 0 && state.CatalogBlock(catalogBlock) is { } block)
+            {
+                if (state.Archive.ListFromCatalog(directory, block) is { } names)
+                {
+                    var named = new List<FuseDirectoryEntry>(names.Count);
+                    foreach (var n in names)
+                    {
+                        named.Add(FuseDirectoryEntry.NameOnly(n.Name, TypeBits(n.Kind), state.InodeOf(n.Inode)));
+                    }
+
+                    return ValueTask.FromResult<IReadOnlyList<FuseDirectoryEntry>>(named);
+                }
+
+                state.CatalogUnusable($"its block at {catalogBlock} does not match the directory at offset {directory.EntryOffset}");
+            }
+
             var children = state.Archive.List(directory);
             var list = new List<FuseDirectoryEntry>(children.Count);
             foreach (var child in children)
