@@ -72,16 +72,23 @@ stop_one() { # NAME
   rm -f "$pidfile"
 }
 
-port_free() { # PORT
-  [ -z "$(ss -Hltn "sport = :$1" 2>/dev/null)" ]
+port_free() { # PORT: nothing listens or is connected on it (a connected socket would make the bind fail too; TIME-WAIT
+  # ones do not, as the daemons bind with SO_REUSEADDR: a gateway restarted by `start` gets its old port back)
+  [ -z "$(ss -Htan exclude time-wait "sport = :$1" 2>/dev/null)" ]
 }
 
-# A free loopback port: the one recorded before when it is still free, else a random one in 20000-59999.
+# A free loopback port: the one recorded before when it is still free, else a random one below the kernel's ephemeral
+# range (outgoing connections take ports from that range at any moment, so a port picked there can be gone by the time
+# the daemon binds it; two clusters started side by side by the tests make such collisions likelier).
 pick_port() { # RECORDED
-  local p=${1:-}
+  local p=${1:-} lo=32768 rest base span
+  read -r lo rest </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || lo=32768
+  base=10000 span=$((lo - 10000))
+  if [ "$span" -lt 2000 ]; then base=1024 span=$((lo - 1024)); fi   # an unusually low ephemeral range
+  if [ "$span" -lt 2000 ]; then base=20000 span=12000; fi           # none below it worth using: best effort
   if [ -n "$p" ] && port_free "$p"; then echo "$p"; return; fi
   for _ in $(seq 1 200); do
-    p=$((20000 + RANDOM % 40000))
+    p=$((base + (RANDOM * 32768 + RANDOM) % span))
     port_free "$p" && { echo "$p"; return; }
   done
   die "no free port found"
