@@ -66,10 +66,13 @@ public sealed class PxarArchiveState : IDisposable
 
                     // Counted in the background from the start, so that the first `ls -l` rarely waits for it (and waits
                     // exactly as long as it takes when it does: nlink is never guessed). Errors surface in LinkCount.
+                    // The catalog opens meanwhile too (a unified archive's listings need it; the counting as well), while the
+                    // first listing reads the root's goodbye table from the archive's last chunk.
                     _ = Task.Run(() =>
                     {
                         try
                         {
+                            _ = RootCatalogBlock;
                             _ = counts.Value;
                         }
                         catch (Exception)
@@ -166,30 +169,14 @@ public sealed class PxarArchiveState : IDisposable
 
     private IReadOnlyDictionary<ulong, int> CountLinks(PxarArchive opened)
     {
-        (PxarCatalog Catalog, DynamicIndexPxarSource Source)? catalog = null;
-        try
-        {
-            catalog = Info.IsSplit ? null : TryCatalog();
-        }
-        catch (Exception e)
-        {
-            // An unreadable catalog costs only speed: the walk below counts from the archive itself.
-            CatalogUnusable(e.Message);
-        }
-
-        if (catalog is not null)
+        // The catalog the listings use (one reader, one decode of its chunks); unreadable or without this archive → the
+        // walk below counts from the archive itself.
+        var block = RootCatalogBlock;
+        if (block >= 0 && listingCatalog?.Value is { } catalog)
         {
             try
             {
-                using (catalog.Value.Source)
-                {
-                    var block = catalog.Value.Catalog.Root.FirstOrDefault(e =>
-                        e.Type == PxarCatalogEntryType.Directory && e.Name.AsSpan().SequenceEqual(Encoding.UTF8.GetBytes(Info.MetadataFile)));
-                    if (block is not null)
-                    {
-                        return opened.HardlinkCounts(catalog.Value.Catalog, block.ChildBlockOffset);
-                    }
-                }
+                return opened.HardlinkCounts(catalog.Catalog, block);
             }
             catch (Exception e)
             {
@@ -200,7 +187,7 @@ public sealed class PxarArchiveState : IDisposable
         return opened.HardlinkCounts();
     }
 
-    private (PxarCatalog Catalog, DynamicIndexPxarSource Source)? TryCatalog(int share = PayloadShare)
+    private (PxarCatalog Catalog, DynamicIndexPxarSource Source)? TryCatalog(int share)
     {
         if (!Snapshot.Manifest.Files.Any(f => f.FileName == CatalogFile))
         {

@@ -42,8 +42,21 @@ public sealed class PxarRootDirectory : FuseNode, IFuseDirectory, IFuseXattrs
     public ValueTask<FuseNode?> LookupAsync(ReadOnlyMemory<byte> name, FuseRequestContext ctx, CancellationToken ct) =>
         PxarDirectory.Lookup(state, state.Archive.Root, name, state.RootCatalogBlock);
 
-    public ValueTask<IReadOnlyList<FuseDirectoryEntry>> ListAsync(FuseRequestContext ctx, CancellationToken ct) =>
-        PxarDirectory.List(state, state.Archive.Root, state.RootCatalogBlock);
+    public ValueTask<IReadOnlyList<FuseDirectoryEntry>> ListAsync(FuseRequestContext ctx, CancellationToken ct)
+    {
+        // The root's goodbye table (the archive's last chunk) first: the catalog opens in the background meanwhile.
+        var root = state.Archive.Root;
+        try
+        {
+            _ = state.Archive.GoodbyeOffset(root);
+        }
+        catch (Exception e) when (e is not FuseException)
+        {
+            throw state.Fail(e);
+        }
+
+        return PxarDirectory.List(state, root, state.RootCatalogBlock);
+    }
 
     public ValueTask<IReadOnlyList<FuseXattr>> ListXattrsAsync(FuseRequestContext ctx, CancellationToken ct) =>
         PxarNode.Xattrs(state.Archive.Root);
