@@ -42,6 +42,35 @@ public sealed unsafe class StreamedChunkDecoder : IDisposable
         this.verifyDigest = verifyDigest;
     }
 
+    /// <summary>
+    /// Reads a chunk file from <paramref name="chunks"/> and decodes it into <paramref name="destination"/> while it
+    /// arrives; where the streamed decode cannot cover the blob, the whole blob is decoded afterwards (in place: the
+    /// chunk file's array is scratch). That array goes to <paramref name="release"/> once done with, also on failure.
+    /// </summary>
+    public static void ReadAndDecode(ChunkStore chunks, ReadOnlySpan<byte> digest, long offset, CryptConfig? key, bool encrypted,
+        byte[] destination, int length, bool verifyDigest, Action<byte[]> release)
+    {
+        using var streamed = new StreamedChunkDecoder(key, encrypted, destination, length, verifyDigest);
+        var blob = chunks.ReadRented(digest, offset, out var blobLength, streamed.Progress);
+        try
+        {
+            var path = chunks.PathOf(digest);
+            if (streamed.Covers(blobLength))
+            {
+                streamed.Finish(blob.AsSpan(0, blobLength), digest, path, offset);
+            }
+            else
+            {
+                DataBlob.DecodeChunkInPlace(blob.AsSpan(0, blobLength), key, encrypted, destination.AsSpan(0, length), digest, path, offset,
+                    verifyDigest);
+            }
+        }
+        finally
+        {
+            release(blob);
+        }
+    }
+
     /// <summary>The first <paramref name="received"/>.Length bytes of the blob are in (a growing prefix of one buffer).</summary>
     public void Progress(Span<byte> received)
     {

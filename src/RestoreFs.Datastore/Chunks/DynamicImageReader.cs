@@ -183,33 +183,16 @@ public sealed class DynamicImageReader : IDisposable, IChunkCache
         var data = DynamicChunkBuffers.Rent(length);
         try
         {
-            var digest = index.Digest(chunk);
             // As the fixed-index reader does: CRC, decryption and decompression while the chunk file arrives, the digest
             // on a helper thread (a walk of a unified archive is one decode after another: this halves each one's wait).
-            using var streamed = new StreamedChunkDecoder(key, encrypted, data, length, options.VerifyDigests);
-            var blob = chunks.ReadRented(digest, start, out var blobLength, streamed.Progress);
-            DynamicChunkBuffers.NoteBlob(blob.Length);
-            try
+            // The chunk file's array then goes into this pool, not back to BlobBuffers': that pool keeps two arrays per
+            // power-of-two size, and chunk files of 1…16 MiB would leave ~30–60 MiB there for as long as the mount runs.
+            // Here the array serves as a decoded-chunk buffer (or is dropped when the spares are full).
+            StreamedChunkDecoder.ReadAndDecode(chunks, index.Digest(chunk), start, key, encrypted, data, length, options.VerifyDigests, blob =>
             {
-                var path = chunks.PathOf(digest);
-                if (streamed.Covers(blobLength))
-                {
-                    streamed.Finish(blob.AsSpan(0, blobLength), digest, path, start);
-                }
-                else
-                {
-                    // The blob's array is scratch from here on (it joins the buffer pool below): decrypt in place.
-                    DataBlob.DecodeChunkInPlace(blob.AsSpan(0, blobLength), key, encrypted, data.AsSpan(0, length), digest, path, start,
-                        options.VerifyDigests);
-                }
-            }
-            finally
-            {
-                // Into this pool, not back to BlobBuffers': that pool keeps two arrays per power-of-two size, and chunk
-                // files of 1…16 MiB would leave ~30–60 MiB there for as long as the mount runs. Here the array serves
-                // as a decoded-chunk buffer (or is dropped when the spares are full).
+                DynamicChunkBuffers.NoteBlob(blob.Length);
                 DynamicChunkBuffers.Return(blob);
-            }
+            });
         }
         catch
         {

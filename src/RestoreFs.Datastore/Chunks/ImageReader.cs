@@ -280,25 +280,7 @@ public sealed class ImageReader : IDisposable, IChunkCache
         var digest = index.Digest(chunk);
         // Decrypt, decompress and hash while the chunk file is still arriving: a cold random read then waits for the
         // disk, not for the disk and then each step in turn.
-        using var streamed = new StreamedChunkDecoder(key, encrypted, destination, length, options.VerifyDigests);
-        var blob = chunks.ReadRented(digest, offset, out var blobLength, streamed.Progress);
-        try
-        {
-            var path = chunks.PathOf(digest);
-            if (streamed.Covers(blobLength))
-            {
-                streamed.Finish(blob.AsSpan(0, blobLength), digest, path, offset);
-            }
-            else
-            {
-                DataBlob.DecodeChunkInPlace(blob.AsSpan(0, blobLength), key, encrypted, destination.AsSpan(0, length), digest, path, offset,
-                    options.VerifyDigests);
-            }
-        }
-        finally
-        {
-            BlobBuffers.Pool.Return(blob);
-        }
+        StreamedChunkDecoder.ReadAndDecode(chunks, digest, offset, key, encrypted, destination, length, options.VerifyDigests, b => BlobBuffers.Pool.Return(b));
 
         Interlocked.Add(ref decodedBytes, length);
     }
