@@ -22,6 +22,7 @@ public sealed class PxarArchiveState : IDisposable
     private Lazy<IReadOnlyDictionary<ulong, int>>? linkCounts;
     private Lazy<(PxarCatalog Catalog, DynamicIndexPxarSource Source, long ArchiveBlock)?>? listingCatalog;
     private readonly LinkedList<(long Offset, IReadOnlyList<PxarCatalogEntry> Entries)> blockLru = new();
+    private readonly Dictionary<long, LinkedListNode<(long Offset, IReadOnlyList<PxarCatalogEntry> Entries)>> blocks = new();
     private int cachedBlockEntries;
 
     public PxarArchiveState(TreeContext context, SnapshotState snapshot, PxarArchiveInfo info)
@@ -272,14 +273,11 @@ public sealed class PxarArchiveState : IDisposable
 
         lock (blockLru)
         {
-            for (var node = blockLru.First; node is not null; node = node.Next)
+            if (blocks.TryGetValue(offset, out var node))
             {
-                if (node.Value.Offset == offset)
-                {
-                    blockLru.Remove(node);
-                    blockLru.AddFirst(node);
-                    return node.Value.Entries;
-                }
+                blockLru.Remove(node);
+                blockLru.AddFirst(node);
+                return node.Value.Entries;
             }
         }
 
@@ -296,11 +294,17 @@ public sealed class PxarArchiveState : IDisposable
 
         lock (blockLru)
         {
-            blockLru.AddFirst((offset, entries));
+            if (blocks.ContainsKey(offset))
+            {
+                return entries; // read by another thread meanwhile
+            }
+
+            blocks[offset] = blockLru.AddFirst((offset, entries));
             cachedBlockEntries += entries.Count;
             while (cachedBlockEntries > MaxCachedBlockEntries && blockLru.Count > 1 && blockLru.Last is { } last)
             {
                 blockLru.RemoveLast();
+                blocks.Remove(last.Value.Offset);
                 cachedBlockEntries -= last.Value.Entries.Count;
             }
         }
