@@ -58,6 +58,56 @@ public sealed class RoundTripTests : IDisposable
         Assert.Equal(data, copy);
     }
 
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void Zero_chunks_get_the_digest_hashing_gives_and_read_back(bool encrypted)
+    {
+        // A whole zero chunk, a chunk with one byte set, and a short zero tail: the writer's zero shortcut must give
+        // the digests PBS computes (plain SHA-256, or the keyed digest), so its chunks are shared with PBS's.
+        var key = encrypted ? CryptConfig.FromRawKey(Enumerable.Range(0, 32).Select(i => (byte)(i * 3)).ToArray()) : null;
+        var data = new byte[2 * Chunk + 5000];
+        data[Chunk + 3] = 1;
+        var snap = DatastoreBuilder.Write(Store, "vm/2", T0, new Dictionary<string, byte[]> { ["d"] = data }, key);
+        var reader = DatastoreReader.Open(Store);
+        using var image = reader.OpenImage(snap, "d.img.fidx", key);
+        byte[] Digest(byte[] bytes) => key is null ? System.Security.Cryptography.SHA256.HashData(bytes) : key.KeyedDigest(bytes);
+        Assert.Equal(Convert.ToHexStringLower(Digest(new byte[Chunk])), image.ChunkDigestHex(0));
+        Assert.Equal(Convert.ToHexStringLower(Digest(data[Chunk..(2 * Chunk)])), image.ChunkDigestHex(1));
+        Assert.Equal(Convert.ToHexStringLower(Digest(new byte[5000])), image.ChunkDigestHex(2));
+        var zeroBlob = File.ReadAllBytes(reader.Chunks.PathOf(Convert.FromHexString(image.ChunkDigestHex(0))));
+        Assert.Equal(encrypted ? BlobKind.EncryptedCompressed : BlobKind.Compressed, DataBlob.KindOf(zeroBlob));
+        Assert.True(zeroBlob.Length < 4096, $"a zero chunk takes {zeroBlob.Length} bytes");
+        var copy = new byte[data.Length];
+        Assert.Equal(data.Length, image.Read(0, copy));
+        Assert.Equal(data, copy);
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void EncodeInto_keeps_a_frame_only_when_strictly_smaller(bool encrypted)
+    {
+        var key = encrypted ? CryptConfig.FromRawKey(Enumerable.Range(0, 32).Select(i => (byte)(i * 5)).ToArray()) : null;
+        var random = new byte[100_000];
+        new Random(7).NextBytes(random);
+        var text = System.Text.Encoding.ASCII.GetBytes(string.Concat(Enumerable.Repeat("restorefs ", 10_000)));
+        foreach (var (data, compressible) in new[] { (random, false), (text, true), (new byte[] { 42 }, false) })
+        {
+            var blob = new byte[DataBlob.MaxEncodedLength(data.Length)];
+            var length = DataBlob.EncodeInto(data, key, compress: true, blob);
+            var kind = DataBlob.KindOf(blob.AsSpan(0, length));
+            Assert.Equal(compressible, kind is BlobKind.Compressed or BlobKind.EncryptedCompressed);
+            Assert.Equal(encrypted, kind is BlobKind.Encrypted or BlobKind.EncryptedCompressed);
+            if (!compressible)
+            {
+                Assert.Equal((encrypted ? DataBlob.EncryptedHeaderSize : DataBlob.PlainHeaderSize) + data.Length, length);
+            }
+
+            Assert.Equal(data, DataBlob.Decode(blob.AsSpan(0, length), key, "test blob"));
+        }
+    }
+
     [Fact]
     public void Second_snapshot_reuses_chunks_and_does_not_rewrite_them()
     {

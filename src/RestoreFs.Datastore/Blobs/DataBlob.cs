@@ -349,34 +349,95 @@ public static class DataBlob
     /// </summary>
     public static byte[] Encode(ReadOnlySpan<byte> data, CryptConfig? key, bool compress)
     {
-        byte[]? compressed = null;
-        if (compress && data.Length > 0)
+        var blob = new byte[MaxEncodedLength(data.Length)];
+        var length = EncodeInto(data, key, compress, blob);
+        return length == blob.Length ? blob : blob[..length];
+    }
+
+    /// <summary>The most bytes <see cref="EncodeInto"/> writes for <paramref name="dataLength"/> bytes of data.</summary>
+    public static int MaxEncodedLength(int dataLength) => EncryptedHeaderSize + dataLength;
+
+    [ThreadStatic]
+    private static byte[]? compressScratch;
+
+    /// <summary>
+    /// <see cref="Encode"/> into <paramref name="destination"/> (at least <see cref="MaxEncodedLength"/> bytes); returns
+    /// the blob's length. With libzstd an unencrypted chunk is compressed straight behind its header, with room for one
+    /// byte less than the data, so an incompressible chunk costs no copy of a frame that is thrown away.
+    /// </summary>
+    public static int EncodeInto(ReadOnlySpan<byte> data, CryptConfig? key, bool compress, Span<byte> destination)
+    {
+        var header = key is null ? PlainHeaderSize : EncryptedHeaderSize;
+        if (destination.Length < header + data.Length)
         {
-            using var compressor = new Compressor(1);
-            var frame = compressor.Wrap(data);
-            if (frame.Length < data.Length)
+            throw new ArgumentException($"a blob of {data.Length} bytes needs {header + data.Length} bytes of room", nameof(destination));
+        }
+
+        // The payload: a zstd frame strictly smaller than the data, or the data. Unkeyed, it is built in place.
+        ReadOnlySpan<byte> payload = data;
+        var compressed = false;
+        if (compress && data.Length > 1)
+        {
+            var room = data.Length - 1;
+            Span<byte> target;
+            if (key is null)
             {
-                compressed = frame.ToArray();
+                target = destination.Slice(header, room);
+            }
+            else
+            {
+                if (compressScratch is null || compressScratch.Length < room)
+                {
+                    compressScratch = GC.AllocateUninitializedArray<byte>(Math.Max(room, 64 * 1024));
+                }
+
+                target = compressScratch.AsSpan(0, room);
+            }
+
+            var written = CompressFrame(data, target);
+            if (written > 0)
+            {
+                payload = target[..written];
+                compressed = true;
             }
         }
 
-        ReadOnlySpan<byte> payload = compressed ?? data;
-        byte[] blob;
         if (key is null)
         {
-            blob = new byte[PlainHeaderSize + payload.Length];
-            (compressed is null ? MagicUncompressed : MagicCompressed).CopyTo(blob, 0);
-            payload.CopyTo(blob.AsSpan(PlainHeaderSize));
-            BinaryPrimitives.WriteUInt32LittleEndian(blob.AsSpan(8), Crc32.HashToUInt32(blob.AsSpan(PlainHeaderSize)));
-            return blob;
+            (compressed ? MagicCompressed : MagicUncompressed).CopyTo(destination);
+            if (!compressed)
+            {
+                data.CopyTo(destination[header..]);
+            }
+
+            BinaryPrimitives.WriteUInt32LittleEndian(destination[8..], Crc32.HashToUInt32(destination.Slice(header, payload.Length)));
+            return header + payload.Length;
         }
 
-        blob = new byte[EncryptedHeaderSize + payload.Length];
-        (compressed is null ? MagicEncrypted : MagicEncryptedCompressed).CopyTo(blob, 0);
-        RandomNumberGenerator.Fill(blob.AsSpan(12, 16));
-        key.Encrypt(blob.AsSpan(12, 16), payload, blob.AsSpan(EncryptedHeaderSize), blob.AsSpan(28, 16));
-        BinaryPrimitives.WriteUInt32LittleEndian(blob.AsSpan(8), Crc32.HashToUInt32(blob.AsSpan(EncryptedHeaderSize)));
-        return blob;
+        (compressed ? MagicEncryptedCompressed : MagicEncrypted).CopyTo(destination);
+        RandomNumberGenerator.Fill(destination.Slice(12, 16));
+        key.Encrypt(destination.Slice(12, 16), payload, destination.Slice(header, payload.Length), destination.Slice(28, 16));
+        BinaryPrimitives.WriteUInt32LittleEndian(destination[8..], Crc32.HashToUInt32(destination.Slice(header, payload.Length)));
+        return header + payload.Length;
+    }
+
+    /// <summary>zstd level 1 into <paramref name="target"/>; the frame's length, or -1 when it does not fit.</summary>
+    private static int CompressFrame(ReadOnlySpan<byte> data, Span<byte> target)
+    {
+        if (NativeZstd.Available)
+        {
+            return NativeZstd.Compress(data, target, 1);
+        }
+
+        using var compressor = new Compressor(1);
+        var frame = compressor.Wrap(data);
+        if (frame.Length > target.Length)
+        {
+            return -1;
+        }
+
+        frame.CopyTo(target);
+        return frame.Length;
     }
 
     /// <summary>Encodes with a given IV (test vectors only).</summary>

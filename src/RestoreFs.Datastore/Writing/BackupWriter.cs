@@ -240,15 +240,22 @@ public sealed partial class BackupWriter : IDisposable
         long newChunks = 0, reused = 0, done = 0;
         var workers = Math.Max(1, Environment.ProcessorCount);
         using var slots = new SemaphoreSlim(workers * 2);
+
+        // Chunk buffers go round: one per chunk in flight and one being read, never a fresh 4 MiB array per chunk.
+        var spare = new ConcurrentBag<byte[]>();
         var tasks = new List<Task>();
         Exception? failure = null;
         for (var i = 0; i < count && failure is null && !ct.IsCancellationRequested; i++)
         {
             var length = (int)Math.Min(DefaultChunkSize, size - (long)i * DefaultChunkSize);
-            var buffer = GC.AllocateUninitializedArray<byte>(length);
+            if (!spare.TryTake(out var buffer))
+            {
+                buffer = GC.AllocateUninitializedArray<byte>(DefaultChunkSize);
+            }
+
             try
             {
-                source.ReadExactly(buffer);
+                source.ReadExactly(buffer, 0, length);
             }
             catch (Exception e)
             {
@@ -270,7 +277,7 @@ public sealed partial class BackupWriter : IDisposable
             {
                 try
                 {
-                    var (digest, isNew) = StoreChunk(buffer);
+                    var (digest, isNew) = StoreChunk(buffer.AsSpan(0, length));
                     digests[chunkIndex] = digest;
                     if (isNew)
                     {
@@ -281,7 +288,7 @@ public sealed partial class BackupWriter : IDisposable
                         Interlocked.Increment(ref reused);
                     }
 
-                    var total = Interlocked.Add(ref done, buffer.Length);
+                    var total = Interlocked.Add(ref done, length);
                     progress?.Report(new BackupProgress(archive, total, size, Interlocked.Read(ref newChunks), Interlocked.Read(ref reused)));
                 }
                 catch (Exception e)
@@ -290,6 +297,7 @@ public sealed partial class BackupWriter : IDisposable
                 }
                 finally
                 {
+                    spare.Add(buffer);
                     slots.Release();
                 }
             }, CancellationToken.None));
@@ -316,17 +324,48 @@ public sealed partial class BackupWriter : IDisposable
         return file;
     }
 
-    /// <summary>Stores one chunk; returns its digest and whether it was new to the store.</summary>
-    private (byte[] Digest, bool IsNew) StoreChunk(byte[] data)
+    private readonly ConcurrentDictionary<int, byte[]> zeroDigests = new();
+
+    [ThreadStatic]
+    private static byte[]? blobBuffer;
+
+    /// <summary>
+    /// The digest of a chunk: an all-zero chunk (the unused part of most disks) is recognised by a vectorised scan and
+    /// gets the digest computed once per length, the same digest hashing would give.
+    /// </summary>
+    private byte[] DigestOf(ReadOnlySpan<byte> data)
     {
-        var digest = key is null ? SHA256.HashData(data) : key.KeyedDigest(data);
+        if (data.ContainsAnyExcept((byte)0))
+        {
+            return key is null ? SHA256.HashData(data) : key.KeyedDigest(data);
+        }
+
+        return zeroDigests.GetOrAdd(data.Length, length =>
+        {
+            var zeros = new byte[length];
+            return key is null ? SHA256.HashData(zeros) : key.KeyedDigest(zeros);
+        });
+    }
+
+    /// <summary>Stores one chunk; returns its digest and whether it was new to the store.</summary>
+    private (byte[] Digest, bool IsNew) StoreChunk(ReadOnlySpan<byte> data)
+    {
+        var digest = DigestOf(data);
         var path = chunks.PathOf(digest);
-        if (File.Exists(path) && new FileInfo(path).Length > 0)
+        var existing = new FileInfo(path);
+        if (existing.Exists && existing.Length > 0)
         {
             return (digest, false);
         }
 
-        var blob = DataBlob.Encode(data, key, compress: true);
+        // Encoded into a buffer of this thread, reused from chunk to chunk.
+        var room = DataBlob.MaxEncodedLength(data.Length);
+        if (blobBuffer is null || blobBuffer.Length < room)
+        {
+            blobBuffer = GC.AllocateUninitializedArray<byte>(Math.Max(room, DataBlob.MaxEncodedLength(DefaultChunkSize)));
+        }
+
+        var blobLength = DataBlob.EncodeInto(data, key, compress: true, blobBuffer);
         Directory.CreateDirectory(Path.GetDirectoryName(path)!);
         var tmp = $"{path}.tmp_{Environment.ProcessId}_{Environment.CurrentManagedThreadId}";
         inFlight[tmp] = 0;
@@ -334,7 +373,7 @@ public sealed partial class BackupWriter : IDisposable
         {
             using (var stream = new FileStream(tmp, FileMode.Create, FileAccess.Write, FileShare.None, 1, FileOptions.None))
             {
-                stream.Write(blob);
+                stream.Write(blobBuffer, 0, blobLength);
             }
 
             File.Move(tmp, path, overwrite: true);

@@ -36,9 +36,12 @@ public static class DynamicIndexWriter
 /// (<see cref="ContentChunker"/>), each stored (deduplicated, compressed, encrypted when keyed) as it completes, and
 /// the <c>.didx</c> written by <see cref="Finish"/>. Memory: one chunk (at most 4 × the average).
 /// </summary>
+/// <summary>Stores one chunk (read during the call, not kept); returns its digest and whether it was new.</summary>
+internal delegate (byte[] Digest, bool IsNew) ChunkSink(ReadOnlySpan<byte> data);
+
 public sealed class DynamicArchiveStream : Stream
 {
-    private readonly Func<byte[], (byte[] Digest, bool IsNew)> store;
+    private readonly ChunkSink store;
     private readonly Func<DynamicArchiveStream, ManifestFile> finish;
     private readonly ContentChunker chunker;
     private readonly List<(long End, byte[] Digest)> chunks = [];
@@ -47,7 +50,7 @@ public sealed class DynamicArchiveStream : Stream
     private long total;
     private ManifestFile? result;
 
-    internal DynamicArchiveStream(string fileName, int averageChunkSize, Func<byte[], (byte[] Digest, bool IsNew)> store,
+    internal DynamicArchiveStream(string fileName, int averageChunkSize, ChunkSink store,
         Func<DynamicArchiveStream, ManifestFile> finish)
     {
         FileName = fileName;
@@ -120,7 +123,7 @@ public sealed class DynamicArchiveStream : Stream
             return;
         }
 
-        var (digest, isNew) = store(buffer.AsSpan(0, filled).ToArray());
+        var (digest, isNew) = store(buffer.AsSpan(0, filled));
         chunks.Add((total, digest));
         if (isNew)
         {
