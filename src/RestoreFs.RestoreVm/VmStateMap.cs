@@ -43,6 +43,11 @@ public sealed record VmEntry
     public const string VsockPrefix = "vsock:";
 }
 
+/// <summary>The state map's JSON, generated at build time (no reflection: the CLI is compiled ahead of time).</summary>
+[JsonSourceGenerationOptions(WriteIndented = true, DefaultIgnoreCondition = JsonIgnoreCondition.Never)]
+[JsonSerializable(typeof(List<VmEntry>))]
+internal sealed partial class VmStateJson : JsonSerializerContext;
+
 /// <summary>
 /// The VMs of one user: a JSON file in the runtime directory (0600). Changes hold an exclusive lock (flock) on a lock
 /// file, waiting up to a timeout; a corrupt file is set aside with a warning (under the lock) and the map starts empty.
@@ -51,7 +56,6 @@ public sealed class VmStateMap(string runtimeDirectory, ILogger log)
 {
     public static readonly TimeSpan DefaultLockTimeout = TimeSpan.FromSeconds(30);
 
-    private static readonly JsonSerializerOptions Json = new() { WriteIndented = true, DefaultIgnoreCondition = JsonIgnoreCondition.Never };
 
     private const UnixFileMode Private = UnixFileMode.UserRead | UnixFileMode.UserWrite;
 
@@ -80,7 +84,7 @@ public sealed class VmStateMap(string runtimeDirectory, ILogger log)
         var options = new FileStreamOptions { Mode = FileMode.Create, Access = FileAccess.Write, UnixCreateMode = Private };
         await using (var file = new FileStream(temp, options))
         {
-            await JsonSerializer.SerializeAsync(file, entries, Json, ct).ConfigureAwait(false);
+            await JsonSerializer.SerializeAsync(file, entries, VmStateJson.Default.ListVmEntry, ct).ConfigureAwait(false);
         }
 
         File.SetUnixFileMode(temp, Private); // an older .tmp may have had another mode
@@ -129,7 +133,7 @@ public sealed class VmStateMap(string runtimeDirectory, ILogger log)
 
         try
         {
-            var entries = JsonSerializer.Deserialize<List<VmEntry>>(text, Json) ?? [];
+            var entries = JsonSerializer.Deserialize(text, VmStateJson.Default.ListVmEntry) ?? [];
             if (entries.Any(e => e is null || e.Name is null || e.Channel is null || e.Ticket is null || e.Directory is null || e.Disks is null))
             {
                 throw new JsonException("an entry lacks a field");

@@ -36,11 +36,11 @@ public static class SnapshotsCommand
                         catch (DatastoreException e)
                         {
                             // A bad snapshot is shown with its error; it never hides the others.
-                            list.Add(new JsonObject { ["ns"] = ns.Path, ["snapshot"] = snap.Name, ["error"] = e.Message });
+                            list.Add((JsonNode)new JsonObject { ["ns"] = ns.Path, ["snapshot"] = snap.Name, ["error"] = e.Message });
                             continue;
                         }
 
-                        list.Add(new JsonObject
+                        list.Add((JsonNode)new JsonObject
                         {
                             ["ns"] = ns.Path,
                             ["snapshot"] = snap.Name,

@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Text.Json;
+using System.Text.Json.Nodes;
 using RestoreFs.Cli.Hosting;
 using RestoreFs.Cli.Logging;
 using RestoreFs.RestoreVm;
@@ -35,19 +36,23 @@ public static class VmCommand
         var now = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
         if (asJson)
         {
-            var data = rows.Select(r => new
+            // Built as JSON nodes (no reflection over anonymous types: the CLI is compiled ahead of time).
+            var data = new JsonArray(rows.Select(r => (JsonNode)new JsonObject
             {
-                snapshot = r.Entry.Name,
-                pid = r.Entry.Pid,
-                channel = r.Entry.Channel,
-                accelerator = r.Entry.Accelerator,
-                uptime = r.Status?.Uptime ?? now - r.Entry.Started,
-                idleLeft = r.Status?.Timeout,
-                disks = r.Entry.Disks,
-                mounts = r.Status?.Mounts.Select(m => new { volume = m.Volume, fstype = m.FsType, error = m.Error }) ?? [],
-                answering = r.Status is not null,
-            });
-            Console.WriteLine(JsonSerializer.Serialize(data, new JsonSerializerOptions { WriteIndented = true }));
+                ["snapshot"] = r.Entry.Name,
+                ["pid"] = r.Entry.Pid,
+                ["channel"] = r.Entry.Channel,
+                ["accelerator"] = r.Entry.Accelerator,
+                ["uptime"] = r.Status?.Uptime ?? now - r.Entry.Started,
+                ["idleLeft"] = r.Status?.Timeout,
+                ["disks"] = new JsonArray(r.Entry.Disks.Select(d => (JsonNode?)JsonValue.Create(d)).ToArray()),
+                ["mounts"] = new JsonArray((r.Status?.Mounts ?? []).Select(m => (JsonNode?)new JsonObject
+                {
+                    ["volume"] = m.Volume, ["fstype"] = m.FsType, ["error"] = m.Error,
+                }).ToArray()),
+                ["answering"] = r.Status is not null,
+            }).ToArray());
+            Console.WriteLine(data.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
             return 0;
         }
 

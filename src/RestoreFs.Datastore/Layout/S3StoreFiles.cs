@@ -24,7 +24,7 @@ internal sealed class S3StoreFiles : IStoreFiles, IAsyncChunkFiles, IDisposable
 
     private readonly TimeSpan timeout;
     private readonly ConcurrentDictionary<string, Lazy<Task<byte[]?>>> inflight = new(StringComparer.Ordinal);
-    private readonly ArrayPool<byte> blobPool = new BlobArrayPool(24);
+    private readonly ArrayPool<byte> blobPool = new GranularArrayPool(24);
     private readonly Dictionary<string, PendingFetch> fetching = new(StringComparer.Ordinal);
     private readonly Lock fetchGate = new();
     private readonly Channel<(string Digest, SharedBlob Blob)>? cacheWrites;
@@ -269,57 +269,6 @@ internal sealed class S3StoreFiles : IStoreFiles, IAsyncChunkFiles, IDisposable
         {
             // The read succeeded; only the local copy is missing (a full or read-only disk): say so, once per chunk.
             log.LogWarning("Chunk {Digest} not kept in the local cache: {Reason}", digestHex, e.Message);
-        }
-    }
-
-    /// <summary>
-    /// Arrays for fetched chunks, sized to what is asked rounded up to 64 KiB (a 4 MiB chunk does not take the 8 MiB
-    /// array of a power-of-two pool), a few kept for reuse.
-    /// </summary>
-    private sealed class BlobArrayPool(int keep) : ArrayPool<byte>
-    {
-        private const int Granule = 64 * 1024;
-        private readonly Lock gate = new();
-        private readonly List<byte[]> free = [];
-
-        public override byte[] Rent(int minimumLength)
-        {
-            lock (gate)
-            {
-                var best = -1;
-                for (var i = 0; i < free.Count; i++)
-                {
-                    if (free[i].Length >= minimumLength && (best < 0 || free[i].Length < free[best].Length))
-                    {
-                        best = i;
-                    }
-                }
-
-                if (best >= 0)
-                {
-                    var found = free[best];
-                    free.RemoveAt(best);
-                    return found;
-                }
-            }
-
-            return GC.AllocateUninitializedArray<byte>((int)Math.Min(Array.MaxLength, ((long)minimumLength + Granule - 1) / Granule * Granule));
-        }
-
-        public override void Return(byte[] array, bool clearArray = false)
-        {
-            if (clearArray)
-            {
-                Array.Clear(array);
-            }
-
-            lock (gate)
-            {
-                if (free.Count < keep)
-                {
-                    free.Add(array);
-                }
-            }
         }
     }
 
