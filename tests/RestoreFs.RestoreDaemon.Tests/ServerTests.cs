@@ -77,6 +77,13 @@ public sealed class ServerTests : IAsyncLifetime
         Assert.Contains("\"uptime\":", okBody);
         var (right, _, rightBody, _) = await RawAsync(h, Get($"read?path={B64("dir/raw/sub/a.txt")}&offset=0&length=6", Ticket));
         Assert.Equal((200, "alpha\n"), (right, rightBody));
+        // A request is logged after its answer went out: give the last one's line a moment to land.
+        var deadline = DateTime.UtcNow.AddSeconds(5);
+        while (!h.LogLines().Any(l => l.Contains("/api2/json/read dir/raw/sub/a.txt", StringComparison.Ordinal)) && DateTime.UtcNow < deadline)
+        {
+            await Task.Delay(10);
+        }
+
         var log = h.LogLines();
         Assert.Contains(log, l => l.Contains("GET /api2/json/read dir/raw/sub/a.txt @0+6 -> 200 in", StringComparison.Ordinal));
         Assert.Contains(log, l => l.Contains("-> 401 in", StringComparison.Ordinal));
