@@ -13,6 +13,8 @@ public sealed class RoundTripTests : IDisposable
 
     private string Store => dir.Combine("store");
 
+    private static CryptConfig TestKey => CryptConfig.FromRawKey(Enumerable.Range(0, 32).Select(i => (byte)(i * 7)).ToArray());
+
     public static TheoryData<int, bool> Sizes => new()
     {
         { 1, false }, { Chunk, false }, { Chunk + 1, false }, { 3 * Chunk + 12345, false }, { 1, true }, { Chunk + 1, true }, { 2 * Chunk + 7, true },
@@ -22,7 +24,7 @@ public sealed class RoundTripTests : IDisposable
     [MemberData(nameof(Sizes))]
     public void Image_reads_back_byte_exact(int size, bool encrypted)
     {
-        var key = encrypted ? CryptConfig.FromRawKey(Enumerable.Range(0, 32).Select(i => (byte)(i * 7)).ToArray()) : null;
+        var key = encrypted ? TestKey : null;
         var data = DatastoreBuilder.Data(size, size);
         var snap = DatastoreBuilder.Write(Store, "vm/100", T0, new Dictionary<string, byte[]> { ["drive-scsi0"] = data }, key);
         var reader = DatastoreReader.Open(Store);
@@ -65,12 +67,13 @@ public sealed class RoundTripTests : IDisposable
     {
         // A whole zero chunk, a chunk with one byte set, and a short zero tail: the writer's zero shortcut must give
         // the digests PBS computes (plain SHA-256, or the keyed digest), so its chunks are shared with PBS's.
-        var key = encrypted ? CryptConfig.FromRawKey(Enumerable.Range(0, 32).Select(i => (byte)(i * 3)).ToArray()) : null;
+        var key = encrypted ? TestKey : null;
         var data = new byte[2 * Chunk + 5000];
         data[Chunk + 3] = 1;
         var snap = DatastoreBuilder.Write(Store, "vm/2", T0, new Dictionary<string, byte[]> { ["d"] = data }, key);
         var reader = DatastoreReader.Open(Store);
         using var image = reader.OpenImage(snap, "d.img.fidx", key);
+        // Computed here, not through the writer's helper: SHA-256 of the content, with id_key appended when keyed.
         byte[] Digest(byte[] bytes) => key is null ? System.Security.Cryptography.SHA256.HashData(bytes) : key.KeyedDigest(bytes);
         Assert.Equal(Convert.ToHexStringLower(Digest(new byte[Chunk])), image.ChunkDigestHex(0));
         Assert.Equal(Convert.ToHexStringLower(Digest(data[Chunk..(2 * Chunk)])), image.ChunkDigestHex(1));
@@ -88,7 +91,7 @@ public sealed class RoundTripTests : IDisposable
     [InlineData(true)]
     public void EncodeInto_keeps_a_frame_only_when_strictly_smaller(bool encrypted)
     {
-        var key = encrypted ? CryptConfig.FromRawKey(Enumerable.Range(0, 32).Select(i => (byte)(i * 5)).ToArray()) : null;
+        var key = encrypted ? TestKey : null;
         var random = new byte[100_000];
         new Random(7).NextBytes(random);
         var text = System.Text.Encoding.ASCII.GetBytes(string.Concat(Enumerable.Repeat("restorefs ", 10_000)));

@@ -1,5 +1,4 @@
 using System.Runtime.InteropServices;
-using System.Security.Cryptography;
 
 namespace RestoreFs.Datastore;
 
@@ -191,7 +190,7 @@ public sealed unsafe class StreamedChunkDecoder : IDisposable
                 else
                 {
                     var content = destination.AsSpan(0, length);
-                    (expectEncrypted ? key!.KeyedDigest(content) : SHA256.HashData(content)).CopyTo(actual);
+                    CryptConfig.ChunkDigest(expectEncrypted ? key : null, content).CopyTo(actual);
                 }
 
                 if (!actual.SequenceEqual(digest))

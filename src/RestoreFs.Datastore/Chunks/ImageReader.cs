@@ -1,5 +1,3 @@
-using System.Security.Cryptography;
-
 namespace RestoreFs.Datastore;
 
 /// <summary>Tuning of an <see cref="ImageReader"/>.</summary>
@@ -78,11 +76,7 @@ public sealed class ImageReader : IDisposable, IChunkCache
     public bool IsZeroChunk(int chunk) =>
         index.Digest(chunk).SequenceEqual(chunk == index.ChunkCount - 1 ? zeroDigestLast : zeroDigestFull);
 
-    private byte[] ZeroDigest(int length)
-    {
-        var zeros = new byte[length];
-        return encrypted ? key!.KeyedDigest(zeros) : SHA256.HashData(zeros);
-    }
+    private byte[] ZeroDigest(int length) => CryptConfig.ChunkDigest(encrypted ? key : null, new byte[length]);
 
     /// <summary>Reads min(destination.Length, Size − offset) bytes at <paramref name="offset"/>; 0 at or past the end.</summary>
     public int Read(long offset, Span<byte> destination)

@@ -72,6 +72,10 @@ public sealed class CryptConfig
     /// <summary>Normalises a fingerprint given with or without colons.</summary>
     public static string NormalizeFingerprint(string text) => text.Replace(":", string.Empty, StringComparison.Ordinal).ToLowerInvariant();
 
+    /// <summary>The digest of a chunk: SHA-256 of its content, or <see cref="KeyedDigest"/> when the chunk is encrypted
+    /// with <paramref name="key"/>.</summary>
+    public static byte[] ChunkDigest(CryptConfig? key, ReadOnlySpan<byte> data) => key is null ? SHA256.HashData(data) : key.KeyedDigest(data);
+
     /// <summary>SHA-256(data || id_key): the digest of an encrypted chunk.</summary>
     public byte[] KeyedDigest(ReadOnlySpan<byte> data)
     {

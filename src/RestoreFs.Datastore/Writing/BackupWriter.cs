@@ -1,5 +1,4 @@
 using System.Collections.Concurrent;
-using System.Security.Cryptography;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 
@@ -335,16 +334,9 @@ public sealed partial class BackupWriter : IDisposable
     /// </summary>
     private byte[] DigestOf(ReadOnlySpan<byte> data)
     {
-        if (data.ContainsAnyExcept((byte)0))
-        {
-            return key is null ? SHA256.HashData(data) : key.KeyedDigest(data);
-        }
-
-        return zeroDigests.GetOrAdd(data.Length, length =>
-        {
-            var zeros = new byte[length];
-            return key is null ? SHA256.HashData(zeros) : key.KeyedDigest(zeros);
-        });
+        return data.ContainsAnyExcept((byte)0)
+            ? CryptConfig.ChunkDigest(key, data)
+            : zeroDigests.GetOrAdd(data.Length, length => CryptConfig.ChunkDigest(key, new byte[length]));
     }
 
     /// <summary>Stores one chunk; returns its digest and whether it was new to the store.</summary>
