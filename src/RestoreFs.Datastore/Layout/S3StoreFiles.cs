@@ -31,14 +31,6 @@ internal sealed class S3StoreFiles : IStoreFiles, IAsyncChunkFiles, IDisposable
     private readonly Task? cacheWriter;
     private readonly ILogger log;
 
-    static S3StoreFiles()
-    {
-        // Readers block pool threads while GETs are in flight (read-ahead runs several): keep threads at hand so the
-        // completions of those GETs never wait for the pool to grow.
-        ThreadPool.GetMinThreads(out var worker, out var io);
-        ThreadPool.SetMinThreads(Math.Max(worker, 64), Math.Max(io, 64));
-    }
-
     public S3StoreFiles(S3StoreSource source, TimeSpan timeout, ILoggerFactory? logs = null)
     {
         Source = source;

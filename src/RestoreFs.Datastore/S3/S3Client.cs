@@ -49,6 +49,16 @@ public sealed class S3Client : IDisposable
     private readonly TimeProvider time;
     private string? lastServerFingerprint;
 
+    static S3Client()
+    {
+        // A request's timeout and the completion of its GET both run on pool threads. Readers block pool threads
+        // while GETs are in flight (read-ahead runs several), and a busy process can hold the rest: keep threads at
+        // hand so a timeout fires on time and completions never wait for the pool to grow (it adds about one thread
+        // a second).
+        ThreadPool.GetMinThreads(out var worker, out var io);
+        ThreadPool.SetMinThreads(Math.Max(worker, 64), Math.Max(io, 64));
+    }
+
     public S3Client(S3Options options, ILoggerFactory? logs = null, TimeProvider? timeProvider = null)
     {
         Options = options;
