@@ -89,6 +89,21 @@ public sealed class RoundTripTests : IDisposable
     [Theory]
     [InlineData(false)]
     [InlineData(true)]
+    public void The_shared_zero_chunk_digest_is_the_digest_of_zeros(bool encrypted)
+    {
+        // Plain 4 MiB is a constant in the code; the rest is hashed in 64 KiB pieces: both must equal hashing the zeros.
+        var key = encrypted ? TestKey : null;
+        foreach (var length in new[] { 0, 1, 65535, 65536, 65537, 1_000_000, Chunk - 1, Chunk, Chunk + 1 })
+        {
+            Assert.Equal(CryptConfig.ChunkDigest(key, new byte[length]), CryptConfig.ZeroChunkDigest(key, length));
+        }
+
+        Assert.NotEqual(CryptConfig.ZeroChunkDigest(null, Chunk), CryptConfig.ZeroChunkDigest(TestKey, Chunk));
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
     public void EncodeInto_keeps_a_frame_only_when_strictly_smaller(bool encrypted)
     {
         var key = encrypted ? TestKey : null;

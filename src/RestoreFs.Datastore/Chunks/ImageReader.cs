@@ -76,7 +76,7 @@ public sealed class ImageReader : IDisposable, IChunkCache
     public bool IsZeroChunk(int chunk) =>
         index.Digest(chunk).SequenceEqual(chunk == index.ChunkCount - 1 ? zeroDigestLast : zeroDigestFull);
 
-    private byte[] ZeroDigest(int length) => CryptConfig.ChunkDigest(encrypted ? key : null, new byte[length]);
+    private byte[] ZeroDigest(int length) => CryptConfig.ZeroChunkDigest(encrypted ? key : null, length);
 
     /// <summary>Reads min(destination.Length, Size − offset) bytes at <paramref name="offset"/>; 0 at or past the end.</summary>
     public int Read(long offset, Span<byte> destination)

@@ -1,3 +1,4 @@
+using System.Collections.Concurrent;
 using System.Security.Cryptography;
 using Microsoft.Extensions.Logging;
 
@@ -75,6 +76,43 @@ public sealed class CryptConfig
     /// <summary>The digest of a chunk: SHA-256 of its content, or <see cref="KeyedDigest"/> when the chunk is encrypted
     /// with <paramref name="key"/>.</summary>
     public static byte[] ChunkDigest(CryptConfig? key, ReadOnlySpan<byte> data) => key is null ? SHA256.HashData(data) : key.KeyedDigest(data);
+
+    /// <summary>
+    /// The digest <see cref="ChunkDigest"/> gives an all-zero chunk of <paramref name="length"/> bytes (the unused part
+    /// of most disks), computed once per length and key without a buffer of that size; the plain digest of PBS's 4 MiB
+    /// chunk is a known constant. The array is shared: never change it.
+    /// </summary>
+    public static byte[] ZeroChunkDigest(CryptConfig? key, int length)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(length);
+        return (key?.zeroDigests ?? PlainZeroDigests).GetOrAdd(length, static (n, k) => HashZeros(k, n), key);
+    }
+
+    private static byte[] HashZeros(CryptConfig? key, int length)
+    {
+        using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        for (var left = length; left > 0; left -= ZeroBlock.Length)
+        {
+            hash.AppendData(ZeroBlock, 0, Math.Min(left, ZeroBlock.Length));
+        }
+
+        if (key is not null)
+        {
+            hash.AppendData(key.idKey);
+        }
+
+        return hash.GetHashAndReset();
+    }
+
+    private static readonly byte[] ZeroBlock = new byte[64 * 1024];
+
+    /// <summary>SHA-256 of 4 MiB of zeros: the digest every PBS datastore has for the empty chunk of a disk.</summary>
+    private static readonly ConcurrentDictionary<int, byte[]> PlainZeroDigests = new()
+    {
+        [4 * 1024 * 1024] = Convert.FromHexString("bb9f8df61474d25e71fa00722318cd387396ca1736605e1248821cc0de3d3af8"),
+    };
+
+    private readonly ConcurrentDictionary<int, byte[]> zeroDigests = new();
 
     /// <summary>SHA-256(data || id_key): the digest of an encrypted chunk.</summary>
     public byte[] KeyedDigest(ReadOnlySpan<byte> data)

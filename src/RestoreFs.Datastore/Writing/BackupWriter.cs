@@ -323,8 +323,6 @@ public sealed partial class BackupWriter : IDisposable
         return file;
     }
 
-    private readonly ConcurrentDictionary<int, byte[]> zeroDigests = new();
-
     [ThreadStatic]
     private static byte[]? blobBuffer;
 
@@ -336,7 +334,7 @@ public sealed partial class BackupWriter : IDisposable
     {
         return data.ContainsAnyExcept((byte)0)
             ? CryptConfig.ChunkDigest(key, data)
-            : zeroDigests.GetOrAdd(data.Length, length => CryptConfig.ChunkDigest(key, new byte[length]));
+            : CryptConfig.ZeroChunkDigest(key, data.Length);
     }
 
     /// <summary>Stores one chunk; returns its digest and whether it was new to the store.</summary>
