@@ -287,6 +287,10 @@ public sealed class CryptoPathTests : IDisposable
         Assert.Contains("digest mismatch", Assert.Throws<ChunkCorruptException>(() => Decode(blob, 65536, wrongDigest)).Message, StringComparison.Ordinal);
         var sizeMessage = Assert.Throws<ChunkCorruptException>(() => Decode(blob, 65536, length: data.Length + 1)).Message;
         Assert.Contains(compress ? "decompresses to" : "the index expects", sizeMessage, StringComparison.Ordinal);
+        // A chunk longer than the index says: the bytes past its length still go through the cipher (the tag holds),
+        // and the size is what is refused.
+        var longer = Assert.Throws<ChunkCorruptException>(() => Decode(blob, 65536, length: data.Length - 5000)).Message;
+        Assert.Contains(compress ? "decompresses to" : "the index expects", longer, StringComparison.Ordinal);
         if (compress && !encrypted)
         {
             // A frame cut short (CRC made to match): the decoder says so rather than serving a partial chunk.

@@ -100,6 +100,23 @@ public sealed unsafe class StreamedChunkDecoder : IDisposable
         var fresh = received[done..];
         done = received.Length;
         crc.Append(fresh);
+        if (gcm is not null && zstd is null)
+        {
+            // Encrypted, not compressed (incompressible data): decrypt straight into the destination instead of in
+            // place and then copying — the copy sat on a cold read's critical path next to the digest helper. Bytes
+            // past the chunk's length (a damaged blob, refused by Finish) still go through the cipher for the tag.
+            var room = (int)Math.Clamp(length - copied, 0, fresh.Length);
+            gcm.Update(fresh[..room], destination.AsSpan((int)Math.Min(copied, length), room));
+            if (room < fresh.Length)
+            {
+                gcm.Update(fresh[room..], fresh[room..]);
+            }
+
+            copied += fresh.Length;
+            hash?.Written((int)Math.Min(copied, length));
+            return;
+        }
+
         gcm?.Update(fresh, fresh);
         if (frameError is not null)
         {
