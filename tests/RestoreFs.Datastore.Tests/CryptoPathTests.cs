@@ -226,27 +226,55 @@ public sealed class CryptoPathTests : IDisposable
         // Streams wherever each step can run piecewise: the managed cipher cannot decrypt in pieces.
         var streams = path != GcmImplementation.Managed;
 
+        // Both ways of feeding the decoder: a growing prefix of one array, and pieces through one small buffer that
+        // is overwritten after each (what ChunkStore.ReadPieces does; a first piece shorter than a header steps aside).
         byte[] Decode(byte[] source, int piece, byte[]? expectDigest = null, int length = -1)
+        {
+            var viaPrefix = DecodeWith(source, piece, pieces: false, expectDigest, length);
+            var viaPieces = DecodeWith(source, piece, pieces: true, expectDigest, length);
+            Assert.Equal(viaPrefix, viaPieces);
+            return viaPieces;
+        }
+
+        byte[] DecodeWith(byte[] source, int piece, bool pieces, byte[]? expectDigest, int length)
         {
             var scratch = source.ToArray();
             var output = new byte[data.Length + 100];
             length = length < 0 ? data.Length : length;
             using var streamed = new StreamedChunkDecoder(key, encrypted, output, length);
-            for (var done = Math.Min(piece, scratch.Length); ; done = Math.Min(done + piece, scratch.Length))
+            var small = new byte[piece];
+            for (int at = 0, done = Math.Min(piece, scratch.Length); ; at = done, done = Math.Min(done + piece, scratch.Length))
             {
-                streamed.Progress(scratch.AsSpan(0, done));
+                if (pieces)
+                {
+                    source.AsSpan(at, done - at).CopyTo(small);
+                    streamed.Piece(small.AsSpan(0, done - at));
+                    small.AsSpan().Fill(0xEE); // the buffer is reused: nothing may be read from it later
+                }
+                else
+                {
+                    streamed.Progress(scratch.AsSpan(0, done));
+                }
+
                 if (done == scratch.Length)
                 {
                     break;
                 }
             }
 
-            Assert.Equal(streams, streamed.Covers(scratch.Length));
+            Assert.Equal(streams && !(pieces && piece < DataBlob.EncryptedHeaderSize), streamed.Covers(scratch.Length));
             if (streamed.Covers(scratch.Length))
             {
                 try
                 {
-                    streamed.Finish(scratch, expectDigest ?? digest, "c", 0);
+                    if (pieces)
+                    {
+                        streamed.FinishPieces(scratch.Length, expectDigest ?? digest, "c", 0);
+                    }
+                    else
+                    {
+                        streamed.Finish(scratch, expectDigest ?? digest, "c", 0);
+                    }
                 }
                 catch (ChunkCorruptException)
                 {

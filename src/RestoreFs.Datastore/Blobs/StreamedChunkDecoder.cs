@@ -3,7 +3,8 @@ using System.Runtime.InteropServices;
 namespace RestoreFs.Datastore;
 
 /// <summary>
-/// Decodes a chunk while its file is still being read (the progress of <see cref="ChunkStore.ReadRented"/>): each new
+/// Decodes a chunk while its file is still being read (the pieces of <see cref="ChunkStore.ReadPieces"/>, or the
+/// progress of <see cref="ChunkStore.ReadRented"/> where a step cannot run piecewise): each new
 /// piece is summed (CRC), decrypted in place (encrypted chunks, OpenSSL), decompressed straight into the destination
 /// (libzstd) or copied there, and hashed by a helper thread as it lands. A cold read then costs about what the disk
 /// takes, not the disk's time plus the cipher's, the decoder's and the hash's one after the other.
@@ -20,6 +21,7 @@ public sealed unsafe class StreamedChunkDecoder : IDisposable
     private readonly byte[] destination;
     private readonly int length;
     private readonly System.IO.Hashing.Crc32 crc = new();
+    private readonly byte[] header = new byte[DataBlob.EncryptedHeaderSize];
     private GCHandle pin;
     private GcmDecryption? gcm;
     private NativeZstd.Decoder? zstd;
@@ -43,12 +45,29 @@ public sealed unsafe class StreamedChunkDecoder : IDisposable
 
     /// <summary>
     /// Reads a chunk file from <paramref name="chunks"/> and decodes it into <paramref name="destination"/> while it
-    /// arrives; where the streamed decode cannot cover the blob, the whole blob is decoded afterwards (in place: the
-    /// chunk file's array is scratch). That array goes to <paramref name="release"/> once done with, also on failure.
+    /// arrives, through a small buffer when every step can run piecewise (OpenSSL's cipher, libzstd); otherwise the
+    /// file is read into an array and, where the streamed decode cannot cover the blob, the whole blob is decoded
+    /// afterwards (in place: the array is scratch). Such an array goes to <paramref name="release"/> once done with,
+    /// also on failure.
     /// </summary>
     public static void ReadAndDecode(ChunkStore chunks, ReadOnlySpan<byte> digest, long offset, CryptConfig? key, bool encrypted,
         byte[] destination, int length, bool verifyDigest, Action<byte[]> release)
     {
+        if (NativeZstd.Available && (!encrypted || key is { DecryptsInPlace: true }))
+        {
+            // Every step can run piecewise: the file goes through one small buffer, no chunk-sized array is held.
+            using var pieces = new StreamedChunkDecoder(key, encrypted, destination, length, verifyDigest);
+            var total = chunks.ReadPieces(digest, offset, pieces.Piece);
+            if (pieces.Covers(total))
+            {
+                pieces.FinishPieces(total, digest, chunks.PathOf(digest), offset);
+                return;
+            }
+
+            // The decoder stepped aside (a blob of an unexpected kind, or too short to hold a header): read it whole
+            // below, where the whole-blob decode says what is wrong with it.
+        }
+
         using var streamed = new StreamedChunkDecoder(key, encrypted, destination, length, verifyDigest);
         var blob = chunks.ReadRented(digest, offset, out var blobLength, streamed.Progress);
         try
@@ -99,6 +118,60 @@ public sealed unsafe class StreamedChunkDecoder : IDisposable
 
         var fresh = received[done..];
         done = received.Length;
+        Consume(fresh);
+    }
+
+    /// <summary>
+    /// The next piece of the blob (see <see cref="ChunkStore.ReadPieces"/>): pieces arrive in order and each is seen
+    /// once, so only the header is kept (for <see cref="FinishPieces"/>). A first piece shorter than an encrypted
+    /// header makes the decoder step aside.
+    /// </summary>
+    public void Piece(Span<byte> piece)
+    {
+        if (off)
+        {
+            return;
+        }
+
+        if (!started)
+        {
+            if (piece.Length < DataBlob.EncryptedHeaderSize)
+            {
+                off = true;
+                return;
+            }
+
+            Start(piece);
+            if (off)
+            {
+                return;
+            }
+
+            piece[..DataBlob.EncryptedHeaderSize].CopyTo(header);
+            var skip = done; // the header of this kind of blob
+            done = piece.Length;
+            Consume(piece[skip..]);
+            return;
+        }
+
+        done += piece.Length;
+        Consume(piece);
+    }
+
+    /// <summary><see cref="Finish"/> for a blob of <paramref name="blobLength"/> bytes that came in pieces.</summary>
+    public void FinishPieces(int blobLength, ReadOnlySpan<byte> digest, string path, long offset)
+    {
+        if (!Covers(blobLength))
+        {
+            Dispose();
+            throw new InvalidOperationException("the streamed decode did not see the whole blob; decode it whole");
+        }
+
+        Finish(header, blobLength, digest, path, offset);
+    }
+
+    private void Consume(Span<byte> fresh)
+    {
         crc.Append(fresh);
         if (gcm is not null && zstd is null)
         {
@@ -152,21 +225,24 @@ public sealed unsafe class StreamedChunkDecoder : IDisposable
     /// Checks everything (see the class) for the blob the progress reported; afterwards the destination holds the
     /// verified chunk. Throws <see cref="ChunkCorruptException"/> naming the chunk otherwise.
     /// </summary>
-    public void Finish(ReadOnlySpan<byte> blob, ReadOnlySpan<byte> digest, string path, long offset)
+    public void Finish(ReadOnlySpan<byte> blob, ReadOnlySpan<byte> digest, string path, long offset) => Finish(blob, blob.Length, digest, path, offset);
+
+    /// <param name="head">The blob, or at least its header (the magic, the stored CRC, IV and tag).</param>
+    private void Finish(ReadOnlySpan<byte> head, int blobLength, ReadOnlySpan<byte> digest, string path, long offset)
     {
         var digestHex = Convert.ToHexStringLower(digest);
         var ok = false;
         try
         {
-            if (!Covers(blob.Length))
+            if (!Covers(blobLength))
             {
                 throw new InvalidOperationException("the streamed decode did not see the whole blob; decode it whole");
             }
 
-            DataBlob.Verify(blob, path, digestHex, offset, crc.GetCurrentHashAsUInt32());
+            DataBlob.Verify(head, path, digestHex, offset, crc.GetCurrentHashAsUInt32());
             if (gcm is not null)
             {
-                var tagOk = gcm.Finish(blob[28..44]);
+                var tagOk = gcm.Finish(head[28..44]);
                 gcm = null;
                 if (!tagOk)
                 {

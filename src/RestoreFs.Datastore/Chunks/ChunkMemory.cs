@@ -37,7 +37,7 @@ public sealed class ChunkMemory
 
     public long Capacity { get; }
 
-    /// <summary>Decoded chunk bytes the readers hold in their caches now.</summary>
+    /// <summary>Decoded chunk bytes the readers hold in their caches now, and fixed-index decodes under way.</summary>
     public long Used => Interlocked.Read(ref used);
 
     /// <summary>Free buffers kept for reuse.</summary>

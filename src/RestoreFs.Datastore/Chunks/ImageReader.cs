@@ -279,7 +279,17 @@ public sealed class ImageReader : IDisposable, IChunkCache
         Interlocked.Add(ref decodedBytes, length);
     }
 
-    private ChunkBuffer RentBuffer() => new(memory.Rent(index.ChunkSize));
+    /// <summary>
+    /// A buffer for one decode, counted in the shared budget from now on: a decode under way (read-ahead runs several)
+    /// holds a chunk's memory as a cached chunk does, so the oldest cached chunks give way first and the budget bounds
+    /// both. <see cref="Finish"/> hands the charge over to the cache, <see cref="Fail"/> gives it back.
+    /// </summary>
+    private ChunkBuffer RentBuffer()
+    {
+        memory.Charge(index.ChunkSize);
+        memory.Trim();
+        return new(memory.Rent(index.ChunkSize));
+    }
 
     private void Fail(int chunk, ChunkBuffer buffer, TaskCompletionSource<ChunkBuffer> completion, Exception e)
     {
@@ -288,6 +298,7 @@ public sealed class ImageReader : IDisposable, IChunkCache
             inflight.Remove(chunk);
         }
 
+        memory.Charge(-index.ChunkSize);
         memory.Return(buffer.Data);
         completion.SetException(e);
     }
@@ -299,6 +310,7 @@ public sealed class ImageReader : IDisposable, IChunkCache
             inflight.Remove(chunk);
             buffer.Chunk = chunk;
             buffer.Refs = forCaller ? 1 : 0;
+            memory.Charge(-index.ChunkSize); // the decode's charge: the cache charges the buffer again if it keeps it
             Insert(chunk, buffer);
             if (buffer.Refs == 0)
             {
