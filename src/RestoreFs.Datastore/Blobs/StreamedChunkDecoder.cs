@@ -92,23 +92,9 @@ public sealed unsafe class StreamedChunkDecoder : IDisposable
     /// <summary>The first <paramref name="received"/>.Length bytes of the blob are in (a growing prefix of one buffer).</summary>
     public void Progress(Span<byte> received)
     {
-        if (off)
+        if (off || (!started && received.Length < DataBlob.EncryptedHeaderSize))
         {
-            return;
-        }
-
-        if (!started)
-        {
-            if (received.Length < DataBlob.EncryptedHeaderSize)
-            {
-                return; // a blob this small is decoded whole
-            }
-
-            Start(received);
-            if (off)
-            {
-                return;
-            }
+            return; // stepped aside, or not yet a header's worth (a blob this small is decoded whole)
         }
 
         if (received.Length < done)
@@ -116,9 +102,7 @@ public sealed unsafe class StreamedChunkDecoder : IDisposable
             throw new InvalidOperationException("the streamed chunk went back: progress must report a growing prefix");
         }
 
-        var fresh = received[done..];
-        done = received.Length;
-        Consume(fresh);
+        Piece(received[done..]);
     }
 
     /// <summary>
@@ -159,16 +143,7 @@ public sealed unsafe class StreamedChunkDecoder : IDisposable
     }
 
     /// <summary><see cref="Finish"/> for a blob of <paramref name="blobLength"/> bytes that came in pieces.</summary>
-    public void FinishPieces(int blobLength, ReadOnlySpan<byte> digest, string path, long offset)
-    {
-        if (!Covers(blobLength))
-        {
-            Dispose();
-            throw new InvalidOperationException("the streamed decode did not see the whole blob; decode it whole");
-        }
-
-        Finish(header, blobLength, digest, path, offset);
-    }
+    public void FinishPieces(int blobLength, ReadOnlySpan<byte> digest, string path, long offset) => Finish(header, blobLength, digest, path, offset);
 
     private void Consume(Span<byte> fresh)
     {

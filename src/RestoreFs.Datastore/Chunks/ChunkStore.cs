@@ -76,11 +76,7 @@ public sealed class ChunkStore
         var hex = Convert.ToHexStringLower(digest);
         using var file = OpenChunk(digest, imageOffset, hex);
         var size = (int)file.Length;
-        for (long at = 0; at < size; at += 2 * ProgressPiece)
-        {
-            file.WillNeed(at, Math.Min(2 * ProgressPiece, size - at));
-        }
-
+        AskInPieces(file, size);
         var buffer = pieceBuffer ??= GC.AllocateUninitializedArray<byte>(ProgressPiece);
         var done = 0;
         try
@@ -103,6 +99,15 @@ public sealed class ChunkStore
         }
 
         return done;
+    }
+
+    /// <summary>Asks the kernel for the file one request per two pieces, so that pieces arrive one after another.</summary>
+    private static void AskInPieces(IStoreFile file, int size)
+    {
+        for (long at = 0; at < size; at += 2 * ProgressPiece)
+        {
+            file.WillNeed(at, Math.Min(2 * ProgressPiece, size - at));
+        }
     }
 
     /// <summary>Opens a chunk file for reading; missing, unopenable or oversized chunks throw, naming the chunk.</summary>
@@ -153,10 +158,7 @@ public sealed class ChunkStore
             }
             else
             {
-                for (long at = 0; at < size; at += 2 * ProgressPiece)
-                {
-                    file.WillNeed(at, Math.Min(2 * ProgressPiece, size - at));
-                }
+                AskInPieces(file, size);
             }
 
             var bytes = BlobBuffers.Pool.Rent(Math.Max(1, size));
