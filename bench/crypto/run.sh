@@ -2,10 +2,11 @@
 # Encrypted backups against plain ones (issue 17), in one run:
 #  1. AES-256-GCM throughput of each path (OpenSSL libcrypto, managed BouncyCastle) on 4 MiB chunks, next to
 #     `openssl speed -evp aes-256-gcm` (16384-byte blocks);
-#  2. the same mixed image backed up plain and with a key file: `restorefs backup` time, cold sequential read
-#     through the mount (page cache dropped, dd bs=1M), `restorefs restore` to /dev/null; encrypted/plain ratios
-#     (throughput: plain time / encrypted time), plus the encrypted read forced onto the managed path.
-#   bench/crypto/run.sh [SIZE_MiB]    (root for drop_caches and FUSE; needs build/restorefs from `make cli`)
+#  2. the same mixed image backed up plain and with a key file, in rounds with the order alternating: `restorefs
+#     backup` time, cold sequential read through the mount (page cache dropped, dd bs=1M), `restorefs restore` to
+#     /dev/null, cold random 4 KiB reads; encrypted/plain ratios (throughput: plain time / encrypted time) of the
+#     medians and per round, plus the encrypted read forced onto the managed path.
+#   [ROUNDS=5] bench/crypto/run.sh [SIZE_MiB]    (root for drop_caches and FUSE; needs build/restorefs from `make cli`)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 size_mib=${1:-1024}
@@ -102,48 +103,74 @@ print(f"{statistics.median(times):.2f} {statistics.mean(times):.2f}")
 PY
   "$cli" umount "$mnt" >/dev/null
 }
-# mode (plain|encrypted) -> "backup_wall backup_cpu read_wall read_cpu restore_wall restore_cpu"
+# mode (plain|encrypted) -> "backup_wall backup_cpu read_wall read_cpu restore_wall restore_cpu", on a new store
 measure() {
   local mode=$1 store=$work/store-$1 keyargs=() b r rs
   [ "$mode" = plain ] || keyargs=(--keyfile "$work/key.json")
+  rm -rf "$store"
   # The datastore's layout (65536 chunk directories) first, untimed: on a file system that just deleted many
-  # inodes (an earlier run), ext4's inode allocator makes those mkdirs cost seconds of system time.
+  # inodes (an earlier round), ext4's inode allocator makes those mkdirs cost seconds of system time.
   "$cli" backup --store "$store" --group vm/1 --time 2026-11-01T00:00:00Z "${keyargs[@]}" layout="$work/tiny.img" >/dev/null 2>&1
+  # Nothing of an earlier step may still be on its way to the disk while this one is timed.
+  sync
   cat "$work/disk.img" > /dev/null
   b=$(timed "$cli" backup --store "$store" --group vm/900 --time 2026-11-01T00:00:00Z "${keyargs[@]}" drive-scsi0="$work/disk.img")
+  sync
   r=$(mount_read "$store" "${keyargs[@]}")
   sync; echo 3 > /proc/sys/vm/drop_caches
   rs=$(timed "$cli" restore "$store" "$snap" drive-scsi0.img /dev/null "${keyargs[@]}")
   echo "$b $r $rs"
 }
-read -r pb pbc pr prc prs prsc <<<"$(measure plain)"
-read -r eb ebc er erc ers ersc <<<"$(measure encrypted)"
-# Random reads: three rounds, plain and encrypted in turn (so that neither always runs right after its own backup
-# and restore); the median of each store's round figures.
-rounds_p=() rounds_e=()
-for round in 1 2 3; do
-  rounds_p+=("$(random_read "$work/store-plain")")
-  rounds_e+=("$(random_read "$work/store-encrypted" --keyfile "$work/key.json")")
+# Five rounds after an untimed one (the first backup and read after the image was written ran up to 1.5× the CPU of
+# later ones here, whichever side went first). In each, both sides are backed up into new stores, read through the
+# mount and restored, then read at random; plain goes first in the odd rounds and encrypted in the even ones, so that
+# neither side always runs right after the other side's deletes. Figures are medians over the rounds; the ratios
+# are also given round by round.
+rounds=${ROUNDS:-5}
+measure plain >/dev/null; measure encrypted >/dev/null
+rounds_p=() rounds_e=() random_p=() random_e=()
+for round in $(seq "$rounds"); do
+  if [ $((round % 2)) = 1 ]; then order="plain encrypted"; else order="encrypted plain"; fi
+  for mode in $order; do
+    if [ "$mode" = plain ]; then rounds_p+=("$(measure plain)"); else rounds_e+=("$(measure encrypted)"); fi
+  done
+  for mode in $order; do
+    if [ "$mode" = plain ]; then
+      random_p+=("$(random_read "$work/store-plain")")
+    else
+      random_e+=("$(random_read "$work/store-encrypted" --keyfile "$work/key.json")")
+    fi
+  done
+  echo "round $round: plain ${rounds_p[-1]} ${random_p[-1]} / encrypted ${rounds_e[-1]} ${random_e[-1]}" >&2
 done
-med() { python3 -c "import statistics, sys; v = [l.split() for l in sys.argv[2:]]; print(f'{statistics.median(float(x[int(sys.argv[1])]) for x in v):.2f}')" "$@"; }
-prr50=$(med 0 "${rounds_p[@]}"); prrm=$(med 1 "${rounds_p[@]}")
-err50=$(med 0 "${rounds_e[@]}"); errm=$(med 1 "${rounds_e[@]}")
+med() { python3 -c "import statistics, sys; v = [l.split() for l in sys.argv[2:]]; print(f'{statistics.median(float(x[int(sys.argv[1])]) for x in v):.3f}')" "$@"; }
+# column -> "r1 r2 r3": plain time / encrypted time per round, in percent
+per_round() { python3 -c "import sys; c = int(sys.argv[1]); n = (len(sys.argv) - 2) // 2; p, e = sys.argv[2:2 + n], sys.argv[2 + n:]; print(' / '.join(f'{float(a.split()[c]) / float(b.split()[c]) * 100:.0f}' for a, b in zip(p, e)))" "$1" "${rounds_p[@]}" "${rounds_e[@]}"; }
+pb=$(med 0 "${rounds_p[@]}"); pbc=$(med 1 "${rounds_p[@]}"); pr=$(med 2 "${rounds_p[@]}"); prc=$(med 3 "${rounds_p[@]}")
+prs=$(med 4 "${rounds_p[@]}"); prsc=$(med 5 "${rounds_p[@]}")
+eb=$(med 0 "${rounds_e[@]}"); ebc=$(med 1 "${rounds_e[@]}"); er=$(med 2 "${rounds_e[@]}"); erc=$(med 3 "${rounds_e[@]}")
+ers=$(med 4 "${rounds_e[@]}"); ersc=$(med 5 "${rounds_e[@]}")
+prr50=$(med 0 "${random_p[@]}"); prrm=$(med 1 "${random_p[@]}")
+err50=$(med 0 "${random_e[@]}"); errm=$(med 1 "${random_e[@]}")
+gaps=$(python3 -c "import sys; n = (len(sys.argv) - 1) // 2; p, e = sys.argv[1:1 + n], sys.argv[1 + n:]; print(' / '.join(f'{float(b.split()[0]) - float(a.split()[0]):+.2f}' for a, b in zip(p, e)))" "${random_p[@]}" "${random_e[@]}")
 # The encrypted cold read once more, forced onto the managed (BouncyCastle) path.
 read -r mr mrc <<<"$(RESTOREFS_CRYPTO=managed mount_read "$work/store-encrypted" --keyfile "$work/key.json")"
 
-echo "## ${size_mib} MiB mixed image, plain vs encrypted (same run)"
+echo "## ${size_mib} MiB mixed image, plain vs encrypted (same run, medians of $rounds rounds)"
 echo
-echo "MB/s of image bytes by wall time (ratio: plain time / encrypted time), and CPU seconds spent (user + system)."
+echo "MB/s of image bytes by wall time (ratio: plain time / encrypted time, of the medians and round by round), and"
+echo "CPU seconds spent (user + system)."
 echo
-echo "| what | plain MB/s | encrypted MB/s | encrypted/plain | plain CPU s | encrypted CPU s | encrypted, managed path |"
-echo "|---|---|---|---|---|---|---|"
-echo "| restorefs backup | $(mbps "$bytes" "$pb") | $(mbps "$bytes" "$eb") | $(ratio "$pb" "$eb") | $pbc | $ebc | |"
-echo "| cold sequential read through the mount (dd bs=1M) | $(mbps "$bytes" "$pr") | $(mbps "$bytes" "$er") | $(ratio "$pr" "$er") | $prc | $erc | $(mbps "$bytes" "$mr") MB/s, $mrc CPU s |"
-echo "| restorefs restore to /dev/null (cold) | $(mbps "$bytes" "$prs") | $(mbps "$bytes" "$ers") | $(ratio "$prs" "$ers") | $prsc | $ersc | |"
+echo "| what | plain MB/s | encrypted MB/s | encrypted/plain | rounds (%) | plain CPU s | encrypted CPU s | encrypted, managed path |"
+echo "|---|---|---|---|---|---|---|---|"
+echo "| restorefs backup | $(mbps "$bytes" "$pb") | $(mbps "$bytes" "$eb") | $(ratio "$pb" "$eb") | $(per_round 0) | $pbc | $ebc | |"
+echo "| cold sequential read through the mount (dd bs=1M) | $(mbps "$bytes" "$pr") | $(mbps "$bytes" "$er") | $(ratio "$pr" "$er") | $(per_round 2) | $prc | $erc | $(mbps "$bytes" "$mr") MB/s, $mrc CPU s |"
+echo "| restorefs restore to /dev/null (cold) | $(mbps "$bytes" "$prs") | $(mbps "$bytes" "$ers") | $(ratio "$prs" "$ers") | $(per_round 4) | $prsc | $ersc | |"
 echo
-echo "Random 4 KiB cold reads through the mount (64 distinct chunks, one read each, page cache dropped first; median of three rounds, plain and encrypted in turn):"
+echo "Random 4 KiB cold reads through the mount (64 distinct chunks, one read each, page cache dropped first; medians"
+echo "of $rounds rounds):"
 echo
-echo "| | plain | encrypted | encrypted − plain |"
-echo "|---|---|---|---|"
-echo "| median latency | $prr50 ms | $err50 ms | $(python3 -c "print(f'{$err50 - $prr50:+.2f} ms')") |"
-echo "| mean latency | $prrm ms | $errm ms | $(python3 -c "print(f'{$errm - $prrm:+.2f} ms')") |"
+echo "| | plain | encrypted | encrypted − plain | rounds (ms) |"
+echo "|---|---|---|---|---|"
+echo "| median latency | $prr50 ms | $err50 ms | $(python3 -c "print(f'{$err50 - $prr50:+.2f} ms')") | $gaps |"
+echo "| mean latency | $prrm ms | $errm ms | $(python3 -c "print(f'{$errm - $prrm:+.2f} ms')") | |"
