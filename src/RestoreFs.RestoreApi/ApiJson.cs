@@ -415,6 +415,18 @@ public static class ApiJson
         }
 
         w.WriteEndArray();
+        if (s.Boot is { } b)
+        {
+            w.WriteStartObject("boot");
+            w.WriteNumber("init", b.Init);
+            w.WriteNumber("modules", b.Modules);
+            w.WriteNumber("daemon", b.Daemon);
+            w.WriteNumber("listening", b.Listening);
+            w.WriteNumber("scanned", b.Scanned);
+            w.WriteNumber("now", b.Now);
+            w.WriteEndObject();
+        }
+
         w.WriteEndObject();
     }
 
@@ -436,7 +448,14 @@ public static class ApiJson
                 m.GetProperty("mountpoint").GetString() ?? "",
                 m.TryGetProperty("error", out var e) ? e.GetString() : null)).ToList()
             : [];
-        return new DaemonStatus(data.GetProperty("uptime").GetInt64(), data.GetProperty("timeout").GetInt64(), disks, mounts);
+        BootTimes? boot = null;
+        if (data.TryGetProperty("boot", out var b) && b.ValueKind == JsonValueKind.Object)
+        {
+            double Step(string name) => b.TryGetProperty(name, out var v) && v.ValueKind == JsonValueKind.Number ? v.GetDouble() : -1;
+            boot = new BootTimes(Step("init"), Step("modules"), Step("daemon"), Step("listening"), Step("scanned"), Step("now"));
+        }
+
+        return new DaemonStatus(data.GetProperty("uptime").GetInt64(), data.GetProperty("timeout").GetInt64(), disks, mounts, boot);
     }
 
     /// <summary>A base64 string field; null, another token or bad base64 is a JsonException naming the field.</summary>

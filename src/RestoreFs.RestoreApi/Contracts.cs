@@ -115,7 +115,17 @@ public sealed record DiskStatus(string Name, ulong Size, IReadOnlyList<string> V
 
 public sealed record MountStatus(string Volume, string FsType, string MountPoint, string? Error);
 
-public sealed record DaemonStatus(long Uptime, long Timeout, IReadOnlyList<DiskStatus> Disks, IReadOnlyList<MountStatus> Mounts);
+/// <param name="Boot">Where the VM's boot went (a daemon running inside a restore VM); null elsewhere.</param>
+public sealed record DaemonStatus(long Uptime, long Timeout, IReadOnlyList<DiskStatus> Disks, IReadOnlyList<MountStatus> Mounts,
+    BootTimes? Boot = null);
+
+/// <summary>
+/// Steps of a restore VM's boot on the guest's clock (seconds since its kernel started, from <c>/proc/uptime</c>): /init
+/// started, its early modules loaded, the daemon started, the daemon listening, the disk scan done, and this answer.
+/// What is missing (a step not reached, a daemon not started by our /init) is −1. The host's wall time to the first
+/// answer minus <see cref="Now"/> is QEMU's start and kernel load plus the host's own part.
+/// </summary>
+public sealed record BootTimes(double Init, double Modules, double Daemon, double Listening, double Scanned, double Now);
 
 public enum ExtractFormat
 {

@@ -147,6 +147,7 @@ public static class Program
 
         if (options.Guest)
         {
+            GuestBoot.DaemonStarted();
             GuestSetup(options);
         }
 
@@ -177,6 +178,7 @@ public static class Program
                     new DaemonServerOptions(ticket, TimeSpan.FromSeconds(options.IdleTimeoutSeconds), TimeSpan.FromSeconds(3))
                     {
                         IoErrors = options.Guest ? KernelIoErrors.Open() : null,
+                        Boot = options.Guest ? GuestBoot.Read : null,
                     }, Log,
                     () => Stop("shutdown requested"));
                 if (catalog is DiskCatalog disks && !disks.Scanned.IsCompleted)
@@ -186,6 +188,7 @@ public static class Program
                     var scanning = server.Watchdog.Busy();
                     _ = disks.Scanned.ContinueWith(_ =>
                     {
+                        GuestBoot.Scanned();
                         server.Watchdog.Touch();
                         scanning.Dispose();
                     }, TaskScheduler.Default);
@@ -201,6 +204,11 @@ public static class Program
                     c.Cancel = true;
                     Stop("SIGINT");
                 });
+                if (options.Guest && catalog is DiskCatalog { Scanned.IsCompleted: true })
+                {
+                    GuestBoot.Scanned();
+                }
+
                 code = await RunAsync(options.Listen, server, done.Token).ConfigureAwait(false);
                 Log($"stopping ({reason}): unmounting volumes");
             }

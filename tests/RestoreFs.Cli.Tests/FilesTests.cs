@@ -103,6 +103,25 @@ public sealed class FilesTests(FilesFixture f) : IClassFixture<FilesFixture>
     }
 
     [Fact]
+    public void The_vm_reports_where_its_boot_went_in_order()
+    {
+        // Any listing of files/ needs the VM; its status then carries the boot's steps on the guest's clock.
+        Assert.NotEmpty(Directory.GetFileSystemEntries(Path.Combine(Disk0, "part/1")));
+        using var doc = JsonDocument.Parse(f.Cli(TimeSpan.FromSeconds(60), "vm", "status", "--json").StdOut);
+        var vm = doc.RootElement.EnumerateArray().Single(e => e.GetProperty("snapshot").GetString()!.Contains("vm/100", StringComparison.Ordinal));
+        var boot = vm.GetProperty("boot");
+        double Step(string name) => boot.GetProperty(name).GetDouble();
+        var steps = new[] { "init", "modules", "daemon", "listening" }.Select(Step).ToArray();
+        Assert.True(steps[0] > 0 && steps[0] < 600, $"/init at {steps[0]} s");
+        for (var i = 1; i < steps.Length; i++)
+        {
+            Assert.True(steps[i] >= steps[i - 1], $"boot steps out of order: {string.Join(", ", steps)}");
+        }
+
+        Assert.True(Step("scanned") >= Step("daemon"), $"scan done at {Step("scanned")} s, before the daemon started at {Step("daemon")} s");
+    }
+
+    [Fact]
     public void A_killed_vm_is_restarted_between_two_reads_and_vm_stop_all_restarts_on_access()
     {
         // A mount of its own: nothing it lists is cached yet, so the read after the kill needs the VM.

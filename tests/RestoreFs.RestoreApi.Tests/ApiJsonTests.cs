@@ -115,7 +115,7 @@ public sealed class ApiJsonTests
     {
         var status = new DaemonStatus(12, 588,
             [new DiskStatus("drive-scsi0", 1UL << 33, ["drive-scsi0/part/1", "drive-scsi0/lvm/vg/root"], null), new DiskStatus("x", 0, [], "unreadable")],
-            [new MountStatus("drive-scsi0/part/1", "ext4", "/mnt/dev/vda1", null)]);
+            [new MountStatus("drive-scsi0/part/1", "ext4", "/mnt/dev/vda1", null)], new BootTimes(0.61, 0.8, 0.9, 1.0, -1, 1.25));
         using var memory = new MemoryStream();
         using (var w = new Utf8JsonWriter(memory))
         {
@@ -130,6 +130,20 @@ public sealed class ApiJsonTests
         Assert.Equal(["drive-scsi0/part/1", "drive-scsi0/lvm/vg/root"], back.Disks[0].Volumes);
         Assert.Equal("unreadable", back.Disks[1].Error);
         Assert.Equal(status.Mounts, back.Mounts);
+        Assert.Equal(status.Boot, back.Boot);
+
+        // A daemon outside a restore VM sends no boot steps.
+        using var plain = new MemoryStream();
+        using (var w = new Utf8JsonWriter(plain))
+        {
+            w.WriteStartObject();
+            w.WritePropertyName("data");
+            ApiJson.WriteStatus(w, status with { Boot = null });
+            w.WriteEndObject();
+        }
+
+        Assert.DoesNotContain("\"boot\"", System.Text.Encoding.UTF8.GetString(plain.ToArray()), StringComparison.Ordinal);
+        Assert.Null(ApiJson.ReadStatus(plain.ToArray()).Boot);
     }
 
     /// <summary>Gives at most <c>step</c> bytes per read.</summary>

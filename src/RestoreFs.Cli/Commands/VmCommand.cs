@@ -51,6 +51,13 @@ public static class VmCommand
                     ["volume"] = m.Volume, ["fstype"] = m.FsType, ["error"] = m.Error,
                 }).ToArray()),
                 ["answering"] = r.Status is not null,
+                // The guest's boot steps (seconds on its own clock; −1: not reached or not known).
+                ["boot"] = r.Status?.Boot is { } b
+                    ? new JsonObject
+                    {
+                        ["init"] = b.Init, ["modules"] = b.Modules, ["daemon"] = b.Daemon, ["listening"] = b.Listening, ["scanned"] = b.Scanned,
+                    }
+                    : null,
             }).ToArray());
             Console.WriteLine(data.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
             return 0;

@@ -12,6 +12,9 @@ public sealed record DaemonServerOptions(string Ticket, TimeSpan IdleTimeout, Ti
     /// <summary>The kernel's disk read errors (in the VM): a listing during which its volume could not be read ends
     /// with an error entry instead of looking complete.</summary>
     internal KernelIoErrors? IoErrors { get; init; }
+
+    /// <summary>The boot's steps, for status (a daemon inside a restore VM); null elsewhere.</summary>
+    internal Func<BootTimes?>? Boot { get; init; }
 }
 
 /// <summary>
@@ -248,7 +251,8 @@ public sealed class DaemonServer : IDisposable
             (long)uptime.Elapsed.TotalSeconds,
             (long)Math.Ceiling(Watchdog.Remaining.TotalSeconds),
             disks.Select(d => new DiskStatus(d.Name, d.Size, d.Volumes.Select(v => v.Id).ToList(), d.Error)).ToList(),
-            catalog.Mounts.Select(m => new MountStatus(m.Volume.Id, m.FsType, m.MountPoint, m.Error)).ToList());
+            catalog.Mounts.Select(m => new MountStatus(m.Volume.Id, m.FsType, m.MountPoint, m.Error)).ToList(),
+            options.Boot?.Invoke());
         await Answers.JsonAsync(stream, w => ApiJson.WriteStatus(w, status), ct).ConfigureAwait(false);
     }
 

@@ -10,6 +10,7 @@ public static class Listeners
     /// <summary>Accepts connections; each one carries one request.</summary>
     public static async Task ServeSocketAsync(Socket listener, DaemonServer server, Action<string> log, CancellationToken ct)
     {
+        GuestBoot.Listening();
         listener.Listen(256);
         while (!ct.IsCancellationRequested)
         {
@@ -36,6 +37,7 @@ public static class Listeners
     /// <summary>Accepts vsock connections (through libc: .NET's Socket does not take AF_VSOCK); one request each.</summary>
     public static async Task ServeVsockAsync(VsockSocket.VsockListener listener, DaemonServer server, Action<string> log, CancellationToken ct)
     {
+        GuestBoot.Listening();
         using var wake = ct.Register(listener.Dispose);
         while (!ct.IsCancellationRequested)
         {
@@ -66,6 +68,7 @@ public static class Listeners
     /// </summary>
     public static async Task ServeSerialAsync(string device, DaemonServer server, Action<string> log, CancellationToken ct)
     {
+        GuestBoot.Listening();
         var idle = 0;
         while (!ct.IsCancellationRequested)
         {
