@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Same-run peer comparison (issue 16): one GPT/ext4 disk image backed up and mounted by RestoreFs, borg (4 MiB fixed
-# chunks), restic and squashfuse (zstd, 1 MiB blocks); prints one table, RestoreFs first, ratios in the last column.
+# chunks), restic and squashfuse (zstd, 1 MiB blocks); prints one table, RestoreFs first, ratios in the last column,
+# then where a cold random read of RestoreFs goes (bench/peers/ChunkSplit: disk, CRC, zstd, SHA-256 of one chunk).
 #   bench/peers/run.sh [SIZE_MiB]     (root; needs build/restorefs; installs the peers when missing)
 # Mount ready and the first 4 KiB read are taken with the tool's own files warm and its repository evicted from the
 # page cache; every other read figure after dropping all caches. The image is SIZE_MiB (default 2048): system trees (copies of /usr/share and /usr/lib), logs, incompressible data
@@ -13,6 +14,7 @@ cli=$PWD/build/restorefs
 probe=$PWD/bench/peers/probe.py
 [ -x "$cli" ] || { echo "run make cli first" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || { echo "needs root (loop devices, FUSE, drop_caches)" >&2; exit 1; }
+dotnet build bench/peers/ChunkSplit -c Release -o build/bench-chunksplit --nologo -v quiet >/dev/null
 
 need=()
 command -v borg >/dev/null || need+=(borgbackup)
@@ -231,3 +233,12 @@ row "peak RSS of the daemon (MiB)" lower "$(mib restorefs)" "$(mib borg)" "$(mib
 row "mount ready (ms)" lower "${ready[restorefs]}" "${ready[borg]}" "${ready[restic]}" "${ready[squashfuse]}"
 row "first 4 KiB read of a fresh mount (ms)" lower "${first[restorefs]}" "${first[borg]}" "${first[restic]}" "${first[squashfuse]}"
 row "backup of the image (MB/s; squashfuse: mksquashfs)" higher "$(mbs "${backup[restorefs]}")" "$(mbs "${backup[borg]}")" "$(mbs "${backup[restic]}")" "$(mbs "${backup[squashfuse]}")"
+echo
+best=$(python3 -c "import sys; print(min(float(x) for x in sys.argv[1:]))" "$(p50 borg)" "$(p50 restic)")
+echo "Where a cold random 4 KiB read of RestoreFs goes: each step of decoding one chunk timed alone, over the chunks"
+echo "that hold the random reads' blocks (ms; RestoreFs's p50 in the table: $(p50 restorefs) ms; the aim, 0.75× the better of"
+echo "borg and restic: $(python3 -c "print(f'{0.75 * $best:.2f}')") ms):"
+echo
+echo "| step | median (ms) | p90 (ms) |"
+echo "|---|---|---|"
+dotnet build/bench-chunksplit/ChunkSplit.dll "$work/store" "$work/store/vm/900/2026-11-01T00:00:00Z/drive-scsi0.img.fidx" "$work/data.map" "$samples" 7
