@@ -230,8 +230,30 @@ public sealed class CryptoPathTests : IDisposable
         // is overwritten after each (what ChunkStore.ReadPieces does; a first piece shorter than a header steps aside).
         byte[] Decode(byte[] source, int piece, byte[]? expectDigest = null, int length = -1)
         {
-            var viaPrefix = DecodeWith(source, piece, pieces: false, expectDigest, length);
-            var viaPieces = DecodeWith(source, piece, pieces: true, expectDigest, length);
+            byte[]? viaPrefix = null;
+            ChunkCorruptException? refused = null;
+            try
+            {
+                viaPrefix = DecodeWith(source, piece, pieces: false, expectDigest, length);
+            }
+            catch (ChunkCorruptException e)
+            {
+                refused = e;
+            }
+
+            // Both ways refuse damage with the same message (the pieces way sums an encrypted blob's CRC afterwards).
+            byte[] viaPieces;
+            try
+            {
+                viaPieces = DecodeWith(source, piece, pieces: true, expectDigest, length);
+            }
+            catch (ChunkCorruptException e)
+            {
+                Assert.Equal(refused?.Message, e.Message);
+                throw;
+            }
+
+            Assert.Null(refused);
             Assert.Equal(viaPrefix, viaPieces);
             return viaPieces;
         }
@@ -269,7 +291,23 @@ public sealed class CryptoPathTests : IDisposable
                 {
                     if (pieces)
                     {
-                        streamed.FinishPieces(scratch.Length, expectDigest ?? digest, "c", 0);
+                        // The pieces are gone by the end: an encrypted blob's CRC is summed from the "file" again,
+                        // and only if its tag fails.
+                        var recounts = 0;
+                        try
+                        {
+                            streamed.FinishPieces(scratch.Length, expectDigest ?? digest, "c", 0, () =>
+                            {
+                                recounts++;
+                                return System.IO.Hashing.Crc32.HashToUInt32(source.AsSpan(DataBlob.EncryptedHeaderSize));
+                            });
+                            Assert.Equal(0, recounts); // a chunk that decodes is never read twice
+                        }
+                        catch (ChunkCorruptException)
+                        {
+                            Assert.True(recounts <= (encrypted ? 1 : 0), $"CRC summed again {recounts} times");
+                            throw;
+                        }
                     }
                     else
                     {
@@ -368,6 +406,49 @@ public sealed class CryptoPathTests : IDisposable
             using var image = datastore.OpenImage(snap, "d", wrong);
             image.Read(0, new byte[data.Length]);
         });
+    }
+
+    /// <summary>
+    /// Through a real store and the image reader (the chunk file read in pieces, where an encrypted blob's CRC is only
+    /// summed when its tag fails): a flipped ciphertext byte is a CRC mismatch naming the chunk; the same damage with
+    /// the CRC made to match is the tag's failure; the chunks around it still read.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Paths))]
+    public void A_damaged_encrypted_chunk_file_reads_as_a_crc_mismatch_or_a_failed_tag(GcmImplementation path)
+    {
+        var chunk = BackupWriter.DefaultChunkSize;
+        var data = DatastoreBuilder.Data(3 * chunk, 23);
+        var store = dir.Combine("store");
+        var key = Key(RandomNumberGenerator.GetBytes(32), path);
+        var snap = DatastoreBuilder.Write(store, "vm/302", T0, new Dictionary<string, byte[]> { ["d"] = data }, key);
+        var datastore = DatastoreReader.Open(store);
+        var (index, _) = datastore.OpenFixedIndex(snap, "d", key);
+        var file = datastore.Chunks.PathOf(index.Digest(1));
+        var original = File.ReadAllBytes(file);
+
+        string Refusal()
+        {
+            using var image = datastore.OpenImage(snap, "d", key, new ImageReaderOptions(ReadAheadChunks: 0));
+            var buffer = new byte[chunk];
+            Assert.Equal(chunk, image.Read(0, buffer));
+            Assert.Equal(data.AsSpan(0, chunk).ToArray(), buffer);
+            Assert.Equal(chunk, image.Read(2L * chunk, buffer));
+            return Assert.Throws<ChunkCorruptException>(() => image.Read(chunk + 4096, buffer.AsSpan(0, 4096))).Message;
+        }
+
+        var damaged = original.ToArray();
+        damaged[DataBlob.EncryptedHeaderSize + 70_000] ^= 0x20;
+        File.WriteAllBytes(file, damaged);
+        var crc = Refusal();
+        Assert.Contains("CRC mismatch", crc, StringComparison.Ordinal);
+        Assert.Contains(index.DigestHex(1), crc, StringComparison.Ordinal);
+
+        BitConverter.TryWriteBytes(damaged.AsSpan(8), System.IO.Hashing.Crc32.HashToUInt32(damaged.AsSpan(DataBlob.EncryptedHeaderSize)));
+        File.WriteAllBytes(file, damaged);
+        var tag = Refusal();
+        Assert.Contains("authentication failed", tag, StringComparison.Ordinal);
+        Assert.Contains(index.DigestHex(1), tag, StringComparison.Ordinal);
     }
 
     public void Dispose() => dir.Dispose();

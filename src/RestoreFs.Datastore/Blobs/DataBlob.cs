@@ -67,6 +67,14 @@ public static class DataBlob
     /// is plaintext by now); null to compute it here.</param>
     public static BlobKind Verify(ReadOnlySpan<byte> blob, string path, string? digest = null, long? offset = null, uint? crc = null)
     {
+        var kind = VerifyHeader(blob, path, digest, offset);
+        CheckCrc(blob, crc ?? Crc32.HashToUInt32(blob[(IsEncrypted(kind) ? EncryptedHeaderSize : PlainHeaderSize)..]), path, digest, offset);
+        return kind;
+    }
+
+    /// <summary>Checks magic and size (<paramref name="blob"/> may be the header alone); returns the kind.</summary>
+    internal static BlobKind VerifyHeader(ReadOnlySpan<byte> blob, string path, string? digest, long? offset)
+    {
         if (blob.Length < PlainHeaderSize)
         {
             throw new ChunkCorruptException($"blob is truncated ({blob.Length} bytes, a blob has at least {PlainHeaderSize})", path, offset, digest);
@@ -79,14 +87,18 @@ public static class DataBlob
             throw new ChunkCorruptException($"encrypted blob is truncated ({blob.Length} bytes, at least {EncryptedHeaderSize})", path, offset, digest);
         }
 
+        return kind;
+    }
+
+    /// <summary>Compares the CRC stored in the header of <paramref name="blob"/> with <paramref name="actual"/>, the
+    /// CRC of its payload.</summary>
+    internal static void CheckCrc(ReadOnlySpan<byte> blob, uint actual, string path, string? digest, long? offset)
+    {
         var stored = BinaryPrimitives.ReadUInt32LittleEndian(blob[8..12]);
-        var actual = crc ?? Crc32.HashToUInt32(blob[header..]);
         if (stored != actual)
         {
             throw new ChunkCorruptException($"CRC mismatch (stored {stored:x8}, computed {actual:x8})", path, offset, digest);
         }
-
-        return kind;
     }
 
     /// <summary>Decodes a blob whose plaintext size is not known in advance (*.blob files).</summary>
