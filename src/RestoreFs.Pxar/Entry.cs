@@ -49,6 +49,9 @@ public readonly record struct PxarDefaultAcl(ulong UserObj, ulong GroupObj, ulon
 /// <summary>POSIX ACLs as pxar stores them, and their Linux xattr form.</summary>
 public sealed class PxarAcl
 {
+    /// <summary>No ACLs: shared by every entry without any, never changed.</summary>
+    internal static readonly PxarAcl None = new();
+
     public List<PxarAclEntry> Users { get; } = [];
 
     public List<PxarAclEntry> Groups { get; } = [];
@@ -196,7 +199,14 @@ public sealed class PxarEntry
     /// <summary>The XATTR items (without ACLs and file capabilities, which pxar keeps separately).</summary>
     public IReadOnlyList<PxarXattr> Xattrs { get; internal set; } = [];
 
-    public PxarAcl Acl { get; internal set; } = new();
+    /// <summary>The entry's POSIX ACLs; one shared empty instance for the entries without (nearly all: a tree of
+    /// 145,000 entries held 29 MiB of empty ACL objects and their lists while the mount had them as nodes).</summary>
+    public PxarAcl Acl => acl ?? PxarAcl.None;
+
+    /// <summary>The ACLs the parser fills in (made on the first ACL item).</summary>
+    internal PxarAcl MutableAcl => acl ??= new();
+
+    private PxarAcl? acl;
 
     /// <summary>The raw <c>security.capability</c> value, if any.</summary>
     public byte[]? Fcaps { get; internal set; }

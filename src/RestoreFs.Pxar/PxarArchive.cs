@@ -943,21 +943,21 @@ public sealed class PxarArchive : IDisposable
                     var e = new PxarAclEntry((uint)id, BinaryPrimitives.ReadUInt64LittleEndian(bytes.AsSpan(8)));
                     (type switch
                     {
-                        PxarFormat.AclUser => entry.Acl.Users,
-                        PxarFormat.AclGroup => entry.Acl.Groups,
-                        PxarFormat.AclDefaultUser => entry.Acl.DefaultUsers,
-                        _ => entry.Acl.DefaultGroups,
+                        PxarFormat.AclUser => entry.MutableAcl.Users,
+                        PxarFormat.AclGroup => entry.MutableAcl.Groups,
+                        PxarFormat.AclDefaultUser => entry.MutableAcl.DefaultUsers,
+                        _ => entry.MutableAcl.DefaultGroups,
                     }).Add(e);
                     break;
                 }
 
                 case PxarFormat.AclGroupObj:
-                    entry.Acl.GroupObj = BinaryPrimitives.ReadUInt64LittleEndian(ReadContent(pos, content, 8, 8, "ACL_GROUP_OBJ"));
+                    entry.MutableAcl.GroupObj = BinaryPrimitives.ReadUInt64LittleEndian(ReadContent(pos, content, 8, 8, "ACL_GROUP_OBJ"));
                     break;
                 case PxarFormat.AclDefault:
                 {
                     var b = ReadContent(pos, content, 32, 32, "ACL_DEFAULT");
-                    entry.Acl.Default = new PxarDefaultAcl(BinaryPrimitives.ReadUInt64LittleEndian(b), BinaryPrimitives.ReadUInt64LittleEndian(b.AsSpan(8)),
+                    entry.MutableAcl.Default = new PxarDefaultAcl(BinaryPrimitives.ReadUInt64LittleEndian(b), BinaryPrimitives.ReadUInt64LittleEndian(b.AsSpan(8)),
                         BinaryPrimitives.ReadUInt64LittleEndian(b.AsSpan(16)), BinaryPrimitives.ReadUInt64LittleEndian(b.AsSpan(24)));
                     break;
                 }
