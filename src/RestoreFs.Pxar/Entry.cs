@@ -189,9 +189,9 @@ public sealed class PxarEntry
 
     public byte[]? SymlinkTarget { get; internal set; }
 
-    public ulong DeviceMajor { get; internal set; }
+    public ulong DeviceMajor { get => rare?.DeviceMajor ?? 0; internal set => Rare.DeviceMajor = value; }
 
-    public ulong DeviceMinor { get; internal set; }
+    public ulong DeviceMinor { get => rare?.DeviceMinor ?? 0; internal set => Rare.DeviceMinor = value; }
 
     /// <summary>The Linux dev_t of a device node (major/minor split as glibc's makedev).</summary>
     public ulong RDev => ((DeviceMajor & 0xfffff000UL) << 32) | ((DeviceMajor & 0xfffUL) << 8) | ((DeviceMinor & 0xffffff00UL) << 12) | (DeviceMinor & 0xffUL);
@@ -208,10 +208,26 @@ public sealed class PxarEntry
 
     private PxarAcl? acl;
 
-    /// <summary>The raw <c>security.capability</c> value, if any.</summary>
-    public byte[]? Fcaps { get; internal set; }
+    /// <summary>Fields few entries have (device numbers, file capabilities, a quota project, hard-link targets), kept
+    /// apart so that the others do not carry them: the mount holds one entry per name the kernel knows.</summary>
+    private RareFields? rare;
 
-    public ulong? QuotaProjectId { get; internal set; }
+    private RareFields Rare => rare ??= new();
+
+    private sealed class RareFields
+    {
+        public ulong DeviceMajor;
+        public ulong DeviceMinor;
+        public byte[]? Fcaps;
+        public ulong? QuotaProjectId;
+        public byte[]? HardlinkPath;
+        public long? HardlinkTargetOffset;
+    }
+
+    /// <summary>The raw <c>security.capability</c> value, if any.</summary>
+    public byte[]? Fcaps { get => rare?.Fcaps; internal set => Rare.Fcaps = value; }
+
+    public ulong? QuotaProjectId { get => rare?.QuotaProjectId; internal set => Rare.QuotaProjectId = value; }
 
     /// <summary>Size of a regular file's contents; 0 otherwise.</summary>
     public long Size { get; internal set; }
@@ -231,10 +247,10 @@ public sealed class PxarEntry
     public bool IsHardlink { get; internal set; }
 
     /// <summary>The target path a HARDLINK item stores (informational).</summary>
-    public byte[]? HardlinkPath { get; internal set; }
+    public byte[]? HardlinkPath { get => rare?.HardlinkPath; internal set => Rare.HardlinkPath = value; }
 
     /// <summary>FILENAME offset of the hard link's target (the first name of the file), or null.</summary>
-    public long? HardlinkTargetOffset { get; internal set; }
+    public long? HardlinkTargetOffset { get => rare?.HardlinkTargetOffset; internal set => Rare.HardlinkTargetOffset = value; }
 
     // Directory extent: [FilenameOffset (or 0), DirectoryEnd); ContentStart = first child FILENAME or the GOODBYE.
     internal long DirectoryEnd { get; set; }
