@@ -181,6 +181,12 @@ public static class Program
                         Boot = options.Guest ? GuestBoot.Read : null,
                     }, Log,
                     () => Stop("shutdown requested"));
+                if (options.Guest && catalog is DiskCatalog scan)
+                {
+                    // Runs at once when the scan is already done.
+                    _ = scan.Scanned.ContinueWith(_ => GuestBoot.Scanned(), TaskScheduler.Default);
+                }
+
                 if (catalog is DiskCatalog disks && !disks.Scanned.IsCompleted)
                 {
                     // The idle time counts from the end of the disk scan: a slow scan (TCG, LVM, a loaded host) must not
@@ -188,7 +194,6 @@ public static class Program
                     var scanning = server.Watchdog.Busy();
                     _ = disks.Scanned.ContinueWith(_ =>
                     {
-                        GuestBoot.Scanned();
                         server.Watchdog.Touch();
                         scanning.Dispose();
                     }, TaskScheduler.Default);
@@ -204,11 +209,6 @@ public static class Program
                     c.Cancel = true;
                     Stop("SIGINT");
                 });
-                if (options.Guest && catalog is DiskCatalog { Scanned.IsCompleted: true })
-                {
-                    GuestBoot.Scanned();
-                }
-
                 code = await RunAsync(options.Listen, server, done.Token).ConfigureAwait(false);
                 Log($"stopping ({reason}): unmounting volumes");
             }
