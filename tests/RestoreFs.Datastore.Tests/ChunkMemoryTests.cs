@@ -52,5 +52,34 @@ public sealed class ChunkMemoryTests : IDisposable
         Assert.Equal(0, memory.Used);
     }
 
+    [Fact]
+    public void Read_ahead_stays_within_a_small_shared_budget_so_no_chunk_is_decoded_twice()
+    {
+        // Read-ahead asked for more chunks than the mount's budget holds (an S3 store keeps 8 GETs in flight; a user
+        // may run with --cache-mb 16): the chunks read ahead must not push each other out before the reader gets there.
+        var store = dir.Combine("store");
+        var data = DatastoreBuilder.Data(24 * Chunk, 77, 2);
+        var snap = DatastoreBuilder.Write(store, "vm/200", T0, new Dictionary<string, byte[]> { ["d"] = data });
+        var reader = DatastoreReader.Open(store);
+        long Decoded(long budgetChunks)
+        {
+            var memory = new ChunkMemory(budgetChunks * Chunk);
+            using var image = reader.OpenImage(snap, "d", null, new ImageReaderOptions(CacheBytes: 64L * Chunk, ReadAheadChunks: 8, Memory: memory));
+            var buffer = new byte[256 * 1024];
+            for (long offset = 0; offset < data.Length; offset += buffer.Length)
+            {
+                var n = image.Read(offset, buffer);
+                Assert.True(buffer.AsSpan(0, n).SequenceEqual(data.AsSpan((int)offset, n)), $"bytes at {offset}");
+            }
+
+            return image.Stats.DecodedBytes;
+        }
+
+        // With room for everything each chunk holding data is decoded once; with room for four it must be the same.
+        var once = Decoded(64);
+        Assert.True(once >= data.Length / 2, $"{once} bytes decoded");
+        Assert.Equal(once, Decoded(4));
+    }
+
     public void Dispose() => dir.Dispose();
 }

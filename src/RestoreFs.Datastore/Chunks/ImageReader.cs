@@ -395,7 +395,11 @@ public sealed class ImageReader : IDisposable, IChunkCache
             return;
         }
 
-        var budget = (int)Math.Min(options.ReadAheadChunks, Math.Max(1, options.CacheBytes / index.ChunkSize / 2));
+        // At most half of what may be cached: this reader's bound, and the budget it shares with the mount's other
+        // readers (decodes under way count in it). Chunks fetched further ahead would push each other out before the
+        // reader gets there, and each would be fetched again (an S3 store's 8 GETs in flight under --cache-mb 16).
+        var room = Math.Min(options.CacheBytes, memory.Capacity);
+        var budget = (int)Math.Min(options.ReadAheadChunks, Math.Max(1, room / index.ChunkSize / 2));
         for (var next = chunk + 1; next <= chunk + budget && next < index.ChunkCount; next++)
         {
             if (cache.ContainsKey(next) || inflight.ContainsKey(next) || IsZeroChunk(next))
