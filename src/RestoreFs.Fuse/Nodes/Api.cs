@@ -16,6 +16,12 @@ public abstract class FuseNode
 
     /// <summary>How long the kernel may keep the attributes.</summary>
     public virtual TimeSpan AttrTimeout => TimeSpan.FromSeconds(1);
+
+    // The node id the mount gave this node and the kernel's lookup count, kept by the mount's node table under its
+    // lock (0: the kernel does not know the node). On the node rather than in a second dictionary: a mount may hold
+    // hundreds of thousands of nodes (a walk of a large archive). A node object belongs to one mount at a time.
+    internal ulong TableId;
+    internal long TableLookups;
 }
 
 /// <summary>A directory.</summary>

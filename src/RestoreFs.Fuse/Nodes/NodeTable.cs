@@ -1,5 +1,3 @@
-using System.Runtime.CompilerServices;
-
 namespace RestoreFs.Fuse.Nodes;
 
 /// <summary>
@@ -9,14 +7,14 @@ namespace RestoreFs.Fuse.Nodes;
 internal sealed class NodeTable
 {
     private readonly object gate = new();
-    private readonly Dictionary<ulong, (FuseNode Node, long Lookups)> byId = new();
-    private readonly Dictionary<FuseNode, ulong> byNode = new(ReferenceEqualityComparer.Instance);
+    private readonly Dictionary<ulong, FuseNode> byId = new();
     private ulong nextId = 1;
 
     public NodeTable(FuseNode root)
     {
-        byId[1] = (root, 1);
-        byNode[root] = 1;
+        root.TableId = 1;
+        root.TableLookups = 1;
+        byId[1] = root;
     }
 
     public int Count
@@ -34,7 +32,7 @@ internal sealed class NodeTable
     {
         lock (gate)
         {
-            return byId.TryGetValue(id, out var e) ? e.Node : null;
+            return byId.GetValueOrDefault(id);
         }
     }
 
@@ -43,16 +41,16 @@ internal sealed class NodeTable
     {
         lock (gate)
         {
-            if (byNode.TryGetValue(node, out var id))
+            if (Known(node))
             {
-                var e = byId[id];
-                byId[id] = (e.Node, e.Lookups + 1);
-                return id;
+                node.TableLookups++;
+                return node.TableId;
             }
 
-            id = ++nextId;
-            byId[id] = (node, 1);
-            byNode[node] = id;
+            var id = ++nextId;
+            node.TableId = id;
+            node.TableLookups = 1;
+            byId[id] = node;
             return id;
         }
     }
@@ -66,20 +64,17 @@ internal sealed class NodeTable
 
         lock (gate)
         {
-            if (!byId.TryGetValue(id, out var e))
+            if (!byId.TryGetValue(id, out var node))
             {
                 return;
             }
 
-            var left = e.Lookups - (long)count;
-            if (left <= 0)
+            node.TableLookups -= (long)count;
+            if (node.TableLookups <= 0)
             {
                 byId.Remove(id);
-                byNode.Remove(e.Node);
-            }
-            else
-            {
-                byId[id] = (e.Node, left);
+                node.TableId = 0;
+                node.TableLookups = 0;
             }
         }
     }
@@ -89,9 +84,13 @@ internal sealed class NodeTable
     {
         lock (gate)
         {
-            return byNode.TryGetValue(node, out var id) ? id : null;
+            return Known(node) ? node.TableId : null;
         }
     }
+
+    /// <summary>Under the lock: whether the node's id is this table's (not one left from an earlier mount of the same tree).</summary>
+    private bool Known(FuseNode node) =>
+        node.TableId != 0 && byId.TryGetValue(node.TableId, out var held) && ReferenceEquals(held, node);
 }
 
 /// <summary>Open file and directory handles by fh.</summary>
