@@ -134,12 +134,17 @@ public sealed class PxarArchive : IDisposable
     }
 
     /// <summary>Looks up a child by name through the directory's goodbye table; null when absent.</summary>
-    public PxarEntry? Lookup(PxarEntry directory, ReadOnlySpan<byte> name)
+    /// <summary>
+    /// The child called <paramref name="name"/>, or null. <paramref name="directoryExpected"/>: the caller knows the
+    /// child is a directory (from the catalog) and will look into it; its goodbye table, at the end of its extent and
+    /// often in another chunk than its entry, is then fetched in the background while the entry is decoded.
+    /// </summary>
+    public PxarEntry? Lookup(PxarEntry directory, ReadOnlySpan<byte> name, bool directoryExpected = false)
     {
         RequireDirectory(directory);
         var table = OpenTable(directory);
         var hash = PxarFormat.HashName(name);
-        return Search(directory, table, 0, hash, name);
+        return Search(directory, table, 0, hash, name, directoryExpected);
     }
 
     public PxarEntry? Lookup(PxarEntry directory, string name) => Lookup(directory, System.Text.Encoding.UTF8.GetBytes(name));
@@ -688,7 +693,7 @@ public sealed class PxarArchive : IDisposable
     }
 
     /// <summary>Searches the implicit binary tree below index <paramref name="i"/>; on equal hashes with another name, both subtrees.</summary>
-    private PxarEntry? Search(PxarEntry dir, Table table, long i, ulong hash, ReadOnlySpan<byte> name)
+    private PxarEntry? Search(PxarEntry dir, Table table, long i, ulong hash, ReadOnlySpan<byte> name, bool directoryExpected = false)
     {
         while (i < table.Count)
         {
@@ -703,6 +708,11 @@ public sealed class PxarArchive : IDisposable
             }
             else
             {
+                if (directoryExpected && size > 0)
+                {
+                    meta.Prefetch(fileOffset + size - 1);
+                }
+
                 var storedName = ReadFilename(fileOffset, table.Offset);
                 if (PxarFormat.HashName(storedName) != recordHash)
                 {
@@ -716,7 +726,7 @@ public sealed class PxarArchive : IDisposable
                 }
 
                 // A 64-bit collision: further records with this hash sit in either subtree.
-                return Search(dir, table, 2 * i + 1, hash, name) ?? Search(dir, table, 2 * i + 2, hash, name);
+                return Search(dir, table, 2 * i + 1, hash, name, directoryExpected) ?? Search(dir, table, 2 * i + 2, hash, name, directoryExpected);
             }
         }
 

@@ -12,6 +12,11 @@ public interface IPxarSource
 
     /// <summary>Reads min(dst.Length, Length − offset) bytes; 0 at or past the end.</summary>
     int Read(long offset, Span<byte> dst);
+
+    /// <summary>A hint: bytes at <paramref name="offset"/> will be read soon (a source may start fetching them).</summary>
+    void Prefetch(long offset)
+    {
+    }
 }
 
 /// <summary>An archive held in memory (tests, small catalogs).</summary>
@@ -80,6 +85,8 @@ public sealed class DynamicIndexPxarSource(DynamicImageReader reader, bool ownsR
     public long Length => Reader.Size;
 
     public int Read(long offset, Span<byte> dst) => Reader.Read(offset, dst);
+
+    public void Prefetch(long offset) => Reader.Prefetch(offset);
 
     public void Dispose()
     {

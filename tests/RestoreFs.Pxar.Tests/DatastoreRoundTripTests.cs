@@ -91,4 +91,85 @@ public class DatastoreRoundTripTests(TortureTree tree)
         Assert.Equal(4096, fresh.Read(file, 0, head));
         Assert.Equal(File.ReadAllBytes(Path.Combine(tree.Root, "bigfile"))[..4096], head);
     }
+
+    /// <summary>
+    /// A lookup told that the name is a directory (the mount knows it from the catalog) starts decoding the chunk that
+    /// holds the directory's goodbye table while the directory's entry decodes; the table is then read from the cache.
+    /// A damaged goodbye chunk fails the hint silently and the read that needs it reports the chunk.
+    /// </summary>
+    [Fact]
+    public void ALookupOfADirectoryFetchesItsGoodbyeTableAheadAndDamageStillNamesTheChunk()
+    {
+        using var store = new TempDirectory("pxar-store");
+        var snapshot = Backup(store.Path, tree, split: false, key: null, 0);
+        var reader = DatastoreReader.Open(store.Path);
+        var index = DynamicIndex.Open(Path.Combine(snapshot.DirectoryPath, "root.pxar.didx"));
+
+        // A directory whose goodbye table lies in another chunk than its entry (the torture tree has several).
+        byte[]? parentPath = null;
+        PxarEntry? target = null;
+        long tableOffset = 0, tableEnd = 0;
+        using (var scan = SnapshotArchives.Open(reader, snapshot, "root.pxar", null))
+        {
+            var queue = new Queue<(PxarEntry Dir, byte[] Path)>([(scan.Root, [])]);
+            while (target is null && queue.Count > 0)
+            {
+                var (dir, dirPath) = queue.Dequeue();
+                foreach (var child in scan.List(dir).Where(c => c.IsDirectory))
+                {
+                    // The GOODBYE item: a header, a record per child and the tail record (which a lookup reads first).
+                    var table = scan.GoodbyeOffset(child);
+                    var end = table + 16 + (24L * (scan.GoodbyeRecords(child).Count + 1));
+                    if (target is null && index.ChunkAt(child.EntryOffset) != index.ChunkAt(end - 1))
+                    {
+                        (parentPath, target, tableOffset, tableEnd) = (dirPath, child, table, end);
+                    }
+
+                    queue.Enqueue((child, dirPath.Length == 0 ? child.Name : [.. dirPath, (byte)'/', .. child.Name]));
+                }
+            }
+        }
+
+        Assert.NotNull(target);
+        PxarEntry Fresh(PxarArchive archive) => archive.LookupPath(parentPath.AsSpan())!;
+
+        using (var source = DynamicImageReader.Open(reader, snapshot, "root.pxar", null))
+        using (var archive = PxarArchive.Open(new DynamicIndexPxarSource(source, ownsReader: false)))
+        {
+            var from = Fresh(archive);
+            Assert.Equal(target!.EntryOffset, archive.Lookup(from, target.Name)!.EntryOffset);
+            Assert.Equal(0, source.Prefetches); // no hint, no fetch ahead
+
+            var found = archive.Lookup(from, target.Name, directoryExpected: true)!;
+            Assert.Equal(target.EntryOffset, found.EntryOffset);
+        }
+
+        using (var source = DynamicImageReader.Open(reader, snapshot, "root.pxar", null))
+        using (var archive = PxarArchive.Open(new DynamicIndexPxarSource(source, ownsReader: false)))
+        {
+            var from = Fresh(archive);
+            var found = archive.Lookup(from, target.Name, directoryExpected: true)!;
+            Assert.Equal(1, source.Prefetches);
+            var misses = source.Stats.Misses;
+            Assert.Equal(tableOffset, archive.GoodbyeOffset(found));
+            Assert.NotEmpty(archive.GoodbyeRecords(found));
+            // The tail's chunk came from the fetch ahead; only the chunks before it that the table spans were read now.
+            Assert.Equal(misses + index.ChunkAt(tableEnd - 1) - index.ChunkAt(tableOffset), source.Stats.Misses);
+        }
+
+        // Damage the goodbye table's chunk: the hint fails quietly, the table read names the chunk.
+        var digest = index.Digest(index.ChunkAt(tableEnd - 1));
+        var path = reader.Chunks.PathOf(digest);
+        var bytes = File.ReadAllBytes(path);
+        bytes[bytes.Length / 2] ^= 0x55;
+        File.WriteAllBytes(path, bytes);
+        using (var source = DynamicImageReader.Open(reader, snapshot, "root.pxar", null))
+        using (var archive = PxarArchive.Open(new DynamicIndexPxarSource(source, ownsReader: false)))
+        {
+            var from = Fresh(archive);
+            var found = archive.Lookup(from, target.Name, directoryExpected: true)!;
+            var error = Assert.ThrowsAny<DatastoreException>(() => archive.GoodbyeRecords(found));
+            Assert.Contains(Convert.ToHexStringLower(digest), error.Message);
+        }
+    }
 }

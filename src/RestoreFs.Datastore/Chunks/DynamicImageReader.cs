@@ -38,6 +38,8 @@ public sealed class DynamicImageReader : IDisposable, IChunkCache
     private readonly SemaphoreSlim decoder = new(1, 1);
     private long cachedBytes;
     private long lastUse;
+    private bool prefetching;
+    private long prefetches;
     private long hits;
     private long misses;
     private volatile bool disposed;
@@ -142,6 +144,67 @@ public sealed class DynamicImageReader : IDisposable, IChunkCache
         }
 
         return length;
+    }
+
+    /// <summary>
+    /// Starts decoding the chunk that holds <paramref name="offset"/> in the background, for a read the caller knows is
+    /// coming (an archive reader that has just found where a directory's goodbye table lies). One such decode at a
+    /// time, beside the reader's own: memory grows by one chunk at most, and a hint that comes while one runs is
+    /// dropped. A failure is left for the read that needs the chunk, which decodes it again and reports it.
+    /// </summary>
+    public void Prefetch(long offset)
+    {
+        if (disposed || offset < 0 || offset >= index.Size)
+        {
+            return;
+        }
+
+        var chunk = index.ChunkAt(offset);
+        lock (gate)
+        {
+            if (prefetching || cache.ContainsKey(chunk) || inflight.ContainsKey(chunk))
+            {
+                return;
+            }
+
+            prefetching = true;
+            inflight[chunk] = new ManualResetEventSlim();
+            misses++;
+            prefetches++;
+        }
+
+        ThreadPool.UnsafeQueueUserWorkItem(static s => s.Reader.RunPrefetch(s.Chunk), (Reader: this, Chunk: chunk), preferLocal: false);
+    }
+
+    /// <summary>Chunks decoded on a hint (<see cref="Prefetch"/>).</summary>
+    public long Prefetches => Interlocked.Read(ref prefetches);
+
+    private void RunPrefetch(int chunk)
+    {
+        try
+        {
+            if (!disposed)
+            {
+                Insert(chunk, Decode(chunk, (int)(index.ChunkEnd(chunk) - index.ChunkStart(chunk))));
+            }
+        }
+        catch (Exception)
+        {
+            // See Prefetch: the reader that needs this chunk decodes it itself and reports what is wrong, naming it.
+        }
+        finally
+        {
+            lock (gate)
+            {
+                prefetching = false;
+                if (inflight.Remove(chunk, out var finished))
+                {
+                    finished.Set();
+                }
+            }
+
+            memory?.Trim();
+        }
     }
 
     /// <summary>

@@ -321,16 +321,25 @@ public sealed class PxarArchiveState : IDisposable
             return -1;
         }
 
-        foreach (var e in entries)
+        // Every lookup asks (for files too: is it a directory?), so a block's subdirectories are indexed once, for as
+        // long as the block itself is cached; a scan per lookup made `ls -l` of 18,000 files quadratic.
+        var subdirectories = subdirectoryIndex.GetValue(entries, static block =>
         {
-            if (e.Type == PxarCatalogEntryType.Directory && e.Name.AsSpan().SequenceEqual(name))
+            var map = new Dictionary<string, long>(StringComparer.Ordinal);
+            foreach (var e in block)
             {
-                return e.ChildBlockOffset;
+                if (e.Type == PxarCatalogEntryType.Directory)
+                {
+                    map.TryAdd(System.Text.Encoding.Latin1.GetString(e.Name), e.ChildBlockOffset);
+                }
             }
-        }
 
-        return -1;
+            return map;
+        });
+        return subdirectories.TryGetValue(System.Text.Encoding.Latin1.GetString(name), out var block) ? block : -1;
     }
+
+    private readonly System.Runtime.CompilerServices.ConditionalWeakTable<IReadOnlyList<PxarCatalogEntry>, Dictionary<string, long>> subdirectoryIndex = new();
 
     /// <summary>The catalog disagrees with the archive or cannot be read: said once; listings decode the archive.</summary>
     public void CatalogUnusable(string reason) =>

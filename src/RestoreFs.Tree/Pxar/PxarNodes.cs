@@ -145,13 +145,19 @@ public sealed class PxarDirectory(PxarArchiveState state, PxarEntry entry, long 
     {
         try
         {
-            var child = state.Archive.Lookup(directory, name.Span);
+            // The catalog says whether the name is a directory before the archive is read: then its goodbye table,
+            // which the next lookup or listing in it needs, is fetched while its entry is decoded.
+            var childBlock = catalogBlock >= 0 ? state.ChildCatalogBlock(catalogBlock, name.Span) : -1;
+            var child = state.Archive.Lookup(directory, name.Span, directoryExpected: childBlock >= 0);
             if (child is null)
             {
                 return ValueTask.FromResult<FuseNode?>(null);
             }
 
-            var childBlock = child.IsDirectory && catalogBlock >= 0 ? state.ChildCatalogBlock(catalogBlock, name.Span) : -1;
+            if (!child.IsDirectory)
+            {
+                childBlock = -1;
+            }
             return ValueTask.FromResult<FuseNode?>(Of(state, child, childBlock));
         }
         catch (Exception e) when (e is not FuseException)
