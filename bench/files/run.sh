@@ -13,7 +13,8 @@ export XDG_RUNTIME_DIR=$work/run; mkdir -p "$XDG_RUNTIME_DIR"
 mnt=$work/mnt; gmnt=$work/gmnt
 cleanup() {
   "$cli" umount "$mnt" >/dev/null 2>&1 || umount -l "$mnt" 2>/dev/null || true
-  for d in "$gmnt" "$work"/g[0-9]; do [ -d "$d" ] && { guestunmount "$d" >/dev/null 2>&1 || umount -l "$d" 2>/dev/null || true; }; done
+  # Only what is still mounted: guestunmount retries for about half a minute on a directory that is not.
+  for d in "$gmnt" "$work"/g[0-9]; do mountpoint -q "$d" 2>/dev/null && { guestunmount "$d" >/dev/null 2>&1 || umount -l "$d" 2>/dev/null || true; }; done
   rm -rf "$work"
 }
 trap cleanup EXIT
