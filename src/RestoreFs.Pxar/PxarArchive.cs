@@ -133,9 +133,8 @@ public sealed class PxarArchive : IDisposable
         Root = root;
     }
 
-    /// <summary>Looks up a child by name through the directory's goodbye table; null when absent.</summary>
     /// <summary>
-    /// The child called <paramref name="name"/>, or null. <paramref name="directoryExpected"/>: the caller knows the
+    /// Looks up a child by name through the directory's goodbye table; null when absent. <paramref name="directoryExpected"/>: the caller knows the
     /// child is a directory (from the catalog) and will look into it; its goodbye table, at the end of its extent and
     /// often in another chunk than its entry, is then fetched in the background while the entry is decoded.
     /// </summary>
@@ -693,7 +692,7 @@ public sealed class PxarArchive : IDisposable
     }
 
     /// <summary>Searches the implicit binary tree below index <paramref name="i"/>; on equal hashes with another name, both subtrees.</summary>
-    private PxarEntry? Search(PxarEntry dir, Table table, long i, ulong hash, ReadOnlySpan<byte> name, bool directoryExpected = false)
+    private PxarEntry? Search(PxarEntry dir, Table table, long i, ulong hash, ReadOnlySpan<byte> name, bool directoryExpected)
     {
         while (i < table.Count)
         {

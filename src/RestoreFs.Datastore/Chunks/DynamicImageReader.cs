@@ -127,13 +127,7 @@ public sealed class DynamicImageReader : IDisposable, IChunkCache
                 finally
                 {
                     decoder.Release();
-                    lock (gate)
-                    {
-                        if (inflight.Remove(chunk, out var finished))
-                        {
-                            finished.Set();
-                        }
-                    }
+                    EndDecode(chunk, prefetched: false);
                 }
 
                 memory?.Trim();
@@ -194,16 +188,25 @@ public sealed class DynamicImageReader : IDisposable, IChunkCache
         }
         finally
         {
-            lock (gate)
+            EndDecode(chunk, prefetched: true);
+            memory?.Trim();
+        }
+    }
+
+    /// <summary>A decode is over (cached, or failed): wakes the readers waiting for it; a fetch ahead frees its slot.</summary>
+    private void EndDecode(int chunk, bool prefetched)
+    {
+        lock (gate)
+        {
+            if (prefetched)
             {
                 prefetching = false;
-                if (inflight.Remove(chunk, out var finished))
-                {
-                    finished.Set();
-                }
             }
 
-            memory?.Trim();
+            if (inflight.Remove(chunk, out var finished))
+            {
+                finished.Set();
+            }
         }
     }
 

@@ -21,8 +21,8 @@ public sealed class PxarArchiveState : IDisposable
     private PxarArchive? archive;
     private Lazy<IReadOnlyDictionary<ulong, int>>? linkCounts;
     private Lazy<(PxarCatalog Catalog, DynamicIndexPxarSource Source, long ArchiveBlock)?>? listingCatalog;
-    private readonly LinkedList<(long Offset, IReadOnlyList<PxarCatalogEntry> Entries)> blockLru = new();
-    private readonly Dictionary<long, LinkedListNode<(long Offset, IReadOnlyList<PxarCatalogEntry> Entries)>> blocks = new();
+    private readonly LinkedList<CachedBlock> blockLru = new();
+    private readonly Dictionary<long, LinkedListNode<CachedBlock>> blocks = new();
     private int cachedBlockEntries;
 
     public PxarArchiveState(TreeContext context, SnapshotState snapshot, PxarArchiveInfo info)
@@ -264,7 +264,14 @@ public sealed class PxarArchiveState : IDisposable
 
     /// <summary>The entries of a catalog block (cached: a walk reads a parent's block again for each subdirectory);
     /// null when the catalog cannot be read.</summary>
-    public IReadOnlyList<PxarCatalogEntry>? CatalogBlock(long offset)
+    public IReadOnlyList<PxarCatalogEntry>? CatalogBlock(long offset) => Block(offset)?.Entries;
+
+    /// <summary>The catalog block of the subdirectory <paramref name="name"/> of the directory whose block is
+    /// <paramref name="parentBlock"/>; −1 when unknown.</summary>
+    public long ChildCatalogBlock(long parentBlock, ReadOnlySpan<byte> name) =>
+        Block(parentBlock) is { } block && block.Subdirectories.TryGetValue(System.Text.Encoding.Latin1.GetString(name), out var child) ? child : -1;
+
+    private CachedBlock? Block(long offset)
     {
         if (offset < 0 || listingCatalog?.Value is not { } catalog)
         {
@@ -277,7 +284,7 @@ public sealed class PxarArchiveState : IDisposable
             {
                 blockLru.Remove(node);
                 blockLru.AddFirst(node);
-                return node.Value.Entries;
+                return node.Value;
             }
         }
 
@@ -294,12 +301,13 @@ public sealed class PxarArchiveState : IDisposable
 
         lock (blockLru)
         {
-            if (blocks.ContainsKey(offset))
+            if (blocks.TryGetValue(offset, out var other))
             {
-                return entries; // read by another thread meanwhile
+                return other.Value; // read by another thread meanwhile
             }
 
-            blocks[offset] = blockLru.AddFirst((offset, entries));
+            var block = new CachedBlock(offset, entries);
+            blocks[offset] = blockLru.AddFirst(block);
             cachedBlockEntries += entries.Count;
             while (cachedBlockEntries > MaxCachedBlockEntries && blockLru.Count > 1 && blockLru.Last is { } last)
             {
@@ -307,26 +315,26 @@ public sealed class PxarArchiveState : IDisposable
                 blocks.Remove(last.Value.Offset);
                 cachedBlockEntries -= last.Value.Entries.Count;
             }
-        }
 
-        return entries;
+            return block;
+        }
     }
 
-    /// <summary>The catalog block of the subdirectory <paramref name="name"/> of the directory whose block is
-    /// <paramref name="parentBlock"/>; −1 when unknown.</summary>
-    public long ChildCatalogBlock(long parentBlock, ReadOnlySpan<byte> name)
+    /// <summary>A cached catalog block. Every lookup asks whether the name is a directory (files too), so the block's
+    /// subdirectories are indexed once, on the first lookup (a scan per lookup made `ls -l` of 18,000 files
+    /// quadratic); names as Latin-1 strings, one char per byte.</summary>
+    private sealed class CachedBlock(long offset, IReadOnlyList<PxarCatalogEntry> entries)
     {
-        if (CatalogBlock(parentBlock) is not { } entries)
-        {
-            return -1;
-        }
+        private Dictionary<string, long>? subdirectories;
 
-        // Every lookup asks (for files too: is it a directory?), so a block's subdirectories are indexed once, for as
-        // long as the block itself is cached; a scan per lookup made `ls -l` of 18,000 files quadratic.
-        var subdirectories = subdirectoryIndex.GetValue(entries, static block =>
+        public long Offset => offset;
+
+        public IReadOnlyList<PxarCatalogEntry> Entries => entries;
+
+        public Dictionary<string, long> Subdirectories => LazyInitializer.EnsureInitialized(ref subdirectories, () =>
         {
             var map = new Dictionary<string, long>(StringComparer.Ordinal);
-            foreach (var e in block)
+            foreach (var e in entries)
             {
                 if (e.Type == PxarCatalogEntryType.Directory)
                 {
@@ -336,10 +344,7 @@ public sealed class PxarArchiveState : IDisposable
 
             return map;
         });
-        return subdirectories.TryGetValue(System.Text.Encoding.Latin1.GetString(name), out var block) ? block : -1;
     }
-
-    private readonly System.Runtime.CompilerServices.ConditionalWeakTable<IReadOnlyList<PxarCatalogEntry>, Dictionary<string, long>> subdirectoryIndex = new();
 
     /// <summary>The catalog disagrees with the archive or cannot be read: said once; listings decode the archive.</summary>
     public void CatalogUnusable(string reason) =>
