@@ -10,7 +10,7 @@ namespace RestoreFs.Datastore;
 /// but a regular file is read, and every file's size is checked against its limit (<see cref="StoreLimits"/>) first.
 /// A malformed entry (bad name, symlink, FIFO) is logged once and skipped; it never hides the good ones.
 /// </summary>
-public sealed class DatastoreReader
+public sealed class DatastoreReader : IDisposable
 {
     private static readonly string[] Types = ["vm", "ct", "host"];
     private readonly ILogger log;
@@ -24,6 +24,12 @@ public sealed class DatastoreReader
         Chunks = new ChunkStore(basePath, files);
         this.log = log;
     }
+
+    /// <summary>
+    /// Releases what the store's access holds: for an S3 store its client (pooled connections to the endpoint) and
+    /// the local chunk cache, after the cache writes already queued; nothing for a local directory.
+    /// </summary>
+    public void Dispose() => (files as IDisposable)?.Dispose();
 
     /// <summary>Chunks read ahead (GETs in flight) for sequential reads from object storage.</summary>
     public const int RemoteReadAhead = 8;

@@ -28,8 +28,9 @@ public sealed class S3ReadAheadTests(RgwFixture rgw) : IDisposable
             await S3StoreUploader.UploadSnapshotAsync(admin, location, local, snap.DirectoryPath);
         }
 
-        // No local chunk cache: every chunk the reader needs again would be another GET.
-        var store = DatastoreReader.Open(location.ToString(), options: new StoreOpenOptions { S3 = rgw.ReadOnly, CacheBytes = 0 });
+        // No local chunk cache: every chunk the reader needs again would be another GET. Disposed at the end: its
+        // pooled connections to the gateway must not outlive the test (the fixture restarts the gateway on its port).
+        using var store = DatastoreReader.Open(location.ToString(), options: new StoreOpenOptions { S3 = rgw.ReadOnly, CacheBytes = 0 });
         var memory = new ChunkMemory(budgetChunks * (long)Chunk);
         using var image = store.OpenImage(store.ListSnapshots(snap.Group).Single(), "d", null, new ImageReaderOptions(CacheBytes: 64L * 1024 * 1024, Memory: memory));
         var buffer = new byte[1024 * 1024];
