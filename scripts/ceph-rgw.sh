@@ -72,9 +72,11 @@ stop_one() { # NAME
   rm -f "$pidfile"
 }
 
-port_free() { # PORT: nothing listens or is connected on it (a connected socket would make the bind fail too; TIME-WAIT
-  # ones do not, as the daemons bind with SO_REUSEADDR: a gateway restarted by `start` gets its old port back)
-  [ -z "$(ss -Htan exclude time-wait "sport = :$1" 2>/dev/null)" ]
+port_free() { # PORT: nothing listens or is connected on it (a connected socket would make the bind fail too). Sockets
+  # on their way out do not count: TIME-WAIT, and the closing halves a stopped gateway leaves behind while a client
+  # still holds its end (FIN-WAIT, CLOSING, LAST-ACK): the daemons bind with SO_REUSEADDR, and a gateway restarted by
+  # `start` must get its old port back, or every client that knows the port is cut off.
+  [ -z "$(ss -Htan exclude time-wait exclude fin-wait-1 exclude fin-wait-2 exclude closing exclude last-ack "sport = :$1" 2>/dev/null)" ]
 }
 
 # A free loopback port: the one recorded before when it is still free, else a random one below the kernel's ephemeral
