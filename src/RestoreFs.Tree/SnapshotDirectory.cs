@@ -62,6 +62,13 @@ public sealed class SnapshotDirectory : TreeDirectory
         return names;
     }
 
+    /// <summary>An archive's directory not yet opened is listed by name: its attributes are its root entry's, a chunk
+    /// to read, and a plain `ls` of the snapshot needs none of them.</summary>
+    protected override FuseDirectoryEntry ListEntry(byte[] name, FuseNode node) =>
+        node is Pxar.PxarRootDirectory { State.IsOpen: false } pxar
+            ? FuseDirectoryEntry.NameOnly(name, Modes.Directory >> 12, pxar.Ino)
+            : base.ListEntry(name, node);
+
     protected override FuseNode? CreateChild(string name)
     {
         if (name == FilesName)

@@ -57,6 +57,10 @@ public abstract class TreeDirectory : FuseNode, IFuseDirectory
     /// <summary>Makes the node for <paramref name="name"/>, or null when there is no such entry.</summary>
     protected abstract FuseNode? CreateChild(string name);
 
+    /// <summary>A child as a listing gives it: with its node (READDIRPLUS then hands the kernel its attributes), or
+    /// name-only where the attributes would cost a read.</summary>
+    protected virtual FuseDirectoryEntry ListEntry(byte[] name, FuseNode node) => new(name, node);
+
     /// <summary>For changing directories: whether a cached child still exists (default: re-list).</summary>
     protected virtual bool StillExists(string name) => ListNames().Contains(name, StringComparer.Ordinal);
 
@@ -122,7 +126,7 @@ public abstract class TreeDirectory : FuseNode, IFuseDirectory
             }
 
             node = children.GetOrAdd(name, node);
-            entries.Add(new FuseDirectoryEntry(Encoding.UTF8.GetBytes(name), node));
+            entries.Add(ListEntry(Encoding.UTF8.GetBytes(name), node));
         }
 
         return ValueTask.FromResult<IReadOnlyList<FuseDirectoryEntry>>(entries);

@@ -77,6 +77,10 @@ public sealed class PxarFixture : IDisposable
             socket.Bind(new System.Net.Sockets.UnixDomainSocketEndPoint(Path.Combine(Source, "socket")));
         }
 
+        // The root's own metadata, last (every name made in it moved its mtime): what `cp -a` of the archive's directory copies.
+        ProcessRunner.Shell($"cd '{Source}' && chown 4242:4343 . && chmod 0750 . && setfattr -n user.root -v top . && touch -d '@{RootMtime}' .",
+            TimeSpan.FromMinutes(1)).EnsureSuccess("the torture tree's root metadata");
+
         Directory.CreateDirectory(DamageSource);
         File.WriteAllBytes(Path.Combine(DamageSource, "big"), RandomBytes(20 * 1024 * 1024, 7));
         File.WriteAllText(Path.Combine(DamageSource, "small.txt"), "still readable\n");
@@ -116,6 +120,9 @@ public sealed class PxarFixture : IDisposable
         ProcessRunner.Run("rm", ["-rf", other], TimeSpan.FromMinutes(2));
     }
 
+    /// <summary>mtime of the torture tree's root directory (mode 0750, owner 4242:4343, xattr user.root=top).</summary>
+    public const string RootMtime = "1500000000.123456789";
+
     /// <summary>The key of the encrypted backups ct/103 (v1) and ct/104 (split).</summary>
     public string KeyFile => Dir.Combine("key.json");
 
@@ -151,7 +158,7 @@ public sealed class PxarMountTests(PxarFixture fixture) : IClassFixture<PxarFixt
     private static string SnapshotDir(string mountPoint, string group) => Path.Combine(mountPoint, "snapshots", group, PxarFixture.Time);
 
     /// <summary>
-    /// Every field of a tree as sorted lines (names as bytes mapped through latin-1): type, mode, uid:gid, mtime ns,
+    /// Every field of a tree as sorted lines (names as bytes mapped through latin-1), the root directory's own included: type, mode, uid:gid, mtime ns,
     /// nlink, size and sha256 of files, symlink targets, rdev, xattrs (ACLs included) as hex, hard-link groups.
     /// </summary>
     internal static List<string> Describe(string root, bool tarView = false)
@@ -160,7 +167,8 @@ public sealed class PxarMountTests(PxarFixture fixture) : IClassFixture<PxarFixt
         var script = """
             set -euo pipefail
             cd "$1"
-            { find . -mindepth 1 ! -type f ! -type s -printf 'E %P %y %m %U:%G %T@ %n\0'
+            { find . -maxdepth 0 -printf 'R %m %U:%G %T@\0'
+              find . -mindepth 1 ! -type f ! -type s -printf 'E %P %y %m %U:%G %T@ %n\0'
               find . -mindepth 1 -type s -printf 'S %P %m %U:%G %T@\0'
               find . -mindepth 1 -type f -printf 'F %P %m %U:%G %T@ %n %s\0'
               find . -mindepth 1 -type l -printf 'L %P -> %l\0'
@@ -251,6 +259,40 @@ public sealed class PxarMountTests(PxarFixture fixture) : IClassFixture<PxarFixt
 
         AssertMountShowsTheSource(archive);
         ProcessRunner.Run("rm", ["-rf", copy], TimeSpan.FromMinutes(2));
+    }
+
+    /// <summary>
+    /// The archive's directory carries the backed-up root's own metadata from the first stat on — before anyone entered
+    /// it — so `cp -a` of the directory itself copies its mode, owner, ns mtime and xattrs. An archive that cannot be
+    /// opened (encrypted, mounted without the key) still shows as a directory, with the snapshot's attributes.
+    /// </summary>
+    [Fact]
+    public void ArchiveDirectoryShowsTheRootsMetadataBeforeItIsEntered()
+    {
+        using var temp = new TempDirectory("pxar-root");
+        using var mount = CliMount.Start(fixture.Store, temp.Combine("mnt"), "--no-vm");
+        const string Expected = "750 4242:4343 " + PxarFixture.RootMtime;
+        string Stat(string path) => ProcessRunner.Run("stat", ["-c", "%a %u:%g %.9Y", path], TimeSpan.FromMinutes(1)).EnsureSuccess("stat").StdOut.Trim();
+
+        foreach (var group in new[] { "ct/100", "ct/101" })
+        {
+            var snapshot = SnapshotDir(mount.MountPoint, group);
+            var ls = ProcessRunner.Run("ls", ["-l", "--time-style=+%s", snapshot], TimeSpan.FromMinutes(1)).EnsureSuccess("ls -l");
+            Assert.Matches(@"(?m)^drwxr-x---\S* +\d+ +4242 +4343 +\d+ +1500000000 +root\.pxar$", ls.StdOut);
+            Assert.Equal(Expected, Stat(Path.Combine(snapshot, "root.pxar")));
+
+            var copy = temp.Combine(group.Replace('/', '-'));
+            Directory.CreateDirectory(copy);
+            ProcessRunner.Run("cp", ["-a", Path.Combine(snapshot, "root.pxar"), copy], TimeSpan.FromMinutes(5)).EnsureSuccess("cp -a");
+            Assert.Equal(Expected, Stat(Path.Combine(copy, "root.pxar")));
+            var xattr = ProcessRunner.Run("getfattr", ["--only-values", "-n", "user.root", Path.Combine(copy, "root.pxar")], TimeSpan.FromMinutes(1));
+            Assert.Equal("top", xattr.EnsureSuccess("getfattr").StdOut);
+            ProcessRunner.Run("rm", ["-rf", copy], TimeSpan.FromMinutes(2));
+        }
+
+        var locked = Path.Combine(SnapshotDir(mount.MountPoint, "ct/103"), "root.pxar");
+        Assert.StartsWith("555 ", Stat(locked), StringComparison.Ordinal);
+        Assert.NotEqual(0, ProcessRunner.Run("ls", [locked], TimeSpan.FromMinutes(1)).ExitCode);
     }
 
     /// <summary>

@@ -21,14 +21,10 @@ public static class PxarTarWriter
         var header = new byte[Block];
         var buffer = new byte[1 << 20];
         var pending = new Stack<(PxarEntry Entry, byte[] Path)>();
-        if (start.IsDirectory)
-        {
-            PushChildren(archive, start, [], pending);
-        }
-        else
-        {
-            pending.Push((start, start.Name));
-        }
+
+        // A directory goes out as "./" with its own metadata first (as `tar -C DIR -c .` does), so that extracting the
+        // stream gives the target directory the archived one's mode, owner, times and xattrs; its children follow.
+        pending.Push((start, start.IsDirectory ? [] : start.Name));
 
         while (pending.Count > 0)
         {
@@ -125,7 +121,7 @@ public static class PxarTarWriter
             Record(records, "hdrcharset", "BINARY"u8);
         }
 
-        byte[] name = type == (byte)'5' ? [.. path, (byte)'/'] : path;
+        byte[] name = type != (byte)'5' ? path : path.Length == 0 ? "./"u8.ToArray() : [.. path, (byte)'/'];
         if (name.Length > 100 || !IsAscii(name))
         {
             Record(records, "path", name);

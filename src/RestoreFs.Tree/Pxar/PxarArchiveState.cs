@@ -20,6 +20,7 @@ public sealed class PxarArchiveState : IDisposable
     private readonly long archiveNumber = Interlocked.Increment(ref nextArchive);
     private PxarArchive? archive;
     private Lazy<IReadOnlyDictionary<ulong, int>>? linkCounts;
+    private int entered;
     private Lazy<(PxarCatalog Catalog, DynamicIndexPxarSource Source, long ArchiveBlock)?>? listingCatalog;
     private readonly LinkedList<CachedBlock> blockLru = new();
     private readonly Dictionary<long, LinkedListNode<CachedBlock>> blocks = new();
@@ -61,26 +62,8 @@ public sealed class PxarArchiveState : IDisposable
                 {
                     var opened = SnapshotArchives.Open(Context.Store, Snapshot.Snapshot, Info, Context.Options.Key,
                         ReaderOptions(Info.IsSplit ? MetadataShare : HasCatalog ? UnifiedWithCatalogShare : UnifiedShare), payloadReaderOptions: ReaderOptions(PayloadShare));
-                    var counts = new Lazy<IReadOnlyDictionary<ulong, int>>(() => CountLinks(opened));
-                    linkCounts = counts;
+                    linkCounts = new Lazy<IReadOnlyDictionary<ulong, int>>(() => CountLinks(opened));
                     Volatile.Write(ref archive, opened);
-
-                    // Counted in the background from the start, so that the first `ls -l` rarely waits for it (and waits
-                    // exactly as long as it takes when it does: nlink is never guessed). Errors surface in LinkCount.
-                    // The catalog opens meanwhile too (a unified archive's listings need it; the counting as well), while the
-                    // first listing reads the root's goodbye table from the archive's last chunk.
-                    _ = Task.Run(() =>
-                    {
-                        try
-                        {
-                            _ = RootCatalogBlock;
-                            _ = counts.Value;
-                        }
-                        catch (Exception)
-                        {
-                            // reported by LinkCount
-                        }
-                    });
                     return opened;
                 }
                 catch (Exception e)
@@ -88,6 +71,38 @@ public sealed class PxarArchiveState : IDisposable
                     throw Fail(e);
                 }
             }
+        }
+    }
+
+    /// <summary>
+    /// The archive for a walk into it (a lookup or listing in its root): opened as <see cref="Archive"/>, and on the
+    /// first walk the hard-link count and the catalog start in the background, so that the first `ls -l` rarely waits
+    /// for the count (and waits exactly as long as it takes when it does: nlink is never guessed; errors surface in
+    /// <see cref="LinkCount"/>). A stat of the archive's directory alone reads only its root entry.
+    /// </summary>
+    public PxarArchive Entered
+    {
+        get
+        {
+            var opened = Archive;
+            if (Interlocked.Exchange(ref entered, 1) == 0)
+            {
+                // The first listing reads the root's goodbye table from the archive's last chunk meanwhile.
+                _ = Task.Run(() =>
+                {
+                    try
+                    {
+                        _ = RootCatalogBlock;
+                        _ = linkCounts!.Value;
+                    }
+                    catch (Exception)
+                    {
+                        // reported by LinkCount
+                    }
+                });
+            }
+
+            return opened;
         }
     }
 
@@ -146,8 +161,8 @@ public sealed class PxarArchiveState : IDisposable
     }
 
     /// <summary>
-    /// st_nlink of a regular file, exact: hard links are counted once per archive, started in the background when the
-    /// archive is opened (first lookup or listing); a stat before that is done waits for it. Split archives: a scan of
+    /// st_nlink of a regular file, exact: hard links are counted once per archive, started in the background when someone
+    /// enters the archive (<see cref="Entered"/>); a stat before that is done waits for it. Split archives: a scan of
     /// the metadata stream's item headers (tens of milliseconds for 26,000 entries, no entry decoded); unified ones with a
     /// catalog: the catalog's hard-link names, resolved one by one; without a catalog, a walk of the tree.
     /// </summary>

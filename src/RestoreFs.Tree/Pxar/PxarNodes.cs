@@ -4,8 +4,12 @@ using RestoreFs.Pxar;
 namespace RestoreFs.Tree.Pxar;
 
 /// <summary>
-/// <c>&lt;name&gt;.pxar/</c> of a snapshot: the archive's root directory. Before anyone enters it, its attributes are
-/// the snapshot's (nothing is read); afterwards the archive root's own.
+/// <c>&lt;name&gt;.pxar/</c> of a snapshot: the archive's root directory, with the attributes of the archive's root
+/// entry (the backed-up directory's mode, owner, times and xattrs: what `cp -a` and `rsync -a` of the directory copy).
+/// A stat reads that entry only (the index and the first chunk); entering starts the rest
+/// (<see cref="PxarArchiveState.Entered"/>). A listing of the snapshot gives name, type and inode number alone until
+/// then, so a plain `ls` of it reads nothing. Where the archive cannot be opened (damaged, encrypted without its key), the
+/// directory shows the snapshot's attributes and entering it answers the error.
 /// </summary>
 public sealed class PxarRootDirectory : FuseNode, IFuseDirectory, IFuseXattrs
 {
@@ -20,6 +24,9 @@ public sealed class PxarRootDirectory : FuseNode, IFuseDirectory, IFuseXattrs
 
     public PxarArchiveState State => state;
 
+    /// <summary>st_ino, the same before and after the archive is opened.</summary>
+    public ulong Ino => placeholderIno;
+
     public override TimeSpan EntryTimeout => PxarNode.Forever;
 
     public override TimeSpan AttrTimeout => state.IsOpen ? PxarNode.Forever : TimeSpan.FromSeconds(1);
@@ -30,9 +37,13 @@ public sealed class PxarRootDirectory : FuseNode, IFuseDirectory, IFuseXattrs
 
     public override FuseAttributes GetAttributes()
     {
-        if (state.IsOpen)
+        try
         {
             return PxarNode.AttributesOf(state, state.Archive.Root) with { Ino = placeholderIno };
+        }
+        catch (FuseException)
+        {
+            // Logged by the state; entering the directory answers the error.
         }
 
         var ctx = state.Context;
@@ -40,12 +51,12 @@ public sealed class PxarRootDirectory : FuseNode, IFuseDirectory, IFuseXattrs
     }
 
     public ValueTask<FuseNode?> LookupAsync(ReadOnlyMemory<byte> name, FuseRequestContext ctx, CancellationToken ct) =>
-        PxarDirectory.Lookup(state, state.Archive.Root, name, state.RootCatalogBlock);
+        PxarDirectory.Lookup(state, state.Entered.Root, name, state.RootCatalogBlock);
 
     public ValueTask<IReadOnlyList<FuseDirectoryEntry>> ListAsync(FuseRequestContext ctx, CancellationToken ct)
     {
         // The root's goodbye table (the archive's last chunk) first: the catalog opens in the background meanwhile.
-        var root = state.Archive.Root;
+        var root = state.Entered.Root;
         try
         {
             _ = state.Archive.GoodbyeOffset(root);
