@@ -241,6 +241,9 @@ public sealed class PxarCatalog
 
     public long RootOffset { get; }
 
+    /// <summary>The catalog's name in errors (its index file).</summary>
+    public string Name => source.Name;
+
     public IReadOnlyList<PxarCatalogEntry> Root => ReadBlock(RootOffset);
 
     /// <summary>The entries of the directory block at <paramref name="offset"/>; child blocks lie strictly before it.</summary>

@@ -142,8 +142,9 @@ public sealed class PxarArchive : IDisposable
     {
         RequireDirectory(directory);
         var table = OpenTable(directory);
-        var hash = PxarFormat.HashName(name);
-        return Search(directory, table, 0, hash, name, directoryExpected);
+        return FindRecord(directory, table, 0, PxarFormat.HashName(name), name, directoryExpected) is { } found
+            ? DecodeChild(directory, table, found.FileOffset, found.Size)
+            : null;
     }
 
     public PxarEntry? Lookup(PxarEntry directory, string name) => Lookup(directory, System.Text.Encoding.UTF8.GetBytes(name));
@@ -419,33 +420,118 @@ public sealed class PxarArchive : IDisposable
 
     /// <summary>
     /// The same from the catalog's hard-link names (a catalog of unified archives lists every later name as 'h'): only
-    /// those few names are resolved through the archive. <paramref name="archiveBlock"/> is the catalog block of this
-    /// archive (the root block's directory entry named after the archive's index file).
+    /// those names, and the directories on their way, are read from the archive. <paramref name="archiveBlock"/> is the
+    /// catalog block of this archive (the root block's directory entry named after the archive's index file).
+    /// <para>First the catalog alone tells which directories hold a hard link somewhere below them; those are walked in
+    /// stream order (the catalog's order is the archive's), each looked up in its parent, and each link gives where its
+    /// target lies without the target being read. Then the targets are read in stream order. So every chunk on the way
+    /// is decoded about once, however the links and their targets are spread (names resolved one by one from the root
+    /// jumped between both and decoded chunks again and again). A target that cannot be read is left out: reading it
+    /// through its names reports why. A catalog whose directory block is reached twice is malformed (it would make the
+    /// walk exponential): <see cref="PxarException"/>.</para>
     /// </summary>
     public IReadOnlyDictionary<ulong, int> HardlinkCounts(PxarCatalog catalog, long archiveBlock, CancellationToken ct = default)
     {
-        var counts = new Dictionary<ulong, int>();
-        var pending = new Stack<(long Block, byte[] Path)>();
-        pending.Push((archiveBlock, []));
-        while (pending.Count > 0)
+        var holdsLinks = CatalogBlocksHoldingLinks(catalog, archiveBlock, ct);
+        var targets = new SortedDictionary<long, (int Names, long FirstLink)>();
+        var walk = new Stack<(IReadOnlyList<PxarCatalogEntry> Entries, PxarEntry Directory)>();
+        var next = new Stack<int>();
+        if (holdsLinks[archiveBlock])
+        {
+            walk.Push((catalog.ReadBlock(archiveBlock), Root));
+            next.Push(0);
+        }
+
+        while (walk.Count > 0)
         {
             ct.ThrowIfCancellationRequested();
-            var (block, path) = pending.Pop();
-            foreach (var e in catalog.ReadBlock(block))
+            var (entries, directory) = walk.Peek();
+            var i = next.Pop();
+            if (i == entries.Count)
             {
-                byte[] childPath = path.Length == 0 ? e.Name : [.. path, (byte)'/', .. e.Name];
-                if (e.Type == PxarCatalogEntryType.Directory)
+                walk.Pop();
+                continue;
+            }
+
+            next.Push(i + 1);
+            var e = entries[i];
+            if (e.Type == PxarCatalogEntryType.Directory && holdsLinks[e.ChildBlockOffset]
+                && Lookup(directory, e.Name, directoryExpected: true) is { Kind: PxarEntryKind.Directory } sub)
+            {
+                walk.Push((catalog.ReadBlock(e.ChildBlockOffset), sub));
+                next.Push(0);
+            }
+            else if (e.Type == PxarCatalogEntryType.Hardlink && HardlinkTargetOf(directory, e.Name) is { } link)
+            {
+                targets[link.Target] = targets.TryGetValue(link.Target, out var t)
+                    ? (t.Names + 1, Math.Min(t.FirstLink, link.Link))
+                    : (1, link.Link);
+            }
+        }
+
+        var counts = new Dictionary<ulong, int>();
+        foreach (var (offset, (names, firstLink)) in targets)
+        {
+            ct.ThrowIfCancellationRequested();
+            try
+            {
+                if (DecodeNamed(offset, firstLink, allowHardlink: false) is { Kind: PxarEntryKind.File } target)
                 {
-                    pending.Push((e.ChildBlockOffset, childPath));
+                    counts[target.Inode] = 1 + names;
                 }
-                else if (e.Type == PxarCatalogEntryType.Hardlink && LookupPath(childPath) is { IsHardlink: true } link)
-                {
-                    counts[link.Inode] = counts.GetValueOrDefault(link.Inode, 1) + 1;
-                }
+            }
+            catch (PxarException)
+            {
+                // See above: the names of this file report it when read.
             }
         }
 
         return counts;
+    }
+
+    /// <summary>For every directory block below <paramref name="top"/> (and itself): whether it or a directory below it
+    /// lists a hard-link name. Iterative (no recursion however deep the tree), every block read once.</summary>
+    private static Dictionary<long, bool> CatalogBlocksHoldingLinks(PxarCatalog catalog, long top, CancellationToken ct)
+    {
+        var holds = new Dictionary<long, bool>();
+        var seen = new HashSet<long> { top };
+        var open = new Stack<(long Block, IReadOnlyList<PxarCatalogEntry> Entries)>();
+        var state = new Stack<(int Next, bool Holds)>();
+        open.Push((top, catalog.ReadBlock(top)));
+        state.Push((0, false));
+        while (open.Count > 0)
+        {
+            ct.ThrowIfCancellationRequested();
+            var (block, entries) = open.Peek();
+            var (i, found) = state.Pop();
+            if (i == entries.Count)
+            {
+                open.Pop();
+                holds[block] = found;
+                if (state.Count > 0)
+                {
+                    var parent = state.Pop();
+                    state.Push((parent.Next, parent.Holds || found));
+                }
+
+                continue;
+            }
+
+            var e = entries[i];
+            state.Push((i + 1, found || e.Type == PxarCatalogEntryType.Hardlink));
+            if (e.Type == PxarCatalogEntryType.Directory)
+            {
+                if (!seen.Add(e.ChildBlockOffset))
+                {
+                    throw new PxarException("catalog directory block is listed by two directories", catalog.Name, e.ChildBlockOffset);
+                }
+
+                open.Push((e.ChildBlockOffset, catalog.ReadBlock(e.ChildBlockOffset)));
+                state.Push((0, false));
+            }
+        }
+
+        return holds;
     }
 
     /// <summary>A directory's goodbye records in stored (hash-tree) order, the order PBS's own readdir uses.</summary>
@@ -692,7 +778,10 @@ public sealed class PxarArchive : IDisposable
     }
 
     /// <summary>Searches the implicit binary tree below index <paramref name="i"/>; on equal hashes with another name, both subtrees.</summary>
-    private PxarEntry? Search(PxarEntry dir, Table table, long i, ulong hash, ReadOnlySpan<byte> name, bool directoryExpected)
+    /// <summary>The goodbye record of <paramref name="name"/> in a directory's table (its FILENAME's offset and its extent's
+    /// size), searched from record <paramref name="i"/>; null when the name is not there. The name is checked against the
+    /// record's hash on the way.</summary>
+    private (long FileOffset, long Size)? FindRecord(PxarEntry dir, Table table, long i, ulong hash, ReadOnlySpan<byte> name, bool directoryExpected)
     {
         while (i < table.Count)
         {
@@ -721,11 +810,11 @@ public sealed class PxarArchive : IDisposable
 
                 if (name.SequenceEqual(storedName))
                 {
-                    return DecodeChild(dir, table, fileOffset, size);
+                    return (fileOffset, size);
                 }
 
                 // A 64-bit collision: further records with this hash sit in either subtree.
-                return Search(dir, table, 2 * i + 1, hash, name, directoryExpected) ?? Search(dir, table, 2 * i + 2, hash, name, directoryExpected);
+                return FindRecord(dir, table, 2 * i + 1, hash, name, directoryExpected) ?? FindRecord(dir, table, 2 * i + 2, hash, name, directoryExpected);
             }
         }
 
@@ -779,6 +868,42 @@ public sealed class PxarArchive : IDisposable
         return entry;
     }
 
+    /// <summary>The HARDLINK item at <paramref name="pos"/> (of <paramref name="size"/> bytes) of the name at
+    /// <paramref name="fileOffset"/>: its target's FILENAME offset, and the item's content (offset, then the path).</summary>
+    private (long TargetOffset, byte[] Content) ReadHardlink(long fileOffset, long pos, long size)
+    {
+        var content = size - PxarFormat.HeaderSize;
+        if (content < 9 || content > PxarFormat.MaxHardlinkContent)
+        {
+            throw Error($"HARDLINK of {content} bytes", pos);
+        }
+
+        var bytes = new byte[content];
+        ReadExact(meta, pos + PxarFormat.HeaderSize, bytes);
+        var back = BinaryPrimitives.ReadUInt64LittleEndian(bytes);
+        if (back == 0 || back > (ulong)fileOffset)
+        {
+            throw Error($"hard link points {back} bytes back, outside the archive", pos);
+        }
+
+        return (fileOffset - (long)back, bytes);
+    }
+
+    /// <summary>Where the hard link <paramref name="name"/> of a directory points (its target's FILENAME offset), read
+    /// from the link alone, and the link's own FILENAME offset; null when the name is missing or not a hard link.</summary>
+    private (long Target, long Link)? HardlinkTargetOf(PxarEntry directory, ReadOnlySpan<byte> name)
+    {
+        var table = OpenTable(directory);
+        if (FindRecord(directory, table, 0, PxarFormat.HashName(name), name, directoryExpected: false) is not { } found)
+        {
+            return null;
+        }
+
+        var pos = found.FileOffset + PxarFormat.HeaderSize + name.Length + 1;
+        var (type, size) = Header(meta, pos, table.Offset);
+        return type == PxarFormat.Hardlink ? (ReadHardlink(found.FileOffset, pos, size).TargetOffset, found.FileOffset) : null;
+    }
+
     /// <summary>FILENAME, then ENTRY + attributes (or HARDLINK, resolved), all below <paramref name="limit"/>.</summary>
     private PxarEntry DecodeNamed(long fileOffset, long limit, bool allowHardlink)
     {
@@ -792,21 +917,7 @@ public sealed class PxarArchive : IDisposable
                 throw Error("hard link points to another hard link", pos);
             }
 
-            var content = size - PxarFormat.HeaderSize;
-            if (content < 9 || content > PxarFormat.MaxHardlinkContent)
-            {
-                throw Error($"HARDLINK of {content} bytes", pos);
-            }
-
-            var bytes = new byte[content];
-            ReadExact(meta, pos + PxarFormat.HeaderSize, bytes);
-            var back = BinaryPrimitives.ReadUInt64LittleEndian(bytes);
-            if (back == 0 || back > (ulong)fileOffset)
-            {
-                throw Error($"hard link points {back} bytes back, outside the archive", pos);
-            }
-
-            var targetOffset = fileOffset - (long)back;
+            var (targetOffset, bytes) = ReadHardlink(fileOffset, pos, size);
             PxarEntry target;
             try
             {
