@@ -246,6 +246,14 @@ public sealed class PxarCatalog
 
     public IReadOnlyList<PxarCatalogEntry> Root => ReadBlock(RootOffset);
 
+    /// <summary>The block of an archive's root directory: the root block's directory entry named after the archive's
+    /// index file (<c>root.pxar.didx</c>); null when the catalog does not list it.</summary>
+    public long? ArchiveBlock(string indexFile)
+    {
+        var name = System.Text.Encoding.UTF8.GetBytes(indexFile);
+        return Root.FirstOrDefault(e => e.Type == PxarCatalogEntryType.Directory && e.Name.AsSpan().SequenceEqual(name))?.ChildBlockOffset;
+    }
+
     /// <summary>The entries of the directory block at <paramref name="offset"/>; child blocks lie strictly before it.</summary>
     public IReadOnlyList<PxarCatalogEntry> ReadBlock(long offset)
     {

@@ -92,4 +92,37 @@ public static class SnapshotArchives
 
         return List(manifest).FirstOrDefault(a => a.Name == stem + ".pxar");
     }
+
+    /// <summary>The catalog of pxar snapshots (PBS writes one beside every unified archive).</summary>
+    public const string CatalogFile = "catalog.pcat1.didx";
+
+    /// <summary>
+    /// Hard-link counts of an opened archive of a snapshot (see <see cref="PxarArchive.HardlinkCounts(CancellationToken)"/>):
+    /// a unified archive's from the snapshot's catalog where it lists the archive — a few reads instead of a walk of the
+    /// whole tree — else, and when the catalog cannot be read (<paramref name="catalogUnusable"/> hears why), from the
+    /// archive itself.
+    /// </summary>
+    public static IReadOnlyDictionary<ulong, int> HardlinkCounts(DatastoreReader store, SnapshotInfo snapshot, PxarArchiveInfo info,
+        CryptConfig? key, PxarArchive archive, Action<string>? catalogUnusable = null)
+    {
+        if (archive.FormatVersion == 1 && store.ReadManifest(snapshot, key).Files.Any(f => f.FileName == CatalogFile))
+        {
+            try
+            {
+                using var source = new DynamicIndexPxarSource(DynamicImageReader.Open(store, snapshot, CatalogFile, key,
+                    new DynamicImageReaderOptions(CacheBytes: 16L << 20)));
+                var catalog = new PxarCatalog(source);
+                if (catalog.ArchiveBlock(info.MetadataFile) is { } block)
+                {
+                    return archive.HardlinkCounts(catalog, block);
+                }
+            }
+            catch (Exception e) when (e is PxarException or DatastoreException or IOException or InvalidDataException)
+            {
+                catalogUnusable?.Invoke(e.Message);
+            }
+        }
+
+        return archive.HardlinkCounts();
+    }
 }

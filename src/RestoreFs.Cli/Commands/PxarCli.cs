@@ -29,7 +29,10 @@ public static class PxarCli
         {
             using var stdout = Console.OpenStandardOutput();
             using var buffered = new BufferedStream(stdout, 1 << 20);
-            PxarTarWriter.Write(pxar, entry, buffered);
+            var info = SnapshotArchives.Resolve(reader.ReadManifest(snapshot, key), archive)!;
+            var links = SnapshotArchives.HardlinkCounts(reader, snapshot, info, key, pxar,
+                reason => Console.Error.WriteLine($"restorefs: the catalog of {snapshot.Name} cannot be used ({reason}); counting hard links from the archive"));
+            PxarTarWriter.Write(pxar, entry, buffered, links);
             return 0;
         }
 

@@ -14,9 +14,11 @@ public static class PxarTarWriter
 {
     private const int Block = 512;
 
-    public static void Write(PxarArchive archive, PxarEntry start, Stream output)
+    /// <param name="links">The archive's hard-link counts (see <see cref="SnapshotArchives.HardlinkCounts"/>); counted
+    /// from the archive when not given.</param>
+    public static void Write(PxarArchive archive, PxarEntry start, Stream output, IReadOnlyDictionary<ulong, int>? links = null)
     {
-        var links = archive.HardlinkCounts();
+        links ??= archive.HardlinkCounts();
         var firstNames = new Dictionary<ulong, byte[]>();
         var header = new byte[Block];
         var buffer = new byte[1 << 20];

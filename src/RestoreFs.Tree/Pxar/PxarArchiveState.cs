@@ -123,7 +123,7 @@ public sealed class PxarArchiveState : IDisposable
 
     private bool HasCatalog => Snapshot.Manifest.Files.Any(f => f.FileName == CatalogFile);
 
-    private const string CatalogFile = "catalog.pcat1.didx";
+    private const string CatalogFile = SnapshotArchives.CatalogFile;
 
     /// <summary>Part of the budget a split archive's payload stream may hold: file contents are read sequentially (the
     /// kernel keeps what was read in its page cache), so the chunk being read and the next are enough.</summary>
@@ -259,16 +259,13 @@ public sealed class PxarArchiveState : IDisposable
                 return null;
             }
 
-            var archiveName = Encoding.UTF8.GetBytes(Info.MetadataFile);
-            var block = opened.Catalog.Root.FirstOrDefault(e =>
-                e.Type == PxarCatalogEntryType.Directory && e.Name.AsSpan().SequenceEqual(archiveName));
-            if (block is null)
+            if (opened.Catalog.ArchiveBlock(Info.MetadataFile) is not { } block)
             {
                 opened.Source.Dispose();
                 return null;
             }
 
-            return (opened.Catalog, opened.Source, block.ChildBlockOffset);
+            return (opened.Catalog, opened.Source, block);
         }
         catch (Exception e)
         {
