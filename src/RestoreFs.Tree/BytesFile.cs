@@ -95,9 +95,8 @@ public sealed class BlobFile(TreeContext context, SnapshotState state, string bl
     }
 }
 
-/// <summary><c>&lt;disk&gt;.img.nbd</c>: the NBD URI of the image's export, for qemu-img, nbdinfo, nbdfuse.</summary>
 /// <summary>
-/// <c>&lt;disk&gt;.img.nbd</c>: the URI the image is exported at. Its size and content cost nothing; opening it (as the mount
+/// <c>&lt;disk&gt;.img.nbd</c>: the NBD URI the image is exported at, for qemu-img, nbdinfo, nbdfuse. Its size and content cost nothing; opening it (as the mount
 /// owner or root) starts the mount's NBD server and the export, so the URI works once read.
 /// </summary>
 public sealed class NbdUriFile(TreeContext context, SnapshotState state, string archive) : BytesFile(context, state.Time)
