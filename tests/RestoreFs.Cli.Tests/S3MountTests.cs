@@ -59,6 +59,7 @@ public sealed class S3Fixture : IDisposable
             new Random(8).NextBytes(other);
             File.WriteAllBytes(Dir.Combine("other.img"), other);
             Cli("key", "create", "--kdf", "none", KeyFile);
+            MakeTree();
             foreach (var store in new[] { Local, Remote })
             {
                 var s3 = store == Remote ? new[] { "--s3-profile", "admin" } : [];
@@ -66,6 +67,8 @@ public sealed class S3Fixture : IDisposable
                     $"drive-scsi1={Dir.Combine("other.img")}", .. s3]);
                 Cli(["backup", "--store", store, "--group", "vm/200", "--time", Time, "--keyfile", KeyFile, $"drive-scsi0={Dir.Combine("data.img")}", .. s3]);
                 Cli(["backup", "--store", store, "--ns", "team", "--group", "vm/300", "--time", Time, $"drive-scsi0={Dir.Combine("other.img")}", .. s3]);
+                Cli(["backup", "--store", store, "--group", "ct/400", "--time", Time, $"root.pxar={Tree}", .. s3]);
+                Cli(["backup", "--store", store, "--group", "ct/401", "--time", Time, "--split-archive", $"root.pxar={Tree}", .. s3]);
             }
         }
         catch
@@ -76,6 +79,25 @@ public sealed class S3Fixture : IDisposable
     }
 
     public TempDirectory Dir { get; } = null!;
+
+    /// <summary>The directory backed up as a pxar archive: v1 in ct/400, split in ct/401.</summary>
+    public string Tree => Dir.Combine("tree");
+
+    /// <summary>The pxar archives of the stores: (group, archive).</summary>
+    public static IEnumerable<string> PxarGroups => ["ct/400", "ct/401"];
+
+    /// <summary>A small tree with what a container backup has: a file over several chunks, a hard link, a symlink, an
+    /// xattr, an owner and a mode of its own, a subdirectory.</summary>
+    private void MakeTree()
+    {
+        Directory.CreateDirectory(Path.Combine(Tree, "etc", "app"));
+        var big = new byte[9 * 1024 * 1024 + 77];
+        new Random(9).NextBytes(big);
+        File.WriteAllBytes(Path.Combine(Tree, "var.db"), big);
+        File.WriteAllText(Path.Combine(Tree, "etc", "app", "app.conf"), "listen 8080\n");
+        ProcessRunner.Shell($"cd '{Tree}' && ln var.db etc/db.link && ln -s app/app.conf etc/conf && setfattr -n user.origin -v s3 etc/app/app.conf " +
+            "&& chown 1234:5678 etc/app && chmod 0700 etc/app && touch -d @1700000000.5 var.db etc", TimeSpan.FromMinutes(1)).EnsureSuccess("the pxar tree");
+    }
 
     public string Endpoint { get; } = string.Empty;
 
@@ -166,6 +188,13 @@ public sealed class S3MountTests(S3Fixture s3) : IClassFixture<S3Fixture>
                 "--cache-dir", dir.Combine("cache"), .. Admin]);
             Assert.Equal(S3Fixture.Sha256(source), S3Fixture.Sha256(target));
         }
+
+        foreach (var group in S3Fixture.PxarGroups)
+        {
+            var target = dir.Combine(group.Replace('/', '-'));
+            S3Fixture.Cli(["restore", s3.Remote, $"{group}/{S3Fixture.Time}", "root.pxar", target, "--cache-dir", dir.Combine("cache"), .. Admin]);
+            Assert.Equal(PxarMountTests.Describe(s3.Tree), PxarMountTests.Describe(target));
+        }
     }
 
     [Fact]
@@ -182,6 +211,15 @@ public sealed class S3MountTests(S3Fixture s3) : IClassFixture<S3Fixture>
                 var nsPart = ns.Length == 0 ? string.Empty : $"ns/{ns}/";
                 var image = Path.Combine(mount.Snapshots, $"{nsPart}{group}", S3Fixture.Time, archive);
                 Assert.Equal(S3Fixture.Sha256(source), S3Fixture.Sha256(image));
+            }
+
+            // Container backups: the archive's tree (directories' nlink aside, which the mount does not know) as the source.
+            var expected = PxarMountTests.Describe(s3.Tree).Where(l => !l.StartsWith("E ", StringComparison.Ordinal)).ToList();
+            Assert.Contains(expected, l => l.StartsWith("K ", StringComparison.Ordinal));
+            foreach (var group in S3Fixture.PxarGroups)
+            {
+                var archive = Path.Combine(mount.Snapshots, group, S3Fixture.Time, "root.pxar");
+                Assert.Equal(expected, PxarMountTests.Describe(archive).Where(l => !l.StartsWith("E ", StringComparison.Ordinal)).ToList());
             }
 
             Assert.Equal(0, mount.Unmount().ExitCode);
