@@ -121,9 +121,7 @@ public sealed class PxarArchiveState : IDisposable
     /// all of it, every new archive chunk evicted the catalog's (a 79,000-entry find decoded its one chunk 74 times).</summary>
     private const int UnifiedWithCatalogShare = 2;
 
-    private bool HasCatalog => Snapshot.Manifest.Files.Any(f => f.FileName == CatalogFile);
-
-    private const string CatalogFile = SnapshotArchives.CatalogFile;
+    private bool HasCatalog => Snapshot.Manifest.Files.Any(f => f.FileName == SnapshotArchives.CatalogFile);
 
     /// <summary>Part of the budget a split archive's payload stream may hold: file contents are read sequentially (the
     /// kernel keeps what was read in its page cache), so the chunk being read and the next are enough.</summary>
@@ -164,7 +162,8 @@ public sealed class PxarArchiveState : IDisposable
     /// st_nlink of a regular file, exact: hard links are counted once per archive, started in the background when someone
     /// enters the archive (<see cref="Entered"/>); a stat before that is done waits for it. Split archives: a scan of
     /// the metadata stream's item headers (tens of milliseconds for 26,000 entries, no entry decoded); unified ones with a
-    /// catalog: the catalog's hard-link names, resolved one by one; without a catalog, a walk of the tree.
+    /// catalog: the catalog's hard-link names, read in stream order (<see cref="PxarArchive.HardlinkCounts(PxarCatalog, long, CancellationToken)"/>);
+    /// without a catalog, a walk of the tree.
     /// </summary>
     public uint LinkCount(PxarEntry entry)
     {
@@ -205,12 +204,12 @@ public sealed class PxarArchiveState : IDisposable
 
     private (PxarCatalog Catalog, DynamicIndexPxarSource Source)? TryCatalog(int share)
     {
-        if (!Snapshot.Manifest.Files.Any(f => f.FileName == CatalogFile))
+        if (!Snapshot.Manifest.Files.Any(f => f.FileName == SnapshotArchives.CatalogFile))
         {
             return null;
         }
 
-        var source = new DynamicIndexPxarSource(DynamicImageReader.Open(Context.Store, Snapshot.Snapshot, CatalogFile, Context.Options.Key,
+        var source = new DynamicIndexPxarSource(DynamicImageReader.Open(Context.Store, Snapshot.Snapshot, SnapshotArchives.CatalogFile, Context.Options.Key,
             ReaderOptions(share)));
         try
         {
