@@ -1,0 +1,112 @@
+using System.Text;
+using Microsoft.Extensions.Logging.Abstractions;
+using RestoreFs.Datastore;
+using RestoreFs.Fuse;
+using RestoreFs.Pxar;
+using RestoreFs.TestSupport;
+
+namespace RestoreFs.Tree.Tests;
+
+/// <summary>
+/// pxar archives at node level, without a kernel: what the archive's directory shows before and after it is opened,
+/// and where listings come from — a v1 archive's from its catalog at every depth (name-only entries: the catalog block
+/// of each directory is found from its parent's), a split archive's from its entries.
+/// </summary>
+public sealed class PxarTreeTests : IAsyncDisposable
+{
+    private static readonly DateTimeOffset T0 = DateTimeOffset.Parse("2026-03-04T05:06:07Z");
+    private static readonly DateTime RootMtime = new(2020, 1, 2, 3, 4, 5, DateTimeKind.Utc);
+    private const string Time = "2026-03-04T05:06:07Z";
+    private readonly TempDirectory dir = new("restorefs-pxar-tree");
+    private readonly TreeContext context;
+    private readonly RootDirectory root;
+    private readonly FuseRequestContext ctx = new();
+
+    public PxarTreeTests()
+    {
+        var tree = dir.Combine("tree");
+        Directory.CreateDirectory(Path.Combine(tree, "a", "b", "c"));
+        File.WriteAllText(Path.Combine(tree, "a", "b", "c", "deep.txt"), "deep");
+        File.WriteAllText(Path.Combine(tree, "a", "b", "one.txt"), "1");
+        File.WriteAllText(Path.Combine(tree, "a", "x.txt"), "x");
+        File.WriteAllText(Path.Combine(tree, "top.txt"), "top");
+        File.SetUnixFileMode(tree, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute | UnixFileMode.GroupRead | UnixFileMode.GroupExecute);
+        Directory.SetLastWriteTimeUtc(tree, RootMtime);
+
+        var store = dir.Combine("store");
+        foreach (var (id, split) in new[] { ("7", false), ("8", true) })
+        {
+            using var writer = BackupWriter.Create(store, new BackupGroup(BackupNamespace.Root, "ct", id), T0, null, precreateChunkDirectories: false);
+            PxarBackup.Write(writer, [new PxarBackupSource("root.pxar", tree)], new PxarBackupOptions(Split: split));
+            writer.Finish();
+        }
+
+        context = new TreeContext(DatastoreReader.Open(store), new TreeOptions
+        {
+            Uid = 1234, Gid = 55, RuntimeDirectory = dir.Combine("run"), StorePath = store, MountPoint = dir.Combine("mnt"),
+        }, NullLoggerFactory.Instance);
+        root = new RootDirectory(context);
+    }
+
+    private async Task<FuseNode> Walk(params string[] path)
+    {
+        FuseNode node = root;
+        foreach (var part in path)
+        {
+            node = await ((IFuseDirectory)node).LookupAsync(Encoding.UTF8.GetBytes(part), ctx, default)
+                   ?? throw new FileNotFoundException(string.Join('/', path));
+        }
+
+        return node;
+    }
+
+    private async Task<IReadOnlyList<FuseDirectoryEntry>> List(params string[] path) => await ((IFuseDirectory)await Walk(path)).ListAsync(ctx, default);
+
+    private static string[] Names(IEnumerable<FuseDirectoryEntry> entries) => entries.Select(e => Encoding.UTF8.GetString(e.Name.Span)).Order(StringComparer.Ordinal).ToArray();
+
+    [Theory]
+    [InlineData("7")]
+    [InlineData("8")]
+    public async Task Archive_directory_has_the_roots_attributes_and_is_listed_by_name_until_opened(string id)
+    {
+        var before = (await List("snapshots", "ct", id, Time)).Single(e => Encoding.UTF8.GetString(e.Name.Span) == "root.pxar");
+        Assert.Null(before.Node);
+        Assert.Equal(0x4u, before.Type);
+        Assert.NotEqual(0ul, before.Ino);
+
+        var archive = await Walk("snapshots", "ct", id, Time, "root.pxar");
+        var attr = archive.GetAttributes();
+        Assert.Equal(0x4000u | 0x1E8u, attr.Mode); // drwxr-x---
+        Assert.Equal(new DateTimeOffset(RootMtime), attr.MTime);
+        Assert.Equal(before.Ino, attr.Ino);
+        Assert.Equal(GetEuid(), attr.Uid); // the backup's owner (whoever made the tree), not the mount's 1234
+
+        var after = (await List("snapshots", "ct", id, Time)).Single(e => Encoding.UTF8.GetString(e.Name.Span) == "root.pxar");
+        Assert.Same(archive, after.Node);
+    }
+
+    [Fact]
+    public async Task V1_listings_come_from_the_catalog_at_every_depth_split_ones_from_the_entries()
+    {
+        string[][] dirs = [[], ["a"], ["a", "b"], ["a", "b", "c"]];
+        string[][] expected = [["a", "top.txt"], ["b", "x.txt"], ["c", "one.txt"], ["deep.txt"]];
+        for (var i = 0; i < dirs.Length; i++)
+        {
+            var v1 = await List(["snapshots", "ct", "7", Time, "root.pxar", .. dirs[i]]);
+            var split = await List(["snapshots", "ct", "8", Time, "root.pxar", .. dirs[i]]);
+            Assert.Equal(expected[i], Names(v1));
+            Assert.Equal(expected[i], Names(split));
+            Assert.All(v1, e => Assert.Null(e.Node));
+            Assert.All(split, e => Assert.NotNull(e.Node));
+        }
+    }
+
+    [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "geteuid")]
+    private static extern uint GetEuid();
+
+    public async ValueTask DisposeAsync()
+    {
+        await context.Exports.DisposeAsync();
+        dir.Dispose();
+    }
+}
