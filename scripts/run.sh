@@ -19,4 +19,5 @@ find "$mnt/snapshots" -maxdepth 5 | head -30
 echo
 echo "try:  ls -l $mnt/snapshots/vm/100/*/   cp $mnt/snapshots/vm/100/<time>/drive-scsi0.img /tmp/"
 echo "      ls $mnt/snapshots/vm/100/<time>/files/drive-scsi0.img/part/1/"
+echo "      ls -l $mnt/snapshots/ct/101/*/root.pxar/home/demo/   (a container backup: no VM needed)"
 echo "stop: build/restorefs umount $mnt"
