@@ -158,8 +158,9 @@ public sealed class PxarMountTests(PxarFixture fixture) : IClassFixture<PxarFixt
     private static string SnapshotDir(string mountPoint, string group) => Path.Combine(mountPoint, "snapshots", group, PxarFixture.Time);
 
     /// <summary>
-    /// Every field of a tree as sorted lines (names as bytes mapped through latin-1), the root directory's own included: type, mode, uid:gid, mtime ns,
-    /// nlink, size and sha256 of files, symlink targets, rdev, xattrs (ACLs included) as hex, hard-link groups.
+    /// Every field of a tree as sorted lines (names as bytes mapped through latin-1), the root directory's own included:
+    /// type, mode, uid:gid, mtime ns, nlink, size and sha256 of files, symlink targets, rdev, xattrs (ACLs included) as
+    /// hex, hard-link groups.
     /// </summary>
     internal static List<string> Describe(string root, bool tarView = false)
     {
