@@ -512,6 +512,9 @@ public static partial class Targets
         }
     }
 
+    /// <summary>The single-file archive the catalog seed describes (the corpus's v1.pxar).</summary>
+    private static readonly Lazy<byte[]> PxarV1 = new(() => File.ReadAllBytes(Path.Combine(Driver.CorpusDirectory("pxar"), "v1.pxar")));
+
     private static void PxarCatalogTarget(byte[] input)
     {
         var catalog = new PxarCatalog(new MemoryPxarSource(input, "fuzz.pcat1"));
@@ -523,6 +526,19 @@ public static partial class Targets
                 if (entry.ChildBlockOffset >= 0)
                 {
                     pending.Push(catalog.ReadBlock(entry.ChildBlockOffset));
+                }
+            }
+        }
+
+        // Hard links counted from this catalog against the archive it was made for: every archive block of its root.
+        using var archive = PxarArchive.Open(new MemoryPxarSource(PxarV1.Value, "fuzz.pxar"));
+        foreach (var entry in catalog.Root.Where(e => e.Type == PxarCatalogEntryType.Directory))
+        {
+            foreach (var (_, n) in archive.HardlinkCounts(catalog, entry.ChildBlockOffset))
+            {
+                if (n < 2)
+                {
+                    throw new InvalidOperationException($"a hard-link count of {n}");
                 }
             }
         }
