@@ -1,5 +1,4 @@
 using System.Text;
-using Microsoft.Extensions.Logging.Abstractions;
 using RestoreFs.Datastore;
 using RestoreFs.Fuse;
 using RestoreFs.TestSupport;
@@ -27,10 +26,7 @@ public sealed class FilesFakeBackendTests : IAsyncDisposable
     {
         var store = dir.Combine("store");
         DatastoreBuilder.Write(store, "vm/100", T0, new Dictionary<string, byte[]> { ["drive-scsi0"] = new byte[4096] });
-        context = new TreeContext(DatastoreReader.Open(store), new TreeOptions
-        {
-            Uid = 1234, Gid = 55, RuntimeDirectory = dir.Combine("run"), StorePath = store, MountPoint = dir.Combine("mnt"),
-        }, NullLoggerFactory.Instance);
+        context = TreeTesting.Context(dir, store);
         context.Files = fake;
         root = new RootDirectory(context);
 
@@ -64,17 +60,8 @@ public sealed class FilesFakeBackendTests : IAsyncDisposable
 
     private static RemoteEntry Stat(RemoteEntry e, ulong ino, uint nlink = 1) => e with { Dev = (8, 1), Ino = ino, NLink = nlink, Blocks = 8 };
 
-    private async Task<FuseNode> Walk(FuseRequestContext ctx, params string[] path)
-    {
-        FuseNode node = root;
-        foreach (var part in new[] { "snapshots", "vm", "100", "2026-03-04T05:06:07Z", "files" }.Concat(path))
-        {
-            node = await ((IFuseDirectory)node).LookupAsync(Encoding.UTF8.GetBytes(part), ctx, default)
-                   ?? throw new FileNotFoundException(string.Join('/', path));
-        }
-
-        return node;
-    }
+    private Task<FuseNode> Walk(FuseRequestContext ctx, params string[] path) =>
+        TreeTesting.Walk(root, ctx, ["snapshots", "vm", "100", "2026-03-04T05:06:07Z", "files", .. path]);
 
     private Task<FuseNode> In(params string[] path) => Walk(owner, ["drive-scsi0.img", "part", "1", .. path]);
 

@@ -1,5 +1,4 @@
 using System.Text;
-using Microsoft.Extensions.Logging.Abstractions;
 using RestoreFs.Datastore;
 using RestoreFs.Fuse;
 using RestoreFs.Pxar;
@@ -41,24 +40,11 @@ public sealed class PxarTreeTests : IAsyncDisposable
             writer.Finish();
         }
 
-        context = new TreeContext(DatastoreReader.Open(store), new TreeOptions
-        {
-            Uid = 1234, Gid = 55, RuntimeDirectory = dir.Combine("run"), StorePath = store, MountPoint = dir.Combine("mnt"),
-        }, NullLoggerFactory.Instance);
+        context = TreeTesting.Context(dir, store);
         root = new RootDirectory(context);
     }
 
-    private async Task<FuseNode> Walk(params string[] path)
-    {
-        FuseNode node = root;
-        foreach (var part in path)
-        {
-            node = await ((IFuseDirectory)node).LookupAsync(Encoding.UTF8.GetBytes(part), ctx, default)
-                   ?? throw new FileNotFoundException(string.Join('/', path));
-        }
-
-        return node;
-    }
+    private Task<FuseNode> Walk(params string[] path) => TreeTesting.Walk(root, ctx, path);
 
     private async Task<IReadOnlyList<FuseDirectoryEntry>> List(params string[] path) => await ((IFuseDirectory)await Walk(path)).ListAsync(ctx, default);
 

@@ -1,5 +1,4 @@
 using System.Text;
-using Microsoft.Extensions.Logging.Abstractions;
 using RestoreFs.Datastore;
 using RestoreFs.Fuse;
 using RestoreFs.TestSupport;
@@ -23,24 +22,11 @@ public sealed class TreeNodeTests : IAsyncDisposable
         DatastoreBuilder.Write(store, "vm/100", T0, new Dictionary<string, byte[]> { ["drive-scsi0"] = data },
             blobs: new Dictionary<string, byte[]> { ["qemu-server.conf"] = "cores: 4\n"u8.ToArray() });
         DatastoreBuilder.Write(store, "ct/5", T0, new Dictionary<string, byte[]> { ["disk"] = [1, 2] }, ns: "team");
-        context = new TreeContext(DatastoreReader.Open(store), new TreeOptions
-        {
-            Uid = 1234, Gid = 55, RuntimeDirectory = dir.Combine("run"), StorePath = store, MountPoint = dir.Combine("mnt"),
-        }, NullLoggerFactory.Instance);
+        context = TreeTesting.Context(dir, store);
         root = new RootDirectory(context);
     }
 
-    private async Task<FuseNode> Walk(params string[] path)
-    {
-        FuseNode node = root;
-        foreach (var part in path)
-        {
-            node = await ((IFuseDirectory)node).LookupAsync(Encoding.UTF8.GetBytes(part), ctx, default)
-                   ?? throw new FileNotFoundException(string.Join('/', path));
-        }
-
-        return node;
-    }
+    private Task<FuseNode> Walk(params string[] path) => TreeTesting.Walk(root, ctx, path);
 
     private async Task<string[]> Names(params string[] path) =>
         (await ((IFuseDirectory)await Walk(path)).ListAsync(ctx, default)).Select(e => Encoding.UTF8.GetString(e.Name.Span)).ToArray();

@@ -1,6 +1,5 @@
 using System.Runtime.CompilerServices;
 using System.Text;
-using Microsoft.Extensions.Logging.Abstractions;
 using RestoreFs.Datastore;
 using RestoreFs.Fuse;
 using RestoreFs.RestoreApi;
@@ -34,10 +33,7 @@ public sealed class VmFilesFakeVmTests : IAsyncDisposable
         var store = dir.Combine("store");
         image = DatastoreBuilder.Data(Files * FileSize + 4096, 7);
         DatastoreBuilder.Write(store, "vm/100", T0, new Dictionary<string, byte[]> { ["drive-scsi0"] = image });
-        context = new TreeContext(DatastoreReader.Open(store), new TreeOptions
-        {
-            Uid = 1234, Gid = 55, RuntimeDirectory = dir.Combine("run"), StorePath = store, MountPoint = dir.Combine("mnt"),
-        }, NullLoggerFactory.Instance);
+        context = TreeTesting.Context(dir, store);
         files = new VmFiles(context, vms);
         context.Files = files;
         root = new RootDirectory(context);
@@ -71,17 +67,8 @@ public sealed class VmFilesFakeVmTests : IAsyncDisposable
         new([], Encoding.UTF8.GetBytes(name), 'f', true, (ulong)size, 1_700_000_000, 0x81A4, 0, 0, null, null)
         { Dev = new(8, 1), Ino = (ulong)(100 + name.GetHashCode() & 0xFFFFF), NLink = 1 };
 
-    private async Task<FuseNode> Walk(params string[] path)
-    {
-        FuseNode node = root;
-        foreach (var part in new[] { "snapshots", "vm", "100", "2026-03-04T05:06:07Z", "files", "drive-scsi0.img", "part", "1" }.Concat(path))
-        {
-            node = await ((IFuseDirectory)node).LookupAsync(Encoding.UTF8.GetBytes(part), owner, default)
-                   ?? throw new FileNotFoundException(string.Join('/', path));
-        }
-
-        return node;
-    }
+    private Task<FuseNode> Walk(params string[] path) =>
+        TreeTesting.Walk(root, owner, ["snapshots", "vm", "100", "2026-03-04T05:06:07Z", "files", "drive-scsi0.img", "part", "1", .. path]);
 
     private async Task<byte[]> ReadAll(FuseNode node)
     {
