@@ -80,30 +80,27 @@ public sealed class PxarArchiveState : IDisposable
     /// for the count (and waits exactly as long as it takes when it does: nlink is never guessed; errors surface in
     /// <see cref="LinkCount"/>). A stat of the archive's directory alone reads only its root entry.
     /// </summary>
-    public PxarArchive Entered
+    public PxarArchive Enter()
     {
-        get
+        var opened = Archive;
+        if (Interlocked.Exchange(ref entered, 1) == 0)
         {
-            var opened = Archive;
-            if (Interlocked.Exchange(ref entered, 1) == 0)
+            // The first listing reads the root's goodbye table from the archive's last chunk meanwhile.
+            _ = Task.Run(() =>
             {
-                // The first listing reads the root's goodbye table from the archive's last chunk meanwhile.
-                _ = Task.Run(() =>
+                try
                 {
-                    try
-                    {
-                        _ = RootCatalogBlock;
-                        _ = linkCounts!.Value;
-                    }
-                    catch (Exception)
-                    {
-                        // reported by LinkCount
-                    }
-                });
-            }
-
-            return opened;
+                    _ = RootCatalogBlock;
+                    _ = linkCounts!.Value;
+                }
+                catch (Exception)
+                {
+                    // reported by LinkCount
+                }
+            });
         }
+
+        return opened;
     }
 
     /// <summary>Part of the mount's decoded-chunk budget (<c>--cache-mb</c>) a split archive's metadata stream may hold
@@ -160,7 +157,7 @@ public sealed class PxarArchiveState : IDisposable
 
     /// <summary>
     /// st_nlink of a regular file, exact: hard links are counted once per archive, started in the background when someone
-    /// enters the archive (<see cref="Entered"/>); a stat before that is done waits for it. Split archives: a scan of
+    /// enters the archive (<see cref="Enter"/>); a stat before that is done waits for it. Split archives: a scan of
     /// the metadata stream's item headers (tens of milliseconds for 26,000 entries, no entry decoded); unified ones with a
     /// catalog: the catalog's hard-link names, read in stream order (<see cref="PxarArchive.HardlinkCounts(PxarCatalog, long, CancellationToken)"/>);
     /// without a catalog, a walk of the tree.

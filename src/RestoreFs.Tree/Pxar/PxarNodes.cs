@@ -7,7 +7,7 @@ namespace RestoreFs.Tree.Pxar;
 /// <c>&lt;name&gt;.pxar/</c> of a snapshot: the archive's root directory, with the attributes of the archive's root
 /// entry (the backed-up directory's mode, owner, times and xattrs: what `cp -a` and `rsync -a` of the directory copy).
 /// A stat reads that entry only (the index and the first chunk); entering starts the rest
-/// (<see cref="PxarArchiveState.Entered"/>). A listing of the snapshot gives name, type and inode number alone until
+/// (<see cref="PxarArchiveState.Enter"/>). A listing of the snapshot gives name, type and inode number alone until
 /// then, so a plain `ls` of it reads nothing. Where the archive cannot be opened (damaged, encrypted without its key), the
 /// directory shows the snapshot's attributes and entering it answers the error.
 /// </summary>
@@ -51,12 +51,12 @@ public sealed class PxarRootDirectory : FuseNode, IFuseDirectory, IFuseXattrs
     }
 
     public ValueTask<FuseNode?> LookupAsync(ReadOnlyMemory<byte> name, FuseRequestContext ctx, CancellationToken ct) =>
-        PxarDirectory.Lookup(state, state.Entered.Root, name, state.RootCatalogBlock);
+        PxarDirectory.Lookup(state, state.Enter().Root, name, state.RootCatalogBlock);
 
     public ValueTask<IReadOnlyList<FuseDirectoryEntry>> ListAsync(FuseRequestContext ctx, CancellationToken ct)
     {
         // The root's goodbye table (the archive's last chunk) first: the catalog opens in the background meanwhile.
-        var root = state.Entered.Root;
+        var root = state.Enter().Root;
         try
         {
             _ = state.Archive.GoodbyeOffset(root);
