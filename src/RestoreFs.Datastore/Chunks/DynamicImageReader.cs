@@ -1,3 +1,5 @@
+using System.Runtime;
+
 namespace RestoreFs.Datastore;
 
 /// <summary>
@@ -341,7 +343,9 @@ public sealed class DynamicImageReader : IDisposable, IChunkCache
 /// which the collector sweeps only in full collections — left to itself it lets hundreds of MiB of dropped chunk
 /// buffers pile up between them. So after every <see cref="CollectAfterBytes"/> of new buffers a full collection runs:
 /// the dropped buffers' memory is then reused for the next ones instead of growing the heap. Decoding those bytes
-/// (~20 ms) takes longer than a collection of a heap this small.
+/// (~20 ms) takes longer than a collection of a heap this small. The collection compacts the large-object heap too:
+/// a sweep alone leaves holes between the buffers still in use that a longer chunk does not fit (a walk of a v1
+/// archive kept 20–45 MiB of such holes, and the heap grew around them).
 /// </summary>
 public static class DynamicChunkBuffers
 {
@@ -446,8 +450,12 @@ public static class DynamicChunkBuffers
         }
     }
 
-    /// <summary>A full, blocking collection (the heap is small: chunk buffers and the mount's nodes; a few ms).</summary>
-    private static void Collect() => GC.Collect(2, GCCollectionMode.Forced, blocking: true);
+    /// <summary>A full, blocking, compacting collection (the heap is small: chunk buffers and the mount's nodes; a few ms).</summary>
+    private static void Collect()
+    {
+        GCSettings.LargeObjectHeapCompactionMode = GCLargeObjectHeapCompactionMode.CompactOnce;
+        GC.Collect(2, GCCollectionMode.Forced, blocking: true, compacting: true);
+    }
 
     private static int Rounded(int length)
     {
