@@ -156,6 +156,13 @@ public sealed class PxarAcl
 }
 
 /// <summary>
+/// Where a regular file's bytes lie: <paramref name="Size"/> bytes from <paramref name="Offset"/> of the archive, or of its
+/// payload stream (<paramref name="InPayloadStream"/>, split archives; <paramref name="PayloadRefOffset"/>: the
+/// PAYLOAD_REF item's offset in the metadata stream, for errors). Enough to read the file without keeping its entry.
+/// </summary>
+public readonly record struct PxarContent(long Size, long Offset, bool InPayloadStream, long PayloadRefOffset);
+
+/// <summary>
 /// One decoded entry. A hard link is resolved: <see cref="Name"/> is the link's name, everything else (stat, contents,
 /// <see cref="Inode"/>) is the target's, so every name of one file has the same inode.
 /// </summary>
@@ -236,6 +243,12 @@ public sealed class PxarEntry
     public long ContentOffset { get; internal set; }
 
     public bool ContentInPayloadStream { get; internal set; }
+
+    /// <summary>Where a regular file's bytes lie.</summary>
+    public PxarContent Content => new(Size, ContentOffset, ContentInPayloadStream, PayloadRefOffset);
+
+    /// <summary>True when <see cref="AllXattrs"/> has anything: XATTR items, file capabilities or an ACL.</summary>
+    public bool HasXattrs => Xattrs.Count > 0 || Fcaps is not null || acl is not null;
 
     /// <summary>Offset of the PAYLOAD_REF item (split archives; for errors).</summary>
     internal long PayloadRefOffset { get; set; }

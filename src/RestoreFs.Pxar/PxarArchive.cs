@@ -564,44 +564,59 @@ public sealed class PxarArchive : IDisposable
             throw new ArgumentException($"{file} is not a regular file", nameof(file));
         }
 
-        ArgumentOutOfRangeException.ThrowIfNegative(offset);
         if (file.ContentInPayloadStream && !file.PayloadHeaderChecked)
         {
-            CheckPayloadHeader(file);
+            CheckContent(file.Content);
+            file.PayloadHeaderChecked = true;
         }
 
-        if (offset >= file.Size)
+        return Read(file.Content, offset, dst);
+    }
+
+    /// <summary>
+    /// Reads a regular file's bytes by where they lie (<see cref="PxarEntry.Content"/>), for a caller that keeps that
+    /// instead of the whole entry; in a split archive <see cref="CheckContent"/> must have passed before the first read.
+    /// </summary>
+    public int Read(in PxarContent content, long offset, Span<byte> dst)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(offset);
+        if (offset >= content.Size)
         {
             return 0;
         }
 
-        var n = (int)Math.Min(dst.Length, file.Size - offset);
-
-        var source = file.ContentInPayloadStream ? payload! : meta;
-        var got = ReadFully(source, file.ContentOffset + offset, dst[..n]);
+        var n = (int)Math.Min(dst.Length, content.Size - offset);
+        var source = content.InPayloadStream ? payload ?? throw Error("the entry's contents are in a payload stream the archive has not got", content.PayloadRefOffset) : meta;
+        var got = ReadFully(source, content.Offset + offset, dst[..n]);
         if (got != n)
         {
-            throw new PxarException("file contents are truncated", source.Name, file.ContentOffset + offset + got);
+            throw new PxarException("file contents are truncated", source.Name, content.Offset + offset + got);
         }
 
         return n;
     }
 
-    /// <summary>The payload stream must hold a PAYLOAD item of exactly the referenced size where a PAYLOAD_REF points.</summary>
-    private void CheckPayloadHeader(PxarEntry file)
+    /// <summary>
+    /// A split archive's PAYLOAD_REF must point at a PAYLOAD item of exactly the referenced size in the payload stream;
+    /// throws if it does not. Nothing to check for contents inside a unified archive.
+    /// </summary>
+    public void CheckContent(in PxarContent content)
     {
-        Span<byte> ph = stackalloc byte[PxarFormat.HeaderSize];
-        var at = file.ContentOffset - PxarFormat.HeaderSize;
-        ReadExact(payload!, at, ph);
-        var ptype = BinaryPrimitives.ReadUInt64LittleEndian(ph);
-        var psize = BinaryPrimitives.ReadUInt64LittleEndian(ph[8..]);
-        if (ptype != PxarFormat.Payload || psize != (ulong)file.Size + PxarFormat.HeaderSize)
+        if (!content.InPayloadStream)
         {
-            throw Error($"PAYLOAD_REF ({at}, {file.Size}) does not match the payload stream's {PxarFormat.ItemName(ptype)} of {psize} bytes there",
-                file.PayloadRefOffset);
+            return;
         }
 
-        file.PayloadHeaderChecked = true;
+        Span<byte> ph = stackalloc byte[PxarFormat.HeaderSize];
+        var at = content.Offset - PxarFormat.HeaderSize;
+        ReadExact(payload ?? throw Error("the entry's contents are in a payload stream the archive has not got", content.PayloadRefOffset), at, ph);
+        var ptype = BinaryPrimitives.ReadUInt64LittleEndian(ph);
+        var psize = BinaryPrimitives.ReadUInt64LittleEndian(ph[8..]);
+        if (ptype != PxarFormat.Payload || psize != (ulong)content.Size + PxarFormat.HeaderSize)
+        {
+            throw Error($"PAYLOAD_REF ({at}, {content.Size}) does not match the payload stream's {PxarFormat.ItemName(ptype)} of {psize} bytes there",
+                content.PayloadRefOffset);
+        }
     }
 
     /// <summary>A read-only seekable stream over a regular file's contents.</summary>

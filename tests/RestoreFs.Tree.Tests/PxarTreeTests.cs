@@ -15,6 +15,7 @@ public sealed class PxarTreeTests : IAsyncDisposable
 {
     private static readonly DateTimeOffset T0 = DateTimeOffset.Parse("2026-03-04T05:06:07Z");
     private static readonly DateTime RootMtime = new(2020, 1, 2, 3, 4, 5, DateTimeKind.Utc);
+    private static readonly DateTime FileMtime = new(1999, 12, 31, 23, 59, 58, DateTimeKind.Utc);
     private const string Time = "2026-03-04T05:06:07Z";
     private readonly TempDirectory dir = new("restorefs-pxar-tree");
     private readonly TreeContext context;
@@ -29,6 +30,11 @@ public sealed class PxarTreeTests : IAsyncDisposable
         File.WriteAllText(Path.Combine(tree, "a", "b", "one.txt"), "1");
         File.WriteAllText(Path.Combine(tree, "a", "x.txt"), "x");
         File.WriteAllText(Path.Combine(tree, "top.txt"), "top");
+        File.CreateSymbolicLink(Path.Combine(tree, "a", "b", "c", "deep-link"), "../one.txt");
+        File.SetUnixFileMode(Path.Combine(tree, "a", "x.txt"), UnixFileMode.UserRead | UnixFileMode.OtherExecute);
+        File.SetLastWriteTimeUtc(Path.Combine(tree, "a", "x.txt"), FileMtime);
+        var setfattr = ProcessRunner.Shell($"setfattr -n user.note -v kept '{Path.Combine(tree, "top.txt")}' && ln '{Path.Combine(tree, "top.txt")}' '{Path.Combine(tree, "a", "top-link")}'");
+        Assert.True(setfattr.ExitCode == 0, setfattr.StdErr);
         File.SetUnixFileMode(tree, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute | UnixFileMode.GroupRead | UnixFileMode.GroupExecute);
         Directory.SetLastWriteTimeUtc(tree, RootMtime);
 
@@ -75,7 +81,7 @@ public sealed class PxarTreeTests : IAsyncDisposable
     public async Task V1_listings_come_from_the_catalog_at_every_depth_split_ones_from_the_entries()
     {
         string[][] dirs = [[], ["a"], ["a", "b"], ["a", "b", "c"]];
-        string[][] expected = [["a", "top.txt"], ["b", "x.txt"], ["c", "one.txt"], ["deep.txt"]];
+        string[][] expected = [["a", "top.txt"], ["b", "top-link", "x.txt"], ["c", "one.txt"], ["deep-link", "deep.txt"]];
         for (var i = 0; i < dirs.Length; i++)
         {
             var v1 = await List(["snapshots", "ct", "7", Time, "root.pxar", .. dirs[i]]);
@@ -85,6 +91,50 @@ public sealed class PxarTreeTests : IAsyncDisposable
             Assert.All(v1, e => Assert.Null(e.Node));
             Assert.All(split, e => Assert.NotNull(e.Node));
         }
+    }
+
+    [Theory]
+    [InlineData("7")]
+    [InlineData("8")]
+    public async Task File_nodes_read_their_contents_and_show_the_entrys_attributes_and_xattrs(string id)
+    {
+        string[] archive = ["snapshots", "ct", id, Time, "root.pxar"];
+        var x = await Walk([.. archive, "a", "x.txt"]);
+        var attr = x.GetAttributes();
+        Assert.Equal(0x8000u | 0x101u, attr.Mode); // -r-------x, exactly as archived
+        Assert.Equal(new DateTimeOffset(FileMtime), attr.MTime);
+        Assert.Equal(1ul, attr.Size);
+        Assert.Equal(1u, attr.NLink);
+        Assert.Equal(GetEuid(), attr.Uid);
+        Assert.Empty(await ((IFuseXattrs)x).ListXattrsAsync(ctx, default));
+        Assert.Equal("x", await ReadAll(x));
+        Assert.Equal("deep", await ReadAll(await Walk([.. archive, "a", "b", "c", "deep.txt"])));
+
+        // A hard link: one inode, nlink 2, the same contents and xattrs under both names.
+        var top = await Walk([.. archive, "top.txt"]);
+        var link = await Walk([.. archive, "a", "top-link"]);
+        Assert.Equal(top.GetAttributes().Ino, link.GetAttributes().Ino);
+        Assert.Equal(2u, top.GetAttributes().NLink);
+        Assert.Equal(2u, link.GetAttributes().NLink);
+        foreach (var node in new[] { top, link })
+        {
+            Assert.Equal("top", await ReadAll(node));
+            var xattr = Assert.Single(await ((IFuseXattrs)node).ListXattrsAsync(ctx, default));
+            Assert.Equal("user.note", Encoding.UTF8.GetString(xattr.Name));
+            Assert.Equal("kept", Encoding.UTF8.GetString(xattr.Value));
+        }
+
+        var symlink = (IFuseSymlink)await Walk([.. archive, "a", "b", "c", "deep-link"]);
+        Assert.Equal("../one.txt", Encoding.UTF8.GetString(await symlink.ReadLinkAsync(ctx, default)));
+    }
+
+    private async Task<string> ReadAll(FuseNode node)
+    {
+        await using var handle = await ((IFuseFile)node).OpenAsync(FuseOpenFlags.ReadOnly, ctx, default);
+        var buffer = new byte[64];
+        var n = await handle.ReadAsync(0, buffer, default);
+        Assert.Equal(0, await handle.ReadAsync(n, buffer, default));
+        return Encoding.UTF8.GetString(buffer, 0, n);
     }
 
     [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "geteuid")]
