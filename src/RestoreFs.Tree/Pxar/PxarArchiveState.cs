@@ -156,8 +156,9 @@ public sealed class PxarArchiveState : IDisposable
     }
 
     /// <summary>
-    /// st_nlink of a regular file by its <see cref="PxarEntry.Inode"/>, exact: hard links are counted once per archive, started in the background when someone
-    /// enters the archive (<see cref="Enter"/>); a stat before that is done waits for it. Split archives: a scan of
+    /// st_nlink of a regular file by its <see cref="PxarEntry.Inode"/>, exact: hard links are counted once per archive,
+    /// started in the background when someone enters the archive (<see cref="Enter"/>); a stat before that is done
+    /// waits for it. Split archives: a scan of
     /// the metadata stream's item headers (tens of milliseconds for 26,000 entries, no entry decoded); unified ones with a
     /// catalog: the catalog's hard-link names, read in stream order (<see cref="PxarArchive.HardlinkCounts(PxarCatalog, long, CancellationToken)"/>);
     /// without a catalog, a walk of the tree.
