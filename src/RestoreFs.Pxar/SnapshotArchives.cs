@@ -45,12 +45,14 @@ public static class SnapshotArchives
     public static PxarArchive Open(DatastoreReader store, SnapshotInfo snapshot, string archive, CryptConfig? key,
         DynamicImageReaderOptions? readerOptions = null, PxarArchiveOptions? options = null)
     {
-        var manifest = store.ReadManifest(snapshot, key);
-        var info = Resolve(manifest, archive) ?? throw new ArchiveNotFoundException(
+        return Open(store, snapshot, Require(store.ReadManifest(snapshot, key), snapshot, archive), key, readerOptions, options);
+    }
+
+    /// <summary><see cref="Resolve"/>, or an <see cref="ArchiveNotFoundException"/> that lists the snapshot's archives.</summary>
+    public static PxarArchiveInfo Require(Manifest manifest, SnapshotInfo snapshot, string archive) =>
+        Resolve(manifest, archive) ?? throw new ArchiveNotFoundException(
             $"snapshot {snapshot.Name} has no pxar archive '{archive}' (it has: {string.Join(", ", List(manifest).Select(a => a.Name))})",
             snapshot.DirectoryPath);
-        return Open(store, snapshot, info, key, readerOptions, options);
-    }
 
     /// <summary>Opens an archive; <paramref name="payloadReaderOptions"/> tune the payload stream's reader of a split archive
     /// (default: <paramref name="readerOptions"/>).</summary>
@@ -102,10 +104,10 @@ public static class SnapshotArchives
     /// whole tree — else, and when the catalog cannot be read (<paramref name="catalogUnusable"/> hears why), from the
     /// archive itself.
     /// </summary>
-    public static IReadOnlyDictionary<ulong, int> HardlinkCounts(DatastoreReader store, SnapshotInfo snapshot, PxarArchiveInfo info,
-        CryptConfig? key, PxarArchive archive, Action<string>? catalogUnusable = null)
+    public static IReadOnlyDictionary<ulong, int> HardlinkCounts(DatastoreReader store, SnapshotInfo snapshot, Manifest manifest,
+        PxarArchiveInfo info, CryptConfig? key, PxarArchive archive, Action<string>? catalogUnusable = null)
     {
-        if (archive.FormatVersion == 1 && store.ReadManifest(snapshot, key).Files.Any(f => f.FileName == CatalogFile))
+        if (archive.FormatVersion == 1 && manifest.Files.Any(f => f.FileName == CatalogFile))
         {
             try
             {

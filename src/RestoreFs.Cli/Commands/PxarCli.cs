@@ -22,15 +22,16 @@ public static class PxarCli
     /// </summary>
     public static int Restore(DatastoreReader reader, SnapshotInfo snapshot, string archive, CryptConfig? key, string target, string? path)
     {
-        using var pxar = SnapshotArchives.Open(reader, snapshot, archive, key, new DynamicImageReaderOptions(CacheBytes: 64L << 20));
+        var manifest = reader.ReadManifest(snapshot, key);
+        var info = SnapshotArchives.Require(manifest, snapshot, archive);
+        using var pxar = SnapshotArchives.Open(reader, snapshot, info, key, new DynamicImageReaderOptions(CacheBytes: 64L << 20));
         var entry = path is null ? pxar.Root : pxar.LookupPath(path.Trim('/'))
             ?? throw new ArgumentException($"archive {archive} of {snapshot.Name} has no path '{path}'");
         if (target == "-")
         {
             using var stdout = Console.OpenStandardOutput();
             using var buffered = new BufferedStream(stdout, 1 << 20);
-            var info = SnapshotArchives.Resolve(reader.ReadManifest(snapshot, key), archive)!;
-            var links = SnapshotArchives.HardlinkCounts(reader, snapshot, info, key, pxar,
+            var links = SnapshotArchives.HardlinkCounts(reader, snapshot, manifest, info, key, pxar,
                 reason => Console.Error.WriteLine($"restorefs: the catalog of {snapshot.Name} cannot be used ({reason}); counting hard links from the archive"));
             PxarTarWriter.Write(pxar, entry, buffered, links);
             return 0;
