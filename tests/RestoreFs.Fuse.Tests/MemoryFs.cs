@@ -4,10 +4,11 @@ using RestoreFs.Fuse;
 namespace RestoreFs.Fuse.Tests;
 
 /// <summary>A small in-memory filesystem for mount tests: directories, files from byte arrays, symlinks, a failing file.</summary>
-internal sealed class MemDir(ulong ino, bool immutable = true) : FuseNode, IFuseDirectory
+internal sealed class MemDir(ulong ino, bool immutable = true, bool failListing = false) : FuseNode, IFuseDirectory
 {
     public readonly Dictionary<string, FuseNode> Children = new(StringComparer.Ordinal);
     public int Lookups;
+    public int Listings;
 
     public TimeSpan NegativeTimeout => TimeSpan.FromSeconds(30);
 
@@ -21,8 +22,16 @@ internal sealed class MemDir(ulong ino, bool immutable = true) : FuseNode, IFuse
         return ValueTask.FromResult(Children.GetValueOrDefault(Encoding.UTF8.GetString(name.Span)));
     }
 
-    public ValueTask<IReadOnlyList<FuseDirectoryEntry>> ListAsync(FuseRequestContext ctx, CancellationToken ct) =>
-        ValueTask.FromResult<IReadOnlyList<FuseDirectoryEntry>>(Children.Select(c => new FuseDirectoryEntry(Encoding.UTF8.GetBytes(c.Key), c.Value)).ToList());
+    public ValueTask<IReadOnlyList<FuseDirectoryEntry>> ListAsync(FuseRequestContext ctx, CancellationToken ct)
+    {
+        Interlocked.Increment(ref Listings);
+        if (failListing)
+        {
+            throw new FuseException(5, "this listing always fails"); // EIO
+        }
+
+        return ValueTask.FromResult<IReadOnlyList<FuseDirectoryEntry>>(Children.Select(c => new FuseDirectoryEntry(Encoding.UTF8.GetBytes(c.Key), c.Value)).ToList());
+    }
 }
 
 internal sealed class MemFile(ulong ino, byte[] data, bool fail = false) : FuseNode, IFuseFile

@@ -73,6 +73,38 @@ public sealed class MountTests : IAsyncLifetime
     }
 
     [Fact]
+    public void An_immutable_directory_is_listed_once_then_from_the_kernels_cache_and_a_failing_listing_fails_the_read()
+    {
+        // Made here, not in the shared tree: the other tests walk the whole mount (each test has a mount of its own).
+        var fixedDir = new MemDir(6);
+        for (var i = 0; i < 300; i++)
+        {
+            fixedDir.Children[$"name-{i:D3}"] = new MemFile((ulong)(5000 + i), [(byte)i]);
+        }
+
+        var unlistable = new MemDir(7, failListing: true);
+        root.Children["fixed"] = fixedDir;
+        root.Children["unlistable"] = unlistable;
+        for (var i = 0; i < 3; i++)
+        {
+            var names = Sh($"ls -f '{P("fixed")}'").EnsureSuccess("ls -f").StdOut.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+            Assert.Equal(302, names.Length);
+        }
+
+        Assert.Equal(1, fixedDir.Listings); // opened three times, listed once: the later opens READDIR nothing
+
+        var before = big.Listings;
+        Sh($"ls -f '{P("big")}' && ls -f '{P("big")}'").EnsureSuccess("ls -f big");
+        Assert.Equal(before + 2, big.Listings); // a listing that may change is taken at every open
+
+        // The error of a deferred listing reaches the reader of the directory, and only it.
+        var failed = Sh($"ls '{P("unlistable")}'");
+        Assert.NotEqual(0, failed.ExitCode);
+        Assert.Contains("Input/output error", failed.StdErr);
+        Assert.Equal("7\n", File.ReadAllText(P("big", "entry-0007")));
+    }
+
+    [Fact]
     public void Missing_names_are_cached_negatively()
     {
         var before = root.Lookups;

@@ -138,5 +138,18 @@ internal sealed class HandleTable<T>
     }
 }
 
-/// <summary>An open directory: the listing taken at OPENDIR (cookies stay valid for the life of the handle).</summary>
-internal sealed record DirectoryHandle(FuseNode Directory, ulong NodeId, IReadOnlyList<FuseDirectoryEntry> Entries);
+/// <summary>
+/// An open directory: the listing taken once for the handle (cookies stay valid for its life). <see cref="Entries"/> is
+/// null until the first READDIR where the listing was deferred: a directory whose listing never changes is opened with
+/// the kernel's readdir cache kept, so a directory listed before is listed again from that cache with no READDIR at all,
+/// and making its listing at OPENDIR would be work for nothing (`cp -a` of a tree after a `find` of it opens every
+/// directory again).
+/// </summary>
+internal sealed class DirectoryHandle(FuseNode directory, ulong nodeId, IReadOnlyList<FuseDirectoryEntry>? entries)
+{
+    public FuseNode Directory => directory;
+
+    public ulong NodeId => nodeId;
+
+    public IReadOnlyList<FuseDirectoryEntry>? Entries { get; set; } = entries;
+}

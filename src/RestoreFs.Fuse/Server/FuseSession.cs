@@ -386,7 +386,14 @@ internal sealed class FuseSession
                     return false;
                 }
 
-                ReadDir(fd, h, read.Fh, (ulong)read.Offset, (int)Math.Min(read.Size, (uint)FuseConstants.MaxRead), h.Opcode == FuseOpcode.ReadDirPlus);
+                var size = (int)Math.Min(read.Size, (uint)FuseConstants.MaxRead);
+                if (directories.Get(read.Fh) is { Entries: null } deferred)
+                {
+                    Run(() => ListThenReadDirAsync(fd, h, ctx, deferred, read.Fh, (ulong)read.Offset, size));
+                    return true;
+                }
+
+                ReadDir(fd, h, read.Fh, (ulong)read.Offset, size, h.Opcode == FuseOpcode.ReadDirPlus);
                 return true;
             }
 
@@ -721,7 +728,8 @@ internal sealed class FuseSession
                 return;
             }
 
-            var entries = await dir.ListAsync(ctx, cts.Token).ConfigureAwait(false);
+            // An immutable listing waits for the first READDIR (see DirectoryHandle): the kernel may have it cached.
+            var entries = dir.ListingIsImmutable ? null : await dir.ListAsync(ctx, cts.Token).ConfigureAwait(false);
             var fh = directories.Add(new DirectoryHandle(node, h.NodeId, entries));
             var reply = new byte[FuseConstants.OutHeaderSize + FuseConstants.OpenOutSize];
             Wire.WriteOpenOut(reply.AsSpan(FuseConstants.OutHeaderSize), fh,
@@ -734,6 +742,25 @@ internal sealed class FuseSession
         catch (Exception e)
         {
             Fail(fd, h.Unique, e, "opendir");
+        }
+        finally
+        {
+            Untrack(h.Unique);
+        }
+    }
+
+    /// <summary>The first READDIR of a handle whose listing was deferred at OPENDIR: makes the listing, then answers.</summary>
+    private async Task ListThenReadDirAsync(int fd, InHeader h, FuseRequestContext ctx, DirectoryHandle handle, ulong fh, ulong cookie, int size)
+    {
+        var cts = Track(h.Unique);
+        try
+        {
+            handle.Entries ??= await ((IFuseDirectory)handle.Directory).ListAsync(ctx, cts.Token).ConfigureAwait(false);
+            ReadDir(fd, h, fh, cookie, size, h.Opcode == FuseOpcode.ReadDirPlus);
+        }
+        catch (Exception e)
+        {
+            Fail(fd, h.Unique, e, "readdir");
         }
         finally
         {
@@ -758,7 +785,8 @@ internal sealed class FuseSession
             var used = 0;
             var dirAttr = handle.Directory.GetAttributes();
             var dirIno = InoOf(handle.NodeId, dirAttr);
-            var total = handle.Entries.Count + 2;
+            var entries = handle.Entries!;
+            var total = entries.Count + 2;
             for (var index = (int)Math.Min(cookie, (ulong)total); index < total; index++)
             {
                 ReadOnlySpan<byte> name;
@@ -773,7 +801,7 @@ internal sealed class FuseSession
                 }
                 else
                 {
-                    var entry = handle.Entries[index - 2];
+                    var entry = entries[index - 2];
                     node = entry.Node;
                     name = entry.Name.Span;
                     if (node is null)
