@@ -30,13 +30,16 @@ public interface IFuseDirectory
     /// <summary>The child called <paramref name="name"/> (raw bytes), or null.</summary>
     ValueTask<FuseNode?> LookupAsync(ReadOnlyMemory<byte> name, FuseRequestContext ctx, CancellationToken ct);
 
-    /// <summary>All children; taken once per OPENDIR and kept in the handle.</summary>
+    /// <summary>All children; taken once per open handle and kept in it: at OPENDIR, or for an immutable listing at the
+    /// handle's first READDIR (none comes when the kernel lists the directory from its cache). Errors reach whoever
+    /// opens the directory, or reads it.</summary>
     ValueTask<IReadOnlyList<FuseDirectoryEntry>> ListAsync(FuseRequestContext ctx, CancellationToken ct);
 
     /// <summary>How long the kernel may remember that a name does not exist (zero: not at all).</summary>
     TimeSpan NegativeTimeout { get; }
 
-    /// <summary>True when the listing never changes: the kernel may cache it across opens.</summary>
+    /// <summary>True when the listing never changes: the kernel may cache it across opens, and it is made only when
+    /// the kernel asks for it.</summary>
     bool ListingIsImmutable { get; }
 }
 
