@@ -69,8 +69,10 @@ public sealed class Driver(string findingsDirectory, TimeSpan perInput, long max
     {
         Exception? error = null;
         long allocated = 0;
+        var tid = 0;
         var worker = new Thread(() =>
         {
+            Volatile.Write(ref tid, GetTid());
             var before = GC.GetAllocatedBytesForCurrentThread();
             try
             {
@@ -85,9 +87,9 @@ public sealed class Driver(string findingsDirectory, TimeSpan perInput, long max
         }, 16 << 20) { IsBackground = true, Name = $"fuzz {target.Name}" };
         var totalBefore = GC.GetTotalAllocatedBytes();
         worker.Start();
-        if (!worker.Join(perInput))
+        if (!worker.Join(perInput) && Hung(worker, Volatile.Read(ref tid)) is { } why)
         {
-            return Save(target, input, "hang", $"no result within {perInput.TotalSeconds:0.#} s");
+            return Save(target, input, "hang", why);
         }
 
         // Both this worker's allocations and (for targets that hand work to other threads) the process total.
@@ -104,6 +106,50 @@ public sealed class Driver(string findingsDirectory, TimeSpan perInput, long max
 
         return null;
     }
+
+    /// <summary>
+    /// After <see cref="perInput"/> of wall time: a hang is the worker using that much CPU time, or no result within ten
+    /// times that of wall time (a worker that blocks). Wall time alone is not the measure on a 2-core machine where the
+    /// VM tests run beside the fuzz targets: a worker may wait seconds for a core (a key file's 65,535 PBKDF2 rounds,
+    /// milliseconds alone, once took over 2 s there). Null when the worker finished after all.
+    /// </summary>
+    private string? Hung(Thread worker, int tid)
+    {
+        var wall = Stopwatch.StartNew();
+        while (!worker.Join(20))
+        {
+            var cpu = ThreadCpuOf(tid);
+            if (cpu >= perInput)
+            {
+                return $"no result within {perInput.TotalSeconds:0.#} s of CPU time";
+            }
+
+            if (wall.Elapsed + perInput >= perInput * 10)
+            {
+                return $"no result within {(perInput * 10).TotalSeconds:0.#} s (CPU time used: {cpu.TotalSeconds:0.##} s)";
+            }
+        }
+
+        return null;
+    }
+
+    /// <summary>User + system time of a thread of this process (/proc, clock ticks of 10 ms); zero when unknown.</summary>
+    private static TimeSpan ThreadCpuOf(int tid)
+    {
+        try
+        {
+            var stat = File.ReadAllText($"/proc/self/task/{tid}/stat");
+            var fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
+            return TimeSpan.FromMilliseconds((long.Parse(fields[11]) + long.Parse(fields[12])) * 10);
+        }
+        catch (Exception e) when (e is IOException or FormatException or IndexOutOfRangeException or ArgumentOutOfRangeException)
+        {
+            return TimeSpan.Zero;
+        }
+    }
+
+    [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "gettid")]
+    private static extern int GetTid();
 
     private FuzzFinding Save(FuzzTarget target, byte[] input, string kind, string detail)
     {

@@ -54,13 +54,29 @@ public sealed class DriverTests
             var typed = new FuzzTarget("fake-typed", _ => throw new InvalidDataException("bad"), e => e is InvalidDataException);
             var hang = new FuzzTarget("fake-hang", _ => Thread.Sleep(5000), _ => false);
             var hog = new FuzzTarget("fake-hog", input => GC.KeepAlive(new byte[100 << 20]), _ => false);
+            var spin = new FuzzTarget("fake-spin", _ =>
+            {
+                var clock = System.Diagnostics.Stopwatch.StartNew();
+                while (clock.ElapsedMilliseconds < 2500)
+                {
+                }
+            }, _ => false);
+            var slowButDone = new FuzzTarget("fake-stall", _ => Thread.Sleep(600), _ => false);
 
             var found = driver.RunOne(crash, [1, 2, 3]);
             Assert.Equal("exception", found?.Kind);
             Assert.Contains("IndexOutOfRangeException", found!.Detail);
             Assert.Equal([1, 2, 3], File.ReadAllBytes(found.SavedAs!));
             Assert.Null(driver.RunOne(typed, [1]));
-            Assert.Equal("hang", driver.RunOne(hang, [2])?.Kind);
+            var blocked = driver.RunOne(hang, [2]); // blocks without using CPU: caught by the wall bound (10 × 300 ms)
+            Assert.Equal("hang", blocked?.Kind);
+            Assert.Contains("3 s", blocked!.Detail);
+            var spinning = driver.RunOne(spin, [4]); // burns CPU: caught once it used 300 ms of it
+            Assert.Equal("hang", spinning?.Kind);
+            Assert.Contains("of CPU time", spinning!.Detail);
+            // Over 300 ms of wall time but without using CPU, and done: a stall, not a hang. (No memory bound here: the
+            // process-wide count would take in what the fuzz tests running beside this one allocate meanwhile.)
+            Assert.Null(new Driver(dir, TimeSpan.FromMilliseconds(300), long.MaxValue).RunOne(slowButDone, [5]));
             Assert.Equal("memory", driver.RunOne(hog, [3])?.Kind);
         }
         finally
