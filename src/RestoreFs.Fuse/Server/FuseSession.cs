@@ -387,13 +387,14 @@ internal sealed class FuseSession
                 }
 
                 var size = (int)Math.Min(read.Size, (uint)FuseConstants.MaxRead);
-                if (directories.Get(read.Fh) is { Entries: null } deferred)
+                var handle = directories.Get(read.Fh);
+                if (handle is { Entries: null })
                 {
-                    Run(() => ListThenReadDirAsync(fd, h, ctx, deferred, read.Fh, (ulong)read.Offset, size));
+                    Run(() => ListThenReadDirAsync(fd, h, ctx, handle, (ulong)read.Offset, size));
                     return true;
                 }
 
-                ReadDir(fd, h, read.Fh, (ulong)read.Offset, size, h.Opcode == FuseOpcode.ReadDirPlus);
+                ReadDir(fd, h, handle, (ulong)read.Offset, size, h.Opcode == FuseOpcode.ReadDirPlus);
                 return true;
             }
 
@@ -750,13 +751,13 @@ internal sealed class FuseSession
     }
 
     /// <summary>The first READDIR of a handle whose listing was deferred at OPENDIR: makes the listing, then answers.</summary>
-    private async Task ListThenReadDirAsync(int fd, InHeader h, FuseRequestContext ctx, DirectoryHandle handle, ulong fh, ulong cookie, int size)
+    private async Task ListThenReadDirAsync(int fd, InHeader h, FuseRequestContext ctx, DirectoryHandle handle, ulong cookie, int size)
     {
         var cts = Track(h.Unique);
         try
         {
             handle.Entries ??= await ((IFuseDirectory)handle.Directory).ListAsync(ctx, cts.Token).ConfigureAwait(false);
-            ReadDir(fd, h, fh, cookie, size, h.Opcode == FuseOpcode.ReadDirPlus);
+            ReadDir(fd, h, handle, cookie, size, h.Opcode == FuseOpcode.ReadDirPlus);
         }
         catch (Exception e)
         {
@@ -768,9 +769,8 @@ internal sealed class FuseSession
         }
     }
 
-    private void ReadDir(int fd, InHeader h, ulong fh, ulong cookie, int size, bool plus)
+    private void ReadDir(int fd, InHeader h, DirectoryHandle? handle, ulong cookie, int size, bool plus)
     {
-        var handle = directories.Get(fh);
         if (handle is null)
         {
             ReplyError(fd, h.Unique, Errno.EBADF);
