@@ -138,13 +138,11 @@ public sealed class PxarArchiveState : IDisposable
         new(CacheBytes: Math.Max(Context.Options.ImageCacheBytes / share, 4L * 1024 * 1024), Memory: Context.ChunkMemory);
 
     /// <summary>
-    /// st_ino of an entry: the archive's number in the high bits, the offset of the resolved entry in the low ones, so
-    /// every name of a hard-linked file has the same number and a number never changes while the mount lives (no
-    /// table grows with the tree). Counter-allocated numbers of the rest of the tree stay far below 2^62.
+    /// st_ino of an entry by its <see cref="PxarEntry.Inode"/> (or <see cref="PxarName.Inode"/>): the archive's number
+    /// in the high bits, the offset of the resolved entry in the low ones, so every name of a hard-linked file has the
+    /// same number and a number never changes while the mount lives (no table grows with the tree). Counter-allocated
+    /// numbers of the rest of the tree stay far below 2^62.
     /// </summary>
-    public ulong InodeOf(PxarEntry entry) => InodeOf(entry.Inode);
-
-    /// <summary>The same from <see cref="PxarEntry.Inode"/> (or <see cref="PxarName.Inode"/>) alone.</summary>
     public ulong InodeOf(ulong offset)
     {
         if (offset >= 1UL << OffsetBits)

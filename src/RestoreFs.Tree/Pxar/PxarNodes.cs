@@ -119,10 +119,14 @@ public abstract class PxarNode(PxarArchiveState state, PxarEntry entry) : FuseNo
         };
         var nlink = e.Kind == PxarEntryKind.File ? state.LinkCount(e.Inode) : 1u;
         var rdev = e.Kind is PxarEntryKind.BlockDevice or PxarEntryKind.CharDevice ? EncodeDevice(e.DeviceMajor, e.DeviceMinor) : 0u;
-        var time = FuseTime.From(e.Stat.MtimeSeconds, e.Stat.MtimeNanos);
-        return new FuseAttributes(state.InodeOf(e), size, e.Mode, e.Stat.Uid, e.Stat.Gid, time, NLink: nlink,
-            Blocks: (size + 511) / 512, BlockSize: 4096, RDev: rdev);
+        return Attributes(state, e.Inode, size, e.Mode, e.Stat.Uid, e.Stat.Gid, e.Stat.MtimeSeconds, e.Stat.MtimeNanos, nlink, rdev);
     }
+
+    /// <summary>The attributes of an entry from its fields (<see cref="PxarFile"/> keeps those, not the entry).</summary>
+    internal static FuseAttributes Attributes(PxarArchiveState state, ulong inode, ulong size, uint mode, uint uid, uint gid,
+        long mtimeSeconds, uint mtimeNanos, uint nlink, uint rdev = 0) =>
+        new(state.InodeOf(inode), size, mode, uid, gid, FuseTime.From(mtimeSeconds, mtimeNanos), NLink: nlink,
+            Blocks: (size + 511) / 512, BlockSize: 4096, RDev: rdev);
 
     /// <summary>The node of an entry by its kind (<paramref name="catalogBlock"/>: a directory's catalog block, −1 for none).</summary>
     public static FuseNode Of(PxarArchiveState state, PxarEntry e, long catalogBlock = -1) => e.Kind switch
@@ -255,12 +259,8 @@ public sealed class PxarFile : FuseNode, IFuseFile, IFuseXattrs
 
     public override TimeSpan AttrTimeout => PxarNode.Forever;
 
-    public override FuseAttributes GetAttributes()
-    {
-        var size = (ulong)content.Size;
-        return new FuseAttributes(state.InodeOf(inode), size, mode, uid, gid, FuseTime.From(mtimeSeconds, mtimeNanos),
-            NLink: state.LinkCount(inode), Blocks: (size + 511) / 512, BlockSize: 4096);
-    }
+    public override FuseAttributes GetAttributes() =>
+        PxarNode.Attributes(state, inode, (ulong)content.Size, mode, uid, gid, mtimeSeconds, mtimeNanos, state.LinkCount(inode));
 
     public ValueTask<IReadOnlyList<FuseXattr>> ListXattrsAsync(FuseRequestContext ctx, CancellationToken ct) =>
         withXattrs is null ? ValueTask.FromResult<IReadOnlyList<FuseXattr>>([]) : PxarNode.Xattrs(withXattrs);
