@@ -19,7 +19,8 @@ public sealed unsafe class StreamedChunkDecoder : IDisposable
     private readonly CryptConfig? key;
     private readonly bool expectEncrypted;
     private readonly bool verifyDigest;
-    private readonly byte[] destination;
+    private readonly byte[]? destination;
+    private readonly byte* native;
     private readonly int length;
     private readonly System.IO.Hashing.Crc32 crc = new();
     private readonly byte[] header = new byte[DataBlob.EncryptedHeaderSize];
@@ -51,6 +52,22 @@ public sealed unsafe class StreamedChunkDecoder : IDisposable
         this.verifyDigest = verifyDigest;
     }
 
+    /// <param name="destination">Receives the chunk's <paramref name="length"/> bytes (memory its owner keeps in place
+    /// until this decoder is done).</param>
+    public StreamedChunkDecoder(CryptConfig? key, bool expectEncrypted, NativeChunkBuffer destination, int length, bool verifyDigest = true)
+    {
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(length, destination.Length);
+        this.key = key;
+        this.expectEncrypted = expectEncrypted;
+        native = destination.Pointer;
+        this.length = length;
+        this.verifyDigest = verifyDigest;
+    }
+
+    /// <summary>The destination's bytes from <paramref name="start"/> on, <paramref name="count"/> of them.</summary>
+    private Span<byte> Output(long start, int count) =>
+        destination is not null ? destination.AsSpan((int)start, count) : new Span<byte>(native + start, count);
+
     /// <summary>
     /// Reads a chunk file from <paramref name="chunks"/> and decodes it into <paramref name="destination"/> while it
     /// arrives, through a small buffer when every step can run piecewise (OpenSSL's cipher, libzstd); otherwise the
@@ -59,12 +76,24 @@ public sealed unsafe class StreamedChunkDecoder : IDisposable
     /// also on failure.
     /// </summary>
     public static void ReadAndDecode(ChunkStore chunks, ReadOnlySpan<byte> digest, long offset, CryptConfig? key, bool encrypted,
-        byte[] destination, int length, bool verifyDigest, Action<byte[]> release)
+        byte[] destination, int length, bool verifyDigest, Action<byte[]> release) =>
+        ReadAndDecode(chunks, digest, offset, key, encrypted, () => new StreamedChunkDecoder(key, encrypted, destination, length, verifyDigest),
+            destination.AsSpan(0, length), verifyDigest, release);
+
+    /// <summary><see cref="ReadAndDecode(ChunkStore, ReadOnlySpan{byte}, long, CryptConfig?, bool, byte[], int, bool, Action{byte[]})"/>
+    /// into memory outside the managed heap.</summary>
+    public static void ReadAndDecode(ChunkStore chunks, ReadOnlySpan<byte> digest, long offset, CryptConfig? key, bool encrypted,
+        NativeChunkBuffer destination, int length, bool verifyDigest, Action<byte[]> release) =>
+        ReadAndDecode(chunks, digest, offset, key, encrypted, () => new StreamedChunkDecoder(key, encrypted, destination, length, verifyDigest),
+            destination.Slice(0, length), verifyDigest, release);
+
+    private static void ReadAndDecode(ChunkStore chunks, ReadOnlySpan<byte> digest, long offset, CryptConfig? key, bool encrypted,
+        Func<StreamedChunkDecoder> decoder, Span<byte> destination, bool verifyDigest, Action<byte[]> release)
     {
         if (NativeZstd.Available && (!encrypted || key is { DecryptsInPlace: true }))
         {
             // Every step can run piecewise: the file goes through one small buffer, no chunk-sized array is held.
-            using var pieces = new StreamedChunkDecoder(key, encrypted, destination, length, verifyDigest);
+            using var pieces = decoder();
             var total = chunks.ReadPieces(digest, offset, pieces.Piece);
             if (pieces.Covers(total))
             {
@@ -77,7 +106,7 @@ public sealed unsafe class StreamedChunkDecoder : IDisposable
             // below, where the whole-blob decode says what is wrong with it.
         }
 
-        using var streamed = new StreamedChunkDecoder(key, encrypted, destination, length, verifyDigest);
+        using var streamed = decoder();
         var blob = chunks.ReadRented(digest, offset, out var blobLength, streamed.Progress);
         try
         {
@@ -88,7 +117,7 @@ public sealed unsafe class StreamedChunkDecoder : IDisposable
             }
             else
             {
-                DataBlob.DecodeChunkInPlace(blob.AsSpan(0, blobLength), key, encrypted, destination.AsSpan(0, length), digest, path, offset,
+                DataBlob.DecodeChunkInPlace(blob.AsSpan(0, blobLength), key, encrypted, destination, digest, path, offset,
                     verifyDigest);
             }
         }
@@ -186,7 +215,7 @@ public sealed unsafe class StreamedChunkDecoder : IDisposable
             // place and then copying — the copy sat on a cold read's critical path next to the digest helper. Bytes
             // past the chunk's length (a damaged blob, refused by Finish) still go through the cipher for the tag.
             var room = (int)Math.Clamp(length - copied, 0, fresh.Length);
-            gcm.Update(fresh[..room], destination.AsSpan((int)Math.Min(copied, length), room));
+            gcm.Update(fresh[..room], Output(Math.Min(copied, length), room));
             if (room < fresh.Length)
             {
                 gcm.Update(fresh[room..], fresh[room..]);
@@ -219,7 +248,7 @@ public sealed unsafe class StreamedChunkDecoder : IDisposable
         else
         {
             var room = (int)Math.Clamp(length - copied, 0, fresh.Length);
-            fresh[..room].CopyTo(destination.AsSpan((int)Math.Min(copied, length)));
+            fresh[..room].CopyTo(Output(Math.Min(copied, length), room));
             copied += fresh.Length;
             hash?.Written((int)Math.Min(copied, length));
         }
@@ -301,7 +330,7 @@ public sealed unsafe class StreamedChunkDecoder : IDisposable
                 }
                 else
                 {
-                    var content = destination.AsSpan(0, length);
+                    var content = Output(0, length);
                     CryptConfig.ChunkDigest(expectEncrypted ? key : null, content).CopyTo(actual);
                 }
 
@@ -318,7 +347,7 @@ public sealed unsafe class StreamedChunkDecoder : IDisposable
             Dispose();
             if (!ok)
             {
-                destination.AsSpan(0, length).Clear();
+                Output(0, length).Clear();
             }
         }
     }
@@ -358,8 +387,17 @@ public sealed unsafe class StreamedChunkDecoder : IDisposable
         // the file read again if the tag fails.
         crcDeferred = encrypted && !prefix;
 
-        pin = GCHandle.Alloc(destination, GCHandleType.Pinned);
-        var output = (byte*)pin.AddrOfPinnedObject();
+        byte* output;
+        if (destination is not null)
+        {
+            pin = GCHandle.Alloc(destination, GCHandleType.Pinned);
+            output = (byte*)pin.AddrOfPinnedObject();
+        }
+        else
+        {
+            output = native;
+        }
+
         if (compressed)
         {
             zstd = new NativeZstd.Decoder(output, length);

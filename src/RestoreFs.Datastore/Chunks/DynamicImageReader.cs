@@ -1,5 +1,3 @@
-using System.Runtime;
-
 namespace RestoreFs.Datastore;
 
 /// <summary>
@@ -13,10 +11,10 @@ public sealed record DynamicImageReaderOptions(long CacheBytes = 64L * 1024 * 10
 /// Random-access reads over a dynamic index (<c>.didx</c>, spec section 4): the stream its chunks reassemble, e.g. a
 /// pxar archive or a catalog. Thread-safe. Chunks are found by binary search over their end offsets, decoded,
 /// digest-checked and kept in a bounded LRU cache; a damaged or missing chunk fails only the reads that touch it
-/// (failures are not cached). Decoded chunks live in reused buffers (<see cref="DynamicChunkBuffers"/>): browsing a large
-/// archive decodes hundreds of chunks of a few MiB, which as fresh arrays would pile up on the large-object heap
-/// between collections (hundreds of MiB of resident memory). Bytes are copied out under the reader's lock, so an
-/// evicted buffer can be handed to the next decode at once.
+/// (failures are not cached). Decoded chunks live outside the managed heap (<see cref="DynamicChunkBuffers"/>): browsing a
+/// large archive decodes hundreds of chunks of a few MiB, which as arrays would pile up on the large-object heap until
+/// the collector's next full collection. Bytes are copied out under the reader's lock, so an evicted buffer can be
+/// reused or unmapped at once.
 /// </summary>
 public sealed class DynamicImageReader : IDisposable, IChunkCache
 {
@@ -30,8 +28,8 @@ public sealed class DynamicImageReader : IDisposable, IChunkCache
     private readonly DynamicImageReaderOptions options;
     private readonly ChunkMemory? memory;
     private readonly object gate = new();
-    private readonly Dictionary<int, LinkedListNode<(int Chunk, byte[] Data)>> cache = new();
-    private readonly LinkedList<(int Chunk, byte[] Data)> lru = new();
+    private readonly Dictionary<int, LinkedListNode<(int Chunk, NativeChunkBuffer Data)>> cache = new();
+    private readonly LinkedList<(int Chunk, NativeChunkBuffer Data)> lru = new();
     private readonly Dictionary<int, ManualResetEventSlim> inflight = new();
 
     // One decode at a time per reader: the kernel reads a file with several requests in parallel, which cross into the
@@ -39,6 +37,7 @@ public sealed class DynamicImageReader : IDisposable, IChunkCache
     // and reads of one archive are sequential enough that a second decoder mostly adds memory, not speed.
     private readonly SemaphoreSlim decoder = new(1, 1);
     private long cachedBytes;
+    private long decodingBytes; // chunks being decoded for this cache (see MakeRoom)
     private long lastUse;
     private bool prefetching;
     private long prefetches;
@@ -123,7 +122,7 @@ public sealed class DynamicImageReader : IDisposable, IChunkCache
                 {
                     var data = Decode(chunk, chunkLength);
                     n = Math.Min(want.Length, chunkLength - inChunk);
-                    data.AsSpan(inChunk, n).CopyTo(want);
+                    data.Slice(inChunk, n).CopyTo(want);
                     Insert(chunk, data);
                 }
                 finally
@@ -239,43 +238,76 @@ public sealed class DynamicImageReader : IDisposable, IChunkCache
             hits++;
             var chunkLength = (int)(index.ChunkEnd(chunk) - index.ChunkStart(chunk));
             var n = Math.Min(destination.Length, chunkLength - inChunk);
-            node.Value.Data.AsSpan(inChunk, n).CopyTo(destination);
+            node.Value.Data.Slice(inChunk, n).CopyTo(destination);
             return n;
         }
     }
 
     /// <summary>Reads, verifies and decodes a chunk into a pooled buffer (at least <paramref name="length"/> bytes long).</summary>
-    private byte[] Decode(int chunk, int length)
+    private NativeChunkBuffer Decode(int chunk, int length)
     {
-        var start = index.ChunkStart(chunk);
-        var data = DynamicChunkBuffers.Rent(length);
+        var reserved = DynamicChunkBuffers.Rounded(length);
+        MakeRoom(reserved);
         try
         {
-            // As the fixed-index reader does: CRC, decryption and decompression while the chunk file arrives, the digest
-            // on a helper thread (a walk of a unified archive is one decode after another: this halves each one's wait).
-            // The chunk file's array then goes into this pool, not back to BlobBuffers': that pool keeps two arrays per
-            // power-of-two size, and chunk files of 1…16 MiB would leave ~30–60 MiB there for as long as the mount runs.
-            // Here the array serves as a decoded-chunk buffer (or is dropped when the spares are full).
-            StreamedChunkDecoder.ReadAndDecode(chunks, index.Digest(chunk), start, key, encrypted, data, length, options.VerifyDigests, blob =>
+            var data = DynamicChunkBuffers.Rent(length);
+            try
             {
-                DynamicChunkBuffers.NoteBlob(blob.Length);
-                DynamicChunkBuffers.Return(blob);
-            });
+                // As the fixed-index reader does: CRC, decryption and decompression while the chunk file arrives, the
+                // digest on a helper thread (a walk of a unified archive is one decode after another: this halves each
+                // one's wait).
+                StreamedChunkDecoder.ReadAndDecode(chunks, index.Digest(chunk), index.ChunkStart(chunk), key, encrypted, data, length,
+                    options.VerifyDigests, blob => BlobBuffers.Pool.Return(blob));
+            }
+            catch
+            {
+                DynamicChunkBuffers.Return(data);
+                throw;
+            }
+
+            return data;
         }
         catch
         {
-            DynamicChunkBuffers.Return(data);
+            lock (gate)
+            {
+                decodingBytes -= reserved;
+            }
+
             throw;
         }
-
-        return data;
     }
 
-    /// <summary>Caches a decoded chunk (or gives its buffer back when another reader was quicker) and keeps the bound.</summary>
-    private void Insert(int chunk, byte[] data)
+    /// <summary>
+    /// Before a decode: the cache gives up its least recently used chunks until they and the chunks being decoded for
+    /// it fit its bound (the newest stays). The bound then holds for everything the reader has mapped, not only for what
+    /// it caches — decoding into fresh memory first and evicting afterwards kept up to two chunks more (a decode and a
+    /// fetch ahead) — and an evicted buffer is at hand for the decode that needs one.
+    /// </summary>
+    private void MakeRoom(int reserved)
     {
         lock (gate)
         {
+            decodingBytes += reserved;
+            TrimToBound();
+        }
+    }
+
+    /// <summary>Under the lock: evicts down to the bound, keeping the newest chunk.</summary>
+    private void TrimToBound()
+    {
+        while (cachedBytes + decodingBytes > options.CacheBytes && lru.Last is { } last && last != lru.First)
+        {
+            EvictLast();
+        }
+    }
+
+    /// <summary>Caches a decoded chunk (or gives its buffer back when another reader was quicker) and keeps the bound.</summary>
+    private void Insert(int chunk, NativeChunkBuffer data)
+    {
+        lock (gate)
+        {
+            decodingBytes -= DynamicChunkBuffers.Rounded((int)(index.ChunkEnd(chunk) - index.ChunkStart(chunk))); // as Decode reserved
             if (disposed || cache.ContainsKey(chunk))
             {
                 DynamicChunkBuffers.Return(data);
@@ -285,10 +317,7 @@ public sealed class DynamicImageReader : IDisposable, IChunkCache
             cache[chunk] = lru.AddFirst((chunk, data));
             cachedBytes += data.Length;
             memory?.Charge(data.Length);
-            while (cachedBytes > options.CacheBytes && lru.Last is { } last && last != lru.First)
-            {
-                EvictLast();
-            }
+            TrimToBound();
         }
     }
 
@@ -334,18 +363,13 @@ public sealed class DynamicImageReader : IDisposable, IChunkCache
 }
 
 /// <summary>
-/// Reused buffers for decoded dynamic chunks, whose lengths vary (PBS: 1…16 MiB around a 4 MiB average). A buffer is
-/// rounded up to a granule (64 KiB below 1 MiB, 1 MiB above) and reused for any chunk it fits with at most about half of
-/// it unused (best fit); at most <see cref="SpareLimit"/> free buffers of together <see cref="SpareBytesLimit"/> are kept.
-/// The arrays chunk files were read into join the pool after decoding (powers of two: they fit chunks of half to full
-/// their length).
-/// Lengths vary too much for reuse alone to avoid new arrays, and arrays of this size live on the large-object heap,
-/// which the collector sweeps only in full collections — left to itself it lets hundreds of MiB of dropped chunk
-/// buffers pile up between them. So after every <see cref="CollectAfterBytes"/> of new buffers a full collection runs:
-/// the dropped buffers' memory is then reused for the next ones instead of growing the heap. Decoding those bytes
-/// (~20 ms) takes longer than a collection of a heap this small. The collection compacts the large-object heap too:
-/// a sweep alone leaves holes between the buffers still in use that a longer chunk does not fit (a walk of a v1
-/// archive kept 20–45 MiB of such holes, and the heap grew around them).
+/// Buffers for decoded dynamic chunks, whose lengths vary (PBS: 1…16 MiB around a 4 MiB average): mapped pages outside
+/// the managed heap (<see cref="NativeChunkBuffer"/>), unmapped as soon as they are not kept. A buffer is rounded up to
+/// a granule (64 KiB below 1 MiB, 1 MiB above) and reused for any chunk it fits with at most about half of it unused
+/// (best fit); at most <see cref="SpareLimit"/> free buffers of together <see cref="SpareBytesLimit"/> are kept, the rest
+/// is given back to the system at once. As managed arrays these buffers piled up between full collections (the
+/// large-object heap is swept only then): a walk of a v1 archive held 20–45 MiB of dropped buffers and holes on top of
+/// its cache, and forcing a collection every 32 MiB of new buffers cost time and still left a sawtooth that high.
 /// </summary>
 public static class DynamicChunkBuffers
 {
@@ -355,13 +379,9 @@ public static class DynamicChunkBuffers
     /// <summary>Most bytes of free buffers kept.</summary>
     public const long SpareBytesLimit = 8L * 1024 * 1024;
 
-    /// <summary>New buffer bytes after which a full collection is started (8 MiB made a walk of a 26,000-entry v1
-    /// archive 2–3× slower: a collection every two chunks).</summary>
-    public const long CollectAfterBytes = 32L * 1024 * 1024;
-
-    private static readonly List<byte[]> Spare = [];
+    private static readonly List<NativeChunkBuffer> Spare = [];
     private static long spareBytes;
-    private static long allocatedSinceCollect;
+    private static long mapped;
 
     /// <summary>Free buffers kept now.</summary>
     public static int SpareCount
@@ -375,9 +395,13 @@ public static class DynamicChunkBuffers
         }
     }
 
-    public static byte[] Rent(int length)
+    /// <summary>Bytes of all chunk buffers mapped now: the spares, and those in readers' caches or being decoded.</summary>
+    public static long MappedBytes => Interlocked.Read(ref mapped);
+
+    public static NativeChunkBuffer Rent(int length)
     {
         var rounded = Rounded(length);
+        NativeChunkBuffer? resized = null;
         lock (Spare)
         {
             var best = -1;
@@ -398,47 +422,46 @@ public static class DynamicChunkBuffers
                 return found;
             }
 
-            allocatedSinceCollect += rounded;
-            if (allocatedSinceCollect < CollectAfterBytes)
+            if (Spare.Count > 0)
             {
-                return GC.AllocateUninitializedArray<byte>(rounded);
-            }
-
-            allocatedSinceCollect = 0;
-        }
-
-        Collect();
-        return GC.AllocateUninitializedArray<byte>(rounded);
-    }
-
-    /// <summary>Counts a chunk file's array (from <see cref="BlobBuffers"/>) as new: it ends up here or as garbage.</summary>
-    internal static void NoteBlob(int length)
-    {
-        bool collect;
-        lock (Spare)
-        {
-            allocatedSinceCollect += length;
-            collect = allocatedSinceCollect >= CollectAfterBytes;
-            if (collect)
-            {
-                allocatedSinceCollect = 0;
+                // None fits: the newest spare is resized (its pages stay; only the difference is mapped or unmapped).
+                resized = Spare[^1];
+                Spare.RemoveAt(Spare.Count - 1);
+                spareBytes -= resized.Length;
             }
         }
 
-        if (collect)
+        if (resized is not null)
         {
-            Collect();
+            var before = resized.Length;
+            try
+            {
+                resized.Resize(rounded);
+                Interlocked.Add(ref mapped, rounded - before);
+                return resized;
+            }
+            catch (OutOfMemoryException)
+            {
+                Interlocked.Add(ref mapped, -before);
+                resized.Dispose();
+            }
         }
+
+        var buffer = new NativeChunkBuffer(rounded);
+        Interlocked.Add(ref mapped, rounded);
+        return buffer;
     }
 
-    public static void Return(byte[] buffer)
+    public static void Return(NativeChunkBuffer buffer)
     {
+        List<NativeChunkBuffer>? dropped = null;
         lock (Spare)
         {
             // Full: drop the oldest spare buffers first (the newest fit what is being read now).
             while (Spare.Count > 0 && (Spare.Count >= SpareLimit || spareBytes + buffer.Length > SpareBytesLimit))
             {
                 spareBytes -= Spare[0].Length;
+                (dropped ??= []).Add(Spare[0]);
                 Spare.RemoveAt(0);
             }
 
@@ -447,17 +470,21 @@ public static class DynamicChunkBuffers
                 Spare.Add(buffer);
                 spareBytes += buffer.Length;
             }
+            else
+            {
+                (dropped ??= []).Add(buffer);
+            }
+        }
+
+        foreach (var d in dropped ?? [])
+        {
+            Interlocked.Add(ref mapped, -d.Length);
+            d.Dispose();
         }
     }
 
-    /// <summary>A full, blocking, compacting collection (the heap is small: chunk buffers and the mount's nodes; a few ms).</summary>
-    private static void Collect()
-    {
-        GCSettings.LargeObjectHeapCompactionMode = GCLargeObjectHeapCompactionMode.CompactOnce;
-        GC.Collect(2, GCCollectionMode.Forced, blocking: true, compacting: true);
-    }
-
-    private static int Rounded(int length)
+    /// <summary>The length of the buffer <see cref="Rent"/> gives for a chunk of <paramref name="length"/> bytes.</summary>
+    public static int Rounded(int length)
     {
         var granule = length < 1024 * 1024 ? 64 * 1024 : 1024 * 1024;
         return (int)Math.Min(Array.MaxLength, ((long)Math.Max(length, 1) + granule - 1) / granule * granule);

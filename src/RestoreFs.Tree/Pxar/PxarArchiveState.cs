@@ -131,8 +131,9 @@ public sealed class PxarArchiveState : IDisposable
     /// Chunk caches of an archive: bounded per reader by a share of the mount's budget (at least 4 MiB — one average
     /// chunk), and charged to that budget (<see cref="TreeContext.ChunkMemory"/>), shared with every other archive and VM
     /// image the mount has open, which trims the least recently used reader. Browsing one archive of any size thus keeps
-    /// at most budget/4 + budget/16 of decoded chunks for a split archive (20 MiB at the default 64), budget/2 for a unified one, however many chunks it decodes; the
-    /// buffers are reused (<see cref="DynamicChunkBuffers"/>), so decoded chunks do not pile up as garbage either.
+    /// at most budget/4 + budget/16 of decoded chunks for a split archive (20 MiB at the default 64), budget/2 for a unified one, however many chunks it decodes; an
+    /// evicted chunk's buffer is reused or unmapped at once (<see cref="DynamicChunkBuffers"/>), so decoded chunks do not
+    /// pile up as garbage either.
     /// </summary>
     private DynamicImageReaderOptions ReaderOptions(int share) =>
         new(CacheBytes: Math.Max(Context.Options.ImageCacheBytes / share, 4L * 1024 * 1024), Memory: Context.ChunkMemory);
