@@ -139,3 +139,35 @@ public sealed class DynamicImageReaderTests : IDisposable
         Assert.Throws<ObjectDisposedException>(() => buffer.Span.Length);
     }
 }
+
+/// <summary>What a mount prepares at start-up so that its first read does not pay for first uses.</summary>
+[Collection(DynamicBuffersCollection.Name)]
+public sealed class ChunkDecodingPreparationTests
+{
+    [Fact]
+    public void The_start_up_decode_runs_the_real_path_and_a_prepared_buffer_is_taken_once_and_only_at_its_length()
+    {
+        ChunkDecoding.Prepare(); // decodes and verifies a made-up chunk; throws on any failure
+
+        NativeChunkBuffer.Prepare(4096 * 3);
+        Assert.Null(NativeChunkBuffer.TakePrepared(4096 * 4));
+        using var taken = NativeChunkBuffer.TakePrepared(4096 * 3);
+        Assert.NotNull(taken);
+        taken!.Span.Fill(7); // mapped and writable
+        Assert.Null(NativeChunkBuffer.TakePrepared(4096 * 3));
+    }
+
+    [Fact]
+    public void A_resized_buffer_keeps_its_bytes_up_to_the_shorter_length()
+    {
+        using var buffer = new NativeChunkBuffer(1 << 20);
+        buffer.Span.Fill(0x3C);
+        buffer.Resize(3 << 20);
+        Assert.Equal(3 << 20, buffer.Length);
+        Assert.True(buffer.Slice(0, 1 << 20).IndexOfAnyExcept((byte)0x3C) < 0);
+        buffer.Slice(2 << 20, 1 << 20).Fill(1);
+        buffer.Resize(4096);
+        Assert.Equal(4096, buffer.Length);
+        Assert.True(buffer.Span.IndexOfAnyExcept((byte)0x3C) < 0);
+    }
+}

@@ -16,7 +16,8 @@ internal interface IChunkCache
 /// One budget of decoded chunk bytes shared by many <see cref="ImageReader"/>s — a mount's readers of every snapshot
 /// browsed — so memory stays within the budget however many images are opened. When the readers together hold more
 /// than <see cref="Capacity"/>, the reader used least recently gives up its oldest chunks first (close to one LRU over
-/// all chunks, without a lock across readers). Free chunk buffers are kept for reuse up to a few, not per reader.
+/// all chunks, without a lock across readers). Free chunk buffers are kept for reuse up to a few, not per reader; the
+/// buffers are mapped pages outside the managed heap (<see cref="NativeChunkBuffer"/>), unmapped when not kept.
 /// <see cref="DynamicImageReader"/>s (pxar archives, catalogs) take part in the same budget; their variable-length
 /// buffers are pooled by <see cref="DynamicChunkBuffers"/>, not here.
 /// </summary>
@@ -24,7 +25,7 @@ public sealed class ChunkMemory
 {
     private readonly object gate = new();
     private readonly HashSet<IChunkCache> readers = [];
-    private readonly Stack<byte[]> spare = new();
+    private readonly Stack<NativeChunkBuffer> spare = new();
     private readonly int spareLimit;
     private long used;
 
@@ -72,40 +73,62 @@ public sealed class ChunkMemory
 
     internal void Charge(long bytes) => Interlocked.Add(ref used, bytes);
 
-    internal byte[] Rent(int size)
+    /// <summary>A buffer of <paramref name="size"/> bytes: a spare one, the one prepared at start-up, or freshly mapped.</summary>
+    internal NativeChunkBuffer Rent(int size)
     {
-        lock (gate)
+        List<NativeChunkBuffer>? other = null;
+        try
         {
-            while (spare.Count > 0)
+            lock (gate)
             {
-                var data = spare.Pop();
-                if (data.Length == size)
+                while (spare.Count > 0)
                 {
-                    return data;
+                    var data = spare.Pop();
+                    if (data.Length == size)
+                    {
+                        return data;
+                    }
+
+                    (other ??= []).Add(data);
                 }
             }
-        }
 
-        return GC.AllocateUninitializedArray<byte>(size);
+            return NativeChunkBuffer.TakePrepared(size) ?? new NativeChunkBuffer(size);
+        }
+        finally
+        {
+            other?.ForEach(b => b.Dispose());
+        }
     }
 
-    internal void Return(byte[] data)
+    /// <summary>Takes a buffer nobody reads any more: kept as a spare, or unmapped at once.</summary>
+    internal void Return(NativeChunkBuffer data)
     {
         lock (gate)
         {
             if (spare.Count < spareLimit)
             {
                 spare.Push(data);
+                return;
             }
         }
+
+        data.Dispose();
     }
 
-    /// <summary>Drops the spare buffers (after a large release, so the collector can give the memory back).</summary>
+    /// <summary>Unmaps the spare buffers (after a large release: their memory goes back to the system).</summary>
     public void DropSpares()
     {
+        NativeChunkBuffer[] dropped;
         lock (gate)
         {
+            dropped = [.. spare];
             spare.Clear();
+        }
+
+        foreach (var d in dropped)
+        {
+            d.Dispose();
         }
     }
 

@@ -97,7 +97,7 @@ public sealed class ImageReader : IDisposable, IChunkCache
             else
             {
                 var buffer = AcquireAsync(chunk).AsTask().GetAwaiter().GetResult();
-                buffer.Data.AsSpan(inChunk, n).CopyTo(destination[done..]);
+                buffer.Data.Slice(inChunk, n).CopyTo(destination[done..]);
                 Release(buffer);
             }
 
@@ -127,7 +127,7 @@ public sealed class ImageReader : IDisposable, IChunkCache
             else
             {
                 var buffer = await AcquireAsync(chunk).ConfigureAwait(false);
-                buffer.Data.AsSpan(inChunk, n).CopyTo(destination.Span[done..]);
+                buffer.Data.Slice(inChunk, n).CopyTo(destination.Span[done..]);
                 Release(buffer);
             }
 
@@ -251,7 +251,7 @@ public sealed class ImageReader : IDisposable, IChunkCache
             var length = index.ChunkLength(chunk);
             var path = chunks.PathOf(digest);
             await chunks.DecodeRemoteAsync(remote, digest, offset,
-                blob => DataBlob.DecodeChunk(blob, key, encrypted, buffer.Data.AsSpan(0, length), digest, path, offset, options.VerifyDigests)).ConfigureAwait(false);
+                blob => DataBlob.DecodeChunk(blob, key, encrypted, buffer.Data.Slice(0, length), digest, path, offset, options.VerifyDigests)).ConfigureAwait(false);
             Interlocked.Add(ref decodedBytes, length);
         }
         catch (Exception e)
@@ -268,7 +268,7 @@ public sealed class ImageReader : IDisposable, IChunkCache
         return Finish(chunk, buffer, completion, forCaller);
     }
 
-    private void Decode(int chunk, byte[] destination, int length)
+    private void Decode(int chunk, NativeChunkBuffer destination, int length)
     {
         var offset = (long)chunk * index.ChunkSize;
         var digest = index.Digest(chunk);
@@ -429,10 +429,11 @@ public sealed class ImageReader : IDisposable, IChunkCache
         }
     }
 
-    /// <summary>A decoded chunk in a reusable array; <see cref="Refs"/> counts the cache and the readers copying from it.</summary>
-    private sealed class ChunkBuffer(byte[] data)
+    /// <summary>A decoded chunk in a reusable buffer; <see cref="Refs"/> counts the cache and the readers copying from it
+    /// (the buffer goes back to the pool, where it may be unmapped, only when that is 0).</summary>
+    private sealed class ChunkBuffer(NativeChunkBuffer data)
     {
-        public byte[] Data { get; } = data;
+        public NativeChunkBuffer Data { get; } = data;
 
         public int Chunk { get; set; } = -1;
 
@@ -444,10 +445,19 @@ public sealed class ImageReader : IDisposable, IChunkCache
         disposed = true;
         lock (gate)
         {
-            cache.Clear();
-            lru.Clear();
-            memory.Unregister(this, cachedBytes);
-            cachedBytes = 0;
+            // Through EvictLast: its buffers go back to the pool (or are unmapped), except those a reader still copies
+            // from, which go back when it is done.
+            while (lru.Last is not null)
+            {
+                EvictLast();
+            }
+
+            memory.Unregister(this, 0);
+        }
+
+        if (options.Memory is null)
+        {
+            memory.DropSpares(); // this reader's own pool: nobody else will rent from it
         }
     }
 }
