@@ -14,7 +14,15 @@ public readonly record struct PxarName(byte[] Name, PxarEntryKind Kind, ulong In
 /// together at most <paramref name="GoodbyeCacheBytes"/> of records, each at most <paramref name="MaxCachedTableBytes"/>
 /// (larger ones are remembered without their records and searched record by record).
 /// </summary>
-public sealed record PxarArchiveOptions(int GoodbyeCacheTables = 1024, int MaxCachedTableBytes = 1024 * 1024, long GoodbyeCacheBytes = 8L * 1024 * 1024);
+public sealed record PxarArchiveOptions(int GoodbyeCacheTables = 1024, int MaxCachedTableBytes = 1024 * 1024, long GoodbyeCacheBytes = 8L * 1024 * 1024)
+{
+    public static PxarArchiveOptions Default { get; } = new();
+
+    /// <summary>Opening the archive for a walk into it (a lookup or listing in the root follows): the root's goodbye
+    /// table, at the end of the metadata stream, is fetched in the background while the root entry at its start is
+    /// decoded (and a split archive's payload tail likewise). Off for a stat of the root alone, which needs neither.</summary>
+    public bool FetchRootTableAhead { get; init; }
+}
 
 /// <summary>
 /// Random access to a pxar archive (format v1, or v2 as metadata + payload stream) over any byte source, starting from
@@ -78,6 +86,12 @@ public sealed class PxarArchive : IDisposable
         if (meta.Length < PxarFormat.HeaderSize + PxarFormat.StatSize + 40)
         {
             throw Error($"archive of {meta.Length} bytes is too short to hold a root directory", 0);
+        }
+
+        if (options.FetchRootTableAhead)
+        {
+            meta.Prefetch(meta.Length - 1);
+            payload?.Prefetch(payload.Length - 1);
         }
 
         long pos = 0;

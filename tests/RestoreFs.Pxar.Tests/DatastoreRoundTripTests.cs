@@ -172,4 +172,33 @@ public class DatastoreRoundTripTests(TortureTree tree)
             Assert.Contains(Convert.ToHexStringLower(digest), error.Message);
         }
     }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void Opening_for_a_walk_fetches_the_roots_goodbye_table_ahead_and_lists_the_same(bool split)
+    {
+        using var store = new TempDirectory("pxar-store");
+        var snapshot = Backup(store.Path, tree, split, key: null, 0);
+        var reader = DatastoreReader.Open(store.Path);
+        var info = SnapshotArchives.Require(reader.ReadManifest(snapshot, null), snapshot, "root.pxar");
+        var meta = DynamicIndex.Open(Path.Combine(snapshot.DirectoryPath, info.MetadataFile));
+        Assert.True(meta.ChunkCount > 1, "the root's table must lie in another chunk than its entry");
+
+        List<string> Listing(PxarArchive archive) => [.. archive.List(archive.Root).Select(e => System.Text.Encoding.UTF8.GetString(e.Name))];
+
+        using var plainPayload = split ? Payload() : null;
+        using var plainSource = DynamicImageReader.Open(reader, snapshot, info.MetadataFile, null);
+        using var plain = PxarArchive.Open(new DynamicIndexPxarSource(plainSource, ownsReader: false), plainPayload);
+        Assert.Equal(0, plainSource.Prefetches);
+
+        using var aheadPayload = split ? Payload() : null;
+        using var aheadSource = DynamicImageReader.Open(reader, snapshot, info.MetadataFile, null);
+        using var ahead = PxarArchive.Open(new DynamicIndexPxarSource(aheadSource, ownsReader: false), aheadPayload,
+            new PxarArchiveOptions { FetchRootTableAhead = true });
+        Assert.Equal(1, aheadSource.Prefetches);
+        Assert.Equal(Listing(plain), Listing(ahead));
+
+        DynamicIndexPxarSource Payload() => new(DynamicImageReader.Open(reader, snapshot, info.PayloadFile!, null));
+    }
 }

@@ -41,7 +41,12 @@ public sealed class PxarArchiveState : IDisposable
 
     public bool IsOpen => Volatile.Read(ref archive) is not null;
 
-    /// <summary>The archive, opened on first call; errors become the errno a reader should see.</summary>
+    /// <summary>The archive, opened on first call; errors become the errno a reader should see.
+    /// <para>The archive is first opened by a lookup of its directory, which a walk into it nearly always follows
+    /// (<c>ls</c>, <c>cd</c>, <c>find</c>). On a cold store each read waits for the disk, so the reads that walk will need
+    /// are started beside the open instead of after it: the root's goodbye table (in the stream's last chunk, while the
+    /// root entry in its first is decoded) and, for a unified archive, the catalog (its index and root block). A stat
+    /// alone thus costs two background decodes; a first <c>ls</c> of the root waits for one chain of reads, not three.</para></summary>
     public PxarArchive Archive
     {
         get
@@ -51,25 +56,48 @@ public sealed class PxarArchiveState : IDisposable
                 return open;
             }
 
-            lock (gate)
-            {
-                if (archive is not null)
-                {
-                    return archive;
-                }
+            return Open();
+        }
+    }
 
-                try
+    private static readonly PxarArchiveOptions FetchAhead = new() { FetchRootTableAhead = true };
+
+    private PxarArchive Open()
+    {
+        lock (gate)
+        {
+            if (archive is not null)
+            {
+                return archive;
+            }
+
+            if (!Info.IsSplit && HasCatalog && Volatile.Read(ref listingCatalog) is null)
+            {
+                _ = Task.Run(() =>
                 {
-                    var opened = SnapshotArchives.Open(Context.Store, Snapshot.Snapshot, Info, Context.Options.Key,
-                        ReaderOptions(Info.IsSplit ? MetadataShare : HasCatalog ? UnifiedWithCatalogShare : UnifiedShare), payloadReaderOptions: ReaderOptions(PayloadShare));
-                    linkCounts = new Lazy<IReadOnlyDictionary<ulong, int>>(() => CountLinks(opened));
-                    Volatile.Write(ref archive, opened);
-                    return opened;
-                }
-                catch (Exception e)
-                {
-                    throw Fail(e);
-                }
+                    try
+                    {
+                        _ = RootCatalogBlock;
+                    }
+                    catch (Exception)
+                    {
+                        // a catalog that cannot be used is warned about, and listings decode the archive
+                    }
+                });
+            }
+
+            try
+            {
+                var opened = SnapshotArchives.Open(Context.Store, Snapshot.Snapshot, Info, Context.Options.Key,
+                    ReaderOptions(Info.IsSplit ? MetadataShare : HasCatalog ? UnifiedWithCatalogShare : UnifiedShare), FetchAhead,
+                    payloadReaderOptions: ReaderOptions(PayloadShare));
+                linkCounts = new Lazy<IReadOnlyDictionary<ulong, int>>(() => CountLinks(opened));
+                Volatile.Write(ref archive, opened);
+                return opened;
+            }
+            catch (Exception e)
+            {
+                throw Fail(e);
             }
         }
     }
@@ -85,7 +113,6 @@ public sealed class PxarArchiveState : IDisposable
         var opened = Archive;
         if (Interlocked.Exchange(ref entered, 1) == 0)
         {
-            // The first listing reads the root's goodbye table from the archive's last chunk meanwhile.
             _ = Task.Run(() =>
             {
                 try
@@ -237,12 +264,13 @@ public sealed class PxarArchiveState : IDisposable
                 return -1;
             }
 
-            lock (gate)
+            // Not under the archive's lock: the catalog is opened while the archive itself opens (see Enter).
+            if (Volatile.Read(ref listingCatalog) is null)
             {
-                listingCatalog ??= new Lazy<(PxarCatalog, DynamicIndexPxarSource, long)?>(OpenListingCatalog);
+                Interlocked.CompareExchange(ref listingCatalog, new Lazy<(PxarCatalog, DynamicIndexPxarSource, long)?>(OpenListingCatalog), null);
             }
 
-            return listingCatalog.Value?.ArchiveBlock ?? -1;
+            return listingCatalog!.Value?.ArchiveBlock ?? -1;
         }
     }
 
