@@ -145,16 +145,23 @@ public sealed class DynamicImageReaderTests : IDisposable
 public sealed class ChunkDecodingPreparationTests
 {
     [Fact]
-    public void The_start_up_decode_runs_the_real_path_and_a_prepared_buffer_is_taken_once_and_only_at_its_length()
+    public void The_start_up_decode_runs_the_real_path_and_a_prepared_buffer_is_taken_once_at_the_length_asked()
     {
         ChunkDecoding.Prepare(); // decodes and verifies a made-up chunk; throws on any failure
 
         NativeChunkBuffer.Prepare(4096 * 3);
-        Assert.Null(NativeChunkBuffer.TakePrepared(4096 * 4));
-        using var taken = NativeChunkBuffer.TakePrepared(4096 * 3);
-        Assert.NotNull(taken);
-        taken!.Span.Fill(7); // mapped and writable
-        Assert.Null(NativeChunkBuffer.TakePrepared(4096 * 3));
+        using (var taken = NativeChunkBuffer.TakePrepared(4096 * 3))
+        {
+            Assert.NotNull(taken);
+            taken!.Span.Fill(7); // mapped and writable
+            Assert.Null(NativeChunkBuffer.TakePrepared(4096 * 3));
+        }
+
+        // Taken for another length (a mount of archives only: dynamic chunks), it is resized.
+        NativeChunkBuffer.Prepare(4096 * 3);
+        using var other = NativeChunkBuffer.TakePrepared(4096 * 5);
+        Assert.Equal(4096 * 5, other!.Length);
+        other.Span.Fill(9);
     }
 
     [Fact]

@@ -447,7 +447,7 @@ public static class DynamicChunkBuffers
             }
         }
 
-        var buffer = new NativeChunkBuffer(rounded);
+        var buffer = NativeChunkBuffer.TakePrepared(rounded) ?? new NativeChunkBuffer(rounded);
         Interlocked.Add(ref mapped, rounded);
         return buffer;
     }

@@ -56,11 +56,25 @@ public sealed unsafe partial class NativeChunkBuffer : IDisposable
         Interlocked.Exchange(ref prepared, buffer)?.Dispose();
     }
 
-    /// <summary>The buffer <see cref="Prepare"/> made, if it has <paramref name="length"/> bytes and nobody took it yet.</summary>
+    /// <summary>The buffer <see cref="Prepare"/> made, resized to <paramref name="length"/> bytes (its pages stay), if
+    /// nobody took it yet: a mount of container backups only takes it for its first archive chunk.</summary>
     public static NativeChunkBuffer? TakePrepared(int length)
     {
-        var buffer = Volatile.Read(ref prepared);
-        return buffer is not null && buffer.Length == length && Interlocked.CompareExchange(ref prepared, null, buffer) == buffer ? buffer : null;
+        var buffer = Interlocked.Exchange(ref prepared, null);
+        if (buffer is not null && buffer.Length != length)
+        {
+            try
+            {
+                buffer.Resize(length);
+            }
+            catch (OutOfMemoryException)
+            {
+                buffer.Dispose();
+                return null;
+            }
+        }
+
+        return buffer;
     }
 
     /// <summary>Where the bytes are; valid until <see cref="Dispose"/>.</summary>
