@@ -169,10 +169,18 @@ gen_cephx_key() {
 ceph_cli() { timeout 30 ceph -c "$CONF" --connect-timeout 10 "$@"; }
 
 spawn() { # NAME LOG CMD...
-  local name=$1 log=$2
+  local name=$1 log=$2 pid i
   shift 2
   setsid "$@" </dev/null >>"$log" 2>&1 9>&- &
-  echo $! >"$DIR/pids/$name.pid"
+  pid=$!
+  echo "$pid" >"$DIR/pids/$name.pid"
+  # Until it has exec'd, the child is a fork of this script, and `alive` (which checks the binary) would call the
+  # daemon dead: on a busy machine a gateway restarted by `start` was reported as "radosgw exited" before it ran.
+  for ((i = 0; i < 500; i++)); do
+    [ -r "/proc/$pid/cmdline" ] || break
+    [[ "$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" == *"$1"* ]] && break
+    sleep 0.01
+  done
 }
 
 write_conf() {

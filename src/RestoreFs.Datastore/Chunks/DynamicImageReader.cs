@@ -255,9 +255,10 @@ public sealed class DynamicImageReader : IDisposable, IChunkCache
             {
                 // As the fixed-index reader does: CRC, decryption and decompression while the chunk file arrives, the
                 // digest on a helper thread (a walk of a unified archive is one decode after another: this halves each
-                // one's wait).
+                // one's wait). Where a step cannot run piecewise the chunk file is read into an array: the shared pool
+                // keeps it only up to a fixed chunk's size (it keeps several, and dynamic chunks reach 16 MiB).
                 StreamedChunkDecoder.ReadAndDecode(chunks, index.Digest(chunk), index.ChunkStart(chunk), key, encrypted, data, length,
-                    options.VerifyDigests, blob => BlobBuffers.Pool.Return(blob));
+                    options.VerifyDigests, ReturnBlob);
             }
             catch
             {
@@ -275,6 +276,14 @@ public sealed class DynamicImageReader : IDisposable, IChunkCache
             }
 
             throw;
+        }
+    }
+
+    private static void ReturnBlob(byte[] blob)
+    {
+        if (blob.Length <= BackupWriter.DefaultChunkSize + 64 * 1024) // the pool rounds to 64 KiB
+        {
+            BlobBuffers.Pool.Return(blob);
         }
     }
 
