@@ -16,8 +16,6 @@ public readonly record struct PxarName(byte[] Name, PxarEntryKind Kind, ulong In
 /// </summary>
 public sealed record PxarArchiveOptions(int GoodbyeCacheTables = 1024, int MaxCachedTableBytes = 1024 * 1024, long GoodbyeCacheBytes = 8L * 1024 * 1024)
 {
-    public static PxarArchiveOptions Default { get; } = new();
-
     /// <summary>Opening the archive for a walk into it (a lookup or listing in the root follows): the root's goodbye
     /// table, at the end of the metadata stream, is fetched in the background while the root entry at its start is
     /// decoded (and a split archive's payload tail likewise). Off for a stat of the root alone, which needs neither.</summary>

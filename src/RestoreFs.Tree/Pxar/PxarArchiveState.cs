@@ -104,9 +104,9 @@ public sealed class PxarArchiveState : IDisposable
 
     /// <summary>
     /// The archive for a walk into it (a lookup or listing in its root): opened as <see cref="Archive"/>, and on the
-    /// first walk the hard-link count and the catalog start in the background, so that the first `ls -l` rarely waits
-    /// for the count (and waits exactly as long as it takes when it does: nlink is never guessed; errors surface in
-    /// <see cref="LinkCount"/>). A stat of the archive's directory alone reads only its root entry.
+    /// first walk the hard-link count starts in the background, so that the first `ls -l` rarely waits for the count
+    /// (and waits exactly as long as it takes when it does: nlink is never guessed; errors surface in
+    /// <see cref="LinkCount"/>).
     /// </summary>
     public PxarArchive Enter()
     {
@@ -264,7 +264,7 @@ public sealed class PxarArchiveState : IDisposable
                 return -1;
             }
 
-            // Not under the archive's lock: the catalog is opened while the archive itself opens (see Enter).
+            // Not under the archive's lock: the catalog is opened while the archive itself opens (see Archive).
             if (Volatile.Read(ref listingCatalog) is null)
             {
                 Interlocked.CompareExchange(ref listingCatalog, new Lazy<(PxarCatalog, DynamicIndexPxarSource, long)?>(OpenListingCatalog), null);
