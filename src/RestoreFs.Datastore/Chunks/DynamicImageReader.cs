@@ -302,10 +302,11 @@ public sealed class DynamicImageReader : IDisposable, IChunkCache
         }
     }
 
-    /// <summary>Under the lock: evicts down to the bound, keeping the newest chunk.</summary>
-    private void TrimToBound()
+    /// <summary>Under the lock: evicts down to the bound with <paramref name="incoming"/> bytes about to be cached (that
+    /// chunk is then the newest); with none, the newest cached chunk stays.</summary>
+    private void TrimToBound(long incoming = 0)
     {
-        while (cachedBytes + decodingBytes > options.CacheBytes && lru.Last is { } last && last != lru.First)
+        while (cachedBytes + decodingBytes + incoming > options.CacheBytes && lru.Last is { } last && (incoming > 0 || last != lru.First))
         {
             EvictLast();
         }
@@ -323,10 +324,12 @@ public sealed class DynamicImageReader : IDisposable, IChunkCache
                 return;
             }
 
+            // Room first, then the chunk: what the cache holds never exceeds its bound, not even for a moment (a lone
+            // chunk longer than the bound excepted).
+            TrimToBound(data.Length);
             cache[chunk] = lru.AddFirst((chunk, data));
             cachedBytes += data.Length;
             memory?.Charge(data.Length);
-            TrimToBound();
         }
     }
 
