@@ -43,23 +43,24 @@ public sealed unsafe class StreamedChunkDecoder : IDisposable
 
     /// <param name="destination">Receives the chunk's <paramref name="length"/> bytes.</param>
     public StreamedChunkDecoder(CryptConfig? key, bool expectEncrypted, byte[] destination, int length, bool verifyDigest = true)
+        : this(key, expectEncrypted, destination, null, destination.Length, length, verifyDigest)
     {
-        ArgumentOutOfRangeException.ThrowIfGreaterThan(length, destination.Length);
-        this.key = key;
-        this.expectEncrypted = expectEncrypted;
-        this.destination = destination;
-        this.length = length;
-        this.verifyDigest = verifyDigest;
     }
 
     /// <param name="destination">Receives the chunk's <paramref name="length"/> bytes (memory its owner keeps in place
     /// until this decoder is done).</param>
     public StreamedChunkDecoder(CryptConfig? key, bool expectEncrypted, NativeChunkBuffer destination, int length, bool verifyDigest = true)
+        : this(key, expectEncrypted, null, destination.Pointer, destination.Length, length, verifyDigest)
     {
-        ArgumentOutOfRangeException.ThrowIfGreaterThan(length, destination.Length);
+    }
+
+    private StreamedChunkDecoder(CryptConfig? key, bool expectEncrypted, byte[]? array, byte* native, int capacity, int length, bool verifyDigest)
+    {
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(length, capacity);
         this.key = key;
         this.expectEncrypted = expectEncrypted;
-        native = destination.Pointer;
+        destination = array;
+        this.native = native;
         this.length = length;
         this.verifyDigest = verifyDigest;
     }
@@ -76,24 +77,12 @@ public sealed unsafe class StreamedChunkDecoder : IDisposable
     /// also on failure.
     /// </summary>
     public static void ReadAndDecode(ChunkStore chunks, ReadOnlySpan<byte> digest, long offset, CryptConfig? key, bool encrypted,
-        byte[] destination, int length, bool verifyDigest, Action<byte[]> release) =>
-        ReadAndDecode(chunks, digest, offset, key, encrypted, () => new StreamedChunkDecoder(key, encrypted, destination, length, verifyDigest),
-            destination.AsSpan(0, length), verifyDigest, release);
-
-    /// <summary><see cref="ReadAndDecode(ChunkStore, ReadOnlySpan{byte}, long, CryptConfig?, bool, byte[], int, bool, Action{byte[]})"/>
-    /// into memory outside the managed heap.</summary>
-    public static void ReadAndDecode(ChunkStore chunks, ReadOnlySpan<byte> digest, long offset, CryptConfig? key, bool encrypted,
-        NativeChunkBuffer destination, int length, bool verifyDigest, Action<byte[]> release) =>
-        ReadAndDecode(chunks, digest, offset, key, encrypted, () => new StreamedChunkDecoder(key, encrypted, destination, length, verifyDigest),
-            destination.Slice(0, length), verifyDigest, release);
-
-    private static void ReadAndDecode(ChunkStore chunks, ReadOnlySpan<byte> digest, long offset, CryptConfig? key, bool encrypted,
-        Func<StreamedChunkDecoder> decoder, Span<byte> destination, bool verifyDigest, Action<byte[]> release)
+        NativeChunkBuffer destination, int length, bool verifyDigest, Action<byte[]> release)
     {
         if (NativeZstd.Available && (!encrypted || key is { DecryptsInPlace: true }))
         {
             // Every step can run piecewise: the file goes through one small buffer, no chunk-sized array is held.
-            using var pieces = decoder();
+            using var pieces = new StreamedChunkDecoder(key, encrypted, destination, length, verifyDigest);
             var total = chunks.ReadPieces(digest, offset, pieces.Piece);
             if (pieces.Covers(total))
             {
@@ -106,7 +95,7 @@ public sealed unsafe class StreamedChunkDecoder : IDisposable
             // below, where the whole-blob decode says what is wrong with it.
         }
 
-        using var streamed = decoder();
+        using var streamed = new StreamedChunkDecoder(key, encrypted, destination, length, verifyDigest);
         var blob = chunks.ReadRented(digest, offset, out var blobLength, streamed.Progress);
         try
         {
@@ -117,7 +106,7 @@ public sealed unsafe class StreamedChunkDecoder : IDisposable
             }
             else
             {
-                DataBlob.DecodeChunkInPlace(blob.AsSpan(0, blobLength), key, encrypted, destination, digest, path, offset,
+                DataBlob.DecodeChunkInPlace(blob.AsSpan(0, blobLength), key, encrypted, destination.Slice(0, length), digest, path, offset,
                     verifyDigest);
             }
         }
