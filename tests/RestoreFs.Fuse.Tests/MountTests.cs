@@ -188,4 +188,35 @@ public sealed class MountTests : IAsyncLifetime
         Assert.False(MountTable.IsMounted(other));
         Assert.True(MountTable.IsMounted(Mnt));
     }
+
+    [Fact]
+    public async Task Requests_taken_by_the_polling_reader_are_answered_exactly_and_polling_can_be_turned_off()
+    {
+        // One process reading 2,000 small files one after another: each request but the first of a burst comes
+        // while a reader still polls, and is answered on the descriptor that read it (a wrong one hangs the caller).
+        var expected = string.Concat(Enumerable.Range(0, 2000).Select(i => $"{i}\n"));
+        var cat = Sh($"cd '{P("big")}' && cat entry-*").EnsureSuccess("cat of 2000 files");
+        Assert.Equal(expected, cat.StdOut);
+        Assert.True(mount!.PolledRequests > 0, "no request was taken by the polling reader");
+
+        // Eight processes at once on top: polled and woken readers answer side by side.
+        var parallel = Sh($"cd '{P("big")}' && ls | xargs -P 8 -n 50 cat | sort -n | md5sum").EnsureSuccess("parallel cat");
+        var md5 = Convert.ToHexStringLower(System.Security.Cryptography.MD5.HashData(System.Text.Encoding.ASCII.GetBytes(expected)));
+        Assert.Equal(md5, parallel.StdOut.Split(' ')[0]);
+
+        var other = dir.Combine("mnt-nopoll");
+        Directory.CreateDirectory(other);
+        await using var plain = await FuseMount.MountAsync(other, root, new FuseMountOptions(FsName: "fuse-test-nopoll") { PollMicroseconds = 0 },
+            NullLoggerFactory.Instance);
+        try
+        {
+            Assert.Equal(expected, Sh($"cd '{Path.Combine(other, "big")}' && cat entry-*").EnsureSuccess("cat without polling").StdOut);
+            Assert.Equal(0, plain.PolledRequests);
+        }
+        finally
+        {
+            await plain.UnmountAsync();
+            MountTable.LazyUnmount(other);
+        }
+    }
 }

@@ -6,6 +6,8 @@ namespace RestoreFs.Fuse.Kernel;
 internal static unsafe partial class LibC
 {
     public const int ORdWr = 2;
+    public const int ONonBlock = 0x800;
+    public const int FSetFl = 4;
     public const int OCloExec = 0x80000;
     public const int MsRdOnly = 1;
     public const int MsNoSuid = 2;

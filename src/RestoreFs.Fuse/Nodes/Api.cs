@@ -186,4 +186,13 @@ public sealed record FuseMountOptions(
 {
     /// <summary>Logs every request at trace level (<c>rx 12 LOOKUP n1 "etc"</c>).</summary>
     public bool TraceRequests { get; init; }
+
+    /// <summary>
+    /// How long a reader that has just answered a request polls for the next one before it sleeps, in microseconds
+    /// (0: never poll). Saves a wake-up per request while a program walks or copies a tree.
+    /// </summary>
+    public int PollMicroseconds { get; init; } = DefaultPollMicroseconds;
+
+    /// <summary>The default of <see cref="PollMicroseconds"/>.</summary>
+    public const int DefaultPollMicroseconds = 100;
 }

@@ -36,6 +36,9 @@ public sealed class FuseMount : IAsyncDisposable
     /// <summary>Nodes the kernel currently holds (root included): lookup accounting, for tests.</summary>
     public int KnownNodes => session.NodeCount;
 
+    /// <summary>Requests a polling reader took (see <see cref="FuseMountOptions.PollMicroseconds"/>).</summary>
+    public long PolledRequests => session.PolledRequests;
+
     public static async Task<FuseMount> MountAsync(string mountPoint, FuseNode root, FuseMountOptions options, ILoggerFactory logs,
         CancellationToken ct = default)
     {
@@ -71,7 +74,7 @@ public sealed class FuseMount : IAsyncDisposable
             throw;
         }
 
-        session.Start(fd, Math.Clamp(options.Readers, 1, 16));
+        session.Start(fd, Math.Clamp(options.Readers, 1, 16), Math.Clamp(options.PollMicroseconds, 0, 10_000));
         var device = (0, 0);
         if (Mounter.FindMount(full) is { } mount)
         {
