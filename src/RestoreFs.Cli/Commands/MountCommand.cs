@@ -45,7 +45,7 @@ public static class MountCommand
         };
         var pollUs = new Option<int>("--poll-us")
         {
-            Description = "After answering a request, look for the next one this many microseconds before sleeping " +
+            Description = "After answering a metadata request, look for the next one this many microseconds before sleeping " +
                           "(0: never). Saves a wake-up per request while a program walks or copies a tree.",
             DefaultValueFactory = _ => RestoreFs.Fuse.FuseMountOptions.DefaultPollMicroseconds,
         };

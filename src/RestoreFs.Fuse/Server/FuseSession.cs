@@ -193,7 +193,7 @@ internal sealed class FuseSession
 
     /// <summary>
     /// Reads the non-blocking clone until a request comes or the poll window ends (then 0). One reader at a time
-    /// does this, right after answering a request. Requests of one process come one after another (cp: lookup,
+    /// does this, right after answering a metadata request. Requests of one process come one after another (cp: lookup,
     /// open, read, listxattr twice, getxattr, release per file), and a reader asleep in read() costs each of them
     /// two wake-ups: the kernel wakes the reader, the reply wakes the caller. On a virtual machine a wake-up of an
     /// idle core is the dearest part of a request. A reader that is still running when the next request arrives
@@ -231,6 +231,7 @@ internal sealed class FuseSession
     private void ReaderLoop(int fd)
     {
         var buffer = GC.AllocateArray<byte>(FuseConstants.RequestBufferSize, pinned: true);
+        var pollAfter = true;
         try
         {
             while (true)
@@ -239,7 +240,7 @@ internal sealed class FuseSession
                 // request on the descriptor that read it.
                 var from = fd;
                 var n = 0;
-                if (pollFd >= 0 && Interlocked.CompareExchange(ref polling, 1, 0) == 0)
+                if (pollAfter && pollFd >= 0 && Interlocked.CompareExchange(ref polling, 1, 0) == 0)
                 {
                     n = PollRead(buffer);
                     Volatile.Write(ref polling, 0);
@@ -272,6 +273,9 @@ internal sealed class FuseSession
                     continue;
                 }
 
+                // Poll after metadata requests only. A data read's caller waits on storage, and the kernel's
+                // read-ahead sends the next reads without waiting: a poller would only take a core from decoding.
+                pollAfter = (FuseOpcode)BinaryPrimitives.ReadUInt32LittleEndian(buffer.AsSpan(4)) != FuseOpcode.Read;
                 try
                 {
                     Dispatch(from, buffer.AsSpan(0, n));
