@@ -188,7 +188,7 @@ public sealed record FuseMountOptions(
     public bool TraceRequests { get; init; }
 
     /// <summary>
-    /// How long a reader that has just answered a request polls for the next one before it sleeps, in microseconds
+    /// How long a reader that has just answered a metadata request (not a READ) polls for the next one before it sleeps, in microseconds
     /// (0: never poll). Saves a wake-up per request while a program walks or copies a tree.
     /// </summary>
     public int PollMicroseconds { get; init; } = DefaultPollMicroseconds;
