@@ -148,7 +148,12 @@ internal sealed class FuseSession
         }
     }
 
-    private static unsafe int ReadRequest(int fd, byte[] buffer)
+    /// <summary>
+    /// Reads one request: its length, or -errno. With <paramref name="until"/> (a <see cref="Stopwatch"/> timestamp) the
+    /// descriptor is the non-blocking polled clone: nothing to read yields the core and tries again, and 0 comes back
+    /// once that time has passed.
+    /// </summary>
+    private static unsafe int ReadRequest(int fd, byte[] buffer, long until = long.MaxValue)
     {
         fixed (byte* p = buffer)
         {
@@ -161,12 +166,20 @@ internal sealed class FuseSession
                 }
 
                 var errno = Marshal.GetLastPInvokeError();
-                if (errno is Errno.EINTR or Errno.EAGAIN or Errno.ENOENT)
+                if (errno is not (Errno.EINTR or Errno.EAGAIN or Errno.ENOENT))
                 {
-                    continue;
+                    return -errno;
                 }
 
-                return -errno;
+                if (until != long.MaxValue)
+                {
+                    if (Stopwatch.GetTimestamp() > until)
+                    {
+                        return 0;
+                    }
+
+                    Thread.Yield();
+                }
             }
         }
     }
@@ -199,34 +212,7 @@ internal sealed class FuseSession
     /// idle core is the dearest part of a request. A reader that is still running when the next request arrives
     /// takes it without the first. Between reads it yields the core, so decoders and the caller lose no time to it.
     /// </summary>
-    private unsafe int PollRead(byte[] buffer)
-    {
-        var deadline = Stopwatch.GetTimestamp() + pollTicks;
-        fixed (byte* p = buffer)
-        {
-            while (true)
-            {
-                var n = LibC.Read(pollFd, p, buffer.Length);
-                if (n >= 0)
-                {
-                    return (int)n;
-                }
-
-                var errno = Marshal.GetLastPInvokeError();
-                if (errno is not (Errno.EAGAIN or Errno.EINTR or Errno.ENOENT))
-                {
-                    return -errno;
-                }
-
-                if (Stopwatch.GetTimestamp() > deadline)
-                {
-                    return 0;
-                }
-
-                Thread.Yield();
-            }
-        }
-    }
+    private int PollRead(byte[] buffer) => ReadRequest(pollFd, buffer, Stopwatch.GetTimestamp() + pollTicks);
 
     private void ReaderLoop(int fd)
     {
