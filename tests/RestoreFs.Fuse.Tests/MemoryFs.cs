@@ -79,3 +79,43 @@ internal sealed class MemLink(ulong ino, string target) : FuseNode, IFuseSymlink
 
     public ValueTask<byte[]> ReadLinkAsync(FuseRequestContext ctx, CancellationToken ct) => ValueTask.FromResult(Encoding.UTF8.GetBytes(target));
 }
+
+/// <summary>A file whose reads block their thread until <paramref name="gate"/> opens, as a read that waits on storage
+/// in node code that is not asynchronous does (a pxar chunk decoded in place).</summary>
+internal sealed class BlockingFile(ulong ino, byte[] data, ManualResetEventSlim gate) : FuseNode, IFuseFile
+{
+    private readonly byte[] data = data;
+    private readonly ManualResetEventSlim gate = gate;
+    private int entered;
+
+    /// <summary>Reads that have started (and block until the gate opens).</summary>
+    public int Entered => Volatile.Read(ref entered);
+
+    public override FuseAttributes GetAttributes() => new(ino, (ulong)data.Length, 0x8124, 0, 0, DateTimeOffset.FromUnixTimeSeconds(1700000000));
+
+    public ValueTask<IFuseFileHandle> OpenAsync(FuseOpenFlags flags, FuseRequestContext ctx, CancellationToken ct) =>
+        ValueTask.FromResult<IFuseFileHandle>(new Handle(this));
+
+    private sealed class Handle(BlockingFile file) : IFuseFileHandle
+    {
+        public bool KeepCache => true;
+
+        public bool DirectIo => false;
+
+        public ValueTask<int> ReadAsync(long offset, Memory<byte> buffer, CancellationToken ct)
+        {
+            Interlocked.Increment(ref file.entered);
+            file.gate.Wait(TimeSpan.FromMinutes(1));
+            if (offset >= file.data.Length)
+            {
+                return ValueTask.FromResult(0);
+            }
+
+            var n = (int)Math.Min(buffer.Length, file.data.Length - offset);
+            file.data.AsSpan((int)offset, n).CopyTo(buffer.Span);
+            return ValueTask.FromResult(n);
+        }
+
+        public ValueTask DisposeAsync() => ValueTask.CompletedTask;
+    }
+}

@@ -219,4 +219,60 @@ public sealed class MountTests : IAsyncLifetime
             MountTable.LazyUnmount(other);
         }
     }
+
+    [Fact]
+    public async Task A_handler_that_blocks_its_reader_hands_the_device_to_another_and_every_request_is_answered()
+    {
+        // Polling on (the default): one reader reads the device at a time. A read whose node code blocks that reader
+        // must not stall other callers: the watchdog lets a follower read the device, and the blocked reader serves
+        // again once its handler returns.
+        using var gate = new ManualResetEventSlim(false);
+        var slowRoot = new MemDir(1);
+        var many = new MemDir(2);
+        for (var i = 0; i < 500; i++)
+        {
+            many.Children[$"entry-{i:D4}"] = new MemFile((ulong)(100 + i), System.Text.Encoding.ASCII.GetBytes($"{i}\n"));
+        }
+
+        var slow = new BlockingFile(3, System.Text.Encoding.ASCII.GetBytes("slow but whole\n"), gate);
+        slowRoot.Children["many"] = many;
+        slowRoot.Children["slow.txt"] = slow;
+        var other = dir.Combine("mnt-blocking");
+        Directory.CreateDirectory(other);
+        await using var blocking = await FuseMount.MountAsync(other, slowRoot, new FuseMountOptions(FsName: "fuse-test-blocking"),
+            NullLoggerFactory.Instance);
+        try
+        {
+            var blockedCat = Task.Run(() => Sh($"cat '{Path.Combine(other, "slow.txt")}'"));
+            var until = DateTime.UtcNow.AddSeconds(20);
+            while ((slow.Entered == 0 || blocking.HandOffs == 0) && DateTime.UtcNow < until)
+            {
+                await Task.Delay(10);
+            }
+
+            Assert.Equal(1, slow.Entered);
+            Assert.True(blocking.HandOffs > 0, "a reader blocked in a handler was not relieved");
+
+            // Another process reads 500 files while that read still blocks its reader.
+            var expected = string.Concat(Enumerable.Range(0, 500).Select(i => $"{i}\n"));
+            var cat = ProcessRunner.Run("bash", ["-c", $"cd '{Path.Combine(other, "many")}' && cat entry-*"], TimeSpan.FromSeconds(60))
+                .EnsureSuccess("cat while another read blocks");
+            Assert.Equal(expected, cat.StdOut);
+            Assert.False(blockedCat.IsCompleted);
+
+            gate.Set();
+            Assert.Equal("slow but whole\n", (await blockedCat).EnsureSuccess("the blocked cat").StdOut);
+
+            // The reader that was blocked is back among the others: everything is still answered, serially and at once.
+            Assert.Equal(expected, Sh($"cd '{Path.Combine(other, "many")}' && cat entry-*").EnsureSuccess("cat after").StdOut);
+            var parallel = Sh($"cd '{Path.Combine(other, "many")}' && ls | xargs -P 4 -n 25 cat | sort -n").EnsureSuccess("parallel cat after");
+            Assert.Equal(expected, parallel.StdOut);
+        }
+        finally
+        {
+            gate.Set();
+            await blocking.UnmountAsync();
+            MountTable.LazyUnmount(other);
+        }
+    }
 }

@@ -45,8 +45,9 @@ public static class MountCommand
         };
         var pollUs = new Option<int>("--poll-us")
         {
-            Description = "After answering a metadata request, look for the next one this many microseconds before sleeping " +
-                          "(0: never). Saves a wake-up per request while a program walks or copies a tree.",
+            Description = "After answering a metadata request, look for the next one this many microseconds before sleeping, " +
+                          "the other reader threads waiting their turn (0: never; every reader sleeps on the device). Saves " +
+                          "wake-ups per request while a program walks or copies a tree.",
             DefaultValueFactory = _ => RestoreFs.Fuse.FuseMountOptions.DefaultPollMicroseconds,
         };
         pollUs.Validators.Add(result =>

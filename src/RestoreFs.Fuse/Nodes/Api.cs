@@ -188,8 +188,10 @@ public sealed record FuseMountOptions(
     public bool TraceRequests { get; init; }
 
     /// <summary>
-    /// How long a reader that has just answered a metadata request (not a READ) polls for the next one before it sleeps, in microseconds
-    /// (0: never poll). Saves a wake-up per request while a program walks or copies a tree.
+    /// How long a reader that has just answered a metadata request (not a READ) polls for the next one before it sleeps, in microseconds.
+    /// Above 0 the readers also take turns (one reads the device, the others wait; a blocked handler is relieved after
+    /// a millisecond; several calling processes get every reader). 0: every reader sleeps in read(). Saves wake-ups per
+    /// request while a program walks or copies a tree.
     /// </summary>
     public int PollMicroseconds { get; init; } = DefaultPollMicroseconds;
 

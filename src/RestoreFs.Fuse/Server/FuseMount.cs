@@ -39,6 +39,9 @@ public sealed class FuseMount : IAsyncDisposable
     /// <summary>Requests a polling reader took (see <see cref="FuseMountOptions.PollMicroseconds"/>).</summary>
     public long PolledRequests => session.PolledRequests;
 
+    /// <summary>Times a blocked handler's reader was relieved by a follower (see <see cref="FuseMountOptions.PollMicroseconds"/>).</summary>
+    public long HandOffs => session.HandOffs;
+
     public static async Task<FuseMount> MountAsync(string mountPoint, FuseNode root, FuseMountOptions options, ILoggerFactory logs,
         CancellationToken ct = default)
     {

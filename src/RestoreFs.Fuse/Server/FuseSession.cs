@@ -39,6 +39,23 @@ internal sealed class FuseSession
     private long polledRequests;
     private int malformedLogged;
 
+    // Active readers and followers (with polling on, see ReaderLoop): followers wait on `followers`, not in read().
+    private readonly Gate followers = new();
+    private readonly ManualResetEventSlim watchdogWake = new(false);
+    private ReaderSlot[] slots = [];
+    private long handOffTicks;
+    private int watchdogParked;
+    private int activeReaders;
+    private int waitingFollowers;
+    private uint lastCaller;
+    private long lastCallerAt;
+    private long wideUntil;
+    private long wideSpells;
+    private long callerWindowTicks;
+    private long wideTicks;
+    private long handOffs;
+    private volatile bool closing;
+
     public FuseSession(FuseNode root, ILogger log, FuseAccessPolicy access, bool trace = false)
     {
         this.root = root;
@@ -105,9 +122,10 @@ internal sealed class FuseSession
 
     /// <summary>
     /// Starts <paramref name="readers"/> threads: one on <paramref name="fd"/>, the others on clones of it. With
-    /// <paramref name="pollMicroseconds"/> above 0 (and more than one reader), a reader that has answered a request
-    /// first polls a non-blocking clone for that long before it goes back to sleep in read(): see
-    /// <see cref="PollRead"/>.
+    /// <paramref name="pollMicroseconds"/> above 0 (and more than one reader), the readers take turns: one leader reads
+    /// the device (after a metadata request it first polls a non-blocking clone for that long, see <see cref="PollRead"/>)
+    /// while the others wait, and a watchdog lets a follower lead whenever a handler has held the leader for more than
+    /// <see cref="HandOffMicroseconds"/>; see <see cref="ReaderLoop"/>. With 0, every reader sleeps in read().
     /// </summary>
     public void Start(int fd, int readers, int pollMicroseconds = 0)
     {
@@ -130,7 +148,7 @@ internal sealed class FuseSession
             {
                 pollFd = clone;
                 pollTicks = pollMicroseconds * Stopwatch.Frequency / 1_000_000;
-                descriptors.Add(clone);
+                handOffTicks = HandOffMicroseconds * Stopwatch.Frequency / 1_000_000;
             }
             else if (clone >= 0)
             {
@@ -140,12 +158,81 @@ internal sealed class FuseSession
             }
         }
 
-        readersLeft = descriptors.Count - (pollFd >= 0 ? 1 : 0);
-        foreach (var d in descriptors.Where(d => d != pollFd))
+        var readerFds = descriptors.ToArray();
+        if (pollFd >= 0)
         {
-            var thread = new Thread(() => ReaderLoop(d)) { IsBackground = true, Name = $"fuse-reader-{d}" };
+            descriptors.Add(pollFd);
+        }
+
+        readersLeft = readerFds.Length;
+        activeReaders = 1;
+        callerWindowTicks = CallerWindowMicroseconds * Stopwatch.Frequency / 1_000_000;
+        wideTicks = WideMilliseconds * Stopwatch.Frequency / 1000;
+        slots = readerFds.Select(_ => new ReaderSlot()).ToArray();
+        for (var i = 0; i < readerFds.Length; i++)
+        {
+            var (d, slot, leader) = (readerFds[i], slots[i], i == 0 || pollFd < 0);
+            var thread = new Thread(() => ReaderLoop(d, slot, leader)) { IsBackground = true, Name = $"fuse-reader-{d}" };
             thread.Start();
         }
+
+        if (pollFd >= 0)
+        {
+            new Thread(Watchdog) { IsBackground = true, Name = "fuse-watchdog" }.Start();
+        }
+    }
+
+    /// <summary>How long a handler may hold the leading reader before a follower takes over the device.</summary>
+    public const int HandOffMicroseconds = 1000;
+
+    /// <summary>Times the watchdog let a follower lead because a handler held the leader (tests, diagnostics).</summary>
+    public long HandOffs => Interlocked.Read(ref handOffs);
+
+    /// <summary>
+    /// Where followers wait: a counting semaphore that blocks at once. SemaphoreSlim spins (yielding the core) before
+    /// it blocks, and readers become followers and back many times a second: its spinning took a core's share from
+    /// the callers.
+    /// </summary>
+    private sealed class Gate
+    {
+        private int count;
+
+        public void Wait()
+        {
+            lock (this)
+            {
+                while (count == 0)
+                {
+                    Monitor.Wait(this);
+                }
+
+                count--;
+            }
+        }
+
+        public void Release(int n = 1)
+        {
+            lock (this)
+            {
+                count += n;
+                if (n == 1)
+                {
+                    Monitor.Pulse(this);
+                }
+                else
+                {
+                    Monitor.PulseAll(this);
+                }
+            }
+        }
+    }
+
+    /// <summary>A reader's state the watchdog looks at: since when its current handler runs (0: none), and whether it
+    /// has been told to become a follower once that handler returns.</summary>
+    private sealed class ReaderSlot
+    {
+        public long BusySince;
+        public int Demoted;
     }
 
     /// <summary>
@@ -214,7 +301,18 @@ internal sealed class FuseSession
     /// </summary>
     private int PollRead(byte[] buffer) => ReadRequest(pollFd, buffer, Stopwatch.GetTimestamp() + pollTicks);
 
-    private void ReaderLoop(int fd)
+    /// <summary>
+    /// A reader thread. Without polling every reader sleeps in read() on its own descriptor, and the kernel wakes one
+    /// of them per request. With polling the readers take turns: the active ones read (polling a non-blocking clone
+    /// first after a metadata request) and answer inline, the others wait as followers on a semaphore the kernel knows
+    /// nothing of. Only a reader that is the sole active one goes to sleep in read(), so a request never wakes a
+    /// sleeper that then finds it taken by a poller (one reader polls at a time). When several processes send requests at
+    /// once every reader reads the device for a while (see <see cref="NoteCaller"/>); after that, an active reader that
+    /// finds nothing to do while another is active becomes a follower again. A handler that blocks (a chunk to decode, the restore VM to
+    /// ask) would leave the device unread: the <see cref="Watchdog"/> then lets a follower in, and the reader it
+    /// replaced becomes a follower when its handler returns.
+    /// </summary>
+    private void ReaderLoop(int fd, ReaderSlot slot, bool active)
     {
         var buffer = GC.AllocateArray<byte>(FuseConstants.RequestBufferSize, pinned: true);
         var pollAfter = true;
@@ -222,18 +320,42 @@ internal sealed class FuseSession
         {
             while (true)
             {
+                if (!active)
+                {
+                    Interlocked.Increment(ref idleReaders);
+                    Interlocked.Increment(ref waitingFollowers);
+                    followers.Wait();
+                    Interlocked.Decrement(ref waitingFollowers);
+                    Interlocked.Decrement(ref idleReaders);
+                    if (closing)
+                    {
+                        break;
+                    }
+
+                    active = true; // counted in activeReaders by whoever let it in
+                }
+
                 // A request read from the polled clone is answered on it: the kernel matches a reply with the
                 // request on the descriptor that read it.
                 var from = fd;
                 var n = 0;
-                if (pollAfter && pollFd >= 0 && Interlocked.CompareExchange(ref polling, 1, 0) == 0)
+                if (pollFd >= 0)
                 {
-                    n = PollRead(buffer);
-                    Volatile.Write(ref polling, 0);
-                    if (n > 0)
+                    if (pollAfter && Interlocked.CompareExchange(ref polling, 1, 0) == 0)
                     {
-                        from = pollFd;
-                        Interlocked.Increment(ref polledRequests);
+                        n = PollRead(buffer);
+                        Volatile.Write(ref polling, 0);
+                        if (n > 0)
+                        {
+                            from = pollFd;
+                            Interlocked.Increment(ref polledRequests);
+                        }
+                    }
+
+                    if (n == 0 && !MaySleep())
+                    {
+                        active = false;
+                        continue;
                     }
                 }
 
@@ -251,6 +373,9 @@ internal sealed class FuseSession
                         log.LogWarning("reading /dev/fuse failed: {Error}", LibC.ErrorText(-n));
                     }
 
+                    closing = true;
+                    followers.Release(slots.Length);
+                    watchdogWake.Set();
                     break;
                 }
 
@@ -262,6 +387,18 @@ internal sealed class FuseSession
                 // Poll after metadata requests only. A data read's caller waits on storage, and the kernel's
                 // read-ahead sends the next reads without waiting: a poller would only take a core from decoding.
                 pollAfter = (FuseOpcode)BinaryPrimitives.ReadUInt32LittleEndian(buffer.AsSpan(4)) != FuseOpcode.Read;
+                if (pollFd >= 0)
+                {
+                    // Full fences on both sides (see Watchdog): either it sees this handler, or this sees it parked.
+                    var now = Stopwatch.GetTimestamp();
+                    Interlocked.Exchange(ref slot.BusySince, now);
+                    NoteCaller(BinaryPrimitives.ReadUInt32LittleEndian(buffer.AsSpan(32)), now);
+                    if (Volatile.Read(ref watchdogParked) == 1)
+                    {
+                        watchdogWake.Set();
+                    }
+                }
+
                 try
                 {
                     Dispatch(from, buffer.AsSpan(0, n));
@@ -269,6 +406,15 @@ internal sealed class FuseSession
                 catch (Exception e)
                 {
                     log.LogError(e, "FUSE request handling failed");
+                }
+
+                if (pollFd >= 0)
+                {
+                    Volatile.Write(ref slot.BusySince, 0);
+                    if (Interlocked.Exchange(ref slot.Demoted, 0) == 1)
+                    {
+                        active = false; // no longer counted: the watchdog let a follower in for it
+                    }
                 }
             }
         }
@@ -281,10 +427,137 @@ internal sealed class FuseSession
         }
     }
 
+    /// <summary>True when this is the only active reader, or callers come at once (it goes to sleep in read());
+    /// otherwise it stops being counted as active and becomes a follower.</summary>
+    private bool MaySleep()
+    {
+        if (Stopwatch.GetTimestamp() < Volatile.Read(ref wideUntil))
+        {
+            return true;
+        }
+
+        while (true)
+        {
+            var active = Volatile.Read(ref activeReaders);
+            if (active <= 1)
+            {
+                return true;
+            }
+
+            if (Interlocked.CompareExchange(ref activeReaders, active - 1, active) == active)
+            {
+                return false;
+            }
+        }
+    }
+
+    /// <summary>
+    /// Notes who sent a request. Requests of a second process within <see cref="CallerWindowMicroseconds"/> of another's
+    /// mean several callers at once: for the next <see cref="WideMilliseconds"/> every reader reads the device, so
+    /// their requests are answered side by side, not one after another by the active reader (followers are let in
+    /// now, and no active reader becomes a follower until the time is up). Requests the kernel sends on its own
+    /// (pid 0, e.g. RELEASE after a close) do not count.
+    /// </summary>
+    private void NoteCaller(uint pid, long now)
+    {
+        if (pid == 0)
+        {
+            return;
+        }
+
+        var last = lastCaller;
+        var at = Volatile.Read(ref lastCallerAt);
+        lastCaller = pid;
+        Volatile.Write(ref lastCallerAt, now);
+        if (last == pid || now - at > callerWindowTicks)
+        {
+            return;
+        }
+
+        var wideBefore = Interlocked.Exchange(ref wideUntil, now + wideTicks);
+        if (wideBefore < now)
+        {
+            Interlocked.Increment(ref wideSpells);
+            var waiting = Volatile.Read(ref waitingFollowers);
+            if (waiting > 0)
+            {
+                Interlocked.Add(ref activeReaders, waiting);
+                followers.Release(waiting);
+            }
+        }
+    }
+
+    /// <summary>Requests of two processes this close together count as callers at once (see <see cref="NoteCaller"/>).</summary>
+    public const int CallerWindowMicroseconds = 1000;
+
+    /// <summary>How long every reader reads the device after callers came at once (see <see cref="NoteCaller"/>).</summary>
+    public const int WideMilliseconds = 50;
+
+    /// <summary>
+    /// Looks at the readers every millisecond while requests are handled: when a handler has held a leading reader for
+    /// longer than <see cref="HandOffMicroseconds"/>, one follower is let in to read the device (at most one per
+    /// blocked handler). After 50 looks that find no handler running it parks until the next request.
+    /// </summary>
+    private void Watchdog()
+    {
+        var quiet = 0;
+        while (!closing)
+        {
+            if (quiet >= 50)
+            {
+                Interlocked.Exchange(ref watchdogParked, 1);
+                if (!AnyBusy())
+                {
+                    watchdogWake.Wait();
+                }
+
+                watchdogWake.Reset();
+                Interlocked.Exchange(ref watchdogParked, 0);
+                quiet = 0;
+                continue;
+            }
+
+            Thread.Sleep(1);
+            var now = Stopwatch.GetTimestamp();
+            var busy = false;
+            foreach (var slot in slots)
+            {
+                var since = Volatile.Read(ref slot.BusySince);
+                if (since == 0)
+                {
+                    continue;
+                }
+
+                busy = true;
+                if (now - since > handOffTicks && Interlocked.CompareExchange(ref slot.Demoted, 1, 0) == 0)
+                {
+                    // The follower takes the blocked reader's place in activeReaders.
+                    Interlocked.Increment(ref handOffs);
+                    followers.Release();
+                }
+            }
+
+            quiet = busy ? 0 : quiet + 1;
+        }
+    }
+
+    private bool AnyBusy()
+    {
+        foreach (var slot in slots)
+        {
+            if (Volatile.Read(ref slot.BusySince) != 0)
+            {
+                return true;
+            }
+        }
+
+        return false;
+    }
+
     /// <summary>
     /// Starts a handler whose node code may block on storage. It runs right here on the reader thread while another
-    /// reader is waiting in read() for the next request, so the kernel's queue is always served; when none is, it
-    /// goes to the thread pool. Running in place saves a hand-over per request (a wake-up of a pool thread): during a
+    /// reader is waiting in read() for the next request, or waits as a follower the watchdog lets in when the handler
+    /// blocks, so the kernel's queue is always served; when none is, it goes to the thread pool. Running in place saves a hand-over per request (a wake-up of a pool thread): during a
     /// `find` most requests are lookups and opendirs answered from memory. Handlers answer every outcome themselves.
     /// </summary>
     private void Run(Func<Task> handler)
@@ -317,6 +590,8 @@ internal sealed class FuseSession
         }
 
         directories.RemoveAll();
+        log.LogDebug("FUSE connection closed: {Polled} requests taken by polling, {HandOffs} hand-offs to a follower, {Spells} spells of callers at once",
+            PolledRequests, HandOffs, Interlocked.Read(ref wideSpells));
         completion.TrySetResult();
     }
 
