@@ -496,14 +496,16 @@ internal sealed class FuseSession
     /// <summary>
     /// Looks at the readers every millisecond while requests are handled: when a handler has held a leading reader for
     /// longer than <see cref="HandOffMicroseconds"/>, one follower is let in to read the device (at most one per
-    /// blocked handler). After 50 looks that find no handler running it parks until the next request.
+    /// blocked handler). Looks that find no handler running come less often (up to 16 ms apart), and after 100 ms of
+    /// them it parks until the next request.
     /// </summary>
     private void Watchdog()
     {
+        var pause = 1;
         var quiet = 0;
         while (!closing)
         {
-            if (quiet >= 50)
+            if (quiet >= 100)
             {
                 Interlocked.Exchange(ref watchdogParked, 1);
                 if (!AnyBusy())
@@ -513,11 +515,11 @@ internal sealed class FuseSession
 
                 watchdogWake.Reset();
                 Interlocked.Exchange(ref watchdogParked, 0);
-                quiet = 0;
+                (pause, quiet) = (1, 0);
                 continue;
             }
 
-            Thread.Sleep(1);
+            Thread.Sleep(pause);
             var now = Stopwatch.GetTimestamp();
             var busy = false;
             foreach (var slot in slots)
@@ -537,7 +539,9 @@ internal sealed class FuseSession
                 }
             }
 
-            quiet = busy ? 0 : quiet + 1;
+            // Between requests (reads a few milliseconds apart) the looks grow sparse: a woken watchdog costs the
+            // callers' cores too. A handler found running brings them back to every millisecond.
+            (pause, quiet) = busy ? (1, 0) : (Math.Min(pause * 2, 16), quiet + pause);
         }
     }
 
