@@ -119,3 +119,49 @@ internal sealed class BlockingFile(ulong ino, byte[] data, ManualResetEventSlim 
         public ValueTask DisposeAsync() => ValueTask.CompletedTask;
     }
 }
+
+/// <summary>A file whose reads sometimes block their thread for a few milliseconds (0–4 ms, by offset and a seed), as
+/// node code that decodes a chunk in place does now and then.</summary>
+internal sealed class JitteryFile(ulong ino, byte[] data) : FuseNode, IFuseFile
+{
+    private readonly byte[] data = data;
+
+    public override FuseAttributes GetAttributes() => new(ino, (ulong)data.Length, 0x8124, 0, 0, DateTimeOffset.FromUnixTimeSeconds(1700000000));
+
+    public ValueTask<IFuseFileHandle> OpenAsync(FuseOpenFlags flags, FuseRequestContext ctx, CancellationToken ct)
+    {
+        if (ino % 7 == 0)
+        {
+            Thread.Sleep((int)(ino % 3)); // some opens block too
+        }
+
+        return ValueTask.FromResult<IFuseFileHandle>(new Handle(this));
+    }
+
+    private sealed class Handle(JitteryFile file) : IFuseFileHandle
+    {
+        public bool KeepCache => true;
+
+        public bool DirectIo => false;
+
+        public ValueTask<int> ReadAsync(long offset, Memory<byte> buffer, CancellationToken ct)
+        {
+            var pause = (int)(((file.GetAttributes().Ino * 2654435761UL) + (ulong)offset) % 8);
+            if (pause < 5)
+            {
+                Thread.Sleep(pause);
+            }
+
+            if (offset >= file.data.Length)
+            {
+                return ValueTask.FromResult(0);
+            }
+
+            var n = (int)Math.Min(buffer.Length, file.data.Length - offset);
+            file.data.AsSpan((int)offset, n).CopyTo(buffer.Span);
+            return ValueTask.FromResult(n);
+        }
+
+        public ValueTask DisposeAsync() => ValueTask.CompletedTask;
+    }
+}

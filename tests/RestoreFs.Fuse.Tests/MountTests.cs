@@ -275,4 +275,48 @@ public sealed class MountTests : IAsyncLifetime
             MountTable.LazyUnmount(other);
         }
     }
+
+    [Fact]
+    public async Task Many_callers_and_handlers_that_block_now_and_then_get_every_answer_in_time()
+    {
+        // The readers' turns under stress: eight processes at once, one after another, and again at once, over files
+        // whose opens and reads block their reader for up to 4 ms now and then (hand-offs, spells of several callers,
+        // readers stepping down, all mixed). Every byte must come back, and nothing may hang.
+        var jittery = new MemDir(1);
+        var files = new MemDir(2);
+        for (var i = 0; i < 400; i++)
+        {
+            files.Children[$"f-{i:D3}"] = new JitteryFile((ulong)(100 + i), System.Text.Encoding.ASCII.GetBytes($"{i}\n"));
+        }
+
+        jittery.Children["files"] = files;
+        var other = dir.Combine("mnt-jittery");
+        Directory.CreateDirectory(other);
+        await using var jitteryMount = await FuseMount.MountAsync(other, jittery, new FuseMountOptions(FsName: "fuse-test-jittery"),
+            NullLoggerFactory.Instance);
+        try
+        {
+            var expected = string.Concat(Enumerable.Range(0, 400).Select(i => $"{i}\n"));
+            var at = Path.Combine(other, "files");
+            for (var round = 0; round < 3; round++)
+            {
+                var parallel = ProcessRunner.Run("bash", ["-c", $"cd '{at}' && ls | xargs -P 8 -n 10 cat | sort -n"], TimeSpan.FromSeconds(90))
+                    .EnsureSuccess($"eight processes at once, round {round}");
+                Assert.Equal(expected, parallel.StdOut);
+                var serial = ProcessRunner.Run("bash", ["-c", $"cd '{at}' && cat f-*"], TimeSpan.FromSeconds(90))
+                    .EnsureSuccess($"one process, round {round}");
+                Assert.Equal(expected, serial.StdOut);
+
+                // Page cache dropped for the next round: the reads reach the mount again.
+                File.WriteAllText("/proc/sys/vm/drop_caches", "3");
+            }
+
+            Assert.True(jitteryMount.HandOffs > 0, "no handler held its reader long enough for a hand-off");
+        }
+        finally
+        {
+            await jitteryMount.UnmountAsync();
+            MountTable.LazyUnmount(other);
+        }
+    }
 }
