@@ -36,6 +36,19 @@ internal sealed class MemDir(ulong ino, bool immutable = true, bool failListing 
 
 internal sealed class MemFile(ulong ino, byte[] data, bool fail = false) : FuseNode, IFuseFile
 {
+    /// <summary>What a read of <paramref name="data"/> at <paramref name="offset"/> returns: the bytes copied, 0 at or past the end.</summary>
+    public static int CopyAt(byte[] data, long offset, Span<byte> buffer)
+    {
+        if (offset >= data.Length)
+        {
+            return 0;
+        }
+
+        var n = (int)Math.Min(buffer.Length, data.Length - offset);
+        data.AsSpan((int)offset, n).CopyTo(buffer);
+        return n;
+    }
+
     public override FuseAttributes GetAttributes() => new(ino, (ulong)data.Length, 0x8124, 0, 0, DateTimeOffset.FromUnixTimeSeconds(1700000000));
 
     public ValueTask<IFuseFileHandle> OpenAsync(FuseOpenFlags flags, FuseRequestContext ctx, CancellationToken ct) =>
@@ -59,14 +72,7 @@ internal sealed class MemFile(ulong ino, byte[] data, bool fail = false) : FuseN
                 await Task.Yield(); // some replies come from another thread
             }
 
-            if (offset >= data.Length)
-            {
-                return 0;
-            }
-
-            var n = (int)Math.Min(buffer.Length, data.Length - offset);
-            data.AsSpan((int)offset, n).CopyTo(buffer.Span);
-            return n;
+            return CopyAt(data, offset, buffer.Span);
         }
 
         public ValueTask DisposeAsync() => ValueTask.CompletedTask;
@@ -106,14 +112,7 @@ internal sealed class BlockingFile(ulong ino, byte[] data, ManualResetEventSlim 
         {
             Interlocked.Increment(ref file.entered);
             file.gate.Wait(TimeSpan.FromMinutes(1));
-            if (offset >= file.data.Length)
-            {
-                return ValueTask.FromResult(0);
-            }
-
-            var n = (int)Math.Min(buffer.Length, file.data.Length - offset);
-            file.data.AsSpan((int)offset, n).CopyTo(buffer.Span);
-            return ValueTask.FromResult(n);
+            return ValueTask.FromResult(MemFile.CopyAt(file.data, offset, buffer.Span));
         }
 
         public ValueTask DisposeAsync() => ValueTask.CompletedTask;
@@ -152,14 +151,7 @@ internal sealed class JitteryFile(ulong ino, byte[] data) : FuseNode, IFuseFile
                 Thread.Sleep(pause);
             }
 
-            if (offset >= file.data.Length)
-            {
-                return ValueTask.FromResult(0);
-            }
-
-            var n = (int)Math.Min(buffer.Length, file.data.Length - offset);
-            file.data.AsSpan((int)offset, n).CopyTo(buffer.Span);
-            return ValueTask.FromResult(n);
+            return ValueTask.FromResult(MemFile.CopyAt(file.data, offset, buffer.Span));
         }
 
         public ValueTask DisposeAsync() => ValueTask.CompletedTask;

@@ -45,6 +45,20 @@ public sealed class MountTests : IAsyncLifetime
 
     private string P(params string[] parts) => Path.Combine([Mnt, .. parts]);
 
+    /// <summary>A second mount of <paramref name="tree"/> beside the test's own, at <c>mnt-NAME</c>; end it with <see cref="UnmountAsync"/>.</summary>
+    private async Task<FuseMount> MountBesideAsync(string name, FuseNode tree, FuseMountOptions options)
+    {
+        var at = dir.Combine("mnt-" + name);
+        Directory.CreateDirectory(at);
+        return await FuseMount.MountAsync(at, tree, options, NullLoggerFactory.Instance);
+    }
+
+    private static async Task UnmountAsync(FuseMount beside)
+    {
+        await beside.UnmountAsync();
+        MountTable.LazyUnmount(beside.MountPoint);
+    }
+
     private static ProcessResult Sh(string command) => ProcessRunner.Run("bash", ["-c", command], TimeSpan.FromMinutes(2));
 
     [Fact]
@@ -168,11 +182,10 @@ public sealed class MountTests : IAsyncLifetime
     [Fact]
     public async Task A_second_concurrent_mount_serves_its_own_tree()
     {
-        var other = dir.Combine("mnt2");
-        Directory.CreateDirectory(other);
         var root2 = new MemDir(1);
         root2.Children["only-here.txt"] = new MemFile(2, System.Text.Encoding.ASCII.GetBytes("second\n"));
-        await using var second = await FuseMount.MountAsync(other, root2, new FuseMountOptions(FsName: "fuse-test-2"), NullLoggerFactory.Instance);
+        await using var second = await MountBesideAsync("2", root2, new FuseMountOptions(FsName: "fuse-test-2"));
+        var other = second.MountPoint;
         try
         {
             Assert.Equal("second\n", File.ReadAllText(Path.Combine(other, "only-here.txt")));
@@ -181,8 +194,7 @@ public sealed class MountTests : IAsyncLifetime
         }
         finally
         {
-            await second.UnmountAsync();
-            MountTable.LazyUnmount(other);
+            await UnmountAsync(second);
         }
 
         Assert.False(MountTable.IsMounted(other));
@@ -204,10 +216,8 @@ public sealed class MountTests : IAsyncLifetime
         var md5 = Convert.ToHexStringLower(System.Security.Cryptography.MD5.HashData(System.Text.Encoding.ASCII.GetBytes(expected)));
         Assert.Equal(md5, parallel.StdOut.Split(' ')[0]);
 
-        var other = dir.Combine("mnt-nopoll");
-        Directory.CreateDirectory(other);
-        await using var plain = await FuseMount.MountAsync(other, root, new FuseMountOptions(FsName: "fuse-test-nopoll") { PollMicroseconds = 0 },
-            NullLoggerFactory.Instance);
+        await using var plain = await MountBesideAsync("nopoll", root, new FuseMountOptions(FsName: "fuse-test-nopoll") { PollMicroseconds = 0 });
+        var other = plain.MountPoint;
         try
         {
             Assert.Equal(expected, Sh($"cd '{Path.Combine(other, "big")}' && cat entry-*").EnsureSuccess("cat without polling").StdOut);
@@ -215,8 +225,7 @@ public sealed class MountTests : IAsyncLifetime
         }
         finally
         {
-            await plain.UnmountAsync();
-            MountTable.LazyUnmount(other);
+            await UnmountAsync(plain);
         }
     }
 
@@ -237,10 +246,8 @@ public sealed class MountTests : IAsyncLifetime
         var slow = new BlockingFile(3, System.Text.Encoding.ASCII.GetBytes("slow but whole\n"), gate);
         slowRoot.Children["many"] = many;
         slowRoot.Children["slow.txt"] = slow;
-        var other = dir.Combine("mnt-blocking");
-        Directory.CreateDirectory(other);
-        await using var blocking = await FuseMount.MountAsync(other, slowRoot, new FuseMountOptions(FsName: "fuse-test-blocking"),
-            NullLoggerFactory.Instance);
+        await using var blocking = await MountBesideAsync("blocking", slowRoot, new FuseMountOptions(FsName: "fuse-test-blocking"));
+        var other = blocking.MountPoint;
         try
         {
             var blockedCat = Task.Run(() => Sh($"cat '{Path.Combine(other, "slow.txt")}'"));
@@ -271,8 +278,7 @@ public sealed class MountTests : IAsyncLifetime
         finally
         {
             gate.Set();
-            await blocking.UnmountAsync();
-            MountTable.LazyUnmount(other);
+            await UnmountAsync(blocking);
         }
     }
 
@@ -290,10 +296,8 @@ public sealed class MountTests : IAsyncLifetime
         }
 
         jittery.Children["files"] = files;
-        var other = dir.Combine("mnt-jittery");
-        Directory.CreateDirectory(other);
-        await using var jitteryMount = await FuseMount.MountAsync(other, jittery, new FuseMountOptions(FsName: "fuse-test-jittery"),
-            NullLoggerFactory.Instance);
+        await using var jitteryMount = await MountBesideAsync("jittery", jittery, new FuseMountOptions(FsName: "fuse-test-jittery"));
+        var other = jitteryMount.MountPoint;
         try
         {
             var expected = string.Concat(Enumerable.Range(0, 400).Select(i => $"{i}\n"));
@@ -315,8 +319,7 @@ public sealed class MountTests : IAsyncLifetime
         }
         finally
         {
-            await jitteryMount.UnmountAsync();
-            MountTable.LazyUnmount(other);
+            await UnmountAsync(jitteryMount);
         }
     }
 }

@@ -306,11 +306,11 @@ internal sealed class FuseSession
     /// of them per request. With polling the readers take turns: the active ones read (polling a non-blocking clone
     /// first after a metadata request) and answer inline, the others wait as followers on a semaphore the kernel knows
     /// nothing of. Only a reader that is the sole active one goes to sleep in read(), so a request never wakes a
-    /// sleeper that then finds it taken by a poller (one reader polls at a time). When several processes send requests at
-    /// once every reader reads the device for a while (see <see cref="NoteCaller"/>); after that, an active reader that
-    /// finds nothing to do while another is active becomes a follower again. A handler that blocks (a chunk to decode, the restore VM to
-    /// ask) would leave the device unread: the <see cref="Watchdog"/> then lets a follower in, and the reader it
-    /// replaced becomes a follower when its handler returns.
+    /// sleeper that then finds it taken by a poller (one reader polls at a time). When several processes send
+    /// requests at once every reader reads the device for a while (see <see cref="NoteCaller"/>); after that, an
+    /// active reader that finds nothing to do while another is active becomes a follower again. A handler that blocks
+    /// (a chunk to decode, the restore VM to ask) would leave the device unread: the <see cref="Watchdog"/> then lets
+    /// a follower in, and the reader it replaced becomes a follower when its handler returns.
     /// </summary>
     private void ReaderLoop(int fd, ReaderSlot slot, bool active)
     {
@@ -561,8 +561,9 @@ internal sealed class FuseSession
     /// <summary>
     /// Starts a handler whose node code may block on storage. It runs right here on the reader thread while another
     /// reader is waiting in read() for the next request, or waits as a follower the watchdog lets in when the handler
-    /// blocks, so the kernel's queue is always served; when none is, it goes to the thread pool. Running in place saves a hand-over per request (a wake-up of a pool thread): during a
-    /// `find` most requests are lookups and opendirs answered from memory. Handlers answer every outcome themselves.
+    /// blocks, so the kernel's queue is always served; when none is, it goes to the thread pool. Running in place
+    /// saves a hand-over per request (a wake-up of a pool thread): during a `find` most requests are lookups and
+    /// opendirs answered from memory. Handlers answer every outcome themselves.
     /// </summary>
     private void Run(Func<Task> handler)
     {
