@@ -27,6 +27,8 @@ fi
 pkgs=("$kver_pkg" busybox-static lvm2 libdevmapper1.02.1 libdevmapper-event1.02.1 libaio1 ntfs-3g libntfs-3g89 dmsetup)
 # LUKS (--guest-passphrase-file): cryptsetup and its libraries
 pkgs+=(cryptsetup-bin libcryptsetup12 libargon2-1 libjson-c5 libpopt0)
+# Linux software RAID (md): mdadm assembles arrays read-only; the md modules load only when a member is found
+pkgs+=(mdadm)
 log "packages: ${pkgs[*]}"
 ( cd "$cache/debs"
   for p in "${pkgs[@]}"; do
@@ -78,7 +80,7 @@ add() { # module name -> path plus its dependencies from modules.dep
     path=${line%%:*}; [ -n "${want[$path]:-}" ] && return 0; want[$path]=1
     for d in ${line#*:}; do add "$(basename "${d%.ko*}")"; done
 }
-while read -r m; do [ -n "$m" ] && add "$m"; done < <(cat "$here"/restore-image/modules.early "$here"/restore-image/modules.late)
+while read -r m; do [ -n "$m" ] && add "$m"; done < <(cat "$here"/restore-image/modules.early "$here"/restore-image/modules.late "$here"/restore-image/modules.ondemand)
 if [ -n "$zfs_addon" ]; then
     # The kernel modules the ZFS modules need join the image; the ZFS modules go to the addon after depmod.
     zfs_own=$(for ko in "$zfs_addon"/modules/*.ko; do basename "$ko" .ko; done)
@@ -136,7 +138,12 @@ for candidate in "$work"/pkg/sbin/cryptsetup "$work"/pkg/usr/sbin/cryptsetup; do
 [ -n "$crypt_bin" ] || { log "cryptsetup binary not found in cryptsetup-bin"; exit 1; }
 install -m 755 "$crypt_bin" "$root/sbin/cryptsetup"
 copy_libs "$crypt_bin"
-mkdir -p "$root/etc/lvm" "$root/run/lvm" "$root/run/cryptsetup"
+mdadm_bin=""
+for candidate in "$work"/pkg/sbin/mdadm "$work"/pkg/usr/sbin/mdadm; do [ -x "$candidate" ] && { mdadm_bin=$candidate; break; }; done
+[ -n "$mdadm_bin" ] || { log "mdadm binary not found"; exit 1; }
+install -m 755 "$mdadm_bin" "$root/sbin/mdadm"
+copy_libs "$mdadm_bin"
+mkdir -p "$root/etc/lvm" "$root/run/lvm" "$root/run/cryptsetup" "$root/run/mdadm"
 log "daemon $(du -h "$daemon" | cut -f1), lvm $(du -h "$lvm_bin" | cut -f1)"
 
 if [ -n "$zfs_addon" ]; then

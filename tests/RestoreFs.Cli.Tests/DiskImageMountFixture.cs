@@ -4,7 +4,8 @@ namespace RestoreFs.Cli.Tests;
 
 /// <summary>
 /// One test disk made by a script in scripts/ (into <c>disks/</c>, with the trees it holds in <c>disks/expected/</c>),
-/// backed up with the CLI as <c>drive-scsi0</c> of one snapshot and mounted: real FUSE mount, real restore VM.
+/// backed up with the CLI as <c>drive-scsi0</c> of one snapshot (or several disks, several snapshots) and mounted: real
+/// FUSE mount, real restore VM.
 /// </summary>
 public abstract class DiskImageMountFixture : IDisposable
 {
@@ -13,6 +14,14 @@ public abstract class DiskImageMountFixture : IDisposable
     /// <param name="tools">Tools the script needs besides QEMU.</param>
     protected DiskImageMountFixture(string name, string[] tools, string script, string[] scriptArgs, TimeSpan scriptLimit, string image,
         string group, string time)
+        : this(name, tools, script, scriptArgs, scriptLimit, [(group, time, [image])])
+    {
+    }
+
+    /// <param name="snapshots">Snapshots to back up before the mount, the first one the fixture's own: each with its disk
+    /// images (file names in the disks directory), backed up as <c>drive-scsi0</c>, <c>drive-scsi1</c>, … in that order.</param>
+    protected DiskImageMountFixture(string name, string[] tools, string script, string[] scriptArgs, TimeSpan scriptLimit,
+        IReadOnlyList<(string Group, string Time, string[] Images)> snapshots)
     {
         Requires.Root();
         foreach (var tool in tools.Prepend("qemu-system-x86_64"))
@@ -21,11 +30,16 @@ public abstract class DiskImageMountFixture : IDisposable
         }
 
         Dir = new TempDirectory(name);
-        Group = group;
-        Time = time;
+        Group = snapshots[0].Group;
+        Time = snapshots[0].Time;
         Directory.CreateDirectory(Runtime);
         ProcessRunner.Run("bash", [RepoPaths.Script(script), Dir.Combine("disks"), .. scriptArgs], scriptLimit).EnsureSuccess(script);
-        Cli(TimeSpan.FromMinutes(3), "backup", "--store", Store, "--group", group, "--time", time, $"drive-scsi0={Dir.Combine("disks", image)}");
+        foreach (var (group, time, images) in snapshots)
+        {
+            Cli(TimeSpan.FromMinutes(3), ["backup", "--store", Store, "--group", group, "--time", time,
+                .. images.Select((image, i) => $"drive-scsi{i}={Dir.Combine("disks", image)}")]);
+        }
+
         Directory.CreateDirectory(MountPoint);
         Cli(TimeSpan.FromSeconds(60), "mount", Store, MountPoint);
     }

@@ -24,10 +24,24 @@ public sealed partial class DiskCatalog
             return Task.FromException<string>(new VolumeException($"{volume.Id}: the disk catalog is shutting down"));
         }
 
-        var attempt = attempts.GetOrAdd(volume.Id,
+        // One attempt per block device: a volume shown under several disks (an LV of a volume group or the contents of an
+        // md array spread over them) is mounted once and shared.
+        var attempt = attempts.GetOrAdd(volume.Device.Length > 0 ? "device:" + volume.Device : volume.Id,
             _ => new Lazy<Task<string>>(() => Task.Factory.StartNew(() => Mount(volume), CancellationToken.None,
                 TaskCreationOptions.LongRunning, TaskScheduler.Default)));
-        return attempt.Value.WaitAsync(ct);
+        return (attempt.Value.IsCompletedSuccessfully && mounted.ContainsKey(volume.Id) ? attempt.Value : Shared(volume, attempt.Value)).WaitAsync(ct);
+    }
+
+    /// <summary>The mount of another volume on the same device, recorded for this one as well (its file maps, its status).</summary>
+    private async Task<string> Shared(VolumeInfo volume, Task<string> attempt)
+    {
+        var target = await attempt.ConfigureAwait(false);
+        if (!mounted.ContainsKey(volume.Id) && mounted.Values.FirstOrDefault(m => m.Error is null && m.MountPoint == target) is { } first)
+        {
+            mounted.TryAdd(volume.Id, first with { Volume = volume });
+        }
+
+        return target;
     }
 
     /// <summary>Where a volume is mounted: <c>root/dev/&lt;device&gt;</c>, <c>root/lvm/&lt;vg&gt;/&lt;lv&gt;</c> or
@@ -457,7 +471,7 @@ public sealed partial class DiskCatalog
             // failed mounts are remembered in `mounted`
         }
 
-        foreach (var m in mounted.Values.Where(m => m.Error is null).OrderByDescending(m => m.MountPoint.Length))
+        foreach (var m in mounted.Values.Where(m => m.Error is null).DistinctBy(m => m.MountPoint).OrderByDescending(m => m.MountPoint.Length))
         {
             if (LibC.Umount2(m.MountPoint, 0) == 0)
             {
@@ -502,6 +516,8 @@ public sealed partial class DiskCatalog
             var r = lvm!.Deactivate(lv);
             log(r.Ok ? $"deactivated {lv}" : $"cannot deactivate {lv}: {r.FirstLine}");
         }
+
+        StopArrays();
 
         foreach (var loop in loopDevices)
         {

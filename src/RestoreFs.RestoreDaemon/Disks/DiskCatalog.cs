@@ -116,6 +116,7 @@ public sealed partial class DiskCatalog : IVolumeCatalog, IDisposable, IAsyncDis
         var results = new List<DiskScan>();
         var pvs = new List<PvCandidate>();
         var zfsMembers = new List<PvCandidate>();
+        var raids = new List<RaidCandidate>();
         foreach (var (name, device) in disks)
         {
             var disk = new DiskScan(name, device);
@@ -128,7 +129,7 @@ public sealed partial class DiskCatalog : IVolumeCatalog, IDisposable, IAsyncDis
 
             try
             {
-                ScanDisk(disk, pvs, zfsMembers);
+                ScanDisk(disk, pvs, zfsMembers, raids);
             }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException or InvalidDataException or NotSupportedException)
             {
@@ -136,7 +137,19 @@ public sealed partial class DiskCatalog : IVolumeCatalog, IDisposable, IAsyncDis
                 log(disk.Error);
             }
 
-            if (pvs.All(pv => pv.Disk != disk) && zfsMembers.All(m => m.Disk != disk))
+            if (pvs.All(pv => pv.Disk != disk) && zfsMembers.All(m => m.Disk != disk) && raids.All(r => r.Disk != disk))
+            {
+                lock (gate)
+                {
+                    scanned.Add(disk.ToInfo());
+                }
+            }
+        }
+
+        if (raids.Count > 0 && !disposed)
+        {
+            ScanMd(raids, pvs, zfsMembers);
+            foreach (var disk in raids.Select(r => r.Disk).Distinct().Where(d => pvs.All(p => p.Disk != d) && zfsMembers.All(m => m.Disk != d)))
             {
                 lock (gate)
                 {
@@ -172,13 +185,29 @@ public sealed partial class DiskCatalog : IVolumeCatalog, IDisposable, IAsyncDis
 
     /// <param name="pvs">Collects LVM physical volumes (scanned together by <see cref="ScanLvm"/>).</param>
     /// <param name="zfsMembers">Collects ZFS pool members (imported together by <see cref="ScanZfs"/>).</param>
-    private void ScanDisk(DiskScan disk, List<PvCandidate> pvs, List<PvCandidate> zfsMembers)
+    /// <param name="raids">Collects md RAID members (assembled together by <see cref="ScanMd"/>); null: they are reported, not
+    /// assembled.</param>
+    private void ScanDisk(DiskScan disk, List<PvCandidate> pvs, List<PvCandidate> zfsMembers, List<RaidCandidate>? raids = null)
     {
         disk.Size = SysfsSize(disk.Device) ?? 0; // known even when the device cannot be opened
         using var stream = OpenRead(disk.Device);
         var size = DeviceSize(stream, disk.Device);
         disk.Size = (ulong)size;
         var whole = FsProbe.Detect(stream, 0, size);
+        PartitionTableInfo? table = null;
+        Dictionary<int, (long Start, long Length)>? kernelPartitions = null;
+        if (whole is null)
+        {
+            table = PartitionTable.ReadTable(stream, size);
+            kernelPartitions = KernelPartitions(disk.Device);
+            if (table.Partitions.Count == 0 && kernelPartitions.Count == 0)
+            {
+                // No table: a whole-disk md member whose superblock is at the end (with a table, the end of the last
+                // partition can hold a 0.90 superblock at the very place a whole disk's would be).
+                whole = FsProbe.DetectWithEnd(stream, 0, size);
+            }
+        }
+
         if (whole is FsProbe.LvmMember or FsProbe.ZfsMember)
         {
             (whole == FsProbe.LvmMember ? pvs : zfsMembers).Add(new PvCandidate(disk, disk.Device,
@@ -188,24 +217,32 @@ public sealed partial class DiskCatalog : IVolumeCatalog, IDisposable, IAsyncDis
 
         if (whole is not null)
         {
-            // A file system on the whole disk: PBS mounts the whole disk first and then looks no further.
-            disk.Volumes.Add(new VolumeInfo(disk.Name, "raw", [], disk.Device, disk.Size, whole)
+            var volume = new VolumeInfo(disk.Name, "raw", [], disk.Device, disk.Size, whole)
             {
                 Error = Refused(whole) ? $"the whole disk {FsProbe.ContainerReason(whole)}" : null,
                 Placement = [new DiskSpan(0, 0, (long)disk.Size)],
-            });
+            };
+            if (whole == FsProbe.RaidMember && CollectRaidMember(raids, disk, disk.Device, stream, 0, size, volume, "the whole disk") is { } refused)
+            {
+                volume = refused;
+            }
+            else if (whole == FsProbe.RaidMember)
+            {
+                return;
+            }
+
+            // A file system on the whole disk: PBS mounts the whole disk first and then looks no further.
+            disk.Volumes.Add(volume);
             return;
         }
 
-        var table = PartitionTable.ReadTable(stream, size);
-        foreach (var note in table.Notes)
+        foreach (var note in table!.Notes)
         {
             log($"disk {disk.Name}: {note}");
         }
 
-        var kernelPartitions = KernelPartitions(disk.Device);
         var parts = table.Partitions.ToList();
-        foreach (var (number, (start, length)) in kernelPartitions.Where(k => parts.All(p => p.Number != k.Key)).OrderBy(k => k.Key))
+        foreach (var (number, (start, length)) in kernelPartitions!.Where(k => parts.All(p => p.Number != k.Key)).OrderBy(k => k.Key))
         {
             // The kernel knows a partition our parser does not (another table type): use the kernel's view.
             if (length > 4096)
@@ -217,12 +254,12 @@ public sealed partial class DiskCatalog : IVolumeCatalog, IDisposable, IAsyncDis
         foreach (var part in parts.OrderBy(p => p.Number))
         {
             var number = part.Number.ToString(CultureInfo.InvariantCulture);
-            var type = FsProbe.Detect(stream, part.Offset, part.Length);
+            var type = FsProbe.DetectWithEnd(stream, part.Offset, part.Length);
             string? device = null;
             string? error = null;
             try
             {
-                device = PartitionDevice(disk, part, kernelPartitions.ContainsKey(part.Number));
+                device = PartitionDevice(disk, part, kernelPartitions!.ContainsKey(part.Number));
                 if (device is null)
                 {
                     error = "the kernel shows no device for this partition (and loop devices for partitions are off)";
@@ -242,6 +279,16 @@ public sealed partial class DiskCatalog : IVolumeCatalog, IDisposable, IAsyncDis
             {
                 (type == FsProbe.LvmMember ? pvs : zfsMembers).Add(new PvCandidate(disk, device, volume));
                 continue;
+            }
+
+            if (type == FsProbe.RaidMember && error is null)
+            {
+                if (CollectRaidMember(raids, disk, device!, stream, part.Offset, part.Length, volume, $"partition {number}") is not { } refused)
+                {
+                    continue;
+                }
+
+                volume = refused;
             }
 
             disk.Volumes.Add(volume);
@@ -476,7 +523,8 @@ public sealed partial class DiskCatalog : IVolumeCatalog, IDisposable, IAsyncDis
         var groupDisks = new Dictionary<string, List<DiskScan>>(StringComparer.Ordinal);
         foreach (var pv in found)
         {
-            if (pv.VolumeGroup.Length > 0 && byDevice.TryGetValue(pv.Device, out var candidate))
+            // A PV on an md array has a candidate for every disk with a member of the array.
+            foreach (var candidate in pv.VolumeGroup.Length > 0 ? pvs.Where(p => p.Device == pv.Device) : [])
             {
                 var list = groupDisks.TryGetValue(pv.VolumeGroup, out var l) ? l : groupDisks[pv.VolumeGroup] = [];
                 if (!list.Contains(candidate.Disk))

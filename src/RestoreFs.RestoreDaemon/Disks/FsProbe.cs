@@ -33,7 +33,7 @@ public static class FsProbe
         LvmMember => "is an LVM physical volume (its logical volumes are under lvm/)",
         Swap => "is swap space, not a file system",
         Luks => "is encrypted (LUKS); it cannot be opened without its passphrase",
-        RaidMember => "is a member of a Linux software RAID (md), which is not assembled here",
+        RaidMember => "is a member of a Linux software RAID (md) array (its contents are under md/)",
         JournalDevice => "is an external ext3/ext4 journal, not a file system",
         ZfsMember => "is a member of a ZFS pool (its datasets and volumes are under zfs/)",
         _ => $"holds {type}, not a file system",
@@ -49,6 +49,12 @@ public static class FsProbe
         var n = device.ReadAtLeast(head, want, throwOnEndOfStream: false);
         return Detect(head.AsSpan(0, n));
     }
+
+    /// <summary>As <see cref="Detect(Stream, long, long)"/>, and an md superblock at the end of the volume (versions 1.0
+    /// and 0.90, whose members start with the array's own data) counts first, as blkid counts it: a RAID1 member would
+    /// otherwise pass for the file system or LVM volume the array holds.</summary>
+    public static string? DetectWithEnd(Stream device, long offset, long length) =>
+        MdSuperblock.ReadEnd(device, offset, length) is not null ? RaidMember : Detect(device, offset, length);
 
     /// <summary>Detects the content from the first bytes of a volume (up to <see cref="ProbeBytes"/>).</summary>
     public static string? Detect(ReadOnlySpan<byte> b)
@@ -115,7 +121,7 @@ public static class FsProbe
             return "iso9660";
         }
 
-        // md superblock 1.1 at 0, 1.2 at 4 KiB (0.90 and 1.0 sit at the end and are not looked for).
+        // md superblock 1.1 at 0, 1.2 at 4 KiB (0.90 and 1.0 sit at the end: DetectWithEnd).
         if (BinaryPrimitives.ReadUInt32LittleEndian(b) == 0xA92B4EFC
             || (b.Length >= 4096 + 4 && BinaryPrimitives.ReadUInt32LittleEndian(b[4096..]) == 0xA92B4EFC))
         {

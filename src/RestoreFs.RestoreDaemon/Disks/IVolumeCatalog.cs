@@ -24,8 +24,8 @@ public interface IVolumeCatalog
 /// <param name="Device">Block device path, e.g. <c>/dev/vda</c>.</param>
 public sealed record DiskInfo(string Name, string Device, ulong Size, IReadOnlyList<VolumeInfo> Volumes, string? Error);
 
-/// <param name="Bucket"><c>part</c>, <c>raw</c> or <c>lvm</c>.</param>
-/// <param name="Components">After the bucket: <c>["1"]</c> for part/1, <c>["vg0","root"]</c> for lvm/vg0/root, none for raw.</param>
+/// <param name="Bucket"><c>part</c>, <c>raw</c>, <c>lvm</c>, <c>md</c> or <c>zfs</c>.</param>
+/// <param name="Components">After the bucket: <c>["1"]</c> for part/1, <c>["vg0","root"]</c> for lvm/vg0/root, <c>["boot"]</c> for md/boot, none for raw.</param>
 /// <param name="Device">Block device holding the file system.</param>
 /// <param name="FsType">Detected from the superblock; null when none was recognised.</param>
 public sealed record VolumeInfo(string Disk, string Bucket, IReadOnlyList<string> Components, string Device, ulong Size, string? FsType)

@@ -69,10 +69,10 @@ public sealed record ApiPath(byte[] Requested, DiskInfo? Disk, string? Bucket, I
         var depth = bucket switch
         {
             "raw" => 0,
-            "part" => 1,
+            "part" or "md" => 1,
             "lvm" => 2,
             "zfs" => 2,
-            _ => throw new BadRequestException($"'{bucket}' is not a volume type (part, lvm, zfs, raw)"),
+            _ => throw new BadRequestException($"'{bucket}' is not a volume type (part, md, lvm, zfs, raw)"),
         };
         var levels = parts.Skip(2).Take(depth).Select(p => Encoding.UTF8.GetString(p)).ToList();
         if (levels.Count < depth)

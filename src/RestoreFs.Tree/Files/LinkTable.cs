@@ -45,7 +45,7 @@ public sealed class LinkTable
         }
     }
 
-    /// <summary>The volume a files/ path lies in (<c>disk/part/N</c>, <c>disk/lvm/VG/LV</c>, <c>disk/raw</c>); the whole
+    /// <summary>The volume a files/ path lies in (<c>disk/part/N</c>, <c>disk/md/NAME</c>, <c>disk/lvm/VG/LV</c>, <c>disk/raw</c>); the whole
     /// path above that level.</summary>
     public static string VolumeKey(byte[] path)
     {
@@ -53,7 +53,7 @@ public sealed class LinkTable
         return Convert.ToBase64String(path.AsSpan(0, length < 0 ? path.Length : length));
     }
 
-    /// <summary>How many bytes of a files/ path name its volume (<c>disk/part/N</c>, <c>disk/lvm/VG/LV</c>, <c>disk/zfs/POOL/DATASET</c>,
+    /// <summary>How many bytes of a files/ path name its volume (<c>disk/part/N</c>, <c>disk/md/NAME</c>, <c>disk/lvm/VG/LV</c>, <c>disk/zfs/POOL/DATASET</c>,
     /// <c>disk/raw</c>); -1 for a path above the volume level.</summary>
     public static int VolumeLength(ReadOnlySpan<byte> path)
     {
@@ -70,7 +70,7 @@ public sealed class LinkTable
                     second = path[start..i];
                 }
 
-                var want = second.SequenceEqual("part"u8) ? 3 : second.SequenceEqual("lvm"u8) || second.SequenceEqual("zfs"u8) ? 4 : second.SequenceEqual("raw"u8) ? 2 : int.MaxValue;
+                var want = second.SequenceEqual("part"u8) || second.SequenceEqual("md"u8) ? 3 : second.SequenceEqual("lvm"u8) || second.SequenceEqual("zfs"u8) ? 4 : second.SequenceEqual("raw"u8) ? 2 : int.MaxValue;
                 if (depth >= want)
                 {
                     return i;

@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# Makes two test disks of one VM with Linux software RAID (md) across them, in OUTDIR. The host kernel has no md, so
+# the arrays are made inside a VM booted from the restore image (its kernel, its mdadm and lvm) with a small /init of
+# our own in place of the daemon:
+#   md-a.img, md-b.img   GPT, five partitions each (six on md-a); partition N of both disks makes one array:
+#     1  md "boot"     RAID1, metadata 1.0 (superblock at the end, as /boot often is): ext4
+#     2  md "system"   RAID1, metadata 1.2: an LVM physical volume, VG vgraid with LV root (ext4)
+#     3  md "scratch"  RAID0, metadata 1.2, 64 KiB chunks: ext4 (files larger than a chunk are striped over both disks)
+#     4  md3           RAID1, metadata 0.90 (no name: it is known by its minor): ext4
+#     5  md "data"     RAID5 of three members (partition 5 of both disks and partition 6 of md-a), metadata 1.2,
+#                      ext4 (a backup of md-a alone holds two of three: it starts degraded, rebuilding from parity)
+#   The arrays are left running, not stopped: as in a backup of a running system.
+#   expected/{boot,root,scratch,md3,data}/   the tree each file system holds
+# Usage: make-md-disk.sh OUTDIR IMAGEDIR   (IMAGEDIR: vmlinux and initramfs.img of make restore-image)
+set -euo pipefail
+out=${1:?usage: make-md-disk.sh OUTDIR IMAGEDIR}
+image=${2:?usage: make-md-disk.sh OUTDIR IMAGEDIR}
+export PATH="$PATH:/usr/sbin:/sbin"
+for tool in sgdisk mkfs.ext4 qemu-system-x86_64 lz4 cpio python3; do
+  command -v "$tool" >/dev/null || { echo "make-md-disk: $tool is missing (run scripts/install-deps.sh)" >&2; exit 1; }
+done
+[ -f "$image/vmlinux" ] && [ -f "$image/initramfs.img" ] || { echo "make-md-disk: no restore image in $image (make restore-image)" >&2; exit 1; }
+lz4 -dc "$image/initramfs.img" | cpio -t --quiet 2>/dev/null | grep -qx sbin/mdadm \
+  || { echo "make-md-disk: the restore image in $image has no mdadm" >&2; exit 1; }
+mkdir -p "$out"; out=$(cd "$out" && pwd)
+work=$(mktemp -d)
+trap '[ -n "${MAKE_MD_KEEP:-}" ] || rm -rf "$work"' EXIT
+export E2FSPROGS_FAKE_TIME=1714557600
+prng() { python3 -c "import random,sys; sys.stdout.buffer.write(random.Random($1).randbytes($2))"; }
+
+exp=$out/expected
+rm -rf "$exp"; mkdir -p "$exp"/{boot,root,scratch,md3,data}
+t=$exp/boot
+mkdir -p "$t/grub"
+echo "menuentry 'Debian' { linux /vmlinuz root=/dev/mapper/vgraid-root }" > "$t/grub/grub.cfg"
+prng 31 900000 > "$t/initrd.img-6.1.0"
+ln -s initrd.img-6.1.0 "$t/initrd.img"
+t=$exp/root
+mkdir -p "$t/etc" "$t/home/admin/docs" "$t/var/log"
+echo "raid-guest" > "$t/etc/hostname"
+printf 'ARRAY /dev/md/boot metadata=1.0\nARRAY /dev/md/system metadata=1.2\n' > "$t/etc/mdadm.conf"
+echo "kept on a mirror" > "$t/home/admin/docs/report.txt"; chmod 600 "$t/home/admin/docs/report.txt"
+echo "grüße" > "$t/home/admin/Grüße.txt"
+prng 32 2500000 > "$t/var/log/big.log"
+for i in $(seq 1 40); do echo "entry $i" > "$t/var/log/f$i.log"; done
+t=$exp/scratch
+mkdir -p "$t/build"
+prng 33 3000000 > "$t/build/striped.bin"    # 3 MB: 46 chunks of 64 KiB, alternating between the disks
+echo "scratch space" > "$t/README"
+chown -R 1234:1234 "$t/build"
+echo "from an array made in 2008" > "$exp/md3/old.txt"; chmod 0444 "$exp/md3/old.txt"
+mkdir -p "$exp/data/db"; prng 34 1200000 > "$exp/data/db/table.ibd"; echo "parity" > "$exp/data/db/NOTE"
+python3 - "$exp" <<'EOF'
+import os, sys
+t = 1700000000
+for root, dirs, files in os.walk(sys.argv[1], topdown=False):
+    for n in files + dirs:
+        os.utime(os.path.join(root, n), (t, t), follow_symlinks=False)
+        t += 11
+EOF
+mkfs.ext4 -q -F -L boot -d "$exp/boot" "$work/boot.ext4" 24M
+mkfs.ext4 -q -F -L root -d "$exp/root" "$work/root.ext4" 40M
+mkfs.ext4 -q -F -L scratch -d "$exp/scratch" "$work/scratch.ext4" 64M
+mkfs.ext4 -q -F -L legacy -d "$exp/md3" "$work/md3.ext4" 8M
+mkfs.ext4 -q -F -L data -d "$exp/data" "$work/data.ext4" 12M
+
+for d in a b; do
+  img=$out/md-$d.img
+  rm -f "$img"; truncate -s 200M "$img"
+  sgdisk -n 1:2048:+32M -t 1:fd00 -c 1:boot -n 2:0:+64M -t 2:fd00 -c 2:system -n 3:0:+40M -t 3:fd00 -c 3:scratch -n 4:0:+16M -t 4:fd00 -c 4:legacy -n 5:0:+8M -t 5:fd00 -c 5:data "$img" >/dev/null
+done
+sgdisk -n 6:0:+8M -t 6:fd00 -c 6:data "$out/md-a.img" >/dev/null
+
+# The VM's /init: make the arrays and the volume group, write the file systems into them, sync, power off.
+mkdir -p "$work/overlay"
+cat > "$work/overlay/init" <<'EOF'
+#!/bin/sh
+export PATH=/sbin:/bin
+mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev
+fail() { echo "MAKE-MD-FAILED: $*" > /dev/console; poweroff -f; }
+while read -r m; do [ -n "$m" ] && modprobe -q "$m"; done < /etc/modules.early
+for m in crc32c_generic md-mod raid0 raid1 raid456; do modprobe "$m" || fail "modprobe $m"; done
+# virtio-mmio disks may enumerate in any order: find them by serial
+for i in $(seq 1 100); do [ "$(ls /sys/block | grep -c "^vd")" = 7 ] && break; sleep 0.1; done
+for d in /sys/block/vd*; do eval "disk_$(cat "$d/serial")=/dev/${d##*/}"; done
+for i in $(seq 1 100); do [ -b "${disk_a}6" ] && [ -b "${disk_b}5" ] && break; sleep 0.1; done
+mk() { dev=$1; shift; mdadm --create "$dev" --run --assume-clean --homehost=raid-guest "$@" 2>&1 | tail -1 > /dev/console; [ -b "$dev" ] || fail "mdadm --create $dev"; }
+mk /dev/md0 --metadata=1.0 --level=1 --raid-devices=2 --name=boot "${disk_a}1" "${disk_b}1"
+mk /dev/md1 --metadata=1.2 --level=1 --raid-devices=2 --name=system "${disk_a}2" "${disk_b}2"
+mk /dev/md2 --metadata=1.2 --level=0 --chunk=64 --raid-devices=2 --name=scratch "${disk_a}3" "${disk_b}3"
+mk /dev/md3 --metadata=0.90 --level=1 --raid-devices=2 "${disk_a}4" "${disk_b}4"
+mk /dev/md4 --metadata=1.2 --level=5 --chunk=64 --raid-devices=3 --name=data "${disk_a}5" "${disk_b}5" "${disk_a}6"
+conf='devices { filter = [ "a|^/dev/md1$|", "r|.*|" ] obtain_device_list_from_udev = 0 use_devicesfile = 0 } activation { udev_sync = 0 udev_rules = 0 monitoring = 0 } backup { backup = 0 archive = 0 }'
+lvm pvcreate -q --config "$conf" /dev/md1 || fail "pvcreate"
+lvm vgcreate -q --config "$conf" -s 4M vgraid /dev/md1 || fail "vgcreate"
+lvm lvcreate -q --config "$conf" -y -Wn -Zn -L 40M -n root vgraid || fail "lvcreate"
+lvm vgmknodes --config "$conf" vgraid >/dev/null 2>&1
+dd if="$disk_boot" of=/dev/md0 bs=1M 2>/dev/null || fail "boot"
+dd if="$disk_root" of=/dev/mapper/vgraid-root bs=1M 2>/dev/null || fail "root"
+dd if="$disk_scratch" of=/dev/md2 bs=1M 2>/dev/null || fail "scratch"
+dd if="$disk_md3" of=/dev/md3 bs=1M 2>/dev/null || fail "md3"
+dd if="$disk_data" of=/dev/md4 bs=1M 2>/dev/null || fail "data"
+sync
+cat /proc/mdstat > /dev/console
+echo "MAKE-MD-OK" > /dev/console
+poweroff -f
+EOF
+chmod 755 "$work/overlay/init"
+lz4 -dc "$image/initramfs.img" > "$work/initrd.cpio"
+( cd "$work/overlay" && find . | cpio -o -H newc --quiet -R 0:0 ) >> "$work/initrd.cpio"
+
+khz=$(awk -F: '/^cpu MHz/ {printf "%d", $2 * 1000; exit}' /proc/cpuinfo)
+echo "make-md-disk: making the arrays in a VM (TCG: under a minute)" >&2
+timeout "${MAKE_MD_TIMEOUT:-600}" qemu-system-x86_64 -machine microvm,pit=off,pic=off,rtc=on -accel tcg,tb-size=128 -cpu max -smp 2 -m 512 \
+  -nodefaults -no-user-config -no-reboot -display none -monitor none \
+  -kernel "$image/vmlinux" -initrd "$work/initrd.cpio" \
+  -append "console=ttyS0 panic=-1 ${MAKE_MD_QUIET-quiet} tsc=reliable mitigations=off${khz:+ tsc_early_khz=$khz}" \
+  -serial "file:$work/console.log" -device virtio-rng-device \
+  -drive "file=$out/md-a.img,format=raw,if=none,id=d0" -device virtio-blk-device,drive=d0,serial=a \
+  -drive "file=$out/md-b.img,format=raw,if=none,id=d1" -device virtio-blk-device,drive=d1,serial=b \
+  -drive "file=$work/boot.ext4,format=raw,if=none,readonly=on,id=d2" -device virtio-blk-device,drive=d2,serial=boot \
+  -drive "file=$work/root.ext4,format=raw,if=none,readonly=on,id=d3" -device virtio-blk-device,drive=d3,serial=root \
+  -drive "file=$work/scratch.ext4,format=raw,if=none,readonly=on,id=d4" -device virtio-blk-device,drive=d4,serial=scratch \
+  -drive "file=$work/md3.ext4,format=raw,if=none,readonly=on,id=d5" -device virtio-blk-device,drive=d5,serial=md3 \
+  -drive "file=$work/data.ext4,format=raw,if=none,readonly=on,id=d6" -device virtio-blk-device,drive=d6,serial=data \
+  || echo "make-md-disk: QEMU ended with $?" >&2
+if ! grep -q MAKE-MD-OK "$work/console.log"; then
+  tail -40 "$work/console.log" >&2
+  echo "make-md-disk: the VM did not make the arrays" >&2
+  exit 1
+fi
+grep -A8 "^Personalities" "$work/console.log" | head -12 >&2 || true
+echo "make-md-disk: $out/md-a.img $out/md-b.img" >&2

@@ -1,0 +1,75 @@
+using RestoreFs.TestSupport;
+
+namespace RestoreFs.Cli.Tests;
+
+/// <summary>
+/// Linux software RAID across the two disks of one VM (made by scripts/make-md-disk.sh with mdadm inside a VM booted
+/// from the restore image: the host kernel has no md): RAID1 with metadata 1.0, 1.2 (holding LVM) and 0.90, a RAID0
+/// and a RAID5 of three members (two on the first disk). Backed up whole (vm/320) and with only the first disk (vm/321, as when a disk is left out of the backup), read
+/// through files/ — real FUSE mount, real restore VMs, arrays started read-only by mdadm.
+/// </summary>
+public sealed class MdRaidFixture() : DiskImageMountFixture("restorefs-md", [], "make-md-disk.sh",
+    [Path.Combine(RepoPaths.Root, "build", "restore-image")], TimeSpan.FromMinutes(10),
+    [("vm/320", "2026-04-01T00:00:00Z", ["md-a.img", "md-b.img"]), ("vm/321", "2026-04-01T00:00:00Z", ["md-a.img"])])
+{
+    public string Files(string group, string disk) => Path.Combine(MountPoint, "snapshots", group, Time, "files", disk + ".img");
+}
+
+public sealed class MdRaidTests(MdRaidFixture f) : IClassFixture<MdRaidFixture>
+{
+    private static ProcessResult Run(string tool, params string[] args) =>
+        ProcessRunner.Run(Requires.Tool(tool), args, TimeSpan.FromMinutes(3)).EnsureSuccess(tool + " " + string.Join(' ', args));
+
+    private static List<string?> Names(string dir) => Directory.GetFileSystemEntries(dir).Select(Path.GetFileName).Order(StringComparer.Ordinal).ToList();
+
+    /// <summary>Copies a volume with rsync -a and compares the copy with its source tree (contents by checksum, modes,
+    /// times, owners, symbolic links); the root's own time is the file system's.</summary>
+    private void AssertEqual(string volume, string expected, string label)
+    {
+        Assert.False(File.Exists(volume + ".error"), $"{label}: {(File.Exists(volume + ".error") ? File.ReadAllText(volume + ".error") : "")}");
+        var copy = f.Dir.Combine("out-" + label.Replace('/', '+'));
+        Run("rsync", "-a", "--exclude=/lost+found", volume + "/", copy + "/");
+        var changes = string.Join('\n', Run("rsync", "-ai", "--dry-run", "--checksum", "--delete", copy + "/", Path.Combine(f.Expected, expected) + "/").StdOut
+            .Split('\n', StringSplitOptions.RemoveEmptyEntries).Where(l => !l.EndsWith(" ./", StringComparison.Ordinal)));
+        Assert.True(changes.Length == 0, $"{label} differs:\n{changes}");
+        Assert.True(Directory.EnumerateFileSystemEntries(copy, "*", SearchOption.AllDirectories).Any(), $"{label} is empty");
+    }
+
+    [Fact]
+    public void Each_disk_shows_the_arrays_it_has_a_member_of_and_not_the_members()
+    {
+        foreach (var disk in new[] { "drive-scsi0", "drive-scsi1" })
+        {
+            // The member partitions are not volumes of their own (as LVM physical volumes are not): no part/.
+            Assert.Equal(["lvm", "md"], Names(f.Files("vm/320", disk)));
+            Assert.Equal(["boot", "data", "md3", "scratch"], Names(Path.Combine(f.Files("vm/320", disk), "md")));
+            Assert.Equal(["root"], Names(Path.Combine(f.Files("vm/320", disk), "lvm", "vgraid")));
+        }
+    }
+
+    [Theory]
+    [InlineData("drive-scsi0", "md/boot", "boot")]       // RAID1, superblock 1.0 at the end
+    [InlineData("drive-scsi0", "md/md3", "md3")]         // RAID1, superblock 0.90 at the end, no name
+    [InlineData("drive-scsi0", "md/scratch", "scratch")] // RAID0: every other 64 KiB from the other disk
+    [InlineData("drive-scsi0", "lvm/vgraid/root", "root")] // LVM on RAID1 with superblock 1.2
+    [InlineData("drive-scsi0", "md/data", "data")]       // RAID5
+    [InlineData("drive-scsi1", "md/boot", "boot")]
+    [InlineData("drive-scsi1", "md/scratch", "scratch")]
+    [InlineData("drive-scsi1", "lvm/vgraid/root", "root")]
+    public void Rsync_of_each_array_equals_its_source(string disk, string volume, string expected) =>
+        AssertEqual(Path.Combine(f.Files("vm/320", disk), volume), expected, $"vm/320/{disk}/{volume}");
+
+    [Fact]
+    public void With_one_disk_backed_up_the_mirrors_and_the_raid5_start_degraded_and_the_stripe_says_why_it_cannot_start()
+    {
+        var disk = f.Files("vm/321", "drive-scsi0");
+        AssertEqual(Path.Combine(disk, "md/boot"), "boot", "vm/321/md/boot");
+        AssertEqual(Path.Combine(disk, "md/md3"), "md3", "vm/321/md/md3");
+        AssertEqual(Path.Combine(disk, "lvm/vgraid/root"), "root", "vm/321/lvm/vgraid/root");
+        AssertEqual(Path.Combine(disk, "md/data"), "data", "vm/321/md/data"); // a third of its blocks rebuilt from parity
+        var error = File.ReadAllText(Path.Combine(disk, "md/scratch.error"));
+        Assert.Contains("md array scratch (raid0, metadata 1.2, 1 of 2 member(s) in this backup) cannot be started", error, StringComparison.Ordinal);
+        Assert.Contains("partition 3", error, StringComparison.Ordinal);
+        Assert.Empty(Directory.GetFileSystemEntries(Path.Combine(disk, "md/scratch"))); // shown, empty, beside its reason
+    }
+}
