@@ -9,27 +9,39 @@
 #     4  md3           RAID1, metadata 0.90 (no name: it is known by its minor): ext4
 #     5  md "data"     RAID5 of three members (partition 5 of both disks and partition 6 of md-a), metadata 1.2,
 #                      ext4 (a backup of md-a alone holds two of three: it starts degraded, rebuilding from parity)
+#     7  LVM physical volumes of VG vgmirror (no md): LV mirrored is an LVM RAID1 (lvcreate --type raid1, dm-raid) with
+#        ext4
+#     8  btrfs over both disks (no md: its own RAID1 for data and metadata), made on the host through loop devices
+#     9  (md-a only) LUKS2, passphrase "raid and crypt", holding an LVM physical volume: VG vgcrypt, LV home (ext4) —
+#        the encrypted-LVM layout of the Debian and Ubuntu installers
 #   The arrays are left running, not stopped: as in a backup of a running system.
-#   expected/{boot,root,scratch,md3,data}/   the tree each file system holds
+#   expected/{boot,root,scratch,md3,data,mirrored,btrfs,crypthome}/   the tree each file system holds
 # Usage: make-md-disk.sh OUTDIR IMAGEDIR   (IMAGEDIR: vmlinux and initramfs.img of make restore-image)
 set -euo pipefail
 out=${1:?usage: make-md-disk.sh OUTDIR IMAGEDIR}
 image=${2:?usage: make-md-disk.sh OUTDIR IMAGEDIR}
 export PATH="$PATH:/usr/sbin:/sbin"
-for tool in sgdisk mkfs.ext4 qemu-system-x86_64 lz4 cpio python3; do
+for tool in sgdisk mkfs.ext4 mkfs.btrfs btrfs losetup qemu-system-x86_64 lz4 cpio python3; do
   command -v "$tool" >/dev/null || { echo "make-md-disk: $tool is missing (run scripts/install-deps.sh)" >&2; exit 1; }
 done
 [ -f "$image/vmlinux" ] && [ -f "$image/initramfs.img" ] || { echo "make-md-disk: no restore image in $image (make restore-image)" >&2; exit 1; }
 lz4 -dc "$image/initramfs.img" | cpio -t --quiet 2>/dev/null | grep -qx sbin/mdadm \
   || { echo "make-md-disk: the restore image in $image has no mdadm" >&2; exit 1; }
 mkdir -p "$out"; out=$(cd "$out" && pwd)
+[ "$(id -u)" = 0 ] || { echo "make-md-disk: needs root (loop devices and a mount for the btrfs)" >&2; exit 1; }
 work=$(mktemp -d)
-trap '[ -n "${MAKE_MD_KEEP:-}" ] || rm -rf "$work"' EXIT
+loops=(); mnt=""
+cleanup() {
+  if [ -n "$mnt" ]; then umount "$mnt" 2>/dev/null || umount -l "$mnt" 2>/dev/null || true; fi
+  for l in "${loops[@]}"; do btrfs device scan --forget "$l" 2>/dev/null || true; losetup -d "$l" 2>/dev/null || true; done
+  [ -n "${MAKE_MD_KEEP:-}" ] || rm -rf "$work"
+}
+trap cleanup EXIT
 export E2FSPROGS_FAKE_TIME=1714557600
 prng() { python3 -c "import random,sys; sys.stdout.buffer.write(random.Random($1).randbytes($2))"; }
 
 exp=$out/expected
-rm -rf "$exp"; mkdir -p "$exp"/{boot,root,scratch,md3,data}
+rm -rf "$exp"; mkdir -p "$exp"/{boot,root,scratch,md3,data,mirrored,btrfs,crypthome}
 t=$exp/boot
 mkdir -p "$t/grub"
 echo "menuentry 'Debian' { linux /vmlinuz root=/dev/mapper/vgraid-root }" > "$t/grub/grub.cfg"
@@ -50,6 +62,10 @@ echo "scratch space" > "$t/README"
 chown -R 1234:1234 "$t/build"
 echo "from an array made in 2008" > "$exp/md3/old.txt"; chmod 0444 "$exp/md3/old.txt"
 mkdir -p "$exp/data/db"; prng 34 1200000 > "$exp/data/db/table.ibd"; echo "parity" > "$exp/data/db/NOTE"
+prng 35 700000 > "$exp/mirrored/image.qcow2"; ln -s image.qcow2 "$exp/mirrored/current"
+mkdir -p "$exp/crypthome/alice/.ssh"; echo "ssh-ed25519 AAAA alice" > "$exp/crypthome/alice/.ssh/authorized_keys"
+chmod 700 "$exp/crypthome/alice/.ssh"; chown -R 1000:1000 "$exp/crypthome/alice"
+mkdir -p "$exp/btrfs/photos/2024"; prng 36 1500000 > "$exp/btrfs/photos/2024/img_0001.raw"; echo "two copies" > "$exp/btrfs/README"
 python3 - "$exp" <<'EOF'
 import os, sys
 t = 1700000000
@@ -63,13 +79,18 @@ mkfs.ext4 -q -F -L root -d "$exp/root" "$work/root.ext4" 40M
 mkfs.ext4 -q -F -L scratch -d "$exp/scratch" "$work/scratch.ext4" 64M
 mkfs.ext4 -q -F -L legacy -d "$exp/md3" "$work/md3.ext4" 8M
 mkfs.ext4 -q -F -L data -d "$exp/data" "$work/data.ext4" 12M
+mkfs.ext4 -q -F -L mirrored -d "$exp/mirrored" "$work/mirrored.ext4" 8M
+mkfs.ext4 -q -F -L crypthome -d "$exp/crypthome" "$work/crypthome.ext4" 8M
 
 for d in a b; do
   img=$out/md-$d.img
-  rm -f "$img"; truncate -s 200M "$img"
+  rm -f "$img"; truncate -s 400M "$img"
   sgdisk -n 1:2048:+32M -t 1:fd00 -c 1:boot -n 2:0:+64M -t 2:fd00 -c 2:system -n 3:0:+40M -t 3:fd00 -c 3:scratch -n 4:0:+16M -t 4:fd00 -c 4:legacy -n 5:0:+8M -t 5:fd00 -c 5:data "$img" >/dev/null
 done
-sgdisk -n 6:0:+8M -t 6:fd00 -c 6:data "$out/md-a.img" >/dev/null
+sgdisk -n 6:0:+8M -t 6:fd00 -c 6:data -n 7:0:+16M -t 7:8e00 -c 7:mirror "$out/md-a.img" >/dev/null
+sgdisk -n 7:0:+16M -t 7:8e00 -c 7:mirror "$out/md-b.img" >/dev/null
+for d in a b; do sgdisk -n 8:0:+140M -t 8:8300 -c 8:btrfs "$out/md-$d.img" >/dev/null; done
+sgdisk -n 9:0:+32M -t 9:8309 -c 9:crypt "$out/md-a.img" >/dev/null
 
 # The VM's /init: make the arrays and the volume group, write the file systems into them, sync, power off.
 mkdir -p "$work/overlay"
@@ -79,11 +100,11 @@ export PATH=/sbin:/bin
 mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev
 fail() { echo "MAKE-MD-FAILED: $*" > /dev/console; poweroff -f; }
 while read -r m; do [ -n "$m" ] && modprobe -q "$m"; done < /etc/modules.early
-for m in crc32c_generic md-mod raid0 raid1 raid456; do modprobe "$m" || fail "modprobe $m"; done
+for m in crc32c_generic md-mod raid0 raid1 raid456 dm-raid dm-crypt xts aesni-intel algif_skcipher; do modprobe "$m" || fail "modprobe $m"; done
 # virtio-mmio disks may enumerate in any order: find them by serial
-for i in $(seq 1 100); do [ "$(ls /sys/block | grep -c "^vd")" = 7 ] && break; sleep 0.1; done
+for i in $(seq 1 100); do [ "$(ls /sys/block | grep -c "^vd")" = 9 ] && break; sleep 0.1; done
 for d in /sys/block/vd*; do eval "disk_$(cat "$d/serial")=/dev/${d##*/}"; done
-for i in $(seq 1 100); do [ -b "${disk_a}6" ] && [ -b "${disk_b}5" ] && break; sleep 0.1; done
+for i in $(seq 1 100); do [ -b "${disk_a}9" ] && [ -b "${disk_b}8" ] && break; sleep 0.1; done
 mk() { dev=$1; shift; mdadm --create "$dev" --run --assume-clean --homehost=raid-guest "$@" 2>&1 | tail -1 > /dev/console; [ -b "$dev" ] || fail "mdadm --create $dev"; }
 mk /dev/md0 --metadata=1.0 --level=1 --raid-devices=2 --name=boot "${disk_a}1" "${disk_b}1"
 mk /dev/md1 --metadata=1.2 --level=1 --raid-devices=2 --name=system "${disk_a}2" "${disk_b}2"
@@ -95,6 +116,20 @@ lvm pvcreate -q --config "$conf" /dev/md1 || fail "pvcreate"
 lvm vgcreate -q --config "$conf" -s 4M vgraid /dev/md1 || fail "vgcreate"
 lvm lvcreate -q --config "$conf" -y -Wn -Zn -L 40M -n root vgraid || fail "lvcreate"
 lvm vgmknodes --config "$conf" vgraid >/dev/null 2>&1
+conf='devices { filter = [ "a|^/dev/vd[ab]7$|", "r|.*|" ] obtain_device_list_from_udev = 0 use_devicesfile = 0 } activation { udev_sync = 0 udev_rules = 0 monitoring = 0 } backup { backup = 0 archive = 0 }'
+lvm pvcreate -q --config "$conf" "${disk_a}7" "${disk_b}7" || fail "pvcreate mirror"
+lvm vgcreate -q --config "$conf" -s 1M vgmirror "${disk_a}7" "${disk_b}7" || fail "vgcreate mirror"
+lvm lvcreate -q --config "$conf" -y -Wn -Zn --type raid1 -m 1 --nosync -L 8M -n mirrored vgmirror || fail "lvcreate raid1"
+lvm vgmknodes --config "$conf" vgmirror >/dev/null 2>&1
+dd if="$disk_mirrored" of=/dev/mapper/vgmirror-mirrored bs=1M 2>/dev/null || fail "mirrored"
+printf 'raid and crypt' | cryptsetup luksFormat -q --type luks2 --pbkdf pbkdf2 --pbkdf-force-iterations 1000 --key-file=- "${disk_a}9" || fail "luksFormat"
+printf 'raid and crypt' | cryptsetup open --key-file=- "${disk_a}9" crypt || fail "luksOpen"
+conf='devices { filter = [ "a|^/dev/mapper/crypt$|", "r|.*|" ] obtain_device_list_from_udev = 0 use_devicesfile = 0 } activation { udev_sync = 0 udev_rules = 0 monitoring = 0 } backup { backup = 0 archive = 0 }'
+lvm pvcreate -q --config "$conf" /dev/mapper/crypt || fail "pvcreate crypt"
+lvm vgcreate -q --config "$conf" -s 1M vgcrypt /dev/mapper/crypt || fail "vgcreate crypt"
+lvm lvcreate -q --config "$conf" -y -Wn -Zn -L 8M -n home vgcrypt || fail "lvcreate crypt"
+lvm vgmknodes --config "$conf" vgcrypt >/dev/null 2>&1
+dd if="$disk_crypthome" of=/dev/mapper/vgcrypt-home bs=1M 2>/dev/null || fail "crypthome"
 dd if="$disk_boot" of=/dev/md0 bs=1M 2>/dev/null || fail "boot"
 dd if="$disk_root" of=/dev/mapper/vgraid-root bs=1M 2>/dev/null || fail "root"
 dd if="$disk_scratch" of=/dev/md2 bs=1M 2>/dev/null || fail "scratch"
@@ -123,6 +158,8 @@ timeout "${MAKE_MD_TIMEOUT:-600}" qemu-system-x86_64 -machine microvm,pit=off,pi
   -drive "file=$work/scratch.ext4,format=raw,if=none,readonly=on,id=d4" -device virtio-blk-device,drive=d4,serial=scratch \
   -drive "file=$work/md3.ext4,format=raw,if=none,readonly=on,id=d5" -device virtio-blk-device,drive=d5,serial=md3 \
   -drive "file=$work/data.ext4,format=raw,if=none,readonly=on,id=d6" -device virtio-blk-device,drive=d6,serial=data \
+  -drive "file=$work/mirrored.ext4,format=raw,if=none,readonly=on,id=d7" -device virtio-blk-device,drive=d7,serial=mirrored \
+  -drive "file=$work/crypthome.ext4,format=raw,if=none,readonly=on,id=d8" -device virtio-blk-device,drive=d8,serial=crypthome \
   || echo "make-md-disk: QEMU ended with $?" >&2
 if ! grep -q MAKE-MD-OK "$work/console.log"; then
   tail -40 "$work/console.log" >&2
@@ -130,4 +167,16 @@ if ! grep -q MAKE-MD-OK "$work/console.log"; then
   exit 1
 fi
 grep -A8 "^Personalities" "$work/console.log" | head -12 >&2 || true
+
+# The btrfs RAID1 over partition 8 of both disks, on the host (its kernel has btrfs).
+for d in a b; do
+  start=$(sgdisk -i 8 "$out/md-$d.img" | awk '/^First sector/ {print $3}')
+  end=$(sgdisk -i 8 "$out/md-$d.img" | awk '/^Last sector/ {print $3}')
+  loops+=("$(losetup -f --show -o $((start * 512)) --sizelimit $(((end - start + 1) * 512)) "$out/md-$d.img")")
+done
+mkfs.btrfs -q -f -d raid1 -m raid1 -L twocopies -U 5d0c1a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b "${loops[@]}" >/dev/null
+mnt=$work/btrfs-mnt; mkdir -p "$mnt"
+mount -t btrfs -o "device=${loops[0]},device=${loops[1]}" "${loops[0]}" "$mnt"
+cp -a "$exp/btrfs/." "$mnt/"
+umount "$mnt"; mnt=""
 echo "make-md-disk: $out/md-a.img $out/md-b.img" >&2

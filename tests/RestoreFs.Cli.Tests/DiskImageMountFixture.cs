@@ -20,8 +20,9 @@ public abstract class DiskImageMountFixture : IDisposable
 
     /// <param name="snapshots">Snapshots to back up before the mount, the first one the fixture's own: each with its disk
     /// images (file names in the disks directory), backed up as <c>drive-scsi0</c>, <c>drive-scsi1</c>, … in that order.</param>
+    /// <param name="guestPassphrase">Given: the mount gets it for every LUKS volume (<c>--guest-passphrase-file</c>).</param>
     protected DiskImageMountFixture(string name, string[] tools, string script, string[] scriptArgs, TimeSpan scriptLimit,
-        IReadOnlyList<(string Group, string Time, string[] Images)> snapshots)
+        IReadOnlyList<(string Group, string Time, string[] Images)> snapshots, string? guestPassphrase = null)
     {
         Requires.Root();
         foreach (var tool in tools.Prepend("qemu-system-x86_64"))
@@ -41,7 +42,13 @@ public abstract class DiskImageMountFixture : IDisposable
         }
 
         Directory.CreateDirectory(MountPoint);
-        Cli(TimeSpan.FromSeconds(60), "mount", Store, MountPoint);
+        var keys = Dir.Combine("guest-keys");
+        if (guestPassphrase is not null)
+        {
+            File.WriteAllText(keys, guestPassphrase + "\n");
+        }
+
+        Cli(TimeSpan.FromSeconds(60), ["mount", .. guestPassphrase is null ? Array.Empty<string>() : ["--guest-passphrase-file", keys], Store, MountPoint]);
     }
 
     public TempDirectory Dir { get; }

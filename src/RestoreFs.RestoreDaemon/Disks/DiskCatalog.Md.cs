@@ -58,7 +58,7 @@ public sealed partial class DiskCatalog
 
             var disks = members.Select(m => m.Disk).Distinct().ToList();
             var described = $"md array {name} ({sb.LevelName}, metadata {sb.Version}, {members.Count(m => m.Superblock.Role >= 0)} of {sb.RaidDisks} member(s) in this backup)";
-            var error = LoadPersonality(sb, loaded);
+            var error = number < 128 ? LoadPersonality(sb, loaded) : "more than 128 md arrays on the disks of this backup: the rest are not started";
             string? device = null;
             if (error is null)
             {
@@ -123,6 +123,36 @@ public sealed partial class DiskCatalog
         }
 
         return null;
+    }
+
+    /// <summary>The modules of LVM's RAID and mirror volumes (dm-raid runs md's personalities inside device-mapper),
+    /// loaded before the group is activated; what cannot be loaded is logged and left to the activation's error.</summary>
+    private void LoadRaidTargets(string vg, IEnumerable<string> segmentTypes)
+    {
+        var modules = new List<string>();
+        foreach (var type in segmentTypes.Distinct())
+        {
+            string[] needed = type switch
+            {
+                "mirror" => ["dm-mirror"],
+                "raid0" or "raid0_meta" => ["md-mod", "raid0", "dm-raid"],
+                "raid1" => ["md-mod", "raid1", "dm-raid"],
+                "raid10" => ["md-mod", "raid10", "dm-raid"],
+                _ when type.StartsWith("raid4", StringComparison.Ordinal) || type.StartsWith("raid5", StringComparison.Ordinal)
+                       || type.StartsWith("raid6", StringComparison.Ordinal) => ["md-mod", "raid456", "dm-raid"],
+                _ => [],
+            };
+            modules.AddRange(needed.Where(m => !modules.Contains(m)));
+        }
+
+        foreach (var module in modules.Where(m => !Directory.Exists("/sys/module/" + m.Replace('-', '_'))))
+        {
+            var r = Tool.Run("modprobe", module == "md-mod" ? [module, "start_dirty_degraded=1"] : [module], MdLimit);
+            if (!r.Ok)
+            {
+                log($"volume group {vg}: cannot load the kernel module {module}: {r.FirstLine}");
+            }
+        }
     }
 
     /// <summary>mdadm --assemble, read-only, started even when degraded; null when the array runs, else mdadm's reason.</summary>

@@ -145,13 +145,14 @@ public sealed partial class DiskCatalog
     {
         var failures = new List<string>();
         var errno = 0;
+        var extra = type == "btrfs" ? BtrfsDevices(volume) : null;
         if (this.options.Replay && FsProbe.Replays(type))
         {
             // The disk is a throwaway overlay of this VM session: the journal may be replayed into it (the file system
             // stays read-only). Writes are counted on the device, so that files of a volume that was written are not
             // mapped onto the image (the host would read the bytes before the replay).
             var before = DeviceWrites(kernelName);
-            if (LibC.Mount(volume.Device, target, type, ReadOnlyFlags, null) == 0)
+            if (LibC.Mount(volume.Device, target, type, ReadOnlyFlags, extra) == 0)
             {
                 var written = DeviceWrites(kernelName);
                 log($"mounted {volume.Id} ({volume.Device}, {type}) read-only with journal replay on {target}"
@@ -173,8 +174,9 @@ public sealed partial class DiskCatalog
             }
         }
 
-        foreach (var data in FsProbe.MountData(type))
+        foreach (var variant in FsProbe.MountData(type))
         {
+            var data = extra is null ? variant : variant is null ? extra : extra + "," + variant;
             if (LibC.Mount(volume.Device, target, type, ReadOnlyFlags, data) == 0)
             {
                 log($"mounted {volume.Id} ({volume.Device}, {type}{(data is null ? "" : "," + data)}) read-only on {target}");
@@ -201,15 +203,58 @@ public sealed partial class DiskCatalog
         return (false, $"{type}: {string.Join("; then ", failures)}", errno);
     }
 
+    /// <summary>
+    /// A btrfs file system over several devices (its own RAID1/RAID10/…, as a VM with two disks may use) mounts only
+    /// when the kernel knows every member: the mount options name each device of the backup with the same file system
+    /// id (<c>device=</c>), and <c>degraded</c> when the backup holds fewer than the file system has. Null for a
+    /// single-device file system.
+    /// </summary>
+    private string? BtrfsDevices(VolumeInfo volume)
+    {
+        var mine = BtrfsIdentityOf(volume.Device);
+        if (mine is not { NumDevices: > 1 } id || !scan.IsCompletedSuccessfully)
+        {
+            return null;
+        }
+
+        var members = scan.Result.SelectMany(d => d.Volumes).Where(v => v.FsType == "btrfs" && v.Error is null && v.Device.Length > 0)
+            .Select(v => v.Device).Distinct(StringComparer.Ordinal)
+            .Select(d => (Device: d, Id: BtrfsIdentityOf(d))).Where(m => m.Id?.Fsid == id.Fsid)
+            .DistinctBy(m => m.Id!.Value.DevId).Select(m => m.Device).ToList();
+        var missing = (long)id.NumDevices - members.Count;
+        log($"btrfs {id.Fsid} on {volume.Device}: {members.Count} of {id.NumDevices} devices in this backup ({string.Join(", ", members)})"
+            + (missing > 0 ? ": mounted degraded" : ""));
+        var data = string.Join(',', members.Select(m => "device=" + m));
+        return missing > 0 ? data + ",degraded" : data;
+    }
+
+    private readonly ConcurrentDictionary<string, (string Fsid, ulong NumDevices, ulong DevId)?> btrfsIds = new(StringComparer.Ordinal);
+
+    private (string Fsid, ulong NumDevices, ulong DevId)? BtrfsIdentityOf(string device) => btrfsIds.GetOrAdd(device, d =>
+    {
+        try
+        {
+            using var s = OpenRead(d);
+            var head = new byte[FsProbe.ProbeBytes];
+            var n = s.ReadAtLeast(head, head.Length, throwOnEndOfStream: false);
+            return FsProbe.BtrfsIdentity(head.AsSpan(0, n));
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return null;
+        }
+    });
+
     private readonly List<string> luksOpened = [];
     private int luksCount;
+    private readonly ConcurrentDictionary<string, Lazy<(string? Mapped, string? Error)>> luksDevices = new(StringComparer.Ordinal);
 
-    /// <summary>
-    /// A LUKS volume with a passphrase from the host: opened read-only with cryptsetup (the passphrase on its stdin,
-    /// never on a command line), its file system mounted like any other at the volume's mount point. Its files are never
-    /// mapped (the image holds ciphertext).
-    /// </summary>
-    private string MountLuks(VolumeInfo volume)
+    /// <summary>Opens a LUKS volume read-only once per device (the scan opens those that hold LVM, a mount the others);
+    /// its mapped device, or why it cannot be opened.</summary>
+    private (string? Mapped, string? Error) OpenLuks(VolumeInfo volume) =>
+        luksDevices.GetOrAdd(volume.Device, _ => new Lazy<(string?, string?)>(() => OpenLuksNow(volume))).Value;
+
+    private (string? Mapped, string? Error) OpenLuksNow(VolumeInfo volume)
     {
         string? uuid;
         try
@@ -221,15 +266,14 @@ public sealed partial class DiskCatalog
         }
         catch (IOException e)
         {
-            return Fail(volume, "", FsProbe.Luks, $"cannot read the LUKS header of {volume.Id} ({volume.Device}): {e.Message}");
+            return (null, $"cannot read the LUKS header of {volume.Id} ({volume.Device}): {e.Message}");
         }
 
         var keys = options.GuestKeys!;
         var key = uuid is not null && keys.TryGetValue(uuid, out var own) ? own : keys.GetValueOrDefault("*");
         if (key is null)
         {
-            return Fail(volume, "", FsProbe.Luks,
-                $"{volume.Id} ({volume.Device}) is encrypted (LUKS{(uuid is null ? "" : ", UUID " + uuid)}); --guest-passphrase-file has no passphrase for it");
+            return (null, $"{volume.Id} ({volume.Device}) is encrypted (LUKS{(uuid is null ? "" : ", UUID " + uuid)}); --guest-passphrase-file has no passphrase for it");
         }
 
         WaitForModules(null); // dm-crypt and the ciphers load with the late modules
@@ -238,7 +282,7 @@ public sealed partial class DiskCatalog
         if (!opened.Ok)
         {
             var why = opened.Code == 2 ? "the passphrase does not open it" : opened.FirstLine;
-            return Fail(volume, "", FsProbe.Luks, $"cannot open {volume.Id} ({volume.Device}, LUKS{(uuid is null ? "" : " " + uuid)}): {why}");
+            return (null, $"cannot open {volume.Id} ({volume.Device}, LUKS{(uuid is null ? "" : " " + uuid)}): {why}");
         }
 
         lock (gate)
@@ -249,7 +293,24 @@ public sealed partial class DiskCatalog
         var mapped = MappedDevice(name);
         if (mapped is null)
         {
-            return Fail(volume, "", FsProbe.Luks, $"{volume.Id}: cryptsetup opened it, but no device for {name} appeared");
+            return (null, $"{volume.Id}: cryptsetup opened it, but no device for {name} appeared");
+        }
+
+        log($"opened {volume.Id} (LUKS{(uuid is null ? "" : " " + uuid)}) read-only as {mapped}");
+        return (mapped, null);
+    }
+
+    /// <summary>
+    /// A LUKS volume with a passphrase from the host: opened read-only with cryptsetup (the passphrase on its stdin,
+    /// never on a command line), its file system mounted like any other at the volume's mount point. Its files are never
+    /// mapped (the image holds ciphertext).
+    /// </summary>
+    private string MountLuks(VolumeInfo volume)
+    {
+        var (mapped, error) = OpenLuks(volume);
+        if (mapped is null)
+        {
+            return Fail(volume, "", FsProbe.Luks, error!);
         }
 
         string? inner;
@@ -265,7 +326,7 @@ public sealed partial class DiskCatalog
             return Fail(volume, "", FsProbe.Luks, $"{volume.Id}: cannot read the opened LUKS volume {mapped}: {e.Message}");
         }
 
-        log($"opened {volume.Id} (LUKS{(uuid is null ? "" : " " + uuid)}) read-only as {mapped}: {inner ?? "no recognised file system"}");
+        log($"{volume.Id} (LUKS, opened as {mapped}) holds {inner ?? "no recognised file system"}");
         if (FsProbe.IsContainer(inner))
         {
             return Fail(volume, "", inner!, $"{volume.Id} (LUKS, opened) {FsProbe.ContainerReason(inner!)}");
@@ -504,18 +565,17 @@ public sealed partial class DiskCatalog
             luksOpened.Clear();
         }
 
-        foreach (var crypt in crypts)
-        {
-            var r = Tool.Run("cryptsetup", ["close", crypt], TimeSpan.FromSeconds(30));
-            log(r.Ok ? $"closed {crypt}" : $"cannot close {crypt}: {r.FirstLine}");
-        }
-
+        // LUKS inside an LV closes before the LV is deactivated, LVM inside LUKS after: close what closes, deactivate,
+        // then close the rest.
+        var busy = CloseCrypts(crypts, last: false);
         RemoveDevices();
         foreach (var lv in lvs)
         {
             var r = lvm!.Deactivate(lv);
             log(r.Ok ? $"deactivated {lv}" : $"cannot deactivate {lv}: {r.FirstLine}");
         }
+
+        CloseCrypts(busy, last: true);
 
         StopArrays();
 
@@ -544,6 +604,30 @@ public sealed partial class DiskCatalog
 
             createdDirectories.Clear();
         }
+    }
+
+    /// <summary>Closes LUKS mappings; those that could not be closed (still held by an LV on them).</summary>
+    private List<string> CloseCrypts(List<string> crypts, bool last)
+    {
+        var busy = new List<string>();
+        foreach (var crypt in crypts)
+        {
+            var r = Tool.Run("cryptsetup", ["close", crypt], TimeSpan.FromSeconds(30));
+            if (r.Ok)
+            {
+                log($"closed {crypt}");
+            }
+            else if (last)
+            {
+                log($"cannot close {crypt}: {r.FirstLine}");
+            }
+            else
+            {
+                busy.Add(crypt);
+            }
+        }
+
+        return busy;
     }
 
     public ValueTask DisposeAsync() => new(Task.Run(Dispose));

@@ -151,11 +151,13 @@ public sealed partial class DiskCatalog : IVolumeCatalog, IDisposable, IAsyncDis
             ScanMd(raids, pvs, zfsMembers);
             foreach (var disk in raids.Select(r => r.Disk).Distinct().Where(d => pvs.All(p => p.Disk != d) && zfsMembers.All(m => m.Disk != d)))
             {
-                lock (gate)
-                {
-                    scanned.Add(disk.ToInfo());
-                }
+                Publish(disk);
             }
+        }
+
+        if (!disposed)
+        {
+            ScanLuks(results, pvs);
         }
 
         if (pvs.Count > 0 && !disposed)
@@ -594,10 +596,7 @@ public sealed partial class DiskCatalog : IVolumeCatalog, IDisposable, IAsyncDis
 
         foreach (var disk in pvs.Select(p => p.Disk).Distinct().Where(d => zfsMembers.All(m => m.Disk != d)))
         {
-            lock (gate)
-            {
-                scanned.Add(disk.ToInfo());
-            }
+            Publish(disk);
         }
     }
 
@@ -614,6 +613,7 @@ public sealed partial class DiskCatalog : IVolumeCatalog, IDisposable, IAsyncDis
         if (lvs.Any(l => l.NeedsExtraTargets))
         {
             WaitForReadyFile($"the device-mapper targets of {vg} ({string.Join(", ", lvs.Select(l => l.SegmentTypes).Distinct())})");
+            LoadRaidTargets(vg, lvs.SelectMany(l => l.SegmentTypes.Split(',')));
         }
 
         var before = lvs.Where(l => File.Exists(l.DmPath)).Select(l => l.Name).ToHashSet(StringComparer.Ordinal);

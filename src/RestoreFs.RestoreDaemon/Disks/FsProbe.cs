@@ -218,6 +218,21 @@ public static class FsProbe
     /// <summary>Kernel types whose journal is replayed on a read-only mount of a writable device (no option needed).</summary>
     public static bool Replays(string kernelType) => kernelType is "ext4" or "xfs" or "btrfs";
 
+    /// <summary>A btrfs superblock's file system id (lower-case hex), how many devices the file system has, and this
+    /// device's id; null when the bytes (from the start of a volume, at least 64 KiB + 4 KiB) hold no btrfs.</summary>
+    public static (string Fsid, ulong NumDevices, ulong DevId)? BtrfsIdentity(ReadOnlySpan<byte> head)
+    {
+        const int At = 0x10000;
+        if (head.Length < At + 0x1000 || !head.Slice(At + 0x40, 8).SequenceEqual("_BHRfS_M"u8))
+        {
+            return null;
+        }
+
+        var sb = head.Slice(At, 0x1000);
+        return (Convert.ToHexStringLower(sb.Slice(0x20, 16)), BinaryPrimitives.ReadUInt64LittleEndian(sb[0x88..]),
+            BinaryPrimitives.ReadUInt64LittleEndian(sb[0xC9..]));
+    }
+
     /// <summary>The UUID of a LUKS1/LUKS2 header (both keep it at byte 168, 40 bytes, NUL-padded), lower case; null if none.</summary>
     public static string? LuksUuid(ReadOnlySpan<byte> header)
     {
