@@ -8,6 +8,7 @@
 #     3  md "scratch"  RAID0, metadata 1.2, 64 KiB chunks: ext4 (files larger than a chunk are striped over both disks)
 #     4  md3           RAID1, metadata 0.90 (no name: it is known by its minor): ext4
 #     5  md "data"     RAID5 of three members (partition 5 of both disks and partition 6 of md-a), metadata 1.2,
+#                      partitioned: a GPT with partition 1 ext4 (md/data-part1),
 #                      ext4 (a backup of md-a alone holds two of three: it starts degraded, rebuilding from parity)
 #     7  LVM physical volumes of VG vgmirror (no md): LV mirrored is an LVM RAID1 (lvcreate --type raid1, dm-raid) with
 #        ext4
@@ -78,7 +79,10 @@ mkfs.ext4 -q -F -L boot -d "$exp/boot" "$work/boot.ext4" 24M
 mkfs.ext4 -q -F -L root -d "$exp/root" "$work/root.ext4" 40M
 mkfs.ext4 -q -F -L scratch -d "$exp/scratch" "$work/scratch.ext4" 64M
 mkfs.ext4 -q -F -L legacy -d "$exp/md3" "$work/md3.ext4" 8M
-mkfs.ext4 -q -F -L data -d "$exp/data" "$work/data.ext4" 12M
+mkfs.ext4 -q -F -L data -d "$exp/data" "$work/data.part1" 12M
+truncate -s 14336K "$work/data.ext4"   # the whole RAID5 (two data members of 7 MiB): a GPT, partition 1 from 1 MiB
+sgdisk -n 1:2048:0 -t 1:8300 -c 1:data "$work/data.ext4" >/dev/null
+dd if="$work/data.part1" of="$work/data.ext4" bs=1M seek=1 conv=notrunc 2>/dev/null
 mkfs.ext4 -q -F -L mirrored -d "$exp/mirrored" "$work/mirrored.ext4" 8M
 mkfs.ext4 -q -F -L crypthome -d "$exp/crypthome" "$work/crypthome.ext4" 8M
 

@@ -45,7 +45,7 @@ public sealed class MdRaidTests(MdRaidFixture f) : IClassFixture<MdRaidFixture>
             // The md members are not volumes of their own (as LVM physical volumes are not): part/ has only the btrfs.
             Assert.Equal(["lvm", "md", "part"], Names(f.Files("vm/320", disk)));
             Assert.Equal(["8"], Names(Path.Combine(f.Files("vm/320", disk), "part")));
-            Assert.Equal(["boot", "data", "md3", "scratch"], Names(Path.Combine(f.Files("vm/320", disk), "md")));
+            Assert.Equal(["boot", "data-part1", "md3", "scratch"], Names(Path.Combine(f.Files("vm/320", disk), "md")));
             // The encrypted VG is on the first disk only; its LUKS partition is a PV, not listed itself.
             Assert.Equal(disk == "drive-scsi0" ? ["vgcrypt", "vgmirror", "vgraid"] : ["vgmirror", "vgraid"], Names(Path.Combine(f.Files("vm/320", disk), "lvm")));
             Assert.Equal(["root"], Names(Path.Combine(f.Files("vm/320", disk), "lvm", "vgraid")));
@@ -58,7 +58,7 @@ public sealed class MdRaidTests(MdRaidFixture f) : IClassFixture<MdRaidFixture>
     [InlineData("drive-scsi0", "md/md3", "md3")]         // RAID1, superblock 0.90 at the end, no name
     [InlineData("drive-scsi0", "md/scratch", "scratch")] // RAID0: every other 64 KiB from the other disk
     [InlineData("drive-scsi0", "lvm/vgraid/root", "root")] // LVM on RAID1 with superblock 1.2
-    [InlineData("drive-scsi0", "md/data", "data")]       // RAID5
+    [InlineData("drive-scsi0", "md/data-part1", "data")] // RAID5 with a partition table
     [InlineData("drive-scsi0", "lvm/vgmirror/mirrored", "mirrored")] // LVM's own RAID1 (dm-raid)
     [InlineData("drive-scsi1", "lvm/vgmirror/mirrored", "mirrored")]
     [InlineData("drive-scsi0", "part/8", "btrfs")]       // btrfs RAID1 over both disks: mounted with both devices named
@@ -77,7 +77,7 @@ public sealed class MdRaidTests(MdRaidFixture f) : IClassFixture<MdRaidFixture>
         AssertEqual(Path.Combine(disk, "md/boot"), "boot", "vm/321/md/boot");
         AssertEqual(Path.Combine(disk, "md/md3"), "md3", "vm/321/md/md3");
         AssertEqual(Path.Combine(disk, "lvm/vgraid/root"), "root", "vm/321/lvm/vgraid/root");
-        AssertEqual(Path.Combine(disk, "md/data"), "data", "vm/321/md/data"); // a third of its blocks rebuilt from parity
+        AssertEqual(Path.Combine(disk, "md/data-part1"), "data", "vm/321/md/data-part1"); // a third of its blocks rebuilt from parity
         AssertEqual(Path.Combine(disk, "lvm/vgmirror/mirrored"), "mirrored", "vm/321/lvm/vgmirror/mirrored"); // one leg
         AssertEqual(Path.Combine(disk, "part/8"), "btrfs", "vm/321/part/8"); // btrfs mounted degraded
         var error = File.ReadAllText(Path.Combine(disk, "md/scratch.error"));
