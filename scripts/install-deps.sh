@@ -19,6 +19,7 @@ packages=(
   time             # /usr/bin/time: peak RSS of the CLI in the hostile-datastore tests
   thin-provisioning-tools  # thin_restore: the LVM-thin test disk's pool metadata
   python3-cryptography  # AES-XTS: LUKS test volumes made without device-mapper (LuksUnlockTests)
+  reiserfsprogs jfsutils f2fs-tools  # the older file systems' test disk (scripts/make-legacy-disk.sh)
 )
 
 missing=()

@@ -55,6 +55,19 @@ public sealed class DiskProbeTests : IDisposable
     }
 
     [Theory]
+    [InlineData("reiserfs", 64, "mkfs.reiserfs", "-q", "-ff")]
+    [InlineData("jfs", 32, "mkfs.jfs", "-q")]
+    [InlineData("f2fs", 64, "mkfs.f2fs", "-q")]
+    public void Older_linux_file_systems_are_recognised_and_their_modules_load_on_demand(string expected, int mib, string mkfs, params string[] args)
+    {
+        var img = Image(expected, (long)mib << 20);
+        DiskTools.Run(mkfs, [.. args, img]);
+        Assert.Equal(expected, Detect(img));
+        Assert.False(FsProbe.IsContainer(expected));
+        Assert.True(FsProbe.LoadsOnDemand(FsProbe.KernelType(expected)));
+    }
+
+    [Theory]
     [InlineData("12", 4)]
     [InlineData("16", 32)]
     [InlineData("32", 64)]

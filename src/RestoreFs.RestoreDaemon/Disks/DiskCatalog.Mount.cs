@@ -92,6 +92,7 @@ public sealed partial class DiskCatalog
         var target = MountPointOf(volume);
         CreateMountPoint(target);
         WaitForModules(volume.FsType);
+        LoadFileSystem(volume.FsType);
         using var kernelLog = DiskNative.KernelLog.OpenAtEnd();
         var kernelName = KernelDeviceName(volume.Device);
         if (volume.FsType is { } known)
@@ -489,6 +490,25 @@ public sealed partial class DiskCatalog
         if (watch.ElapsedMilliseconds > 50)
         {
             log($"waited {watch.ElapsedMilliseconds} ms for the {kernelType ?? "file system"} module");
+        }
+    }
+
+    /// <summary>Loads the module of a file system the image carries but does not load at boot (JFS, ReiserFS, F2FS).</summary>
+    private void LoadFileSystem(string? type)
+    {
+        if (type is null || !FsProbe.LoadsOnDemand(FsProbe.KernelType(type)) || KernelFileSystems().Contains(FsProbe.KernelType(type)))
+        {
+            return;
+        }
+
+        // F2FS checks its superblock with the kernel's "crc32" hash, a soft dependency busybox's modprobe does not follow.
+        foreach (var module in type == "f2fs" ? ["crc32_generic", "f2fs"] : new[] { FsProbe.KernelType(type) })
+        {
+            var r = Tool.Run("modprobe", [module], TimeSpan.FromSeconds(30));
+            if (!r.Ok)
+            {
+                log($"cannot load the {module} module: {r.FirstLine}");
+            }
         }
     }
 

@@ -4,7 +4,7 @@ namespace RestoreFs.RestoreDaemon.Disks;
 
 /// <summary>
 /// Recognises file systems and other volume contents from their superblock magic (busybox has no blkid). The names
-/// are blkid's: ext2, ext3, ext4, xfs, btrfs, vfat, exfat, ntfs, iso9660, swap, LVM2_member, crypto_LUKS,
+/// are blkid's: ext2, ext3, ext4, xfs, btrfs, vfat, exfat, ntfs, iso9660, jfs, reiserfs, f2fs, swap, LVM2_member, crypto_LUKS,
 /// linux_raid_member, zfs_member.
 /// </summary>
 public static class FsProbe
@@ -116,6 +116,27 @@ public static class FsProbe
             return ext4 ? "ext4" : (compat & 0x4) != 0 ? "ext3" : "ext2";
         }
 
+        // Older Linux file systems (their modules load on demand): JFS at 32 KiB, ReiserFS 3.6 at 64 KiB (3.5 at 8 KiB),
+        // F2FS at 1 KiB.
+        if (b.Length >= 0x8004 && b.Slice(0x8000, 4).SequenceEqual("JFS1"u8))
+        {
+            return "jfs";
+        }
+
+        foreach (var at in new[] { 0x10000 + 52, 0x2000 + 52 })
+        {
+            if (b.Length >= at + 9 && (b.Slice(at, 8).SequenceEqual("ReIsErFs"u8) || b.Slice(at, 9).SequenceEqual("ReIsEr2Fs"u8)
+                                       || b.Slice(at, 9).SequenceEqual("ReIsEr3Fs"u8)))
+            {
+                return "reiserfs";
+            }
+        }
+
+        if (b.Length >= 0x404 && BinaryPrimitives.ReadUInt32LittleEndian(b[0x400..]) == 0xF2F52010)
+        {
+            return "f2fs";
+        }
+
         if (b.Length >= 0x8006 && b[0x8001..0x8006].SequenceEqual("CD001"u8))
         {
             return "iso9660";
@@ -212,6 +233,7 @@ public static class FsProbe
         "exfat" => ["iocharset=utf8", null],
         "ntfs3" or "ntfs" => ["iocharset=utf8", null],
         "iso9660" => [null],
+        "f2fs" => ["norecovery", null],
         _ => [null],
     };
 
@@ -249,6 +271,9 @@ public static class FsProbe
 
     /// <summary>Mount options that never write (no journal replay) for a type: the first of <see cref="MountData"/>.</summary>
     public static string? ReadOnlyOptions(string type) => MountData(type)[0];
+
+    /// <summary>Kernel file systems the restore image carries but loads only for a volume that needs one.</summary>
+    public static bool LoadsOnDemand(string kernelType) => kernelType is "jfs" or "reiserfs" or "f2fs";
 
     /// <summary>The kernel's name of the driver for a detected type.</summary>
     public static string KernelType(string type) => type switch
