@@ -292,6 +292,79 @@ public sealed class DiskCatalogTests(DiskImagesFixture f) : IClassFixture<DiskIm
     }
 
     [Fact]
+    public async Task A_partition_with_the_md_signature_but_no_valid_superblock_says_so_and_is_not_assembled()
+    {
+        var img = DiskTools.Sparse(root.Combine("md-garbage.img"), 64 << 20);
+        DiskTools.Run("sgdisk", "-n", "1:2048:+16M", "-t", "1:fd00", img);
+        // md's magic at 4 KiB (where a version-1.2 superblock lies), then bytes no mdadm writes: version 7.
+        var block = new byte[4096];
+        BitConverter.GetBytes(0xA92B4EFCu).CopyTo(block, 0);
+        BitConverter.GetBytes(7u).CopyTo(block, 4);
+        var fake = root.Combine("md-block");
+        File.WriteAllBytes(fake, block);
+        DiskTools.WriteAt(img, 2048L * 512 + 4096, fake);
+        var loop = DiskTools.AttachLoop(img);
+        try
+        {
+            catalog = new DiskCatalog(new DiskCatalogOptions([("garbage-md", loop)], root.Combine("mnt"), Log, LoopForPartitions: true));
+            var disk = Assert.Single(await catalog.GetDisksAsync(CancellationToken.None));
+            var part = Assert.Single(disk.Volumes);
+            Assert.Equal(("garbage-md/part/1", FsProbe.RaidMember), (part.Id, part.FsType));
+            Assert.Contains("carries the md RAID signature, but its superblock is not one mdadm writes", part.Error, StringComparison.Ordinal);
+            Assert.DoesNotContain("mdadm --assemble", Logged(), StringComparison.Ordinal);
+        }
+        finally
+        {
+            catalog?.Dispose();
+            DiskTools.DetachLoop(loop);
+        }
+    }
+
+    [Fact]
+    public async Task A_btrfs_over_two_disks_mounts_with_both_and_degraded_with_one()
+    {
+        Assert.True(DiskTools.KernelHas("btrfs"), "this test needs a kernel that mounts btrfs (as this kind of machine has)");
+        var tree = root.Combine("btrfs-tree");
+        Directory.CreateDirectory(tree);
+        File.WriteAllText(Path.Combine(tree, "two-copies.txt"), "on both disks\n");
+        var images = new[] { DiskTools.Sparse(root.Combine("btrfs-a.img"), 128 << 20), DiskTools.Sparse(root.Combine("btrfs-b.img"), 128 << 20) };
+        var loops = images.Select(i => DiskTools.AttachLoop(i, readOnly: false)).ToList();
+        try
+        {
+            DiskTools.Run("mkfs.btrfs", ["-q", "-f", "-d", "raid1", "-m", "raid1", .. loops]);
+            var fill = root.Combine("btrfs-fill");
+            Directory.CreateDirectory(fill);
+            DiskTools.Run("mount", "-t", "btrfs", "-o", $"device={loops[0]},device={loops[1]}", loops[0], fill);
+            DiskTools.Run("cp", "-a", tree + "/.", fill + "/");
+            DiskTools.Run("umount", fill);
+            // The kernel forgets the members (as a fresh restore VM knows none): the mount must name them itself.
+            DiskTools.TryRun("btrfs", ["device", "scan", "--forget", .. loops]);
+
+            catalog = new DiskCatalog(new DiskCatalogOptions([("a", loops[0]), ("b", loops[1])], root.Combine("mnt"), Log));
+            var disks = await catalog.GetDisksAsync(CancellationToken.None);
+            var both = await catalog.MountAsync(Volume(disks[1], "raw"), CancellationToken.None);
+            Assert.Equal("on both disks\n", File.ReadAllText(Path.Combine(both, "two-copies.txt")));
+            Assert.Contains("2 of 2 devices in this backup", Logged(), StringComparison.Ordinal);
+            catalog.Dispose();
+            DiskTools.TryRun("btrfs", ["device", "scan", "--forget", .. loops]);
+
+            catalog = new DiskCatalog(new DiskCatalogOptions([("a", loops[0])], root.Combine("mnt1"), Log));
+            var one = await catalog.MountAsync(Volume(Assert.Single(await catalog.GetDisksAsync(CancellationToken.None)), "raw"), CancellationToken.None);
+            Assert.Equal("on both disks\n", File.ReadAllText(Path.Combine(one, "two-copies.txt")));
+            Assert.Contains("1 of 2 devices in this backup (" + loops[0] + "): mounted degraded", Logged(), StringComparison.Ordinal);
+        }
+        finally
+        {
+            catalog?.Dispose();
+            foreach (var loop in loops)
+            {
+                DiskTools.TryRun("btrfs", "device", "scan", "--forget", loop);
+                DiskTools.DetachLoop(loop);
+            }
+        }
+    }
+
+    [Fact]
     public async Task Mbr_disk_with_logical_partitions_btrfs_swap_and_an_unknown_partition()
     {
         var img = DiskTools.Sparse(root.Combine("mbr.img"), 300 << 20);
