@@ -321,6 +321,44 @@ public sealed class DiskCatalogTests(DiskImagesFixture f) : IClassFixture<DiskIm
     }
 
     [Fact]
+    public async Task An_ext4_under_a_stale_md_superblock_at_its_end_is_still_offered_when_the_array_cannot_start()
+    {
+        var img = DiskTools.Sparse(root.Combine("md-stale.img"), 64 << 20);
+        DiskTools.Run("sgdisk", "-n", "1:2048:+32M", img);
+        var tree = root.Combine("stale-tree");
+        Directory.CreateDirectory(tree);
+        File.WriteAllText(Path.Combine(tree, "kept.txt"), "written after the disk left its array\n");
+        var ext4 = DiskTools.Sparse(root.Combine("stale.ext4"), 24 << 20);
+        DiskTools.Run("mkfs.ext4", "-q", "-F", "-d", tree, ext4);
+        DiskTools.WriteAt(img, 2048L * 512, ext4);
+        // A version-1.0 superblock at the partition's end, as mdadm wrote it for a RAID1 the disk was once in; its
+        // level turned to RAID0 (and so its checksum wrong): no kernel starts that array from this member alone.
+        var block = MdSuperblockTests.V10Block();
+        BitConverter.GetBytes(0).CopyTo(block, 72);
+        var stale = root.Combine("stale-sb");
+        File.WriteAllBytes(stale, block);
+        DiskTools.WriteAt(img, 2048L * 512 + MdSuperblock.EndOffsets(32 << 20).V10, stale);
+        var loop = DiskTools.AttachLoop(img);
+        try
+        {
+            catalog = new DiskCatalog(new DiskCatalogOptions([("stale", loop)], root.Combine("mnt"), Log, LoopForPartitions: true));
+            var disk = Assert.Single(await catalog.GetDisksAsync(CancellationToken.None));
+            Assert.Equal(["stale/md/boot", "stale/part/1"], disk.Volumes.Select(v => v.Id).Order(StringComparer.Ordinal));
+            Assert.Contains("md array boot (raid0, metadata 1.0, 1 of 2 member(s) in this backup) cannot be started", Volume(disk, "md/boot").Error,
+                StringComparison.Ordinal);
+            var part = Volume(disk, "part/1");
+            Assert.Equal(("ext4", (string?)null), (part.FsType, part.Error));
+            var dir = await catalog.MountAsync(part, CancellationToken.None);
+            Assert.Equal("written after the disk left its array\n", File.ReadAllText(Path.Combine(dir, "kept.txt")));
+        }
+        finally
+        {
+            catalog?.Dispose();
+            DiskTools.DetachLoop(loop);
+        }
+    }
+
+    [Fact]
     public async Task A_btrfs_over_two_disks_mounts_with_both_and_degraded_with_one()
     {
         Assert.True(DiskTools.KernelHas("btrfs"), "this test needs a kernel that mounts btrfs (as this kind of machine has)");

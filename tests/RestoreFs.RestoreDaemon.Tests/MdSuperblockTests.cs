@@ -21,6 +21,9 @@ public sealed class MdSuperblockTests
     // RAID1 with metadata 0.90 made as /dev/md3 (no name), member 0 of 2.
     private const string V090 = "H4sIAAAAAAACA/vjp72SAQiiGBBAYN5uvYdz+LMZgewD9gwMTAwQzAyVD3319dS8WxevCBisOchAIXgLtQdmBwyYxFfxM0LZMPo/EDCMAqqDf0DMAmWz0dluRqj9IlA222h0jIJRMApGwSgYBaNgFIyCUTAKRvtfNAEAjvF8cwAQAAA=";
 
+    /// <summary>The version-1.0 superblock above (RAID1 "boot", 2 members, member 0).</summary>
+    public static byte[] V10Block() => Block(V10);
+
     private static byte[] Block(string packed)
     {
         using var gz = new GZipStream(new MemoryStream(Convert.FromBase64String(packed)), CompressionMode.Decompress);

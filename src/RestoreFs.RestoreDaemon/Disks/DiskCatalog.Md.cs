@@ -11,7 +11,9 @@ namespace RestoreFs.RestoreDaemon.Disks;
 public sealed partial class DiskCatalog
 {
     /// <summary>A partition or disk that is a member of an md array.</summary>
-    private sealed record RaidCandidate(DiskScan Disk, string Device, VolumeInfo AsVolume, MdSuperblock Superblock);
+    /// <param name="HeadType">What the member's first bytes hold by themselves (for a superblock at the end: the array's
+    /// data, or a file system written over a stale member).</param>
+    private sealed record RaidCandidate(DiskScan Disk, string Device, VolumeInfo AsVolume, MdSuperblock Superblock, string? HeadType);
 
     private static readonly TimeSpan MdLimit = TimeSpan.FromSeconds(60);
 
@@ -34,7 +36,7 @@ public sealed partial class DiskCatalog
             return volume with { Error = $"{what} carries the md RAID signature, but its superblock is not one mdadm writes (version 0.90 or 1.x)" };
         }
 
-        raids.Add(new RaidCandidate(disk, device, volume, sb));
+        raids.Add(new RaidCandidate(disk, device, volume, sb, sb.Version is "1.0" or "0.90" ? FsProbe.Detect(stream, offset, length) : null));
         return null;
     }
 
@@ -70,6 +72,15 @@ public sealed partial class DiskCatalog
             if (error is not null)
             {
                 log($"{described}: {error}");
+                foreach (var m in members.Where(m => m.HeadType is not null && !FsProbe.IsContainer(m.HeadType)))
+                {
+                    // A superblock at the end leaves the member's start to the array's data: when the array cannot
+                    // start (a stale superblock of a disk reused without wiping it, say), the file system found there
+                    // is still offered as the partition it is.
+                    log($"{m.AsVolume.Id}: {m.HeadType} at its start, shown as a volume of its own");
+                    m.Disk.Volumes.Add(m.AsVolume with { FsType = m.HeadType, Error = null });
+                }
+
                 foreach (var disk in disks)
                 {
                     var here = string.Join(", ", members.Where(m => m.Disk == disk).Select(m => Where(m.AsVolume)));
