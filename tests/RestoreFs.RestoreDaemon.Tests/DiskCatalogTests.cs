@@ -359,6 +359,42 @@ public sealed class DiskCatalogTests(DiskImagesFixture f) : IClassFixture<DiskIm
     }
 
     [Fact]
+    public async Task Partitions_that_never_hold_a_file_system_say_what_they_are_and_are_not_tried()
+    {
+        var img = DiskTools.Sparse(root.Combine("kinds.img"), 64 << 20);
+        // 1 GRUB's BIOS boot, 2 Windows' reserved, 3 a Linux swap of random bytes (encrypted with a throwaway key),
+        // 4 a "swap" partition that holds an ext4 (mistyped: still a file system), 5 a Linux partition of zeros.
+        DiskTools.Run("sgdisk", "-n", "1:2048:+1M", "-t", "1:ef02", "-n", "2:0:+16M", "-t", "2:0c01", "-n", "3:0:+8M", "-t", "3:8200",
+            "-n", "4:0:+16M", "-t", "4:8200", "-n", "5:0:+4M", "-t", "5:8300", img);
+        var random = root.Combine("random");
+        File.WriteAllBytes(random, new Random(3).GetItems<byte>(Enumerable.Range(0, 256).Select(i => (byte)i).ToArray(), 8 << 20));
+        var first3 = long.Parse(DiskTools.Run("sgdisk", "-i", "3", img).StdOut.Split('\n').First(l => l.StartsWith("First sector", StringComparison.Ordinal))
+            .Split(' ', StringSplitOptions.RemoveEmptyEntries)[2], System.Globalization.CultureInfo.InvariantCulture);
+        DiskTools.WriteAt(img, first3 * 512, random);
+        var ext4 = DiskTools.Sparse(root.Combine("kinds.ext4"), 16 << 20);
+        DiskTools.Run("mkfs.ext4", "-q", "-F", ext4);
+        DiskTools.WriteAt(img, (first3 + (8 << 20) / 512) * 512, ext4);
+        var loop = DiskTools.AttachLoop(img);
+        try
+        {
+            catalog = new DiskCatalog(new DiskCatalogOptions([("kinds", loop)], root.Combine("mnt"), Log, LoopForPartitions: true));
+            var disk = Assert.Single(await catalog.GetDisksAsync(CancellationToken.None));
+            Assert.Contains("is a BIOS boot partition (GRUB's core image): it holds no file system", Volume(disk, "part/1").Error, StringComparison.Ordinal);
+            Assert.Contains("is a Microsoft reserved partition: it holds no file system", Volume(disk, "part/2").Error, StringComparison.Ordinal);
+            Assert.Contains("Linux swap partition without a swap signature", Volume(disk, "part/3").Error, StringComparison.Ordinal);
+            Assert.Equal(("ext4", (string?)null), (Volume(disk, "part/4").FsType, Volume(disk, "part/4").Error));
+            Assert.Null(Volume(disk, "part/5").Error); // a plain Linux partition: every file system is still tried
+            var error = await Assert.ThrowsAsync<VolumeException>(() => catalog.MountAsync(Volume(disk, "part/2"), CancellationToken.None));
+            Assert.DoesNotContain("tried", error.Message, StringComparison.Ordinal);
+        }
+        finally
+        {
+            catalog?.Dispose();
+            DiskTools.DetachLoop(loop);
+        }
+    }
+
+    [Fact]
     public async Task A_btrfs_over_two_disks_mounts_with_both_and_degraded_with_one()
     {
         Assert.True(DiskTools.KernelHas("btrfs"), "this test needs a kernel that mounts btrfs (as this kind of machine has)");

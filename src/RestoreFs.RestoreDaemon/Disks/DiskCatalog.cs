@@ -274,7 +274,8 @@ public sealed partial class DiskCatalog : IVolumeCatalog, IDisposable, IAsyncDis
 
             var volume = new VolumeInfo(disk.Name, "part", [number], device ?? "", (ulong)part.Length, type)
             {
-                Error = error ?? (Refused(type) && type is not (FsProbe.LvmMember or FsProbe.ZfsMember) ? $"partition {number} {FsProbe.ContainerReason(type!)}" : null),
+                Error = error ?? (Refused(type) && type is not (FsProbe.LvmMember or FsProbe.ZfsMember) ? $"partition {number} {FsProbe.ContainerReason(type!)}"
+                    : type is null && part.NoFileSystemKind is { } kind ? $"partition {number} is a {kind}: it holds no file system" : null),
                 Placement = [new DiskSpan(0, part.Offset, part.Length)],
             };
             if (type is FsProbe.LvmMember or FsProbe.ZfsMember && device is not null)

@@ -11,6 +11,22 @@ public sealed record Partition(int Number, long Offset, long Length, string Type
 {
     /// <summary>GPT partition name (UTF-16 in the entry), empty for MBR.</summary>
     public string Name { get; init; } = "";
+
+    /// <summary>
+    /// What a partition of a type that never holds a file system is for (GRUB's BIOS boot partition, Windows' reserved
+    /// partition, FreeBSD's boot and swap), or a swap partition; null for every other type. Only asked when nothing was
+    /// recognised in the partition (a mistyped partition with a file system is still mounted).
+    /// </summary>
+    public string? NoFileSystemKind => Type switch
+    {
+        "gpt:21686148-6449-6e6f-744e-656564454649" => "BIOS boot partition (GRUB's core image)",
+        "gpt:e3c9e316-0b5c-4db8-817d-f92df00215ae" => "Microsoft reserved partition",
+        "gpt:83bd6b9d-7f41-11dc-be0b-001560b84f0f" => "FreeBSD boot partition",
+        "gpt:516e7cb5-6ecf-11d6-8ff8-00022d09712b" => "FreeBSD swap partition",
+        "gpt:0657fd6d-a4ab-43c4-84e5-0933c84b4f4f" or "mbr:82" =>
+            "Linux swap partition without a swap signature (swap encrypted with a key made at each boot looks like this)",
+        _ => null,
+    };
 }
 
 /// <param name="Scheme"><c>gpt</c>, <c>mbr</c> or <c>none</c>.</param>
