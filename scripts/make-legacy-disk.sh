@@ -6,6 +6,7 @@
 #   expected/tree/   that tree (whole-second times; modes, owners, a symbolic link, a non-ASCII name, 1.2 MB of data)
 # Usage: make-legacy-disk.sh OUTDIR IMAGEDIR   (IMAGEDIR: vmlinux and initramfs.img of make restore-image)
 set -euo pipefail
+. "$(dirname "$0")/guest-vm.sh"
 out=${1:?usage: make-legacy-disk.sh OUTDIR IMAGEDIR}
 image=${2:?usage: make-legacy-disk.sh OUTDIR IMAGEDIR}
 export PATH="$PATH:/usr/sbin:/sbin"
@@ -87,22 +88,8 @@ echo "MAKE-LEGACY-OK" > /dev/console
 poweroff -f
 EOF
 chmod 755 "$work/overlay/init"
-lz4 -dc "$image/initramfs.img" > "$work/initrd.cpio"
-( cd "$work/overlay" && find . | cpio -o -H newc --quiet -R 0:0 ) >> "$work/initrd.cpio"
-
-khz=$(awk -F: '/^cpu MHz/ {printf "%d", $2 * 1000; exit}' /proc/cpuinfo)
 echo "make-legacy-disk: filling the file systems in a VM (TCG: under a minute)" >&2
-timeout "${MAKE_LEGACY_TIMEOUT:-600}" qemu-system-x86_64 -machine microvm,pit=off,pic=off,rtc=on -accel tcg,tb-size=128 -cpu max -smp 2 -m 512 \
-  -nodefaults -no-user-config -no-reboot -display none -monitor none \
-  -kernel "$image/vmlinux" -initrd "$work/initrd.cpio" \
-  -append "console=ttyS0 panic=-1 ${MAKE_LEGACY_QUIET-quiet} tsc=reliable mitigations=off${khz:+ tsc_early_khz=$khz}" \
-  -serial "file:$work/console.log" -device virtio-rng-device \
-  -drive "file=$img,format=raw,if=none,id=d0" -device virtio-blk-device,drive=d0,serial=legacy \
-  -drive "file=$work/payload.tar,format=raw,if=none,readonly=on,id=d1" -device virtio-blk-device,drive=d1,serial=payload \
-  || echo "make-legacy-disk: QEMU ended with $?" >&2
-if ! grep -q MAKE-LEGACY-OK "$work/console.log"; then
-  tail -40 "$work/console.log" >&2
-  echo "make-legacy-disk: the VM did not fill the file systems" >&2
-  exit 1
-fi
+GUEST_VM_TIMEOUT=${MAKE_LEGACY_TIMEOUT:-600} GUEST_VM_QUIET=${MAKE_LEGACY_QUIET-quiet} \
+  guest_vm make-legacy-disk "$image" "$work" MAKE-LEGACY-OK legacy="$img" payload="$work/payload.tar:ro" \
+  || { echo "make-legacy-disk: the VM did not fill the file systems" >&2; exit 1; }
 echo "make-legacy-disk: $img" >&2

@@ -19,6 +19,7 @@
 #   expected/{boot,root,scratch,md3,data,mirrored,btrfs,crypthome}/   the tree each file system holds
 # Usage: make-md-disk.sh OUTDIR IMAGEDIR   (IMAGEDIR: vmlinux and initramfs.img of make restore-image)
 set -euo pipefail
+. "$(dirname "$0")/guest-vm.sh"
 out=${1:?usage: make-md-disk.sh OUTDIR IMAGEDIR}
 image=${2:?usage: make-md-disk.sh OUTDIR IMAGEDIR}
 export PATH="$PATH:/usr/sbin:/sbin"
@@ -145,31 +146,12 @@ echo "MAKE-MD-OK" > /dev/console
 poweroff -f
 EOF
 chmod 755 "$work/overlay/init"
-lz4 -dc "$image/initramfs.img" > "$work/initrd.cpio"
-( cd "$work/overlay" && find . | cpio -o -H newc --quiet -R 0:0 ) >> "$work/initrd.cpio"
-
-khz=$(awk -F: '/^cpu MHz/ {printf "%d", $2 * 1000; exit}' /proc/cpuinfo)
 echo "make-md-disk: making the arrays in a VM (TCG: under a minute)" >&2
-timeout "${MAKE_MD_TIMEOUT:-600}" qemu-system-x86_64 -machine microvm,pit=off,pic=off,rtc=on -accel tcg,tb-size=128 -cpu max -smp 2 -m 512 \
-  -nodefaults -no-user-config -no-reboot -display none -monitor none \
-  -kernel "$image/vmlinux" -initrd "$work/initrd.cpio" \
-  -append "console=ttyS0 panic=-1 ${MAKE_MD_QUIET-quiet} tsc=reliable mitigations=off${khz:+ tsc_early_khz=$khz}" \
-  -serial "file:$work/console.log" -device virtio-rng-device \
-  -drive "file=$out/md-a.img,format=raw,if=none,id=d0" -device virtio-blk-device,drive=d0,serial=a \
-  -drive "file=$out/md-b.img,format=raw,if=none,id=d1" -device virtio-blk-device,drive=d1,serial=b \
-  -drive "file=$work/boot.ext4,format=raw,if=none,readonly=on,id=d2" -device virtio-blk-device,drive=d2,serial=boot \
-  -drive "file=$work/root.ext4,format=raw,if=none,readonly=on,id=d3" -device virtio-blk-device,drive=d3,serial=root \
-  -drive "file=$work/scratch.ext4,format=raw,if=none,readonly=on,id=d4" -device virtio-blk-device,drive=d4,serial=scratch \
-  -drive "file=$work/md3.ext4,format=raw,if=none,readonly=on,id=d5" -device virtio-blk-device,drive=d5,serial=md3 \
-  -drive "file=$work/data.ext4,format=raw,if=none,readonly=on,id=d6" -device virtio-blk-device,drive=d6,serial=data \
-  -drive "file=$work/mirrored.ext4,format=raw,if=none,readonly=on,id=d7" -device virtio-blk-device,drive=d7,serial=mirrored \
-  -drive "file=$work/crypthome.ext4,format=raw,if=none,readonly=on,id=d8" -device virtio-blk-device,drive=d8,serial=crypthome \
-  || echo "make-md-disk: QEMU ended with $?" >&2
-if ! grep -q MAKE-MD-OK "$work/console.log"; then
-  tail -40 "$work/console.log" >&2
-  echo "make-md-disk: the VM did not make the arrays" >&2
-  exit 1
-fi
+GUEST_VM_TIMEOUT=${MAKE_MD_TIMEOUT:-600} GUEST_VM_QUIET=${MAKE_MD_QUIET-quiet} \
+  guest_vm make-md-disk "$image" "$work" MAKE-MD-OK a="$out/md-a.img" b="$out/md-b.img" boot="$work/boot.ext4:ro" \
+    root="$work/root.ext4:ro" scratch="$work/scratch.ext4:ro" md3="$work/md3.ext4:ro" data="$work/data.ext4:ro" \
+    mirrored="$work/mirrored.ext4:ro" crypthome="$work/crypthome.ext4:ro" \
+  || { echo "make-md-disk: the VM did not make the arrays" >&2; exit 1; }
 grep -A8 "^Personalities" "$work/console.log" | head -12 >&2 || true
 
 # The btrfs RAID1 over partition 8 of both disks, on the host (its kernel has btrfs).

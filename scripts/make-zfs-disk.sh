@@ -13,6 +13,7 @@
 #   expected/<entry>/   each dataset's tree (entry = dataset name with / as +), expected/tank+vol/ the ext4's tree
 # Usage: make-zfs-disk.sh OUTDIR IMAGEDIR   (IMAGEDIR: vmlinux and initramfs.img of make restore-image, with ZFS)
 set -euo pipefail
+. "$(dirname "$0")/guest-vm.sh"
 out=${1:?usage: make-zfs-disk.sh OUTDIR IMAGEDIR}
 image=${2:?usage: make-zfs-disk.sh OUTDIR IMAGEDIR}
 export PATH="$PATH:/usr/sbin:/sbin"
@@ -113,25 +114,9 @@ echo "MAKE-ZFS-OK" > /dev/console
 poweroff -f
 EOF
 chmod 755 "$work/overlay/init"
-lz4 -dc "$image/initramfs.img" > "$work/initrd.cpio"
-( cd "$work/overlay" && find . | cpio -o -H newc --quiet -R 0:0 ) >> "$work/initrd.cpio"
-
-# microvm has no PIT/HPET to calibrate the TSC against under TCG: give the host's frequency, as the mount does.
-khz=$(awk -F: '/^cpu MHz/ {printf "%d", $2 * 1000; exit}' /proc/cpuinfo)
 echo "make-zfs-disk: making the pool in a VM (TCG: about a minute)" >&2
-timeout "${MAKE_ZFS_TIMEOUT:-600}" qemu-system-x86_64 -machine microvm,pit=off,pic=off,rtc=on -accel tcg,tb-size=128 -cpu max -smp 2 -m 512 \
-  -nodefaults -no-user-config -no-reboot -display none -monitor none \
-  -kernel "$image/vmlinux" -initrd "$work/initrd.cpio" \
-  -append "console=ttyS0 panic=-1 ${MAKE_ZFS_QUIET-quiet} tsc=reliable mitigations=off${khz:+ tsc_early_khz=$khz}" \
-  -serial "file:$work/console.log" -device virtio-rng-device \
-  -drive "file=$img,format=raw,if=none,id=d0" -device virtio-blk-device,drive=d0,serial=pool \
-  -drive "file=$work/payload.tar,format=raw,if=none,readonly=on,id=d1" -device virtio-blk-device,drive=d1,serial=payload \
-  -drive "file=$work/vol.ext4,format=raw,if=none,readonly=on,id=d2" -device virtio-blk-device,drive=d2,serial=vol \
-  || echo "make-zfs-disk: QEMU ended with $?" >&2
-if ! grep -q MAKE-ZFS-OK "$work/console.log"; then
-  tail -40 "$work/console.log" >&2
-  echo "make-zfs-disk: the VM did not make the pool" >&2
-  exit 1
-fi
+GUEST_VM_TIMEOUT=${MAKE_ZFS_TIMEOUT:-600} GUEST_VM_QUIET=${MAKE_ZFS_QUIET-quiet} \
+  guest_vm make-zfs-disk "$image" "$work" MAKE-ZFS-OK pool="$img" payload="$work/payload.tar:ro" vol="$work/vol.ext4:ro" \
+  || { echo "make-zfs-disk: the VM did not make the pool" >&2; exit 1; }
 grep -A12 "^NAME" "$work/console.log" | head -12 >&2 || true
 echo "make-zfs-disk: $img" >&2
