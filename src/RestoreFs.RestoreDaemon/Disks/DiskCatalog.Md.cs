@@ -45,7 +45,6 @@ public sealed partial class DiskCatalog
     {
         // raid456 needs the crc32c module, one of the modules loaded beside the daemon's start.
         WaitForReadyFile("md RAID");
-        var loaded = new HashSet<string>(StringComparer.Ordinal);
         var names = new HashSet<string>(StringComparer.Ordinal);
         var number = 0;
         foreach (var group in raids.GroupBy(r => r.Superblock.Uuid).OrderBy(g => g.First().Superblock.DisplayName, StringComparer.Ordinal))
@@ -60,7 +59,7 @@ public sealed partial class DiskCatalog
 
             var disks = members.Select(m => m.Disk).Distinct().ToList();
             var described = $"md array {name} ({sb.LevelName}, metadata {sb.Version}, {members.Count(m => m.Superblock.Role >= 0)} of {sb.RaidDisks} member(s) in this backup)";
-            var error = number < 128 ? LoadPersonality(sb, loaded) : "more than 128 md arrays on the disks of this backup: the rest are not started";
+            var error = number < 128 ? LoadPersonality(sb) : "more than 128 md arrays on the disks of this backup: the rest are not started";
             string? device = null;
             if (error is null)
             {
@@ -106,35 +105,9 @@ public sealed partial class DiskCatalog
 
     private static string Where(VolumeInfo v) => v.Bucket == "part" ? $"partition {v.Components[0]}" : "the whole disk";
 
-    /// <summary>Loads md and the array's personality once; the reason when it cannot.</summary>
-    private string? LoadPersonality(MdSuperblock sb, HashSet<string> loaded)
-    {
-        if (sb.Personality is not { } personality)
-        {
-            return $"RAID level {sb.Level} is not supported";
-        }
-
-        foreach (var module in new[] { "md-mod", personality })
-        {
-            if (loaded.Contains(module) || Directory.Exists("/sys/module/" + module.Replace('-', '_')))
-            {
-                loaded.Add(module);
-                continue;
-            }
-
-            // start_dirty_degraded: a RAID5/6 that was written to when the backup was taken is dirty; with a member
-            // missing from the backup the kernel would refuse to start it. Read-only, it is safe to start.
-            var r = Tool.Run("modprobe", module == "md-mod" ? [module, "start_dirty_degraded=1"] : [module], MdLimit);
-            if (!r.Ok && !Directory.Exists("/sys/module/" + module.Replace('-', '_')))
-            {
-                return $"cannot load the kernel module {module}: {r.FirstLine}";
-            }
-
-            loaded.Add(module);
-        }
-
-        return null;
-    }
+    /// <summary>Loads md and the array's personality; the reason when it cannot.</summary>
+    private static string? LoadPersonality(MdSuperblock sb) =>
+        sb.Personality is not { } personality ? $"RAID level {sb.Level} is not supported" : LoadModule("md-mod") ?? LoadModule(personality);
 
     /// <summary>The modules of LVM's RAID and mirror volumes (dm-raid runs md's personalities inside device-mapper),
     /// loaded before the group is activated; what cannot be loaded is logged and left to the activation's error.</summary>
@@ -156,14 +129,25 @@ public sealed partial class DiskCatalog
             modules.AddRange(needed.Where(m => !modules.Contains(m)));
         }
 
-        foreach (var module in modules.Where(m => !Directory.Exists("/sys/module/" + m.Replace('-', '_'))))
+        foreach (var error in modules.Select(LoadModule).OfType<string>())
         {
-            var r = Tool.Run("modprobe", module == "md-mod" ? [module, "start_dirty_degraded=1"] : [module], MdLimit);
-            if (!r.Ok)
-            {
-                log($"volume group {vg}: cannot load the kernel module {module}: {r.FirstLine}");
-            }
+            log($"volume group {vg}: {error}");
         }
+    }
+
+    /// <summary>Loads a kernel module the image carries, unless it is loaded; the reason when it cannot be.</summary>
+    private static string? LoadModule(string module)
+    {
+        var sys = "/sys/module/" + module.Replace('-', '_');
+        if (Directory.Exists(sys))
+        {
+            return null;
+        }
+
+        // start_dirty_degraded: a RAID5/6 that was written to when the backup was taken is dirty; with a member missing
+        // from the backup the kernel would refuse to start it. Read-only, it is safe to start.
+        var r = Tool.Run("modprobe", module == "md-mod" ? [module, "start_dirty_degraded=1"] : [module], MdLimit);
+        return r.Ok || Directory.Exists(sys) ? null : $"cannot load the kernel module {module}: {r.FirstLine}";
     }
 
     /// <summary>mdadm --assemble, read-only, started even when degraded; null when the array runs, else mdadm's reason.</summary>
@@ -212,11 +196,10 @@ public sealed partial class DiskCatalog
         foreach (var disk in disks)
         {
             // The array's bytes are not bytes of one disk image: no placement, files are read through the VM.
-            disk.Volumes.AddRange(scan.Volumes.Select(v => v with { Disk = disk.Name, Bucket = "md", Components = [Entry(v)], Placement = null }));
-            pvs.AddRange(nestedPvs.Select(p => new PvCandidate(disk, p.Device,
-                p.AsVolume with { Disk = disk.Name, Bucket = "md", Components = [Entry(p.AsVolume)], Placement = null })));
-            zfsMembers.AddRange(nestedZfs.Select(p => new PvCandidate(disk, p.Device,
-                p.AsVolume with { Disk = disk.Name, Bucket = "md", Components = [Entry(p.AsVolume)], Placement = null })));
+            VolumeInfo Under(VolumeInfo v) => v with { Disk = disk.Name, Bucket = "md", Components = [Entry(v)], Placement = null };
+            disk.Volumes.AddRange(scan.Volumes.Select(Under));
+            pvs.AddRange(nestedPvs.Select(p => new PvCandidate(disk, p.Device, Under(p.AsVolume))));
+            zfsMembers.AddRange(nestedZfs.Select(p => new PvCandidate(disk, p.Device, Under(p.AsVolume))));
         }
     }
 

@@ -502,13 +502,9 @@ public sealed partial class DiskCatalog
         }
 
         // F2FS checks its superblock with the kernel's "crc32" hash, a soft dependency busybox's modprobe does not follow.
-        foreach (var module in type == "f2fs" ? ["crc32_generic", "f2fs"] : new[] { FsProbe.KernelType(type) })
+        foreach (var error in (type == "f2fs" ? ["crc32_generic", "f2fs"] : new[] { FsProbe.KernelType(type) }).Select(LoadModule).OfType<string>())
         {
-            var r = Tool.Run("modprobe", [module], TimeSpan.FromSeconds(30));
-            if (!r.Ok)
-            {
-                log($"cannot load the {module} module: {r.FirstLine}");
-            }
+            log(error);
         }
     }
 
