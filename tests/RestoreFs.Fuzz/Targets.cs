@@ -43,6 +43,9 @@ public static partial class Targets
         new("listing", Listing, IsMalformed),
         new("pxar", Pxar, e => e is PxarException),
         new("pxar-catalog", PxarCatalogTarget, e => e is PxarException),
+        new("disk", Disk, _ => false),
+        new("md-superblock", MdTarget, _ => false),
+        new("thin-metadata", ThinTarget, _ => false),
     ];
 
     public static FuzzTarget Get(string name) =>

@@ -185,6 +185,39 @@ public sealed class DiskPartitionTableTests : IDisposable
         Assert.Contains(table.Notes, n => n.Contains("loops", StringComparison.Ordinal));
     }
 
+    [Fact]
+    public void An_ebr_chain_of_more_than_256_partitions_stops_at_linuxs_limit()
+    {
+        // 100 EBRs one after another, each with three logical partitions (slots 1, 3 and 4) and the link in slot 2; the
+        // first without slot 4, so that the 256th partition is not the last of its EBR.
+        const int Ebrs = 100;
+        var disk = new byte[(2048L + Ebrs * 8) * 512];
+        var mbr = disk.AsSpan(0, 512);
+        Entry(mbr, 0, 0x05, 2048, Ebrs * 8);
+        mbr[510] = 0x55;
+        mbr[511] = 0xAA;
+        for (var i = 0; i < Ebrs; i++)
+        {
+            var ebr = disk.AsSpan((2048 + i * 8) * 512, 512);
+            Entry(ebr, 0, 0x83, 1, 2);
+            Entry(ebr, 1, 0x05, (uint)((i + 1) * 8), 8);
+            Entry(ebr, 2, 0x83, 3, 2);
+            if (i > 0)
+            {
+                Entry(ebr, 3, 0x83, 5, 2);
+            }
+
+            ebr[510] = 0x55;
+            ebr[511] = 0xAA;
+        }
+
+        var img = dir.Combine("many.img");
+        File.WriteAllBytes(img, disk);
+        var table = Read(img);
+        Assert.Equal(Enumerable.Range(5, 256 - 4), table.Partitions.Select(p => p.Number));
+        Assert.Contains(table.Notes, n => n.Contains("more than 256 partitions", StringComparison.Ordinal));
+    }
+
     private static void Entry(Span<byte> sector, int slot, byte type, uint start, uint count)
     {
         var e = sector.Slice(446 + slot * 16, 16);

@@ -86,4 +86,22 @@ public sealed class ThinMetadataTests : IDisposable
 
         Assert.Throws<ThinMetadataException>(() => Open(new byte[8192]));
     }
+
+    [Fact]
+    public void A_data_block_past_the_data_lv_is_named_whatever_its_number()
+    {
+        // Pool metadata is the guest's to write (its checksums too): a 40-bit block number with 1 GiB blocks is past
+        // any data LV, and so is one just past this pool's end. Both are named, neither wraps around.
+        const long Chunk = 1L << 30;
+        IReadOnlyList<(long, string, long, long)> data = [(0L, "/dev/a", 1L << 20, 4 * Chunk), (4 * Chunk, "/dev/b", 0L, 4 * Chunk)];
+        foreach (var block in new[] { (1L << 40) - 1, 1L << 33, 8L })
+        {
+            var e = Assert.Throws<ThinMetadataException>(() => DiskCatalog.ThinPieces(3, [new ThinRun(1, block, 1)], Chunk, 16 * Chunk, data));
+            Assert.Contains($"data block {block}, past the pool's 8 blocks", e.Message, StringComparison.Ordinal);
+        }
+
+        // Inside: the run crosses from the first segment of the data LV to the second.
+        Assert.Equal([(Chunk, "/dev/a", (1L << 20) + (3 * Chunk), Chunk), (2 * Chunk, "/dev/b", 0L, Chunk)],
+            DiskCatalog.ThinPieces(3, [new ThinRun(1, 3, 2)], Chunk, 16 * Chunk, data));
+    }
 }

@@ -153,32 +153,7 @@ public sealed partial class DiskCatalog
         var size = (long)lv.Size;
         var runs = md.Runs(lv.ThinId, (size + chunk - 1) / chunk)
                    ?? throw new ThinMetadataException($"thin device {lv.ThinId} is not in the metadata of pool {pool.FullName} (pool transaction {md.TransactionId})");
-        var data = segments[vg + "/" + pool.DataLv];
-        var dataSize = data.Sum(s => s.Length);
-
-        // The LV's bytes: mapped runs go to the PVs through the data LV's segments; the rest reads as zeros.
-        var pieces = new List<(long Offset, string Device, long DeviceOffset, long Length)>();
-        foreach (var run in runs)
-        {
-            var offset = run.Virtual * chunk;
-            var length = Math.Min(run.Count * chunk, size - offset);
-            var dataOffset = run.Data * chunk;
-            if (dataOffset + length > dataSize)
-            {
-                throw new ThinMetadataException($"thin device {lv.ThinId}: block {run.Virtual} maps to data block {run.Data}, past the pool's {dataSize / chunk} blocks");
-            }
-
-            while (length > 0)
-            {
-                var seg = data.First(s => dataOffset >= s.Offset && dataOffset < s.Offset + s.Length);
-                var n = Math.Min(length, seg.Offset + seg.Length - dataOffset);
-                pieces.Add((offset, seg.Device, seg.DeviceOffset + (dataOffset - seg.Offset), n));
-                offset += n;
-                dataOffset += n;
-                length -= n;
-            }
-        }
-
+        var pieces = ThinPieces(lv.ThinId, runs, chunk, size, segments[vg + "/" + pool.DataLv]);
         var table = new StringBuilder();
         long at = 0;
         void Line(long start, long length, string target) =>
@@ -201,6 +176,45 @@ public sealed partial class DiskCatalog
 
         CreateDevice(Path.GetFileName(lv.DmPath), table.ToString());
         return new ThinResult(null, pieces.Count <= MaxThinPlacementRuns ? pieces : null);
+    }
+
+    /// <summary>Where the bytes of a thin LV of <paramref name="size"/> bytes lie: each mapped run of
+    /// <paramref name="chunk"/>-byte data blocks goes to the PVs through the data LV's segments (in LV order, without
+    /// gaps); unmapped blocks read as zeros and have no piece. The runs come from pool metadata on a guest's disk, so a
+    /// data block past the data LV is an error that names it, whatever its number.</summary>
+    internal static List<(long Offset, string Device, long DeviceOffset, long Length)> ThinPieces(ulong thinId, IReadOnlyList<ThinRun> runs,
+        long chunk, long size, IReadOnlyList<(long Offset, string Device, long DeviceOffset, long Length)> data)
+    {
+        var dataSize = data.Sum(s => s.Length);
+        var pieces = new List<(long Offset, string Device, long DeviceOffset, long Length)>();
+        foreach (var run in runs)
+        {
+            var offset = run.Virtual * chunk;
+            var length = Math.Min(run.Count * chunk, size - offset);
+            // run.Data is up to 40 bits and chunk up to 1 GiB: compare before multiplying.
+            if (run.Data > dataSize / chunk || run.Data * chunk > dataSize - length)
+            {
+                throw new ThinMetadataException($"thin device {thinId}: block {run.Virtual} maps to data block {run.Data}, past the pool's {dataSize / chunk} blocks");
+            }
+
+            var dataOffset = run.Data * chunk;
+            while (length > 0)
+            {
+                var seg = data.FirstOrDefault(s => dataOffset >= s.Offset && dataOffset < s.Offset + s.Length);
+                if (seg.Device is null)
+                {
+                    throw new ThinMetadataException($"thin device {thinId}: data offset {dataOffset} is in no segment of the pool's data LV");
+                }
+
+                var n = Math.Min(length, seg.Offset + seg.Length - dataOffset);
+                pieces.Add((offset, seg.Device, seg.DeviceOffset + (dataOffset - seg.Offset), n));
+                offset += n;
+                dataOffset += n;
+                length -= n;
+            }
+        }
+
+        return pieces;
     }
 
     /// <summary>A read-only device-mapper device from a table (dmsetup; without udev its node comes from

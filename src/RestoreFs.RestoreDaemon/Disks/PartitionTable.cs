@@ -184,6 +184,12 @@ public static class PartitionTable
             long nextEbr = -1;
             foreach (var (i, type, relative, count) in Slots(sector))
             {
+                if (number > MaxPartitions)
+                {
+                    notes.Add($"more than {MaxPartitions} partitions: the rest of the extended partition's chain is skipped");
+                    return;
+                }
+
                 if (IsExtended(type))
                 {
                     // The link to the next EBR is relative to the start of the outermost extended partition.
