@@ -136,6 +136,15 @@ public sealed partial class DiskCatalog : IVolumeCatalog, IDisposable, IAsyncDis
                 disk.Error = $"cannot read disk {name} ({device}): {e.Message}";
                 log(disk.Error);
             }
+            catch (Exception e) when (e is not OutOfMemoryException)
+            {
+                // Nothing on a guest's disk may fail the other disks: whatever this one holds, it alone says so.
+                disk.Error = $"cannot scan disk {name} ({device}): {e.GetType().Name}: {e.Message}";
+                log($"{disk.Error}\n{e}");
+                pvs.RemoveAll(c => c.Disk == disk);
+                zfsMembers.RemoveAll(c => c.Disk == disk);
+                raids.RemoveAll(c => c.Disk == disk);
+            }
 
             if (pvs.All(pv => pv.Disk != disk) && zfsMembers.All(m => m.Disk != disk) && raids.All(r => r.Disk != disk))
             {
@@ -148,7 +157,7 @@ public sealed partial class DiskCatalog : IVolumeCatalog, IDisposable, IAsyncDis
 
         if (raids.Count > 0 && !disposed)
         {
-            ScanMd(raids, pvs, zfsMembers);
+            Stage("the md RAID scan", raids.Select(r => (r.Disk, r.AsVolume)), () => ScanMd(raids, pvs, zfsMembers));
             foreach (var disk in raids.Select(r => r.Disk).Distinct().Where(d => pvs.All(p => p.Disk != d) && zfsMembers.All(m => m.Disk != d)))
             {
                 Publish(disk);
@@ -157,17 +166,17 @@ public sealed partial class DiskCatalog : IVolumeCatalog, IDisposable, IAsyncDis
 
         if (!disposed)
         {
-            ScanLuks(results, pvs);
+            Stage("opening LUKS volumes", [], () => ScanLuks(results, pvs));
         }
 
         if (pvs.Count > 0 && !disposed)
         {
-            ScanLvm(pvs, zfsMembers);
+            Stage("the LVM scan", pvs.Select(p => (p.Disk, p.AsVolume)), () => ScanLvm(pvs, zfsMembers));
         }
 
         if (zfsMembers.Count > 0 && !disposed)
         {
-            ScanZfs(zfsMembers);
+            Stage("the ZFS scan", zfsMembers.Select(m => (m.Disk, m.AsVolume)), () => ScanZfs(zfsMembers));
         }
 
         var infos = results.Select(r => r.ToInfo()).ToList();
@@ -179,6 +188,26 @@ public sealed partial class DiskCatalog : IVolumeCatalog, IDisposable, IAsyncDis
 
         log($"disk scan finished in {watch.ElapsedMilliseconds} ms: {infos.Count} disk(s)");
         return infos;
+    }
+
+    /// <summary>Runs one stage of the scan that looks across disks (md, LUKS, LVM, ZFS). A failure nobody expected
+    /// (input no reader was written for, or a bug) is logged with its stack and named on each volume the stage was to
+    /// look at that has no entry yet; the scan goes on with the next stage and the other volumes.</summary>
+    private void Stage(string what, IEnumerable<(DiskScan Disk, VolumeInfo Volume)> candidates, Action run)
+    {
+        var looked = candidates.ToList();
+        try
+        {
+            run();
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            log($"{what} failed: {e}");
+            foreach (var (disk, volume) in looked.Where(c => c.Disk.Volumes.All(v => v.Id != c.Volume.Id)).DistinctBy(c => c.Volume.Id))
+            {
+                disk.Volumes.Add(volume with { Error = $"{what} failed: {e.GetType().Name}: {e.Message}" });
+            }
+        }
     }
 
     private static string Describe(VolumeInfo v) =>
