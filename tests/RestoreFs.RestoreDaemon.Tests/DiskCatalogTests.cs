@@ -363,9 +363,10 @@ public sealed class DiskCatalogTests(DiskImagesFixture f) : IClassFixture<DiskIm
     {
         var img = DiskTools.Sparse(root.Combine("kinds.img"), 64 << 20);
         // 1 GRUB's BIOS boot, 2 Windows' reserved, 3 a Linux swap of random bytes (encrypted with a throwaway key),
-        // 4 a "swap" partition that holds an ext4 (mistyped: still a file system), 5 a Linux partition of zeros.
+        // 4 a "swap" partition that holds an ext4 (mistyped: still a file system), 5 a Linux partition of zeros, 6 a
+        // Windows data partition encrypted with BitLocker.
         DiskTools.Run("sgdisk", "-n", "1:2048:+1M", "-t", "1:ef02", "-n", "2:0:+16M", "-t", "2:0c01", "-n", "3:0:+8M", "-t", "3:8200",
-            "-n", "4:0:+16M", "-t", "4:8200", "-n", "5:0:+4M", "-t", "5:8300", img);
+            "-n", "4:0:+16M", "-t", "4:8200", "-n", "5:0:+4M", "-t", "5:8300", "-n", "6:0:+4M", "-t", "6:0700", img);
         var random = root.Combine("random");
         File.WriteAllBytes(random, new Random(3).GetItems<byte>(Enumerable.Range(0, 256).Select(i => (byte)i).ToArray(), 8 << 20));
         var first3 = long.Parse(DiskTools.Run("sgdisk", "-i", "3", img).StdOut.Split('\n').First(l => l.StartsWith("First sector", StringComparison.Ordinal))
@@ -374,6 +375,7 @@ public sealed class DiskCatalogTests(DiskImagesFixture f) : IClassFixture<DiskIm
         var ext4 = DiskTools.Sparse(root.Combine("kinds.ext4"), 16 << 20);
         DiskTools.Run("mkfs.ext4", "-q", "-F", ext4);
         DiskTools.WriteAt(img, (first3 + (8 << 20) / 512) * 512, ext4);
+        DiskTools.WriteAt(img, (first3 + ((8 + 16 + 4) << 20) / 512) * 512, DiskProbeTests.BitLockerBootSector());
         var loop = DiskTools.AttachLoop(img);
         try
         {
@@ -384,6 +386,8 @@ public sealed class DiskCatalogTests(DiskImagesFixture f) : IClassFixture<DiskIm
             Assert.Contains("Linux swap partition without a swap signature", Volume(disk, "part/3").Error, StringComparison.Ordinal);
             Assert.Equal(("ext4", (string?)null), (Volume(disk, "part/4").FsType, Volume(disk, "part/4").Error));
             Assert.Null(Volume(disk, "part/5").Error); // a plain Linux partition: every file system is still tried
+            Assert.Equal(FsProbe.BitLocker, Volume(disk, "part/6").FsType);
+            Assert.Contains("partition 6 is encrypted with BitLocker, which files/ cannot open", Volume(disk, "part/6").Error, StringComparison.Ordinal);
             var error = await Assert.ThrowsAsync<VolumeException>(() => catalog.MountAsync(Volume(disk, "part/2"), CancellationToken.None));
             Assert.DoesNotContain("tried", error.Message, StringComparison.Ordinal);
         }

@@ -1,3 +1,4 @@
+using System.Buffers.Binary;
 using RestoreFs.RestoreDaemon.Disks;
 using RestoreFs.TestSupport;
 
@@ -118,6 +119,41 @@ public sealed class DiskProbeTests : IDisposable
         Assert.Equal(uuid, FsProbe.LuksUuid(header));
         header[0] = (byte)'X';
         Assert.Null(FsProbe.LuksUuid(header));
+    }
+
+    /// <summary>The first sector of a BitLocker volume as Windows 7 and later write it: an NTFS-style boot sector whose OEM
+    /// name is the BitLocker signature, with BitLocker's volume GUID at 0xA0. Written by hand from that layout: no tool
+    /// here writes BitLocker.</summary>
+    internal static byte[] BitLockerBootSector()
+    {
+        var b = new byte[4096];
+        b[0] = 0xEB;
+        b[1] = 0x58;
+        b[2] = 0x90;
+        "-FVE-FS-"u8.CopyTo(b.AsSpan(3));
+        BinaryPrimitives.WriteUInt16LittleEndian(b.AsSpan(0x0B), 512);
+        b[0x0D] = 8;
+        b[0x15] = 0xF8;
+        new Guid("4967d63b-2e29-4ad8-8399-f6a339e3d001").TryWriteBytes(b.AsSpan(0xA0));
+        b[510] = 0x55;
+        b[511] = 0xAA;
+        return b;
+    }
+
+    [Fact]
+    public void A_bitlocker_volume_is_named_and_not_mountable()
+    {
+        var img = Image("bitlocker", 8 << 20);
+        DiskTools.WriteAt(img, 0, BitLockerBootSector());
+        Assert.Equal(FsProbe.BitLocker, Detect(img));
+        Assert.True(FsProbe.IsContainer(FsProbe.BitLocker));
+        Assert.Contains("BitLocker", FsProbe.ContainerReason(FsProbe.BitLocker), StringComparison.Ordinal);
+
+        // The same sector with NTFS's own OEM name is an NTFS.
+        var ntfs = BitLockerBootSector();
+        "NTFS    "u8.CopyTo(ntfs.AsSpan(3));
+        DiskTools.WriteAt(img, 0, ntfs);
+        Assert.Equal("ntfs", Detect(img));
     }
 
     [Fact]

@@ -74,6 +74,14 @@ internal static partial class DiskTools
         src.CopyTo(dst);
     }
 
+    /// <summary>Writes <paramref name="bytes"/> into <paramref name="image"/> at a byte offset.</summary>
+    public static void WriteAt(string image, long offset, byte[] bytes)
+    {
+        using var dst = new FileStream(image, FileMode.Open, FileAccess.Write);
+        dst.Position = offset;
+        dst.Write(bytes);
+    }
+
     public static string AttachLoop(string image, bool readOnly = true) =>
         Run("losetup", readOnly ? ["-r", "-f", "--show", image] : ["-f", "--show", image]).StdOut.Trim();
 

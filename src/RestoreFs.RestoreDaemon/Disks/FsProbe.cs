@@ -5,7 +5,7 @@ namespace RestoreFs.RestoreDaemon.Disks;
 /// <summary>
 /// Recognises file systems and other volume contents from their superblock magic (busybox has no blkid). The names
 /// are blkid's: ext2, ext3, ext4, xfs, btrfs, vfat, exfat, ntfs, iso9660, jfs, reiserfs, f2fs, swap, LVM2_member, crypto_LUKS,
-/// linux_raid_member, zfs_member.
+/// linux_raid_member, zfs_member, BitLocker.
 /// </summary>
 public static class FsProbe
 {
@@ -17,6 +17,8 @@ public static class FsProbe
 
     public const string JournalDevice = "jbd";
 
+    public const string BitLocker = "BitLocker";
+
     private static ReadOnlySpan<byte> LuksMagic => [(byte)'L', (byte)'U', (byte)'K', (byte)'S', 0xBA, 0xBE];
 
     private static ReadOnlySpan<byte> Luks2SecondaryMagic => [(byte)'S', (byte)'K', (byte)'U', (byte)'L', 0xBA, 0xBE];
@@ -25,7 +27,7 @@ public static class FsProbe
     public const int ProbeBytes = 72 * 1024;
 
     /// <summary>Types that hold no mountable file system of their own.</summary>
-    public static bool IsContainer(string? type) => type is LvmMember or Swap or Luks or RaidMember or JournalDevice or ZfsMember;
+    public static bool IsContainer(string? type) => type is LvmMember or Swap or Luks or RaidMember or JournalDevice or ZfsMember or BitLocker;
 
     /// <summary>Why a volume of a container type cannot be mounted.</summary>
     public static string ContainerReason(string type) => type switch
@@ -36,6 +38,8 @@ public static class FsProbe
         RaidMember => "is a member of a Linux software RAID (md) array (its contents are under md/)",
         JournalDevice => "is an external ext3/ext4 journal, not a file system",
         ZfsMember => "is a member of a ZFS pool (its datasets and volumes are under zfs/)",
+        BitLocker => "is encrypted with BitLocker, which files/ cannot open (attach the disk image and unlock the partition "
+                     + "with its recovery password where BitLocker is supported, e.g. cryptsetup open --type bitlk --readonly)",
         _ => $"holds {type}, not a file system",
     };
 
@@ -83,6 +87,12 @@ public static class FsProbe
             {
                 return LvmMember;
             }
+        }
+
+        // BitLocker (Windows 7 and later) replaces the NTFS boot sector's OEM name with its own.
+        if (b.Slice(3, 8).SequenceEqual("-FVE-FS-"u8))
+        {
+            return BitLocker;
         }
 
         if (b.Slice(3, 8).SequenceEqual("NTFS    "u8))
