@@ -584,7 +584,7 @@ public sealed partial class DiskCatalog
         // LUKS inside an LV closes before the LV is deactivated, LVM inside LUKS after: close what closes, deactivate,
         // then close the rest.
         var busy = CloseCrypts(crypts, last: false);
-        RemoveDevices();
+        RemoveDevices(dmDevices);
         foreach (var lv in lvs)
         {
             var r = lvm!.Deactivate(lv);
@@ -594,6 +594,7 @@ public sealed partial class DiskCatalog
         CloseCrypts(busy, last: true);
 
         StopArrays();
+        RemoveDevices(partitionMaps);
 
         foreach (var loop in loopDevices)
         {

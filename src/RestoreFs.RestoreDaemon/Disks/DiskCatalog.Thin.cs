@@ -15,7 +15,8 @@ public sealed partial class DiskCatalog
     /// <summary>At most this many runs make a file-map placement (a more fragmented thin LV reads through the VM only).</summary>
     private const int MaxThinPlacementRuns = 16384;
 
-    private readonly List<string> dmDevices = []; // made with dmsetup, removed by Dispose
+    private readonly List<string> dmDevices = []; // thin LVs made with dmsetup, removed by Dispose
+    private readonly List<string> partitionMaps = []; // partitions the kernel does not show, removed last
 
     private sealed record ThinResult(string? Error, IReadOnlyList<(long Offset, string Device, long DeviceOffset, long Length)>? Segments);
 
@@ -174,7 +175,7 @@ public sealed partial class DiskCatalog
             Line(at, size - at, "zero");
         }
 
-        CreateDevice(Path.GetFileName(lv.DmPath), table.ToString());
+        CreateDevice(Path.GetFileName(lv.DmPath), table.ToString(), dmDevices);
         return new ThinResult(null, pieces.Count <= MaxThinPlacementRuns ? pieces : null);
     }
 
@@ -219,7 +220,7 @@ public sealed partial class DiskCatalog
 
     /// <summary>A read-only device-mapper device from a table (dmsetup; without udev its node comes from
     /// <c>dmsetup mknodes</c>, run once for all by <see cref="MapThinVolumes"/>: every process costs under TCG).</summary>
-    private void CreateDevice(string name, string table)
+    private void CreateDevice(string name, string table, List<string> made)
     {
         var file = Path.Combine(Path.GetTempPath(), $"restorefs-dm-{Environment.ProcessId}-{name}.table");
         File.WriteAllText(file, table);
@@ -233,7 +234,7 @@ public sealed partial class DiskCatalog
 
             lock (gate)
             {
-                dmDevices.Add(name);
+                made.Add(name);
             }
         }
         finally
@@ -242,13 +243,13 @@ public sealed partial class DiskCatalog
         }
     }
 
-    private void RemoveDevices()
+    private void RemoveDevices(List<string> made)
     {
         List<string> names;
         lock (gate)
         {
-            names = dmDevices.ToList();
-            dmDevices.Clear();
+            names = made.ToList();
+            made.Clear();
         }
 
         foreach (var name in names)

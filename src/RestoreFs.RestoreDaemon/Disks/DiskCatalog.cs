@@ -475,7 +475,7 @@ public sealed partial class DiskCatalog : IVolumeCatalog, IDisposable, IAsyncDis
 
         if (!options.LoopForPartitions)
         {
-            return null;
+            return Lvm.DeviceMapperAvailable() ? PartitionMap(disk, part) : null;
         }
 
         var r = Tool.Run("losetup", ["-r", "-f", "--show", "-o", part.Offset.ToString(CultureInfo.InvariantCulture),
@@ -492,6 +492,26 @@ public sealed partial class DiskCatalog : IVolumeCatalog, IDisposable, IAsyncDis
         }
 
         return loop;
+    }
+
+    /// <summary>
+    /// A partition our reader found that the kernel does not show (a GPT of 4 KiB sectors on a virtual disk of 512-byte
+    /// ones; a GPT behind an MBR without its boot signature, which Linux ignores): a read-only device-mapper device over
+    /// its sectors, <c>/dev/mapper/restorefs-&lt;disk&gt;-partN</c>, removed when the catalog closes.
+    /// </summary>
+    private string PartitionMap(DiskScan disk, Partition part)
+    {
+        var name = $"restorefs-{new string(disk.Name.Select(c => char.IsAsciiLetterOrDigit(c) || c is '-' or '_' ? c : '_').ToArray())}-part{part.Number}";
+        CreateDevice(name, string.Create(CultureInfo.InvariantCulture, $"0 {part.Length / 512} linear {disk.Device} {part.Offset / 512}\n"), partitionMaps);
+        var r = Tool.Run("dmsetup", ["mknodes", name], TimeSpan.FromSeconds(30));
+        var node = "/dev/mapper/" + name;
+        if (!IsBlockDevice(node, out _, out _))
+        {
+            throw new IOException($"partition {part.Number} of {disk.Device} is mapped as {name}, but it has no device node ({r.FirstLine})");
+        }
+
+        log($"disk {disk.Name}: partition {part.Number} (the kernel shows none) mapped as {node}");
+        return node;
     }
 
     /// <summary>A linear LV's place on one disk: every segment on a PV of that disk whose own place is one run.</summary>

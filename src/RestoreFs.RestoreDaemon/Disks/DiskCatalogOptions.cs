@@ -5,7 +5,8 @@ namespace RestoreFs.RestoreDaemon.Disks;
 /// <param name="MountRoot">Where volumes are mounted: <c>MountRoot/dev/&lt;device&gt;</c> and <c>MountRoot/lvm/&lt;vg&gt;/&lt;lv&gt;</c>.</param>
 /// <param name="Log">One line per event (disks found, mounts, failures); null logs nothing.</param>
 /// <param name="LoopForPartitions">Make read-only loop devices for partitions when the kernel shows none (hosts
-/// without partition support); the VM's kernel shows them itself.</param>
+/// without partition support, as in tests). False (the VM): the kernel shows them itself, and a partition it does not
+/// show (a GPT of 4 KiB sectors, a GPT behind an MBR without its signature) gets a read-only device-mapper device.</param>
 /// <param name="ScanLimit">How long callers wait for the disk scan (from construction); 120 s when null. Disks not
 /// scanned by then are reported with an error.</param>
 /// <param name="ReadyFile">In the VM: a file /init creates once every file system module is loaded (device-mapper

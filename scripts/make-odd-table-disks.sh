@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Makes two test disks whose partitions a Linux kernel does not show by itself, in OUTDIR (root; the host's loop
+# devices and ext4):
+#   gpt4k.img   GPT written for 4 KiB logical sectors (a disk copied from a 4Kn drive, read through a virtual disk of
+#               512-byte sectors): partition 1 ext4
+#   nombr.img   GPT whose protective MBR was wiped (no boot signature; Linux then ignores the GPT): partition 1 ext4
+#   expected/tree/   the tree both file systems hold (modes, owners, times, a symbolic link, a non-ASCII name, 1 MB)
+# Usage: make-odd-table-disks.sh OUTDIR
+set -euo pipefail
+out=${1:?usage: make-odd-table-disks.sh OUTDIR}
+export PATH="$PATH:/usr/sbin:/sbin"
+for tool in sfdisk sgdisk mkfs.ext4 losetup python3; do
+  command -v "$tool" >/dev/null || { echo "make-odd-table-disks: $tool is missing (run scripts/install-deps.sh)" >&2; exit 1; }
+done
+mkdir -p "$out"; out=$(cd "$out" && pwd)
+work=$(mktemp -d)
+loops=()
+cleanup() {
+  mountpoint -q "$work/m" && umount "$work/m"
+  for l in "${loops[@]}"; do losetup -d "$l" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+t=$out/expected/tree
+rm -rf "$out/expected"; mkdir -p "$t/etc" "$t/home/ana" "$t/srv"
+echo "copied-from-4kn" > "$t/etc/hostname"
+echo "olá" > "$t/home/ana/notícias.txt"; chown -R 1001:1001 "$t/home/ana"; chmod 700 "$t/home/ana"
+python3 -c "import random,sys; sys.stdout.buffer.write(random.Random(7).randbytes(1000000))" > "$t/srv/blob"
+ln -s blob "$t/srv/current"
+python3 - "$t" <<'EOF'
+import os, sys
+t = 1500000000
+for root, dirs, files in os.walk(sys.argv[1], topdown=False):
+    for n in files + dirs:
+        os.utime(os.path.join(root, n), ns=(t * 10**9 + 123456789, t * 10**9 + 123456789), follow_symlinks=False)
+        t += 17
+EOF
+
+# An ext4 of SIZE bytes holding the tree, as a file.
+make_fs() { # file size blocksize
+  rm -f "$1"; truncate -s "$2" "$1"
+  mkfs.ext4 -q -F -b "$3" -L odd "$1"
+  mkdir -p "$work/m"
+  mount -o loop "$1" "$work/m"
+  cp -a "$t/." "$work/m/"
+  umount "$work/m"
+}
+
+# 4 KiB sectors: partition 1 from sector 256 (1 MiB), 40 MiB.
+img=$out/gpt4k.img
+rm -f "$img"; truncate -s 64M "$img"
+loop=$(losetup -f --show -b 4096 "$img"); loops+=("$loop")
+printf 'label: gpt\nunit: sectors\nstart=256, size=10240, type=L\n' | sfdisk -q "$loop" >/dev/null 2>&1 || true # the re-read fails on a loop
+losetup -d "$loop"; loops=()
+sfdisk -d "$img" 2>/dev/null | grep -q "^label: gpt" && { echo "make-odd-table-disks: gpt4k.img reads as a 512-byte-sector table" >&2; exit 1; }
+make_fs "$work/p" 40M 4096
+dd if="$work/p" of="$img" bs=4096 seek=256 conv=notrunc,sparse status=none
+
+# A wiped protective MBR: partition 1 from sector 2048, 40 MiB.
+img=$out/nombr.img
+rm -f "$img"; truncate -s 64M "$img"
+sgdisk -n 1:2048:+40M -t 1:8300 "$img" >/dev/null
+make_fs "$work/p" 40M 1024
+dd if="$work/p" of="$img" bs=512 seek=2048 conv=notrunc,sparse status=none
+dd if=/dev/zero of="$img" bs=512 count=1 conv=notrunc status=none
+echo "make-odd-table-disks: gpt4k.img and nombr.img in $out"
