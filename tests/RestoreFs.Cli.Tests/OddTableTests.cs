@@ -6,7 +6,8 @@ namespace RestoreFs.Cli.Tests;
 /// Partitions the restore VM's kernel does not show by itself, on two disks made by scripts/make-odd-table-disks.sh:
 /// a GPT of 4 KiB logical sectors (a disk copied from a 4Kn drive; the VM's virtual disks have 512-byte sectors) and
 /// a GPT behind a wiped protective MBR (Linux ignores a GPT without the MBR's boot signature). Our partition reader
-/// finds both; the daemon gives each partition a read-only device of its own. Real FUSE mount, real restore VM.
+/// finds both; the daemon gives each partition a read-only device of its own, on which LVM finds its physical volume
+/// too (the 4 KiB disk's second partition). Real FUSE mount, real restore VM.
 /// </summary>
 public sealed class OddTableFixture() : DiskImageMountFixture("restorefs-oddtable", ["sfdisk", "sgdisk", "mkfs.ext4"],
     "make-odd-table-disks.sh", [], TimeSpan.FromMinutes(3), [("vm/340", "2026-06-01T00:00:00Z", ["gpt4k.img", "nombr.img"])]);
@@ -16,16 +17,28 @@ public sealed class OddTableTests(OddTableFixture f) : IClassFixture<OddTableFix
     private static ProcessResult Run(string tool, params string[] args) =>
         ProcessRunner.Run(Requires.Tool(tool), args, TimeSpan.FromMinutes(3)).EnsureSuccess(tool + " " + string.Join(' ', args));
 
-    [Theory]
-    [InlineData("drive-scsi0", "GPT of 4 KiB sectors")]
-    [InlineData("drive-scsi1", "GPT behind a wiped MBR")]
-    public void The_partition_lists_and_its_files_equal_their_source(string disk, string what)
+    private string Files(string disk) => Path.Combine(f.MountPoint, "snapshots", f.Group, f.Time, "files", disk + ".img");
+
+    [Fact]
+    public void Each_disk_shows_what_its_table_holds()
     {
-        var files = Path.Combine(f.MountPoint, "snapshots", f.Group, f.Time, "files", disk + ".img");
-        Assert.Equal(["part"], Directory.GetFileSystemEntries(files).Select(Path.GetFileName).Order(StringComparer.Ordinal));
-        var volume = Path.Combine(files, "part", "1");
+        static string[] Names(string dir) => [.. Directory.GetFileSystemEntries(dir).Select(Path.GetFileName).Order(StringComparer.Ordinal)!];
+        Assert.Equal(["lvm", "part"], Names(Files("drive-scsi0")));
+        Assert.Equal(["1"], Names(Path.Combine(Files("drive-scsi0"), "part"))); // partition 2 is the PV: its LV is under lvm/
+        Assert.Equal(["data"], Names(Path.Combine(Files("drive-scsi0"), "lvm", "vgodd")));
+        Assert.Equal(["part"], Names(Files("drive-scsi1")));
+        Assert.Equal(["1"], Names(Path.Combine(Files("drive-scsi1"), "part")));
+    }
+
+    [Theory]
+    [InlineData("drive-scsi0", "part/1", "GPT of 4 KiB sectors")]
+    [InlineData("drive-scsi0", "lvm/vgodd/data", "LVM on a GPT of 4 KiB sectors")]
+    [InlineData("drive-scsi1", "part/1", "GPT behind a wiped MBR")]
+    public void The_volume_equals_its_source(string disk, string path, string what)
+    {
+        var volume = Path.Combine(Files(disk), path);
         Assert.False(File.Exists(volume + ".error"), $"{what}: {(File.Exists(volume + ".error") ? File.ReadAllText(volume + ".error") : "")}");
-        var copy = f.Dir.Combine("out-" + disk);
+        var copy = f.Dir.Combine("out-" + disk + "-" + path.Replace('/', '-'));
         Run("rsync", "-a", "--exclude=/lost+found", volume + "/", copy + "/");
         // Nothing to change (contents by checksum, modes, times, owners, symbolic links) means equal; the root's own
         // time is the file system's.
