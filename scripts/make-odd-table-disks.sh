@@ -4,6 +4,8 @@
 #   gpt4k.img   GPT written for 4 KiB logical sectors (a disk copied from a 4Kn drive, read through a virtual disk of
 #               512-byte sectors): partition 1 ext4, partition 2 an LVM physical volume of VG vgodd with LV data (ext4)
 #   nombr.img   GPT whose protective MBR was wiped (no boot signature; Linux then ignores the GPT): partition 1 ext4
+#   badgpt.img  GPT whose primary copy is damaged (its entries fail their checksum; Linux then ignores the GPT, as
+#               it reads the backup only when booted with "gpt"): partition 1 ext4, from the backup
 #   expected/tree/   the tree both file systems hold (modes, owners, times, a symbolic link, a non-ASCII name, 1 MB)
 # Usage: make-odd-table-disks.sh OUTDIR
 set -euo pipefail
@@ -114,4 +116,14 @@ sgdisk -n 1:2048:+40M -t 1:8300 "$img" >/dev/null
 make_fs "$work/p" 40M 1024
 dd if="$work/p" of="$img" bs=512 seek=2048 conv=notrunc,sparse status=none
 dd if=/dev/zero of="$img" bs=512 count=1 conv=notrunc status=none
-echo "make-odd-table-disks: gpt4k.img and nombr.img in $out"
+
+# A damaged primary GPT (see above): one byte of its entries changed, the backup intact.
+img=$out/badgpt.img
+rm -f "$img"; truncate -s 64M "$img"
+sgdisk -n 1:2048:+40M -t 1:8300 -c 1:data "$img" >/dev/null
+make_fs "$work/p" 40M 1024
+dd if="$work/p" of="$img" bs=512 seek=2048 conv=notrunc,sparse status=none
+printf 'X' | dd of="$img" bs=1 seek=$((2 * 512 + 56)) conv=notrunc status=none # the first letter of the name
+{ sgdisk -v "$img" 2>&1 || true; } | grep -q "Main partition table: ERROR" \
+  || { echo "make-odd-table-disks: badgpt.img: sgdisk does not see a damaged primary table" >&2; sgdisk -v "$img" >&2; exit 1; }
+echo "make-odd-table-disks: gpt4k.img, nombr.img and badgpt.img in $out"

@@ -29,12 +29,29 @@ public sealed class MdRaidTests(MdRaidFixture f) : IClassFixture<MdRaidFixture>
     private void AssertEqual(string volume, string expected, string label)
     {
         Assert.False(File.Exists(volume + ".error"), $"{label}: {(File.Exists(volume + ".error") ? File.ReadAllText(volume + ".error") : "")}");
+        Assert.True(Directory.Exists(volume), $"{label} is missing; what its disk says:\n{DiskErrors(volume)}");
         var copy = f.Dir.Combine("out-" + label.Replace('/', '+'));
         Run("rsync", "-a", "--exclude=/lost+found", volume + "/", copy + "/");
         var changes = string.Join('\n', Run("rsync", "-ai", "--dry-run", "--checksum", "--delete", copy + "/", Path.Combine(f.Expected, expected) + "/").StdOut
             .Split('\n', StringSplitOptions.RemoveEmptyEntries).Where(l => !l.EndsWith(" ./", StringComparison.Ordinal)));
         Assert.True(changes.Length == 0, $"{label} differs:\n{changes}");
         Assert.True(Directory.EnumerateFileSystemEntries(copy, "*", SearchOption.AllDirectories).Any(), $"{label} is empty");
+    }
+
+    /// <summary>The .error files of the volume's disk (part/N, md/ARRAY, lvm/VG/LV): the disk, its buckets and their
+    /// directories are listed, no deeper.</summary>
+    private static string DiskErrors(string volume)
+    {
+        var disk = volume;
+        while (!disk.EndsWith(".img", StringComparison.Ordinal))
+        {
+            disk = Path.GetDirectoryName(disk)!;
+        }
+
+        var buckets = Directory.EnumerateDirectories(disk).ToList();
+        return string.Join('\n', buckets.Concat(buckets.Where(b => b.EndsWith("/lvm", StringComparison.Ordinal)).SelectMany(Directory.EnumerateDirectories))
+            .SelectMany(d => Directory.EnumerateFiles(d, "*.error"))
+            .Select(e => $"{Path.GetRelativePath(disk, e)}: {File.ReadAllText(e).Trim()}"));
     }
 
     [Fact]

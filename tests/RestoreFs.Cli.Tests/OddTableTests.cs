@@ -7,10 +7,11 @@ namespace RestoreFs.Cli.Tests;
 /// a GPT of 4 KiB logical sectors (a disk copied from a 4Kn drive; the VM's virtual disks have 512-byte sectors) and
 /// a GPT behind a wiped protective MBR (Linux ignores a GPT without the MBR's boot signature). Our partition reader
 /// finds both; the daemon gives each partition a read-only device of its own, on which LVM finds its physical volume
-/// too (the 4 KiB disk's second partition). Real FUSE mount, real restore VM.
+/// too (the 4 KiB disk's second partition). A third disk's primary GPT is damaged: Linux ignores the table (it reads the
+/// backup only when booted with "gpt"), our reader takes the backup. Real FUSE mount, real restore VM.
 /// </summary>
 public sealed class OddTableFixture() : DiskImageMountFixture("restorefs-oddtable", ["sfdisk", "sgdisk", "mkfs.ext4"],
-    "make-odd-table-disks.sh", [], TimeSpan.FromMinutes(3), [("vm/340", "2026-06-01T00:00:00Z", ["gpt4k.img", "nombr.img"])]);
+    "make-odd-table-disks.sh", [], TimeSpan.FromMinutes(3), [("vm/340", "2026-06-01T00:00:00Z", ["gpt4k.img", "nombr.img", "badgpt.img"])]);
 
 public sealed class OddTableTests(OddTableFixture f) : IClassFixture<OddTableFixture>
 {
@@ -28,12 +29,15 @@ public sealed class OddTableTests(OddTableFixture f) : IClassFixture<OddTableFix
         Assert.Equal(["data"], Names(Path.Combine(Files("drive-scsi0"), "lvm", "vgodd")));
         Assert.Equal(["part"], Names(Files("drive-scsi1")));
         Assert.Equal(["1"], Names(Path.Combine(Files("drive-scsi1"), "part")));
+        Assert.Equal(["part"], Names(Files("drive-scsi2")));
+        Assert.Equal(["1"], Names(Path.Combine(Files("drive-scsi2"), "part")));
     }
 
     [Theory]
     [InlineData("drive-scsi0", "part/1", "GPT of 4 KiB sectors")]
     [InlineData("drive-scsi0", "lvm/vgodd/data", "LVM on a GPT of 4 KiB sectors")]
     [InlineData("drive-scsi1", "part/1", "GPT behind a wiped MBR")]
+    [InlineData("drive-scsi2", "part/1", "GPT with a damaged primary copy")]
     public void The_volume_equals_its_source(string disk, string path, string what)
     {
         var volume = Path.Combine(Files(disk), path);

@@ -272,7 +272,24 @@ public sealed partial class DiskCatalog : IVolumeCatalog, IDisposable, IAsyncDis
             log($"disk {disk.Name}: {note}");
         }
 
-        var parts = table.Partitions.ToList();
+        var parts = new List<Partition>();
+        foreach (var p in table.Partitions)
+        {
+            // The kernel's partition N is what its device holds: where the kernel read another table (Windows' LDM on
+            // an MBR disk, the other copy of a GPT), its view is used, so that what is probed, mounted and mapped onto
+            // the image are the same bytes.
+            if (kernelPartitions!.TryGetValue(p.Number, out var k) && (k.Start != p.Offset || k.Length != p.Length))
+            {
+                log($"disk {disk.Name}: partition {p.Number} lies at byte {k.Start} ({k.Length} bytes) for the kernel and at {p.Offset} "
+                    + $"({p.Length} bytes) in the {table.Scheme} table read here: the kernel's is used");
+                parts.Add(new Partition(p.Number, k.Start, k.Length, "kernel"));
+            }
+            else
+            {
+                parts.Add(p);
+            }
+        }
+
         foreach (var (number, (start, length)) in kernelPartitions!.Where(k => parts.All(p => p.Number != k.Key)).OrderBy(k => k.Key))
         {
             // The kernel knows a partition our parser does not (another table type): use the kernel's view.
@@ -588,7 +605,10 @@ public sealed partial class DiskCatalog : IVolumeCatalog, IDisposable, IAsyncDis
 
         foreach (var pv in pvs.Where(p => found.All(f => f.Device != p.Device)))
         {
-            log($"{pv.Device} has an LVM label but lvm does not report it as a physical volume");
+            // Said where the volume would be, not only logged: its volume group would otherwise be missing without a word.
+            var why = $"{pv.Device} has an LVM label, but lvm does not report it as a physical volume";
+            log(why);
+            pv.Disk.Volumes.Add(pv.AsVolume with { Error = why });
         }
 
         foreach (var (vg, disks) in groupDisks.OrderBy(g => g.Key, StringComparer.Ordinal))

@@ -316,6 +316,14 @@ public static class PartitionTable
             return null;
         }
 
+        var lastLba = (ulong)(size / sectorSize) - 1;
+        if (h.FirstUsable > lastLba || h.LastUsable > lastLba || h.LastUsable < h.FirstUsable)
+        {
+            // As Linux checks it: a header that does not fit the disk is not used (the kernel then takes the other copy).
+            problem = $"header at LBA {lba} has usable LBAs {h.FirstUsable}–{h.LastUsable} outside the disk's {lastLba + 1}";
+            return null;
+        }
+
         if (h.Count == 0 || h.Count > 4096 || h.EntrySize < 128 || h.EntrySize > 4096 || (h.EntrySize & (h.EntrySize - 1)) != 0)
         {
             problem = $"header at LBA {lba} has an impossible entry table ({h.Count} entries of {h.EntrySize} bytes)";
