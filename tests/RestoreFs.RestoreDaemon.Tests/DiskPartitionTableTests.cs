@@ -82,6 +82,25 @@ public sealed class DiskPartitionTableTests : IDisposable
     }
 
     [Fact]
+    public void A_primary_gpt_whose_usable_area_leaves_the_disk_is_not_used_as_linux_does_not()
+    {
+        // A valid header (checksums right) that says its usable LBAs run past the disk's end: Linux refuses it.
+        var img = Gpt();
+        var reference = Sfdisk(img);
+        var disk = File.ReadAllBytes(img);
+        var header = disk.AsSpan(512, 92);
+        BinaryPrimitives.WriteUInt64LittleEndian(header[48..], (ulong)(disk.Length / 512) + 1000); // last usable LBA
+        header[16..20].Clear();
+        BinaryPrimitives.WriteUInt32LittleEndian(header[16..], System.IO.Hashing.Crc32.HashToUInt32(header));
+        File.WriteAllBytes(img, disk);
+
+        var table = Read(img);
+        Assert.Equal(reference, Ours(table));
+        Assert.Contains(table.Notes, n => n.Contains("primary GPT", StringComparison.Ordinal) && n.Contains("usable LBAs", StringComparison.Ordinal));
+        Assert.Contains(table.Notes, n => n.Contains("using the backup GPT", StringComparison.Ordinal));
+    }
+
+    [Fact]
     public void A_damaged_backup_gpt_does_not_matter_while_the_primary_is_good()
     {
         var img = Gpt();
