@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Makes two test disks whose partitions a Linux kernel does not show by itself, in OUTDIR (root; the host's loop
+# Makes three test disks whose partitions a Linux kernel does not show by itself, in OUTDIR (root; the host's loop
 # devices and ext4):
 #   gpt4k.img   GPT written for 4 KiB logical sectors (a disk copied from a 4Kn drive, read through a virtual disk of
 #               512-byte sectors): partition 1 ext4, partition 2 an LVM physical volume of VG vgodd with LV data (ext4)
 #   nombr.img   GPT whose protective MBR was wiped (no boot signature; Linux then ignores the GPT): partition 1 ext4
 #   badgpt.img  GPT whose primary copy is damaged (its entries fail their checksum; Linux then ignores the GPT, as
 #               it reads the backup only when booted with "gpt"): partition 1 ext4, from the backup
-#   expected/tree/   the tree both file systems hold (modes, owners, times, a symbolic link, a non-ASCII name, 1 MB)
+#   expected/tree/   the tree every file system holds (modes, owners, times, a symbolic link, a non-ASCII name, 1 MB)
 # Usage: make-odd-table-disks.sh OUTDIR
 set -euo pipefail
 out=${1:?usage: make-odd-table-disks.sh OUTDIR}

@@ -3,7 +3,7 @@ using RestoreFs.TestSupport;
 namespace RestoreFs.Cli.Tests;
 
 /// <summary>
-/// Partitions the restore VM's kernel does not show by itself, on two disks made by scripts/make-odd-table-disks.sh:
+/// Partitions the restore VM's kernel does not show by itself, on three disks made by scripts/make-odd-table-disks.sh:
 /// a GPT of 4 KiB logical sectors (a disk copied from a 4Kn drive; the VM's virtual disks have 512-byte sectors) and
 /// a GPT behind a wiped protective MBR (Linux ignores a GPT without the MBR's boot signature). Our partition reader
 /// finds both; the daemon gives each partition a read-only device of its own, on which LVM finds its physical volume
