@@ -70,6 +70,24 @@ public abstract class DiskImageMountFixture : IDisposable
 
     public Dictionary<string, string> Env => new() { ["XDG_RUNTIME_DIR"] = Runtime };
 
+    /// <summary>Copies a volume of files/ with <c>rsync -a</c> (lost+found left out) and checks that the copy equals
+    /// <c>expected/<paramref name="expected"/></c>: nothing for rsync to change (contents by checksum, modes, times,
+    /// owners, symbolic links); the root's own time is the file system's. A volume with an .error file fails with its
+    /// text. Returns the copy.</summary>
+    public string AssertVolumeEquals(string volume, string expected, string label)
+    {
+        Assert.False(File.Exists(volume + ".error"), $"{label}: {(File.Exists(volume + ".error") ? File.ReadAllText(volume + ".error") : "")}");
+        var copy = Dir.Combine("out-" + label.Replace('/', '+'));
+        Rsync("-a", "--exclude=/lost+found", volume + "/", copy + "/");
+        var changes = string.Join('\n', Rsync("-ai", "--dry-run", "--checksum", "--delete", copy + "/", Path.Combine(Expected, expected) + "/").StdOut
+            .Split('\n', StringSplitOptions.RemoveEmptyEntries).Where(l => !l.EndsWith(" ./", StringComparison.Ordinal)));
+        Assert.True(changes.Length == 0, $"{label} differs:\n{changes}");
+        return copy;
+    }
+
+    private static ProcessResult Rsync(params string[] args) =>
+        ProcessRunner.Run(Requires.Tool("rsync"), args, TimeSpan.FromMinutes(3)).EnsureSuccess("rsync " + string.Join(' ', args));
+
     public ProcessResult Cli(TimeSpan timeout, params string[] args) =>
         ProcessRunner.Run(RepoPaths.Cli, args, timeout, environment: Env).EnsureSuccess("restorefs " + string.Join(' ', args));
 

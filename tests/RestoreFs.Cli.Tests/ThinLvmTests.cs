@@ -12,9 +12,6 @@ public sealed class ThinLvmFixture() : DiskImageMountFixture("restorefs-thin", [
 
 public sealed class ThinLvmTests(ThinLvmFixture f) : IClassFixture<ThinLvmFixture>
 {
-    private static ProcessResult Run(string tool, params string[] args) =>
-        ProcessRunner.Run(Requires.Tool(tool), args, TimeSpan.FromMinutes(3)).EnsureSuccess(tool + " " + string.Join(' ', args));
-
     [Theory]
     [InlineData("home")]
     [InlineData("srv")]
@@ -22,15 +19,7 @@ public sealed class ThinLvmTests(ThinLvmFixture f) : IClassFixture<ThinLvmFixtur
     [InlineData("root")]
     public void Rsync_of_each_thin_volume_equals_its_source(string lv)
     {
-        var copy = f.Dir.Combine("out-" + lv);
-        var volume = Path.Combine(f.Disk, "lvm/vgthin", lv);
-        Assert.False(File.Exists(volume + ".error"), $"{lv}: {(File.Exists(volume + ".error") ? File.ReadAllText(volume + ".error") : "")}");
-        Run("rsync", "-a", "--exclude=/lost+found", Path.Combine(f.Disk, "lvm/vgthin", lv) + "/", copy + "/");
-        // Nothing to change (contents by checksum, modes, mtimes, symlinks, owners) means equal; the root's own mtime
-        // is the file system's.
-        var changes = string.Join('\n', Run("rsync", "-ai", "--dry-run", "--checksum", "--delete", copy + "/", Path.Combine(f.Expected, lv) + "/").StdOut
-            .Split('\n', StringSplitOptions.RemoveEmptyEntries).Where(l => !l.EndsWith(" ./", StringComparison.Ordinal)));
-        Assert.True(changes.Length == 0, $"{lv} differs:\n{changes}");
+        var copy = f.AssertVolumeEquals(Path.Combine(f.Disk, "lvm/vgthin", lv), lv, lv);
         Assert.True(Directory.EnumerateFileSystemEntries(copy, "*", SearchOption.AllDirectories).Count() >= 2, $"{lv} is empty");
     }
 
