@@ -18,7 +18,7 @@ public sealed record PxarArchiveOptions(int GoodbyeCacheTables = 1024, int MaxCa
 {
     /// <summary>Opening the archive for a walk into it (a lookup or listing in the root follows): the root's goodbye
     /// table, at the end of the metadata stream, is fetched in the background while the root entry at its start is
-    /// decoded (and a split archive's payload tail likewise). Off for a stat of the root alone, which needs neither.</summary>
+    /// decoded Off for a stat of the root alone, which needs neither.</summary>
     public bool FetchRootTableAhead { get; init; }
 }
 
@@ -47,6 +47,7 @@ public sealed class PxarArchive : IDisposable
     private readonly Dictionary<(long End, long Entry), LinkedListNode<((long End, long Entry) Key, Table Table)>> tables = new();
     private readonly LinkedList<((long End, long Entry) Key, Table Table)> tableLru = new();
     private long cachedTableBytes;
+    private volatile bool payloadMarkersChecked;
     private readonly IDisposable[] owned;
 
     private PxarArchive(IPxarSource meta, IPxarSource? payload, PxarArchiveOptions? options, IDisposable[] owned)
@@ -89,7 +90,6 @@ public sealed class PxarArchive : IDisposable
         if (options.FetchRootTableAhead)
         {
             meta.Prefetch(meta.Length - 1);
-            payload?.Prefetch(payload.Length - 1);
         }
 
         long pos = 0;
@@ -121,18 +121,8 @@ public sealed class PxarArchive : IDisposable
                 throw Error("split (v2) archive: the payload stream (.ppxar) is needed as well", 0);
             }
 
-            var (start, startSize) = Header(payload, 0, payload.Length, "payload stream");
-            if (start != PxarFormat.PayloadStartMarker || startSize != PxarFormat.HeaderSize)
-            {
-                throw new PxarException($"payload stream does not start with PAYLOAD_START_MARKER ({PxarFormat.ItemName(start)})", payload.Name, 0);
-            }
-
-            var (end, endSize) = Header(payload, payload.Length - PxarFormat.HeaderSize, payload.Length, "payload stream");
-            if (end != PxarFormat.PayloadTailMarker || endSize != PxarFormat.HeaderSize)
-            {
-                throw new PxarException($"payload stream does not end with PAYLOAD_TAIL_MARKER ({PxarFormat.ItemName(end)})", payload.Name,
-                    payload.Length - PxarFormat.HeaderSize);
-            }
+            // The payload stream's markers are checked with the first file contents read from it (CheckContent): a
+            // listing never needs the payload, and its first chunk can be as large as the metadata stream's.
         }
 
         var root = new PxarEntry([], -1) { IsRoot = true, DirectoryEnd = meta.Length };
@@ -619,6 +609,11 @@ public sealed class PxarArchive : IDisposable
             return;
         }
 
+        if (!payloadMarkersChecked)
+        {
+            CheckPayloadMarkers();
+        }
+
         Span<byte> ph = stackalloc byte[PxarFormat.HeaderSize];
         var at = content.Offset - PxarFormat.HeaderSize;
         ReadExact(payload ?? throw Error("the entry's contents are in a payload stream the archive has not got", content.PayloadRefOffset), at, ph);
@@ -629,6 +624,35 @@ public sealed class PxarArchive : IDisposable
             throw Error($"PAYLOAD_REF ({at}, {content.Size}) does not match the payload stream's {PxarFormat.ItemName(ptype)} of {psize} bytes there",
                 content.PayloadRefOffset);
         }
+    }
+
+    /// <summary>
+    /// A split archive's payload stream must start with PAYLOAD_START_MARKER and end with PAYLOAD_TAIL_MARKER; checked once,
+    /// before the first file contents are read from it (its first and last chunks are decoded for that, so a listing does
+    /// not pay for them). A failure is not remembered: every later read reports it again.
+    /// </summary>
+    private void CheckPayloadMarkers()
+    {
+        var stream = payload ?? throw Error("split (v2) archive: the payload stream (.ppxar) is needed as well", 0);
+        if (stream.Length < 2 * PxarFormat.HeaderSize)
+        {
+            throw new PxarException($"payload stream of {stream.Length} bytes is too short to hold its start and tail markers", stream.Name, 0);
+        }
+
+        var (start, startSize) = Header(stream, 0, stream.Length, "payload stream");
+        if (start != PxarFormat.PayloadStartMarker || startSize != PxarFormat.HeaderSize)
+        {
+            throw new PxarException($"payload stream does not start with PAYLOAD_START_MARKER ({PxarFormat.ItemName(start)})", stream.Name, 0);
+        }
+
+        var (end, endSize) = Header(stream, stream.Length - PxarFormat.HeaderSize, stream.Length, "payload stream");
+        if (end != PxarFormat.PayloadTailMarker || endSize != PxarFormat.HeaderSize)
+        {
+            throw new PxarException($"payload stream does not end with PAYLOAD_TAIL_MARKER ({PxarFormat.ItemName(end)})", stream.Name,
+                stream.Length - PxarFormat.HeaderSize);
+        }
+
+        payloadMarkersChecked = true;
     }
 
     /// <summary>A read-only seekable stream over a regular file's contents.</summary>

@@ -15,7 +15,7 @@ public sealed class PxarMemoryTests : IDisposable
 {
     /// <summary>
     /// Above the RSS before browsing, at the default --cache-mb 64: the archive's chunk caches (unified: the whole
-    /// budget, 64 MiB; split: budget/4 + budget/16 = 20 MiB), free chunk buffers kept for reuse (8 MiB), one decode in flight per
+    /// budget, 64 MiB; split: budget/2 + budget/16 = 36 MiB), free chunk buffers kept for reuse (8 MiB), one decode in flight per
     /// stream (chunk file + decoded chunk: up to 16 + 32 MiB with a maximal 16 MiB chunk, whose file lands in a 32 MiB
     /// pooled array), up to 32 MiB of dropped buffers between two collections the pool starts, the collector's free but
     /// still resident space, the FUSE layer's reply buffers and nodes (~50–60 MiB measured for these together), and

@@ -145,6 +145,29 @@ public class HostileTests
     }
 
     [Fact]
+    public void APayloadStreamWithoutItsMarkersListsButEveryContentReadFails()
+    {
+        var meta = Vectors.Bytes("v2.mpxar");
+        var good = Vectors.Bytes("v2.ppxar");
+        foreach (var (at, marker) in new[] { (0, "PAYLOAD_START_MARKER"), (good.Length - PxarFormat.HeaderSize, "PAYLOAD_TAIL_MARKER") })
+        {
+            var payload = (byte[])good.Clone();
+            payload[at] ^= 0x01;
+            using var a = PxarArchive.Open(new MemoryPxarSource(meta, "hostile.mpxar"), new MemoryPxarSource(payload, "hostile.ppxar"));
+            // Listing and looking up need only the metadata stream.
+            Assert.Contains(a.List(a.Root), e => e.Name.AsSpan().SequenceEqual("a.txt"u8));
+            var file = a.LookupPath("a.txt")!;
+            Assert.True(file.ContentInPayloadStream);
+            for (var attempt = 0; attempt < 2; attempt++) // not remembered as checked: every read reports it
+            {
+                var e = Assert.Throws<PxarException>(() => a.Read(file, 0, new byte[16]));
+                Assert.Contains(marker, e.Message);
+                Assert.Equal("hostile.ppxar", e.Archive);
+            }
+        }
+    }
+
+    [Fact]
     public void AWrongPayloadRefIsRefused()
     {
         var meta = Vectors.Bytes("v2.mpxar");

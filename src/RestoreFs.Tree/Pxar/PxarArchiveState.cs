@@ -130,9 +130,12 @@ public sealed class PxarArchiveState : IDisposable
         return opened;
     }
 
-    /// <summary>Part of the mount's decoded-chunk budget (<c>--cache-mb</c>) a split archive's metadata stream may hold
-    /// (compact: 26,000 entries in under 4 MiB).</summary>
-    private const int MetadataShare = 4;
+    /// <summary>Part of the mount's decoded-chunk budget (<c>--cache-mb</c>) a split archive's metadata stream may hold:
+    /// half, as a unified stream with a catalog. The stream is compact (26,000 entries in under 4 MiB), but its chunks
+    /// are cut like any other (one in ten over 11 MB): with a quarter, two such chunks did not fit together, and the first
+    /// listing of a 145,000-entry archive decoded its two chunks twice each (the root entry in the first, the root's
+    /// goodbye table and the hard-link scan in the second), a `find` 13 times.</summary>
+    private const int MetadataShare = 2;
 
     /// <summary>Part of the budget a unified (v1) stream may hold (all of it: with half, find and cat of a 26,000-entry
     /// archive took 1.5–2× longer): listing a directory reads entries spread across its
@@ -158,7 +161,7 @@ public sealed class PxarArchiveState : IDisposable
     /// Chunk caches of an archive: bounded per reader by a share of the mount's budget (at least 4 MiB — one average
     /// chunk), and charged to that budget (<see cref="TreeContext.ChunkMemory"/>), shared with every other archive and VM
     /// image the mount has open, which trims the least recently used reader. Browsing one archive of any size thus keeps
-    /// at most budget/4 + budget/16 of decoded chunks for a split archive (20 MiB at the default 64), budget/2 for a unified one, however many chunks it decodes; an
+    /// at most budget/2 + budget/16 of decoded chunks for a split archive (36 MiB at the default 64), budget/2 for a unified one, however many chunks it decodes; an
     /// evicted chunk's buffer is reused or unmapped at once (<see cref="DynamicChunkBuffers"/>), so decoded chunks do not
     /// pile up as garbage either.
     /// </summary>
