@@ -18,7 +18,7 @@ public sealed record PxarArchiveOptions(int GoodbyeCacheTables = 1024, int MaxCa
 {
     /// <summary>Opening the archive for a walk into it (a lookup or listing in the root follows): the root's goodbye
     /// table, at the end of the metadata stream, is fetched in the background while the root entry at its start is
-    /// decoded Off for a stat of the root alone, which needs neither.</summary>
+    /// decoded. Off for a stat of the root alone, which needs neither.</summary>
     public bool FetchRootTableAhead { get; init; }
 }
 
