@@ -42,47 +42,6 @@ public sealed class DynamicImageReaderTests : IDisposable
         return (DatastoreReader.Open(store), writer.Finish(), data);
     }
 
-    /// <summary>
-    /// A reader evicts a chunk to make room for its next decode, which takes the evicted buffer: that buffer is kept even
-    /// when it is larger than the spare limit (the only spare), and a smaller chunk takes it whole, without shrinking it
-    /// and growing it again for the next large chunk. Each fresh page is a page fault: dropping or shrinking buffers made
-    /// a v1 walk fault in a new buffer for nearly every decode.
-    /// </summary>
-    [Fact]
-    public void A_lone_large_spare_is_kept_and_a_smaller_chunk_takes_it_whole()
-    {
-        var held = new List<NativeChunkBuffer>();
-        while (DynamicChunkBuffers.SpareCount > 0)
-        {
-            held.Add(DynamicChunkBuffers.Rent(1));
-        }
-
-        try
-        {
-            const int Large = 12 * 1024 * 1024;
-            Assert.True(Large > DynamicChunkBuffers.SpareBytesLimit);
-            var big = DynamicChunkBuffers.Rent(Large);
-            big.Span[^1] = 7;
-            DynamicChunkBuffers.Return(big);
-            Assert.Equal(1, DynamicChunkBuffers.SpareCount);
-            var mapped = DynamicChunkBuffers.MappedBytes;
-
-            var small = DynamicChunkBuffers.Rent(3 * 1024 * 1024);
-            Assert.Same(big, small);
-            Assert.Equal(Large, small.Length);
-            Assert.Equal(7, small.Span[^1]); // the same pages, not a fresh mapping
-            Assert.Equal(mapped, DynamicChunkBuffers.MappedBytes);
-            DynamicChunkBuffers.Return(small);
-        }
-        finally
-        {
-            foreach (var b in held)
-            {
-                DynamicChunkBuffers.Return(b);
-            }
-        }
-    }
-
     [Fact]
     public void Reads_from_many_threads_with_fetches_ahead_are_exact_and_the_cache_keeps_its_bound()
     {

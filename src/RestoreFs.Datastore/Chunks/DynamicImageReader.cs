@@ -388,10 +388,7 @@ public static class DynamicChunkBuffers
     /// <summary>Free buffers kept for reuse (process-wide).</summary>
     public const int SpareLimit = 3;
 
-    /// <summary>Most bytes of free buffers kept, except that one buffer of any size is kept when it is the only one: a reader
-    /// evicts a chunk to make room for the next decode, which then takes the evicted buffer with its pages (a fresh one
-    /// costs a page fault per 4 KiB: dropping buffers over this limit made a v1 walk fault in 1.6 GB, twice its time on a
-    /// virtual machine whose page faults are slow).</summary>
+    /// <summary>Most bytes of free buffers kept.</summary>
     public const long SpareBytesLimit = 8L * 1024 * 1024;
 
     private static readonly List<NativeChunkBuffer> Spare = [];
@@ -423,9 +420,7 @@ public static class DynamicChunkBuffers
             for (var i = 0; i < Spare.Count; i++)
             {
                 var l = Spare[i].Length;
-                // The smallest that fits, however much larger: its pages are already there (shrinking it to the chunk and
-                // growing it again for the next large one faulted the difference in each time).
-                if (l >= length && (best < 0 || l < Spare[best].Length))
+                if (l >= length && l <= 2L * rounded && (best < 0 || l < Spare[best].Length))
                 {
                     best = i;
                 }
@@ -482,7 +477,7 @@ public static class DynamicChunkBuffers
                 Spare.RemoveAt(0);
             }
 
-            if (buffer.Length <= SpareBytesLimit || Spare.Count == 0)
+            if (buffer.Length <= SpareBytesLimit)
             {
                 Spare.Add(buffer);
                 spareBytes += buffer.Length;
