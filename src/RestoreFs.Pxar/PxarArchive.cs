@@ -609,14 +609,15 @@ public sealed class PxarArchive : IDisposable
             return;
         }
 
+        var stream = payload ?? throw Error("the entry's contents are in a payload stream the archive has not got", content.PayloadRefOffset);
         if (!payloadMarkersChecked)
         {
-            CheckPayloadMarkers();
+            CheckPayloadMarkers(stream);
         }
 
         Span<byte> ph = stackalloc byte[PxarFormat.HeaderSize];
         var at = content.Offset - PxarFormat.HeaderSize;
-        ReadExact(payload ?? throw Error("the entry's contents are in a payload stream the archive has not got", content.PayloadRefOffset), at, ph);
+        ReadExact(stream, at, ph);
         var ptype = BinaryPrimitives.ReadUInt64LittleEndian(ph);
         var psize = BinaryPrimitives.ReadUInt64LittleEndian(ph[8..]);
         if (ptype != PxarFormat.Payload || psize != (ulong)content.Size + PxarFormat.HeaderSize)
@@ -631,9 +632,8 @@ public sealed class PxarArchive : IDisposable
     /// before the first file contents are read from it (its first and last chunks are decoded for that, so a listing does
     /// not pay for them). A failure is not remembered: every later read reports it again.
     /// </summary>
-    private void CheckPayloadMarkers()
+    private void CheckPayloadMarkers(IPxarSource stream)
     {
-        var stream = payload ?? throw Error("split (v2) archive: the payload stream (.ppxar) is needed as well", 0);
         if (stream.Length < 2 * PxarFormat.HeaderSize)
         {
             throw new PxarException($"payload stream of {stream.Length} bytes is too short to hold its start and tail markers", stream.Name, 0);
