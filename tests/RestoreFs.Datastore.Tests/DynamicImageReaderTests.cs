@@ -42,6 +42,61 @@ public sealed class DynamicImageReaderTests : IDisposable
         return (DatastoreReader.Open(store), writer.Finish(), data);
     }
 
+    /// <summary>
+    /// A reader evicts a chunk to make room for its next decode, which takes the evicted buffer: that buffer is kept even
+    /// when it is larger than the spare limit (the only spare), and a smaller chunk takes it whole, without shrinking it
+    /// and growing it again for the next large chunk. Each fresh page is a page fault: dropping or shrinking buffers made
+    /// a v1 walk fault in a new buffer for nearly every decode.
+    /// </summary>
+    [Fact]
+    public void A_lone_large_spare_is_kept_and_a_smaller_chunk_takes_it_whole()
+    {
+        var held = new List<NativeChunkBuffer>();
+        while (DynamicChunkBuffers.SpareCount > 0)
+        {
+            held.Add(DynamicChunkBuffers.Rent(1));
+        }
+
+        // Given back last, it makes the large spare go (a lone spare stays only while it is alone): later tests start
+        // with the spares they would have had.
+        NativeChunkBuffer? small64K = DynamicChunkBuffers.Rent(64 * 1024);
+        try
+        {
+            const int Large = 12 * 1024 * 1024;
+            Assert.True(Large > DynamicChunkBuffers.SpareBytesLimit);
+            var big = DynamicChunkBuffers.Rent(Large);
+            big.Span[^1] = 7;
+            DynamicChunkBuffers.Return(big);
+            Assert.Equal(1, DynamicChunkBuffers.SpareCount);
+            var mapped = DynamicChunkBuffers.MappedBytes;
+
+            var small = DynamicChunkBuffers.Rent(3 * 1024 * 1024);
+            Assert.Same(big, small);
+            Assert.Equal(Large, small.Length);
+            Assert.Equal(7, small.Span[^1]); // the same pages, not a fresh mapping
+            Assert.Equal(mapped, DynamicChunkBuffers.MappedBytes);
+            DynamicChunkBuffers.Return(small);
+            Assert.Equal(mapped, DynamicChunkBuffers.MappedBytes);
+
+            DynamicChunkBuffers.Return(small64K);
+            small64K = null;
+            Assert.Equal(1, DynamicChunkBuffers.SpareCount);
+            Assert.Equal(mapped - Large, DynamicChunkBuffers.MappedBytes); // the large spare is unmapped
+        }
+        finally
+        {
+            if (small64K is not null)
+            {
+                DynamicChunkBuffers.Return(small64K);
+            }
+
+            foreach (var b in held)
+            {
+                DynamicChunkBuffers.Return(b);
+            }
+        }
+    }
+
     [Fact]
     public void Reads_from_many_threads_with_fetches_ahead_are_exact_and_the_cache_keeps_its_bound()
     {
@@ -93,6 +148,33 @@ public sealed class DynamicImageReaderTests : IDisposable
         Assert.True(DynamicChunkBuffers.MappedBytes - mappedBefore <= MostSpare,
             $"{DynamicChunkBuffers.MappedBytes - mappedBefore} bytes still mapped after the reader was disposed");
         Assert.True(DynamicChunkBuffers.SpareCount <= DynamicChunkBuffers.SpareLimit);
+    }
+
+    /// <summary>A fetch ahead still decoding when the reader is disposed: Dispose waits for it, so the reader leaves
+    /// nothing mapped but spare buffers (it used to give that chunk's buffer back a moment after Dispose returned).</summary>
+    [Fact]
+    public void Dispose_waits_for_a_fetch_ahead_under_way_and_leaves_only_spares_mapped()
+    {
+        var (reader, snapshot, _) = Archive(8 * 1024 * 1024);
+        for (var round = 0; round < 20; round++)
+        {
+            var inUse = DynamicChunkBuffers.MappedBytes - DynamicChunkBuffers.SpareBytes;
+            long prefetches;
+            using (var source = DynamicImageReader.Open(reader, snapshot, "root.pxar", null))
+            {
+                source.Prefetch(round * 350_000L);
+                prefetches = source.Prefetches;
+                // Until the decode has taken its buffer (then it runs for a millisecond or so).
+                var started = System.Diagnostics.Stopwatch.StartNew();
+                while (DynamicChunkBuffers.MappedBytes - DynamicChunkBuffers.SpareBytes == inUse && started.Elapsed < TimeSpan.FromSeconds(5))
+                {
+                    Thread.SpinWait(20);
+                }
+            }
+
+            Assert.Equal(1, prefetches);
+            Assert.Equal(inUse, DynamicChunkBuffers.MappedBytes - DynamicChunkBuffers.SpareBytes);
+        }
     }
 
     [Fact]

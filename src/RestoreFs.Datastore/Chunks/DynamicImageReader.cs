@@ -359,9 +359,33 @@ public sealed class DynamicImageReader : IDisposable, IChunkCache
         }
     }
 
+    /// <summary>How long <see cref="Dispose"/> waits for decodes under way (a fetch ahead on a pool thread, or a read on
+    /// another thread) to give their buffers back.</summary>
+    private static readonly TimeSpan DisposeWait = TimeSpan.FromSeconds(10);
+
     public void Dispose()
     {
         disposed = true;
+
+        // A decode under way ends by giving its buffer back (Insert sees the reader disposed): wait for it, so that when
+        // Dispose returns the reader holds no memory (a fetch ahead that outlived it kept a chunk mapped a moment longer).
+        // Bounded: a decode stuck on a slow store gives its buffer back when it ends.
+        ManualResetEventSlim[] running;
+        lock (gate)
+        {
+            running = [.. inflight.Values];
+        }
+
+        var waited = System.Diagnostics.Stopwatch.StartNew();
+        foreach (var decode in running)
+        {
+            var left = DisposeWait - waited.Elapsed;
+            if (left <= TimeSpan.Zero || !decode.Wait(left))
+            {
+                break;
+            }
+        }
+
         lock (gate)
         {
             while (lru.Last is not null)
@@ -377,9 +401,9 @@ public sealed class DynamicImageReader : IDisposable, IChunkCache
 /// <summary>
 /// Buffers for decoded dynamic chunks, whose lengths vary (PBS: 1…16 MiB around a 4 MiB average): mapped pages outside
 /// the managed heap (<see cref="NativeChunkBuffer"/>), unmapped as soon as they are not kept. A buffer is rounded up to
-/// a granule (64 KiB below 1 MiB, 1 MiB above) and reused for any chunk it fits with at most about half of it unused
-/// (best fit); at most <see cref="SpareLimit"/> free buffers of together <see cref="SpareBytesLimit"/> are kept, the rest
-/// is given back to the system at once. As managed arrays these buffers piled up between full collections (the
+/// a granule (64 KiB below 1 MiB, 1 MiB above) and reused whole for any chunk it fits (the smallest spare that fits);
+/// at most <see cref="SpareLimit"/> free buffers of together <see cref="SpareBytesLimit"/> are kept, or a single one of
+/// any size, the rest is given back to the system at once. As managed arrays these buffers piled up between full collections (the
 /// large-object heap is swept only then): a walk of a v1 archive held 20–45 MiB of dropped buffers and holes on top of
 /// its cache, and forcing a collection every 32 MiB of new buffers cost time and still left a sawtooth that high.
 /// </summary>
@@ -388,7 +412,10 @@ public static class DynamicChunkBuffers
     /// <summary>Free buffers kept for reuse (process-wide).</summary>
     public const int SpareLimit = 3;
 
-    /// <summary>Most bytes of free buffers kept.</summary>
+    /// <summary>Most bytes of free buffers kept, except that one buffer of any size is kept when it is the only one: a reader
+    /// evicts a chunk to make room for the next decode, which then takes the evicted buffer with its pages (a fresh one
+    /// costs a page fault per 4 KiB: dropping buffers over this limit made a v1 walk fault in 1.6 GB, twice its time on a
+    /// virtual machine whose page faults are slow).</summary>
     public const long SpareBytesLimit = 8L * 1024 * 1024;
 
     private static readonly List<NativeChunkBuffer> Spare = [];
@@ -407,6 +434,18 @@ public static class DynamicChunkBuffers
         }
     }
 
+    /// <summary>Bytes of the free buffers kept now.</summary>
+    public static long SpareBytes
+    {
+        get
+        {
+            lock (Spare)
+            {
+                return spareBytes;
+            }
+        }
+    }
+
     /// <summary>Bytes of all chunk buffers mapped now: the spares, and those in readers' caches or being decoded.</summary>
     public static long MappedBytes => Interlocked.Read(ref mapped);
 
@@ -420,7 +459,9 @@ public static class DynamicChunkBuffers
             for (var i = 0; i < Spare.Count; i++)
             {
                 var l = Spare[i].Length;
-                if (l >= length && l <= 2L * rounded && (best < 0 || l < Spare[best].Length))
+                // The smallest that fits, however much larger: its pages are already there (shrinking it to the chunk and
+                // growing it again for the next large one faulted the difference in each time).
+                if (l >= length && (best < 0 || l < Spare[best].Length))
                 {
                     best = i;
                 }
@@ -477,7 +518,7 @@ public static class DynamicChunkBuffers
                 Spare.RemoveAt(0);
             }
 
-            if (buffer.Length <= SpareBytesLimit)
+            if (buffer.Length <= SpareBytesLimit || Spare.Count == 0)
             {
                 Spare.Add(buffer);
                 spareBytes += buffer.Length;
