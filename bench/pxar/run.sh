@@ -78,14 +78,16 @@ measure() {
   count=$(find "$root/" | wc -l); t3=$(now)   # the slash: restic's snapshots/latest is a symlink
   cp -a "$root/$sub" "$work/copy-$name" || echo "$name: cp -a failed" >&2; t4=$(now)
   local rss; rss=$(awk '/VmHWM/ { printf "%.0f MiB", $2 / 1024 }' /proc/"$pid"/status 2>/dev/null || echo "?")
-  printf '%-22s %12s %12s %10s %12s %12s %10s\n' "$name" "$(ms "$t0" "$t1")" "$(ms "$t1" "$t2")" "$count" "$(ms "$t2" "$t3")" "$(ms "$t3" "$t4")" "$rss"
+  # Page faults of the mount process over the whole measure (fresh pages: on a virtual machine a large part of a walk).
+  local faults; faults=$(awk '{ print $10 }' /proc/"$pid"/stat 2>/dev/null || echo "?")
+  printf '%-22s %12s %12s %10s %12s %12s %10s %10s\n' "$name" "$(ms "$t0" "$t1")" "$(ms "$t1" "$t2")" "$count" "$(ms "$t2" "$t3")" "$(ms "$t3" "$t4")" "$rss" "$faults"
   fusermount3 -u "$mnt" 2>/dev/null || umount -l "$mnt" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
   rm -rf "$work/copy-$name"
 }
 
 echo "backup: restorefs v1 $b_rfs, restorefs split $b_rfs2, borg $b_borg, restic $b_restic"
-printf '%-22s %12s %12s %10s %12s %12s %10s\n' mount "first ls /" "first ls deep" entries "find|wc -l" "cp -a sub" "peak RSS"
+printf '%-22s %12s %12s %10s %12s %12s %10s %10s\n' mount "first ls /" "first ls deep" entries "find|wc -l" "cp -a sub" "peak RSS" "faults"
 measure restorefs-v1 snapshots/host/bench/2026-01-01T00:00:00Z/root.pxar "$cli" mount --foreground --no-vm "$work/store"
 measure restorefs-split snapshots/host/bench2/2026-01-01T00:00:00Z/root.pxar "$cli" mount --foreground --no-vm "$work/store"
 measure borg . borg mount -f "$work/borg::bench"
