@@ -45,7 +45,8 @@ public static class SnapshotArchives
     public static PxarArchive Open(DatastoreReader store, SnapshotInfo snapshot, string archive, CryptConfig? key,
         DynamicImageReaderOptions? readerOptions = null, PxarArchiveOptions? options = null)
     {
-        return Open(store, snapshot, Require(store.ReadManifest(snapshot, key), snapshot, archive), key, readerOptions, options);
+        var manifest = store.ReadManifest(snapshot, key);
+        return Open(store, snapshot, Require(manifest, snapshot, archive), key, readerOptions, options, manifest: manifest);
     }
 
     /// <summary><see cref="Resolve"/>, or an <see cref="ArchiveNotFoundException"/> that lists the snapshot's archives.</summary>
@@ -55,17 +56,20 @@ public static class SnapshotArchives
             snapshot.DirectoryPath);
 
     /// <summary>Opens an archive; <paramref name="payloadReaderOptions"/> tune the payload stream's reader of a split archive
-    /// (default: <paramref name="readerOptions"/>).</summary>
+    /// (default: <paramref name="readerOptions"/>). <paramref name="manifest"/>: the snapshot's, when the caller holds it (read
+    /// with the same key); else it is read for each index.</summary>
     public static PxarArchive Open(DatastoreReader store, SnapshotInfo snapshot, PxarArchiveInfo info, CryptConfig? key,
-        DynamicImageReaderOptions? readerOptions = null, PxarArchiveOptions? options = null, DynamicImageReaderOptions? payloadReaderOptions = null)
+        DynamicImageReaderOptions? readerOptions = null, PxarArchiveOptions? options = null, DynamicImageReaderOptions? payloadReaderOptions = null,
+        Manifest? manifest = null)
     {
-        var meta = new DynamicIndexPxarSource(DynamicImageReader.Open(store, snapshot, info.MetadataFile, key, readerOptions));
+        manifest ??= store.ReadManifest(snapshot, key);
+        var meta = new DynamicIndexPxarSource(DynamicImageReader.Open(store, snapshot, info.MetadataFile, key, readerOptions, manifest));
         DynamicIndexPxarSource? payload = null;
         try
         {
             if (info.PayloadFile is not null)
             {
-                payload = new DynamicIndexPxarSource(DynamicImageReader.Open(store, snapshot, info.PayloadFile, key, payloadReaderOptions ?? readerOptions));
+                payload = new DynamicIndexPxarSource(DynamicImageReader.Open(store, snapshot, info.PayloadFile, key, payloadReaderOptions ?? readerOptions, manifest));
                 return PxarArchive.Open(meta, payload, options, meta, payload);
             }
 
@@ -112,7 +116,7 @@ public static class SnapshotArchives
             try
             {
                 using var source = new DynamicIndexPxarSource(DynamicImageReader.Open(store, snapshot, CatalogFile, key,
-                    new DynamicImageReaderOptions(CacheBytes: 16L << 20)));
+                    new DynamicImageReaderOptions(CacheBytes: 16L << 20), manifest));
                 var catalog = new PxarCatalog(source);
                 if (catalog.ArchiveBlock(info.MetadataFile) is { } block)
                 {

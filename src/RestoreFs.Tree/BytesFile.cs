@@ -86,7 +86,7 @@ public sealed class BlobFile(TreeContext context, SnapshotState state, string bl
     {
         try
         {
-            return Context.Store.ReadBlob(state.Snapshot, blobName, Context.Options.Key);
+            return Context.Store.ReadBlob(state.Snapshot, blobName, Context.Options.Key, blobName == "index.json.blob" ? null : state.Manifest);
         }
         catch (Exception e)
         {

@@ -42,7 +42,8 @@ public sealed class SnapshotState : IDisposable
     public ImageReader OpenImage(string archive)
     {
         var lazy = readers.GetOrAdd(archive, a => new Lazy<ImageReader>(() => Context.Store.OpenImage(Snapshot, a, Context.Options.Key,
-            new ImageReaderOptions(CacheBytes: Context.Options.ImageCacheBytes, ReadAheadChunks: Context.Options.ReadAheadChunks, Memory: Context.ChunkMemory))));
+            new ImageReaderOptions(CacheBytes: Context.Options.ImageCacheBytes, ReadAheadChunks: Context.Options.ReadAheadChunks, Memory: Context.ChunkMemory),
+            Manifest)));
         try
         {
             return lazy.Value;

@@ -125,6 +125,29 @@ public sealed class ErrorTests : IDisposable
     }
 
     [Fact]
+    public void A_manifest_the_caller_holds_is_not_read_again()
+    {
+        foreach (var (snapshot, k) in new[] { (plain, (CryptConfig?)null), (encrypted, key) })
+        {
+            var reader = Reader;
+            var manifest = reader.ReadManifest(snapshot, k);
+            Mutate(Path.Combine(snapshot.DirectoryPath, "index.json.blob"), b => b[^1] ^= 1);
+
+            // Without the caller's manifest the damaged file is read (and refused); with it, it is not read at all.
+            Assert.ThrowsAny<DatastoreException>(() => reader.OpenImage(snapshot, "d", k).Dispose());
+            Assert.ThrowsAny<DatastoreException>(() => reader.OpenFixedIndex(snapshot, "d", k));
+            using var image = reader.OpenImage(snapshot, "d", k, manifest: manifest);
+            var buffer = new byte[8192];
+            Assert.Equal(buffer.Length, image.Read(Chunk - 4096, buffer));
+            Assert.Equal(data.AsSpan(Chunk - 4096, buffer.Length).ToArray(), buffer);
+            Assert.Equal(data.Length, reader.OpenFixedIndex(snapshot, "d.img.fidx", k, manifest).Index.Size);
+
+            // The manifest given still decides: an archive it does not list is refused.
+            Assert.Throws<ArchiveNotFoundException>(() => reader.OpenFixedIndex(snapshot, "other.img", k, manifest));
+        }
+    }
+
+    [Fact]
     public void Encrypted_without_key_with_wrong_key_and_with_the_right_key()
     {
         ReadFails<KeyRequiredException>(encrypted, 0);

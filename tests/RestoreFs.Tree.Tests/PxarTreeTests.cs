@@ -128,6 +128,26 @@ public sealed class PxarTreeTests : IAsyncDisposable
         Assert.Equal("../one.txt", Encoding.UTF8.GetString(await symlink.ReadLinkAsync(ctx, default)));
     }
 
+    [Theory]
+    [InlineData("7")]
+    [InlineData("8")]
+    public async Task Opening_an_archive_uses_the_manifest_the_snapshot_already_read(string id)
+    {
+        // The snapshot's listing reads its manifest; then the file is damaged. The archive's indexes (metadata, payload,
+        // catalog) are checked against the manifest already read, so nothing reads the file again.
+        Assert.Contains("root.pxar", Names(await List("snapshots", "ct", id, Time)));
+        var manifest = Directory.GetFiles(dir.Combine("store"), "index.json.blob", SearchOption.AllDirectories)
+            .Single(f => f.Contains($"{Path.DirectorySeparatorChar}{id}{Path.DirectorySeparatorChar}", StringComparison.Ordinal));
+        var bytes = File.ReadAllBytes(manifest);
+        bytes[^1] ^= 1;
+        File.WriteAllBytes(manifest, bytes);
+
+        string[] archive = ["snapshots", "ct", id, Time, "root.pxar"];
+        Assert.Equal(["a", "top.txt"], Names(await List(archive)));
+        Assert.Equal("deep", await ReadAll(await Walk([.. archive, "a", "b", "c", "deep.txt"])));
+        Assert.Equal(2u, (await Walk([.. archive, "a", "top-link"])).GetAttributes().NLink);
+    }
+
     private async Task<string> ReadAll(FuseNode node)
     {
         await using var handle = await ((IFuseFile)node).OpenAsync(FuseOpenFlags.ReadOnly, ctx, default);

@@ -63,6 +63,28 @@ public sealed class TreeNodeTests : IAsyncDisposable
     }
 
     [Fact]
+    public async Task Images_and_blobs_use_the_manifest_the_snapshot_already_read()
+    {
+        // Listing the snapshot reads its manifest; damaged afterwards, the file is not read again to open an image or a blob.
+        Assert.Contains("drive-scsi0.img", await Names("snapshots", "vm", "100", "2026-03-04T05:06:07Z"));
+        var manifest = Directory.GetFiles(context.Options.StorePath, "index.json.blob", SearchOption.AllDirectories)
+            .Single(f => f.Contains($"{Path.DirectorySeparatorChar}100{Path.DirectorySeparatorChar}", StringComparison.Ordinal));
+        var bytes = File.ReadAllBytes(manifest);
+        bytes[^1] ^= 1;
+        File.WriteAllBytes(manifest, bytes);
+
+        var image = (IFuseFile)await Walk("snapshots", "vm", "100", "2026-03-04T05:06:07Z", "drive-scsi0.img");
+        await using var handle = await image.OpenAsync(FuseOpenFlags.ReadOnly, ctx, default);
+        var buffer = new byte[4096];
+        Assert.Equal(buffer.Length, await handle.ReadAsync(5, buffer, default));
+        Assert.Equal(data.AsSpan(5, buffer.Length).ToArray(), buffer);
+
+        var conf = (IFuseFile)await Walk("snapshots", "vm", "100", "2026-03-04T05:06:07Z", "qemu-server.conf");
+        await using var confHandle = await conf.OpenAsync(FuseOpenFlags.ReadOnly, ctx, default);
+        Assert.Equal("cores: 4\n", Encoding.UTF8.GetString(buffer, 0, await confHandle.ReadAsync(0, buffer, default)));
+    }
+
+    [Fact]
     public async Task Config_blob_is_decoded_and_a_new_snapshot_appears_without_remounting()
     {
         var conf = (IFuseFile)await Walk("snapshots", "vm", "100", "2026-03-04T05:06:07Z", "qemu-server.conf");

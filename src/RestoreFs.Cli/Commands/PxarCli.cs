@@ -24,7 +24,7 @@ public static class PxarCli
     {
         var manifest = reader.ReadManifest(snapshot, key);
         var info = SnapshotArchives.Require(manifest, snapshot, archive);
-        using var pxar = SnapshotArchives.Open(reader, snapshot, info, key, new DynamicImageReaderOptions(CacheBytes: 64L << 20));
+        using var pxar = SnapshotArchives.Open(reader, snapshot, info, key, new DynamicImageReaderOptions(CacheBytes: 64L << 20), manifest: manifest);
         var entry = path is null ? pxar.Root : pxar.LookupPath(path.Trim('/'))
             ?? throw new ArgumentException($"archive {archive} of {snapshot.Name} has no path '{path}'");
         if (target == "-")

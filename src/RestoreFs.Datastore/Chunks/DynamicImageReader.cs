@@ -64,12 +64,13 @@ public sealed class DynamicImageReader : IDisposable, IChunkCache
         memory = this.options.Memory;
         memory?.Register(this);
     }
-    /// <summary>Opens <paramref name="archive"/> (a <c>.didx</c> name, with or without the suffix) of a snapshot, checked against its manifest.</summary>
+    /// <summary>Opens <paramref name="archive"/> (a <c>.didx</c> name, with or without the suffix) of a snapshot, checked against its
+    /// manifest (<paramref name="manifest"/> when the caller holds it, read with the same key; else read here).</summary>
     public static DynamicImageReader Open(DatastoreReader store, SnapshotInfo snapshot, string archive, CryptConfig? key,
-        DynamicImageReaderOptions? options = null)
+        DynamicImageReaderOptions? options = null, Manifest? manifest = null)
     {
         var name = archive.EndsWith(".didx", StringComparison.Ordinal) ? archive : archive + ".didx";
-        var (index, file) = store.OpenDynamicIndex(snapshot, name, key);
+        var (index, file) = store.OpenDynamicIndex(snapshot, name, key, manifest);
         return new DynamicImageReader(index, store.Chunks, key, file.CryptMode == CryptMode.Encrypt, options);
     }
 

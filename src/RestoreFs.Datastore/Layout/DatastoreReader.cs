@@ -391,8 +391,9 @@ public sealed class DatastoreReader : IDisposable
     public bool HasBlob(SnapshotInfo snapshot, string fileName) =>
         Names.IsArchiveName(fileName) && fileName.EndsWith(".blob", StringComparison.Ordinal) && files.Kind(InSnapshot(snapshot, fileName)) is not null;
 
-    /// <summary>A decoded *.blob of the snapshot; checked against the manifest when listed there.</summary>
-    public byte[] ReadBlob(SnapshotInfo snapshot, string fileName, CryptConfig? key)
+    /// <summary>A decoded *.blob of the snapshot; checked against the manifest when listed there (<paramref name="manifest"/>:
+    /// the snapshot's, already read with <see cref="ReadManifest"/> and the same key; else it is read here).</summary>
+    public byte[] ReadBlob(SnapshotInfo snapshot, string fileName, CryptConfig? key, Manifest? manifest = null)
     {
         if (!Names.IsArchiveName(fileName) || !fileName.EndsWith(".blob", StringComparison.Ordinal))
         {
@@ -411,7 +412,7 @@ public sealed class DatastoreReader : IDisposable
 
         if (fileName != "index.json.blob")
         {
-            var manifest = ReadManifest(snapshot, key);
+            manifest ??= ReadManifest(snapshot, key);
             if (manifest.Find(fileName) is { } entry)
             {
                 var csum = Manifest.Sha256Hex(bytes);
@@ -448,10 +449,11 @@ public sealed class DatastoreReader : IDisposable
         return archive + ".img.fidx";
     }
 
-    /// <summary>Opens a disk image after checking the index against the manifest (size and checksum).</summary>
-    public ImageReader OpenImage(SnapshotInfo snapshot, string archive, CryptConfig? key, ImageReaderOptions? options = null)
+    /// <summary>Opens a disk image after checking the index against the manifest (size and checksum). A caller that holds
+    /// the snapshot's manifest (read with <see cref="ReadManifest"/> and the same key) passes it: it is not read again.</summary>
+    public ImageReader OpenImage(SnapshotInfo snapshot, string archive, CryptConfig? key, ImageReaderOptions? options = null, Manifest? manifest = null)
     {
-        var (index, file) = OpenFixedIndex(snapshot, archive, key);
+        var (index, file) = OpenFixedIndex(snapshot, archive, key, manifest);
         if (IsRemote && (options ?? new ImageReaderOptions()) is { ReadAheadChunks: < RemoteReadAhead } given)
         {
             // Each chunk is a GET: keep several in flight for sequential reads.
@@ -462,7 +464,8 @@ public sealed class DatastoreReader : IDisposable
         return new ImageReader(index, Chunks, key, file.CryptMode == CryptMode.Encrypt, options);
     }
 
-    public (FixedIndex Index, ManifestFile File) OpenFixedIndex(SnapshotInfo snapshot, string archive, CryptConfig? key)
+    /// <summary>Opens a fixed index (.fidx) after checking it against the manifest (<paramref name="manifest"/>, or read here).</summary>
+    public (FixedIndex Index, ManifestFile File) OpenFixedIndex(SnapshotInfo snapshot, string archive, CryptConfig? key, Manifest? manifest = null)
     {
         var name = ArchiveFileName(archive);
         if (!name.EndsWith(".fidx", StringComparison.Ordinal) || !Names.IsArchiveName(name))
@@ -470,7 +473,7 @@ public sealed class DatastoreReader : IDisposable
             throw new ArchiveNotFoundException($"'{Names.Printable(archive)}' is not a disk image archive (.img.fidx)");
         }
 
-        var manifest = ReadManifest(snapshot, key);
+        manifest ??= ReadManifest(snapshot, key);
         var file = manifest.Find(name) ?? throw new ArchiveNotFoundException(
             $"snapshot {snapshot.Name} has no archive {name} (it has: {string.Join(", ", manifest.Files.Select(f => f.FileName))})",
             files.Describe(InSnapshot(snapshot, name)));
@@ -492,8 +495,8 @@ public sealed class DatastoreReader : IDisposable
         return (index, file);
     }
 
-    /// <summary>Opens a dynamic index (.didx) after checking it against the manifest.</summary>
-    public (DynamicIndex Index, ManifestFile File) OpenDynamicIndex(SnapshotInfo snapshot, string archive, CryptConfig? key)
+    /// <summary>Opens a dynamic index (.didx) after checking it against the manifest (<paramref name="manifest"/>, or read here).</summary>
+    public (DynamicIndex Index, ManifestFile File) OpenDynamicIndex(SnapshotInfo snapshot, string archive, CryptConfig? key, Manifest? manifest = null)
     {
         var name = ArchiveFileName(archive);
         if (!name.EndsWith(".didx", StringComparison.Ordinal) || !Names.IsArchiveName(name))
@@ -501,7 +504,7 @@ public sealed class DatastoreReader : IDisposable
             throw new ArchiveNotFoundException($"'{Names.Printable(archive)}' is not a stream archive (.didx)");
         }
 
-        var manifest = ReadManifest(snapshot, key);
+        manifest ??= ReadManifest(snapshot, key);
         var file = manifest.Find(name) ?? throw new ArchiveNotFoundException($"snapshot {snapshot.Name} has no archive {name}");
         if (file.CryptMode == CryptMode.Encrypt && key is null)
         {

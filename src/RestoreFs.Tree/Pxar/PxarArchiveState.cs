@@ -90,7 +90,7 @@ public sealed class PxarArchiveState : IDisposable
             {
                 var opened = SnapshotArchives.Open(Context.Store, Snapshot.Snapshot, Info, Context.Options.Key,
                     ReaderOptions(Info.IsSplit ? MetadataShare : HasCatalog ? UnifiedWithCatalogShare : UnifiedShare), FetchAhead,
-                    payloadReaderOptions: ReaderOptions(PayloadShare));
+                    payloadReaderOptions: ReaderOptions(PayloadShare), manifest: Snapshot.Manifest);
                 linkCounts = new Lazy<IReadOnlyDictionary<ulong, int>>(() => CountLinks(opened));
                 Volatile.Write(ref archive, opened);
                 return opened;
@@ -237,7 +237,7 @@ public sealed class PxarArchiveState : IDisposable
         }
 
         var source = new DynamicIndexPxarSource(DynamicImageReader.Open(Context.Store, Snapshot.Snapshot, SnapshotArchives.CatalogFile, Context.Options.Key,
-            ReaderOptions(share)));
+            ReaderOptions(share), Snapshot.Manifest));
         try
         {
             return (new PxarCatalog(source), source);
