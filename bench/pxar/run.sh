@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # pxar benchmark (issue 14): one tree of copies of /usr backed up with restorefs (pxar v1 + catalog, and split v2),
 # borg and restic (each into its own repository), then mounted fresh by each: first `ls` of the root and of a deep
-# directory, `find | wc -l`, `cp -a` of a subtree, peak RSS of the mount process. RestoreFs first.
+# directory, `find | wc -l`, `cp -a` of a subtree (into a tmpfs), peak RSS of the mount process. RestoreFs first; last,
+# the same copy straight from the source tree in the page cache (the floor of the copy).
 #   bench/pxar/run.sh                 (root; needs make cli; apt-get install borgbackup python3-llfuse restic)
 #   FILES=200000 bench/pxar/run.sh    (copies of /usr until about FILES entries; default 200000)
 #   SUB=usr0/doc bench/pxar/run.sh    (the subtree to copy; default: the directory of the first copy with the most entries)
@@ -20,9 +21,13 @@ cleanup() {
     mountpoint -q "$m" && { fusermount3 -u "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; }
   done
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -n "${copydir:-}" ] && mountpoint -q "$copydir" && umount "$copydir"
   rm -rf "$work"
 }
 trap cleanup EXIT
+# Copies go to a tmpfs: the figure is then the mount's side of `cp -a` (lookups, opens, reads, xattrs), not the time
+# this machine's disk takes to create thousands of files, which is the same for every tool and hides their differences.
+copydir=$work/copy; mkdir -p "$copydir"; mount -t tmpfs -o size=50% restorefs-bench "$copydir"
 now() { date +%s.%N; }
 ms() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f ms", (b - a) * 1000 }'; }
 
@@ -76,14 +81,14 @@ measure() {
   ls "$root" >/dev/null || echo "$name: ls of the root failed" >&2; t1=$(now)
   ls "$root/$deep" >/dev/null || echo "$name: ls of $deep failed" >&2; t2=$(now)
   count=$(find "$root/" | wc -l); t3=$(now)   # the slash: restic's snapshots/latest is a symlink
-  cp -a "$root/$sub" "$work/copy-$name" || echo "$name: cp -a failed" >&2; t4=$(now)
+  cp -a "$root/$sub" "$copydir/$name" || echo "$name: cp -a failed" >&2; t4=$(now)
   local rss; rss=$(awk '/VmHWM/ { printf "%.0f MiB", $2 / 1024 }' /proc/"$pid"/status 2>/dev/null || echo "?")
   # Page faults of the mount process over the whole measure (fresh pages: on a virtual machine a large part of a walk).
   local faults; faults=$(awk '{ print $10 }' /proc/"$pid"/stat 2>/dev/null || echo "?")
   printf '%-22s %12s %12s %10s %12s %12s %10s %10s\n' "$name" "$(ms "$t0" "$t1")" "$(ms "$t1" "$t2")" "$count" "$(ms "$t2" "$t3")" "$(ms "$t3" "$t4")" "$rss" "$faults"
   fusermount3 -u "$mnt" 2>/dev/null || umount -l "$mnt" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
-  rm -rf "$work/copy-$name"
+  rm -rf "${copydir:?}/$name"
 }
 
 echo "backup: restorefs v1 $b_rfs, restorefs split $b_rfs2, borg $b_borg, restic $b_restic"
@@ -92,3 +97,7 @@ measure restorefs-v1 snapshots/host/bench/2026-01-01T00:00:00Z/root.pxar "$cli" 
 measure restorefs-split snapshots/host/bench2/2026-01-01T00:00:00Z/root.pxar "$cli" mount --foreground --no-vm "$work/store"
 measure borg . borg mount -f "$work/borg::bench"
 measure restic snapshots/latest restic mount --no-default-permissions
+# The copy's floor in the same run: the source subtree itself, its files in the page cache, copied into the same tmpfs.
+find "$src/$sub" -type f -exec cat {} + > /dev/null 2>&1 || true
+t0=$(now); cp -a "$src/$sub" "$copydir/source"; t1=$(now); rm -rf "${copydir:?}/source"
+printf '%-22s %12s %12s %10s %12s %12s\n' "source tree (cached)" "" "" "" "" "$(ms "$t0" "$t1")"
