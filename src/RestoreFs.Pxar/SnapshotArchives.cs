@@ -57,7 +57,7 @@ public static class SnapshotArchives
 
     /// <summary>Opens an archive; <paramref name="payloadReaderOptions"/> tune the payload stream's reader of a split archive
     /// (default: <paramref name="readerOptions"/>). <paramref name="manifest"/>: the snapshot's, when the caller holds it (read
-    /// with the same key); else it is read for each index.</summary>
+    /// with the same key); else it is read here, once for all the archive's indexes.</summary>
     public static PxarArchive Open(DatastoreReader store, SnapshotInfo snapshot, PxarArchiveInfo info, CryptConfig? key,
         DynamicImageReaderOptions? readerOptions = null, PxarArchiveOptions? options = null, DynamicImageReaderOptions? payloadReaderOptions = null,
         Manifest? manifest = null)
