@@ -73,8 +73,11 @@ public sealed class CryptoPathTests : IDisposable
         var (c2, t2) = Encrypt(managed, iv, data);
         Assert.Equal(c1, c2);
         Assert.Equal(t1, t2);
-        if (size > 0)
+        if (size >= 15)
         {
+            // Random data: a ciphertext of a byte or two equals its plaintext by chance (1 in 256 for one byte), so
+            // only lengths where that cannot happen in practice (2^-120) are checked; the tag and the round trips
+            // below hold for every length.
             Assert.NotEqual(data, c1);
         }
 
