@@ -136,11 +136,7 @@ public sealed class PxarTreeTests : IAsyncDisposable
         // The snapshot's listing reads its manifest; then the file is damaged. The archive's indexes (metadata, payload,
         // catalog) are checked against the manifest already read, so nothing reads the file again.
         Assert.Contains("root.pxar", Names(await List("snapshots", "ct", id, Time)));
-        var manifest = Directory.GetFiles(dir.Combine("store"), "index.json.blob", SearchOption.AllDirectories)
-            .Single(f => f.Contains($"{Path.DirectorySeparatorChar}{id}{Path.DirectorySeparatorChar}", StringComparison.Ordinal));
-        var bytes = File.ReadAllBytes(manifest);
-        bytes[^1] ^= 1;
-        File.WriteAllBytes(manifest, bytes);
+        TreeTesting.DamageManifest(context, $"ct/{id}/{Time}");
 
         string[] archive = ["snapshots", "ct", id, Time, "root.pxar"];
         Assert.Equal(["a", "top.txt"], Names(await List(archive)));

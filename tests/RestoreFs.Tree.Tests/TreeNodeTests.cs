@@ -67,11 +67,7 @@ public sealed class TreeNodeTests : IAsyncDisposable
     {
         // Listing the snapshot reads its manifest; damaged afterwards, the file is not read again to open an image or a blob.
         Assert.Contains("drive-scsi0.img", await Names("snapshots", "vm", "100", "2026-03-04T05:06:07Z"));
-        var manifest = Directory.GetFiles(context.Options.StorePath, "index.json.blob", SearchOption.AllDirectories)
-            .Single(f => f.Contains($"{Path.DirectorySeparatorChar}100{Path.DirectorySeparatorChar}", StringComparison.Ordinal));
-        var bytes = File.ReadAllBytes(manifest);
-        bytes[^1] ^= 1;
-        File.WriteAllBytes(manifest, bytes);
+        TreeTesting.DamageManifest(context, "vm/100/2026-03-04T05:06:07Z");
 
         var image = (IFuseFile)await Walk("snapshots", "vm", "100", "2026-03-04T05:06:07Z", "drive-scsi0.img");
         await using var handle = await image.OpenAsync(FuseOpenFlags.ReadOnly, ctx, default);

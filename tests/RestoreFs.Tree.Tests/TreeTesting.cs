@@ -15,6 +15,16 @@ internal static class TreeTesting
         Uid = 1234, Gid = 55, RuntimeDirectory = dir.Combine("run"), StorePath = store, MountPoint = dir.Combine("mnt"),
     }, NullLoggerFactory.Instance);
 
+    /// <summary>Flips the last byte of a snapshot's <c>index.json.blob</c> (<paramref name="snapshot"/>: "vm/100/2026-…Z"), so
+    /// that any further read of the manifest fails its checks.</summary>
+    public static void DamageManifest(TreeContext context, string snapshot)
+    {
+        var path = Path.Combine(context.Store.GetSnapshot(BackupNamespace.Root, snapshot).DirectoryPath, "index.json.blob");
+        var bytes = File.ReadAllBytes(path);
+        bytes[^1] ^= 1;
+        File.WriteAllBytes(path, bytes);
+    }
+
     /// <summary>Looks <paramref name="path"/> up name by name from <paramref name="from"/>, as the kernel would.</summary>
     public static async Task<FuseNode> Walk(FuseNode from, FuseRequestContext ctx, IEnumerable<string> path)
     {
