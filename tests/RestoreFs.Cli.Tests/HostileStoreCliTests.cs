@@ -211,22 +211,36 @@ public sealed class HostileStoreCliTests : IDisposable
             RedirectStandardOutput = true,
             UseShellExecute = false,
         };
-        using var process = Process.Start(psi)!;
-        var stderr = process.StandardError.ReadToEndAsync();
-        var group = Path.Combine(store, "vm", "20");
-        var started = Stopwatch.StartNew();
-        while (started.Elapsed < Deadline && !(Directory.Exists(group) && Directory.EnumerateDirectories(group, ".*.tmp-*").Any() &&
-                                                 Directory.EnumerateFiles(Path.Combine(store, ".chunks"), "*", SearchOption.AllDirectories).Any()))
+        using var process = new Process { StartInfo = psi };
+        var stderr = new StringBuilder();
+        using var reported = new ManualResetEventSlim();
+        process.ErrorDataReceived += (_, e) =>
         {
-            Thread.Sleep(5);
-        }
+            lock (stderr)
+            {
+                stderr.AppendLine(e.Data);
+            }
 
-        ProcessRunner.Run("kill", [$"-{signal}", process.Id.ToString()]).EnsureSuccess("kill");
+            // The first progress line ("d: 10% (...)"): chunks are written and most of the image is still to come.
+            if (e.Data is { } line && line.Contains("% (", StringComparison.Ordinal))
+            {
+                reported.Set();
+            }
+        };
+        process.Start();
+        process.BeginErrorReadLine();
+        process.BeginOutputReadLine();
+        Assert.True(reported.Wait(Deadline), $"no progress from the backup: {stderr}");
+
+        // Signalled straight from this process, the moment progress shows: a fixed delay or a forked kill(1) can lose
+        // the race against a backup that finishes early.
+        Assert.Equal(0, Kill(process.Id, signal switch { "KILL" => 9, "INT" => 2, _ => 15 }));
         Assert.True(process.WaitForExit(Deadline), "backup did not stop");
+        process.WaitForExit();
+        Assert.Equal(signal switch { "KILL" => 137, "INT" => 130, _ => 143 }, process.ExitCode);
         if (signal != "KILL")
         {
-            Assert.Equal(signal == "INT" ? 130 : 143, process.ExitCode);
-            Assert.Contains("unfinished snapshot was removed", stderr.Result);
+            Assert.Contains("unfinished snapshot was removed", stderr.ToString());
             Assert.Empty(Temporaries(store));
         }
 
@@ -239,4 +253,7 @@ public sealed class HostileStoreCliTests : IDisposable
         Assert.Contains("vm/21/", list.StdOut);
         Assert.DoesNotContain("vm/20/", list.StdOut);
     }
+
+    [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "kill", SetLastError = true)]
+    private static extern int Kill(int pid, int signal);
 }
