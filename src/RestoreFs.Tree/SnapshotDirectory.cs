@@ -24,6 +24,9 @@ public sealed class SnapshotDirectory : TreeDirectory
 
     protected override DateTimeOffset MTime => State.Time;
 
+    /// <summary>Settled once the manifest has been read; asked only when looking inside, which reads it anyway.</summary>
+    protected override bool ContentsSettled => State.ManifestIsKnown || TryManifest() is not null;
+
     private Manifest? TryManifest()
     {
         try

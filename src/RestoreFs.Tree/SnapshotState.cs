@@ -11,21 +11,61 @@ namespace RestoreFs.Tree;
 /// </summary>
 public sealed class SnapshotState : IDisposable
 {
-    private readonly Lazy<Manifest> manifest;
+    /// <summary>How long a failed manifest read is answered from memory before the file is read again.</summary>
+    public static readonly TimeSpan ManifestRetryInterval = TimeSpan.FromSeconds(1);
+
+    private readonly object manifestGate = new();
+    private volatile Manifest? manifest;
+    private (System.Runtime.ExceptionServices.ExceptionDispatchInfo Error, long At)? manifestFailure;
     private readonly ConcurrentDictionary<string, Lazy<ImageReader>> readers = new(StringComparer.Ordinal);
 
     public SnapshotState(TreeContext context, SnapshotInfo snapshot)
     {
         Context = context;
         Snapshot = snapshot;
-        manifest = new Lazy<Manifest>(() => context.Store.ReadManifest(snapshot, context.Options.Key));
     }
 
     public TreeContext Context { get; }
 
     public SnapshotInfo Snapshot { get; }
 
-    public Manifest Manifest => manifest.Value;
+    /// <summary>
+    /// The snapshot's manifest, read once. A failed read is not kept for good: the store may have been out of reach
+    /// for a moment (an object store restarting, a disk hiccup), so the file is read again on the first use after
+    /// <see cref="ManifestRetryInterval"/>; until then the same error is thrown again without reading.
+    /// </summary>
+    public Manifest Manifest => manifest ?? ReadManifest();
+
+    /// <summary>Whether the manifest has been read and verified (it never changes after that).</summary>
+    public bool ManifestIsKnown => manifest is not null;
+
+    private Manifest ReadManifest()
+    {
+        lock (manifestGate)
+        {
+            if (manifest is { } read)
+            {
+                return read;
+            }
+
+            if (manifestFailure is { } failed && Environment.TickCount64 - failed.At < (long)ManifestRetryInterval.TotalMilliseconds)
+            {
+                failed.Error.Throw();
+            }
+
+            try
+            {
+                manifest = Context.Store.ReadManifest(Snapshot, Context.Options.Key);
+                manifestFailure = null;
+                return manifest;
+            }
+            catch (Exception e)
+            {
+                manifestFailure = (System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(e), Environment.TickCount64);
+                throw;
+            }
+        }
+    }
 
     public DateTimeOffset Time => Snapshot.Time;
 

@@ -16,6 +16,7 @@ public abstract class TreeDirectory : FuseNode, IFuseDirectory
 
     private readonly ConcurrentDictionary<string, FuseNode> children = new(StringComparer.Ordinal);
     private volatile IReadOnlyList<string>? immutableNames;
+    private bool unsettledListingGiven;
 
     protected TreeDirectory(TreeContext context, bool immutable)
     {
@@ -42,9 +43,31 @@ public abstract class TreeDirectory : FuseNode, IFuseDirectory
 
     public override TimeSpan AttrTimeout => Immutable ? Long : Short;
 
-    public TimeSpan NegativeTimeout => Immutable ? Long : Short;
+    public TimeSpan NegativeTimeout => ContentsSettled ? Long : Short;
 
-    public bool ListingIsImmutable => Immutable;
+    /// <summary>
+    /// Asked at each open of the directory: true lets the kernel keep the listing it has. Once after a listing was
+    /// given while the names were not settled, it says false, so that open replaces the listing the kernel kept.
+    /// </summary>
+    public bool ListingIsImmutable
+    {
+        get
+        {
+            if (!ContentsSettled)
+            {
+                return false;
+            }
+
+            return !Interlocked.Exchange(ref unsettledListingGiven, false);
+        }
+    }
+
+    /// <summary>
+    /// Whether the names of an immutable directory are final. A directory whose names come from something that could
+    /// not be read yet (a snapshot's manifest while the store is out of reach) says no: its listing and its negative
+    /// lookups are then neither kept here nor by the kernel, so it fills in once the store answers again.
+    /// </summary>
+    protected virtual bool ContentsSettled => Immutable;
 
     protected virtual DateTimeOffset MTime => Context.MountTime;
 
@@ -87,13 +110,9 @@ public abstract class TreeDirectory : FuseNode, IFuseDirectory
             return null;
         }
 
-        if (Immutable)
+        if (Immutable && !ImmutableNames().Contains(name, StringComparer.Ordinal))
         {
-            var names = immutableNames ??= ListNames();
-            if (!names.Contains(name, StringComparer.Ordinal))
-            {
-                return null;
-            }
+            return null;
         }
 
         var created = CreateChild(name);
@@ -105,7 +124,7 @@ public abstract class TreeDirectory : FuseNode, IFuseDirectory
         IReadOnlyList<string> names;
         if (Immutable)
         {
-            names = immutableNames ??= ListNames();
+            names = ImmutableNames();
         }
         else
         {
@@ -130,6 +149,27 @@ public abstract class TreeDirectory : FuseNode, IFuseDirectory
         }
 
         return ValueTask.FromResult<IReadOnlyList<FuseDirectoryEntry>>(entries);
+    }
+
+    /// <summary>The names of an immutable directory: listed once, and kept once they are settled.</summary>
+    private IReadOnlyList<string> ImmutableNames()
+    {
+        if (immutableNames is { } kept)
+        {
+            return kept;
+        }
+
+        var names = ListNames();
+        if (ContentsSettled)
+        {
+            immutableNames = names;
+        }
+        else
+        {
+            Volatile.Write(ref unsettledListingGiven, true);
+        }
+
+        return names;
     }
 
     private static bool TryDecode(ReadOnlySpan<byte> bytes, out string text)

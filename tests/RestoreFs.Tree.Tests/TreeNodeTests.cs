@@ -81,6 +81,45 @@ public sealed class TreeNodeTests : IAsyncDisposable
     }
 
     [Fact]
+    public async Task A_manifest_that_could_not_be_read_is_read_again_and_the_snapshot_fills_in()
+    {
+        // The store out of reach for a moment when a snapshot is first looked into (here: its manifest unreadable,
+        // then whole again): the snapshot shows what it can, and nothing of that is kept for good.
+        const string snapshot = "2026-03-04T05:06:07Z";
+        var path = Path.Combine(context.Store.GetSnapshot(BackupNamespace.Root, "vm/100/" + snapshot).DirectoryPath, "index.json.blob");
+        var good = File.ReadAllBytes(path);
+        TreeTesting.DamageManifest(context, "vm/100/" + snapshot);
+        var directory = (IFuseDirectory)await Walk("snapshots", "vm", "100", snapshot);
+
+        Assert.DoesNotContain("drive-scsi0.img", await Names("snapshots", "vm", "100", snapshot));
+        Assert.Null(await directory.LookupAsync("drive-scsi0.img"u8.ToArray(), ctx, default));
+        Assert.False(directory.ListingIsImmutable);
+        Assert.True(directory.NegativeTimeout <= TimeSpan.FromSeconds(1));
+
+        // Whole again: within the retry interval the failure is answered from memory (no read per look), then the
+        // manifest is read again and the images appear, the listing now final.
+        File.WriteAllBytes(path, good);
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        var soon = await Names("snapshots", "vm", "100", snapshot);
+        if (clock.Elapsed < SnapshotState.ManifestRetryInterval / 2)
+        {
+            Assert.DoesNotContain("drive-scsi0.img", soon);
+        }
+
+        await Task.Delay(SnapshotState.ManifestRetryInterval + TimeSpan.FromMilliseconds(100));
+        Assert.Contains("drive-scsi0.img", await Names("snapshots", "vm", "100", snapshot));
+        Assert.NotNull(await directory.LookupAsync("drive-scsi0.img"u8.ToArray(), ctx, default));
+        Assert.False(directory.ListingIsImmutable); // the next open replaces what the kernel kept of the short listing…
+        Assert.True(directory.ListingIsImmutable); // …and from then on the kernel keeps it
+        Assert.True(directory.NegativeTimeout > TimeSpan.FromMinutes(1));
+        var image = (IFuseFile)await Walk("snapshots", "vm", "100", snapshot, "drive-scsi0.img");
+        await using var handle = await image.OpenAsync(FuseOpenFlags.ReadOnly, ctx, default);
+        var buffer = new byte[4096];
+        Assert.Equal(buffer.Length, await handle.ReadAsync(7, buffer, default));
+        Assert.Equal(data.AsSpan(7, buffer.Length).ToArray(), buffer);
+    }
+
+    [Fact]
     public async Task Config_blob_is_decoded_and_a_new_snapshot_appears_without_remounting()
     {
         var conf = (IFuseFile)await Walk("snapshots", "vm", "100", "2026-03-04T05:06:07Z", "qemu-server.conf");

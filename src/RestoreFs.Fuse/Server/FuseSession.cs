@@ -1098,11 +1098,12 @@ internal sealed class FuseSession
             }
 
             // An immutable listing waits for the first READDIR (see DirectoryHandle): the kernel may have it cached.
-            var entries = dir.ListingIsImmutable ? null : await dir.ListAsync(ctx, cts.Token).ConfigureAwait(false);
+            var immutable = dir.ListingIsImmutable; // asked once: a directory may answer differently on the next open
+            var entries = immutable ? null : await dir.ListAsync(ctx, cts.Token).ConfigureAwait(false);
             var fh = directories.Add(new DirectoryHandle(node, h.NodeId, entries));
             var reply = new byte[FuseConstants.OutHeaderSize + FuseConstants.OpenOutSize];
             Wire.WriteOpenOut(reply.AsSpan(FuseConstants.OutHeaderSize), fh,
-                dir.ListingIsImmutable ? OpenOutFlags.CacheDir | OpenOutFlags.KeepCache : OpenOutFlags.CacheDir);
+                immutable ? OpenOutFlags.CacheDir | OpenOutFlags.KeepCache : OpenOutFlags.CacheDir);
             if (!Finish(fd, h.Unique, reply))
             {
                 directories.Remove(fh);
