@@ -395,8 +395,14 @@ public sealed class PxarArchive : IDisposable
         return counts;
     }
 
-    /// <summary>Link counts from a walk of the whole tree (every directory listed, every entry decoded).</summary>
-    public IReadOnlyDictionary<ulong, int> HardlinkCountsByWalk(CancellationToken ct = default)
+    /// <summary>
+    /// Link counts from a walk of the whole tree (every directory listed, every entry decoded). A directory that cannot
+    /// be listed (a damaged chunk) ends the walk with its error, unless <paramref name="skip"/> is given: it is then told
+    /// the directory and the error, and the walk goes on without that subtree — the counts are those of the names that
+    /// can be read, which is what a walk of the mounted tree finds, and damage in one place does not take the links of
+    /// the rest of the tree with it.
+    /// </summary>
+    public IReadOnlyDictionary<ulong, int> HardlinkCountsByWalk(CancellationToken ct = default, Action<PxarEntry, Exception>? skip = null)
     {
         var counts = new Dictionary<ulong, int>();
         var pending = new Stack<PxarEntry>();
@@ -404,7 +410,19 @@ public sealed class PxarArchive : IDisposable
         while (pending.Count > 0)
         {
             ct.ThrowIfCancellationRequested();
-            foreach (var child in List(pending.Pop()))
+            var directory = pending.Pop();
+            IReadOnlyList<PxarEntry> children;
+            try
+            {
+                children = List(directory);
+            }
+            catch (Exception e) when (skip is not null && e is not OperationCanceledException)
+            {
+                skip(directory, e);
+                continue;
+            }
+
+            foreach (var child in children)
             {
                 if (child.IsDirectory)
                 {

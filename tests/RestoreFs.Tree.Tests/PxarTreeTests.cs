@@ -144,6 +144,70 @@ public sealed class PxarTreeTests : IAsyncDisposable
         Assert.Equal(2u, (await Walk([.. archive, "a", "top-link"])).GetAttributes().NLink);
     }
 
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task A_damaged_directory_leaves_out_its_own_names_not_the_link_counts_of_the_rest(bool split)
+    {
+        // a/ holds a hard-linked file; b/ thousands of entries over many small chunks, one of them damaged; c/ after it.
+        var tree = dir.Combine($"linked-{split}");
+        Directory.CreateDirectory(Path.Combine(tree, "a"));
+        Directory.CreateDirectory(Path.Combine(tree, "b"));
+        Directory.CreateDirectory(Path.Combine(tree, "c"));
+        File.WriteAllText(Path.Combine(tree, "a", "target"), "linked");
+        Assert.Equal(0, ProcessRunner.Shell($"ln '{Path.Combine(tree, "a", "target")}' '{Path.Combine(tree, "a", "link")}'").ExitCode);
+        for (var i = 0; i < 3000; i++)
+        {
+            File.WriteAllText(Path.Combine(tree, "b", $"entry-{i:D5}-with-a-name-long-enough-to-fill-chunks"), i.ToString());
+        }
+
+        File.WriteAllText(Path.Combine(tree, "c", "last"), "c");
+        var store = dir.Combine($"store-linked-{split}");
+        using (var writer = BackupWriter.Create(store, new BackupGroup(BackupNamespace.Root, "ct", "9"), T0, null, precreateChunkDirectories: false))
+        {
+            PxarBackup.Write(writer, [new PxarBackupSource("root.pxar", tree)], new PxarBackupOptions(Split: split, AverageChunkSize: 16 * 1024));
+            writer.Finish();
+        }
+
+        // The middle chunk of the metadata stream (inside b/), and for a unified archive its catalog, which would
+        // otherwise count the links without reading b/ at all: the count then has to walk the archive.
+        var snapshot = Path.Combine(store, "ct", "9", Time);
+        var index = DynamicIndex.Open(Path.Combine(snapshot, split ? "root.mpxar.didx" : "root.pxar.didx"));
+        Assert.True(index.ChunkCount >= 5, $"{index.ChunkCount} chunks");
+        var damaged = new List<string> { Convert.ToHexStringLower(index.Digest(index.ChunkCount / 2)) };
+        if (!split)
+        {
+            var catalog = DynamicIndex.Open(Path.Combine(snapshot, SnapshotArchives.CatalogFile));
+            damaged.AddRange(Enumerable.Range(0, catalog.ChunkCount).Select(i => Convert.ToHexStringLower(catalog.Digest(i))));
+        }
+
+        foreach (var digest in damaged)
+        {
+            var chunk = Path.Combine(store, ".chunks", digest[..4], digest);
+            var bytes = File.ReadAllBytes(chunk);
+            bytes[bytes.Length / 2] ^= 0x55;
+            File.WriteAllBytes(chunk, bytes);
+        }
+
+        var linkedContext = TreeTesting.Context(dir, store);
+        try
+        {
+            var linkedRoot = new RootDirectory(linkedContext);
+            var archive = new[] { "snapshots", "ct", "9", Time, "root.pxar" };
+            Assert.Equal(["a", "b", "c"], Names(await ((IFuseDirectory)await TreeTesting.Walk(linkedRoot, ctx, archive)).ListAsync(ctx, default)));
+            await Assert.ThrowsAsync<FuseException>(async () =>
+                await ((IFuseDirectory)await TreeTesting.Walk(linkedRoot, ctx, [.. archive, "b"])).ListAsync(ctx, default));
+
+            Assert.Equal(2u, (await TreeTesting.Walk(linkedRoot, ctx, [.. archive, "a", "target"])).GetAttributes().NLink);
+            Assert.Equal(2u, (await TreeTesting.Walk(linkedRoot, ctx, [.. archive, "a", "link"])).GetAttributes().NLink);
+            Assert.Equal("c", await ReadAll(await TreeTesting.Walk(linkedRoot, ctx, [.. archive, "c", "last"])));
+        }
+        finally
+        {
+            await linkedContext.Exports.DisposeAsync();
+        }
+    }
+
     private async Task<string> ReadAll(FuseNode node)
     {
         await using var handle = await ((IFuseFile)node).OpenAsync(FuseOpenFlags.ReadOnly, ctx, default);

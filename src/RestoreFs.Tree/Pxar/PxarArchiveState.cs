@@ -190,7 +190,8 @@ public sealed class PxarArchiveState : IDisposable
     /// waits for it. Split archives: a scan of
     /// the metadata stream's item headers (tens of milliseconds for 26,000 entries, no entry decoded); unified ones with a
     /// catalog: the catalog's hard-link names, read in stream order (<see cref="PxarArchive.HardlinkCounts(PxarCatalog, long, CancellationToken)"/>);
-    /// without a catalog, a walk of the tree.
+    /// without a catalog, a walk of the tree. Where a chunk is damaged, the names that cannot be read are not counted (they
+    /// cannot be listed either) and the rest keep their counts, so `cp -a` and `rsync -H` still keep those links.
     /// </summary>
     public uint LinkCount(ulong inode)
     {
@@ -226,7 +227,26 @@ public sealed class PxarArchiveState : IDisposable
             }
         }
 
-        return opened.HardlinkCounts();
+        if (opened.FormatVersion == 2)
+        {
+            try
+            {
+                return opened.HardlinkCountsByScan();
+            }
+            catch (Exception e) when (e is not OperationCanceledException)
+            {
+                // the scan reads the whole metadata stream: one damaged chunk ends it — the walk below skips that part
+                Context.WarnOnce($"pxar-links-scan:{Snapshot.Snapshot.DirectoryPath}:{Info.Name}", null,
+                    "Hard links of {Archive} in {Snapshot}: the metadata stream cannot be scanned ({Reason}); counting the names that can be read",
+                    Info.Name, Snapshot.Snapshot.Name, e.Message);
+            }
+        }
+
+        // A damaged directory leaves out the names below it (they cannot be listed either), not every link of the archive.
+        return opened.HardlinkCountsByWalk(skip: (directory, e) => Context.WarnOnce(
+            $"pxar-links-skip:{Snapshot.Snapshot.DirectoryPath}:{Info.Name}:{directory.EntryOffset}", null,
+            "Hard links of {Archive} in {Snapshot}: a directory at offset {Offset} cannot be listed, names below it are not counted: {Reason}",
+            Info.Name, Snapshot.Snapshot.Name, directory.EntryOffset, e.Message));
     }
 
     private (PxarCatalog Catalog, DynamicIndexPxarSource Source)? TryCatalog(int share)
