@@ -469,10 +469,13 @@ public sealed class PxarMountTests(PxarFixture fixture) : IClassFixture<PxarFixt
         f.ReadExactly(head);
         Assert.Equal(PxarFixture.RandomBytes(20 * 1024 * 1024, 7).AsSpan(0, 4096).ToArray(), head);
 
-        // restore names the chunk.
+        // restore names the file and the chunk, leaves no short copy of big, and still restores what comes after it.
         var restore = ProcessRunner.Run(RepoPaths.Cli, ["restore", fixture.Store, $"ct/102/{PxarFixture.Time}", "root.pxar", temp.Combine("out")],
             TimeSpan.FromMinutes(5));
         Assert.NotEqual(0, restore.ExitCode);
         Assert.Contains(digest, restore.StdErr, StringComparison.Ordinal);
+        Assert.Contains("not restored: big: ", restore.StdErr, StringComparison.Ordinal);
+        Assert.Equal(["small.txt"], Directory.GetFileSystemEntries(temp.Combine("out")).Select(p => Path.GetFileName(p)));
+        Assert.Equal("still readable\n", File.ReadAllText(temp.Combine("out", "small.txt")));
     }
 }

@@ -49,7 +49,19 @@ public static class PxarCli
         }
 
         var root = Hosting.NativeMethods.GetEuid() == 0;
-        Extractor.Extract(pxar, entry, target, new ExtractorOptions(RestoreOwners: root, RestoreDevices: root));
+        var failures = Extractor.Extract(pxar, entry, target, new ExtractorOptions(RestoreOwners: root, RestoreDevices: root));
+        foreach (var failure in failures)
+        {
+            Console.Error.WriteLine($"restorefs: not restored: {failure}");
+        }
+
+        if (failures.Count > 0)
+        {
+            Console.Error.WriteLine($"restorefs: {failures.Count} {(failures.Count == 1 ? "entry" : "entries")} of {archive} could not be read and " +
+                                    $"{(failures.Count == 1 ? "was" : "were")} not restored; everything else was");
+            return 1;
+        }
+
         return 0;
     }
 

@@ -6,14 +6,23 @@ namespace RestoreFs.Pxar;
 /// <summary>Options of <see cref="Extractor"/>: owners (and device nodes) need root; without it they are skipped.</summary>
 public sealed record ExtractorOptions(bool RestoreOwners = true, bool RestoreDevices = true, bool RestoreXattrs = true);
 
+/// <summary>An entry <see cref="Extractor"/> could not restore: its path below the target, as bytes, and why.</summary>
+public sealed record ExtractFailure(byte[] Path, string Reason)
+{
+    public override string ToString() => $"{Encoding.UTF8.GetString(Path)}: {Reason}";
+}
+
 /// <summary>
 /// Extracts an archive (or a subtree) into an existing empty directory with all metadata: names as bytes, modes,
 /// owners, ns mtimes, symlinks, devices, fifos, sockets, hard links, xattrs, ACLs, file capabilities. Works through
 /// directory fds (no path length limit except for hard-link targets, which are linked by path).
+/// <para>Damage in the archive fails only what it touches: a file whose contents cannot be read (a damaged chunk) is
+/// removed again rather than left short, a directory that cannot be listed stays empty, and the extraction goes on
+/// with the rest; every such entry is returned with its reason.</para>
 /// </summary>
 public static class Extractor
 {
-    public static void Extract(PxarArchive archive, PxarEntry directory, string target, ExtractorOptions? options = null)
+    public static IReadOnlyList<ExtractFailure> Extract(PxarArchive archive, PxarEntry directory, string target, ExtractorOptions? options = null)
     {
         options ??= new ExtractorOptions();
         if (!directory.IsDirectory)
@@ -26,8 +35,10 @@ public static class Extractor
         try
         {
             var links = new Dictionary<ulong, byte[]>();
-            ExtractChildren(archive, directory, fd, rootPath, options, links);
+            var failures = new List<ExtractFailure>();
+            ExtractChildren(archive, directory, fd, rootPath, [], options, links, failures);
             Finish(directory, fd, [], Encoding.ASCII.GetBytes($"/proc/self/fd/{fd}/."), options);
+            return failures;
         }
         finally
         {
@@ -35,11 +46,24 @@ public static class Extractor
         }
     }
 
-    private static void ExtractChildren(PxarArchive archive, PxarEntry dir, int dirfd, byte[] path, ExtractorOptions options, Dictionary<ulong, byte[]> links)
+    private static void ExtractChildren(PxarArchive archive, PxarEntry dir, int dirfd, byte[] path, byte[] relative, ExtractorOptions options,
+        Dictionary<ulong, byte[]> links, List<ExtractFailure> failures)
     {
-        foreach (var e in archive.List(dir))
+        IReadOnlyList<PxarEntry> children;
+        try
+        {
+            children = archive.List(dir);
+        }
+        catch (Exception e) when (IsArchiveDamage(e))
+        {
+            failures.Add(new ExtractFailure(relative.Length == 0 ? "."u8.ToArray() : relative, $"directory not listed: {e.Message}"));
+            return;
+        }
+
+        foreach (var e in children)
         {
             byte[] childPath = [.. path, (byte)'/', .. e.Name];
+            byte[] childRelative = relative.Length == 0 ? e.Name : [.. relative, (byte)'/', .. e.Name];
             byte[] procPath = [.. Encoding.ASCII.GetBytes($"/proc/self/fd/{dirfd}/"), .. e.Name];
             if (e.Kind == PxarEntryKind.File && links.TryGetValue(e.Inode, out var first))
             {
@@ -55,7 +79,7 @@ public static class Extractor
                     var fd = Native.OpenAt(dirfd, e.Name, Native.ORdOnly | Native.ODirectory | Native.ONoFollow);
                     try
                     {
-                        ExtractChildren(archive, e, fd, childPath, options, links);
+                        ExtractChildren(archive, e, fd, childPath, childRelative, options, links, failures);
                         Finish(e, fd, [], Encoding.ASCII.GetBytes($"/proc/self/fd/{fd}/."), options);
                     }
                     finally
@@ -69,10 +93,18 @@ public static class Extractor
                 case PxarEntryKind.File:
                 {
                     var fd = Native.OpenAt(dirfd, e.Name, NativeWrite.OWrOnly | NativeWrite.OCreat | NativeWrite.OExcl | Native.ONoFollow);
+                    string? unreadable;
                     using (var output = new FileStream(new SafeFileHandle(fd, ownsHandle: true), FileAccess.Write, 1))
-                    using (var input = archive.OpenRead(e))
                     {
-                        input.CopyTo(output, 1024 * 1024);
+                        unreadable = CopyContents(archive, e, output);
+                    }
+
+                    if (unreadable is not null)
+                    {
+                        // No short file that looks restored: the name is given back with the reason.
+                        NativeWrite.UnlinkAt(dirfd, e.Name);
+                        failures.Add(new ExtractFailure(childRelative, unreadable));
+                        continue;
                     }
 
                     links[e.Inode] = childPath;
@@ -96,6 +128,48 @@ public static class Extractor
             }
 
             Finish(e, dirfd, e.Name, procPath, options);
+        }
+    }
+
+    /// <summary>An error reading the archive (a damaged or missing chunk, a malformed item); errors writing the target
+    /// are not caught where this is used: they end the extraction.</summary>
+    private static bool IsArchiveDamage(Exception e) => e is not OperationCanceledException;
+
+    /// <summary>Copies a file's contents; null when done, else why the archive could not be read (a write error throws).</summary>
+    private static string? CopyContents(PxarArchive archive, PxarEntry file, FileStream output)
+    {
+        var buffer = new byte[1024 * 1024];
+        Stream input;
+        try
+        {
+            input = archive.OpenRead(file);
+        }
+        catch (Exception e) when (IsArchiveDamage(e))
+        {
+            return e.Message;
+        }
+
+        using (input)
+        {
+            while (true)
+            {
+                int n;
+                try
+                {
+                    n = input.Read(buffer);
+                }
+                catch (Exception e) when (IsArchiveDamage(e))
+                {
+                    return e.Message;
+                }
+
+                if (n == 0)
+                {
+                    return null;
+                }
+
+                output.Write(buffer, 0, n);
+            }
         }
     }
 

@@ -32,6 +32,9 @@ internal static unsafe partial class NativeWrite
     private static partial int utimensat(int dirfd, byte* path, long* times, int flags);
 
     [LibraryImport("libc", SetLastError = true)]
+    private static partial int unlinkat(int dirfd, byte* path, int flags);
+
+    [LibraryImport("libc", SetLastError = true)]
     private static partial int lsetxattr(byte* path, byte* name, byte* value, nint size, int flags);
 
     private static byte[] Z(ReadOnlySpan<byte> s) => [.. s, 0];
@@ -41,6 +44,14 @@ internal static unsafe partial class NativeWrite
         if (result != 0)
         {
             throw Native.Error(what, name);
+        }
+    }
+
+    public static void UnlinkAt(int dirfd, ReadOnlySpan<byte> name)
+    {
+        fixed (byte* p = Z(name))
+        {
+            Check(unlinkat(dirfd, p, 0), "cannot remove", name);
         }
     }
 
