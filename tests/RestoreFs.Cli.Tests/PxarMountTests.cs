@@ -449,6 +449,9 @@ public sealed class PxarMountTests(PxarFixture fixture) : IClassFixture<PxarFixt
             digest = payload.ChunkDigestHex(1); // inside 'big' (the payload is: header, big, small.txt)
         }
 
+        var payloadIndex = DynamicIndex.Open(Path.Combine(snapshot.DirectoryPath, "root.ppxar.didx"));
+        var (damagedChunkStart, damagedChunkEnd) = (payloadIndex.ChunkStart(1), payloadIndex.ChunkEnd(1));
+
         var chunk = Path.Combine(fixture.Store, ".chunks", digest[..4], digest);
         var bytes = File.ReadAllBytes(chunk);
         bytes[bytes.Length / 2] ^= 0x55;
@@ -477,5 +480,27 @@ public sealed class PxarMountTests(PxarFixture fixture) : IClassFixture<PxarFixt
         Assert.Contains("not restored: big: ", restore.StdErr, StringComparison.Ordinal);
         Assert.Equal(["small.txt"], Directory.GetFileSystemEntries(temp.Combine("out")).Select(p => Path.GetFileName(p)));
         Assert.Equal("still readable\n", File.ReadAllText(temp.Combine("out", "small.txt")));
+
+        // As a tar stream (big's header is out before its damage is met): the unreadable part goes out as zeros and is
+        // reported with the range and the chunk, everything else is exact, the exit status says so.
+        var tarOut = temp.Combine("tar-out");
+        Directory.CreateDirectory(tarOut);
+        var tar = ProcessRunner.Shell($"set -o pipefail; '{RepoPaths.Cli}' restore '{fixture.Store}' ct/102/{PxarFixture.Time} root.pxar - " +
+                                      $"| tar -xpf - -C '{tarOut}'", TimeSpan.FromMinutes(5));
+        Assert.Equal(1, tar.ExitCode);
+        Assert.Contains(digest, tar.StdErr, StringComparison.Ordinal);
+        var range = System.Text.RegularExpressions.Regex.Match(tar.StdErr, @"big: bytes (\d+)-(\d+) could not be read and are zeros");
+        Assert.True(range.Success, tar.StdErr);
+        var (from, to) = (int.Parse(range.Groups[1].Value), int.Parse(range.Groups[2].Value));
+        var source = PxarFixture.RandomBytes(20 * 1024 * 1024, 7);
+        var restored = File.ReadAllBytes(Path.Combine(tarOut, "big"));
+        Assert.Equal(source.Length, restored.Length);
+        // Zeros for the damaged chunk, to within the 64 KiB pieces it is read again in at each end, not for the file.
+        var chunkLength = damagedChunkEnd - damagedChunkStart;
+        Assert.True(to - from + 1 <= chunkLength + 2 * 64 * 1024, $"{to - from + 1} bytes zeroed for a chunk of {chunkLength}");
+        Assert.Equal(source.AsSpan(0, from).ToArray(), restored.AsSpan(0, from).ToArray());
+        Assert.Equal(source.AsSpan(to + 1).ToArray(), restored.AsSpan(to + 1).ToArray());
+        Assert.True(restored.AsSpan(from, to - from + 1).IndexOfAnyExcept((byte)0) < 0);
+        Assert.Equal("still readable\n", File.ReadAllText(Path.Combine(tarOut, "small.txt")));
     }
 }

@@ -33,7 +33,20 @@ public static class PxarCli
             using var buffered = new BufferedStream(stdout, 1 << 20);
             var links = SnapshotArchives.HardlinkCounts(reader, snapshot, manifest, info, key, pxar,
                 reason => Console.Error.WriteLine($"restorefs: the catalog of {snapshot.Name} cannot be used ({reason}); counting hard links from the archive"));
-            PxarTarWriter.Write(pxar, entry, buffered, links);
+            var damaged = PxarTarWriter.Write(pxar, entry, buffered, links);
+            buffered.Flush();
+            foreach (var problem in damaged)
+            {
+                Console.Error.WriteLine($"restorefs: {problem}");
+            }
+
+            if (damaged.Count > 0)
+            {
+                Console.Error.WriteLine($"restorefs: {archive} is damaged in {damaged.Count} {(damaged.Count == 1 ? "place" : "places")} (above); " +
+                                        "the tar stream holds everything else");
+                return 1;
+            }
+
             return 0;
         }
 

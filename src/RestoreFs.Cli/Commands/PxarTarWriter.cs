@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Text;
+using RestoreFs.Datastore;
 using RestoreFs.Pxar;
 
 namespace RestoreFs.Cli.Commands;
@@ -9,6 +10,10 @@ namespace RestoreFs.Cli.Commands;
 /// PAX records, with <c>hdrcharset=BINARY</c> for the latter), modes, owners, mtimes with nanoseconds (also before 1970),
 /// symlinks, hard links, devices, fifos, and xattrs (with ACLs and fcaps in their kernel form) as <c>SCHILY.xattr.*</c>.
 /// Sockets have no tar form and are left out.
+/// <para>Damaged or missing chunks fail only what they touch, as GNU tar treats read errors: a stream cannot take back a
+/// file whose header is out, so the bytes that cannot be read go out as zeros and the file, the byte range and the
+/// chunk are reported; a directory that cannot be listed goes out empty and is reported. The stream stays a valid tar
+/// of everything else. A malformed archive (<see cref="PxarException"/>) still ends the stream.</para>
 /// </summary>
 public static class PxarTarWriter
 {
@@ -16,9 +21,11 @@ public static class PxarTarWriter
 
     /// <param name="links">The archive's hard-link counts (see <see cref="SnapshotArchives.HardlinkCounts"/>); counted
     /// from the archive when not given.</param>
-    public static void Write(PxarArchive archive, PxarEntry start, Stream output, IReadOnlyDictionary<ulong, int>? links = null)
+    /// <returns>What the damage changed in the stream, one line each (empty when nothing).</returns>
+    public static IReadOnlyList<string> Write(PxarArchive archive, PxarEntry start, Stream output, IReadOnlyDictionary<ulong, int>? links = null)
     {
         links ??= archive.HardlinkCounts();
+        var problems = new List<string>();
         var firstNames = new Dictionary<ulong, byte[]>();
         var header = new byte[Block];
         var buffer = new byte[1 << 20];
@@ -79,9 +86,41 @@ public static class PxarTarWriter
             WriteHeader(output, header, e, path, type, linkTarget, size);
             if (size > 0)
             {
+                var zeros = new ZeroRuns(path, problems);
                 for (long offset = 0; offset < size;)
                 {
-                    var n = archive.Read(e, offset, buffer.AsSpan(0, (int)Math.Min(buffer.Length, size - offset)));
+                    var want = (int)Math.Min(buffer.Length, size - offset);
+                    int n;
+                    try
+                    {
+                        n = archive.Read(e, offset, buffer.AsSpan(0, want));
+                        zeros.Readable();
+                    }
+                    catch (DatastoreException)
+                    {
+                        // Piece by piece, so that only what cannot be read (about the damaged chunk) goes out as zeros.
+                        for (var at = 0; at < want; at += FinePiece)
+                        {
+                            var length = Math.Min(FinePiece, want - at);
+                            try
+                            {
+                                if (archive.Read(e, offset + at, buffer.AsSpan(at, length)) != length)
+                                {
+                                    throw new PxarException($"file {Encoding.UTF8.GetString(path)} ended after {offset + at} of {size} bytes", archive.Name, e.EntryOffset);
+                                }
+
+                                zeros.Readable();
+                            }
+                            catch (DatastoreException error)
+                            {
+                                buffer.AsSpan(at, length).Clear();
+                                zeros.Unreadable(offset + at, length, error.Message);
+                            }
+                        }
+
+                        n = want;
+                    }
+
                     if (n <= 0)
                     {
                         throw new PxarException($"file {Encoding.UTF8.GetString(path)} ended after {offset} of {size} bytes", archive.Name, e.EntryOffset);
@@ -91,17 +130,58 @@ public static class PxarTarWriter
                     offset += n;
                 }
 
+                zeros.Readable();
                 Pad(output, size);
             }
 
             if (e.IsDirectory)
             {
-                PushChildren(archive, e, path, pending);
+                try
+                {
+                    PushChildren(archive, e, path, pending);
+                }
+                catch (DatastoreException error)
+                {
+                    problems.Add($"{Show(path)}/: directory not listed, its contents are missing from the stream: {error.Message}");
+                }
             }
         }
 
         output.Write(new byte[Block * 2]);
         output.Flush();
+        return problems;
+    }
+
+    private static string Show(byte[] path) => path.Length == 0 ? "." : Encoding.UTF8.GetString(path);
+
+    /// <summary>How finely a piece that failed is read again (each failing read decodes its chunk again).</summary>
+    private const int FinePiece = 64 * 1024;
+
+    /// <summary>Runs of zeros written for bytes that could not be read, one problem line per run.</summary>
+    private sealed class ZeroRuns(byte[] path, List<string> problems)
+    {
+        private long from = -1;
+        private long to;
+        private string? reason;
+
+        public void Unreadable(long offset, int length, string why)
+        {
+            if (from < 0)
+            {
+                (from, reason) = (offset, why);
+            }
+
+            to = offset + length;
+        }
+
+        public void Readable()
+        {
+            if (from >= 0)
+            {
+                problems.Add($"{Show(path)}: bytes {from}-{to - 1} could not be read and are zeros in the stream: {reason}");
+                from = -1;
+            }
+        }
     }
 
     private static void PushChildren(PxarArchive archive, PxarEntry dir, byte[] path, Stack<(PxarEntry, byte[])> pending)
