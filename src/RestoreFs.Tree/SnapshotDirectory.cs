@@ -25,7 +25,7 @@ public sealed class SnapshotDirectory : TreeDirectory
     protected override DateTimeOffset MTime => State.Time;
 
     /// <summary>Settled once the manifest has been read; asked only when looking inside, which reads it anyway.</summary>
-    protected override bool ContentsSettled => State.ManifestIsKnown || TryManifest() is not null;
+    protected override bool ContentsSettled => TryManifest() is not null;
 
     private Manifest? TryManifest()
     {

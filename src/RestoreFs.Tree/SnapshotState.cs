@@ -36,9 +36,6 @@ public sealed class SnapshotState : IDisposable
     /// </summary>
     public Manifest Manifest => manifest ?? ReadManifest();
 
-    /// <summary>Whether the manifest has been read and verified (it never changes after that).</summary>
-    public bool ManifestIsKnown => manifest is not null;
-
     private Manifest ReadManifest()
     {
         lock (manifestGate)

@@ -138,7 +138,6 @@ public static class Extractor
     /// <summary>Copies a file's contents; null when done, else why the archive could not be read (a write error throws).</summary>
     private static string? CopyContents(PxarArchive archive, PxarEntry file, FileStream output)
     {
-        var buffer = new byte[1024 * 1024];
         Stream input;
         try
         {
@@ -149,7 +148,10 @@ public static class Extractor
             return e.Message;
         }
 
-        using (input)
+        // Rented, as Stream.CopyTo did: a fresh 1 MiB array per file would be a large-object allocation per file.
+        using var owned = input;
+        var buffer = System.Buffers.ArrayPool<byte>.Shared.Rent(1024 * 1024);
+        try
         {
             while (true)
             {
@@ -170,6 +172,10 @@ public static class Extractor
 
                 output.Write(buffer, 0, n);
             }
+        }
+        finally
+        {
+            System.Buffers.ArrayPool<byte>.Shared.Return(buffer);
         }
     }
 
