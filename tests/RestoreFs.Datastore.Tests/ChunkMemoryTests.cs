@@ -81,5 +81,50 @@ public sealed class ChunkMemoryTests : IDisposable
         Assert.Equal(once, Decoded(4));
     }
 
+    [Fact]
+    public void Two_readers_that_both_see_the_budget_exceeded_by_one_chunk_evict_one_chunk_between_them()
+    {
+        // Two decodes finishing at once (or a read-ahead starting while another ends) both find the budget one chunk
+        // over and trim. Each evicting a chunk of its own would drop one that is still needed: under load that was a
+        // chunk read ahead and not yet read, decoded a second time when the reader got to it.
+        var memory = new ChunkMemory(4L * Chunk);
+        var cache = new BlockingCache(memory, cachedChunks: 5);
+        memory.Register(cache);
+        memory.Charge(5L * Chunk);
+        var trims = Enumerable.Range(0, 2).Select(_ => Task.Factory.StartNew(memory.Trim, TaskCreationOptions.LongRunning)).ToArray();
+        Assert.True(Task.WaitAll(trims, TimeSpan.FromSeconds(30)));
+        Assert.Equal(1, cache.Evictions);
+        Assert.Equal(4L * Chunk, memory.Used);
+    }
+
+    /// <summary>A reader's cache whose eviction lingers until a second trimmer arrives (or half a second passes), as a
+    /// preempted thread would: concurrent trims show up as concurrent evictions.</summary>
+    private sealed class BlockingCache(ChunkMemory memory, int cachedChunks) : IChunkCache
+    {
+        private readonly CountdownEvent inside = new(2);
+        private int cached = cachedChunks;
+        private int evictions;
+
+        public int Evictions => Volatile.Read(ref evictions);
+
+        public long CachedBytes => (long)Volatile.Read(ref cached) * Chunk;
+
+        public long LastUse => 0;
+
+        public bool EvictOldest()
+        {
+            inside.Signal();
+            inside.Wait(TimeSpan.FromMilliseconds(500));
+            if (Interlocked.Decrement(ref cached) < 0)
+            {
+                return false;
+            }
+
+            Interlocked.Increment(ref evictions);
+            memory.Charge(-Chunk);
+            return true;
+        }
+    }
+
     public void Dispose() => dir.Dispose();
 }

@@ -24,6 +24,7 @@ internal interface IChunkCache
 public sealed class ChunkMemory
 {
     private readonly object gate = new();
+    private readonly object trimming = new();
     private readonly HashSet<IChunkCache> readers = [];
     private readonly Stack<NativeChunkBuffer> spare = new();
     private readonly int spareLimit;
@@ -133,26 +134,36 @@ public sealed class ChunkMemory
     }
 
     /// <summary>Brings the readers back within the budget: the least recently used reader evicts its oldest chunk,
-    /// until the total fits. Called by a reader after it cached a chunk, outside its own lock.</summary>
+    /// until the total fits. Called by a reader after it cached a chunk or charged a decode, outside its own lock.
+    /// One trim at a time: two readers that both saw the budget exceeded by one chunk would each evict one, and the
+    /// second eviction could take a chunk read ahead that nobody has read yet (decoded again when its reader gets there).</summary>
     internal void Trim()
     {
-        while (Interlocked.Read(ref used) > Capacity)
+        if (Interlocked.Read(ref used) <= Capacity)
         {
-            IChunkCache? victim = null;
-            lock (gate)
+            return;
+        }
+
+        lock (trimming)
+        {
+            while (Interlocked.Read(ref used) > Capacity)
             {
-                foreach (var reader in readers)
+                IChunkCache? victim = null;
+                lock (gate)
                 {
-                    if (reader.CachedBytes > 0 && (victim is null || reader.LastUse < victim.LastUse))
+                    foreach (var reader in readers)
                     {
-                        victim = reader;
+                        if (reader.CachedBytes > 0 && (victim is null || reader.LastUse < victim.LastUse))
+                        {
+                            victim = reader;
+                        }
                     }
                 }
-            }
 
-            if (victim is null || !victim.EvictOldest())
-            {
-                return; // nothing left to evict (all in use by readers right now)
+                if (victim is null || !victim.EvictOldest())
+                {
+                    return; // nothing left to evict (all in use by readers right now)
+                }
             }
         }
     }
