@@ -3,6 +3,7 @@ using RestoreFs.Datastore;
 using RestoreFs.Fuse;
 using RestoreFs.Pxar;
 using RestoreFs.TestSupport;
+using RestoreFs.Tree.Pxar;
 
 namespace RestoreFs.Tree.Tests;
 
@@ -149,46 +150,8 @@ public sealed class PxarTreeTests : IAsyncDisposable
     [InlineData(true)]
     public async Task A_damaged_directory_leaves_out_its_own_names_not_the_link_counts_of_the_rest(bool split)
     {
-        // a/ holds a hard-linked file; b/ thousands of entries over many small chunks, one of them damaged; c/ after it.
-        var tree = dir.Combine($"linked-{split}");
-        Directory.CreateDirectory(Path.Combine(tree, "a"));
-        Directory.CreateDirectory(Path.Combine(tree, "b"));
-        Directory.CreateDirectory(Path.Combine(tree, "c"));
-        File.WriteAllText(Path.Combine(tree, "a", "target"), "linked");
-        Assert.Equal(0, ProcessRunner.Shell($"ln '{Path.Combine(tree, "a", "target")}' '{Path.Combine(tree, "a", "link")}'").ExitCode);
-        for (var i = 0; i < 3000; i++)
-        {
-            File.WriteAllText(Path.Combine(tree, "b", $"entry-{i:D5}-with-a-name-long-enough-to-fill-chunks"), i.ToString());
-        }
-
-        File.WriteAllText(Path.Combine(tree, "c", "last"), "c");
-        var store = dir.Combine($"store-linked-{split}");
-        using (var writer = BackupWriter.Create(store, new BackupGroup(BackupNamespace.Root, "ct", "9"), T0, null, precreateChunkDirectories: false))
-        {
-            PxarBackup.Write(writer, [new PxarBackupSource("root.pxar", tree)], new PxarBackupOptions(Split: split, AverageChunkSize: 16 * 1024));
-            writer.Finish();
-        }
-
-        // The middle chunk of the metadata stream (inside b/), and for a unified archive its catalog, which would
-        // otherwise count the links without reading b/ at all: the count then has to walk the archive.
-        var snapshot = Path.Combine(store, "ct", "9", Time);
-        var index = DynamicIndex.Open(Path.Combine(snapshot, split ? "root.mpxar.didx" : "root.pxar.didx"));
-        Assert.True(index.ChunkCount >= 5, $"{index.ChunkCount} chunks");
-        var damaged = new List<string> { Convert.ToHexStringLower(index.Digest(index.ChunkCount / 2)) };
-        if (!split)
-        {
-            var catalog = DynamicIndex.Open(Path.Combine(snapshot, SnapshotArchives.CatalogFile));
-            damaged.AddRange(Enumerable.Range(0, catalog.ChunkCount).Select(i => Convert.ToHexStringLower(catalog.Digest(i))));
-        }
-
-        foreach (var digest in damaged)
-        {
-            var chunk = Path.Combine(store, ".chunks", digest[..4], digest);
-            var bytes = File.ReadAllBytes(chunk);
-            bytes[bytes.Length / 2] ^= 0x55;
-            File.WriteAllBytes(chunk, bytes);
-        }
-
+        var (store, damaged) = LinkedArchive($"rest-{split}", split, linkInDamagedDirectory: false);
+        Damage(damaged);
         var linkedContext = TreeTesting.Context(dir, store);
         try
         {
@@ -205,6 +168,111 @@ public sealed class PxarTreeTests : IAsyncDisposable
         finally
         {
             await linkedContext.Exports.DisposeAsync();
+        }
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task A_link_count_that_left_names_out_is_made_again_and_nlink_grows_when_they_can_be_read(bool split)
+    {
+        // The store out of reach for a moment while the links were counted (here: a chunk of b/ unreadable, then whole
+        // again): a/target's second name, in b/, was not counted. That count must not stand for the life of the mount,
+        // or `rsync -H` and `cp -a` split the link for good.
+        var (store, damaged) = LinkedArchive($"again-{split}", split, linkInDamagedDirectory: true);
+        var good = damaged.Select(File.ReadAllBytes).ToList();
+        Damage(damaged);
+        var linkedContext = TreeTesting.Context(dir, store);
+        try
+        {
+            var linkedRoot = new RootDirectory(linkedContext);
+            var archive = new[] { "snapshots", "ct", "9", Time, "root.pxar" };
+            var target = await TreeTesting.Walk(linkedRoot, ctx, [.. archive, "a", "target"]);
+            Assert.Equal(1u, target.GetAttributes().NLink);
+            Assert.True(target.AttrTimeout <= TimeSpan.FromSeconds(1), "a short count must not be cached by the kernel for long");
+
+            for (var i = 0; i < damaged.Count; i++)
+            {
+                File.WriteAllBytes(damaged[i], good[i]);
+            }
+
+            var clock = System.Diagnostics.Stopwatch.StartNew();
+            var soon = target.GetAttributes().NLink;
+            if (clock.Elapsed < PxarArchiveState.LinkRecountInterval / 2)
+            {
+                Assert.Equal(1u, soon); // within the interval: answered from the count made, no recount per stat
+            }
+
+            await Task.Delay(PxarArchiveState.LinkRecountInterval + TimeSpan.FromMilliseconds(100));
+            var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
+            while (target.GetAttributes().NLink != 2 && DateTime.UtcNow < deadline)
+            {
+                await Task.Delay(50); // the recount runs in the background; the stat that started it answers at once
+            }
+
+            Assert.Equal(2u, target.GetAttributes().NLink);
+            Assert.Equal(PxarNode.Forever, target.AttrTimeout);
+            Assert.Equal(2u, (await TreeTesting.Walk(linkedRoot, ctx, [.. archive, "b", "entry-01500-link"])).GetAttributes().NLink);
+            Assert.Equal("linked", await ReadAll(await TreeTesting.Walk(linkedRoot, ctx, [.. archive, "b", "entry-01500-link"])));
+        }
+        finally
+        {
+            await linkedContext.Exports.DisposeAsync();
+        }
+    }
+
+    /// <summary>
+    /// ct/9 with root.pxar of a/ (target and, unless <paramref name="linkInDamagedDirectory"/>, its hard link), b/
+    /// (thousands of entries over many small chunks; with <paramref name="linkInDamagedDirectory"/> the link is there,
+    /// as entry-01500-link) and c/last. Returns the store and the chunk files to damage: the middle chunk of the metadata
+    /// stream (inside b/) and, for a unified archive, its catalog, which would otherwise count the links without reading
+    /// b/ at all (the count then has to walk the archive).
+    /// </summary>
+    private (string Store, List<string> Damaged) LinkedArchive(string name, bool split, bool linkInDamagedDirectory)
+    {
+        var tree = dir.Combine($"linked-{name}");
+        Directory.CreateDirectory(Path.Combine(tree, "a"));
+        Directory.CreateDirectory(Path.Combine(tree, "b"));
+        Directory.CreateDirectory(Path.Combine(tree, "c"));
+        File.WriteAllText(Path.Combine(tree, "a", "target"), "linked");
+        for (var i = 0; i < 3000; i++)
+        {
+            if (i != 1500 || !linkInDamagedDirectory)
+            {
+                File.WriteAllText(Path.Combine(tree, "b", $"entry-{i:D5}-with-a-name-long-enough-to-fill-chunks"), i.ToString());
+            }
+        }
+
+        var link = linkInDamagedDirectory ? Path.Combine(tree, "b", "entry-01500-link") : Path.Combine(tree, "a", "link");
+        Assert.Equal(0, ProcessRunner.Shell($"ln '{Path.Combine(tree, "a", "target")}' '{link}'").ExitCode);
+        File.WriteAllText(Path.Combine(tree, "c", "last"), "c");
+        var store = dir.Combine($"store-linked-{name}");
+        using (var writer = BackupWriter.Create(store, new BackupGroup(BackupNamespace.Root, "ct", "9"), T0, null, precreateChunkDirectories: false))
+        {
+            PxarBackup.Write(writer, [new PxarBackupSource("root.pxar", tree)], new PxarBackupOptions(Split: split, AverageChunkSize: 16 * 1024));
+            writer.Finish();
+        }
+
+        var snapshot = Path.Combine(store, "ct", "9", Time);
+        var index = DynamicIndex.Open(Path.Combine(snapshot, split ? "root.mpxar.didx" : "root.pxar.didx"));
+        Assert.True(index.ChunkCount >= 5, $"{index.ChunkCount} chunks");
+        var digests = new List<string> { Convert.ToHexStringLower(index.Digest(index.ChunkCount / 2)) };
+        if (!split)
+        {
+            var catalog = DynamicIndex.Open(Path.Combine(snapshot, SnapshotArchives.CatalogFile));
+            digests.AddRange(Enumerable.Range(0, catalog.ChunkCount).Select(i => Convert.ToHexStringLower(catalog.Digest(i))));
+        }
+
+        return (store, digests.Select(d => Path.Combine(store, ".chunks", d[..4], d)).ToList());
+    }
+
+    private static void Damage(IEnumerable<string> chunkFiles)
+    {
+        foreach (var chunk in chunkFiles)
+        {
+            var bytes = File.ReadAllBytes(chunk);
+            bytes[bytes.Length / 2] ^= 0x55;
+            File.WriteAllBytes(chunk, bytes);
         }
     }
 

@@ -19,7 +19,10 @@ public sealed class PxarArchiveState : IDisposable
     private readonly object gate = new();
     private readonly long archiveNumber = Interlocked.Increment(ref nextArchive);
     private PxarArchive? archive;
-    private Lazy<IReadOnlyDictionary<ulong, int>>? linkCounts;
+    private Lazy<LinkCounts>? linkCounts;
+    private long recountAt;
+    private long recountDelay = (long)LinkRecountInterval.TotalMilliseconds;
+    private int recounting;
     private int entered;
     private Lazy<(PxarCatalog Catalog, DynamicIndexPxarSource Source, long ArchiveBlock)?>? listingCatalog;
     private readonly LinkedList<CachedBlock> blockLru = new();
@@ -91,7 +94,7 @@ public sealed class PxarArchiveState : IDisposable
                 var opened = SnapshotArchives.Open(Context.Store, Snapshot.Snapshot, Info, Context.Options.Key,
                     ReaderOptions(Info.IsSplit ? MetadataShare : HasCatalog ? UnifiedWithCatalogShare : UnifiedShare), FetchAhead,
                     payloadReaderOptions: ReaderOptions(PayloadShare), manifest: Snapshot.Manifest);
-                linkCounts = new Lazy<IReadOnlyDictionary<ulong, int>>(() => CountLinks(opened));
+                linkCounts = new Lazy<LinkCounts>(() => Counted(CountLinksOrNone(opened)));
                 Volatile.Write(ref archive, opened);
                 return opened;
             }
@@ -190,27 +193,102 @@ public sealed class PxarArchiveState : IDisposable
     /// waits for it. Split archives: a scan of
     /// the metadata stream's item headers (tens of milliseconds for 26,000 entries, no entry decoded); unified ones with a
     /// catalog: the catalog's hard-link names, read in stream order (<see cref="PxarArchive.HardlinkCounts(PxarCatalog, long, CancellationToken)"/>);
-    /// without a catalog, a walk of the tree. Where a chunk is damaged, the names that cannot be read are not counted (they
-    /// cannot be listed either) and the rest keep their counts, so `cp -a` and `rsync -H` still keep those links.
+    /// without a catalog, a walk of the tree. Where a chunk cannot be read, the names that cannot be read are not counted
+    /// (they cannot be listed either) and the rest keep their counts, so `cp -a` and `rsync -H` still keep those links.
+    /// <para>A count that left something out is not kept for good: the store may have been out of reach for a moment
+    /// (an S3 gateway restarting) rather than damaged. It is made again in the background when a file is looked at after
+    /// <see cref="LinkRecountInterval"/>, then after twice as long each time it is still short (up to
+    /// <see cref="MaxLinkRecountInterval"/>); until it is whole, files of the archive are shown with a short attribute
+    /// timeout (<see cref="LinkCountsSettled"/>), so the kernel asks again.</para>
     /// </summary>
     public uint LinkCount(ulong inode)
     {
         _ = Archive;
+        var counts = Volatile.Read(ref linkCounts)!.Value;
+        if (!counts.Complete)
+        {
+            RecountWhenDue();
+        }
+
+        return counts.Counts.TryGetValue(inode, out var n) ? (uint)n : 1u;
+    }
+
+    /// <summary>Whether the hard-link count is made and left nothing out (the nlink of every file is final).</summary>
+    public bool LinkCountsSettled => Volatile.Read(ref linkCounts) is { IsValueCreated: true, Value.Complete: true };
+
+    /// <summary>How long a hard-link count that left something out stands before it is made again (then twice as long
+    /// each time it is still short).</summary>
+    public static readonly TimeSpan LinkRecountInterval = TimeSpan.FromSeconds(2);
+
+    /// <summary>The longest wait between two counts of an archive whose count stays short (a damaged chunk).</summary>
+    public static readonly TimeSpan MaxLinkRecountInterval = TimeSpan.FromMinutes(5);
+
+    /// <summary>Hard links per entry offset, and whether every name of the archive was counted.</summary>
+    private sealed record LinkCounts(IReadOnlyDictionary<ulong, int> Counts, bool Complete);
+
+    /// <summary>A count just made: a short one schedules the next.</summary>
+    private LinkCounts Counted(LinkCounts counts)
+    {
+        if (!counts.Complete)
+        {
+            Volatile.Write(ref recountAt, Environment.TickCount64 + Interlocked.Read(ref recountDelay));
+        }
+
+        return counts;
+    }
+
+    /// <summary>Counts again on the thread pool when the wait is over and no count is under way; the stat that started
+    /// it answers from the count it has.</summary>
+    private void RecountWhenDue()
+    {
+        if (Environment.TickCount64 < Volatile.Read(ref recountAt) || Interlocked.Exchange(ref recounting, 1) == 1)
+        {
+            return;
+        }
+
+        var opened = Archive;
+        _ = Task.Run(() =>
+        {
+            try
+            {
+                var fresh = CountLinksOrNone(opened);
+                if (!fresh.Complete)
+                {
+                    Interlocked.Exchange(ref recountDelay, Math.Min(Interlocked.Read(ref recountDelay) * 2, (long)MaxLinkRecountInterval.TotalMilliseconds));
+                }
+                else
+                {
+                    Context.Log.LogInformation("Hard links of {Archive} in {Snapshot} counted in full", Info.Name, Snapshot.Snapshot.Name);
+                }
+
+                Volatile.Write(ref linkCounts, new Lazy<LinkCounts>(Counted(fresh)));
+            }
+            finally
+            {
+                Volatile.Write(ref recounting, 0);
+            }
+        });
+    }
+
+    /// <summary>A count that never throws: where the archive cannot be counted at all, no links (every file 1) and short.</summary>
+    private LinkCounts CountLinksOrNone(PxarArchive opened)
+    {
         try
         {
-            return linkCounts!.Value.TryGetValue(inode, out var n) ? (uint)n : 1u;
+            var complete = true;
+            var counts = CountLinks(opened, () => complete = false);
+            return new LinkCounts(counts, complete);
         }
         catch (Exception e)
         {
             // Counting walks the tree; a damaged part elsewhere must not make this file unreadable.
             Context.WarnOnce($"pxar-links:{Snapshot.Snapshot.DirectoryPath}:{Info.Name}", null,
                 "Hard links of {Archive} in {Snapshot} could not be counted: {Reason}", Info.Name, Snapshot.Snapshot.Name, e.Message);
-            linkCounts = new Lazy<IReadOnlyDictionary<ulong, int>>(new Dictionary<ulong, int>());
-            return 1;
+            return new LinkCounts(new Dictionary<ulong, int>(), Complete: false);
         }
     }
 
-    private IReadOnlyDictionary<ulong, int> CountLinks(PxarArchive opened)
+    private IReadOnlyDictionary<ulong, int> CountLinks(PxarArchive opened, Action leftOut)
     {
         // The catalog the listings use (one reader, one decode of its chunks); unreadable or without this archive → the
         // walk below counts from the archive itself.
@@ -243,10 +321,13 @@ public sealed class PxarArchiveState : IDisposable
         }
 
         // A damaged directory leaves out the names below it (they cannot be listed either), not every link of the archive.
-        return opened.HardlinkCountsByWalk(skip: (directory, e) => Context.WarnOnce(
-            $"pxar-links-skip:{Snapshot.Snapshot.DirectoryPath}:{Info.Name}:{directory.EntryOffset}", null,
-            "Hard links of {Archive} in {Snapshot}: a directory at offset {Offset} cannot be listed, names below it are not counted: {Reason}",
-            Info.Name, Snapshot.Snapshot.Name, directory.EntryOffset, e.Message));
+        return opened.HardlinkCountsByWalk(skip: (directory, e) =>
+        {
+            leftOut();
+            Context.WarnOnce($"pxar-links-skip:{Snapshot.Snapshot.DirectoryPath}:{Info.Name}:{directory.EntryOffset}", null,
+                "Hard links of {Archive} in {Snapshot}: a directory at offset {Offset} cannot be listed, names below it are not counted: {Reason}",
+                Info.Name, Snapshot.Snapshot.Name, directory.EntryOffset, e.Message);
+        });
     }
 
     private (PxarCatalog Catalog, DynamicIndexPxarSource Source)? TryCatalog(int share)

@@ -257,7 +257,9 @@ public sealed class PxarFile : FuseNode, IFuseFile, IFuseXattrs
 
     public override TimeSpan EntryTimeout => PxarNode.Forever;
 
-    public override TimeSpan AttrTimeout => PxarNode.Forever;
+    /// <summary>Forever once the archive's hard links are counted in full; a second while the count is short (the kernel
+    /// then asks again, and sees nlink grow when a count made after an outage finds the missing names).</summary>
+    public override TimeSpan AttrTimeout => state.LinkCountsSettled ? PxarNode.Forever : TimeSpan.FromSeconds(1);
 
     public override FuseAttributes GetAttributes() =>
         PxarNode.Attributes(state, inode, (ulong)content.Size, mode, uid, gid, mtimeSeconds, mtimeNanos, state.LinkCount(inode));
