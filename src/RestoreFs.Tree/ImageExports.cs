@@ -152,11 +152,10 @@ public sealed class ImageExports : IAsyncDisposable
             return device;
         })));
         var task = lazy.Value;
-        if (task.IsFaulted)
-        {
-            devices.TryRemove(new KeyValuePair<string, Lazy<Task<AttachedDevice>>>(key, lazy));
-        }
-
+        // A failed attach is not kept: the next open of the .dev path tries again (it used to get the same failure
+        // until a caller happened to see the task already faulted).
+        _ = task.ContinueWith(_ => devices.TryRemove(new KeyValuePair<string, Lazy<Task<AttachedDevice>>>(key, lazy)), CancellationToken.None,
+            TaskContinuationOptions.OnlyOnFaulted | TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
         return task;
     }
 
@@ -214,11 +213,30 @@ public sealed class ImageExports : IAsyncDisposable
         }
     }
 
-    /// <summary>Opens the image reader only when a client first reads, so listing exports costs nothing.</summary>
+    /// <summary>Opens the image reader only when a client first reads, so listing exports costs nothing. A failed open
+    /// (the store out of reach for a moment) fails that read only: the next read opens again, so an export first read
+    /// during an outage works once the store is back.</summary>
     private sealed class LazyImageSource(SnapshotState state, string archive) : IBlockSource
     {
-        private readonly Lazy<ImageBlockSource> inner = new(() => new ImageBlockSource(state.OpenImage(archive)));
+        private readonly object gate = new();
+        private ImageBlockSource? opened;
         private long size = -1;
+
+        private ImageBlockSource Inner
+        {
+            get
+            {
+                if (Volatile.Read(ref opened) is { } source)
+                {
+                    return source;
+                }
+
+                lock (gate)
+                {
+                    return opened ??= new ImageBlockSource(state.OpenImage(archive));
+                }
+            }
+        }
 
         public long Size
         {
@@ -237,7 +255,7 @@ public sealed class ImageExports : IAsyncDisposable
         {
             try
             {
-                await inner.Value.ReadAsync(offset, destination, ct).ConfigureAwait(false);
+                await Inner.ReadAsync(offset, destination, ct).ConfigureAwait(false);
             }
             catch (Exception e) when (e is not OperationCanceledException)
             {
@@ -246,6 +264,6 @@ public sealed class ImageExports : IAsyncDisposable
             }
         }
 
-        public IEnumerable<BlockExtent> GetExtents(long offset, long length) => inner.Value.GetExtents(offset, length);
+        public IEnumerable<BlockExtent> GetExtents(long offset, long length) => Inner.GetExtents(offset, length);
     }
 }

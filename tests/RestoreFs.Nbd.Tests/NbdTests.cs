@@ -63,6 +63,21 @@ internal sealed class LargeSparseSource : IBlockSource
     }
 }
 
+/// <summary>A source whose first request for extents fails (as an image whose store is out of reach when a client
+/// first asks); everything after it works.</summary>
+internal sealed class ExtentsFailingOnceSource(byte[] data) : IBlockSource
+{
+    private readonly MemorySource inner = new(data);
+    private int failures = 1;
+
+    public long Size => inner.Size;
+
+    public ValueTask ReadAsync(long offset, Memory<byte> destination, CancellationToken ct) => inner.ReadAsync(offset, destination, ct);
+
+    public IEnumerable<BlockExtent> GetExtents(long offset, long length) =>
+        Interlocked.Decrement(ref failures) >= 0 ? throw new IOException("store out of reach (test)") : inner.GetExtents(offset, length);
+}
+
 /// <summary>Our NBD server against real clients (qemu-img, qemu-io, nbdinfo, nbdcopy) and against malformed input.</summary>
 public sealed class NbdTests : IAsyncLifetime
 {
@@ -81,6 +96,7 @@ public sealed class NbdTests : IAsyncLifetime
         unix = new NbdServer(new NbdServerOptions { UnixSocketPath = dir.Combine("nbd.sock") }, NullLoggerFactory.Instance);
         unix.AddExport("disk", new MemorySource(data), "test disk");
         unix.AddExport("large", new LargeSparseSource());
+        unix.AddExport("flaky", new ExtentsFailingOnceSource(data));
         await unix.StartAsync(CancellationToken.None);
         tcp = new NbdServer(new NbdServerOptions { TcpPort = 0 }, NullLoggerFactory.Instance);
         tcp.AddExport("disk", new MemorySource(data));
@@ -144,6 +160,21 @@ public sealed class NbdTests : IAsyncLifetime
             || write.StdOut.Contains("read-only", StringComparison.OrdinalIgnoreCase) || write.StdErr.Contains("read-only", StringComparison.OrdinalIgnoreCase),
             write.StdOut + write.StdErr);
         Run("qemu-img", "compare", "-f", "raw", "-F", "raw", unix.UriFor("disk"), Raw).EnsureSuccess("compare after the refused write");
+    }
+
+    [Fact]
+    public void A_block_status_the_source_cannot_answer_fails_that_request_and_the_connection_goes_on()
+    {
+        // One qemu-io connection: a map (block status) the source cannot answer, then reads on the same connection. The server used to drop the connection, so every later request of that client failed too.
+        var run = Run("qemu-io", "-r", "-f", "raw", "-c", "map", "-c", $"read -P 0 {5 << 20} 4096", "-c", "read -v 0 16", unix!.UriFor("flaky"));
+        Assert.True(run.StdOut.Contains("read 4096/4096 bytes"), $"exit {run.ExitCode}: {run.StdOut} {run.StdErr}");
+        Assert.Contains("Failed to get allocation status", run.StdErr);
+        var hex = string.Join(' ', data.Take(4).Select(b => b.ToString("x2")));
+        Assert.Contains("00000000:  " + hex, run.StdOut);
+
+        // A new client maps the export (the source answers now).
+        var map = Run("nbdinfo", "--map", unix.UriFor("flaky")).EnsureSuccess("nbdinfo --map after the failed block status");
+        Assert.Contains("hole,zero", map.StdOut);
     }
 
     [Fact]

@@ -120,6 +120,58 @@ public sealed class TreeNodeTests : IAsyncDisposable
     }
 
     [Fact]
+    public async Task An_export_first_read_while_its_index_cannot_be_opened_works_once_it_can()
+    {
+        // The image's export (what .img.nbd names, what the restore VM reads) is first read while the store is out of
+        // reach (here: its index file gone for a moment). That read fails; once the index is back, the same export
+        // serves the image. It used to keep the first failure for the life of the mount.
+        const string snapshot = "2026-03-04T05:06:07Z";
+        var state = ((SnapshotDirectory)await Walk("snapshots", "vm", "100", snapshot)).State;
+        var index = Path.Combine(state.Snapshot.DirectoryPath, "drive-scsi0.img.fidx");
+        var uri = context.Exports.UriFor(state, "drive-scsi0.img.fidx");
+        var copy = dir.Combine("export.raw");
+        File.Move(index, index + ".away");
+        try
+        {
+            var failed = ProcessRunner.Run(Requires.Tool("nbdcopy"), [uri, copy], TimeSpan.FromMinutes(1));
+            Assert.NotEqual(0, failed.ExitCode);
+        }
+        finally
+        {
+            File.Move(index + ".away", index);
+        }
+
+        File.Delete(copy);
+        ProcessRunner.Run(Requires.Tool("nbdcopy"), [uri, copy], TimeSpan.FromMinutes(1)).EnsureSuccess("nbdcopy once the index is back");
+        Assert.True(File.ReadAllBytes(copy).AsSpan().SequenceEqual(data), "the export's bytes");
+    }
+
+    [Fact]
+    public async Task A_failed_attach_is_not_kept_the_next_open_of_the_dev_path_tries_again()
+    {
+        // The index out of reach while the image is attached: that attach fails, and the next one is a new attempt, not
+        // the same failure handed out again. (The index stays away, so nothing is attached where the kernel has NBD.)
+        const string snapshot = "2026-03-04T05:06:07Z";
+        var state = ((SnapshotDirectory)await Walk("snapshots", "vm", "100", snapshot)).State;
+        var index = Path.Combine(state.Snapshot.DirectoryPath, "drive-scsi0.img.fidx");
+        var image = dir.Combine("not-mounted", "drive-scsi0.img");
+        File.Move(index, index + ".away");
+        try
+        {
+            var first = context.Exports.AttachAsync(state, "drive-scsi0.img.fidx", image);
+            await Assert.ThrowsAnyAsync<Exception>(() => first);
+            var second = context.Exports.AttachAsync(state, "drive-scsi0.img.fidx", image);
+            Assert.NotSame(first, second);
+            await Assert.ThrowsAnyAsync<Exception>(() => second);
+            Assert.Null(context.Exports.AttachedPath(state, "drive-scsi0.img.fidx"));
+        }
+        finally
+        {
+            File.Move(index + ".away", index);
+        }
+    }
+
+    [Fact]
     public async Task Config_blob_is_decoded_and_a_new_snapshot_appears_without_remounting()
     {
         var conf = (IFuseFile)await Walk("snapshots", "vm", "100", "2026-03-04T05:06:07Z", "qemu-server.conf");

@@ -614,7 +614,18 @@ internal sealed class NbdConnection(NbdServer server, Socket socket, int id, ILo
             return;
         }
 
-        var extents = source.GetExtents(offset, length).Take(one ? 1 : MaxExtents).ToList();
+        List<BlockExtent> extents;
+        try
+        {
+            extents = source.GetExtents(offset, length).Take(one ? 1 : MaxExtents).ToList();
+        }
+        catch (Exception e) when (e is not OperationCanceledException)
+        {
+            // The source could not be opened (its store out of reach): this request fails, the connection stays.
+            log.LogWarning("NBD block status of {Export} at {Offset}+{Length} failed: {Reason}", exportName, offset, length, e.Message);
+            await ErrorReplyAsync(cookie, EIo, e.Message, ct).ConfigureAwait(false);
+            return;
+        }
 
         var payload = new byte[4 + 8 * extents.Count];
         BinaryPrimitives.WriteUInt32BigEndian(payload, BaseAllocationId);
