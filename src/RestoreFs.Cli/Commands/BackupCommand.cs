@@ -16,7 +16,7 @@ public static class BackupCommand
         var time = new Option<string?>("--time") { Description = "Backup time (RFC 3339); default now." };
         var config = new Option<string?>("--config") { Description = "A VM config file stored as qemu-server.conf.blob." };
         var images = new Argument<string[]>("NAME=PATH") { Description = "Images to back up, e.g. drive-scsi0=/dev/sdb, or directories as pxar archives, e.g. root.pxar=/srv/ct.", Arity = ArgumentArity.OneOrMore };
-        var command = new Command("backup", "Back up raw disk images into a datastore (PBS format).") { store, group, time, config, images };
+        var command = new Command("backup", "Back up raw disk images, and directories as pxar archives, into a datastore (PBS format).") { store, group, time, config, images };
         KeyOptions.AddTo(command);
         KeyOptions.AddNamespace(command);
         StoreOptions.AddTo(command);

@@ -57,7 +57,7 @@ public static class MountCommand
                 result.AddError("--poll-us must be between 0 and 10000");
             }
         });
-        var command = new Command("mount", "Mount a datastore read-only: snapshots/<group>/<time>/<disk>.img, .img.dev, files/.")
+        var command = new Command("mount", "Mount a datastore read-only: snapshots/<group>/<time>/<disk>.img, .img.dev, <name>.pxar/, files/.")
         {
             store, mountPoint, foreground, noVm, cacheMb, allowOther, maxVms, noReplay, guestKeys, pollUs,
         };

@@ -11,8 +11,8 @@ public static class RestoreCommand
         var store = new Argument<string>("STORE") { Description = "The datastore directory, or s3://BUCKET/STORE." };
         var snapshot = new Argument<string>("SNAPSHOT") { Description = "e.g. vm/100/2024-05-01T10:00:00Z" };
         var archive = new Argument<string>("ARCHIVE") { Description = "e.g. drive-scsi0.img, qemu-server.conf.blob, root.pxar" };
-        var target = new Argument<string>("TARGET") { Description = "File to write, or - for stdout." };
-        var command = new Command("restore", "Write one archive of a snapshot to a file or stdout.") { store, snapshot, archive, target };
+        var target = new Argument<string>("TARGET") { Description = "File to write, or - for stdout; for a pxar archive a directory to extract into (with its metadata), or - for a tar stream." };
+        var command = new Command("restore", "Write one archive of a snapshot to a file or stdout, or extract a pxar archive to a directory or as a tar stream.") { store, snapshot, archive, target };
         KeyOptions.AddTo(command);
         KeyOptions.AddNamespace(command);
         StoreOptions.AddTo(command);
