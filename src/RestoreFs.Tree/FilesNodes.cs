@@ -130,6 +130,10 @@ public sealed class RemoteDirectory : FuseNode, IFuseDirectory, IFuseXattrs
     private readonly SemaphoreSlim loading = new(1, 1);
     private volatile IReadOnlyList<(byte[] Name, FuseNode Node)>? children;
 
+    /// <summary>When the listing is asked for again (a <see cref="Environment.TickCount64"/> time): set while it holds a
+    /// volume that could not be mounted; 0 once it holds none (kept, by us and by the kernel).</summary>
+    private long relistAt;
+
     public RemoteDirectory(TreeContext context, SnapshotState state, byte[] path, RemoteEntry entry)
     {
         this.context = context;
@@ -148,15 +152,22 @@ public sealed class RemoteDirectory : FuseNode, IFuseDirectory, IFuseXattrs
 
     public override TimeSpan AttrTimeout => Remote.Forever;
 
-    public TimeSpan NegativeTimeout => Remote.Forever;
+    /// <summary>Forever, but a second while the listing holds a volume that could not be mounted (it may mount later).</summary>
+    public TimeSpan NegativeTimeout => Settled ? Remote.Forever : TimeSpan.FromSeconds(1);
 
-    public bool ListingIsImmutable => true;
+    /// <summary>The kernel keeps the listing, unless it holds a volume that could not be mounted.</summary>
+    public bool ListingIsImmutable => Settled;
+
+    private bool Settled => Interlocked.Read(ref relistAt) == 0;
 
     public override FuseAttributes GetAttributes() => Remote.Attributes(context, ino, entry, Remote.DirectorySize(entry));
 
+    private bool Current(IReadOnlyList<(byte[] Name, FuseNode Node)>? list) =>
+        list is not null && (Settled || Environment.TickCount64 < Interlocked.Read(ref relistAt));
+
     private async ValueTask<IReadOnlyList<(byte[] Name, FuseNode Node)>> LoadAsync(FuseRequestContext ctx, CancellationToken ct)
     {
-        if (children is { } ready)
+        if (children is { } ready && Current(ready))
         {
             return ready;
         }
@@ -166,9 +177,10 @@ public sealed class RemoteDirectory : FuseNode, IFuseDirectory, IFuseXattrs
         await loading.WaitAsync(ct).ConfigureAwait(false);
         try
         {
-            if (children is { } again)
+            var previous = children;
+            if (previous is not null && Current(previous))
             {
-                return again;
+                return previous;
             }
 
             IReadOnlyList<RemoteEntry> entries;
@@ -185,9 +197,19 @@ public sealed class RemoteDirectory : FuseNode, IFuseDirectory, IFuseXattrs
             var vm = RestoreVms.VmName(state);
             var links = context.FilesNodes.Links(vm);
             var list = new List<(byte[], FuseNode)>(entries.Count);
+            var failedMounts = false;
+            // Listed again after a mount failed: the names that were fine keep their nodes (and inode numbers).
+            var kept = previous?.Where(c => c.Node is not (EmptyDirectory or ErrorFile or UnreadableEntry))
+                .ToDictionary(c => Convert.ToHexString(c.Name), c => c.Node, StringComparer.Ordinal);
             foreach (var child in entries)
             {
                 var childPath = Remote.Child(path, child.Name);
+                if (child.Error is null && kept is not null && kept.TryGetValue(Convert.ToHexString(child.Name), out var same))
+                {
+                    list.Add((child.Name, same));
+                    continue;
+                }
+
                 if (child.Error is { } unreadable && child.Type == '?')
                 {
                     context.WarnOnce($"entry:{state.Snapshot.DirectoryPath}:{Encoding.UTF8.GetString(childPath)}", null,
@@ -202,6 +224,7 @@ public sealed class RemoteDirectory : FuseNode, IFuseDirectory, IFuseXattrs
                         "{Path} in {Snapshot} cannot be mounted: {Error}", Encoding.UTF8.GetString(childPath), state.Snapshot.Name, error);
                     list.Add((child.Name, new EmptyDirectory(context, ino: context.Inodes.Next(), child)));
                     list.Add(([.. child.Name, .. ".error"u8], new ErrorFile(context, state.Time, error)));
+                    failedMounts = true;
                     continue;
                 }
 
@@ -215,6 +238,7 @@ public sealed class RemoteDirectory : FuseNode, IFuseDirectory, IFuseXattrs
                 list.Add((child.Name, node));
             }
 
+            Interlocked.Exchange(ref relistAt, failedMounts ? Math.Max(1, Environment.TickCount64 + (long)context.Options.FailedMountRelist.TotalMilliseconds) : 0);
             children = list;
             context.FilesNodes.Loaded(vm, this);
             return list;
@@ -279,6 +303,11 @@ public sealed class UnreadableEntry(TreeContext context, RemoteEntry entry, stri
 /// <summary><c>&lt;name&gt;.error</c>: why a filesystem could not be mounted.</summary>
 public sealed class ErrorFile(TreeContext context, DateTimeOffset mtime, string error) : BytesFile(context, mtime)
 {
+    /// <summary>A second: the volume it names may mount when its directory is listed again.</summary>
+    public override TimeSpan EntryTimeout => TimeSpan.FromSeconds(1);
+
+    public override TimeSpan AttrTimeout => TimeSpan.FromSeconds(1);
+
     protected override byte[] Load() => Encoding.UTF8.GetBytes(error.TrimEnd() + "\n");
 }
 

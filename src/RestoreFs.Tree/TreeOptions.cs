@@ -22,6 +22,10 @@ public sealed record TreeOptions
     /// read through the restore VM), all snapshots together.</summary>
     public long FilesCacheBytes { get; init; } = 32L * 1024 * 1024;
 
+    /// <summary>How long a files/ listing that holds a volume which could not be mounted is kept before it is asked for
+    /// again (the restore VM tries such a mount again after as long: what failed may have been the store, for a moment).</summary>
+    public TimeSpan FailedMountRelist { get; init; } = TimeSpan.FromSeconds(30);
+
     /// <summary>The datastore's base directory.</summary>
     public required string StorePath { get; init; }
 

@@ -10,10 +10,14 @@ namespace RestoreFs.Tree.Tests;
 internal static class TreeTesting
 {
     /// <summary>A mount's context over <paramref name="store"/>: shown as uid 1234, gid 55; run-time files in <paramref name="dir"/>.</summary>
-    public static TreeContext Context(TempDirectory dir, string store) => new(DatastoreReader.Open(store), new TreeOptions
+    public static TreeContext Context(TempDirectory dir, string store, Func<TreeOptions, TreeOptions>? adjust = null)
     {
-        Uid = 1234, Gid = 55, RuntimeDirectory = dir.Combine("run"), StorePath = store, MountPoint = dir.Combine("mnt"),
-    }, NullLoggerFactory.Instance);
+        var options = new TreeOptions
+        {
+            Uid = 1234, Gid = 55, RuntimeDirectory = dir.Combine("run"), StorePath = store, MountPoint = dir.Combine("mnt"),
+        };
+        return new(DatastoreReader.Open(store), adjust is null ? options : adjust(options), NullLoggerFactory.Instance);
+    }
 
     /// <summary>Flips the last byte of a snapshot's <c>index.json.blob</c> (<paramref name="snapshot"/>: "vm/100/2026-…Z"), so
     /// that any further read of the manifest fails its checks.</summary>

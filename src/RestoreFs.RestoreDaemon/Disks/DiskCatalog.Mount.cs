@@ -10,13 +10,17 @@ public sealed partial class DiskCatalog
     private const ulong ReadOnlyFlags = LibC.MS_RDONLY | LibC.MS_NOSUID | LibC.MS_NODEV | LibC.MS_NOEXEC;
 
     private readonly ConcurrentDictionary<string, Lazy<Task<string>>> attempts = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<Lazy<Task<string>>, long> failedAt = new();
     private readonly ConcurrentDictionary<string, MountedVolume> mounted = new(StringComparer.Ordinal);
     private readonly List<string> createdDirectories = [];
 
     /// <summary>Every volume a mount was attempted for, with its error when it failed.</summary>
     public IReadOnlyList<MountedVolume> Mounts => mounted.Values.OrderBy(m => m.Volume.Id, StringComparer.Ordinal).ToList();
 
-    /// <summary>Mounts once per volume; concurrent and later callers share the one attempt (and its failure).</summary>
+    /// <summary>Mounts once per volume; concurrent and later callers share the one attempt. Its failure is shared too,
+    /// for <see cref="DiskCatalogOptions.MountRetryAfter"/>: after that the next caller tries again, since what failed
+    /// may have been the disk's blocks for a moment (the host's store out of reach while the VM read them over NBD)
+    /// rather than the file system.</summary>
     public Task<string> MountAsync(VolumeInfo volume, CancellationToken ct)
     {
         if (disposed)
@@ -26,10 +30,29 @@ public sealed partial class DiskCatalog
 
         // One attempt per block device: a volume shown under several disks (an LV of a volume group or the contents of an
         // md array spread over them) is mounted once and shared.
-        var attempt = attempts.GetOrAdd(volume.Device.Length > 0 ? "device:" + volume.Device : volume.Id,
-            _ => new Lazy<Task<string>>(() => Task.Factory.StartNew(() => Mount(volume), CancellationToken.None,
+        var key = volume.Device.Length > 0 ? "device:" + volume.Device : volume.Id;
+        if (attempts.TryGetValue(key, out var previous) && failedAt.TryGetValue(previous, out var failed)
+            && Environment.TickCount64 - failed >= (long)mountRetryAfter.TotalMilliseconds
+            && attempts.TryRemove(new KeyValuePair<string, Lazy<Task<string>>>(key, previous)))
+        {
+            failedAt.TryRemove(previous, out _);
+            log($"trying {volume.Id} ({volume.Device}) again: its last mount failed {(Environment.TickCount64 - failed) / 1000} s ago");
+        }
+
+        var attempt = attempts.GetOrAdd(key, _ => new Lazy<Task<string>>(() => Task.Factory.StartNew(() => Mount(volume), CancellationToken.None,
                 TaskCreationOptions.LongRunning, TaskScheduler.Default)));
-        return (attempt.Value.IsCompletedSuccessfully && mounted.ContainsKey(volume.Id) ? attempt.Value : Shared(volume, attempt.Value)).WaitAsync(ct);
+        var task = attempt.Value;
+        if (!task.IsCompleted)
+        {
+            _ = task.ContinueWith(_ => failedAt.TryAdd(attempt, Environment.TickCount64), CancellationToken.None,
+                TaskContinuationOptions.OnlyOnFaulted | TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+        }
+        else if (task.IsFaulted)
+        {
+            failedAt.TryAdd(attempt, Environment.TickCount64);
+        }
+
+        return (task.IsCompletedSuccessfully && mounted.ContainsKey(volume.Id) ? task : Shared(volume, task)).WaitAsync(ct);
     }
 
     /// <summary>The mount of another volume on the same device, recorded for this one as well (its file maps, its status).</summary>

@@ -15,6 +15,7 @@ public sealed partial class DiskCatalog : IVolumeCatalog, IDisposable, IAsyncDis
     private readonly DiskCatalogOptions options;
     private readonly Action<string> log;
     private readonly TimeSpan scanLimit;
+    private readonly TimeSpan mountRetryAfter;
     private readonly Stopwatch sinceStart = Stopwatch.StartNew();
     private readonly Task<IReadOnlyList<DiskInfo>> scan;
     private readonly object gate = new();
@@ -41,6 +42,7 @@ public sealed partial class DiskCatalog : IVolumeCatalog, IDisposable, IAsyncDis
         this.options = options;
         log = options.Log ?? (_ => { });
         scanLimit = options.ScanLimit ?? TimeSpan.FromSeconds(120);
+        mountRetryAfter = options.MountRetryAfter ?? TimeSpan.FromSeconds(30);
         List<(string, string)> disks;
         try
         {

@@ -17,6 +17,8 @@ namespace RestoreFs.RestoreDaemon.Disks;
 /// are mounted read-only but with journal replay; when that fails, without (logged). False: never replay.</param>
 /// <param name="GuestKeys">LUKS passphrases by volume UUID (lower case), <c>*</c> for any volume; null or empty: LUKS
 /// volumes are refused.</param>
+/// <param name="MountRetryAfter">How long a failed mount is answered from memory before the next caller tries again
+/// (30 s when null).</param>
 public sealed record DiskCatalogOptions(
     IReadOnlyList<(string Name, string Device)>? Disks = null,
     string MountRoot = "/mnt",
@@ -25,4 +27,5 @@ public sealed record DiskCatalogOptions(
     TimeSpan? ScanLimit = null,
     string? ReadyFile = null,
     bool Replay = false,
-    IReadOnlyDictionary<string, byte[]>? GuestKeys = null);
+    IReadOnlyDictionary<string, byte[]>? GuestKeys = null,
+    TimeSpan? MountRetryAfter = null);
