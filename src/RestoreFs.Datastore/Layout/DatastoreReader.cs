@@ -465,58 +465,39 @@ public sealed class DatastoreReader : IDisposable
     }
 
     /// <summary>Opens a fixed index (.fidx) after checking it against the manifest (<paramref name="manifest"/>, or read here).</summary>
-    public (FixedIndex Index, ManifestFile File) OpenFixedIndex(SnapshotInfo snapshot, string archive, CryptConfig? key, Manifest? manifest = null)
-    {
-        var name = ArchiveFileName(archive);
-        if (!name.EndsWith(".fidx", StringComparison.Ordinal) || !Names.IsArchiveName(name))
-        {
-            throw new ArchiveNotFoundException($"'{Names.Printable(archive)}' is not a disk image archive (.img.fidx)");
-        }
-
-        manifest ??= ReadManifest(snapshot, key);
-        var file = manifest.Find(name) ?? throw new ArchiveNotFoundException(
-            $"snapshot {snapshot.Name} has no archive {name} (it has: {string.Join(", ", manifest.Files.Select(f => f.FileName))})",
-            files.Describe(InSnapshot(snapshot, name)));
-        if (file.CryptMode == CryptMode.Encrypt && key is null)
-        {
-            throw new KeyRequiredException($"{name} of {snapshot.Name} is encrypted (key {manifest.KeyFingerprint ?? "unknown"}); give its key file",
-                files.Describe(InSnapshot(snapshot, name)));
-        }
-
-        var path = files.Describe(InSnapshot(snapshot, name));
-        var index = FixedIndex.Open(files, InSnapshot(snapshot, name));
-        var csum = Convert.ToHexStringLower(index.Checksum);
-        if ((ulong)index.Size != file.Size || csum != file.Csum)
-        {
-            throw new ManifestMismatchException(
-                $"index does not match the manifest (size {index.Size} vs {file.Size}, csum {csum} vs {file.Csum})", path);
-        }
-
-        return (index, file);
-    }
+    public (FixedIndex Index, ManifestFile File) OpenFixedIndex(SnapshotInfo snapshot, string archive, CryptConfig? key, Manifest? manifest = null) =>
+        OpenIndex(snapshot, archive, key, manifest, ".fidx", "a disk image archive (.img.fidx)", rel => FixedIndex.Open(files, rel), i => (i.Size, i.Checksum));
 
     /// <summary>Opens a dynamic index (.didx) after checking it against the manifest (<paramref name="manifest"/>, or read here).</summary>
-    public (DynamicIndex Index, ManifestFile File) OpenDynamicIndex(SnapshotInfo snapshot, string archive, CryptConfig? key, Manifest? manifest = null)
+    public (DynamicIndex Index, ManifestFile File) OpenDynamicIndex(SnapshotInfo snapshot, string archive, CryptConfig? key, Manifest? manifest = null) =>
+        OpenIndex(snapshot, archive, key, manifest, ".didx", "a stream archive (.didx)", rel => DynamicIndex.Open(files, rel), i => (i.Size, i.Checksum));
+
+    /// <summary>The index of an archive of the snapshot, refused unless the manifest lists it with the same size and
+    /// checksum, and unless its key is given when it is encrypted.</summary>
+    private (T Index, ManifestFile File) OpenIndex<T>(SnapshotInfo snapshot, string archive, CryptConfig? key, Manifest? manifest,
+        string extension, string kind, Func<string, T> open, Func<T, (long Size, byte[] Checksum)> summary)
     {
         var name = ArchiveFileName(archive);
-        if (!name.EndsWith(".didx", StringComparison.Ordinal) || !Names.IsArchiveName(name))
+        if (!name.EndsWith(extension, StringComparison.Ordinal) || !Names.IsArchiveName(name))
         {
-            throw new ArchiveNotFoundException($"'{Names.Printable(archive)}' is not a stream archive (.didx)");
+            throw new ArchiveNotFoundException($"'{Names.Printable(archive)}' is not {kind}");
         }
 
         manifest ??= ReadManifest(snapshot, key);
-        var file = manifest.Find(name) ?? throw new ArchiveNotFoundException($"snapshot {snapshot.Name} has no archive {name}");
+        var path = files.Describe(InSnapshot(snapshot, name));
+        var file = manifest.Find(name) ?? throw new ArchiveNotFoundException(
+            $"snapshot {snapshot.Name} has no archive {name} (it has: {string.Join(", ", manifest.Files.Select(f => f.FileName))})", path);
         if (file.CryptMode == CryptMode.Encrypt && key is null)
         {
-            throw new KeyRequiredException($"{name} of {snapshot.Name} is encrypted; give its key file");
+            throw new KeyRequiredException($"{name} of {snapshot.Name} is encrypted (key {manifest.KeyFingerprint ?? "unknown"}); give its key file", path);
         }
 
-        var path = files.Describe(InSnapshot(snapshot, name));
-        var index = DynamicIndex.Open(files, InSnapshot(snapshot, name));
-        var csum = Convert.ToHexStringLower(index.Checksum);
-        if ((ulong)index.Size != file.Size || csum != file.Csum)
+        var index = open(InSnapshot(snapshot, name));
+        var (size, checksum) = summary(index);
+        var csum = Convert.ToHexStringLower(checksum);
+        if ((ulong)size != file.Size || csum != file.Csum)
         {
-            throw new ManifestMismatchException($"index does not match the manifest (size {index.Size} vs {file.Size}, csum {csum} vs {file.Csum})", path);
+            throw new ManifestMismatchException($"index does not match the manifest (size {size} vs {file.Size}, csum {csum} vs {file.Csum})", path);
         }
 
         return (index, file);
