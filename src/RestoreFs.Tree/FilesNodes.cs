@@ -198,20 +198,36 @@ public sealed class RemoteDirectory : FuseNode, IFuseDirectory, IFuseXattrs
             var links = context.FilesNodes.Links(vm);
             var list = new List<(byte[], FuseNode)>(entries.Count);
             var failedMounts = false;
-            // Listed again after a mount failed: the names that were fine keep their nodes (and inode numbers).
-            var kept = previous?.Where(c => c.Node is not (EmptyDirectory or ErrorFile or UnreadableEntry))
-                .ToDictionary(c => Convert.ToHexString(c.Name), c => c.Node, StringComparer.Ordinal);
+            // Listed again after a mount failed: names that are as they were keep their nodes (and inode numbers).
+            var kept = previous?.ToDictionary(c => Convert.ToHexString(c.Name), c => c.Node, StringComparer.Ordinal);
+            FuseNode? Kept(byte[] name) => kept is not null && kept.TryGetValue(Convert.ToHexString(name), out var node) ? node : null;
             foreach (var child in entries)
             {
                 var childPath = Remote.Child(path, child.Name);
-                if (child.Error is null && kept is not null && kept.TryGetValue(Convert.ToHexString(child.Name), out var same))
+                var before = Kept(child.Name);
+                if (child.Error is null && before is not (null or EmptyDirectory or UnreadableEntry or ErrorFile))
                 {
-                    list.Add((child.Name, same));
+                    list.Add((child.Name, before));
+                    continue;
+                }
+
+                if (child.Error is { } same && before is EmptyDirectory && Kept([.. child.Name, .. ".error"u8]) is ErrorFile { Error: var was } errorFile
+                    && was == same && child.Type != '?')
+                {
+                    list.Add((child.Name, before));
+                    list.Add(([.. child.Name, .. ".error"u8], errorFile));
+                    failedMounts = true;
                     continue;
                 }
 
                 if (child.Error is { } unreadable && child.Type == '?')
                 {
+                    if (before is UnreadableEntry { Error: var known } && known == unreadable)
+                    {
+                        list.Add((child.Name, before));
+                        continue;
+                    }
+
                     context.WarnOnce($"entry:{state.Snapshot.DirectoryPath}:{Encoding.UTF8.GetString(childPath)}", null,
                         "{Path} in {Snapshot} cannot be read: {Error}", Encoding.UTF8.GetString(childPath), state.Snapshot.Name, unreadable);
                     list.Add((child.Name, new UnreadableEntry(context, child, unreadable)));
@@ -303,6 +319,8 @@ public sealed class UnreadableEntry(TreeContext context, RemoteEntry entry, stri
 /// <summary><c>&lt;name&gt;.error</c>: why a filesystem could not be mounted.</summary>
 public sealed class ErrorFile(TreeContext context, DateTimeOffset mtime, string error) : BytesFile(context, mtime)
 {
+    public string Error => error;
+
     /// <summary>A second: the volume it names may mount when its directory is listed again.</summary>
     public override TimeSpan EntryTimeout => TimeSpan.FromSeconds(1);
 

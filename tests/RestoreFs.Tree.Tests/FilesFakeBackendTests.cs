@@ -70,45 +70,57 @@ public sealed class FilesFakeBackendTests : IAsyncDisposable
     {
         // The VM could not mount part/2 when part/ was first listed (in a real VM: the store out of reach while the VM
         // read the disk; the VM tries such a mount again after a while). part/ shows 2 empty beside 2.error, and that
-        // listing is not kept for good: after FailedMountRelist part/ is asked for again and 2 has its files.
+        // listing is not kept for good: after FailedMountRelist part/ is asked for again and 2 has its files. part/3
+        // (swap: never a file system) fails each time and keeps its nodes.
         var quick = TreeTesting.Context(dir, dir.Combine("store"), o => o with { FailedMountRelist = TimeSpan.FromSeconds(1) });
         quick.Files = fake;
         var quickRoot = new RootDirectory(quick);
         var one = fake.Lists[$"{Disk}/part"][0];
-        var error = "cannot mount drive-scsi0.img/part/2 (/dev/vda2) as ext4: Input/output error";
-        fake.Lists[$"{Disk}/part"] = [one, Entry("2", 'd', 0x41ED, size: 1 << 20) with { Error = error }];
+        var swap = Entry("3", 'd', 0x41ED, size: 1 << 20) with { Error = "drive-scsi0.img/part/3 holds swap, not a file system" };
+        fake.Lists[$"{Disk}/part"] = [one, Entry("2", 'd', 0x41ED, size: 1 << 20) with { Error = "cannot mount drive-scsi0.img/part/2 (/dev/vda2) as ext4: Input/output error" }, swap];
         fake.Lists[$"{Disk}/part/2"] = [Stat(Entry("restored", 'f', 0x81A4, size: 3), ino: 30)];
         string[] partPath = ["snapshots", "vm", "100", "2026-03-04T05:06:07Z", "files", "drive-scsi0.img", "part"];
         var part = (IFuseDirectory)await TreeTesting.Walk(quickRoot, owner, partPath);
         async Task<string[]> Names(IFuseDirectory d) =>
             (await d.ListAsync(owner, default)).Select(e => Encoding.UTF8.GetString(e.Name.Span)).Order(StringComparer.Ordinal).ToArray();
+        Task<FuseNode?> Lookup(string name) => part.LookupAsync(Encoding.UTF8.GetBytes(name), owner, default).AsTask();
 
-        Assert.Equal(["1", "2", "2.error"], await Names(part));
-        var volumeOne = await part.LookupAsync("1"u8.ToArray(), owner, default);
-        Assert.Empty(await Names((IFuseDirectory)(await part.LookupAsync("2"u8.ToArray(), owner, default))!));
+        Assert.Equal(["1", "2", "2.error", "3", "3.error"], await Names(part));
+        var volumeOne = await Lookup("1");
+        var (swapDir, swapError) = (await Lookup("3"), await Lookup("3.error"));
+        Assert.Empty(await Names((IFuseDirectory)(await Lookup("2"))!));
         Assert.False(part.ListingIsImmutable);
         Assert.True(part.NegativeTimeout <= TimeSpan.FromSeconds(1));
-        Assert.True((await part.LookupAsync("2.error"u8.ToArray(), owner, default))!.EntryTimeout <= TimeSpan.FromSeconds(1));
+        Assert.True((await Lookup("2.error"))!.EntryTimeout <= TimeSpan.FromSeconds(1));
 
         // The VM mounts it now. Within the interval the listing is answered from memory (no VM request per look).
-        fake.Lists[$"{Disk}/part"] = [one, Stat(Entry("2", 'v', 0x41ED, size: 1 << 20), ino: 2)];
+        fake.Lists[$"{Disk}/part"] = [one, Stat(Entry("2", 'v', 0x41ED, size: 1 << 20), ino: 2), swap];
         var clock = System.Diagnostics.Stopwatch.StartNew();
         var soon = await Names(part);
         if (clock.Elapsed < TimeSpan.FromMilliseconds(500))
         {
-            Assert.Equal(["1", "2", "2.error"], soon);
+            Assert.Equal(["1", "2", "2.error", "3", "3.error"], soon);
         }
 
         await Task.Delay(TimeSpan.FromMilliseconds(1100));
+        Assert.Equal(["1", "2", "3", "3.error"], await Names(part));
+        Assert.Equal(["restored"], await Names((IFuseDirectory)(await Lookup("2"))!));
+        Assert.Null(await Lookup("2.error"));
+        Assert.Same(volumeOne, await Lookup("1")); // names as they were keep their nodes and inode numbers
+        Assert.Same(swapDir, await Lookup("3"));
+        Assert.Same(swapError, await Lookup("3.error"));
+        Assert.False(part.ListingIsImmutable); // part/3 still cannot be mounted
+
+        // Once nothing in it has failed, the listing is final: kept, by us and by the kernel.
+        fake.Lists[$"{Disk}/part"] = [one, Stat(Entry("2", 'v', 0x41ED, size: 1 << 20), ino: 2)];
+        await Task.Delay(TimeSpan.FromMilliseconds(1100));
         Assert.Equal(["1", "2"], await Names(part));
-        Assert.Equal(["restored"], await Names((IFuseDirectory)(await part.LookupAsync("2"u8.ToArray(), owner, default))!));
-        Assert.Same(volumeOne, await part.LookupAsync("1"u8.ToArray(), owner, default)); // unchanged names keep their node
-        Assert.Null(await part.LookupAsync("2.error"u8.ToArray(), owner, default));
         Assert.True(part.ListingIsImmutable);
         Assert.True(part.NegativeTimeout > TimeSpan.FromHours(1));
         var requests = fake.Requests.Count(r => r == $"list {Disk}/part");
+        await Task.Delay(TimeSpan.FromMilliseconds(1100));
         await part.ListAsync(owner, default);
-        Assert.Equal(requests, fake.Requests.Count(r => r == $"list {Disk}/part")); // settled: kept
+        Assert.Equal(requests, fake.Requests.Count(r => r == $"list {Disk}/part"));
     }
 
     [Fact]
