@@ -169,6 +169,42 @@ public sealed class HostileStoreCliTests : IDisposable
     }
 
     [Fact]
+    public void A_damaged_chunk_stops_an_image_restore_unless_keep_going_writes_the_rest_with_zeros_there()
+    {
+        // Four chunks: data, zeros, data (damaged), a short last one. The restore is sparse where the image is zero.
+        var data = DatastoreBuilder.Data(3 * Chunk + 4096, 31, 1);
+        DatastoreBuilder.Write(Store, "vm/30", T0, new Dictionary<string, byte[]> { ["d"] = data });
+        var digest = Convert.ToHexStringLower(FixedIndex.Open(Bad(30, "d.img.fidx")).Digest(2));
+        var chunkFile = Path.Combine(Store, ".chunks", digest[..4], digest);
+        var bytes = File.ReadAllBytes(chunkFile);
+        bytes[bytes.Length / 2] ^= 0x40;
+        File.WriteAllBytes(chunkFile, bytes);
+
+        var stopped = dir.Combine("stopped.img");
+        var (result, _) = Cli("restore", Store, $"vm/30/{Time}", "d.img", stopped);
+        Assert.Equal(1, result.ExitCode);
+        Assert.Contains(digest, result.StdErr);
+        Assert.Contains("--keep-going", result.StdErr);
+        Assert.False(File.Exists(stopped));
+
+        var rest = dir.Combine("rest.img");
+        (result, _) = Cli("restore", Store, $"vm/30/{Time}", "d.img", rest, "--keep-going");
+        Assert.Equal(1, result.ExitCode);
+        Assert.Contains($"bytes {2L * Chunk}-{3L * Chunk - 1} could not be read and are zeros", result.StdErr);
+        Assert.Contains(digest, result.StdErr);
+        Assert.Contains($"{Chunk} bytes could not be read and were written as zeros", result.StdErr);
+        var restored = File.ReadAllBytes(rest);
+        Assert.Equal(data.Length, restored.Length);
+        Assert.True(restored.AsSpan(0, 2 * Chunk).SequenceEqual(data.AsSpan(0, 2 * Chunk)), "the chunks before the damaged one");
+        Assert.True(restored.AsSpan(3 * Chunk).SequenceEqual(data.AsSpan(3 * Chunk)), "the chunk after it");
+        Assert.True(restored.AsSpan(2 * Chunk, Chunk).IndexOfAnyExcept((byte)0) < 0, "the damaged chunk's range");
+
+        // The zero chunk is a hole in the restored file (and the damaged one was written as zeros: allocated).
+        var blocks = long.Parse(ProcessRunner.Run("stat", ["-c", "%b", rest]).EnsureSuccess("stat").StdOut.Trim());
+        Assert.True(blocks * 512 <= data.Length - Chunk, $"{blocks} blocks allocated for {data.Length} bytes");
+    }
+
+    [Fact]
     public void A_mount_of_the_hostile_store_lists_and_reads_in_time()
     {
         Requires.Root();
