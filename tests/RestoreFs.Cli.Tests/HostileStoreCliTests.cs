@@ -205,6 +205,46 @@ public sealed class HostileStoreCliTests : IDisposable
     }
 
     [Fact]
+    public void A_raw_stream_restore_with_keep_going_writes_zeros_for_a_damaged_chunk_and_the_rest_exact()
+    {
+        var tree = dir.Combine("ct-tree");
+        Directory.CreateDirectory(tree);
+        for (var i = 0; i < 40; i++)
+        {
+            File.WriteAllBytes(Path.Combine(tree, $"f{i:D2}"), DatastoreBuilder.Data(8192, 200 + i));
+        }
+
+        using (var writer = BackupWriter.Create(Store, new BackupGroup(BackupNamespace.Root, "ct", "31"), T0, null, precreateChunkDirectories: false))
+        {
+            RestoreFs.Pxar.PxarBackup.Write(writer, [new RestoreFs.Pxar.PxarBackupSource("root.pxar", tree)],
+                new RestoreFs.Pxar.PxarBackupOptions(AverageChunkSize: 16 * 1024));
+            writer.Finish();
+        }
+
+        var whole = dir.Combine("whole.pxar");
+        var (result, _) = Cli("restore", Store, $"ct/31/{Time}", "root.pxar.didx", whole);
+        Assert.True(result.ExitCode == 0, result.StdErr);
+        var index = DynamicIndex.Open(Path.Combine(Store, "ct", "31", Time, "root.pxar.didx"));
+        Assert.True(index.ChunkCount >= 3, $"{index.ChunkCount} chunks");
+        var damaged = index.ChunkCount / 2;
+        var digest = Convert.ToHexStringLower(index.Digest(damaged));
+        var chunkFile = Path.Combine(Store, ".chunks", digest[..4], digest);
+        var bytes = File.ReadAllBytes(chunkFile);
+        bytes[bytes.Length / 2] ^= 0x40;
+        File.WriteAllBytes(chunkFile, bytes);
+
+        var rest = dir.Combine("rest.pxar");
+        (result, _) = Cli("restore", Store, $"ct/31/{Time}", "root.pxar.didx", rest, "--keep-going");
+        Assert.Equal(1, result.ExitCode);
+        var (start, end) = (index.ChunkStart(damaged), index.ChunkEnd(damaged));
+        Assert.Contains($"bytes {start}-{end - 1} could not be read and are zeros", result.StdErr);
+        Assert.Contains(digest, result.StdErr);
+        var expected = File.ReadAllBytes(whole);
+        Array.Clear(expected, (int)start, (int)(end - start));
+        Assert.Equal(expected, File.ReadAllBytes(rest));
+    }
+
+    [Fact]
     public void A_mount_of_the_hostile_store_lists_and_reads_in_time()
     {
         Requires.Root();
