@@ -164,43 +164,14 @@ public static class BackupCommand
         throw new ArgumentException($"cannot tell the size of {path}");
     }
 
-    /// <summary>A progress bar on a terminal; a log line every 10% otherwise.</summary>
+    /// <summary>Backup progress through <see cref="CliProgress"/>, with the chunk counts.</summary>
     private sealed class ProgressBar(string name, long total) : IProgress<BackupProgress>, IDisposable
     {
-        private readonly bool terminal = !Console.IsErrorRedirected;
-        private readonly Stopwatch clock = Stopwatch.StartNew();
-        private int lastShown = -1;
+        private readonly CliProgress progress = new(name, total);
 
-        public void Report(BackupProgress value)
-        {
-            var percent = (int)(value.Done * 100 / Math.Max(1, total));
-            lock (this)
-            {
-                if (percent == lastShown || (!terminal && percent / 10 == lastShown / 10 && percent != 100))
-                {
-                    return;
-                }
+        public void Report(BackupProgress value) => progress.Report(value.Done,
+            (Terminal: $"{value.NewChunks} new, {value.ReusedChunks} reused", Log: $"{value.NewChunks} new chunks, {value.ReusedChunks} reused"));
 
-                lastShown = percent;
-                var rate = value.Done / 1e6 / Math.Max(0.001, clock.Elapsed.TotalSeconds);
-                if (terminal)
-                {
-                    var filled = percent / 4;
-                    Console.Error.Write($"\r{name} [{new string('#', filled)}{new string('.', 25 - filled)}] {percent,3}% {rate,6:0} MB/s  {value.NewChunks} new, {value.ReusedChunks} reused ");
-                }
-                else
-                {
-                    Console.Error.WriteLine($"{name}: {percent}% ({value.Done}/{total} bytes, {rate:0} MB/s, {value.NewChunks} new chunks, {value.ReusedChunks} reused)");
-                }
-            }
-        }
-
-        public void Dispose()
-        {
-            if (terminal)
-            {
-                Console.Error.WriteLine();
-            }
-        }
+        public void Dispose() => progress.Dispose();
     }
 }

@@ -88,8 +88,10 @@ public static class RestoreCommand
     {
         var buffer = new byte[image.ChunkSize];
         long unreadable = 0;
+        using var progress = new CliProgress(name, image.Size, logWhenRedirected: false);
         for (var chunk = 0; chunk < image.ChunkCount; chunk++)
         {
+            progress.Report((long)chunk * image.ChunkSize);
             var offset = (long)chunk * image.ChunkSize;
             var length = (int)Math.Min(image.ChunkSize, image.Size - offset);
             if (sparse && image.IsZeroChunk(chunk))
@@ -122,6 +124,8 @@ public static class RestoreCommand
             output.SetLength(image.Size); // a hole at the end has no byte written
         }
 
+        progress.Report(image.Size);
+
         return unreadable;
     }
 
@@ -129,8 +133,10 @@ public static class RestoreCommand
     private static long WriteStream(DatastoreReader reader, DynamicIndex index, bool encrypted, CryptConfig? key, Stream output, bool keepGoing, string name)
     {
         long unreadable = 0;
+        using var progress = new CliProgress(name, index.Size, logWhenRedirected: false);
         for (var i = 0; i < index.ChunkCount; i++)
         {
+            progress.Report(index.ChunkStart(i));
             try
             {
                 output.Write(reader.ReadDynamicChunk(index, i, key, encrypted));
@@ -149,6 +155,7 @@ public static class RestoreCommand
             }
         }
 
+        progress.Report(index.Size);
         return unreadable;
     }
 
