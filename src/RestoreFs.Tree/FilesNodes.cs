@@ -254,7 +254,7 @@ public sealed class RemoteDirectory : FuseNode, IFuseDirectory, IFuseXattrs
                 list.Add((child.Name, node));
             }
 
-            Interlocked.Exchange(ref relistAt, failedMounts ? Math.Max(1, Environment.TickCount64 + (long)context.Options.FailedMountRelist.TotalMilliseconds) : 0);
+            Interlocked.Exchange(ref relistAt, failedMounts ? Environment.TickCount64 + (long)context.Options.FailedMountRelist.TotalMilliseconds : 0);
             children = list;
             context.FilesNodes.Loaded(vm, this);
             return list;

@@ -91,8 +91,8 @@ public static class RestoreCommand
         using var progress = new CliProgress(name, image.Size, logWhenRedirected: false);
         for (var chunk = 0; chunk < image.ChunkCount; chunk++)
         {
-            progress.Report((long)chunk * image.ChunkSize);
             var offset = (long)chunk * image.ChunkSize;
+            progress.Report(offset);
             var length = (int)Math.Min(image.ChunkSize, image.Size - offset);
             if (sparse && image.IsZeroChunk(chunk))
             {
@@ -125,7 +125,6 @@ public static class RestoreCommand
         }
 
         progress.Report(image.Size);
-
         return unreadable;
     }
 

@@ -108,8 +108,9 @@ public sealed class PxarArchiveState : IDisposable
     /// <summary>
     /// The archive for a walk into it (a lookup or listing in its root): opened as <see cref="Archive"/>, and on the
     /// first walk the hard-link count starts in the background, so that the first `ls -l` rarely waits for the count
-    /// (and waits exactly as long as it takes when it does: nlink is never guessed; errors surface in
-    /// <see cref="LinkCount"/>).
+    /// (and waits exactly as long as it takes when it does: nlink is never guessed). Neither step throws: a catalog that
+    /// cannot be used is warned about and listings decode the archive; a count that fails is warned about and made again
+    /// (<see cref="LinkCount"/>).
     /// </summary>
     public PxarArchive Enter()
     {
@@ -118,15 +119,8 @@ public sealed class PxarArchiveState : IDisposable
         {
             _ = Task.Run(() =>
             {
-                try
-                {
-                    _ = RootCatalogBlock;
-                    _ = linkCounts!.Value;
-                }
-                catch (Exception)
-                {
-                    // reported by LinkCount
-                }
+                _ = RootCatalogBlock;
+                _ = Volatile.Read(ref linkCounts)!.Value;
             });
         }
 
