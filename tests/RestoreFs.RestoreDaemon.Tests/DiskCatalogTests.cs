@@ -292,6 +292,63 @@ public sealed class DiskCatalogTests(DiskImagesFixture f) : IClassFixture<DiskIm
     }
 
     [Fact]
+    public async Task A_disk_that_could_not_be_read_is_scanned_again_later_and_its_volumes_appear()
+    {
+        // In the VM a disk read fails while the host's store is out of reach (its NBD reads get EIO); the scan made
+        // then used to say "cannot read disk" for the life of the VM. Here the disk is a loop device over a FUSE file
+        // that answers EIO until it is told not to: the error is kept for ScanRetryAfter, then the disk is scanned
+        // again, alone, and its partitions are listed and mount.
+        await using var flaky = await FlakyImageMount.MountAsync(f.Image("multi"), root.Combine("flaky"));
+        flaky.Failing = true;
+        var retry = TimeSpan.FromSeconds(2);
+        catalog = new DiskCatalog(new DiskCatalogOptions([("flaky", flaky.Loop), ("bare", f.Loops["bare"])], root.Combine("mnt"), Log,
+            LoopForPartitions: true, ScanRetryAfter: retry));
+        var disks = await catalog.GetDisksAsync(CancellationToken.None);
+        var failed = disks.Single(d => d.Name == "flaky");
+        Assert.Contains("cannot read disk flaky", failed.Error);
+        Assert.Empty(failed.Volumes);
+        Assert.True(flaky.Failures > 0);
+        Assert.Null(disks.Single(d => d.Name == "bare").Error);
+
+        // Through the daemon's API: the disk is listed with its error, and a listing of it is refused with that error
+        // (an empty answer would be kept by the host as the disk's contents).
+        await using var api = new ServerHarness(catalog, root.Combine("api.sock"), "ticket");
+        await using var client = api.Client();
+        var top = await client.ListAllAsync("");
+        Assert.Contains("cannot read disk flaky", top.Single(e => e.Name.AsSpan().SequenceEqual("flaky.img.fidx"u8)).Error);
+        var refused = await Assert.ThrowsAsync<RestoreFs.RestoreApi.RestoreApiException>(() => client.ListAllAsync("flaky.img.fidx"));
+        Assert.Equal(400, refused.StatusCode);
+        Assert.Contains("cannot read disk flaky", refused.Message);
+
+        flaky.Failing = false;
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        var soon = await catalog.GetDisksAsync(CancellationToken.None);
+        if (clock.Elapsed < retry / 2)
+        {
+            Assert.Equal(failed.Error, soon.Single(d => d.Name == "flaky").Error); // answered from memory, not per call
+        }
+
+        await Task.Delay(retry + TimeSpan.FromMilliseconds(200));
+        disks = await catalog.GetDisksAsync(CancellationToken.None);
+        Assert.Equal(["flaky", "bare"], disks.Select(d => d.Name));
+        var again = disks.Single(d => d.Name == "flaky");
+        Assert.Null(again.Error);
+        Assert.Equal(["flaky/part/1", "flaky/part/2", "flaky/lvm/vgtest/data"], again.Volumes.Select(v => v.Id));
+        Assert.Equal(["lvm", "part"], (await client.ListAllAsync("flaky.img.fidx")).Select(e => System.Text.Encoding.UTF8.GetString(e.Name)));
+        var dir = await catalog.MountAsync(Volume(again, "part/1"), CancellationToken.None);
+        Assert.Equal("test-vm\n", File.ReadAllText(Path.Combine(dir, "etc/hostname")));
+        Assert.Single(disks.Single(d => d.Name == "bare").Volumes);
+        Assert.Contains("scanning again the disk(s) that could not be read: flaky", Logged());
+        Assert.DoesNotContain("could not be read: flaky, bare", Logged());
+
+        // A disk that reads is not scanned again: later callers get the same answer.
+        await Task.Delay(retry + TimeSpan.FromMilliseconds(200));
+        Assert.Same(disks, await catalog.GetDisksAsync(CancellationToken.None));
+        catalog.Dispose();
+        Assert.Empty(DiskTools.LoopsOver(flaky.Loop));
+    }
+
+    [Fact]
     public async Task Nothing_is_written_to_the_disks()
     {
         var before = new[] { "multi", "bare", "garbage" }.ToDictionary(i => i, i => DiskTools.Sha256(f.Image(i)));

@@ -561,6 +561,17 @@ public sealed partial class DiskCatalog
             log("disposing while the disk scan still runs: what it makes after this is not cleaned up");
         }
 
+        Task? again;
+        lock (gate)
+        {
+            again = rescan;
+        }
+
+        if (again is not null && !again.Wait(TimeSpan.FromSeconds(30)))
+        {
+            log("disposing while a disk is scanned again: what that scan makes after this is not cleaned up");
+        }
+
         var running = attempts.Values.Where(a => a.IsValueCreated).Select(a => (Task)a.Value).ToArray();
         try
         {

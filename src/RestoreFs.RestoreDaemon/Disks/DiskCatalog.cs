@@ -16,6 +16,7 @@ public sealed partial class DiskCatalog : IVolumeCatalog, IDisposable, IAsyncDis
     private readonly Action<string> log;
     private readonly TimeSpan scanLimit;
     private readonly TimeSpan mountRetryAfter;
+    private readonly TimeSpan scanRetryAfter;
     private readonly Stopwatch sinceStart = Stopwatch.StartNew();
     private readonly Task<IReadOnlyList<DiskInfo>> scan;
     private readonly object gate = new();
@@ -26,6 +27,15 @@ public sealed partial class DiskCatalog : IVolumeCatalog, IDisposable, IAsyncDis
     // Progress of the scan, for an answer when it takes longer than its limit.
     private readonly List<(string Name, string Device)> pending = [];
     private readonly List<DiskInfo> scanned = [];
+
+    // Disks that could not be read (an I/O error: in the VM, often the host's store out of reach for a moment) are
+    // scanned again by a caller that comes ScanRetryAfter after the scan that failed; `current` is the scan's answer
+    // with those disks replaced by their latest scan.
+    private readonly HashSet<string> readFailed = new(StringComparer.Ordinal);
+    private TimeSpan readFailedAt;
+    private IReadOnlyList<DiskInfo>? current;
+    private Task<IReadOnlyList<DiskInfo>>? rescan;
+    private readonly HashSet<string> lvmDevices = new(StringComparer.Ordinal);
 
     // What this catalog made, undone by Dispose.
     private readonly List<string> loops = [];
@@ -43,6 +53,7 @@ public sealed partial class DiskCatalog : IVolumeCatalog, IDisposable, IAsyncDis
         log = options.Log ?? (_ => { });
         scanLimit = options.ScanLimit ?? TimeSpan.FromSeconds(120);
         mountRetryAfter = options.MountRetryAfter ?? TimeSpan.FromSeconds(30);
+        scanRetryAfter = options.ScanRetryAfter ?? TimeSpan.FromSeconds(30);
         List<(string, string)> disks;
         try
         {
@@ -69,7 +80,7 @@ public sealed partial class DiskCatalog : IVolumeCatalog, IDisposable, IAsyncDis
 
         if (scan.IsCompleted)
         {
-            return await scan.ConfigureAwait(false);
+            return await AfterScanAsync(await scan.ConfigureAwait(false), ct).ConfigureAwait(false);
         }
 
         lock (gate)
@@ -78,6 +89,57 @@ public sealed partial class DiskCatalog : IVolumeCatalog, IDisposable, IAsyncDis
                 .Select(p => new DiskInfo(p.Name, p.Device, SysfsSize(p.Device) ?? 0, [],
                     $"the disk scan did not finish within {scanLimit.TotalSeconds:0} s (still reading this disk or its LVM volumes)"));
             return scanned.Concat(unfinished).ToList();
+        }
+    }
+
+    /// <summary>The finished scan's answer, after scanning again the disks that could not be read when their time has
+    /// come (callers share one rescan and wait for it up to the scan limit; past that they get the answer before it).</summary>
+    private async Task<IReadOnlyList<DiskInfo>> AfterScanAsync(IReadOnlyList<DiskInfo> first, CancellationToken ct)
+    {
+        Task<IReadOnlyList<DiskInfo>> task;
+        IReadOnlyList<DiskInfo> before;
+        lock (gate)
+        {
+            before = current ??= first;
+            if (rescan is { IsCompleted: false })
+            {
+                task = rescan;
+            }
+            else if (readFailed.Count > 0 && !disposed && sinceStart.Elapsed - readFailedAt >= scanRetryAfter)
+            {
+                var again = before.Where(d => readFailed.Contains(d.Name)).Select(d => (d.Name, d.Device)).ToList();
+                readFailed.Clear();
+                task = rescan = Task.Run(() => Rescan(again));
+            }
+            else
+            {
+                return before;
+            }
+        }
+
+        await Task.WhenAny(task, Task.Delay(scanLimit, ct)).ConfigureAwait(false);
+        ct.ThrowIfCancellationRequested();
+        return task.IsCompletedSuccessfully ? task.Result : before;
+    }
+
+    private IReadOnlyList<DiskInfo> Rescan(List<(string Name, string Device)> disks)
+    {
+        log($"scanning again the disk(s) that could not be read: {string.Join(", ", disks.Select(d => d.Name))}");
+        IReadOnlyList<DiskInfo> found;
+        try
+        {
+            found = ScanAll(disks);
+        }
+        catch (Exception e)
+        {
+            log($"disk rescan failed: {e}");
+            found = disks.Select(d => new DiskInfo(d.Name, d.Device, 0, [], $"disk scan failed: {e.Message}")).ToList();
+        }
+
+        lock (gate)
+        {
+            var byName = found.ToDictionary(d => d.Name, StringComparer.Ordinal);
+            return current = current!.Select(d => byName.GetValueOrDefault(d.Name) ?? d).ToList();
         }
     }
 
@@ -137,6 +199,18 @@ public sealed partial class DiskCatalog : IVolumeCatalog, IDisposable, IAsyncDis
             {
                 disk.Error = $"cannot read disk {name} ({device}): {e.Message}";
                 log(disk.Error);
+                if (e is IOException)
+                {
+                    // What it holds may be readable later: its candidates for the stages below go with it.
+                    pvs.RemoveAll(c => c.Disk == disk);
+                    zfsMembers.RemoveAll(c => c.Disk == disk);
+                    raids.RemoveAll(c => c.Disk == disk);
+                    disk.Volumes.Clear();
+                    lock (gate)
+                    {
+                        readFailed.Add(name);
+                    }
+                }
             }
             catch (Exception e) when (e is not OutOfMemoryException)
             {
@@ -189,6 +263,11 @@ public sealed partial class DiskCatalog : IVolumeCatalog, IDisposable, IAsyncDis
         }
 
         log($"disk scan finished in {watch.ElapsedMilliseconds} ms: {infos.Count} disk(s)");
+        lock (gate)
+        {
+            readFailedAt = sinceStart.Elapsed;
+        }
+
         return infos;
     }
 
@@ -561,7 +640,10 @@ public sealed partial class DiskCatalog : IVolumeCatalog, IDisposable, IAsyncDis
     private void ScanLvm(List<PvCandidate> pvs, List<PvCandidate> zfsMembers)
     {
         var byDevice = pvs.GroupBy(p => p.Device).ToDictionary(g => g.Key, g => g.First());
-        lvm = new Lvm(byDevice.Keys.ToList(), log);
+        // A disk scanned again adds its PVs to those of the first scan: the same filter serves both (and the
+        // deactivation at the end); only the groups of the PVs given here are listed.
+        lvmDevices.UnionWith(byDevice.Keys);
+        lvm = new Lvm(lvmDevices.ToList(), log);
         IReadOnlyList<LvmPhysicalVolume> found;
         IReadOnlyList<LvmLogicalVolume> lvs;
         try

@@ -19,6 +19,8 @@ namespace RestoreFs.RestoreDaemon.Disks;
 /// volumes are refused.</param>
 /// <param name="MountRetryAfter">How long a failed mount is answered from memory before the next caller tries again
 /// (30 s when null).</param>
+/// <param name="ScanRetryAfter">How long a disk that could not be read (an I/O error) is reported so; the next caller
+/// after that scans it again (30 s when null).</param>
 public sealed record DiskCatalogOptions(
     IReadOnlyList<(string Name, string Device)>? Disks = null,
     string MountRoot = "/mnt",
@@ -28,4 +30,5 @@ public sealed record DiskCatalogOptions(
     string? ReadyFile = null,
     bool Replay = false,
     IReadOnlyDictionary<string, byte[]>? GuestKeys = null,
-    TimeSpan? MountRetryAfter = null);
+    TimeSpan? MountRetryAfter = null,
+    TimeSpan? ScanRetryAfter = null);

@@ -60,6 +60,13 @@ public sealed record ApiPath(byte[] Requested, DiskInfo? Disk, string? Bucket, I
 
         var disk = FindDisk(Encoding.UTF8.GetString(parts[0]), disks)
             ?? throw new BadRequestException($"no disk named '{Encoding.UTF8.GetString(parts[0])}' in this VM");
+        if (disk.Error is { } error && disk.Volumes.Count == 0)
+        {
+            // A disk that could not be scanned (unreadable for now, or still being scanned) is not an empty one: the
+            // client would keep an empty listing. The answer names why, and a later request may find its volumes.
+            throw new BadRequestException(error.Contains(disk.Name, StringComparison.Ordinal) ? error : $"disk {disk.Name}: {error}");
+        }
+
         if (parts.Count == 1)
         {
             return new ApiPath(requested, disk, null, [], null, []);
