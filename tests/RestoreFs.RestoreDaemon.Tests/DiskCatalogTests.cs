@@ -547,6 +547,54 @@ public sealed class DiskCatalogTests(DiskImagesFixture f) : IClassFixture<DiskIm
     }
 
     [Fact]
+    public async Task A_btrfs_whose_default_subvolume_is_a_snapshot_shows_its_top_level_with_every_subvolume()
+    {
+        // openSUSE's and SLES's layout (snapper): the system boots from a snapshot set as the default subvolume
+        // (@/.snapshots/1/snapshot), and /home is a subvolume beside it (@/home). A plain mount shows only the default
+        // one, where home/ is an empty directory: the files of /home would seem lost.
+        Assert.True(DiskTools.KernelHas("btrfs"), "this test needs a kernel that mounts btrfs (as this kind of machine has)");
+        var image = DiskTools.Sparse(root.Combine("snapper.img"), 128 << 20);
+        var loop = DiskTools.AttachLoop(image, readOnly: false);
+        try
+        {
+            DiskTools.Run("mkfs.btrfs", "-q", "-f", loop);
+            var fill = root.Combine("snapper-fill");
+            Directory.CreateDirectory(fill);
+            DiskTools.Run("mount", "-t", "btrfs", loop, fill);
+            DiskTools.Run("sh", "-ec", """
+                cd "$1"
+                btrfs -q subvolume create @
+                btrfs -q subvolume create @/.snapshots
+                mkdir -p @/.snapshots/1
+                btrfs -q subvolume create @/.snapshots/1/snapshot
+                mkdir -p @/.snapshots/1/snapshot/etc @/.snapshots/1/snapshot/home
+                echo opensuse > @/.snapshots/1/snapshot/etc/hostname
+                btrfs -q subvolume create @/home
+                mkdir -p @/home/user
+                echo 'the files of /home' > @/home/user/notes.txt
+                btrfs subvolume set-default "$(btrfs subvolume show @/.snapshots/1/snapshot | sed -n 's/^[[:space:]]*Subvolume ID:[[:space:]]*//p')" .
+                """, "sh", fill);
+            DiskTools.Run("umount", fill);
+            DiskTools.Run("mount", "-t", "btrfs", "-o", "ro", loop, fill);
+            Assert.True(File.Exists(Path.Combine(fill, "etc/hostname")), "the default subvolume is the snapshot, as on openSUSE");
+            DiskTools.Run("umount", fill);
+            DiskTools.DetachLoop(loop);
+            loop = DiskTools.AttachLoop(image);
+
+            catalog = new DiskCatalog(new DiskCatalogOptions([("suse", loop)], root.Combine("mnt"), Log));
+            var dir = await catalog.MountAsync(Volume(Assert.Single(await catalog.GetDisksAsync(CancellationToken.None)), "raw"), CancellationToken.None);
+            Assert.Equal("the files of /home\n", File.ReadAllText(Path.Combine(dir, "@/home/user/notes.txt")));
+            Assert.Equal("opensuse\n", File.ReadAllText(Path.Combine(dir, "@/.snapshots/1/snapshot/etc/hostname")));
+            Assert.Contains("subvolid=5", DiskTools.Run("findmnt", "-no", "OPTIONS", dir).StdOut.Trim().Split(','));
+        }
+        finally
+        {
+            catalog?.Dispose();
+            DiskTools.DetachLoop(loop);
+        }
+    }
+
+    [Fact]
     public async Task Mbr_disk_with_logical_partitions_btrfs_swap_and_an_unknown_partition()
     {
         var img = DiskTools.Sparse(root.Combine("mbr.img"), 300 << 20);

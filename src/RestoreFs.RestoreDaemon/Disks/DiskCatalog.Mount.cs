@@ -169,7 +169,10 @@ public sealed partial class DiskCatalog
     {
         var failures = new List<string>();
         var errno = 0;
-        var extra = type == "btrfs" ? BtrfsDevices(volume) : null;
+        // btrfs is shown from its top level (subvolume id 5), whatever its default subvolume: where a system boots from a
+        // default set to a subvolume (openSUSE and SLES with snapper: @/.snapshots/1/snapshot), a plain mount would show
+        // only that one, and /home, /var, … (subvolumes beside it) would be empty directories.
+        var extra = type == "btrfs" ? string.Join(',', new[] { BtrfsDevices(volume), "subvolid=5" }.OfType<string>()) : null;
         if (this.options.Replay && FsProbe.Replays(type))
         {
             // The disk is a throwaway overlay of this VM session: the journal may be replayed into it (the file system
@@ -236,12 +239,18 @@ public sealed partial class DiskCatalog
     private string? BtrfsDevices(VolumeInfo volume)
     {
         var mine = BtrfsIdentityOf(volume.Device);
-        if (mine is not { NumDevices: > 1 } id || !scan.IsCompletedSuccessfully)
+        IReadOnlyList<DiskInfo>? disks;
+        lock (gate)
+        {
+            disks = current ?? (scan.IsCompletedSuccessfully ? scan.Result : null);
+        }
+
+        if (mine is not { NumDevices: > 1 } id || disks is null)
         {
             return null;
         }
 
-        var members = scan.Result.SelectMany(d => d.Volumes).Where(v => v.FsType == "btrfs" && v.Error is null && v.Device.Length > 0)
+        var members = disks.SelectMany(d => d.Volumes).Where(v => v.FsType == "btrfs" && v.Error is null && v.Device.Length > 0)
             .Select(v => v.Device).Distinct(StringComparer.Ordinal)
             .Select(d => (Device: d, Id: BtrfsIdentityOf(d))).Where(m => m.Id?.Fsid == id.Fsid)
             .DistinctBy(m => m.Id!.Value.DevId).Select(m => m.Device).ToList();
