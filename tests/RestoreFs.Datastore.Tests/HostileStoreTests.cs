@@ -10,6 +10,7 @@ namespace RestoreFs.Datastore.Tests;
 /// manifests, overflowing indexes, names with control characters, bad key files. Each case finishes in seconds with a
 /// typed error naming the file, allocates little, and the good snapshot of the same store still lists and reads.
 /// </summary>
+[Collection(OpenModeCollection.Name)]
 public sealed class HostileStoreTests : IDisposable
 {
     private const int Chunk = BackupWriter.DefaultChunkSize;

@@ -10,11 +10,16 @@ namespace RestoreFs.Datastore;
 /// A datastore directory on a local filesystem. Every open is relative to the store root's descriptor: with
 /// openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS) where the kernel has it, else component by component with
 /// openat(O_NOFOLLOW). Always O_NONBLOCK (a FIFO cannot block the open) and then fstat: a regular file (or a
-/// directory where one is listed), anything else refused naming the path.
+/// directory where one is listed), anything else refused naming the path. Files and listed directories are opened
+/// with O_NOATIME where the kernel allows it (the files' owner, or root): looking leaves no trace in the store, not
+/// even access times (PBS's garbage collection reads a chunk's atime).
 /// </summary>
 internal sealed partial class LocalStoreFiles : IStoreFiles
 {
     private static int openat2State; // 0 unknown, 1 available, -1 missing
+
+    // O_NOATIME until the kernel refuses it once (EPERM: the caller neither owns the store's files nor is root).
+    private int noAtime = StoreLibC.O_NOATIME;
 
     private readonly SafeFileHandle root;
 
@@ -191,8 +196,16 @@ internal sealed partial class LocalStoreFiles : IStoreFiles
         var path = parts.Length == 0 ? "." : relativePath;
         if (Volatile.Read(ref openat2State) >= 0)
         {
-            var fd = StoreLibC.OpenAt2(RootFd, path, flags,
-                StoreLibC.RESOLVE_BENEATH | StoreLibC.RESOLVE_NO_SYMLINKS | StoreLibC.RESOLVE_NO_MAGICLINKS);
+            const ulong resolve = StoreLibC.RESOLVE_BENEATH | StoreLibC.RESOLVE_NO_SYMLINKS | StoreLibC.RESOLVE_NO_MAGICLINKS;
+            var atime = Volatile.Read(ref noAtime);
+            var fd = StoreLibC.OpenAt2(RootFd, path, flags | atime, resolve);
+            if (fd == -StoreLibC.EPERM && atime != 0 && StoreLibC.OpenAt2(RootFd, path, flags, resolve) is var plain && plain != -StoreLibC.EPERM)
+            {
+                // It was O_NOATIME the kernel refused (not openat2 itself, which a seccomp filter may deny).
+                Volatile.Write(ref noAtime, 0);
+                fd = plain;
+            }
+
             if (fd != -StoreLibC.ENOSYS && !(fd == -StoreLibC.EPERM && Volatile.Read(ref openat2State) == 0))
             {
                 Volatile.Write(ref openat2State, 1);
@@ -209,7 +222,14 @@ internal sealed partial class LocalStoreFiles : IStoreFiles
             for (var i = 0; i < parts.Length; i++)
             {
                 var last = i == parts.Length - 1;
-                var next = StoreLibC.OpenAt(current, parts[i], last ? flags : StoreLibC.O_RDONLY | StoreLibC.O_NONBLOCK | StoreLibC.O_NOFOLLOW | StoreLibC.O_DIRECTORY);
+                var atime = last ? Volatile.Read(ref noAtime) : 0;
+                var next = StoreLibC.OpenAt(current, parts[i], last ? flags | atime : StoreLibC.O_RDONLY | StoreLibC.O_NONBLOCK | StoreLibC.O_NOFOLLOW | StoreLibC.O_DIRECTORY);
+                if (next == -StoreLibC.EPERM && atime != 0)
+                {
+                    Volatile.Write(ref noAtime, 0);
+                    next = StoreLibC.OpenAt(current, parts[i], flags);
+                }
+
                 if (next == -StoreLibC.ENOTDIR && StoreLibC.Stat(current, parts[i], out var linkInfo) == 0 && linkInfo.Type == StoreLibC.S_IFLNK)
                 {
                     // O_DIRECTORY|O_NOFOLLOW on a symlink answers ENOTDIR: report it as the symlink it is.
@@ -231,7 +251,13 @@ internal sealed partial class LocalStoreFiles : IStoreFiles
 
             if (parts.Length == 0)
             {
-                var fd = StoreLibC.OpenAt(RootFd, ".", flags);
+                var fd = StoreLibC.OpenAt(RootFd, ".", flags | Volatile.Read(ref noAtime));
+                if (fd == -StoreLibC.EPERM && Volatile.Read(ref noAtime) != 0)
+                {
+                    Volatile.Write(ref noAtime, 0);
+                    fd = StoreLibC.OpenAt(RootFd, ".", flags);
+                }
+
                 return Result(fd, relativePath, describe, directory);
             }
 

@@ -7,7 +7,8 @@ namespace RestoreFs.Datastore;
 /// <summary>The few libc calls the datastore needs to open files without following symlinks or blocking on FIFOs.</summary>
 internal static unsafe partial class StoreLibC
 {
-    public const int O_RDONLY = 0, O_NONBLOCK = 0x800, O_DIRECTORY = 0x10000, O_NOFOLLOW = 0x20000, O_CLOEXEC = 0x80000, O_PATH = 0x200000;
+    public const int O_RDONLY = 0, O_NONBLOCK = 0x800, O_DIRECTORY = 0x10000, O_NOFOLLOW = 0x20000, O_NOATIME = 0x40000, O_CLOEXEC = 0x80000,
+        O_PATH = 0x200000;
     public const int AT_SYMLINK_NOFOLLOW = 0x100, AT_EMPTY_PATH = 0x1000;
     public const ulong RESOLVE_NO_MAGICLINKS = 0x02, RESOLVE_NO_SYMLINKS = 0x04, RESOLVE_BENEATH = 0x08;
     public const int EINTR = 4, ENOENT = 2, ENOTDIR = 20, ELOOP = 40, EXDEV = 18, ENOSYS = 38, EPERM = 1, EAGAIN = 11, ESRCH = 3;
