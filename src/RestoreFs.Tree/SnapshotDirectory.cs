@@ -24,8 +24,49 @@ public sealed class SnapshotDirectory : TreeDirectory
 
     protected override DateTimeOffset MTime => State.Time;
 
-    /// <summary>Settled once the manifest has been read; asked only when looking inside, which reads it anyway.</summary>
-    protected override bool ContentsSettled => TryManifest() is not null;
+    /// <summary>The client's log is uploaded after the backup has finished (vzdump does so once its manifest is written);
+    /// until it is there, the snapshot's names are not final for this long after the backup began.</summary>
+    public static readonly TimeSpan LogUploadWindow = TimeSpan.FromDays(1);
+
+    public const string ClientLogBlob = "client.log.blob";
+
+    private volatile bool settled;
+
+    /// <summary>
+    /// Settled once the manifest has been read and the client's log is there, or the backup began more than
+    /// <see cref="LogUploadWindow"/> ago (many snapshots never get a log: host backups, our own backups). Until then the
+    /// names are listed again at each look, so a log uploaded after the first look appears without a remount. Asked only
+    /// when looking inside, which reads the manifest anyway.
+    /// </summary>
+    protected override bool ContentsSettled
+    {
+        get
+        {
+            if (settled)
+            {
+                return true;
+            }
+
+            if (TryManifest() is null)
+            {
+                return false;
+            }
+
+            return settled = DateTimeOffset.UtcNow - State.Time > LogUploadWindow || HasLog();
+        }
+    }
+
+    private bool HasLog()
+    {
+        try
+        {
+            return Context.Store.HasBlob(State.Snapshot, ClientLogBlob);
+        }
+        catch (DatastoreException)
+        {
+            return false; // not known now: asked again at the next look
+        }
+    }
 
     private Manifest? TryManifest()
     {

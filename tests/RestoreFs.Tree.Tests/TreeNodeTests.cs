@@ -120,6 +120,40 @@ public sealed class TreeNodeTests : IAsyncDisposable
     }
 
     [Fact]
+    public async Task A_client_log_uploaded_after_a_recent_snapshot_was_first_listed_appears_in_it()
+    {
+        // vzdump uploads client.log.blob after the backup has finished, so a snapshot looked at right then has no log
+        // yet. A recent snapshot without one keeps its names open (listed again at each look); once the log is there,
+        // or a day after the backup began, they are final.
+        var recent = DateTimeOffset.FromUnixTimeSeconds(DateTimeOffset.UtcNow.ToUnixTimeSeconds() - 60);
+        var info = DatastoreBuilder.Write(dir.Combine("store"), "vm/100", recent, new Dictionary<string, byte[]> { ["drive-scsi0"] = [7, 8, 9] });
+        var name = info.Name.Split('/')[^1];
+        var directory = (IFuseDirectory)await Walk("snapshots", "vm", "100", name);
+        Assert.DoesNotContain("client.log", await Names("snapshots", "vm", "100", name));
+        Assert.Contains("drive-scsi0.img", await Names("snapshots", "vm", "100", name));
+        Assert.Null(await directory.LookupAsync("client.log"u8.ToArray(), ctx, default));
+        Assert.False(directory.ListingIsImmutable);
+        Assert.True(directory.NegativeTimeout <= TimeSpan.FromSeconds(1));
+
+        File.WriteAllBytes(Path.Combine(info.DirectoryPath, "client.log.blob"), DataBlob.Encode("INFO: backup finished\n"u8, null, compress: true));
+        Assert.Contains("client.log", await Names("snapshots", "vm", "100", name));
+        var log = (IFuseFile)(await directory.LookupAsync("client.log"u8.ToArray(), ctx, default))!;
+        await using (var handle = await log.OpenAsync(FuseOpenFlags.ReadOnly, ctx, default))
+        {
+            var buffer = new byte[100];
+            Assert.Equal("INFO: backup finished\n", Encoding.UTF8.GetString(buffer, 0, await handle.ReadAsync(0, buffer, default)));
+        }
+
+        Assert.False(directory.ListingIsImmutable); // the next open replaces what the kernel kept of the listing without the log…
+        Assert.True(directory.ListingIsImmutable); // …and from then on the kernel keeps it
+
+        // An older snapshot without a log (T0, months ago) is final at once.
+        var old = (IFuseDirectory)await Walk("snapshots", "vm", "100", "2026-03-04T05:06:07Z");
+        Assert.DoesNotContain("client.log", await Names("snapshots", "vm", "100", "2026-03-04T05:06:07Z"));
+        Assert.True(old.ListingIsImmutable);
+    }
+
+    [Fact]
     public async Task An_export_first_read_while_its_index_cannot_be_opened_works_once_it_can()
     {
         // The image's export (what .img.nbd names, what the restore VM reads) is first read while the store is out of
