@@ -24,7 +24,8 @@ public static class DirectoryArchiver
     {
         options ??= new DirectoryArchiverOptions();
         var rootPath = Encoding.UTF8.GetBytes(Path.GetFullPath(directory));
-        var rootFd = Native.OpenAt(-100, rootPath, Native.ORdOnly | Native.ODirectory);
+        var rootNoAtime = true;
+        var rootFd = Native.OpenAtNoAtime(-100, rootPath, Native.ORdOnly | Native.ODirectory, ref rootNoAtime);
         try
         {
             var st = Native.StatAt(rootFd, []);
@@ -46,6 +47,7 @@ public static class DirectoryArchiver
     private sealed class Run(PxarEncoder encoder, PxarCatalogWriter? catalog, DirectoryArchiverOptions options, uint devMajor, uint devMinor)
     {
         private readonly Dictionary<(uint, uint, ulong), PxarLinkTarget> links = new();
+        private bool noAtime = true;
 
         public long Entries { get; private set; }
 
@@ -68,7 +70,7 @@ public static class DirectoryArchiver
                 {
                     case 0x4000:
                     {
-                        var fd = Native.OpenAt(dirfd, name, Native.ORdOnly | Native.ODirectory | Native.ONoFollow);
+                        var fd = Native.OpenAtNoAtime(dirfd, name, Native.ORdOnly | Native.ODirectory | Native.ONoFollow, ref noAtime);
                         try
                         {
                             encoder.BeginDirectory(name, meta);
@@ -100,7 +102,7 @@ public static class DirectoryArchiver
                             break;
                         }
 
-                        var fd = Native.OpenAt(dirfd, name, Native.ORdOnly | Native.ONoFollow | Native.ONonBlock);
+                        var fd = Native.OpenAtNoAtime(dirfd, name, Native.ORdOnly | Native.ONoFollow | Native.ONonBlock, ref noAtime);
                         using (var stream = new FileStream(new SafeFileHandle(fd, ownsHandle: true), FileAccess.Read, 1))
                         {
                             var first = encoder.AddFile(name, meta, (long)st.Size, stream, childRelative);

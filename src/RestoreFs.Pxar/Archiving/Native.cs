@@ -10,6 +10,7 @@ internal static unsafe partial class Native
     public const int ODirectory = 0x10000;
     public const int OCloExec = 0x80000;
     public const int ONonBlock = 0x800;
+    public const int ONoAtime = 0x40000;
     public const int AtSymlinkNoFollow = 0x100;
     public const int AtEmptyPath = 0x1000;
     public const uint StatxBasicStats = 0x7ff;
@@ -70,6 +71,35 @@ internal static unsafe partial class Native
 
             return fd;
         }
+    }
+
+    /// <summary>
+    /// <see cref="OpenAt"/> with O_NOATIME while <paramref name="noAtime"/> holds, so that reading a tree to back it up
+    /// leaves its access times as they were (as PBS's client does); the first EPERM (a file the caller does not own,
+    /// without root) clears it and opens without.
+    /// </summary>
+    public static int OpenAtNoAtime(int dirfd, ReadOnlySpan<byte> name, int flags, ref bool noAtime)
+    {
+        if (noAtime)
+        {
+            fixed (byte* p = Z(name))
+            {
+                var fd = openat(dirfd, p, flags | ONoAtime | OCloExec, 0);
+                if (fd >= 0)
+                {
+                    return fd;
+                }
+
+                if (Marshal.GetLastPInvokeError() != 1) // EPERM: O_NOATIME not allowed here
+                {
+                    throw Error("cannot open", name);
+                }
+
+                noAtime = false;
+            }
+        }
+
+        return OpenAt(dirfd, name, flags);
     }
 
     /// <summary>lstat of <paramref name="name"/> in <paramref name="dirfd"/> (an empty name: the fd itself).</summary>
