@@ -349,6 +349,38 @@ public sealed class DiskCatalogTests(DiskImagesFixture f) : IClassFixture<DiskIm
     }
 
     [Fact]
+    public async Task A_luks_volume_whose_header_could_not_be_read_is_tried_again_by_the_next_mount()
+    {
+        // Opening LUKS costs a key derivation, so its answer is kept, but only when it cannot change: a header that
+        // could not be read (the store out of reach while the VM read it over NBD) is read again by the next mount.
+        // This host has no device-mapper, so cryptsetup itself fails here after reading the header: that failure
+        // (not a refused passphrase) is not kept either.
+        var image = DiskTools.Sparse(root.Combine("luks.img"), 32 << 20);
+        DiskTools.Run("sh", "-c", "printf pw | cryptsetup luksFormat -q --type luks2 --pbkdf pbkdf2 --pbkdf-force-iterations 1000 --key-file=- \"$1\"",
+            "sh", image);
+        await using var flaky = await FlakyImageMount.MountAsync(image, root.Combine("flaky"));
+        var retry = TimeSpan.FromSeconds(1);
+        catalog = new DiskCatalog(new DiskCatalogOptions([("crypt", flaky.Loop)], root.Combine("mnt"), Log,
+            GuestKeys: new Dictionary<string, byte[]> { ["*"] = "pw"u8.ToArray() }, MountRetryAfter: retry));
+        var raw = Assert.Single(Assert.Single(await catalog.GetDisksAsync(CancellationToken.None)).Volumes);
+        Assert.Equal(FsProbe.Luks, raw.FsType);
+        var first = await Assert.ThrowsAsync<VolumeException>(() => catalog.MountAsync(raw, CancellationToken.None));
+        Assert.DoesNotContain("cannot read the LUKS header", first.Message);
+
+        flaky.Failing = true;
+        DiskTools.Run("blockdev", "--flushbufs", flaky.Loop); // the header the scan read is not served from the cache
+        await Task.Delay(retry + TimeSpan.FromMilliseconds(200));
+        var unreadable = await Assert.ThrowsAsync<VolumeException>(() => catalog.MountAsync(raw, CancellationToken.None));
+        Assert.Contains("cannot read the LUKS header", unreadable.Message);
+
+        flaky.Failing = false;
+        await Task.Delay(retry + TimeSpan.FromMilliseconds(200));
+        var again = await Assert.ThrowsAsync<VolumeException>(() => catalog.MountAsync(raw, CancellationToken.None));
+        Assert.DoesNotContain("cannot read the LUKS header", again.Message);
+        Assert.Contains("cannot open crypt/raw", again.Message);
+    }
+
+    [Fact]
     public async Task Nothing_is_written_to_the_disks()
     {
         var before = new[] { "multi", "bare", "garbage" }.ToDictionary(i => i, i => DiskTools.Sha256(f.Image(i)));

@@ -280,14 +280,25 @@ public sealed partial class DiskCatalog
 
     private readonly List<string> luksOpened = [];
     private int luksCount;
-    private readonly ConcurrentDictionary<string, Lazy<(string? Mapped, string? Error)>> luksDevices = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<string, Lazy<(string? Mapped, string? Error, bool Final)>> luksDevices = new(StringComparer.Ordinal);
 
     /// <summary>Opens a LUKS volume read-only once per device (the scan opens those that hold LVM, a mount the others);
-    /// its mapped device, or why it cannot be opened.</summary>
-    private (string? Mapped, string? Error) OpenLuks(VolumeInfo volume) =>
-        luksDevices.GetOrAdd(volume.Device, _ => new Lazy<(string?, string?)>(() => OpenLuksNow(volume))).Value;
+    /// its mapped device, or why it cannot be opened. An answer that may change (the device could not be read, a failure
+    /// other than a refused passphrase) is not kept: the next caller tries again. A refused passphrase is kept, as the
+    /// key derivation it took is costly by design.</summary>
+    private (string? Mapped, string? Error) OpenLuks(VolumeInfo volume)
+    {
+        var attempt = luksDevices.GetOrAdd(volume.Device, _ => new Lazy<(string?, string?, bool)>(() => OpenLuksNow(volume)));
+        var (mapped, error, final) = attempt.Value;
+        if (!final)
+        {
+            luksDevices.TryRemove(KeyValuePair.Create(volume.Device, attempt));
+        }
 
-    private (string? Mapped, string? Error) OpenLuksNow(VolumeInfo volume)
+        return (mapped, error);
+    }
+
+    private (string? Mapped, string? Error, bool Final) OpenLuksNow(VolumeInfo volume)
     {
         string? uuid;
         try
@@ -299,14 +310,14 @@ public sealed partial class DiskCatalog
         }
         catch (IOException e)
         {
-            return (null, $"cannot read the LUKS header of {volume.Id} ({volume.Device}): {e.Message}");
+            return (null, $"cannot read the LUKS header of {volume.Id} ({volume.Device}): {e.Message}", false);
         }
 
         var keys = options.GuestKeys!;
         var key = uuid is not null && keys.TryGetValue(uuid, out var own) ? own : keys.GetValueOrDefault("*");
         if (key is null)
         {
-            return (null, $"{volume.Id} ({volume.Device}) is encrypted (LUKS{(uuid is null ? "" : ", UUID " + uuid)}); --guest-passphrase-file has no passphrase for it");
+            return (null, $"{volume.Id} ({volume.Device}) is encrypted (LUKS{(uuid is null ? "" : ", UUID " + uuid)}); --guest-passphrase-file has no passphrase for it", true);
         }
 
         WaitForModules(null); // dm-crypt and the ciphers load with the late modules
@@ -315,7 +326,7 @@ public sealed partial class DiskCatalog
         if (!opened.Ok)
         {
             var why = opened.Code == 2 ? "the passphrase does not open it" : opened.FirstLine;
-            return (null, $"cannot open {volume.Id} ({volume.Device}, LUKS{(uuid is null ? "" : " " + uuid)}): {why}");
+            return (null, $"cannot open {volume.Id} ({volume.Device}, LUKS{(uuid is null ? "" : " " + uuid)}): {why}", opened.Code == 2);
         }
 
         lock (gate)
@@ -326,11 +337,11 @@ public sealed partial class DiskCatalog
         var mapped = MappedDevice(name);
         if (mapped is null)
         {
-            return (null, $"{volume.Id}: cryptsetup opened it, but no device for {name} appeared");
+            return (null, $"{volume.Id}: cryptsetup opened it, but no device for {name} appeared", true);
         }
 
         log($"opened {volume.Id} (LUKS{(uuid is null ? "" : " " + uuid)}) read-only as {mapped}");
-        return (mapped, null);
+        return (mapped, null, true);
     }
 
     /// <summary>
