@@ -199,13 +199,11 @@ public sealed partial class DiskCatalog : IVolumeCatalog, IDisposable, IAsyncDis
             {
                 disk.Error = $"cannot read disk {name} ({device}): {e.Message}";
                 log(disk.Error);
-                if (e is IOException)
+                if (e is IOException && disk.Volumes.Count == 0 && pvs.All(c => c.Disk != disk) && zfsMembers.All(c => c.Disk != disk)
+                    && raids.All(c => c.Disk != disk))
                 {
-                    // What it holds may be readable later: its candidates for the stages below go with it.
-                    pvs.RemoveAll(c => c.Disk == disk);
-                    zfsMembers.RemoveAll(c => c.Disk == disk);
-                    raids.RemoveAll(c => c.Disk == disk);
-                    disk.Volumes.Clear();
+                    // Nothing of it could be read (in the VM: the host's store out of reach when the scan began): scanned
+                    // again later. A disk that failed part-way keeps what was found before the failure, as before.
                     lock (gate)
                     {
                         readFailed.Add(name);

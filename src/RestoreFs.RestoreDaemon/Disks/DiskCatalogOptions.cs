@@ -19,7 +19,7 @@ namespace RestoreFs.RestoreDaemon.Disks;
 /// volumes are refused.</param>
 /// <param name="MountRetryAfter">How long a failed mount is answered from memory before the next caller tries again
 /// (30 s when null).</param>
-/// <param name="ScanRetryAfter">How long a disk that could not be read (an I/O error) is reported so; the next caller
+/// <param name="ScanRetryAfter">How long a disk that could not be read at all (an I/O error) is reported so; the next caller
 /// after that scans it again (30 s when null).</param>
 public sealed record DiskCatalogOptions(
     IReadOnlyList<(string Name, string Device)>? Disks = null,
