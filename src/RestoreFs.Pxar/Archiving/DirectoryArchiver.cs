@@ -29,7 +29,8 @@ public static class DirectoryArchiver
         try
         {
             var st = Native.StatAt(rootFd, []);
-            var encoder = new PxarEncoder(output, Metadata(st, Native.Xattrs(ProcPath(rootFd, []))), payload, payload is null ? null : options.Prelude);
+            var encoder = new PxarEncoder(output, WithInode(Metadata(st, Native.Xattrs(ProcPath(rootFd, []))), rootFd), payload,
+                payload is null ? null : options.Prelude);
             var run = new Run(encoder, catalog, options, st.DevMajor, st.DevMinor);
             run.Directory(rootFd, [], rootPath);
             encoder.Finish();
@@ -73,7 +74,7 @@ public static class DirectoryArchiver
                         var fd = Native.OpenAtNoAtime(dirfd, name, Native.ORdOnly | Native.ODirectory | Native.ONoFollow, ref noAtime);
                         try
                         {
-                            encoder.BeginDirectory(name, meta);
+                            encoder.BeginDirectory(name, WithInode(meta, fd));
                             catalog?.BeginDirectory(name);
                             if (options.CrossMountPoints || (st.DevMajor == devMajor && st.DevMinor == devMinor))
                             {
@@ -105,7 +106,7 @@ public static class DirectoryArchiver
                         var fd = Native.OpenAtNoAtime(dirfd, name, Native.ORdOnly | Native.ONoFollow | Native.ONonBlock, ref noAtime);
                         using (var stream = new FileStream(new SafeFileHandle(fd, ownsHandle: true), FileAccess.Read, 1))
                         {
-                            var first = encoder.AddFile(name, meta, (long)st.Size, stream, childRelative);
+                            var first = encoder.AddFile(name, WithInode(meta, fd), (long)st.Size, stream, childRelative);
                             if (st.NLink > 1)
                             {
                                 links[key] = first;
@@ -137,6 +138,28 @@ public static class DirectoryArchiver
                 }
             }
         }
+    }
+
+    /// <summary>The metadata with what only an open directory or regular file tells: its chattr flags and quota project id.</summary>
+    private static PxarMetadata WithInode(PxarMetadata m, int fd)
+    {
+        var flags = InodeFlags.Read(fd);
+        var projectId = InodeFlags.ReadProjectId(fd);
+        return flags == 0 && projectId is null
+            ? m
+            : new PxarMetadata
+            {
+                Mode = m.Mode,
+                Uid = m.Uid,
+                Gid = m.Gid,
+                MtimeSeconds = m.MtimeSeconds,
+                MtimeNanos = m.MtimeNanos,
+                Flags = flags,
+                Xattrs = m.Xattrs,
+                Acl = m.Acl,
+                Fcaps = m.Fcaps,
+                QuotaProjectId = projectId,
+            };
     }
 
     private static PxarMetadata Metadata(Native.Stat st, List<(byte[] Name, byte[] Value)> xattrs)

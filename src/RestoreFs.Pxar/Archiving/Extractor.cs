@@ -14,8 +14,9 @@ public sealed record ExtractFailure(byte[] Path, string Reason)
 
 /// <summary>
 /// Extracts an archive (or a subtree) into an existing empty directory with all metadata: names as bytes, modes,
-/// owners, ns mtimes, symlinks, devices, fifos, sockets, hard links, xattrs, ACLs, file capabilities. Works through
-/// directory fds (no path length limit except for hard-link targets, which are linked by path).
+/// owners, ns mtimes, symlinks, devices, fifos, sockets, hard links, xattrs, ACLs, file capabilities, chattr flags and
+/// quota project ids (best effort: where the file system or the caller's rights allow). Works through directory fds
+/// (no path length limit except for hard-link targets and immutable or append-only entries, which are reached by path).
 /// <para>Damage in the archive fails only what it touches: a file whose contents cannot be read (a damaged chunk) is
 /// removed again rather than left short, a directory that cannot be listed stays empty, and the extraction goes on
 /// with the rest; every such entry is returned with its reason.</para>
@@ -36,8 +37,30 @@ public static class Extractor
         {
             var links = new Dictionary<ulong, byte[]>();
             var failures = new List<ExtractFailure>();
-            ExtractChildren(archive, directory, fd, rootPath, [], options, links, failures);
-            Finish(directory, fd, [], Encoding.ASCII.GetBytes($"/proc/self/fd/{fd}/."), options);
+            var frozen = new List<(byte[] Path, ulong Flags, bool Directory)>();
+            ExtractChildren(archive, directory, fd, rootPath, [], options, links, failures, frozen);
+            Finish(directory, fd, [], Encoding.ASCII.GetBytes($"/proc/self/fd/{fd}/."), options, fd);
+            if ((directory.Stat.Flags & InodeFlags.Freezing) != 0)
+            {
+                InodeFlags.Apply(fd, directory.Stat.Flags, InodeFlags.Freezing);
+            }
+
+            // Immutable and append-only last of all: nothing could be linked to, created in or changed in them after.
+            foreach (var (path, flags, isDirectory) in frozen)
+            {
+                try
+                {
+                    var entryFd = Native.OpenAt(NativeWrite.AtFdCwd, path, Native.ORdOnly | Native.ONoFollow | Native.ONonBlock
+                        | (isDirectory ? Native.ODirectory : 0));
+                    InodeFlags.Apply(entryFd, flags, InodeFlags.Freezing);
+                    Native.close(entryFd);
+                }
+                catch (IOException)
+                {
+                    // best effort, as the other flags (a path over PATH_MAX, a file the caller cannot open)
+                }
+            }
+
             return failures;
         }
         finally
@@ -47,7 +70,7 @@ public static class Extractor
     }
 
     private static void ExtractChildren(PxarArchive archive, PxarEntry dir, int dirfd, byte[] path, byte[] relative, ExtractorOptions options,
-        Dictionary<ulong, byte[]> links, List<ExtractFailure> failures)
+        Dictionary<ulong, byte[]> links, List<ExtractFailure> failures, List<(byte[] Path, ulong Flags, bool Directory)> frozen)
     {
         IReadOnlyList<PxarEntry> children;
         try
@@ -79,8 +102,12 @@ public static class Extractor
                     var fd = Native.OpenAt(dirfd, e.Name, Native.ORdOnly | Native.ODirectory | Native.ONoFollow);
                     try
                     {
-                        ExtractChildren(archive, e, fd, childPath, childRelative, options, links, failures);
-                        Finish(e, fd, [], Encoding.ASCII.GetBytes($"/proc/self/fd/{fd}/."), options);
+                        ExtractChildren(archive, e, fd, childPath, childRelative, options, links, failures, frozen);
+                        Finish(e, fd, [], Encoding.ASCII.GetBytes($"/proc/self/fd/{fd}/."), options, fd);
+                        if ((e.Stat.Flags & InodeFlags.Freezing) != 0)
+                        {
+                            frozen.Add((childPath, e.Stat.Flags, true));
+                        }
                     }
                     finally
                     {
@@ -93,22 +120,35 @@ public static class Extractor
                 case PxarEntryKind.File:
                 {
                     var fd = Native.OpenAt(dirfd, e.Name, NativeWrite.OWrOnly | NativeWrite.OCreat | NativeWrite.OExcl | Native.ONoFollow);
-                    string? unreadable;
-                    using (var output = new FileStream(new SafeFileHandle(fd, ownsHandle: true), FileAccess.Write, 1))
+                    try
                     {
-                        unreadable = CopyContents(archive, e, output);
+                        string? unreadable;
+                        using (var output = new FileStream(new SafeFileHandle(fd, ownsHandle: false), FileAccess.Write, 1))
+                        {
+                            unreadable = CopyContents(archive, e, output);
+                        }
+
+                        if (unreadable is not null)
+                        {
+                            // No short file that looks restored: the name is given back with the reason.
+                            NativeWrite.UnlinkAt(dirfd, e.Name);
+                            failures.Add(new ExtractFailure(childRelative, unreadable));
+                            continue;
+                        }
+
+                        links[e.Inode] = childPath;
+                        Finish(e, dirfd, e.Name, procPath, options, fd);
+                        if ((e.Stat.Flags & InodeFlags.Freezing) != 0)
+                        {
+                            frozen.Add((childPath, e.Stat.Flags, false));
+                        }
+                    }
+                    finally
+                    {
+                        Native.close(fd);
                     }
 
-                    if (unreadable is not null)
-                    {
-                        // No short file that looks restored: the name is given back with the reason.
-                        NativeWrite.UnlinkAt(dirfd, e.Name);
-                        failures.Add(new ExtractFailure(childRelative, unreadable));
-                        continue;
-                    }
-
-                    links[e.Inode] = childPath;
-                    break;
+                    continue;
                 }
 
                 case PxarEntryKind.Symlink:
@@ -179,9 +219,21 @@ public static class Extractor
         }
     }
 
-    /// <summary>Owner, xattrs/ACLs/fcaps (after chown, which clears capabilities), mode, then mtime.</summary>
-    private static void Finish(PxarEntry e, int dirfd, byte[] name, byte[] procPath, ExtractorOptions options)
+    /// <summary>Chattr flags (but immutable and append-only, set at the very end) and quota project id where an fd of
+    /// the entry is given (directories and regular files), owner, xattrs/ACLs/fcaps (after chown, which clears
+    /// capabilities), mode, then mtime.</summary>
+    private static void Finish(PxarEntry e, int dirfd, byte[] name, byte[] procPath, ExtractorOptions options, int inodeFd = -1)
     {
+        if (inodeFd >= 0)
+        {
+            if (e.QuotaProjectId is { } projectId)
+            {
+                InodeFlags.ApplyProjectId(inodeFd, projectId);
+            }
+
+            InodeFlags.Apply(inodeFd, e.Stat.Flags & ~InodeFlags.Freezing, ~InodeFlags.Freezing);
+        }
+
         if (options.RestoreOwners)
         {
             NativeWrite.ChownAt(dirfd, name, e.Stat.Uid, e.Stat.Gid);
