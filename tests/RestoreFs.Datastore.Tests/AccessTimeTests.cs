@@ -49,14 +49,7 @@ public sealed partial class AccessTimeTests : IDisposable
         var snapshots = reader.ListNamespaces().SelectMany(reader.ListGroups).SelectMany(reader.ListSnapshots).ToList();
         Assert.Single(snapshots);
         var snap = reader.GetSnapshot(BackupNamespace.Root, snapshot.Name);
-        using var opened = reader.OpenImage(snap, "d", null);
-        var back = new byte[image.Length];
-        for (var offset = 0; offset < back.Length;)
-        {
-            offset += opened.Read(offset, back.AsSpan(offset));
-        }
-
-        Assert.Equal(image, back);
+        Assert.Equal(image, DatastoreBuilder.ReadImage(reader, snap, "d"));
         Assert.Equal("memory: 512\n"u8.ToArray(), reader.ReadBlob(snap, "qemu-server.conf.blob", null));
     }
 

@@ -28,6 +28,19 @@ public static class DatastoreBuilder
         return writer.Finish();
     }
 
+    /// <summary>Every byte of an image of a snapshot, read through the image reader.</summary>
+    public static byte[] ReadImage(DatastoreReader reader, SnapshotInfo snapshot, string archive)
+    {
+        using var image = reader.OpenImage(snapshot, archive, null);
+        var bytes = new byte[image.Size];
+        for (var offset = 0; offset < bytes.Length;)
+        {
+            offset += image.Read(offset, bytes.AsSpan(offset));
+        }
+
+        return bytes;
+    }
+
     /// <summary>Random bytes with a repeatable seed; <paramref name="zeroChunks"/> 4 MiB chunks cleared.</summary>
     public static byte[] Data(int length, int seed, params int[] zeroChunks)
     {

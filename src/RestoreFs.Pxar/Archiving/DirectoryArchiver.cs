@@ -29,7 +29,7 @@ public static class DirectoryArchiver
         try
         {
             var st = Native.StatAt(rootFd, []);
-            var encoder = new PxarEncoder(output, WithInode(Metadata(st, Native.Xattrs(ProcPath(rootFd, []))), rootFd), payload,
+            var encoder = new PxarEncoder(output, Metadata(st, Native.Xattrs(ProcPath(rootFd, [])), rootFd), payload,
                 payload is null ? null : options.Prelude);
             var run = new Run(encoder, catalog, options, st.DevMajor, st.DevMinor);
             run.Directory(rootFd, [], rootPath);
@@ -66,7 +66,7 @@ public static class DirectoryArchiver
                 byte[] childRelative = relative.Length == 0 ? name : [.. relative, (byte)'/', .. name];
                 byte[] childPath = [.. pathForErrors, (byte)'/', .. name];
                 var st = Native.StatAt(dirfd, name);
-                var meta = Metadata(st, Native.Xattrs(ProcPath(dirfd, name)));
+                var xattrs = Native.Xattrs(ProcPath(dirfd, name));
                 switch (st.Mode & 0xF000)
                 {
                     case 0x4000:
@@ -74,7 +74,7 @@ public static class DirectoryArchiver
                         var fd = Native.OpenAtNoAtime(dirfd, name, Native.ORdOnly | Native.ODirectory | Native.ONoFollow, ref noAtime);
                         try
                         {
-                            encoder.BeginDirectory(name, WithInode(meta, fd));
+                            encoder.BeginDirectory(name, Metadata(st, xattrs, fd));
                             catalog?.BeginDirectory(name);
                             if (options.CrossMountPoints || (st.DevMajor == devMajor && st.DevMinor == devMinor))
                             {
@@ -106,7 +106,7 @@ public static class DirectoryArchiver
                         var fd = Native.OpenAtNoAtime(dirfd, name, Native.ORdOnly | Native.ONoFollow | Native.ONonBlock, ref noAtime);
                         using (var stream = new FileStream(new SafeFileHandle(fd, ownsHandle: true), FileAccess.Read, 1))
                         {
-                            var first = encoder.AddFile(name, WithInode(meta, fd), (long)st.Size, stream, childRelative);
+                            var first = encoder.AddFile(name, Metadata(st, xattrs, fd), (long)st.Size, stream, childRelative);
                             if (st.NLink > 1)
                             {
                                 links[key] = first;
@@ -120,17 +120,17 @@ public static class DirectoryArchiver
                     }
 
                     case 0xA000:
-                        encoder.AddSymlink(name, meta, Native.ReadLinkAt(dirfd, name));
+                        encoder.AddSymlink(name, Metadata(st, xattrs), Native.ReadLinkAt(dirfd, name));
                         catalog?.AddEntry(PxarCatalogEntryType.Symlink, name);
                         break;
                     case 0x2000:
                     case 0x6000:
-                        encoder.AddDevice(name, meta, st.RDevMajor, st.RDevMinor);
+                        encoder.AddDevice(name, Metadata(st, xattrs), st.RDevMajor, st.RDevMinor);
                         catalog?.AddEntry((st.Mode & 0xF000) == 0x2000 ? PxarCatalogEntryType.CharDevice : PxarCatalogEntryType.BlockDevice, name);
                         break;
                     case 0x1000:
                     case 0xC000:
-                        encoder.AddSpecial(name, meta);
+                        encoder.AddSpecial(name, Metadata(st, xattrs));
                         catalog?.AddEntry((st.Mode & 0xF000) == 0x1000 ? PxarCatalogEntryType.Fifo : PxarCatalogEntryType.Socket, name);
                         break;
                     default:
@@ -140,29 +140,9 @@ public static class DirectoryArchiver
         }
     }
 
-    /// <summary>The metadata with what only an open directory or regular file tells: its chattr flags and quota project id.</summary>
-    private static PxarMetadata WithInode(PxarMetadata m, int fd)
-    {
-        var flags = InodeFlags.Read(fd);
-        var projectId = InodeFlags.ReadProjectId(fd);
-        return flags == 0 && projectId is null
-            ? m
-            : new PxarMetadata
-            {
-                Mode = m.Mode,
-                Uid = m.Uid,
-                Gid = m.Gid,
-                MtimeSeconds = m.MtimeSeconds,
-                MtimeNanos = m.MtimeNanos,
-                Flags = flags,
-                Xattrs = m.Xattrs,
-                Acl = m.Acl,
-                Fcaps = m.Fcaps,
-                QuotaProjectId = projectId,
-            };
-    }
-
-    private static PxarMetadata Metadata(Native.Stat st, List<(byte[] Name, byte[] Value)> xattrs)
+    /// <param name="fd">An open directory or regular file: its chattr flags and quota project id are kept too (what only
+    /// an open file tells; PBS reads them through no other kind of file); -1 for anything else.</param>
+    private static PxarMetadata Metadata(Native.Stat st, List<(byte[] Name, byte[] Value)> xattrs, int fd = -1)
     {
         var plain = new List<PxarXattr>();
         PxarAcl? acl = null;
@@ -197,6 +177,8 @@ public static class DirectoryArchiver
             Xattrs = plain,
             Acl = acl is { IsEmpty: false } ? acl : null,
             Fcaps = fcaps,
+            Flags = fd < 0 ? 0 : InodeFlags.Read(fd),
+            QuotaProjectId = fd < 0 ? null : InodeFlags.ReadProjectId(fd),
         };
     }
 
