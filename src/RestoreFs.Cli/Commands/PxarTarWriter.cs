@@ -1,3 +1,4 @@
+using System.Buffers.Binary;
 using System.Globalization;
 using System.Text;
 using RestoreFs.Datastore;
@@ -8,7 +9,8 @@ namespace RestoreFs.Cli.Commands;
 /// <summary>
 /// A pxar archive (or a subtree) as a POSIX.1-2001 (PAX) tar stream: names as bytes (long ones and non-UTF-8 ones in
 /// PAX records, with <c>hdrcharset=BINARY</c> for the latter), modes, owners, mtimes with nanoseconds (also before 1970),
-/// symlinks, hard links, devices, fifos, and xattrs (with ACLs and fcaps in their kernel form) as <c>SCHILY.xattr.*</c>.
+/// symlinks, hard links, devices, fifos, and xattrs (with ACLs and fcaps in their kernel form) as <c>SCHILY.xattr.*</c>,
+/// ACLs also as text in <c>SCHILY.acl.access</c>/<c>SCHILY.acl.default</c> (what <c>tar --acls</c> reads).
 /// Sockets have no tar form and are left out.
 /// <para>Damaged or missing chunks fail only what they touch, as GNU tar treats read errors: a stream cannot take back a
 /// file whose header is out, so the bytes that cannot be read go out as zeros and the file, the byte range and the
@@ -278,6 +280,14 @@ public static class PxarTarWriter
         foreach (var x in e.AllXattrs())
         {
             Record(records, "SCHILY.xattr." + Encoding.UTF8.GetString(x.Name), x.Value, x.Name);
+            // The ACLs in text form too, as GNU tar and star write them: `tar --acls` sets every file's ACLs from these
+            // records (and, without them, resets the ACLs the xattrs above restored to what the mode says).
+            var acl = x.Name.AsSpan().SequenceEqual("system.posix_acl_access"u8) ? "SCHILY.acl.access"
+                : x.Name.AsSpan().SequenceEqual("system.posix_acl_default"u8) ? "SCHILY.acl.default" : null;
+            if (acl is not null && AclText(x.Value) is { } text)
+            {
+                Record(records, acl, Encoding.ASCII.GetBytes(text));
+            }
         }
 
         if (records.Length > 0)
@@ -349,6 +359,38 @@ public static class PxarTarWriter
 
         // seconds + nanos/1e9 < 0: write −(|seconds| − 1).(1e9 − nanos)
         return $"-{-(seconds + 1)}.{1_000_000_000 - nanos:D9}".TrimEnd('0');
+    }
+
+    /// <summary>A POSIX ACL in the kernel's xattr form (version 2, 8-byte entries) as text with numeric ids, entries
+    /// separated by commas (<c>user::rwx,user:1000:r-x,group::r-x,mask::r-x,other::---</c>); null when malformed.</summary>
+    internal static string? AclText(ReadOnlySpan<byte> value)
+    {
+        if (value.Length < 4 || (value.Length - 4) % 8 != 0 || BinaryPrimitives.ReadUInt32LittleEndian(value) != 2)
+        {
+            return null;
+        }
+
+        var parts = new List<string>();
+        for (var at = 4; at < value.Length; at += 8)
+        {
+            var tag = BinaryPrimitives.ReadUInt16LittleEndian(value[at..]);
+            var perm = BinaryPrimitives.ReadUInt16LittleEndian(value[(at + 2)..]);
+            var id = BinaryPrimitives.ReadUInt32LittleEndian(value[(at + 4)..]);
+            var bits = $"{((perm & 4) != 0 ? 'r' : '-')}{((perm & 2) != 0 ? 'w' : '-')}{((perm & 1) != 0 ? 'x' : '-')}";
+            var qualifier = id.ToString(CultureInfo.InvariantCulture);
+            parts.Add(tag switch
+            {
+                PxarAcl.TagUserObj => "user::" + bits,
+                PxarAcl.TagUser => $"user:{qualifier}:{bits}",
+                PxarAcl.TagGroupObj => "group::" + bits,
+                PxarAcl.TagGroup => $"group:{qualifier}:{bits}",
+                PxarAcl.TagMask => "mask::" + bits,
+                PxarAcl.TagOther => "other::" + bits,
+                _ => "",
+            });
+        }
+
+        return parts.Contains("") ? null : string.Join(',', parts);
     }
 
     private static void Record(MemoryStream records, string key, ReadOnlySpan<byte> value, byte[]? rawKey = null)
