@@ -15,7 +15,8 @@ public sealed record ExtractFailure(byte[] Path, string Reason)
 /// <summary>
 /// Extracts an archive (or a subtree) into an existing empty directory with all metadata: names as bytes, modes,
 /// owners, ns mtimes, symlinks, devices, fifos, sockets, hard links, xattrs, ACLs, file capabilities, chattr flags and
-/// quota project ids (best effort: where the file system or the caller's rights allow). Works through directory fds
+/// quota project ids (best effort: where the file system or the caller's rights allow); all-zero blocks of files are
+/// left as holes. Works through directory fds
 /// (no path length limit except for hard-link targets and immutable or append-only entries, which are reached by path).
 /// <para>Damage in the archive fails only what it touches: a file whose contents cannot be read (a damaged chunk) is
 /// removed again rather than left short, a directory that cannot be listed stays empty, and the extraction goes on
@@ -191,6 +192,7 @@ public static class Extractor
         // Rented, as Stream.CopyTo did: a fresh 1 MiB array per file would be a large-object allocation per file.
         using var owned = input;
         var buffer = System.Buffers.ArrayPool<byte>.Shared.Rent(1024 * 1024);
+        long position = 0;
         try
         {
             while (true)
@@ -207,15 +209,56 @@ public static class Extractor
 
                 if (n == 0)
                 {
+                    if (output.Length != position)
+                    {
+                        output.SetLength(position); // the file ends in a hole
+                    }
+
                     return null;
                 }
 
-                output.Write(buffer, 0, n);
+                WriteSparse(output, buffer.AsSpan(0, n), position);
+                position += n;
             }
         }
         finally
         {
             System.Buffers.ArrayPool<byte>.Shared.Return(buffer);
+        }
+    }
+
+    private const int HoleBlock = 4096;
+
+    /// <summary>
+    /// Writes <paramref name="data"/> at <paramref name="position"/> of a new file, leaving out its all-zero 4 KiB blocks
+    /// (as PBS's extractor does): they stay holes, so a sparse file (a VM image, a database file, lastlog) takes back no
+    /// more room than it had. The file is new, so what is not written reads as zeros.
+    /// </summary>
+    private static void WriteSparse(FileStream output, ReadOnlySpan<byte> data, long position)
+    {
+        var runStart = -1;
+        for (var at = 0; at < data.Length;)
+        {
+            var end = (int)Math.Min(data.Length, at + (HoleBlock - (position + at) % HoleBlock));
+            var zero = !data[at..end].ContainsAnyExcept((byte)0);
+            if (!zero && runStart < 0)
+            {
+                runStart = at;
+            }
+            else if (zero && runStart >= 0)
+            {
+                output.Position = position + runStart;
+                output.Write(data[runStart..at]);
+                runStart = -1;
+            }
+
+            at = end;
+        }
+
+        if (runStart >= 0)
+        {
+            output.Position = position + runStart;
+            output.Write(data[runStart..]);
         }
     }
 
