@@ -356,7 +356,18 @@ public sealed class PxarMountTests(PxarFixture fixture) : IClassFixture<PxarFixt
         Assert.Equal("hello\n", File.ReadAllText(Path.Combine(part, "hard2")));
         Assert.Equal("two", File.ReadAllText(Path.Combine(part, "pair2")));
         Assert.False(File.Exists(Path.Combine(part, "a.txt")));
-        ProcessRunner.Run("rm", ["-rf", target, part], TimeSpan.FromMinutes(2));
+
+        // One file: into the target directory under its own name, with its metadata; never over an existing name.
+        var single = temp.Combine("single");
+        PxarFixture.Cli("restore", fixture.Store, $"{group}/{PxarFixture.Time}", "root.pxar", single, "--path", "sub/hard2");
+        Assert.Equal(["hard2"], Directory.GetFileSystemEntries(single).Select(Path.GetFileName));
+        string Stat(string file) => ProcessRunner.Run("stat", ["-c", "%a %u:%g %y %s", file], TimeSpan.FromSeconds(10)).EnsureSuccess("stat").StdOut;
+        Assert.Equal(Stat(Path.Combine(fixture.Source, "sub", "hard2")), Stat(Path.Combine(single, "hard2")));
+        var again = ProcessRunner.Run(RepoPaths.Cli, ["restore", fixture.Store, $"{group}/{PxarFixture.Time}", "root.pxar", single, "--path", "sub/hard2"],
+            TimeSpan.FromMinutes(2));
+        Assert.NotEqual(0, again.ExitCode);
+        Assert.Contains("exists already", again.StdErr, StringComparison.Ordinal);
+        ProcessRunner.Run("rm", ["-rf", target, part, single], TimeSpan.FromMinutes(2));
     }
 
     [Theory]

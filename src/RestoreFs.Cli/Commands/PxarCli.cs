@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.Text;
 using RestoreFs.Datastore;
 using RestoreFs.Pxar;
 
@@ -8,7 +9,7 @@ namespace RestoreFs.Cli.Commands;
 public static class PxarCli
 {
     public static Option<string?> PathOption() =>
-        new("--path") { Description = "For a pxar archive: restore only this file or directory of it (e.g. etc/ssh)." };
+        new("--path") { Description = "For a pxar archive: restore only this directory (its contents into the target) or file (into the target directory under its own name) of it, e.g. etc/ssh or etc/passwd." };
 
     public static Option<bool> SplitOption() =>
         new("--split-archive") { Description = "Write NAME.pxar=DIR as a split archive (format v2: NAME.mpxar + NAME.ppxar), as PBS 3.3+ can." };
@@ -50,19 +51,31 @@ public static class PxarCli
             return 0;
         }
 
-        if (!entry.IsDirectory)
-        {
-            throw new ArgumentException($"'{path}' in {archive} is not a directory; restore it with - (tar) or name its directory");
-        }
-
         Directory.CreateDirectory(target);
-        if (Directory.EnumerateFileSystemEntries(target).Any())
+        var root = Hosting.NativeMethods.GetEuid() == 0;
+        var options = new ExtractorOptions(RestoreOwners: root, RestoreDevices: root);
+        IReadOnlyList<ExtractFailure> failures;
+        if (entry.IsDirectory)
         {
-            throw new ArgumentException($"{target} is not empty");
+            if (Directory.EnumerateFileSystemEntries(target).Any())
+            {
+                throw new ArgumentException($"{target} is not empty");
+            }
+
+            failures = Extractor.Extract(pxar, entry, target, options);
+        }
+        else
+        {
+            // One file (symlink, device…): it goes into the target directory under its own name.
+            var name = Path.Combine(target, Encoding.UTF8.GetString(entry.Name));
+            if (Path.Exists(name) || new FileInfo(name).LinkTarget is not null)
+            {
+                throw new ArgumentException($"{name} exists already");
+            }
+
+            failures = Extractor.ExtractEntry(pxar, entry, target, options);
         }
 
-        var root = Hosting.NativeMethods.GetEuid() == 0;
-        var failures = Extractor.Extract(pxar, entry, target, new ExtractorOptions(RestoreOwners: root, RestoreDevices: root));
         foreach (var failure in failures)
         {
             Console.Error.WriteLine($"restorefs: not restored: {failure}");

@@ -26,28 +26,51 @@ public static class Extractor
 {
     public static IReadOnlyList<ExtractFailure> Extract(PxarArchive archive, PxarEntry directory, string target, ExtractorOptions? options = null)
     {
-        options ??= new ExtractorOptions();
         if (!directory.IsDirectory)
         {
             throw new ArgumentException("extract a directory", nameof(directory));
         }
 
+        return Extraction(target, options, (fd, rootPath, run) =>
+        {
+            ExtractChildren(archive, directory, fd, rootPath, [], run);
+            Finish(directory, fd, [], Encoding.ASCII.GetBytes($"/proc/self/fd/{fd}/."), run.Options, fd);
+            if ((directory.Stat.Flags & InodeFlags.Freezing) != 0)
+            {
+                run.Frozen.Add((rootPath, directory.Stat.Flags, true));
+            }
+        });
+    }
+
+    /// <summary>Extracts one entry of the archive (a file, a symlink, a device, or a directory with its contents) as
+    /// <c>targetDirectory/NAME</c>, with all its metadata; <paramref name="targetDirectory"/> must exist.</summary>
+    public static IReadOnlyList<ExtractFailure> ExtractEntry(PxarArchive archive, PxarEntry entry, string targetDirectory, ExtractorOptions? options = null) =>
+        Extraction(targetDirectory, options, (fd, rootPath, run) => ExtractEntries(archive, [entry], fd, rootPath, [], run));
+
+    /// <summary>What one extraction carries along: its options, the first name of each hard-linked file, what failed,
+    /// and the entries to make immutable or append-only at the very end.</summary>
+    private sealed class Run(ExtractorOptions options)
+    {
+        public ExtractorOptions Options { get; } = options;
+
+        public Dictionary<ulong, byte[]> Links { get; } = [];
+
+        public List<ExtractFailure> Failures { get; } = [];
+
+        public List<(byte[] Path, ulong Flags, bool Directory)> Frozen { get; } = [];
+    }
+
+    private static IReadOnlyList<ExtractFailure> Extraction(string target, ExtractorOptions? options, Action<int, byte[], Run> body)
+    {
+        var run = new Run(options ?? new ExtractorOptions());
         var rootPath = Encoding.UTF8.GetBytes(Path.GetFullPath(target));
         var fd = Native.OpenAt(NativeWrite.AtFdCwd, rootPath, Native.ORdOnly | Native.ODirectory);
         try
         {
-            var links = new Dictionary<ulong, byte[]>();
-            var failures = new List<ExtractFailure>();
-            var frozen = new List<(byte[] Path, ulong Flags, bool Directory)>();
-            ExtractChildren(archive, directory, fd, rootPath, [], options, links, failures, frozen);
-            Finish(directory, fd, [], Encoding.ASCII.GetBytes($"/proc/self/fd/{fd}/."), options, fd);
-            if ((directory.Stat.Flags & InodeFlags.Freezing) != 0)
-            {
-                InodeFlags.Apply(fd, directory.Stat.Flags, InodeFlags.Freezing);
-            }
+            body(fd, rootPath, run);
 
             // Immutable and append-only last of all: nothing could be linked to, created in or changed in them after.
-            foreach (var (path, flags, isDirectory) in frozen)
+            foreach (var (path, flags, isDirectory) in run.Frozen)
             {
                 try
                 {
@@ -62,7 +85,7 @@ public static class Extractor
                 }
             }
 
-            return failures;
+            return run.Failures;
         }
         finally
         {
@@ -70,8 +93,7 @@ public static class Extractor
         }
     }
 
-    private static void ExtractChildren(PxarArchive archive, PxarEntry dir, int dirfd, byte[] path, byte[] relative, ExtractorOptions options,
-        Dictionary<ulong, byte[]> links, List<ExtractFailure> failures, List<(byte[] Path, ulong Flags, bool Directory)> frozen)
+    private static void ExtractChildren(PxarArchive archive, PxarEntry dir, int dirfd, byte[] path, byte[] relative, Run run)
     {
         IReadOnlyList<PxarEntry> children;
         try
@@ -80,10 +102,16 @@ public static class Extractor
         }
         catch (Exception e) when (IsArchiveDamage(e))
         {
-            failures.Add(new ExtractFailure(relative.Length == 0 ? "."u8.ToArray() : relative, $"directory not listed: {e.Message}"));
+            run.Failures.Add(new ExtractFailure(relative.Length == 0 ? "."u8.ToArray() : relative, $"directory not listed: {e.Message}"));
             return;
         }
 
+        ExtractEntries(archive, children, dirfd, path, relative, run);
+    }
+
+    private static void ExtractEntries(PxarArchive archive, IReadOnlyList<PxarEntry> children, int dirfd, byte[] path, byte[] relative, Run run)
+    {
+        var (options, links, failures, frozen) = (run.Options, run.Links, run.Failures, run.Frozen);
         foreach (var e in children)
         {
             byte[] childPath = [.. path, (byte)'/', .. e.Name];
@@ -103,7 +131,7 @@ public static class Extractor
                     var fd = Native.OpenAt(dirfd, e.Name, Native.ORdOnly | Native.ODirectory | Native.ONoFollow);
                     try
                     {
-                        ExtractChildren(archive, e, fd, childPath, childRelative, options, links, failures, frozen);
+                        ExtractChildren(archive, e, fd, childPath, childRelative, run);
                         Finish(e, fd, [], Encoding.ASCII.GetBytes($"/proc/self/fd/{fd}/."), options, fd);
                         if ((e.Stat.Flags & InodeFlags.Freezing) != 0)
                         {
